@@ -1,0 +1,264 @@
+"""Model configuration: dataclasses, size presets and the registry of variants.
+
+A *size* fixes width, depth and heads; a *variant* fixes the architecture (layer
+pattern, mixer options, recursion).  ``build_config(variant, size, **overrides)``
+combines the two; overrides use dotted names for sub-configs (``gdn.chunk_size``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from memlab.errors import MemlabError, choose
+
+
+@dataclass
+class AttentionConfig:
+    """Causal attention (letter ``A``) and sliding-window attention (letter ``S``)."""
+
+    window: int = 128  # key window of 'S' layers (tokens, the query included)
+    rope_theta: float = 10000.0
+
+
+@dataclass
+class GDNConfig:
+    """Gated DeltaNet (``G``) and DeltaNet (``D``) mixers, and the hybrid's state read."""
+
+    n_heads: int | None = None  # default: the model's n_heads
+    head_dim: int | None = None  # key/query width per head; default d_model // n_heads
+    expand_v: float = 1.0  # value width = expand_v * head_dim
+    conv_size: int = 4
+    chunk_size: int = 64
+    beta_floor: float = 0.0  # beta = floor + (1 - floor) * sigmoid(.)
+    allow_neg_eigval: bool = False  # beta in (0, 2)
+    g_bias: float | None = None  # initial retention exp(g) ~ g_bias when set
+    shifted_pairing: bool = False  # write k_{t-1} with v_t
+    state_read: bool = True  # hybrid 'S' layers read the preceding G layer's state
+    local_drop_prob: float = 0.0  # stochastic local drop of the hybrid's window branch
+    local_scale: float = 1.0  # window-branch scale at evaluation
+
+
+@dataclass
+class CDMConfig:
+    """Competitive Docking Memory slots (letters ``C`` and ``K``)."""
+
+    version: Literal["v2", "v3"] = "v2"
+    n_slots: int = 16
+    readout: Literal["gate", "xattn", "both"] = "both"
+    hard_routing: bool = False  # V3 winner-take-all writes (straight-through)
+    eta_hidden: int = 64  # width of the input-dependent decay network (V2)
+    entropy_reg: float = 0.02
+    load_balance: float = 0.0  # V3: 0.01
+    chunk_size: int = 64
+
+
+@dataclass
+class SSMConfig:
+    """Mamba-2 (letter ``M``)."""
+
+    d_state: int = 64
+    expand: int = 2
+    head_dim: int = 64
+    n_groups: int = 1
+    conv_size: int = 4
+    chunk_size: int = 64
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+
+
+@dataclass
+class RecursionConfig:
+    """How the blocks are applied: a plain stack, a shared loop, ACT, or latent thoughts."""
+
+    kind: Literal["stack", "shared_loop", "act", "latent"] = "stack"
+    n_unroll: int = 1  # shared_loop iterations over the unique blocks
+    reinject: bool = False  # add the embedding back at every iteration
+    n_thoughts: int = 16  # latent: Z thought vectors
+    thought_iters: int = 4  # latent: K refinements
+    segment_len: int = 64  # latent: thoughts are updated once per segment
+    act_min_steps: int = 2
+    act_max_steps: int = 8
+    act_threshold: float = 0.99
+    lambda_ponder: float = 0.01
+    act_fixed_steps: int | None = None  # evaluation: force K steps
+    n_memory_tokens: int = 0  # ssm_mem: learned memory tokens every position reads
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build a :class:`memlab.models.lm.LanguageModel`."""
+
+    vocab_size: int = 512
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # GQA; default n_heads
+    d_ff: int | None = None  # SwiGLU hidden width; default ~8/3 d_model rounded to 64; 0 = no FFN
+    max_seq_len: int = 2048
+    pos_encoding: Literal["rope", "learned", "none"] = "rope"
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    layer_pattern: str = "A"  # one letter per layer; repeated to n_layers
+    init_std: float = 0.02
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    gdn: GDNConfig = field(default_factory=GDNConfig)
+    cdm: CDMConfig = field(default_factory=CDMConfig)
+    ssm: SSMConfig = field(default_factory=SSMConfig)
+    recursion: RecursionConfig = field(default_factory=RecursionConfig)
+    variant: str = "baseline"
+    size: str = "custom"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        return 64 * round(8 * self.d_model / 3 / 64)
+
+    @property
+    def pattern(self) -> str:
+        """The layer pattern expanded (tiled) to exactly ``n_layers`` letters."""
+        p = self.layer_pattern
+        return (p * (self.n_layers // len(p) + 1))[: self.n_layers]
+
+    def validate(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise MemlabError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.kv_heads:
+            raise MemlabError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.kv_heads}")
+        if self.pos_encoding == "rope" and self.head_dim % 2:
+            raise MemlabError(f"RoPE needs an even head dimension, got {self.head_dim}")
+        if min(self.vocab_size, self.d_model, self.n_layers, self.max_seq_len) < 1:
+            raise MemlabError("vocab_size, d_model, n_layers and max_seq_len must be positive")
+        from memlab.mixers import MIXERS  # the letters known at validation time
+
+        bad = sorted(set(self.layer_pattern) - set(MIXERS))
+        if bad or not self.layer_pattern:
+            raise MemlabError(
+                f"layer pattern {self.layer_pattern!r} has unknown letters {bad}; "
+                f"valid letters: {', '.join(f'{k}={v.__name__}' for k, v in sorted(MIXERS.items()))}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        return from_dict(cls, d)
+
+
+def from_dict(cls, d: dict[str, Any]):
+    """Build a (nested) dataclass from a dict, rejecting unknown keys."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(names)
+    if unknown:
+        raise MemlabError(f"unknown {cls.__name__} fields {sorted(unknown)}; valid: {', '.join(names)}")
+    kwargs = {}
+    for key, value in d.items():
+        sub = _dataclass_type(cls, key)
+        kwargs[key] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+def _dataclass_type(cls, name: str):
+    default = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if default.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = default.default_factory()  # type: ignore[misc]
+        return type(value) if dataclasses.is_dataclass(value) else None
+    return None
+
+
+# --------------------------------------------------------------------------- sizes
+
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=128, n_layers=4, n_heads=4, d_ff=384, vocab_size=512, max_seq_len=2048),
+    "nano": dict(d_model=512, n_layers=6, n_heads=8, d_ff=1408, vocab_size=8192, max_seq_len=2048),
+    "50M": dict(d_model=512, n_layers=8, n_heads=8, d_ff=1408, vocab_size=32000, max_seq_len=2048),
+    "125M": dict(d_model=768, n_layers=12, n_heads=12, d_ff=2048, vocab_size=32000, max_seq_len=2048),
+    "300M": dict(d_model=1024, n_layers=24, n_heads=16, d_ff=2816, vocab_size=32000, max_seq_len=2048),
+    "350M": dict(d_model=1024, n_layers=24, n_heads=16, d_ff=3072, vocab_size=32000, max_seq_len=2048),
+    "760M": dict(d_model=1280, n_layers=36, n_heads=20, d_ff=3456, vocab_size=32000, max_seq_len=2048),
+    "1B": dict(d_model=2048, n_layers=18, n_heads=16, d_ff=5504, vocab_size=32000, max_seq_len=4096),
+    "1B-16k": dict(
+        d_model=2048, n_layers=18, n_heads=16, n_kv_heads=4, d_ff=5504, vocab_size=32000, max_seq_len=16384
+    ),
+}
+
+_WIDTH_DEPTH = re.compile(r"^d(\d+)[x_-]?l(\d+)$", re.IGNORECASE)
+
+
+def size_fields(size: str) -> dict[str, Any]:
+    """The fields of a size preset, or of a width/depth pair written ``d256l4``."""
+    if size in SIZES:
+        return dict(SIZES[size])
+    m = _WIDTH_DEPTH.match(size)
+    if m:
+        d, n = int(m.group(1)), int(m.group(2))
+        heads = max(1, d // 64)
+        return dict(d_model=d, n_layers=n, n_heads=heads, vocab_size=8192, max_seq_len=2048)
+    raise MemlabError(
+        f"unknown size {size!r}; valid choices: {', '.join(SIZES)} or a width/depth pair like d256l4"
+    )
+
+
+# ------------------------------------------------------------------------ variants
+
+VariantFn = Callable[[ModelConfig], None]
+VARIANTS: dict[str, VariantFn] = {}
+VARIANT_DOCS: dict[str, str] = {}
+
+
+def register_variant(name: str) -> Callable[[VariantFn], VariantFn]:
+    """Register ``fn(config)`` that turns a size-preset config into variant ``name`` in place."""
+
+    def wrap(fn: VariantFn) -> VariantFn:
+        VARIANTS[name] = fn
+        VARIANT_DOCS[name] = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        return fn
+
+    return wrap
+
+
+def list_variants() -> list[str]:
+    _load_variant_modules()
+    return sorted(VARIANTS)
+
+
+def build_config(variant: str = "baseline", size: str = "tiny", **overrides: Any) -> ModelConfig:
+    """The config of ``variant`` at ``size``, with ``overrides`` (dotted names for sub-configs)."""
+    _load_variant_modules()
+    choose("variant", variant, VARIANTS)
+    cfg = ModelConfig(**size_fields(size), variant=variant, size=size)
+    VARIANTS[variant](cfg)
+    apply_overrides(cfg, overrides)
+    return cfg.validate()
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> None:
+    """Set ``overrides`` on a (nested) dataclass; keys may be dotted (``gdn.chunk_size``)."""
+    for key, value in overrides.items():
+        target, *rest = key.replace("__", ".").split(".", 1)
+        names = [f.name for f in dataclasses.fields(cfg)]
+        if target not in names:
+            raise MemlabError(f"unknown config field {key!r}; valid: {', '.join(names)}")
+        if rest:
+            apply_overrides(getattr(cfg, target), {rest[0]: value})
+        else:
+            setattr(cfg, target, value)
+
+
+def _load_variant_modules() -> None:
+    """Variants are registered where their models live; importing the registry loads them."""
+    import memlab.models.registry  # noqa: F401

@@ -1,0 +1,21 @@
+"""Sequence mixers, one file each, registered by their pattern letter."""
+
+from __future__ import annotations
+
+from memlab.mixers.base import Ablation, Mixer, MixerState
+
+MIXERS: dict[str, type[Mixer]] = {}
+
+
+def register_mixer(cls: type[Mixer]) -> type[Mixer]:
+    """Class decorator: make ``cls`` available under its pattern letter ``cls.letter``."""
+    if cls.letter in MIXERS and MIXERS[cls.letter] is not cls:
+        raise ValueError(f"pattern letter {cls.letter!r} is taken by {MIXERS[cls.letter].__name__}")
+    MIXERS[cls.letter] = cls
+    return cls
+
+
+# Importing a mixer module registers it.
+from memlab.mixers import attention  # noqa: E402,F401
+
+__all__ = ["MIXERS", "Ablation", "Mixer", "MixerState", "register_mixer"]

@@ -1,0 +1,169 @@
+"""Causal attention (``A``) and sliding-window attention (``S``) with GQA and RoPE.
+
+The KV cache of full attention grows with the context; the cache of sliding-window
+attention is a ring buffer of ``window`` slots, where slot ``i`` holds the newest
+position ``p`` with ``p % window == i`` (so positions are derived, never stored).
+The horizon ablation is native: keys older than ``h`` tokens are masked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memlab.config import ModelConfig
+from memlab.mixers import register_mixer
+from memlab.mixers.base import Mixer, MixerState
+from memlab.ops.rope import apply_rope, rope_inv_freq
+
+
+@dataclass
+class KVCache(MixerState):
+    """Keys and values of the tokens seen so far: (B, Hkv, capacity, Dh) buffers."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int = 0  # tokens seen so far
+
+    @property
+    def nbytes(self) -> int:  # the filled part only: what the sequence actually carries
+        used = min(self.length, self.k.shape[2])
+        return 2 * self.k[:, :, :used].numel() * self.k.element_size()
+
+
+@register_mixer
+class Attention(Mixer):
+    """Multi-head causal self-attention with grouped-query heads."""
+
+    letter = "A"
+    native_horizon = True
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__(config, layer_idx)
+        D, H, Hkv, Dh = config.d_model, config.n_heads, config.kv_heads, config.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = H, Hkv, Dh
+        self.q_proj = nn.Linear(D, H * Dh, bias=False)
+        self.k_proj = nn.Linear(D, Hkv * Dh, bias=False)
+        self.v_proj = nn.Linear(D, Hkv * Dh, bias=False)
+        self.out_proj = nn.Linear(H * Dh, D, bias=False)
+        self.use_rope = config.pos_encoding == "rope"
+        self.register_buffer("inv_freq", rope_inv_freq(Dh, config.attention.rope_theta), persistent=False)
+
+    @property
+    def window(self) -> int | None:
+        """How many keys (the query's own included) a query may see; None = all."""
+        limits = [w for w in (self.horizon,) if w is not None]
+        return min(limits) if limits else None
+
+    # ------------------------------------------------------------------ forward
+    def mix(self, x: torch.Tensor, state: KVCache | None) -> torch.Tensor:
+        B, T, _ = x.shape  # x: (B, T, D)
+        start = 0 if state is None else state.length
+        q_pos = torch.arange(start, start + T, device=x.device)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.use_rope:
+            q, k = apply_rope(q, q_pos, self.inv_freq), apply_rope(k, q_pos, self.inv_freq)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, Dh)
+        if state is None:
+            keys, values, k_pos = k, v, q_pos
+        else:
+            keys, values, k_pos = self._cache_update(state, k, v)
+        window = self.window
+        if state is None and window is None:
+            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=self._gqa)
+        else:
+            age = q_pos[:, None] - k_pos[None, :]  # (T, S)
+            allowed = (age >= 0) & (k_pos[None, :] >= 0)
+            if window is not None:
+                allowed &= age < window
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, enable_gqa=self._gqa)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    @property
+    def _gqa(self) -> bool:
+        return self.n_kv_heads != self.n_heads
+
+    def extra_flops_per_token(self, seq_len: int) -> float:
+        """12 FLOPs per head dimension per attended key (QK^T and AV, forward + backward)."""
+        w = min(self.window or seq_len, seq_len)
+        attended = (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len  # mean keys per query
+        return 12.0 * self.n_heads * self.head_dim * attended
+
+    # -------------------------------------------------------------------- state
+    def init_state(self, batch_size: int, device=None, dtype=None) -> KVCache:
+        shape = (batch_size, self.n_kv_heads, 0, self.head_dim)
+        dtype = dtype or self.q_proj.weight.dtype
+        empty = torch.empty(shape, device=device, dtype=dtype)
+        return KVCache(empty, empty.clone())
+
+    def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
+        elem = torch.empty((), dtype=dtype).element_size()
+        return 2 * batch_size * self.n_kv_heads * context_len * self.head_dim * elem
+
+    def _cache_update(self, state: KVCache, k: torch.Tensor, v: torch.Tensor):
+        """Append new keys/values (B, Hkv, T, Dh); return all keys, values and their positions."""
+        end = state.length + k.shape[2]
+        if end > state.k.shape[2]:  # grow geometrically so decoding is amortised O(1) per token
+            capacity = max(end, 2 * state.k.shape[2], 16)
+            state.k = _grow(state.k, capacity)
+            state.v = _grow(state.v, capacity)
+        state.k[:, :, state.length : end] = k
+        state.v[:, :, state.length : end] = v
+        state.length = end
+        positions = torch.arange(end, device=k.device)
+        return state.k[:, :, :end], state.v[:, :, :end], positions
+
+
+def _grow(buffer: torch.Tensor, capacity: int) -> torch.Tensor:
+    out = buffer.new_empty(*buffer.shape[:2], capacity, buffer.shape[3])
+    out[:, :, : buffer.shape[2]] = buffer
+    return out
+
+
+@dataclass
+class RingKVCache(KVCache):
+    """A sliding window's cache: (B, Hkv, window, Dh) ring buffers."""
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+
+@register_mixer
+class SlidingWindowAttention(Attention):
+    """Causal attention over the last ``config.attention.window`` tokens; O(window) state."""
+
+    letter = "S"
+
+    @property
+    def window(self) -> int | None:
+        return min(w for w in (self.horizon, self.config.attention.window) if w is not None)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> RingKVCache:
+        shape = (batch_size, self.n_kv_heads, self.config.attention.window, self.head_dim)
+        dtype = dtype or self.q_proj.weight.dtype
+        zeros = torch.zeros(shape, device=device, dtype=dtype)
+        return RingKVCache(zeros, zeros.clone())
+
+    def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
+        return super().state_nbytes(self.config.attention.window, batch_size, dtype)
+
+    def _cache_update(self, state: KVCache, k: torch.Tensor, v: torch.Tensor):
+        W, T, start = state.k.shape[2], k.shape[2], state.length
+        slots = torch.arange(W, device=k.device)
+        # newest position p < start with p % W == slot (negative: empty slot)
+        cached_pos = start - 1 - (start - 1 - slots) % W
+        keys = torch.cat([state.k, k], dim=2)
+        values = torch.cat([state.v, v], dim=2)
+        positions = torch.cat([cached_pos, torch.arange(start, start + T, device=k.device)])
+        keep = min(T, W)
+        new_pos = torch.arange(start + T - keep, start + T, device=k.device)
+        state.k[:, :, new_pos % W] = k[:, :, T - keep :]
+        state.v[:, :, new_pos % W] = v[:, :, T - keep :]
+        state.length = start + T
+        return keys, values, positions

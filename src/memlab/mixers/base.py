@@ -1,0 +1,133 @@
+"""The mixer contract: one surface for every sequence mixer.
+
+* ``forward(x, state=None) -> y`` with ``x, y: (B, T, D)``.  ``state=None`` is the
+  parallel (training) form; with a state the mixer consumes the ``T`` new tokens and
+  updates the state in place, so prefill and decode are the same call.
+* ``init_state(batch_size, device, dtype)`` returns the layer's :class:`MixerState`;
+  ``state.nbytes`` is exact and ``state_nbytes(context_len)`` predicts it.
+* Ablations, set through :func:`memlab.ablate` (never by re-implementing a forward):
+  ``zero`` replaces the memory read-out by zeros (mixers with ``carries_memory``);
+  ``horizon=h`` limits every position to the last ``h`` tokens (itself included).
+  Mixers without a native horizon form get the exact generic one: each position is
+  recomputed from its own window of ``h`` tokens.
+* ``aux_loss()`` returns named auxiliary losses (already weighted) of the last forward;
+  ``diagnostics()`` returns named float statistics of the last forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from memlab.config import ModelConfig
+
+
+@dataclass
+class Ablation:
+    """A memory ablation applied to a mixer."""
+
+    mode: Literal["zero", "horizon"]
+    horizon: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode == "horizon" and (self.horizon is None or self.horizon < 1):
+            raise ValueError("horizon ablation needs horizon >= 1")
+
+
+class MixerState:
+    """A layer's recurrent state.  Subclasses are dataclasses whose tensor fields are the state."""
+
+    def tensors(self) -> list[torch.Tensor]:
+        out = []
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                out.append(value)
+            elif isinstance(value, MixerState):
+                out.extend(value.tensors())
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this state holds for the whole batch."""
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+class Mixer(nn.Module):
+    """Base class of every sequence mixer; subclasses implement :meth:`mix`."""
+
+    letter: ClassVar[str] = "?"
+    carries_memory: ClassVar[bool] = False  # True: has a read-out that the 'zero' ablation removes
+    native_horizon: ClassVar[bool] = False  # True: mix() honours a horizon ablation itself
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.ablation: Ablation | None = None
+
+    # ---------------------------------------------------------------- contract
+    def mix(self, x: torch.Tensor, state: MixerState | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> MixerState:
+        raise NotImplementedError
+
+    def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
+        """Bytes of this layer's state after ``context_len`` tokens (analytic; tested against nbytes)."""
+        raise NotImplementedError
+
+    def extra_flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token beyond the 6 x parameters of the matmuls (e.g. attention scores)."""
+        return 0.0
+
+    def aux_loss(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def diagnostics(self) -> dict[str, float]:
+        return {}
+
+    def bind(self, previous: list[Mixer]) -> None:
+        """Called once by the model with the mixers of the layers before this one."""
+
+    def init_special_parameters(self) -> None:
+        """Re-apply parameter initialisations that the model's generic init overwrote."""
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def zeroed(self) -> bool:
+        """Whether the memory read-out must be replaced by zeros (the 'zero' ablation)."""
+        return self.carries_memory and self.ablation is not None and self.ablation.mode == "zero"
+
+    @property
+    def horizon(self) -> int | None:
+        a = self.ablation
+        return a.horizon if a is not None and a.mode == "horizon" else None
+
+    def forward(self, x: torch.Tensor, state: MixerState | None = None) -> torch.Tensor:
+        h = self.horizon
+        if h is not None and not self.native_horizon:
+            if state is not None:
+                raise RuntimeError(
+                    f"{type(self).__name__} has no recurrent form under a horizon ablation; "
+                    "run the parallel form (state=None)"
+                )
+            return self._forward_windows(x, h)
+        return self.mix(x, state)
+
+    def _forward_windows(self, x: torch.Tensor, h: int, max_tokens: int = 1 << 16) -> torch.Tensor:
+        """Exact horizon ablation: position t sees only x[t-h+1 .. t].  (B, T, D) -> (B, T, D)."""
+        B, T, D = x.shape
+        head = self.mix(x[:, :h], None)  # positions < h see their whole prefix
+        if T <= h:
+            return head
+        windows = x.unfold(1, h, 1).permute(0, 1, 3, 2)[:, 1:]  # (B, T-h, h, D): windows ending at h..T-1
+        flat = windows.reshape(-1, h, D)
+        per_call = max(1, max_tokens // h)
+        tails = [self.mix(flat[i : i + per_call], None)[:, -1] for i in range(0, flat.shape[0], per_call)]
+        tail = torch.cat(tails).view(B, T - h, D)
+        return torch.cat([head, tail], dim=1)

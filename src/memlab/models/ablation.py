@@ -1,0 +1,42 @@
+"""Memory ablation of a whole model through the mixer contract."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+from memlab.errors import MemlabError
+from memlab.mixers import Ablation, Mixer
+
+
+@contextmanager
+def ablate(
+    model: nn.Module, mode: str = "zero", horizon: int | None = None, layers: list[int] | None = None
+) -> Iterator[list[int]]:
+    """Ablate memory inside the ``with`` block; yields the indices of the ablated layers.
+
+    ``mode="zero"`` zeroes the memory read-out of every memory-carrying mixer;
+    ``mode="horizon"`` limits every mixer to the last ``horizon`` tokens.  ``layers``
+    restricts the ablation to those layer indices.
+    """
+    if mode not in ("zero", "horizon"):
+        raise MemlabError(f"unknown ablation mode {mode!r}; valid choices: horizon, zero")
+    try:
+        ablation = Ablation(mode, horizon)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise MemlabError(str(e)) from None
+    mixers = [m for m in model.modules() if isinstance(m, Mixer)]
+    chosen = [
+        m for m in mixers
+        if (mode == "horizon" or m.carries_memory) and (layers is None or m.layer_idx in layers)
+    ]
+    previous = [m.ablation for m in chosen]
+    for m in chosen:
+        m.ablation = ablation
+    try:
+        yield sorted({m.layer_idx for m in chosen})
+    finally:
+        for m, p in zip(chosen, previous):
+            m.ablation = p

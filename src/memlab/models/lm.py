@@ -1,0 +1,212 @@
+"""The language model: embedding -> body of blocks -> final norm -> head.
+
+``model(input_ids)`` is the parallel form; ``model(input_ids, state=state)`` consumes
+new tokens through the per-layer states (prefill and decode are the same call).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from memlab.config import ModelConfig
+from memlab.errors import MemlabError
+from memlab.mixers import Mixer, MixerState
+from memlab.models.body import Stack
+
+BODIES: dict[str, type[nn.Module]] = {"stack": Stack}
+WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+
+
+@dataclass
+class ModelState:
+    """The whole model's recurrent state: the body's per-layer states and the position."""
+
+    layers: list
+    position: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self.layers)
+
+
+def _nbytes(obj) -> int:
+    if isinstance(obj, MixerState):
+        return obj.nbytes
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(o) for o in obj)
+    return 0
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config.validate()
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_embed = None
+        if config.pos_encoding == "learned":
+            self.pos_embed = nn.Embedding(config.max_seq_len, config.d_model)
+        if config.recursion.kind not in BODIES:
+            import memlab.models.recursion  # noqa: F401  (registers the recursive bodies)
+        self.body = BODIES[config.recursion.kind](config)
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+        self.reset_parameters()
+
+    # ---------------------------------------------------------------- building
+    def reset_parameters(self) -> None:
+        """N(0, init_std) for matrices; residual output projections scaled by 1/sqrt(2 * layers)."""
+        std = self.config.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("out_proj", "down_proj")) else 1
+                nn.init.normal_(module.weight, std=std * scale)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, Mixer):
+                module.init_special_parameters()
+
+    @property
+    def mixers(self) -> list[Mixer]:
+        return [m for m in self.modules() if isinstance(m, Mixer)]
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Unique parameters; ``non_embedding`` leaves out token/position embeddings (and an untied head)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed.weight.numel()
+            if self.pos_embed is not None:
+                n -= self.pos_embed.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.head.weight.numel()
+        return n
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, input_ids: torch.Tensor, state: ModelState | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab) logits; with ``state``, continue from it and update it."""
+        B, T = input_ids.shape
+        h = self.embed(input_ids)  # (B, T, D)
+        start = 0 if state is None else state.position
+        if self.pos_embed is not None:
+            if start + T > self.config.max_seq_len:
+                raise MemlabError(
+                    f"context of {start + T} tokens exceeds max_seq_len={self.config.max_seq_len} "
+                    "of this model's learned positions"
+                )
+            h = h + self.pos_embed(torch.arange(start, start + T, device=input_ids.device))
+        h = self.body(h, None if state is None else state.layers)
+        if state is not None:
+            state.position += T
+        return self.head(self.norm(h))
+
+    def init_state(self, batch_size: int = 1, device=None, dtype=None) -> ModelState:
+        device = device or self.embed.weight.device
+        return ModelState(self.body.init_state(batch_size, device, dtype))
+
+    def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
+        """Bytes of recurrent state per ``batch_size`` sequences after ``context_len`` tokens."""
+        return self.body.state_nbytes(context_len, batch_size, dtype)
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        """Auxiliary losses of the last forward, summed over layers by name (already weighted)."""
+        out: dict[str, torch.Tensor] = {}
+        for source in [*self.mixers, self.body]:
+            for name, value in source.aux_loss().items():
+                out[name] = out[name] + value if name in out else value
+        return out
+
+    def diagnostics(self) -> dict[str, float]:
+        """Gate/route statistics of the last forward: ``layer{i}.{name}`` plus the body's."""
+        out = {f"layer{m.layer_idx}.{k}": v for m in self.mixers for k, v in m.diagnostics().items()}
+        out.update(self.body.diagnostics())
+        return out
+
+    def estimate_flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs (forward + backward) per token at context ``seq_len``."""
+        return self.body.flops_per_token(seq_len) + 6.0 * self.head.weight.numel()
+
+    # --------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Prefill the prompts (B, T) then decode through the states; returns (B, T + new).
+
+        Greedy when ``temperature == 0``.  Rows that emitted ``eos_id`` are padded with it.
+        Under a horizon ablation the stateless parallel form is recomputed at every step.
+        """
+        stateless = any(m.horizon is not None and not m.native_horizon for m in self.mixers)
+        B = input_ids.shape[0]
+        finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        out = input_ids
+        state = None if stateless else self.init_state(B)
+        logits = self(input_ids, state)[:, -1]
+        for _ in range(max_new_tokens):
+            token = _sample(logits, temperature, top_k, generator)  # (B,)
+            if eos_id is not None:
+                token = torch.where(finished, torch.full_like(token, eos_id), token)
+                finished |= token == eos_id
+            out = torch.cat([out, token[:, None]], dim=1)
+            if eos_id is not None and bool(finished.all()):
+                break
+            logits = (self(out) if stateless else self(token[:, None], state))[:, -1]
+        return out
+
+    # --------------------------------------------------------------------- I/O
+    def save(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (no pickled code) into directory ``path``."""
+        from memlab import __version__
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_model(self, str(path / WEIGHTS_FILE))
+        meta = {"memlab_version": __version__, "model": self.config.to_dict()}
+        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> LanguageModel:
+        """Load a directory written by :meth:`save`."""
+        path = Path(path)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (path / name).is_file():
+                raise MemlabError(f"{path} is not a memlab model directory: {name} is missing")
+        try:
+            meta = json.loads((path / CONFIG_FILE).read_text())
+            config = ModelConfig.from_dict(meta["model"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise MemlabError(f"corrupt {path / CONFIG_FILE}: {e}") from None
+        model = cls(config)
+        try:
+            load_model(model, str(path / WEIGHTS_FILE), strict=True, device=str(device))
+        except Exception as e:  # safetensors raises several types for truncated/mismatched files
+            raise MemlabError(f"cannot load weights from {path / WEIGHTS_FILE}: {str(e).splitlines()[0]}") from None
+        return model.to(device)
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
+    """(B, V) logits -> (B,) next tokens."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)

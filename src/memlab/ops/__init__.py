@@ -1,0 +1,1 @@
+"""Pure-tensor kernels (no nn.Module): naive references and fast forms."""

@@ -1,0 +1,1 @@
+"""memlab.probes."""

@@ -1,0 +1,132 @@
+"""Properties every registered variant must have (DESIGN.md, 'The mixer contract').
+
+A new variant joins these tests by being registered; nothing here names a variant.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import memlab
+from memlab.models.lm import LanguageModel
+
+VARIANTS = memlab.list_variants()
+T_LONG = 80  # crosses a 64-token chunk boundary
+
+
+def build(variant: str, seed: int = 0) -> LanguageModel:
+    torch.manual_seed(seed)
+    return memlab.build_model(variant, size="tiny").eval()
+
+
+def tokens(model: LanguageModel, batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.config.vocab_size, (batch, length), generator=g)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_causality(variant):
+    model = build(variant)
+    x = tokens(model, 2, T_LONG)
+    t = 41
+    y = x.clone()
+    y[:, t + 1 :] = tokens(model, 2, T_LONG - t - 1, seed=7)
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_parallel_equals_prefill_then_decode(variant):
+    model = build(variant)
+    x = tokens(model, 2, T_LONG)
+    prefix = 67
+    with torch.no_grad():
+        full = model(x)
+        state = model.init_state(batch_size=2)
+        steps = [model(x[:, :prefix], state)]
+        steps += [model(x[:, t : t + 1], state) for t in range(prefix, T_LONG)]
+    assert state.position == T_LONG
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_parameter_gets_a_gradient(variant):
+    model = build(variant).train()
+    x = tokens(model, 2, 40)
+    logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten())
+    loss = loss + sum(model.aux_losses().values(), torch.zeros(()))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not missing, f"no gradient for {missing}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_deterministic_and_save_load_round_trip(variant, tmp_path):
+    a, b = build(variant, seed=3), build(variant, seed=3)
+    x = tokens(a, 2, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), atol=0, rtol=0)
+        a.save(tmp_path / "m")
+        loaded = memlab.load(tmp_path / "m").eval()
+        torch.testing.assert_close(loaded(x), a(x), atol=0, rtol=0)
+    assert loaded.config == a.config
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_horizon_ablation_equals_truncated_context(variant):
+    model = build(variant)
+    if model.config.pos_encoding == "learned":
+        pytest.skip("absolute positions are not shift-invariant; attention's horizon is tested via rope variants")
+    h = 3
+    reach = model.body.max_depth * (h - 1) + 1  # receptive field of a stack of horizon-h mixers
+    x = tokens(model, 1, reach + 12)
+    with torch.no_grad(), memlab.ablate(model, mode="horizon", horizon=h):
+        full = model(x)
+        for t in (reach - 1, reach + 5, x.shape[1] - 1):
+            window = model(x[:, t - reach + 1 : t + 1])
+            torch.testing.assert_close(window[:, -1], full[:, t], atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        assert not torch.allclose(model(x)[:, -1], full[:, -1], atol=1e-4), "the horizon had no effect"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_zero_ablation_changes_only_memory_models(variant):
+    model = build(variant)
+    x = tokens(model, 2, 40)
+    with torch.no_grad():
+        normal = model(x)
+        with memlab.ablate(model, mode="zero") as layers:
+            ablated = model(x)
+        restored = model(x)
+    torch.testing.assert_close(restored, normal, atol=0, rtol=0)
+    carriers = [m.layer_idx for m in model.mixers if m.carries_memory]
+    assert layers == sorted(set(carriers))
+    if layers:
+        assert not torch.allclose(ablated, normal, atol=1e-4)
+    else:
+        torch.testing.assert_close(ablated, normal, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_state_nbytes_is_exact(variant):
+    model = build(variant)
+    length = 70
+    state = model.init_state(batch_size=2)
+    with torch.no_grad():
+        model(tokens(model, 2, length), state)
+    assert state.nbytes == model.state_nbytes(length, batch_size=2) > 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_generate_greedy_matches_argmax_of_parallel_forward(variant):
+    model = build(variant)
+    prompt = tokens(model, 2, 9)
+    out = model.generate(prompt, max_new_tokens=6, temperature=0.0)
+    assert out.shape == (2, 15)
+    with torch.no_grad():
+        logits = model(out[:, :-1])
+    torch.testing.assert_close(out[:, 9:], logits[:, 8:].argmax(-1), atol=0, rtol=0)
