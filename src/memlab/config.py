@@ -253,8 +253,11 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> None:
         names = [f.name for f in dataclasses.fields(cfg)]
         if target not in names:
             raise MemlabError(f"unknown config field {key!r}; valid: {', '.join(names)}")
+        current = getattr(cfg, target)
         if rest:
-            apply_overrides(getattr(cfg, target), {rest[0]: value})
+            apply_overrides(current, {rest[0]: value})
+        elif dataclasses.is_dataclass(current) and isinstance(value, dict):
+            apply_overrides(current, value)
         else:
             setattr(cfg, target, value)
 

@@ -1,0 +1,45 @@
+"""The command line: real commands, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from memlab.cli import main
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    p = subprocess.run([sys.executable, "-m", "memlab.cli", *args], capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_info_reports_measured_counts(capsys):
+    main(["info", "--variant", "baseline", "--model_size", "tiny", "--context-len", "100"])
+    out = capsys.readouterr().out
+    import memlab
+
+    assert f"params: {memlab.build_model('baseline', 'tiny').num_params()}" in out
+    assert "layer_pattern: AAAA" in out and "state_bytes_per_sequence: " in out
+
+
+def test_info_all_is_a_markdown_table(capsys):
+    main(["info", "--all"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| variant |") and any(line.startswith("| baseline | tiny |") for line in out)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["info", "--variant", "nope"], "unknown variant 'nope'"),
+        (["info", "--bogus", "1"], "Unrecognized options: --bogus"),
+        (["info", "--context-len", "x"], "--context-len"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(args, fragment):
+    code, out, err = run_cli(*args)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("memlab: error:") and fragment in err

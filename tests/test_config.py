@@ -1,0 +1,56 @@
+"""Configs, size presets, variant registry and their errors."""
+
+from __future__ import annotations
+
+import pytest
+
+import memlab
+from memlab.analysis.info import describe
+from memlab.config import SIZES, ModelConfig, build_config
+from memlab.errors import MemlabError
+
+
+def test_every_size_preset_builds_with_the_documented_shape():
+    shapes = {"nano": (512, 6), "50M": (512, 8), "125M": (768, 12), "350M": (1024, 24), "760M": (1280, 36),
+              "1B": (2048, 18), "1B-16k": (2048, 18)}
+    for size, (d, n) in shapes.items():
+        cfg = build_config("baseline", size)
+        assert (cfg.d_model, cfg.n_layers) == (d, n)
+    assert build_config("baseline", "1B-16k").max_seq_len == 16384
+    assert build_config("baseline", "1B-16k").kv_heads < build_config("baseline", "1B-16k").n_heads
+    assert set(SIZES) >= {"tiny", "nano", "50M", "125M", "300M", "350M", "760M", "1B", "1B-16k"}
+
+
+def test_parameter_counts_are_measured_and_near_nominal():
+    tiny, nano = describe("baseline", "tiny"), describe("baseline", "nano")
+    assert 0.5e6 < tiny["params"] < 2e6
+    assert 15e6 < nano["non_embedding_params"] < 22e6  # the source's "~18M"
+    model = memlab.build_model("baseline", "tiny")
+    assert tiny["params"] == model.num_params() == sum(p.numel() for p in model.parameters())
+
+
+def test_width_depth_pair_and_dotted_overrides():
+    cfg = build_config("baseline", "d192l3", **{"attention.window": 16, "n_kv_heads": 1})
+    assert (cfg.d_model, cfg.n_layers, cfg.attention.window, cfg.kv_heads) == (192, 3, 16, 1)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: build_config("no_such_variant"), "unknown variant 'no_such_variant'; valid choices: baseline"),
+        (lambda: build_config("baseline", "7T"), "unknown size '7T'"),
+        (lambda: build_config("baseline", "tiny", n_heads=3), "not divisible by n_heads=3"),
+        (lambda: build_config("baseline", "tiny", n_kv_heads=3), "not divisible by n_kv_heads=3"),
+        (lambda: build_config("baseline", "tiny", layer_pattern="AZ"), "unknown letters ['Z']"),
+        (lambda: build_config("baseline", "tiny", bogus=1), "unknown config field 'bogus'"),
+    ],
+)
+def test_bad_configs_raise_one_clear_line(call, message):
+    with pytest.raises(MemlabError) as e:
+        call()
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_config_dict_round_trip():
+    cfg = build_config("baseline", "tiny", **{"attention.window": 7})
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
