@@ -74,8 +74,8 @@ class Attention(Mixer):
         else:
             keys, values, k_pos = self._cache_update(state, k, v)
         window = self.window
-        if state is None and window is None:
-            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=self._gqa)
+        if window is None and (state is None or T == 1):  # plain causal, or one query that sees every key
+            y = F.scaled_dot_product_attention(q, keys, values, is_causal=T > 1, enable_gqa=self._gqa)
         else:
             age = q_pos[:, None] - k_pos[None, :]  # (T, S)
             allowed = (age >= 0) & (k_pos[None, :] >= 0)
