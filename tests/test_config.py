@@ -37,7 +37,7 @@ def test_width_depth_pair_and_dotted_overrides():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: build_config("no_such_variant"), "unknown variant 'no_such_variant'; valid choices: baseline"),
+        (lambda: build_config("no_such_variant"), "unknown variant 'no_such_variant'; valid choices: act, baseline, cdm"),
         (lambda: build_config("baseline", "7T"), "unknown size '7T'"),
         (lambda: build_config("baseline", "tiny", n_heads=3), "not divisible by n_heads=3"),
         (lambda: build_config("baseline", "tiny", n_kv_heads=3), "not divisible by n_kv_heads=3"),

@@ -1,0 +1,198 @@
+"""Token shards on disk: flat binary files of token ids, memory-mapped, plus one JSON header.
+
+A prepared directory holds::
+
+    shards.json            header: format, tokenizer hash, dtype, source, and per split the
+                           documents, tokens and shard files with their sha256 checksums
+    train_000.bin ...      uint16 (vocabularies <= 65536) or uint32 token ids, documents
+    val_000.bin ...        separated by the tokenizer's EOS id
+    tokenizer.memlab.json  the tokenizer the ids belong to (see memlab.data.tokenizer)
+
+``TokenShards(dir, split)`` opens one split (checking sizes always and checksums by default)
+and serves training windows::
+
+    shards.random_windows(batch_size, seq_len, rng)   # (B, T + 1) int64, uniform start offsets
+    shards.sequential_windows(batch_size, seq_len)    # iterator of (b, T + 1); every token
+                                                      # after the first is predicted exactly once
+
+With ``rank``/``world_size`` each rank sees a disjoint, contiguous slice of the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memlab.data.tokenizer import Tokenizer, check_tokenizer
+from memlab.errors import MemlabError
+
+FORMAT = "memlab-shards-v1"
+HEADER_FILE = "shards.json"
+SPLITS = ("train", "val")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def read_header(directory: str | Path) -> dict:
+    path = Path(directory) / HEADER_FILE
+    if not path.is_file():
+        raise MemlabError(f"{directory} holds no prepared data ({HEADER_FILE}); run `memlab data prepare` first")
+    try:
+        header = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise MemlabError(f"{path} is corrupt (not JSON); prepare the data again") from None
+    if header.get("format") != FORMAT:
+        raise MemlabError(f"{path} has format {header.get('format')!r}, expected {FORMAT!r}; prepare the data again")
+    return header
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_split(directory: Path, header: dict, split: str, checksums: bool = True) -> None:
+    """Raise a MemlabError if a shard of ``split`` is missing, truncated or (with checksums) altered."""
+    itemsize = np.dtype(header["dtype"]).itemsize
+    for shard in header["splits"][split]["shards"]:
+        path = directory / shard["file"]
+        if not path.is_file():
+            raise MemlabError(f"shard {path} is missing; prepare the data again")
+        if path.stat().st_size != shard["tokens"] * itemsize:
+            raise MemlabError(
+                f"shard {path} is truncated or corrupt: {path.stat().st_size} bytes, "
+                f"expected {shard['tokens'] * itemsize}; prepare the data again"
+            )
+        if checksums and file_sha256(path) != shard["sha256"]:
+            raise MemlabError(f"shard {path} fails its sha256 checksum (corrupt or modified); prepare the data again")
+
+
+class ShardWriter:
+    """Appends token arrays to ``{split}_NNN.bin`` files of at most ``shard_tokens`` ids each."""
+
+    def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
+        self.directory, self.split, self.dtype, self.shard_tokens = directory, split, dtype, shard_tokens
+        self.shards: list[dict] = []
+        self.documents = 0
+        self._file = None
+
+    def _open(self) -> None:
+        name = f"{self.split}_{len(self.shards):03d}.bin"
+        self._file = (self.directory / (name + ".tmp")).open("wb")
+        self._hash, self._count, self._name = hashlib.sha256(), 0, name
+
+    def _close(self) -> None:
+        self._file.close()
+        os.replace(self.directory / (self._name + ".tmp"), self.directory / self._name)
+        self.shards.append({"file": self._name, "tokens": self._count, "sha256": self._hash.hexdigest()})
+        self._file = None
+
+    def write(self, tokens: np.ndarray) -> None:
+        """Append ``tokens`` (N,), splitting across shard files as they fill."""
+        tokens = tokens.astype(self.dtype, copy=False)
+        while len(tokens):
+            if self._file is None:
+                self._open()
+            room = self.shard_tokens - self._count
+            head, tokens = tokens[:room], tokens[room:]
+            data = head.tobytes()
+            self._file.write(data)
+            self._hash.update(data)
+            self._count += len(head)
+            if self._count == self.shard_tokens:
+                self._close()
+
+    def finish(self) -> dict:
+        if self._file is not None:
+            self._close()
+        return {"documents": self.documents, "tokens": sum(s["tokens"] for s in self.shards), "shards": self.shards}
+
+
+class TokenShards:
+    """One split of a prepared directory, memory-mapped; the windows a trainer and an evaluator read."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        split: str = "train",
+        tokenizer: Tokenizer | None = None,
+        verify: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.directory = Path(directory)
+        self.header = read_header(self.directory)
+        if split not in self.header["splits"]:
+            raise MemlabError(f"unknown split {split!r}; valid choices: {', '.join(self.header['splits'])}")
+        if tokenizer is not None:
+            check_tokenizer(self.header["tokenizer_hash"], tokenizer, f"the data in {self.directory}")
+        if not 0 <= rank < world_size:
+            raise MemlabError(f"rank {rank} is outside world_size {world_size}")
+        verify_split(self.directory, self.header, split, checksums=verify)
+        self.split, self.rank, self.world_size = split, rank, world_size
+        dtype = np.dtype(self.header["dtype"])
+        shards = [s for s in self.header["splits"][split]["shards"] if s["tokens"]]
+        self._arrays = [np.memmap(self.directory / s["file"], dtype=dtype, mode="r") for s in shards]
+        self._starts = np.cumsum([0] + [len(a) for a in self._arrays])  # (n_shards + 1,)
+        total = int(self._starts[-1])
+        self.lo, self.hi = total * rank // world_size, total * (rank + 1) // world_size  # this rank's slice
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in this rank's slice."""
+        return self.hi - self.lo
+
+    @property
+    def tokenizer_hash(self) -> str:
+        return self.header["tokenizer_hash"]
+
+    def tokens(self, start: int, stop: int) -> np.ndarray:
+        """Global token positions ``[start, stop)`` of the split, read across shard boundaries."""
+        pieces = []
+        i = int(np.searchsorted(self._starts, start, side="right")) - 1
+        while start < stop:
+            offset = start - self._starts[i]
+            take = min(stop - start, len(self._arrays[i]) - offset)
+            pieces.append(self._arrays[i][offset : offset + take])
+            start, i = start + take, i + 1
+        return np.concatenate(pieces) if len(pieces) > 1 else np.asarray(pieces[0])
+
+    def _need(self, length: int) -> None:
+        if self.num_tokens < length:
+            raise MemlabError(
+                f"the {self.split} split of {self.directory} has {self.num_tokens} tokens for rank {self.rank}, "
+                f"fewer than one window of {length}; use a shorter seq_len or more data"
+            )
+
+    def random_windows(self, batch_size: int, seq_len: int, rng: np.random.Generator) -> torch.Tensor:
+        """(B, T + 1) int64 windows at uniform random offsets of this rank's slice."""
+        self._need(seq_len + 1)
+        starts = rng.integers(self.lo, self.hi - seq_len - 1, size=batch_size, endpoint=True)
+        rows = [self.tokens(int(s), int(s) + seq_len + 1) for s in starts]
+        return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+    def num_sequential_windows(self, seq_len: int) -> int:
+        return max(0, (self.num_tokens - 1) // seq_len)
+
+    def sequential_windows(
+        self, batch_size: int, seq_len: int, max_windows: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Consecutive (b, T + 1) windows overlapping by one token, for perplexity; b <= B."""
+        self._need(seq_len + 1)
+        n = self.num_sequential_windows(seq_len)
+        n = n if max_windows is None else min(n, max_windows)
+        for first in range(0, n, batch_size):
+            starts = range(self.lo + first * seq_len, self.lo + min(n, first + batch_size) * seq_len, seq_len)
+            rows = [self.tokens(s, s + seq_len + 1) for s in starts]
+            yield torch.from_numpy(np.stack(rows).astype(np.int64))

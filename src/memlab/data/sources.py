@@ -1,0 +1,266 @@
+"""Corpus sources: named streams of text documents.
+
+``open_source(spec)`` understands:
+
+- ``stdlib-code``: every ``.py`` file of the running Python's standard library (its test suite
+  included, ``site-packages`` excluded), one document per file: a real code corpus on every machine;
+- ``stdlib-docs``: English prose from the standard library: the help topics of ``pydoc_data`` and
+  the docstrings of every (non-test) module, one document per topic / module;
+- ``hf:NAME[:SPLIT]``: a Hugging Face dataset through ``datasets.load_dataset`` (a hub name found
+  in the local cache, or a local directory / data file); SPLIT may slice (``train[:1000]``);
+- ``files:GLOB``: local files; ``.jsonl``/``.json`` (one document per line, from a text field),
+  ``.parquet`` (a text column, needs ``pyarrow``), anything else one document per file.
+
+A source has ``documents()`` (an iterator of ``str``, the same order every time) and a
+``fingerprint`` that changes when its inputs change, which is what prepared shards are checked
+against to decide whether they are up to date.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import hashlib
+import json
+import os
+import sys
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from memlab.errors import MemlabError
+
+SOURCE_KINDS = ("stdlib-code", "stdlib-docs", "hf:NAME[:SPLIT]", "files:GLOB")
+TEXT_FIELDS = ("text", "content", "story", "code", "document")  # tried in this order
+
+
+class Source:
+    """A reproducible stream of text documents."""
+
+    spec: str
+
+    def documents(self) -> Iterator[str]:
+        raise NotImplementedError
+
+    @property
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+
+def open_source(spec: str, text_field: str | None = None, streaming: bool = False) -> Source:
+    """The source named by ``spec`` (see the module docstring); a MemlabError for an unknown one."""
+    if spec == "stdlib-code":
+        return StdlibCode()
+    if spec == "stdlib-docs":
+        return StdlibDocs()
+    if spec.startswith("files:"):
+        return Files(spec[len("files:") :], text_field)
+    if spec.startswith("hf:"):
+        name, _, split = spec[len("hf:") :].partition(":")
+        if not name:
+            raise MemlabError("hf: needs a dataset name or path, e.g. hf:roneneldan/TinyStories:train")
+        return HFDataset(name, split or "train", text_field, streaming)
+    raise MemlabError(f"unknown corpus source {spec!r}; valid choices: {', '.join(SOURCE_KINDS)}")
+
+
+def _files_fingerprint(paths: list[Path], extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_text(path: Path) -> str:
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+# ---------------------------------------------------------------------- stdlib
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files(include_tests: bool = True) -> list[Path]:
+    """The standard library's ``.py`` files in a fixed (sorted) order."""
+    root = stdlib_root()
+    skip = {"site-packages", "dist-packages", "__pycache__"}
+    if not include_tests:
+        skip |= {"test", "tests", "idle_test"}
+    files = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in skip)
+        files += [Path(directory) / n for n in sorted(names) if n.endswith(".py")]
+    return files
+
+
+@dataclass
+class StdlibCode(Source):
+    spec: str = "stdlib-code"
+
+    def documents(self) -> Iterator[str]:
+        for path in stdlib_files():
+            yield _read_text(path)
+
+    @property
+    def fingerprint(self) -> str:
+        return _files_fingerprint(stdlib_files(), sys.version)
+
+
+def pydoc_topics() -> list[str]:
+    """The interpreter's help topics (the language reference in prose), one string per topic."""
+    from pydoc_data.topics import topics
+
+    return [topics[k] for k in sorted(topics)]
+
+
+def module_docstrings(path: Path) -> str:
+    """The module, class and function docstrings of one source file, separated by blank lines."""
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (SyntaxError, ValueError):
+        return ""
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))]
+    docs = (ast.get_docstring(n) for n in nodes)
+    return "\n\n".join(d for d in docs if d)
+
+
+@dataclass
+class StdlibDocs(Source):
+    spec: str = "stdlib-docs"
+
+    def documents(self) -> Iterator[str]:
+        yield from pydoc_topics()
+        for path in stdlib_files(include_tests=False):
+            text = module_docstrings(path)
+            if text:
+                yield text
+
+    @property
+    def fingerprint(self) -> str:
+        return _files_fingerprint(stdlib_files(include_tests=False), sys.version)
+
+
+# ----------------------------------------------------------------------- files
+
+
+@dataclass
+class Files(Source):
+    pattern: str
+    text_field: str | None = None
+
+    @property
+    def spec(self) -> str:  # type: ignore[override]
+        return f"files:{self.pattern}"
+
+    def paths(self) -> list[Path]:
+        paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(self.pattern), recursive=True))
+        paths = [p for p in paths if p.is_file()]
+        if not paths:
+            raise MemlabError(f"files:{self.pattern} matches no file")
+        return paths
+
+    def documents(self) -> Iterator[str]:
+        for path in self.paths():
+            suffix = path.suffix.lower()
+            if suffix in (".jsonl", ".json"):
+                yield from self._jsonl(path)
+            elif suffix == ".parquet":
+                yield from self._parquet(path)
+            else:
+                yield _read_text(path)
+
+    def _jsonl(self, path: Path) -> Iterator[str]:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    raise MemlabError(f"{path}:{line_no} is not a JSON object (files: reads JSON lines)") from None
+                yield row[_text_field(row, self.text_field, f"{path}:{line_no}")]
+
+    def _parquet(self, path: Path) -> Iterator[str]:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise MemlabError(f"reading {path} needs pyarrow: pip install 'memlab[hf]'") from None
+        table = pq.ParquetFile(path)
+        column = _text_field(dict.fromkeys(table.schema_arrow.names, ""), self.text_field, str(path))
+        for batch in table.iter_batches(columns=[column]):
+            yield from (t for t in batch.column(0).to_pylist() if t is not None)
+
+    @property
+    def fingerprint(self) -> str:
+        return _files_fingerprint(self.paths(), self.text_field or "")
+
+
+def _text_field(row: dict, wanted: str | None, where: str) -> str:
+    if not isinstance(row, dict):
+        raise MemlabError(f"{where}: expected a JSON object with a text field")
+    if wanted is not None:
+        if wanted not in row:
+            raise MemlabError(f"{where} has no field {wanted!r}; fields: {', '.join(map(str, row))}")
+        return wanted
+    for name in TEXT_FIELDS:
+        if name in row:
+            return name
+    raise MemlabError(f"{where} has none of the text fields {TEXT_FIELDS}; pass --text-field, one of: {', '.join(row)}")
+
+
+# ------------------------------------------------------------------------- hf
+
+
+@dataclass
+class HFDataset(Source):
+    name: str
+    split: str = "train"
+    text_field: str | None = None
+    streaming: bool = False
+
+    @property
+    def spec(self) -> str:  # type: ignore[override]
+        return f"hf:{self.name}:{self.split}"
+
+    def _load(self):
+        try:
+            import datasets
+        except ImportError:
+            raise MemlabError(f"{self.spec} needs the `datasets` package: pip install 'memlab[hf]'") from None
+        path, kwargs = self.name, {}
+        local = Path(os.path.expanduser(self.name))
+        if local.is_file():  # a single data file: use the matching packaged builder
+            builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+            path, kwargs = builder.get(local.suffix.lower(), "text"), {"data_files": str(local)}
+        try:
+            return datasets.load_dataset(path, split=self.split, streaming=self.streaming, **kwargs)
+        except Exception as e:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError...)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MemlabError(
+                f"cannot load {self.spec}: {first[:200]} (hub datasets must be in the local cache when "
+                f"offline; a local directory or .jsonl/.parquet file also works)"
+            ) from None
+
+    @property
+    def _dataset(self):
+        if not hasattr(self, "_cached"):
+            self._cached = self._load()
+        return self._cached
+
+    def documents(self) -> Iterator[str]:
+        ds = self._dataset
+        names = list(ds.column_names or [])
+        field = _text_field(dict.fromkeys(names, ""), self.text_field, self.spec)
+        for row in ds:
+            text = row[field]
+            if text is not None:
+                yield text
+
+    @property
+    def fingerprint(self) -> str:
+        # a cached (map-style) dataset has a content fingerprint; a stream is identified by name only
+        token = getattr(self._dataset, "_fingerprint", None) or "stream"
+        return hashlib.sha256(f"{self.spec}\0{self.text_field}\0{token}".encode()).hexdigest()

@@ -1,0 +1,238 @@
+"""Real text for language modelling: corpus sources turned once into token shards.
+
+::
+
+    from memlab.data.text import prepare_shards, TokenShards
+    result = prepare_shards("stdlib-code", "bpe", "data/stdlib", vocab_size=8192)
+    train = TokenShards("data/stdlib", "train", tokenizer=result.tokenizer)
+    batch = train.random_windows(16, 256, np.random.default_rng(0))      # (16, 257)
+
+Each document goes to the validation split when a keyed hash of its text falls below
+``val_fraction``: the split of a document never depends on the order or presence of the others.
+Documents are followed by EOS.  Re-running with the same request (source fingerprint, tokenizer,
+options) reuses the existing shards after checking their sizes and checksums; ``force`` rebuilds.
+The ``bpe`` tokenizer is trained on the training split (its first ``bpe_train_bytes`` of text) and
+saved next to the shards, so ``load_tokenizer(out_dir)`` returns the tokenizer the ids belong to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from memlab.data.shards import (
+    FORMAT,
+    HEADER_FILE,
+    SPLITS,
+    ShardWriter,
+    TokenShards,
+    read_header,
+    token_dtype,
+    verify_split,
+)
+from memlab.data.sources import Source, open_source
+from memlab.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
+from memlab.errors import MemlabError
+
+__all__ = ["PrepareResult", "TokenShards", "is_validation", "open_source", "prepare_shards"]
+log = logging.getLogger(__name__)
+BATCH_BYTES = 4 << 20  # documents are tokenised in batches of about this much text
+
+
+@dataclass
+class PrepareResult:
+    directory: Path
+    header: dict
+    tokenizer: Tokenizer
+    reused: bool
+    seconds: float
+
+    @property
+    def text_bytes(self) -> int:
+        return self.header["text_bytes"]
+
+    @property
+    def mb_per_s(self) -> float:
+        """Text megabytes (10^6 bytes of UTF-8) tokenised and written per second of this call."""
+        return self.text_bytes / 1e6 / max(self.seconds, 1e-9)
+
+    def summary(self) -> str:
+        """A few human-readable lines on what was prepared (or reused) and how fast."""
+        h, tok = self.header, self.tokenizer
+        lines = [
+            f"{'reused' if self.reused else 'prepared'} {h['source']} -> {self.directory}",
+            f"  tokenizer: {tok.kind}, {tok.vocab_size} ids, hash {tok.hash[:12]}, shards of {h['dtype']}",
+        ]
+        for name, split in h["splits"].items():
+            lines.append(
+                f"  {name + ':':<6} {split['documents']:,} documents, {split['tokens']:,} tokens "
+                f"in {len(split['shards'])} shard file(s)"
+            )
+        if self.reused:
+            lines.append(f"  up to date (sizes and checksums verified in {self.seconds:.1f} s); --force rebuilds")
+        else:
+            lines.append(
+                f"  throughput: {self.mb_per_s:.2f} MB/s ({self.text_bytes / 1e6:.1f} MB of text in "
+                f"{self.seconds:.1f} s, tokenizer training included)"
+            )
+        return "\n".join(lines)
+
+
+def is_validation(text: str, val_fraction: float, split_seed: int = 0) -> bool:
+    """Whether a document belongs to the validation split: a keyed hash of its text, not its position."""
+    digest = hashlib.blake2b(text.encode("utf-8", errors="replace"), digest_size=8, key=str(split_seed).encode())
+    return int.from_bytes(digest.digest(), "big") / 2**64 < val_fraction
+
+
+def _documents(source: Source, max_docs: int | None) -> Iterator[str]:
+    docs = (d for d in source.documents() if d.strip())
+    return islice(docs, max_docs) if max_docs is not None else docs
+
+
+def _bpe_training_text(source: Source, max_docs, val_fraction, split_seed, budget: int) -> Iterator[str]:
+    used = 0
+    for doc in _documents(source, max_docs):
+        if used >= budget:
+            return
+        if not is_validation(doc, val_fraction, split_seed):
+            used += len(doc)
+            yield doc
+
+
+def prepare_shards(
+    source: str | Source,
+    tokenizer: str | Tokenizer,
+    out_dir: str | Path,
+    *,
+    vocab_size: int = 8192,
+    val_fraction: float = 0.01,
+    split_seed: int = 0,
+    max_docs: int | None = None,
+    bpe_train_bytes: int = 10_000_000,
+    shard_tokens: int = 100_000_000,
+    force: bool = False,
+    progress: bool = False,
+) -> PrepareResult:
+    """Tokenise ``source`` into train/val shards in ``out_dir`` (or reuse them when up to date).
+
+    ``tokenizer`` is a Tokenizer, ``"byte"``, ``"bpe"`` (trained here with ``vocab_size``) or a
+    local Hugging Face name/path.
+    """
+    t0 = time.perf_counter()
+    if not 0 <= val_fraction < 1:
+        raise MemlabError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if max_docs is not None and max_docs < 1:
+        raise MemlabError(f"max_docs must be positive, got {max_docs}")
+    src = open_source(source) if isinstance(source, str) else source
+    out = Path(out_dir)
+    if tokenizer == "bpe":
+        tok_request = {"kind": "bpe", "vocab_size": vocab_size, "train_bytes": bpe_train_bytes}
+    else:
+        tokenizer = build_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        tok_request = {"hash": tokenizer.hash}
+    request = {
+        "source": src.spec,
+        "fingerprint": src.fingerprint,
+        "tokenizer": tok_request,
+        "val_fraction": val_fraction,
+        "split_seed": split_seed,
+        "max_docs": max_docs,
+    }
+    if not force and (reused := _reuse(out, request)) is not None:
+        return PrepareResult(out, reused[0], reused[1], True, time.perf_counter() - t0)
+
+    if tokenizer == "bpe":
+        texts = _bpe_training_text(src, max_docs, val_fraction, split_seed, bpe_train_bytes)
+        tokenizer = build_tokenizer("bpe", texts=texts, vocab_size=vocab_size)
+    assert isinstance(tokenizer, Tokenizer)
+    if out.exists():
+        _remove_shards(out)
+    out.mkdir(parents=True, exist_ok=True)
+    header = _write_shards(src, tokenizer, out, request, max_docs, shard_tokens, progress)
+    tokenizer.save(out)
+    (out / HEADER_FILE).write_text(json.dumps(header, indent=2) + "\n")  # written last: marks completion
+    return PrepareResult(out, header, tokenizer, False, time.perf_counter() - t0)
+
+
+def _reuse(out: Path, request: dict) -> tuple[dict, Tokenizer] | None:
+    if not (out / HEADER_FILE).is_file():
+        return None
+    try:
+        header = read_header(out)
+        if header.get("request") != request:
+            log.info("%s is out of date for this request; rebuilding", out)
+            return None
+        for split in header["splits"]:
+            verify_split(out, header, split)
+        tokenizer = load_tokenizer(out)
+    except MemlabError as e:
+        log.warning("rebuilding %s: %s", out, e)
+        return None
+    if tokenizer.hash != header["tokenizer_hash"]:
+        log.warning("rebuilding %s: its saved tokenizer does not match its shards", out)
+        return None
+    return header, tokenizer
+
+
+def _remove_shards(out: Path) -> None:
+    """Delete the header and the shard files of a prepared directory (nothing else in it)."""
+    for old in [out / HEADER_FILE, *(p for s in SPLITS for p in out.glob(f"{s}_[0-9][0-9][0-9].bin*"))]:
+        old.unlink(missing_ok=True)
+
+
+def _batches(docs: Iterable[str]) -> Iterator[list[str]]:
+    batch, size = [], 0
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc)
+        if size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _write_shards(
+    src: Source, tokenizer: Tokenizer, out: Path, request: dict, max_docs, shard_tokens: int, progress: bool
+) -> dict:
+    from tqdm.auto import tqdm
+
+    dtype = token_dtype(tokenizer.vocab_size)
+    writers = {s: ShardWriter(out, s, dtype, shard_tokens) for s in SPLITS}
+    eos = np.array([tokenizer.eos_id], dtype=np.int64)
+    text_bytes = 0
+    bar = tqdm(desc=f"tokenising {src.spec}", unit="B", unit_scale=True, disable=not progress)
+    for batch in _batches(_documents(src, max_docs)):
+        for doc, ids in zip(batch, tokenizer.encode_batch(batch)):
+            split = "val" if is_validation(doc, request["val_fraction"], request["split_seed"]) else "train"
+            writers[split].write(np.concatenate([np.asarray(ids, dtype=np.int64), eos]))
+            writers[split].documents += 1
+        n = sum(len(d.encode("utf-8", errors="replace")) for d in batch)
+        text_bytes += n
+        bar.update(n)
+    bar.close()
+    splits = {s: w.finish() for s, w in writers.items()}
+    if not any(s["documents"] for s in splits.values()):
+        _remove_shards(out)
+        raise MemlabError(f"source {src.spec} yielded no documents (empty corpus)")
+    if request["val_fraction"] > 0 and not splits["val"]["documents"]:
+        log.warning("no document of %s fell into the validation split; raise val_fraction", src.spec)
+    return {
+        "format": FORMAT,
+        "source": src.spec,
+        "tokenizer_hash": tokenizer.hash,
+        "vocab_size": tokenizer.vocab_size,
+        "eos_id": tokenizer.eos_id,
+        "dtype": dtype.name,
+        "text_bytes": text_bytes,
+        "request": request,
+        "splits": splits,
+    }

@@ -1,0 +1,182 @@
+"""Retrieval tasks: fact NIAH positions, RULER S-NIAH variants, Zoology MQAR structure, task specs."""
+
+from __future__ import annotations
+
+import random
+import re
+import uuid
+
+import pytest
+
+from memlab.data.tasks import MQAR, SNIAH, FactNIAH, get_task, parse_task_spec, task_levels
+from memlab.data.tasks.retrieval import NOISE, default_prose
+from memlab.errors import MemlabError
+
+FACT = re.compile(r"(\w+) has a (\w+) (\w+)")
+
+
+@pytest.mark.parametrize(
+    "position, index", [("start", lambda n: 0), ("middle", lambda n: n // 2), ("end", lambda n: n)]
+)
+def test_fact_niah_positions(position, index):
+    rng = random.Random(0)
+    for n in (0, 10, 31):
+        ex = FactNIAH(position)(rng, n)
+        sentences = ex.prompt.split(". ")
+        assert len(sentences) == n + 1
+        fact_at = [i for i, s in enumerate(sentences) if FACT.match(s)]
+        assert fact_at == [index(n)] == [ex.meta["index"]]
+        name, color, obj = FACT.search(ex.prompt).groups()
+        assert ex.answer == color and ex.query == f"What color is {name}'s {obj}?"
+        assert ex.prompt.count("The sky is blue.") == n
+
+
+def test_fact_niah_depth_percent():
+    ex = FactNIAH(depth=25)(random.Random(0), 40)
+    assert ex.meta["index"] == 10 and FACT.match(ex.prompt.split(". ")[10])
+
+
+def test_fact_niah_random_position_covers_every_bucket():
+    rng = random.Random(1)
+    examples = [FactNIAH()(rng, 100) for _ in range(200)]
+    assert {e.meta["bucket"] for e in examples} == {"early", "middle", "late"}
+    assert all(0 <= e.meta["depth"] <= 1 for e in examples)
+    assert task_levels("niah") == (0, 10, 30, 50, 100)
+
+
+def needles(prompt: str) -> list[tuple[str, str]]:
+    return re.findall(r"One of the special magic (?:numbers|UUIDs) for ([\w-]+) is: ([\w-]+)\.", prompt)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(variant=1),
+        dict(variant=2),
+        dict(variant=3),
+        dict(variant=2, n_keys=4),  # multi-key: three distractor needles
+        dict(variant=1, n_values=3),  # multi-value: every value of the key, in text order
+        dict(variant=3, n_keys=3, n_queries=2),  # multi-query: values in query order
+    ],
+)
+def test_sniah_answers_are_the_queried_needles(params):
+    task = SNIAH(**params)
+    rng = random.Random(2)
+    for length in (512, 1024):
+        ex = task(rng, length)
+        found = needles(ex.prompt)
+        n_keys, n_values, n_queries = params.get("n_keys", 1), params.get("n_values", 1), params.get("n_queries", 1)
+        assert len(found) == n_keys - n_queries + n_queries * n_values
+        queried = re.findall(r"[a-z]+-[a-z]+", ex.query)
+        assert len(queried) == n_queries and len({k for k, _ in found}) == n_keys
+        expected = [v for q in queried for k, v in found if k == q]  # query order, then text order
+        assert ex.answer == ", ".join(expected)
+        if params["variant"] == 3:
+            assert all(str(uuid.UUID(v)) == v for v in expected)
+        else:
+            assert all(re.fullmatch(r"\d{7}", v) for v in expected)
+        assert 0.8 * length <= ex.meta["context_tokens"] <= length  # default count: UTF-8 bytes
+
+
+def test_sniah_haystacks():
+    rng = random.Random(3)
+    noise = SNIAH(variant=1)(rng, 800).prompt.split("\n", 1)[1]
+    hay = re.sub(r"One of the special magic numbers for [\w-]+ is: \d+\.", "", noise)
+    pieces, sentences = re.split(r"(?<=\.)\s+", hay.strip()), re.split(r"(?<=\.)\s+", NOISE)
+    assert set(pieces[:-1]) <= set(sentences) and any(s.startswith(pieces[-1]) for s in sentences)
+    prose = SNIAH(variant=2)(rng, 800).prompt
+    assert any(s in prose for s in default_prose())
+    custom = SNIAH(variant=2, haystack=["Custom sentence one.", "Custom sentence two."])(rng, 600)
+    assert "Custom sentence two." in custom.prompt
+
+
+def test_sniah_depth_places_the_needle():
+    rng = random.Random(4)
+    for depth in (0, 25, 50, 75, 100):
+        ex = SNIAH(variant=2, depth=depth)(rng, 2048)
+        body = ex.prompt.split("\n", 1)[1]
+        at = body.index("One of the special magic") / len(body)
+        assert abs(at - depth / 100) < 0.12 and abs(ex.meta["depth"] - depth / 100) < 0.05
+
+
+def test_sniah_counts_with_a_given_tokenizer(byte_tok):
+    calls = []
+
+    def count(text: str) -> int:
+        calls.append(text)
+        return len(byte_tok.encode(text)) // 2  # a tokenizer twice as compact as bytes
+
+    ex = SNIAH(variant=1, count_tokens=count)(random.Random(0), 400)
+    assert calls and len(ex.prompt.encode()) > 700  # twice the bytes for the same token budget
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda: SNIAH(variant=4), "unknown S-NIAH variant"),
+        (lambda: SNIAH(depth=150), "percentage"),
+        (lambda: SNIAH(n_keys=1, n_queries=2), "n_queries <= n_keys"),
+        (lambda: SNIAH(variant=1)(random.Random(0), 100), "too short"),
+        (lambda: FactNIAH("top"), "unknown niah position"),
+        (lambda: FactNIAH()(random.Random(0), -1), "needs difficulty >= 0"),
+    ],
+)
+def test_retrieval_parameter_errors(make, fragment):
+    with pytest.raises(MemlabError, match=fragment):
+        make()
+
+
+def test_mqar_structure():
+    V, T = 64, 64
+    task = MQAR(vocab_size=V, seq_len=T)
+    rng = random.Random(5)
+    for n in (1, 4, 16):
+        ex = task(rng, n)
+        assert len(ex.ids) == len(ex.loss_mask) == T + 1 and all(0 <= t < V for t in ex.ids)
+        keys, values = ex.ids[0 : 2 * n : 2], ex.ids[1 : 2 * n : 2]
+        assert all(1 <= k < V // 2 for k in keys) and all(V // 2 <= v < V for v in values)
+        assert len(set(keys)) == n
+        table = dict(zip(keys, values))
+        scored = [i for i, m in enumerate(ex.loss_mask) if m]
+        assert len(scored) == n and min(scored) > 2 * n  # queries come after the context
+        assert sorted(ex.ids[i - 1] for i in scored) == sorted(keys)  # every key is queried once
+        assert all(ex.ids[i] == table[ex.ids[i - 1]] for i in scored)
+
+
+def test_mqar_gaps_follow_a_power_law():
+    rng = random.Random(6)
+    task = MQAR(vocab_size=512, seq_len=512)
+    gaps = [i for _ in range(100) for i, m in enumerate(task(rng, 4).loss_mask) if m]
+    near = sum(g < 8 + 128 for g in gaps)
+    assert near > 0.6 * len(gaps)  # most queries in the first quarter of the query region
+
+
+@pytest.mark.parametrize(
+    "task, n, fragment",
+    [
+        (MQAR(vocab_size=64, seq_len=32), 9, "seq_len >= 4 \\* pairs"),
+        (MQAR(vocab_size=16, seq_len=64), 8, "too few keys"),
+        (MQAR(seq_len=33), 2, "even seq_len"),
+    ],
+)
+def test_mqar_impossible_parameters(task, n, fragment):
+    with pytest.raises(MemlabError, match=fragment):
+        task(random.Random(0), n)
+
+
+def test_task_specs(byte_tok):
+    assert parse_task_spec("sniah2:n_keys=4,depth=50.5,random_non_queries=false") == (
+        "sniah2",
+        {"n_keys": 4, "depth": 50.5, "random_non_queries": False},
+    )
+    sniah = get_task("sniah3:n_keys=2", tokenizer=byte_tok)
+    assert isinstance(sniah, SNIAH) and sniah.variant == 3 and sniah.n_keys == 2
+    mqar = get_task("mqar", tokenizer=byte_tok, seq_len=128)
+    assert mqar.vocab_size == byte_tok.vocab_size and mqar.seq_len == 128
+    assert get_task("mqar:seq_len=64", seq_len=128).seq_len == 64  # explicit parameters win
+    with pytest.raises(MemlabError, match="has no parameter"):
+        get_task("niah:n_keys=3")
+    with pytest.raises(MemlabError, match="key=value"):
+        get_task("niah:middle")
+    with pytest.raises(MemlabError, match="unknown task 'haystack'"):
+        task_levels("haystack")

@@ -1,0 +1,252 @@
+"""Corpora -> token shards: sources, exact round trip, stable split, reuse, corruption, windows, HF offline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from memlab.cli import main
+from memlab.data.shards import HEADER_FILE, TokenShards, read_header
+from memlab.data.sources import open_source
+from memlab.data.text import is_validation, prepare_shards
+from memlab.data.tokenizer import build_tokenizer, load_tokenizer
+from memlab.errors import MemlabError
+
+
+def stream(directory, split) -> np.ndarray:
+    """All tokens of a split, shard after shard."""
+    header = read_header(directory)
+    return np.concatenate(
+        [np.fromfile(directory / s["file"], dtype=header["dtype"]) for s in header["splits"][split]["shards"]]
+    )
+
+
+def split_documents(tokens: np.ndarray, tokenizer) -> list[str]:
+    ends = np.flatnonzero(tokens == tokenizer.eos_id)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    return [tokenizer.decode(tokens[a:b].tolist()) for a, b in zip(starts, ends)]
+
+
+# ------------------------------------------------------------------ sources
+
+
+def test_files_source_reads_txt_and_jsonl_in_order(tmp_path):
+    (tmp_path / "b.txt").write_text("second file")
+    (tmp_path / "a.jsonl").write_text('{"text": "row one"}\n\n{"text": "row two", "id": 2}\n')
+    assert list(open_source(f"files:{tmp_path}/*").documents()) == ["row one", "row two", "second file"]
+    (tmp_path / "c.jsonl").write_text('{"body": "x"}\n')
+    src = open_source(f"files:{tmp_path}/c.jsonl", text_field="body")
+    assert list(src.documents()) == ["x"]
+    with pytest.raises(MemlabError, match="none of the text fields"):
+        list(open_source(f"files:{tmp_path}/c.jsonl").documents())
+
+
+def test_files_source_reads_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"content": ["alpha", "beta"], "n": [1, 2]}), tmp_path / "d.parquet")
+    assert list(open_source(f"files:{tmp_path}/*.parquet").documents()) == ["alpha", "beta"]
+
+
+def test_stdlib_sources_are_real_code_and_prose():
+    code = open_source("stdlib-code")
+    first = next(iter(code.documents()))
+    assert "import" in first or "def " in first
+    assert code.fingerprint == open_source("stdlib-code").fingerprint
+    docs = open_source("stdlib-docs").documents()
+    prose = [next(docs) for _ in range(3)]
+    assert all(len(p) > 50 and " the " in p for p in prose)
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("nope", "unknown corpus source 'nope'; valid choices: stdlib-code"),
+        ("files:/definitely/not/here/*.txt", "matches no file"),
+        ("hf:", "needs a dataset name"),
+    ],
+)
+def test_bad_sources(spec, fragment):
+    with pytest.raises(MemlabError, match=fragment):
+        list(open_source(spec).documents())
+
+
+# ------------------------------------------------------------------- shards
+
+
+def test_shards_round_trip_exactly(documents, byte_shards, byte_tok):
+    header = read_header(byte_shards)
+    assert header["tokenizer_hash"] == byte_tok.hash and header["dtype"] == "uint16"
+    assert len(header["splits"]["train"]["shards"]) > 1  # shard_tokens=1000 forces several files
+    by_split = {s: split_documents(stream(byte_shards, s), byte_tok) for s in ("train", "val")}
+    expected_val = [d for d in documents if is_validation(d, 0.2)]
+    assert by_split["val"] == expected_val and by_split["train"] == [d for d in documents if d not in expected_val]
+    assert 0 < len(expected_val) < len(documents)
+    for split, docs in by_split.items():
+        assert header["splits"][split]["documents"] == len(docs)
+        assert header["splits"][split]["tokens"] == sum(len(d.encode()) + 1 for d in docs)
+    assert load_tokenizer(byte_shards).hash == byte_tok.hash  # the tokenizer travels with the shards
+
+
+def test_split_is_stable_when_documents_are_added_or_reordered(documents, tmp_path, byte_tok):
+    (tmp_path / "a").mkdir()
+    for i, d in enumerate(documents[:30]):
+        (tmp_path / "a" / f"{i:03d}.txt").write_text(d)
+    (tmp_path / "b").mkdir()
+    for i, d in enumerate(reversed(documents)):
+        (tmp_path / "b" / f"{i:03d}.txt").write_text(d)
+    prepare_shards(f"files:{tmp_path}/a/*.txt", byte_tok, tmp_path / "out_a", val_fraction=0.3)
+    prepare_shards(f"files:{tmp_path}/b/*.txt", byte_tok, tmp_path / "out_b", val_fraction=0.3)
+    val_a = set(split_documents(stream(tmp_path / "out_a", "val"), byte_tok))
+    val_b = set(split_documents(stream(tmp_path / "out_b", "val"), byte_tok))
+    assert val_a and val_a == val_b & set(documents[:30])
+
+
+def test_reuse_rebuild_and_force(corpus_dir, tmp_path, byte_tok):
+    src = f"files:{corpus_dir}/doc_00*.txt"
+    first = prepare_shards(src, byte_tok, tmp_path)
+    assert not first.reused and first.mb_per_s > 0 and "throughput" in first.summary()
+    again = prepare_shards(src, byte_tok, tmp_path)
+    assert again.reused and again.header == first.header and "up to date" in again.summary()
+    assert not prepare_shards(src, byte_tok, tmp_path, force=True).reused
+    assert not prepare_shards(src, byte_tok, tmp_path, val_fraction=0.5).reused  # another request
+
+
+def test_changed_source_file_triggers_rebuild(tmp_path, byte_tok):
+    (tmp_path / "in").mkdir()
+    f = tmp_path / "in" / "x.txt"
+    f.write_text("version one")
+    prepare_shards(f"files:{f}", byte_tok, tmp_path / "out", val_fraction=0)
+    f.write_text("version two, longer")
+    result = prepare_shards(f"files:{f}", byte_tok, tmp_path / "out", val_fraction=0)
+    assert not result.reused
+    assert split_documents(stream(tmp_path / "out", "train"), byte_tok) == ["version two, longer"]
+
+
+def test_truncated_and_tampered_shards_are_detected(corpus_dir, tmp_path, byte_tok):
+    src = f"files:{corpus_dir}/doc_01*.txt"
+    prepare_shards(src, byte_tok, tmp_path, val_fraction=0)
+    shard = tmp_path / read_header(tmp_path)["splits"]["train"]["shards"][0]["file"]
+    data = bytearray(shard.read_bytes())
+    data[10] ^= 1
+    shard.write_bytes(data)
+    with pytest.raises(MemlabError, match="checksum"):
+        TokenShards(tmp_path, "train")
+    shard.write_bytes(data[:-2])
+    with pytest.raises(MemlabError, match="truncated"):
+        TokenShards(tmp_path, "train", verify=False)
+    assert not prepare_shards(src, byte_tok, tmp_path, val_fraction=0).reused  # prepare repairs it
+    TokenShards(tmp_path, "train")
+
+
+def test_tokenizer_mismatch_and_bad_header(documents, byte_shards, tmp_path):
+    other = build_tokenizer("bpe", texts=documents, vocab_size=300)
+    with pytest.raises(MemlabError, match="made with tokenizer"):
+        TokenShards(byte_shards, "train", tokenizer=other)
+    with pytest.raises(MemlabError, match="run `memlab data prepare` first"):
+        TokenShards(tmp_path, "train")
+    (tmp_path / HEADER_FILE).write_text("{not json")
+    with pytest.raises(MemlabError, match="corrupt"):
+        TokenShards(tmp_path, "train")
+    with pytest.raises(MemlabError, match="unknown split 'test'"):
+        TokenShards(byte_shards, "test")
+
+
+def test_empty_corpus_is_an_error(tmp_path, byte_tok):
+    (tmp_path / "blank.txt").write_text("  \n\n ")
+    with pytest.raises(MemlabError, match="no documents"):
+        prepare_shards(f"files:{tmp_path}/*.txt", byte_tok, tmp_path / "out")
+
+
+def test_bpe_on_stdlib_code(tmp_path):
+    result = prepare_shards("stdlib-code", "bpe", tmp_path, vocab_size=300, max_docs=8, val_fraction=0)
+    tok = load_tokenizer(tmp_path)
+    assert tok.kind == "bpe" and tok.hash == result.header["tokenizer_hash"] == result.tokenizer.hash
+    assert result.header["splits"]["train"]["documents"] == 8
+    docs = split_documents(stream(tmp_path, "train"), tok)
+    assert docs == [d for d in open_source("stdlib-code").documents() if d.strip()][:8]
+    assert prepare_shards("stdlib-code", "bpe", tmp_path, vocab_size=300, max_docs=8, val_fraction=0).reused
+
+
+# ------------------------------------------------------------------ windows
+
+
+def test_random_windows_are_deterministic_slices(byte_shards):
+    shards = TokenShards(byte_shards, "train")
+    flat = stream(byte_shards, "train")
+    a = shards.random_windows(6, 50, np.random.default_rng(3))
+    b = shards.random_windows(6, 50, np.random.default_rng(3))
+    assert a.shape == (6, 51) and a.dtype == torch.int64 and (a == b).all()
+    for row in a.numpy():  # each window is a contiguous slice of the split (crossing shard files)
+        assert any(np.array_equal(flat[i : i + 51], row) for i in np.flatnonzero(flat == row[0]))
+
+
+def test_sequential_windows_predict_every_token_once(byte_shards):
+    shards = TokenShards(byte_shards, "val")
+    flat = stream(byte_shards, "val")
+    windows = list(shards.sequential_windows(3, 40))
+    n = shards.num_sequential_windows(40)
+    assert [w.shape[0] for w in windows][:-1] == [3] * (len(windows) - 1) and sum(w.shape[0] for w in windows) == n
+    targets = np.concatenate([w[:, 1:].numpy().ravel() for w in windows])
+    assert (targets == flat[1 : n * 40 + 1]).all()
+    assert sum(w.shape[0] for w in shards.sequential_windows(3, 40, max_windows=4)) == 4
+
+
+def test_ranks_see_disjoint_slices(byte_shards):
+    total = TokenShards(byte_shards, "train").num_tokens
+    ranks = [TokenShards(byte_shards, "train", rank=r, world_size=3) for r in range(3)]
+    assert [r.lo for r in ranks[1:]] == [r.hi for r in ranks[:-1]] and sum(r.num_tokens for r in ranks) == total
+    flat = stream(byte_shards, "train")
+    for r in ranks:
+        w = next(r.sequential_windows(1, 20))[0].numpy()
+        assert (w == flat[r.lo : r.lo + 21]).all()
+    reads = []
+    ranks[1].tokens = lambda a, b: reads.append((a, b)) or flat[a:b]  # record what the windows read
+    ranks[1].random_windows(200, 30, np.random.default_rng(0))
+    assert min(a for a, _ in reads) >= ranks[1].lo and max(b for _, b in reads) <= ranks[1].hi
+    assert max(b for _, b in reads) > ranks[1].hi - 40  # and they do reach the end of the slice
+    with pytest.raises(MemlabError, match="fewer than one window"):
+        ranks[0].random_windows(1, total, np.random.default_rng(0))
+
+
+# --------------------------------------------------------------- HF datasets
+
+
+def test_hf_source_offline_from_local_files(tmp_path, byte_tok):
+    pytest.importorskip("datasets")
+    rows = [{"text": f"story number {i}", "id": i} for i in range(12)]
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = open_source(f"hf:{tmp_path / 'ds'}:train")
+    assert list(src.documents()) == [r["text"] for r in rows]
+    assert list(open_source(f"hf:{tmp_path / 'ds' / 'train.jsonl'}:train[:3]").documents()) == [
+        r["text"] for r in rows[:3]
+    ]
+    result = prepare_shards(src, byte_tok, tmp_path / "out", val_fraction=0)
+    assert split_documents(stream(tmp_path / "out", "train"), byte_tok) == [r["text"] for r in rows]
+    assert prepare_shards(open_source(f"hf:{tmp_path / 'ds'}:train"), byte_tok, tmp_path / "out", val_fraction=0).reused
+    assert result.header["source"].startswith("hf:")
+
+
+def test_hf_source_missing_dataset_is_one_clear_error():
+    pytest.importorskip("datasets")
+    with pytest.raises(MemlabError, match="cannot load hf:no-such-user/no-such-dataset"):
+        list(open_source("hf:no-such-user/no-such-dataset").documents())
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def test_cli_data_prepare(documents, corpus_dir, tmp_path, capsys):
+    args = ["data", "prepare", "--source", f"files:{corpus_dir}/doc_02*.txt", "--tokenizer", "byte"]
+    main([*args, "--out", str(tmp_path), "--val-fraction", "0"])
+    out = capsys.readouterr().out
+    assert f"prepared files:{corpus_dir}/doc_02*.txt" in out and "MB/s" in out
+    assert TokenShards(tmp_path, "train").num_tokens == sum(len(d.encode()) + 1 for d in documents[20:30])
+    with pytest.raises(SystemExit) as e:
+        main(["data", "prepare", "--source", "bogus", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "unknown corpus source 'bogus'" in capsys.readouterr().err
