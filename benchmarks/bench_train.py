@@ -4,11 +4,21 @@ The fp32 matmul peak is measured in the same run, so MFU is relative to what thi
 really does.  Prints JSON.  Reproduce the foundation targets (baseline, nano, T=256, B=8):
 
     python benchmarks/bench_train.py --variant baseline --size nano --seq-len 256 --batch 8
+
+Full-loop mode (``--loop-steps N``): also runs ``memlab.train.train`` itself for N steps at the
+same shapes (tasks, then the stdlib-code corpus with the byte tokenizer; evaluation and a
+checkpoint every ``--loop-interval`` steps) and reports the loop's tokens/s against the bare
+fp32 step measured in the same run, so the loop's overhead (data, logging, evaluation,
+checkpointing) is a measured ratio.  Target: loop >= 0.9x bare step at nano:
+
+    python benchmarks/bench_train.py --size nano --seq-len 256 --batch 8 --no-bf16 --loop-steps 60
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +38,10 @@ class Args:
     steps: int = 5
     bf16: bool = True
     """also measure bf16 autocast and report its ratio to fp32"""
+    loop_steps: int = 0
+    """> 0: also run the full training loop (memlab train) for this many steps"""
+    loop_interval: int = 30
+    """full loop: steps between evaluations and between checkpoints"""
     out: str | None = None
 
 
@@ -46,6 +60,28 @@ def step_tokens_per_s(model, batch: int, seq_len: int, steps: int, autocast_dtyp
         opt.zero_grad(set_to_none=True)
 
     return batch * seq_len / timed(step, steps, warmup=2)
+
+
+def loop_throughput(args: Args, vocab_size: int) -> dict:
+    """Run ``memlab.train.train`` for ``args.loop_steps`` steps; its summary's throughput and timings."""
+    from memlab.train import TrainConfig, train
+
+    tokens = args.loop_steps * args.batch * args.seq_len
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig(
+            variant=args.variant, model_size=args.size, model={"vocab_size": vocab_size}, corpus="stdlib-code",
+            tokenizer="byte", seq_len=args.seq_len, batch_size=args.batch, alg_tokens=tokens // 2,
+            total_tokens=tokens, eval_interval=args.loop_interval, save_interval=args.loop_interval,
+            output_dir=out, progress=False,
+        )
+        summary = json.loads((train(cfg) / "summary.json").read_text())
+    return {
+        "steps": summary["steps"],
+        "eval_and_save_interval": args.loop_interval,
+        "tokens_per_s": summary["tokens_per_s"],  # everything after set-up: steps, evals, checkpoints, plots
+        "train_tokens_per_s": summary["train_tokens_per_s"],  # the steps alone: data, forward/backward, logging
+        "seconds": summary["seconds"],
+    }
 
 
 def main(args: Args) -> dict:
@@ -70,6 +106,18 @@ def main(args: Args) -> dict:
     if args.bf16:
         bf16 = step_tokens_per_s(model, args.batch, args.seq_len, args.steps, torch.bfloat16)
         result.update(bf16_tokens_per_s=bf16, bf16_over_fp32=bf16 / fp32)
+    if args.loop_steps:
+        loop = loop_throughput(args, model.config.vocab_size)
+        # the bare step again after the loop: on a shared machine the load may have changed meanwhile
+        after = step_tokens_per_s(model, args.batch, args.seq_len, args.steps)
+        bare = (fp32 + after) / 2
+        loop.update(
+            bare_step_tokens_per_s_after=after,
+            bare_step_tokens_per_s=bare,  # mean of the measurements before and after the loop
+            steps_over_bare_step=loop["train_tokens_per_s"] / bare,
+            loop_over_bare_step=loop["tokens_per_s"] / bare,
+        )
+        result["full_loop"] = loop
     result["peak_rss_mib"] = peak_rss_mib()
     return result
 

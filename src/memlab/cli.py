@@ -10,12 +10,16 @@ import contextlib
 import io
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import tyro
 
+from memlab.analysis.study import StudyConfig
 from memlab.errors import MemlabError
+from memlab.eval.options import EvalOptions
+from memlab.probes.options import ProbeOptions
+from memlab.train.config import TrainArgs
 
 # ------------------------------------------------------------------------ info
 
@@ -89,11 +93,257 @@ def run_generate(args: GenerateArgs) -> None:
     print(args.prompt + tokenizer.decode(out[0, ids.shape[1] :].tolist()))
 
 
+# ---------------------------------------------------------------- data prepare
+
+
+@dataclass
+class DataPrepareArgs:
+    """Tokenise a corpus into memory-mapped train/val token shards (reused when up to date)."""
+
+    source: str
+    """stdlib-code, stdlib-docs, hf:NAME[:SPLIT] or files:GLOB"""
+    out: str
+    """output directory: shards.json, {train,val}_NNN.bin and the tokenizer"""
+    tokenizer: str = "bpe"
+    """bpe (trained on the corpus), byte, or a local Hugging Face tokenizer name/path"""
+    vocab_size: int = 8192
+    """BPE vocabulary size"""
+    val_fraction: float = 0.01
+    """fraction of documents (chosen by a hash of their text) in the validation split"""
+    split_seed: int = 0
+    max_docs: int | None = None
+    text_field: str | None = None
+    """field/column holding the text (default: text, content, story, code or document)"""
+    streaming: bool = False
+    """hf: stream the dataset instead of loading it from the local cache"""
+    bpe_train_bytes: int = 10_000_000
+    """text the BPE is trained on (the first documents of the training split)"""
+    force: bool = False
+    """rebuild even when the shards are up to date"""
+
+
+def run_data_prepare(args: DataPrepareArgs) -> None:
+    from memlab.data.sources import open_source
+    from memlab.data.text import prepare_shards
+
+    source = open_source(args.source, text_field=args.text_field, streaming=args.streaming)
+    result = prepare_shards(
+        source, args.tokenizer, args.out, vocab_size=args.vocab_size, val_fraction=args.val_fraction,
+        split_seed=args.split_seed, max_docs=args.max_docs, bpe_train_bytes=args.bpe_train_bytes,
+        force=args.force, progress=True,
+    )
+    print(result.summary())
+
+
+# ------------------------------------------------------------------------ eval
+
+
+@dataclass
+class EvalArgs:
+    """Evaluate a checkpoint: algorithmic, longctx, lm, ablation, selftest (or all) suites."""
+
+    checkpoint: str
+    """a run directory, a checkpoint (checkpoints/step_N) or a model directory"""
+    suite: str = "all"
+    """algorithmic, longctx, lm, ablation, selftest, lm-eval or all (all: every suite but lm-eval)"""
+    out_dir: str | None = None
+    """where results_<suite>.json and plots go (default: eval/ of the run)"""
+    options: Annotated[EvalOptions, tyro.conf.arg(name="")] = field(default_factory=EvalOptions)
+
+
+def run_eval(args: EvalArgs) -> None:
+    import logging
+
+    from memlab.eval.hub import evaluate, summary_lines
+
+    logging.basicConfig(level=logging.INFO, format="memlab eval: %(message)s")
+    doc = evaluate(args.checkpoint, args.suite, args.out_dir, args.options, progress=True)
+    print("\n".join(summary_lines(doc)))
+
+
+# --------------------------------------------------------------------- compare
+
+
+@dataclass
+class CompareArgs:
+    """Compare evaluated runs: a table (terminal, markdown, CSV), verdicts against the baseline, plots."""
+
+    runs: tyro.conf.Positional[list[str]]
+    """run directories (each holding eval/results_*.json)"""
+    out_dir: str = "compare"
+    baseline: str | None = None
+    """run name or variant of the baseline (default: the 'baseline' variant, else the first run)"""
+    aggregate_seeds: bool = False
+    """average the runs of each variant (mean and interval over seeds)"""
+    min_alg_gain: float = 0.05
+    """win criterion: algorithmic accuracy gain over the baseline (0.05 = 5 points)"""
+    max_time_ratio: float = 2.0
+    """win criterion: at most this multiple of the baseline's training time"""
+    max_ppl_ratio: float = 1.5
+    """win criterion (no collapse): at most this multiple of the baseline's perplexity"""
+
+
+def run_compare(args: CompareArgs) -> None:
+    from memlab.analysis.compare import Criteria, compare
+
+    criteria = Criteria(args.min_alg_gain, args.max_time_ratio, args.max_ppl_ratio)
+    result = compare(args.runs, args.out_dir, args.baseline, args.aggregate_seeds, criteria)
+    print(result.terminal)
+    print(f"\nwrote {', '.join(str(f) for f in result.files)}")
+
+
+# ----------------------------------------------------------------------- train
+
+
+def run_train(args: TrainArgs) -> None:
+    import json
+    import logging
+    import os
+
+    from memlab.train import train
+
+    main_process = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="memlab: %(message)s")
+    run_dir = train(args.to_config())
+    if main_process:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        final, acc = summary["final"], summary["final"]["acc"] or {}
+        print(f"run: {run_dir}  steps: {summary['steps']}  tokens: {summary['tokens_seen']}  "
+              f"loss: {final['loss']}  val_ppl: {final['val_ppl']}  "
+              f"mean task accuracy: {sum(acc.values()) / len(acc) if acc else None}")
+
+
+# ---------------------------------------------------------------------- export
+
+
+@dataclass
+class ExportArgs:
+    """Export a model as a self-contained directory: config, weights, tokenizer, model card."""
+
+    checkpoint: str
+    """a run directory, a checkpoint (checkpoints/step_N), a model directory or an export"""
+    out: str
+    """the directory to write (config.json, model.safetensors, tokenizer files, README.md)"""
+    overwrite: bool = False
+    """replace a non-empty --out"""
+
+
+def run_export(args: ExportArgs) -> None:
+    from memlab.export import export
+
+    out = export(args.checkpoint, args.out, args.overwrite)
+    print(f"exported to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+
+
+# ----------------------------------------------------------------------- scale
+
+
+@dataclass
+class ScaleArgs:
+    """Train a ladder of sizes per variant; fit L(N) = a N^-alpha + c and L(FLOPs); plot; go/no-go verdict."""
+
+    variant: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
+    """a variant to scale (repeat the flag, or a,b); default: baseline"""
+    sizes: str = "1M,3M,10M"
+    """comma-separated presets (tiny, 125M), width/depth pairs (d256l4) or parameter counts (1M, 2.5M, 300K)"""
+    tokens: int | None = None
+    """training tokens of every rung"""
+    tokens_per_param: float | None = None
+    """training tokens per non-embedding parameter (20: the Chinchilla ratio)"""
+    out_dir: str = "scaling"
+    """the ladder: <out_dir>/<variant>/<size>/ runs, data/, scaling.json, scaling.md, scaling.png"""
+    config: str | None = None
+    """a `memlab train` YAML used as the recipe of every rung (default: language modelling only)"""
+    corpus: str | None = None
+    """recipe overrides (default: from --config, else memlab train's defaults): the text corpus"""
+    data_dir: str | None = None
+    """prepared shards shared by every rung (default: <out_dir>/data, prepared by the first rung)"""
+    tokenizer: str | None = None
+    seq_len: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    eval_tokens: int | None = None
+    """validation tokens measured per rung (their windows drive the bootstrap)"""
+    device: str | None = None
+    seed: int = 0
+    """training seed of every rung, and the bootstrap's"""
+    aspect: float = 32.0
+    """size rule: the width/depth ratio aimed at for parameter-count sizes"""
+    bootstrap: int = 1000
+    """bootstrap replicates of the interval for alpha"""
+
+
+def run_scale(args: ScaleArgs) -> None:
+    import dataclasses
+    from pathlib import Path
+
+    from memlab.analysis.ladder import default_recipe, run_ladder
+    from memlab.train.config import TrainConfig
+
+    recipe = TrainConfig.from_yaml(args.config) if args.config else default_recipe()
+    given = {k: getattr(args, k) for k in ("corpus", "data_dir", "tokenizer", "seq_len", "batch_size", "lr",
+                                           "eval_tokens", "device") if getattr(args, k) is not None}
+    recipe = dataclasses.replace(recipe, seed=args.seed, **given).validate()
+    variants = [v for item in args.variant or ["baseline"] for v in item.split(",") if v]
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    run_ladder(variants, sizes, recipe, args.out_dir, args.tokens, args.tokens_per_param, args.aspect,
+               args.bootstrap, args.seed)
+    print((Path(args.out_dir) / "scaling.md").read_text())
+    print(f"wrote {args.out_dir}/scaling.json, scaling.md, scaling.png")
+
+
+# ----------------------------------------------------------------------- study
+
+
+def run_study(args: StudyConfig) -> None:
+    import logging
+
+    from memlab.analysis.study import run_study as study
+
+    logging.basicConfig(level=logging.INFO, format="memlab study: %(message)s")
+    result = study(args)
+    print(result.comparison.terminal)
+    print(f"\nwrote {result.report}")
+
+
+# ----------------------------------------------------------------------- probe
+
+
+@dataclass
+class ProbeArgs:
+    """Probe what a model's memory slots store: routing, gates, alphas, domains or trajectory."""
+
+    checkpoint: str
+    """a run directory, a checkpoint (checkpoints/step_N) or a model directory; trajectory: a run directory"""
+    probe: str = "routing"
+    """routing, gates, alphas, domains or trajectory"""
+    out_dir: str | None = None
+    """where <probe>_probe_step<N>.json and .png go (default: probes/ of the run)"""
+    options: Annotated[ProbeOptions, tyro.conf.arg(name="")] = field(default_factory=ProbeOptions)
+
+
+def run_probe(args: ProbeArgs) -> None:
+    import logging
+
+    from memlab.probes import run_probe as probe
+
+    logging.basicConfig(level=logging.INFO, format="memlab: %(message)s")
+    print(f"wrote {probe(args.checkpoint, args.probe, args.out_dir, args.options)}")
+
+
 # ---------------------------------------------------------------------- main
 
 COMMANDS: dict[str, tuple[type, Callable[[Any], None]]] = {
     "info": (InfoArgs, run_info),
     "generate": (GenerateArgs, run_generate),
+    "data prepare": (DataPrepareArgs, run_data_prepare),
+    "eval": (EvalArgs, run_eval),
+    "compare": (CompareArgs, run_compare),
+    "study": (StudyConfig, run_study),
+    "export": (ExportArgs, run_export),
+    "scale": (ScaleArgs, run_scale),
+    "train": (TrainArgs, run_train),
+    "probe": (ProbeArgs, run_probe),
 }
 
 
@@ -119,10 +369,14 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         _fail(f"unknown command {command!r}; valid choices: {', '.join(names)}")
     args_type, run = COMMANDS[command]
+    try:  # a command may take its defaults from a file (--config run.yaml)
+        default = args_type.defaults_from(argv[1:]) if hasattr(args_type, "defaults_from") else None
+    except MemlabError as e:
+        _fail(str(e))
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
-            args = tyro.cli(args_type, args=argv[1:], prog=f"memlab {command}")
+            args = tyro.cli(args_type, args=argv[1:], default=default, prog=f"memlab {command}")
     except SystemExit as e:
         if e.code not in (0, None):
             _fail(f"{_one_line(stderr.getvalue())} (see memlab {command} --help)")

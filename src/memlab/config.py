@@ -26,7 +26,7 @@ class AttentionConfig:
 
 @dataclass
 class GDNConfig:
-    """Gated DeltaNet (``G``) and DeltaNet (``D``) mixers, and the hybrid's state read."""
+    """Gated DeltaNet (``G``), DeltaNet (``D``) and the hybrid's state-reading window layer (``W``)."""
 
     n_heads: int | None = None  # default: the model's n_heads
     head_dim: int | None = None  # key/query width per head; default d_model // n_heads
@@ -35,11 +35,11 @@ class GDNConfig:
     chunk_size: int = 64
     beta_floor: float = 0.0  # beta = floor + (1 - floor) * sigmoid(.)
     allow_neg_eigval: bool = False  # beta in (0, 2)
-    g_bias: float | None = None  # initial retention exp(g) ~ g_bias when set
+    g_bias: float | None = None  # when set: initial retention exp(g) = sigmoid(g_bias) in every head
     shifted_pairing: bool = False  # write k_{t-1} with v_t
-    state_read: bool = True  # hybrid 'S' layers read the preceding G layer's state
-    local_drop_prob: float = 0.0  # stochastic local drop of the hybrid's window branch
-    local_scale: float = 1.0  # window-branch scale at evaluation
+    state_read: bool = True  # 'W' layers read the nearest preceding G/D layer's state
+    local_drop_prob: float = 0.0  # 'W' layers: per-sequence drop of the window branch in training
+    local_scale: float = 1.0  # 'W' layers: window-branch scale at evaluation
 
 
 @dataclass
@@ -51,9 +51,11 @@ class CDMConfig:
     readout: Literal["gate", "xattn", "both"] = "both"
     hard_routing: bool = False  # V3 winner-take-all writes (straight-through)
     eta_hidden: int = 64  # width of the input-dependent decay network (V2)
+    eta_bias: float = -2.0  # initial output bias of eta: writes start small, sigmoid(-2) ~ 0.12
+    alpha_init: float = 0.0  # V3: initial log_alpha of every slot (symmetric), sigmoid(0) = 0.5
     entropy_reg: float = 0.02
     load_balance: float = 0.0  # V3: 0.01
-    chunk_size: int = 64
+    chunk_size: int = 32  # slot scan chunk (32 is the fastest on CPU at d=384, K=16)
 
 
 @dataclass

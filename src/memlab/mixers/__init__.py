@@ -16,6 +16,15 @@ def register_mixer(cls: type[Mixer]) -> type[Mixer]:
 
 
 # Importing a mixer module registers it.
-from memlab.mixers import attention  # noqa: E402,F401
+from memlab.mixers import (  # noqa: E402
+    attention,
+    cdm,
+    gated_delta,
+    mamba2,
+    memory_tokens,
+    state_read_window,
+)
+
+del attention, cdm, gated_delta, mamba2, memory_tokens, state_read_window
 
 __all__ = ["MIXERS", "Ablation", "Mixer", "MixerState", "register_mixer"]

@@ -1,29 +1,101 @@
-"""Finding the model directory inside a run, a checkpoint or an export."""
+"""Finding the model directory inside a run, a checkpoint or an export; checking it is whole.
+
+A directory written by the trainer ends with ``manifest.json`` (the size and sha256 of every
+other file), written last and renamed into place with the directory, so a checkpoint that is
+partial, truncated or altered is detected and skipped for the one before it, with a warning.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import re
 from pathlib import Path
 
 from memlab.errors import MemlabError
 
 WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+log = logging.getLogger(__name__)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """Record the size and sha256 of every file under ``directory`` in its ``manifest.json``."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    entries = {str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
+    (directory / MANIFEST_FILE).write_text(json.dumps({"files": entries}, indent=1) + "\n")
+
+
+def manifest_problem(directory: Path, checksums: bool = True) -> str | None:
+    """Why ``directory`` is not whole (a missing, truncated or altered file), or None if it is.
+
+    Directories without a manifest (exports, hand-made model directories) are only checked for
+    their weights file.
+    """
+    manifest = directory / MANIFEST_FILE
+    if not manifest.is_file():
+        return None if (directory / WEIGHTS_FILE).is_file() else f"{WEIGHTS_FILE} is missing"
+    try:
+        entries = json.loads(manifest.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return f"{MANIFEST_FILE} is corrupt"
+    for name, entry in entries.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != entry["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, expected {entry['bytes']}"
+        if checksums and file_sha256(path) != entry["sha256"]:
+            return f"{name} fails its sha256 checksum"
+    return None
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """The ``checkpoints/step_N`` directories of a run, oldest first (by N)."""
+    steps = sorted(
+        (int(m.group(1)), p)
+        for p in (Path(run_dir) / "checkpoints").glob("step_*")
+        if (m := re.fullmatch(r"step_(\d+)", p.name)) and p.is_dir()
+    )
+    return [p for _, p in steps]
+
+
+def latest_whole_checkpoint(run_dir: Path, checksums: bool = True) -> Path | None:
+    """The newest checkpoint of a run that is whole; broken ones are skipped with a warning."""
+    for path in reversed(checkpoint_dirs(run_dir)):
+        problem = manifest_problem(path, checksums)
+        if problem is None:
+            return path
+        log.warning("skipping checkpoint %s: %s", path, problem)
+    return None
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """``path`` itself if it holds weights, else its ``best_model/``, else its newest checkpoint."""
+    """``path`` itself if it holds weights, else its ``best_model/``, else its newest whole checkpoint."""
     path = Path(path)
     if not path.exists():
         raise MemlabError(f"no such checkpoint or model directory: {path}")
     if (path / WEIGHTS_FILE).is_file():
+        problem = manifest_problem(path, checksums=False)
+        if problem:
+            raise MemlabError(f"{path} is corrupt: {problem}")
         return path
-    if (path / "best_model" / WEIGHTS_FILE).is_file():
-        return path / "best_model"
-    steps = sorted(
-        (int(m.group(1)), p)
-        for p in (path / "checkpoints").glob("step_*")
-        if (m := re.fullmatch(r"step_(\d+)", p.name)) and (p / WEIGHTS_FILE).is_file()
-    )
-    if steps:
-        return steps[-1][1]
+    best = path / "best_model"
+    if (best / WEIGHTS_FILE).is_file():
+        problem = manifest_problem(best, checksums=False)
+        if problem is None:
+            return best
+        log.warning("skipping %s: %s", best, problem)
+    latest = latest_whole_checkpoint(path, checksums=False)
+    if latest is not None:
+        return latest
     raise MemlabError(f"{path} holds no model ({WEIGHTS_FILE}, best_model/ or checkpoints/step_N/)")

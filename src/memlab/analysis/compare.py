@@ -1,0 +1,358 @@
+"""Comparing runs: one row per run (or per variant over seeds), and the source study's verdict.
+
+A variant *wins* against the baseline when all four criteria hold (``Criteria``):
+
+1. algorithmic accuracy (IID grid) at least ``min_alg_gain`` (5 points) above the baseline's;
+2. better out-of-distribution accuracy (OOD grid) than the baseline;
+3. training time at most ``max_time_ratio`` (2x) the baseline's;
+4. no perplexity collapse: perplexity at most ``max_ppl_ratio`` (1.5x) the baseline's.
+
+A criterion whose numbers are missing is ``None`` (not evaluated) and the verdict is
+``incomplete``.  Verdicts compare point estimates; the table prints every interval so a
+reader can see when a difference is within noise.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memlab.errors import MemlabError
+from memlab.eval.schema import read_results
+from memlab.eval.stats import mean_interval
+
+
+@dataclass
+class Metric:
+    """A number with its 95% interval and what it rests on (examples, windows or seeds)."""
+
+    value: float | None = None
+    ci95: list[float] | None = None
+    n: int = 0
+
+    @classmethod
+    def of_accuracy(cls, record: dict[str, Any] | None) -> Metric:
+        if not record or record.get("accuracy") is None:
+            return cls()
+        return cls(record["accuracy"], record["ci95"], record["n"])
+
+
+@dataclass
+class Row:
+    """What ``memlab compare`` shows of one run (or of one variant's seeds, ``runs`` > 1)."""
+
+    name: str
+    variant: str
+    size: str
+    params: int | None = None
+    state_bytes: int | None = None  # per sequence at 2048 tokens
+    algorithmic: Metric = field(default_factory=Metric)
+    ood: Metric = field(default_factory=Metric)
+    needle: Metric = field(default_factory=Metric)
+    perplexity: Metric = field(default_factory=Metric)
+    delta: Metric = field(default_factory=Metric)
+    train_time_s: Metric = field(default_factory=Metric)
+    runs: int = 1
+    results: dict[str, Any] = field(default_factory=dict, repr=False)  # suite -> payload, for plots
+
+
+METRICS = ("algorithmic", "ood", "needle", "perplexity", "delta", "train_time_s")
+
+
+@dataclass
+class Criteria:
+    min_alg_gain: float = 0.05
+    max_time_ratio: float = 2.0
+    max_ppl_ratio: float = 1.5
+
+
+# ----------------------------------------------------------------------- loading
+
+
+def eval_dir(run_dir: Path) -> Path:
+    return run_dir / "eval" if (run_dir / "eval").is_dir() else run_dir
+
+
+def load_payloads(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(suite -> newest payload, metadata of the newest file) from the run's results files."""
+    files = sorted(eval_dir(run_dir).glob("results_*.json"))
+    if not files:
+        raise MemlabError(f"{run_dir} holds no results files (run `memlab eval --checkpoint {run_dir}` first)")
+    newest: dict[str, tuple[str, Any]] = {}
+    meta: dict[str, Any] = {}
+    for path in files:
+        doc = read_results(path)
+        stamp = doc["metadata"]["timestamp"]
+        payloads = doc["results"] if doc["suite"] == "all" else {doc["suite"]: doc["results"]}
+        for suite, payload in payloads.items():
+            if suite not in newest or stamp >= newest[suite][0]:
+                newest[suite] = (stamp, payload)
+        if not meta or stamp >= meta["timestamp"]:
+            meta = doc["metadata"]
+    return {s: p for s, (_, p) in newest.items()}, meta
+
+
+def training_seconds(run_dir: Path) -> float | None:
+    """The run's training wall time (``wall_time_s`` of its summary.json, over every resumed session)."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MemlabError(f"corrupt {path}: {e}") from None
+    seconds = summary.get("wall_time_s")
+    return float(seconds) if isinstance(seconds, (int, float)) else None
+
+
+def load_run(run_dir: str | Path) -> Row:
+    """The comparison row of one run directory (or of a directory holding results files)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MemlabError(f"no such run directory: {run_dir}")
+    payloads, meta = load_payloads(run_dir)
+    model = meta["model"]
+    row = Row(
+        name=run_dir.name,
+        variant=model["variant"],
+        size=model["size"],
+        params=model["params"],
+        state_bytes=model["state_bytes"].get("2048"),
+        results=payloads,
+    )
+    if "algorithmic" in payloads:
+        summary = payloads["algorithmic"]["summary"]
+        row.algorithmic, row.ood = Metric.of_accuracy(summary.get("iid")), Metric.of_accuracy(summary.get("ood"))
+    if "longctx" in payloads:
+        row.needle = Metric.of_accuracy(payloads["longctx"]["overall"])
+    if "lm" in payloads:
+        lm = payloads["lm"]
+        row.perplexity = Metric(lm["perplexity"], lm.get("perplexity_ci95"), lm.get("windows", 0))
+    if "ablation" in payloads:
+        d = payloads["ablation"]["delta"]
+        row.delta = Metric(d["delta"], d["ci95"], d["n"])
+    seconds = training_seconds(run_dir)
+    if seconds is not None:
+        row.train_time_s = Metric(seconds, None, 1)
+    return row
+
+
+def aggregate(rows: Sequence[Row]) -> list[Row]:
+    """One row per (variant, size): each metric's mean over the runs with a t interval over runs.
+
+    The per-length and needle plots of an aggregated row show its first run's curves.
+    """
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.variant, row.size), []).append(row)
+    out = []
+    for (variant, size), members in groups.items():
+        if len(members) == 1:
+            out.append(members[0])
+            continue
+        agg = Row(name=variant, variant=variant, size=size, params=members[0].params,
+                  state_bytes=members[0].state_bytes, runs=len(members), results=members[0].results)
+        for name in METRICS:
+            values = [getattr(m, name).value for m in members if getattr(m, name).value is not None]
+            stat = mean_interval(values)
+            setattr(agg, name, Metric(stat["mean"], stat["ci95"] if stat["n"] else None, stat["n"]))
+        out.append(agg)
+    return out
+
+
+# ---------------------------------------------------------------------- verdicts
+
+
+def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
+    """``{"criteria": {name: {"passed", "detail"}}, "verdict": "wins" | "does not win" | "incomplete"}``."""
+
+    def check(ok: bool | None, detail: str) -> dict[str, Any]:
+        return {"passed": ok, "detail": detail}
+
+    def both(a: Metric, b: Metric) -> bool:
+        return a.value is not None and b.value is not None and math.isfinite(a.value) and math.isfinite(b.value)
+
+    c: dict[str, dict[str, Any]] = {}
+    a, b = row.algorithmic, base.algorithmic
+    c["algorithmic"] = check(
+        round(a.value - b.value, 9) >= criteria.min_alg_gain if both(a, b) else None,
+        f"{_pts(a.value - b.value)} vs >= +{100 * criteria.min_alg_gain:g} pts" if both(a, b) else "missing",
+    )
+    a, b = row.ood, base.ood
+    c["ood"] = check(a.value > b.value if both(a, b) else None,
+                     f"{_pts(a.value - b.value)} OOD" if both(a, b) else "missing")
+    a, b = row.train_time_s, base.train_time_s
+    ok = both(a, b) and b.value > 0
+    c["train_time"] = check(a.value / b.value <= criteria.max_time_ratio if ok else None,
+                            f"{a.value / b.value:.2f}x vs <= {criteria.max_time_ratio:g}x" if ok else "missing")
+    a, b = row.perplexity, base.perplexity
+    ok = both(a, b) and b.value > 0
+    c["perplexity"] = check(a.value / b.value <= criteria.max_ppl_ratio if ok else None,
+                            f"{a.value / b.value:.2f}x vs <= {criteria.max_ppl_ratio:g}x" if ok else "missing")
+    passed = [v["passed"] for v in c.values()]
+    if any(p is False for p in passed):
+        overall = "does not win"
+    elif all(p is True for p in passed):
+        overall = "wins"
+    else:
+        overall = "incomplete"
+    return {"criteria": c, "verdict": overall}
+
+
+def pick_baseline(rows: Sequence[Row], baseline: str | None) -> Row:
+    """The row named ``baseline`` (run name or variant); default: the ``baseline`` variant, else the first."""
+    if baseline is None:
+        return next((r for r in rows if r.variant == "baseline"), rows[0])
+    for row in rows:
+        if baseline in (row.name, row.variant):
+            return row
+    raise MemlabError(f"unknown baseline {baseline!r}; valid choices: {', '.join(sorted({r.name for r in rows}))}")
+
+
+# ------------------------------------------------------------------------ tables
+
+COLUMNS = ("run", "variant", "params", "state B@2k", "alg acc %", "OOD acc %", "needle acc %", "ppl",
+           "Delta pts", "train s", "verdict")
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f} pts"
+
+
+def _fmt(m: Metric, scale: float = 1.0, digits: int = 1) -> str:
+    if m.value is None:
+        return "-"
+    text = f"{scale * m.value:.{digits}f}"
+    if m.ci95 and None not in m.ci95 and m.ci95[0] != m.ci95[1]:
+        text += f" [{scale * m.ci95[0]:.{digits}f}, {scale * m.ci95[1]:.{digits}f}]"
+    return text
+
+
+def table_rows(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]]) -> list[list[str]]:
+    from memlab.analysis.info import human
+
+    return [
+        [
+            r.name + (f" (x{r.runs})" if r.runs > 1 else ""),
+            r.variant,
+            human(r.params) if r.params is not None else "-",
+            human(r.state_bytes) if r.state_bytes is not None else "-",
+            _fmt(r.algorithmic, 100),
+            _fmt(r.ood, 100),
+            _fmt(r.needle, 100),
+            _fmt(r.perplexity, 1, 2),
+            _fmt(r.delta, 100),
+            _fmt(r.train_time_s, 1, 0),
+            verdicts[r.name]["verdict"],
+        ]
+        for r in rows
+    ]
+
+
+def markdown(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows, verdicts)]
+    return "\n".join(lines)
+
+
+def terminal(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]]) -> str:
+    cells = [list(COLUMNS), *table_rows(rows, verdicts)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def criteria_markdown(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]], base: Row, criteria: Criteria) -> str:
+    head = (f"Verdicts against `{base.name}` (wins = algorithmic >= +{100 * criteria.min_alg_gain:g} pts, better OOD, "
+            f"training time <= {criteria.max_time_ratio:g}x, perplexity <= {criteria.max_ppl_ratio:g}x):\n\n"
+            "| run | algorithmic | OOD | training time | perplexity | verdict |\n|---|---|---|---|---|---|")
+    marks = {True: "yes", False: "no", None: "n/a"}
+    lines = [head]
+    for r in rows:
+        v = verdicts[r.name]
+        if v["verdict"] == "baseline":
+            continue
+        cells = [f"{marks[c['passed']]} ({c['detail']})" for c in v["criteria"].values()]
+        lines.append(f"| {r.name} | " + " | ".join(cells) + f" | **{v['verdict']}** |")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: Sequence[Row], verdicts: dict[str, dict[str, Any]]) -> None:
+    header = ["run", "variant", "size", "runs", "params", "state_bytes_2048"]
+    for name in METRICS:
+        header += [name, f"{name}_ci_low", f"{name}_ci_high", f"{name}_n"]
+    header += ["verdict"]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for r in rows:
+            line: list[Any] = [r.name, r.variant, r.size, r.runs, r.params, r.state_bytes]
+            for name in METRICS:
+                m: Metric = getattr(r, name)
+                line += [m.value, *(m.ci95 or [None, None]), m.n]
+            writer.writerow([*line, verdicts[r.name]["verdict"]])
+
+
+# ------------------------------------------------------------------------- entry
+
+
+@dataclass
+class Comparison:
+    rows: list[Row]
+    baseline: str
+    criteria: Criteria
+    verdicts: dict[str, dict[str, Any]]
+    files: list[Path]
+    terminal: str
+
+
+def compare_rows(
+    rows: list[Row], out_dir: str | Path | None, baseline: str | None = None, criteria: Criteria | None = None,
+    plots: bool = True,
+) -> Comparison:
+    """Verdicts, tables and plots of already-loaded rows; files go to ``out_dir`` when given."""
+    if not rows:
+        raise MemlabError("nothing to compare: give at least one run directory")
+    names = [r.name for r in rows]
+    if len(set(names)) != len(names):
+        raise MemlabError(f"run names must be unique, got {names}")
+    criteria = criteria or Criteria()
+    base = pick_baseline(rows, baseline)
+    verdicts = {r.name: verdict(r, base, criteria) for r in rows}
+    verdicts[base.name] = {"criteria": {}, "verdict": "baseline"}
+    files: list[Path] = []
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.md").write_text(
+            markdown(rows, verdicts) + "\n\n" + criteria_markdown(rows, verdicts, base, criteria) + "\n"
+        )
+        write_csv(out / "compare.csv", rows, verdicts)
+        data = {"baseline": base.name, "criteria": asdict(criteria), "verdicts": verdicts,
+                "rows": [{k: v for k, v in asdict(r).items() if k != "results"} for r in rows]}
+        (out / "compare.json").write_text(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
+        files += [out / "compare.md", out / "compare.csv", out / "compare.json"]
+        if plots:
+            from memlab.analysis.compare_plots import plot_comparison
+
+            files += plot_comparison(rows, out)
+    return Comparison(rows, base.name, criteria, verdicts, files, terminal(rows, verdicts))
+
+
+def compare(
+    run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, baseline: str | None = None,
+    aggregate_seeds: bool = False, criteria: Criteria | None = None, plots: bool = True,
+) -> Comparison:
+    """Load the runs, optionally average seeds per variant, and compare them against the baseline."""
+    rows = [load_run(d) for d in run_dirs]
+    return compare_rows(aggregate(rows) if aggregate_seeds else rows, out_dir, baseline, criteria, plots)
+
+
+__all__ = ["Comparison", "Criteria", "Metric", "Row", "aggregate", "compare", "compare_rows",
+           "load_run", "verdict"]

@@ -1,0 +1,115 @@
+"""Side-by-side plots of compared runs: headline metrics, accuracy vs length, needle heat-maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from memlab.analysis.compare import Metric, Row  # noqa: E402
+
+
+def plot_comparison(rows: Sequence[Row], out_dir: Path) -> list[Path]:
+    """Write ``compare.png`` (+ ``compare_length.png``, ``compare_needle.png`` when the data exist)."""
+    files = [_headline(rows, out_dir / "compare.png")]
+    if any(r.results.get("algorithmic", {}).get("tasks") for r in rows):
+        files.append(_by_length(rows, out_dir / "compare_length.png"))
+    if any(r.results.get("longctx", {}).get("tasks") for r in rows):
+        files.append(_needle_maps(rows, out_dir / "compare_needle.png"))
+    return files
+
+
+def _bars(ax, rows: Sequence[Row], values: str | list[tuple[str, list[Metric]]], title: str, scale: float = 1.0):
+    """Bars (with 95% intervals) of one metric (an attribute name) or of labelled series, per run."""
+    names = [r.name for r in rows]
+    series = values if isinstance(values, list) else [(None, [getattr(r, values) for r in rows])]
+    width = 0.8 / len(series)
+    x = np.arange(len(rows))
+    for i, (label, ms) in enumerate(series):
+        v = np.array([np.nan if m.value is None else scale * m.value for m in ms])
+        lo = np.array([0 if not m.ci95 or m.ci95[0] is None else scale * m.value - scale * m.ci95[0] for m in ms])
+        hi = np.array([0 if not m.ci95 or m.ci95[1] is None else scale * m.ci95[1] - scale * m.value for m in ms])
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(v), width, yerr=[lo, hi], capsize=3,
+               label=label)
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+
+
+def _headline(rows: Sequence[Row], path: Path) -> Path:
+    panel = max(4.0, 0.35 * len(rows))  # inches per panel: room for every run's label
+    fig, axes = plt.subplots(1, 5, figsize=(5 * panel, 4), constrained_layout=True)
+    accuracy = [("IID", [r.algorithmic for r in rows]), ("OOD", [r.ood for r in rows])]
+    _bars(axes[0], rows, accuracy, "algorithmic accuracy %", 100)
+    _bars(axes[1], rows, "needle", "needle accuracy %", 100)
+    _bars(axes[2], rows, "perplexity", "validation perplexity (log scale)")
+    axes[2].set_yscale("log")
+    _bars(axes[3], rows, "delta", "memory ablation Delta (pts)", 100)
+    _bars(axes[4], rows, "train_time_s", "training time (s)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _by_length(rows: Sequence[Row], path: Path) -> Path:
+    tasks = sorted({t for r in rows if "algorithmic" in r.results for t in r.results["algorithmic"]["tasks"]})
+    cols = min(5, len(tasks)) or 1
+    nrows = (len(tasks) + cols - 1) // cols or 1
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3 * nrows), squeeze=False, constrained_layout=True)
+    for ax, task in zip(axes.flat, tasks):
+        for i, r in enumerate(rows):
+            points = r.results.get("algorithmic", {}).get("tasks", {}).get(task, {}).get("by_difficulty", [])
+            for split, style in (("iid", "-o"), ("ood", "--o")):
+                pts = [p for p in points if p["split"] == split and p["accuracy"] is not None]
+                if pts:
+                    ax.plot([p["difficulty"] for p in pts], [100 * p["accuracy"] for p in pts], style,
+                            color=f"C{i}", markersize=3, label=r.name if split == "iid" else None)
+        ax.set_title(task, fontsize=10)
+        ax.set_ylim(-3, 103)
+        ax.set_xlabel("difficulty (solid: IID, dashed: OOD)", fontsize=7)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside upper center", ncols=min(6, len(rows)),
+               fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _needle_maps(rows: Sequence[Row], path: Path) -> Path:
+    with_data = [r for r in rows if r.results.get("longctx", {}).get("tasks")]
+    fig, axes = plt.subplots(1, len(with_data), figsize=(3.6 * len(with_data), 3.2), squeeze=False,
+                             constrained_layout=True)
+    for ax, r in zip(axes.flat, with_data):
+        payload = r.results["longctx"]
+        grid = pooled_grid(payload)
+        image = ax.imshow(100 * grid, vmin=0, vmax=100, cmap="viridis", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(payload["depths"])), [f"{d:g}" for d in payload["depths"]], fontsize=7)
+        ax.set_yticks(range(len(payload["context_lengths"])), payload["context_lengths"], fontsize=7)
+        ax.set_xlabel("needle depth")
+        ax.set_ylabel("context length")
+        ax.set_title(r.name, fontsize=10)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="accuracy %")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pooled_grid(payload: dict) -> np.ndarray:
+    """(lengths, depths) accuracy of a longctx payload, pooled over its needle tasks (NaN: no examples)."""
+    lengths, depths = payload["context_lengths"], payload["depths"]
+    correct = np.zeros((len(lengths), len(depths)))
+    n = np.zeros_like(correct)
+    for task in payload["tasks"].values():
+        for cell in task["cells"]:
+            i, j = lengths.index(cell["context_len"]), depths.index(cell["depth"])
+            correct[i, j] += cell["correct"]
+            n[i, j] += cell["n"]
+    with np.errstate(invalid="ignore"):
+        return correct / n

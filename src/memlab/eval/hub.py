@@ -1,0 +1,253 @@
+"""The evaluation hub: suites registered by name, one results file per call.
+
+::
+
+    from memlab.eval import evaluate, EvalOptions
+    doc = evaluate("runs/tiny_gdn", suite="algorithmic", out_dir="runs/tiny_gdn/eval")
+
+A suite is a function ``(ctx: EvalContext) -> dict`` (its payload), registered with
+:func:`register_suite` in its own module.  ``suite="all"`` runs every suite in
+:data:`SUITE_ORDER` and writes one ``results_all.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from memlab.data.tasks import TokenizedExample
+from memlab.data.tokenizer import META_FILE as TOKENIZER_FILE
+from memlab.data.tokenizer import Tokenizer, load_tokenizer
+from memlab.errors import MemlabError, choose
+from memlab.eval import schema
+from memlab.eval.exact_match import exact_match
+from memlab.eval.options import EvalOptions
+
+log = logging.getLogger(__name__)
+
+SUITE_ORDER = ("algorithmic", "longctx", "lm", "ablation", "selftest")
+DECODING = {"strategy": "greedy", "temperature": 0.0, "scoring": "exact match, teacher-forced (== greedy decoding)"}
+
+
+@dataclass
+class EvalContext:
+    """What a suite receives: the model in eval mode, its tokenizer and the options."""
+
+    model: nn.Module
+    tokenizer: Tokenizer
+    options: EvalOptions
+    out_dir: Path | None = None  # where plots go; None: no plots
+    run_dir: Path | None = None  # the training run, when the checkpoint is one
+    progress: bool = False  # progress bars while scoring
+
+    def rng(self, name: str) -> random.Random:
+        """A generator fixed by the seed and ``name``: a suite draws the same examples every time."""
+        return random.Random(f"{self.options.seed}/{name}")
+
+    def score(self, examples: list[TokenizedExample], what: str) -> np.ndarray:
+        """(n,) bool: greedy exact match of each example (see :func:`memlab.eval.exact_match.exact_match`)."""
+        bar = what if self.progress else None
+        return exact_match(self.model, examples, self.tokenizer.pad_id, self.options.batch_tokens, bar)
+
+
+Suite = Callable[[EvalContext], dict[str, Any]]
+SUITES: dict[str, Suite] = {}
+
+
+def register_suite(name: str) -> Callable[[Suite], Suite]:
+    def wrap(fn: Suite) -> Suite:
+        SUITES[name] = fn
+        return fn
+
+    return wrap
+
+
+def suite_names() -> list[str]:
+    """Every registered suite, then ``all`` (which runs the suites of :data:`SUITE_ORDER`)."""
+    _load_suites()
+    return [*SUITE_ORDER, *sorted(set(SUITES) - set(SUITE_ORDER)), "all"]
+
+
+# --------------------------------------------------------------------- loading
+
+
+def find_tokenizer(model_dir: Path) -> Tokenizer:
+    """The tokenizer saved with the model, or with the checkpoint/run that holds it."""
+    for directory in (model_dir, model_dir.parent, model_dir.parent.parent):
+        if (directory / TOKENIZER_FILE).is_file():
+            return load_tokenizer(directory)
+    raise MemlabError(f"no tokenizer ({TOKENIZER_FILE}) saved with the model in {model_dir} or its run directory")
+
+
+def run_dir_of(model_dir: Path) -> Path | None:
+    """The training run that holds ``model_dir`` (``best_model/`` or ``checkpoints/step_N/``), if any."""
+    for directory in (model_dir, model_dir.parent, model_dir.parent.parent):
+        if (directory / "config.yaml").is_file() and (directory / "checkpoints").is_dir():
+            return directory
+    return None
+
+
+def load_checkpoint(path: str | Path, device: str = "auto") -> tuple[nn.Module, Tokenizer, Path]:
+    """(model in eval mode, tokenizer, model directory) of a run, checkpoint or model directory."""
+    import memlab
+    from memlab.models.paths import resolve_model_dir
+
+    model_dir = resolve_model_dir(path)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise MemlabError(f"--device {device}: no CUDA device is available; use --device cpu")
+    except RuntimeError:
+        raise MemlabError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from None
+    try:
+        model = memlab.load(model_dir, device=device).eval()
+    except MemlabError as e:
+        written_by = _written_by(model_dir)
+        if written_by is not None and _version(written_by) > _version(memlab.__version__):
+            raise MemlabError(f"{e} (the checkpoint was written by memlab {written_by}, newer than this "
+                              f"memlab {memlab.__version__}: upgrade memlab)") from None
+        raise
+    tokenizer = find_tokenizer(model_dir)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise MemlabError(
+            f"the tokenizer in {model_dir} has {tokenizer.vocab_size} ids but the model only "
+            f"{model.config.vocab_size}: they do not belong together"
+        )
+    return model, tokenizer, model_dir
+
+
+def _written_by(model_dir: Path) -> str | None:
+    try:
+        return json.loads((model_dir / "config.json").read_text()).get("memlab_version")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+# ------------------------------------------------------------------ evaluating
+
+
+def evaluate(
+    checkpoint: str | Path,
+    suite: str = "all",
+    out_dir: str | Path | None = None,
+    options: EvalOptions | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint with ``suite``; writes ``results_<suite>.json`` into ``out_dir``.
+
+    ``out_dir`` defaults to ``eval/`` of the run (or of the model directory).  Returns the document.
+    """
+    options = options or EvalOptions()
+    choose("suite", suite, suite_names())
+    model, tokenizer, model_dir = load_checkpoint(checkpoint, options.device)
+    run_dir = run_dir_of(model_dir)
+    out = Path(out_dir) if out_dir is not None else (run_dir or model_dir) / "eval"
+    ctx = EvalContext(model, tokenizer, options, out, run_dir, progress)
+    doc = evaluate_model(ctx, suite, checkpoint=str(checkpoint), model_dir=str(model_dir))
+    schema.write_results(out / schema.results_filename(suite), doc)
+    return doc
+
+
+def evaluate_model(ctx: EvalContext, suite: str = "all", checkpoint: str = "", model_dir: str = "") -> dict[str, Any]:
+    """Run ``suite`` on the model of ``ctx``; returns the results document (nothing is written but plots)."""
+    names = list(SUITE_ORDER) if suite == "all" else [suite]
+    choose("suite", suite, suite_names())
+    torch.manual_seed(ctx.options.seed)
+    payloads = {}
+    for name in names:
+        t0 = time.perf_counter()
+        payloads[name] = SUITES[name](ctx)
+        payloads[name]["seconds"] = round(time.perf_counter() - t0, 3)
+        log.info("suite %s done in %.1f s", name, payloads[name]["seconds"])
+    results = payloads if suite == "all" else payloads[suite]
+    return schema.document(suite, metadata(ctx, checkpoint, model_dir), results)
+
+
+def metadata(ctx: EvalContext, checkpoint: str, model_dir: str) -> dict[str, Any]:
+    """The metadata block every results file carries (see ``docs/results_schema.md``)."""
+    from memlab import __version__
+    from memlab.data.tasks import GRID_VERSION
+
+    model, config = ctx.model, ctx.model.config
+    return {
+        "memlab_version": __version__,
+        "git_commit": schema.git_commit(),
+        "checkpoint": checkpoint,
+        "model_dir": model_dir,
+        "config": config.to_dict(),
+        "model": {
+            "variant": config.variant,
+            "size": config.size,
+            "params": model.num_params(),
+            "non_embedding_params": model.num_params(non_embedding=True),
+            "layer_pattern": config.pattern,
+            "state_bytes": {str(n): model.state_nbytes(n) for n in (256, 2048)},
+        },
+        "tokenizer_hash": ctx.tokenizer.hash,
+        "seed": ctx.options.seed,
+        "decoding": DECODING,
+        "grid_version": GRID_VERSION,
+        "options": asdict(ctx.options),
+        "device": str(next(model.parameters()).device),
+        "torch_version": torch.__version__,
+        "timestamp": schema.utc_timestamp(),
+    }
+
+
+def _load_suites() -> None:
+    """Importing a suite module registers it."""
+    from memlab.eval import ablation, algorithmic, lm, lm_eval_suite, longctx, selftest  # noqa: F401
+
+
+# --------------------------------------------------------------------- summary
+
+
+def _acc(record: dict[str, Any] | None) -> str:
+    if not record or record.get("accuracy") is None:
+        return "-"
+    lo, hi = record["ci95"]
+    return f"{100 * record['accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={record['n']})"
+
+
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    """A few human lines of a results document (what ``memlab eval`` prints)."""
+    payloads = doc["results"] if doc["suite"] == "all" else {doc["suite"]: doc["results"]}
+    lines = []
+    for suite, p in payloads.items():
+        if suite == "algorithmic":
+            lines.append(f"algorithmic: IID {_acc(p['summary'].get('iid'))}, OOD {_acc(p['summary'].get('ood'))}")
+            lines += [f"  {t:<15} IID {_acc(r.get('iid'))}  OOD {_acc(r.get('ood'))}" for t, r in p["tasks"].items()]
+        elif suite == "longctx":
+            lines.append(f"longctx: {_acc(p['overall'])}")
+            lines += [f"  {task:<8} {_acc(r['overall'])}" for task, r in p["tasks"].items()]
+        elif suite == "lm":
+            lines.append(f"lm: perplexity {p['perplexity']:.2f} (loss {p['loss']:.4f}) on {p['tokens']} tokens "
+                         f"of {p['corpus']}, {p['tokens_per_s']:.0f} tokens/s")
+        elif suite == "ablation":
+            d = p["delta"]
+            lines.append(f"ablation ({p['task']} @ {p['context_len']} tokens, memory layers {p['memory_layers']}): "
+                         f"normal {_acc(p['normal'])}, zeroed {_acc(p['zeroed'])}, Delta {100 * d['delta']:+.1f} pts "
+                         f"[{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]")
+            lines.append("  horizon sweep: " + ", ".join(f"h={r['horizon']}: {_acc(r)}" for r in p["horizon"]))
+        elif suite == "selftest":
+            failed = [name for name, c in p["checks"].items() if not c["passed"]]
+            lines.append("selftest: " + ("passed" if p["passed"] else f"FAILED {', '.join(failed)}"))
+        else:
+            lines.append(f"{suite}: done")
+    return lines

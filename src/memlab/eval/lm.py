@@ -1,0 +1,88 @@
+"""Suite ``lm``: validation perplexity on a corpus, in consecutive windows, with tokens/s.
+
+The corpus is a prepared shard directory, a corpus source (prepared once with the model's
+tokenizer into ``<out_dir>/lm_data/``), or by default the validation split of the data the
+run was trained on.  Every validation token after the first of a window is predicted once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from memlab.data.shards import HEADER_FILE, TokenShards
+from memlab.errors import MemlabError
+from memlab.eval.exact_match import check_context
+from memlab.eval.hub import EvalContext, register_suite
+from memlab.eval.stats import mean_interval
+
+
+def open_corpus(ctx: EvalContext) -> tuple[str, TokenShards]:
+    """(name, validation shards) of the corpus the options name (see the module docstring)."""
+    spec = ctx.options.corpus or run_data_dir(ctx.run_dir)
+    if spec is None:
+        raise MemlabError("the lm suite needs a corpus: --corpus DIR (prepared shards) or a source like stdlib-docs")
+    if (Path(spec) / HEADER_FILE).is_file():
+        directory = Path(spec)
+    else:
+        from memlab.data.text import prepare_shards
+
+        if ctx.out_dir is None:
+            raise MemlabError(f"corpus {spec!r} is not a prepared shard directory and there is no out_dir for it")
+        directory = ctx.out_dir / "lm_data" / re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
+        prepare_shards(spec, ctx.tokenizer, directory)
+    return str(spec), TokenShards(directory, "val", tokenizer=ctx.tokenizer)
+
+
+def run_data_dir(run_dir: Path | None) -> str | None:
+    """The shard directory a training run read its language data from (recorded in its config.yaml)."""
+    if run_dir is None:
+        return None
+    import yaml
+
+    data = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data") or {}
+    value = data.get("data_dir")  # as memlab train recorded it (relative paths: to its working directory)
+    return str(value) if value and (Path(value) / HEADER_FILE).is_file() else None
+
+
+@register_suite("lm")
+@torch.no_grad()
+def run(ctx: EvalContext) -> dict[str, Any]:
+    model, options = ctx.model, ctx.options
+    name, shards = open_corpus(ctx)
+    seq_len = options.lm_context or min(model.config.max_seq_len, 512)
+    check_context(model, seq_len, "the lm window (--lm-context)")
+    device = next(model.parameters()).device
+    batch = max(1, options.batch_tokens // seq_len)
+    max_windows = max(1, options.lm_tokens // seq_len)
+    window_losses: list[float] = []  # mean NLL of each window
+    total_nll, total_tokens = 0.0, 0
+    t0 = time.perf_counter()
+    for windows in shards.sequential_windows(batch, seq_len, max_windows=max_windows):  # (b, T + 1)
+        windows = windows.to(device)
+        logits = model(windows[:, :-1])  # (b, T, V)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten(), reduction="none")
+        nll = nll.view(windows.shape[0], seq_len)  # (b, T)
+        window_losses += nll.mean(dim=1).tolist()
+        total_nll += float(nll.sum())
+        total_tokens += nll.numel()
+    seconds = time.perf_counter() - t0
+    loss = total_nll / total_tokens
+    interval = mean_interval(window_losses)["ci95"]
+    return {
+        "corpus": name,
+        "context_len": seq_len,
+        "tokens": total_tokens,
+        "windows": len(window_losses),
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "loss_ci95": interval,
+        "perplexity_ci95": [math.exp(v) for v in interval],
+        "tokens_per_s": total_tokens / seconds,
+    }

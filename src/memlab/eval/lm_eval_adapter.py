@@ -1,0 +1,210 @@
+"""memlab models in EleutherAI's lm-evaluation-harness (``lm-eval``, the optional extra).
+
+Importing this module registers the model class ``memlab`` with lm-eval::
+
+    import lm_eval, memlab.eval.lm_eval_adapter  # noqa: F401  (registers "memlab")
+    lm_eval.simple_evaluate(model="memlab", model_args="checkpoint=runs/tiny", tasks=["lambada_openai"])
+
+and this module runs lm-eval's own command line with ``memlab`` registered (lm-eval has no
+plugin discovery, so ``lm_eval --model memlab`` needs memlab imported first)::
+
+    python -m memlab.eval.lm_eval_adapter --model memlab --model_args checkpoint=runs/tiny --tasks hellaswag
+
+Scoring uses memlab's tokenizer and the parallel forward (right-padded batches: the models are
+causal, so padding after a sequence never changes its logits); ``generate_until`` prefills the
+context through the recurrent state and decodes one token at a time until a stop sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.instance import Instance
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from torch import nn
+
+from memlab.data.tokenizer import Tokenizer
+from memlab.models.lm import _sample
+
+log = logging.getLogger(__name__)
+Request = tuple[tuple[str, str] | None, list[int], list[int]]  # (strings, context ids, continuation ids)
+
+
+@register_model("memlab")
+class MemlabLM(TemplateLM):
+    """A memlab checkpoint (run, checkpoint, model or export directory) as an lm-eval model.
+
+    ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda:N``; like lm-eval's own ``hf`` model,
+    an unavailable CUDA device (lm-eval's default is ``cuda:0``) falls back to the CPU with a warning.
+
+    ``batch_size`` caps the rows of a scoring batch (``auto``: no cap) and ``batch_tokens`` its
+    padded tokens; ``max_length`` is the context window (default: the model's ``max_seq_len``).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        model: nn.Module | None = None,
+        tokenizer: Tokenizer | None = None,
+        device: str = "auto",
+        batch_size: int | str = "auto",
+        batch_tokens: int = 8192,
+        max_length: int | None = None,
+        max_gen_toks: int = 256,
+        max_batch_size: int | None = None,  # accepted from lm-eval's CLI; batch_tokens bounds memory instead
+    ) -> None:
+        super().__init__()
+        from memlab.eval.hub import load_checkpoint
+
+        if (checkpoint is None) == (model is None):
+            raise ValueError("give exactly one of checkpoint=DIR or model=... (with tokenizer=...)")
+        if checkpoint is not None:
+            if torch.device("cuda" if device == "auto" else device).type == "cuda" and not torch.cuda.is_available():
+                log.warning("device %s is not available (lm-eval's default is cuda:0); using the CPU", device)
+                device = "cpu"
+            model, tokenizer, _ = load_checkpoint(checkpoint, device)
+        elif tokenizer is None:
+            raise ValueError("a model object needs its tokenizer=...")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self._device = next(self.model.parameters()).device
+        auto = str(batch_size).startswith("auto")
+        self.max_rows = None if auto else int(batch_size)
+        self.batch_tokens = int(batch_tokens)
+        self._max_length = int(max_length or self.model.config.max_seq_len)
+        self.max_gen_toks = int(max_gen_toks)
+
+    # ------------------------------------------------------------ lm-eval surface
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_id  # memlab separates documents with EOS: it is also the prefix
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def tokenizer_name(self) -> str:
+        return f"memlab-{self.tokenizer.kind}-{self.tokenizer.hash[:16]}"
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        return self.tokenizer.encode(string)  # memlab tokenizers never add special tokens
+
+    def tok_decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """Sum of log p(continuation | context) and whether greedy decoding yields the continuation."""
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        windows = [self._window(context, continuation) for _, context, continuation in requests]
+        for batch in self._batches([ids for ids, _ in windows]):
+            for i, score in zip(batch, self._score([windows[i] for i in batch])):
+                results[i] = score
+                if requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], score)
+        return results  # type: ignore[return-value]
+
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
+        """Log-likelihood of whole documents, in disjoint windows of ``max_length`` tokens (each token once)."""
+        out = []
+        for (text,) in (r.args for r in requests):
+            windows = [
+                make_disjoint_window(w)
+                for w in get_rolling_token_windows(self.tok_encode(text), self.prefix_token_id, self.max_length, 1)
+            ]
+            total = sum(lp for lp, _ in self._loglikelihood_tokens([(None, c, t) for c, t in windows]))
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
+            out.append(total)
+        return out
+
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        """Greedy (or sampled, with ``do_sample``) continuations, cut at the first stop sequence."""
+        out = []
+        for context, gen_kwargs in (r.args for r in requests):
+            kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=None)
+            text = self._generate(self.tok_encode(context), until, kwargs)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            out.append(text)
+        return out
+
+    # ------------------------------------------------------------------- helpers
+    def _window(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
+        """(model input, targets): the input is context + continuation without its last token, cut to
+        the last ``max_length`` tokens; the targets are the continuation tokens it predicts."""
+        targets = continuation[-self.max_length :]
+        return (context + continuation)[-(self.max_length + 1) : -1], targets
+
+    def _batches(self, sequences: list[list[int]]) -> Iterator[list[int]]:
+        """Indices of ``sequences``, longest first, grouped under the row and padded-token budgets."""
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        batch: list[int] = []
+        for i in order:
+            width = len(sequences[batch[0]]) if batch else len(sequences[i])
+            full = self.max_rows is not None and len(batch) >= self.max_rows
+            if batch and (full or (len(batch) + 1) * width > self.batch_tokens):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+    @torch.no_grad()
+    def _score(self, windows: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """Score each window's targets (the last predictions of its input) in one right-padded batch."""
+        width = max(1, *(len(ids) for ids, _ in windows))
+        batch = torch.full((len(windows), width), self.tokenizer.pad_id, dtype=torch.long)
+        for b, (ids, _) in enumerate(windows):
+            batch[b, : len(ids)] = torch.tensor(ids)
+        logits = self.model(batch.to(self._device)).float()  # (B, T, V)
+        out = []
+        for b, (ids, targets) in enumerate(windows):
+            n = len(targets)
+            target_ids = torch.tensor(targets, device=self._device)
+            out.append(self._continuation_score(logits[b, len(ids) - n : len(ids)], target_ids))
+        return out
+
+    @staticmethod
+    def _continuation_score(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, bool]:
+        """(n, V) logits and (n,) target ids -> (sum of log-probabilities, all targets are the argmax)."""
+        logprobs = F.log_softmax(logits, dim=-1)
+        total = logprobs.gather(-1, targets[:, None]).sum().item()
+        return float(total), bool((logits.argmax(-1) == targets).all())
+
+    @torch.no_grad()
+    def _generate(self, context: list[int], until: list[str], kwargs: dict) -> str:
+        """Prefill ``context`` through the recurrent state, then decode one token per step."""
+        max_new = kwargs["max_gen_toks"]
+        context = (context or [self.prefix_token_id])[-max(self.max_length - max_new, 1) :]
+        temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
+        top_k = kwargs.get("top_k")
+        state = self.model.init_state(1)
+        logits = self.model(torch.tensor([context], device=self._device), state)[:, -1]  # (1, V)
+        generated: list[int] = []
+        for _ in range(max_new):
+            token = int(_sample(logits, temperature, top_k, None)[0])
+            if token == self.eot_token_id:
+                break
+            generated.append(token)
+            text = self.tok_decode(generated)
+            stops = [text.index(s) for s in until if s and s in text]
+            if stops:
+                return text[: min(stops)]
+            logits = self.model(torch.tensor([[token]], device=self._device), state)[:, -1]
+        return self.tok_decode(generated)
+
+
+def main() -> None:
+    """lm-eval's command line, with the ``memlab`` model registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()

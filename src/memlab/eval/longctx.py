@@ -1,0 +1,77 @@
+"""Suite ``longctx``: needle-in-a-haystack accuracy over context length x needle depth.
+
+For each needle task (the fact/distractor NIAH and RULER's S-NIAH-1/2/3) and each cell
+(context length, depth) of the grid, ``needle_samples`` examples are scored by exact
+match; each task gets a heat-map PNG.  A context length beyond the model's
+``max_seq_len`` is refused before any work is done.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memlab.errors import MemlabError
+from memlab.eval.exact_match import check_context
+from memlab.eval.hub import EvalContext, register_suite
+from memlab.eval.retrieval import NEEDLE_TASKS, check_needle_tasks, retrieval_examples
+from memlab.eval.stats import accuracy_record, pool
+
+
+@register_suite("longctx")
+def run(ctx: EvalContext) -> dict[str, Any]:
+    options = ctx.options
+    tasks = check_needle_tasks(options.needle_tasks or list(NEEDLE_TASKS))
+    lengths = sorted(set(options.context_lengths))
+    depths = sorted(set(options.depths))
+    if not lengths or not depths or min(lengths) < 1:
+        raise MemlabError("longctx needs positive --context-lengths and at least one --depths value")
+    if min(depths) < 0 or max(depths) > 1:
+        raise MemlabError(f"needle depths are fractions in [0, 1], got {depths}")
+    check_context(ctx.model, max(lengths), "the needle context (--context-lengths)")
+    payload: dict[str, Any] = {"context_lengths": lengths, "depths": depths, "tasks": {}}
+    for task in tasks:
+        rng, n = ctx.rng(f"longctx/{task}"), options.needle_samples
+        grid = [(length, depth) for length in lengths for depth in depths]
+        examples = [e for length, depth in grid for e in retrieval_examples(ctx, task, length, n, rng, depth=depth)]
+        hits = ctx.score(examples, f"longctx {task}")
+        cells = [{"context_len": length, "depth": depth, **accuracy_record(hits[i * n : (i + 1) * n])}
+                 for i, (length, depth) in enumerate(grid)]
+        heatmap = None
+        if ctx.out_dir is not None:
+            path = ctx.out_dir / f"longctx_{task}.png"
+            heatmap = plot_heatmap(cells, lengths, depths, f"{task}: exact match %", path)
+        payload["tasks"][task] = {"cells": cells, "overall": pool(cells), "heatmap": heatmap}
+    payload["overall"] = pool([t["overall"] for t in payload["tasks"].values()])
+    return payload
+
+
+def plot_heatmap(cells: list[dict], lengths: list[int], depths: list[float], title: str, path: Path) -> str:
+    """Accuracy heat-map (rows: context length, columns: depth); returns the file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.full((len(lengths), len(depths)), np.nan)
+    for c in cells:
+        grid[lengths.index(c["context_len"]), depths.index(c["depth"])] = 100 * c["accuracy"]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(depths), 1.2 + 0.6 * len(lengths)), constrained_layout=True)
+    image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto", origin="lower")
+    for i in range(len(lengths)):
+        for j in range(len(depths)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                        color="white" if grid[i, j] < 60 else "black")
+    ax.set_xticks(range(len(depths)), [f"{d:g}" for d in depths])
+    ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
+    ax.set_xlabel("needle depth (fraction of the context)")
+    ax.set_ylabel("context length (tokens)")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name

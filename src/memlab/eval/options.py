@@ -1,0 +1,50 @@
+"""The options of ``memlab eval``: what each suite evaluates, and how much of it.
+
+A plain dataclass (no torch import) so that the command line can be built from it cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class EvalOptions:
+    """What the suites evaluate, and how much of it (every field is a CLI flag of ``memlab eval``)."""
+
+    tasks: list[str] | None = None
+    """algorithmic: restrict to these tasks (default: every task)"""
+    grid: Literal["iid", "ood", "all"] = "all"
+    """algorithmic: which grid of difficulties to evaluate"""
+    samples: int = 100
+    """algorithmic: examples per task and difficulty"""
+    needle_tasks: list[str] | None = None
+    """longctx: needle tasks (default: every one)"""
+    context_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
+    """longctx: haystack lengths in tokens"""
+    depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    """longctx: needle depths as a fraction of the haystack"""
+    needle_samples: int = 20
+    """longctx: examples per (context length, depth) cell"""
+    corpus: str | None = None
+    """lm: a prepared shard directory, or a corpus source (stdlib-docs, files:GLOB, ...); default: the run's data"""
+    lm_tokens: int = 65536
+    """lm: at most this many validation tokens"""
+    lm_context: int | None = None
+    """lm: window length (default: min(max_seq_len, 512))"""
+    ablation_task: str = "niah"
+    """ablation: the retrieval task whose accuracy the memory ablation measures"""
+    ablation_context: int = 256
+    """ablation: context length of its examples in tokens"""
+    ablation_samples: int = 200
+    """ablation: examples (the same ones for every condition: Delta is paired)"""
+    horizons: list[int] | None = None
+    """ablation: horizons h of the sweep (default: 1, 4, 16, ... and the whole context)"""
+    horizon_samples: int = 50
+    """ablation: examples per horizon (a horizon ablation recomputes windows: slow for recurrent mixers)"""
+    seed: int = 0
+    batch_tokens: int = 16384
+    """tokens per forward batch"""
+    device: str = "auto"
+    """auto (cuda when available), cpu, cuda, cuda:N"""

@@ -1,0 +1,60 @@
+"""Retrieval examples of a given length in tokens, for the ``longctx`` and ``ablation`` suites.
+
+The tasks are :mod:`memlab.data.tasks`' own (``niah``, ``sniah1/2/3``, ``mqar``, with
+``NAME:key=value`` parameters); this module only sizes them: each example is the
+longest one whose tokens (context + answer) fit in ``context_len``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+from memlab.data.tasks import RETRIEVAL_TASKS, TokenizedExample, encode_example, get_task, parse_task_spec
+from memlab.errors import MemlabError, choose
+from memlab.eval.hub import EvalContext
+
+NEEDLE_TASKS = ("niah", "sniah1", "sniah2", "sniah3")
+
+
+def check_needle_tasks(names: Sequence[str]) -> list[str]:
+    for name in names:
+        choose("needle task", name, NEEDLE_TASKS)
+    return list(dict.fromkeys(names))
+
+
+def retrieval_examples(
+    ctx: EvalContext, spec: str, context_len: int, n: int, rng: random.Random, depth: float | None = None
+) -> list[TokenizedExample]:
+    """``n`` examples of retrieval task ``spec``, each at most ``context_len`` tokens long.
+
+    ``depth`` (0..1) places the needle at that fraction of the haystack; None: at random.
+    """
+    name, params = parse_task_spec(spec)
+    choose("retrieval task", name, RETRIEVAL_TASKS)
+    if name == "mqar":
+        task = get_task(spec, tokenizer=ctx.tokenizer, seq_len=context_len - context_len % 2)
+        pairs = max(1, context_len // 16)
+        return [task(random.Random(rng.random()), pairs) for _ in range(n)]
+    if depth is not None:
+        params["depth"] = 100 * depth
+    task = get_task(name, tokenizer=ctx.tokenizer, **params)
+    # difficulty is the haystack size: tokens for S-NIAH, distractor sentences for the fact NIAH
+    unit = 1 if name.startswith("sniah") else len(ctx.tokenizer.encode(" " + task.distractor))
+    return [_fit(task, name, context_len, unit, rng.random(), ctx) for _ in range(n)]
+
+
+def _fit(task, name: str, context_len: int, unit: int, seed: float, ctx: EvalContext) -> TokenizedExample:
+    """The example of ``seed`` with the largest haystack whose tokens fit in ``context_len``."""
+    difficulty = context_len // unit
+    while difficulty >= 0:  # the length grows with the difficulty, in steps of whole sentences
+        try:
+            example = encode_example(task(random.Random(seed), difficulty), ctx.tokenizer)
+        except MemlabError as e:  # the needle and question alone exceed the budget
+            raise MemlabError(f"{name} does not fit in a context of {context_len} tokens: {e}") from None
+        excess = len(example) - context_len
+        if excess <= 0:
+            return example
+        difficulty -= math.ceil(excess / unit)
+    raise MemlabError(f"a {name} example does not fit in a context of {context_len} tokens; use a longer one")

@@ -1,0 +1,137 @@
+"""The results files: one JSON document per suite, with a shared metadata block.
+
+A document is ``{"schema_version", "suite", "metadata", "results"}``; ``results`` is the
+suite's payload (for ``all``: one payload per suite, by name).  The layout is documented
+in ``docs/results_schema.md``; :func:`validate` checks a document against it and
+:func:`read_results` refuses files written by a newer schema.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from memlab.errors import MemlabError
+
+SCHEMA_VERSION = 1
+
+METADATA_FIELDS = (
+    "memlab_version",  # the package version that wrote the file
+    "git_commit",  # commit of the memlab source tree, or null outside a git checkout
+    "checkpoint",  # the path given on the command line
+    "model_dir",  # the resolved directory holding the weights
+    "config",  # the model's full ModelConfig as a dict
+    "model",  # variant, size, params, non_embedding_params, layer_pattern, state_bytes
+    "tokenizer_hash",
+    "seed",
+    "decoding",  # how answers are decoded (greedy exact match)
+    "grid_version",  # version of the task grids the examples were drawn from
+    "options",  # every evaluation option, as given
+    "device",
+    "torch_version",
+    "timestamp",  # UTC, ISO 8601
+)
+
+ACCURACY_FIELDS = ("accuracy", "correct", "n", "ci95")
+DELTA_FIELDS = ("delta", "ci95", "n")
+
+# The keys every payload of a suite must hold (nested records are described in the docs).
+SUITE_FIELDS: dict[str, tuple[str, ...]] = {
+    "algorithmic": ("grids", "tasks", "summary"),
+    "longctx": ("tasks", "context_lengths", "depths", "overall"),
+    "lm": ("corpus", "context_len", "tokens", "loss", "perplexity", "loss_ci95", "tokens_per_s"),
+    "ablation": ("task", "context_len", "memory_layers", "normal", "zeroed", "delta", "per_layer", "horizon"),
+    "selftest": ("checks", "passed"),
+}
+
+
+def results_filename(suite: str) -> str:
+    return f"results_{suite}.json"
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree memlab runs from, or None when it is not a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def utc_timestamp() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def document(suite: str, metadata: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """A results document; non-finite floats become null so that the file is strict JSON."""
+    return _finite({"schema_version": SCHEMA_VERSION, "suite": suite, "metadata": metadata, "results": results})
+
+
+def write_results(path: str | Path, doc: dict[str, Any]) -> Path:
+    """Validate ``doc`` and write it atomically (temporary file, then rename)."""
+    validate(doc)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Load and validate a results file; a missing, corrupt or newer-schema file is a MemlabError."""
+    path = Path(path)
+    if not path.is_file():
+        raise MemlabError(f"no results file {path}")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MemlabError(f"corrupt results file {path}: {e}") from None
+    try:
+        validate(doc)
+    except MemlabError as e:
+        raise MemlabError(f"{path}: {e}") from None
+    return doc
+
+
+def validate(doc: Any) -> None:
+    """Raise a MemlabError unless ``doc`` follows the documented schema (this version or older)."""
+    if not isinstance(doc, dict) or "schema_version" not in doc:
+        raise MemlabError("not a memlab results document (no schema_version)")
+    version = doc["schema_version"]
+    if not isinstance(version, int) or version < 1:
+        raise MemlabError(f"invalid schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise MemlabError(
+            f"results schema_version {version} is newer than this memlab supports ({SCHEMA_VERSION}); upgrade memlab"
+        )
+    _require(doc, ("suite", "metadata", "results"), "document")
+    _require(doc["metadata"], METADATA_FIELDS, "metadata")
+    suite, results = doc["suite"], doc["results"]
+    payloads = results if suite == "all" else {suite: results}
+    for name, payload in payloads.items():  # suites registered elsewhere (lm-eval) only need an object
+        _require(payload, SUITE_FIELDS.get(name, ()), f"{name} results")
+
+
+def _require(obj: Any, fields: tuple[str, ...], what: str) -> None:
+    if not isinstance(obj, dict):
+        raise MemlabError(f"{what} is not an object")
+    missing = [f for f in fields if f not in obj]
+    if missing:
+        raise MemlabError(f"{what} lacks the fields {missing}")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

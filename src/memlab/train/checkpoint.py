@@ -1,0 +1,155 @@
+"""Checkpoints that survive crashes: written to a temporary directory, then renamed into place.
+
+``checkpoints/step_N/`` holds ``config.json`` + ``model.safetensors`` (the model, no pickled code),
+``optimizer.pt`` (tensors and numbers only, loaded with ``weights_only=True``),
+``trainer_state.json`` (step, RNG states, data and curriculum position, counters), the run's
+``config.yaml``, the tokenizer files, and last ``manifest.json`` (size and sha256 of every file).
+A process killed at any moment leaves either the previous checkpoints or the new one complete;
+a leftover temporary directory is removed at the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from memlab.errors import MemlabError
+from memlab.models.paths import checkpoint_dirs, write_manifest
+
+TRAINER_STATE_FILE, OPTIMIZER_FILE = "trainer_state.json", "optimizer.pt"
+STATE_FORMAT = "memlab-trainer-state-v1"
+TMP_PREFIX, OLD_PREFIX = ".tmp-", ".old-"
+
+
+# ------------------------------------------------------------------------ RNG
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states of python, numpy and torch (and CUDA), as JSON-able lists."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flush every file under ``directory`` and the directory entries to disk."""
+    for path in [*directory.rglob("*"), directory]:
+        _fsync(path)
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temporary directory next to ``final``; on success it gets a manifest and replaces ``final``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        write_manifest(tmp)
+        _fsync_tree(tmp)
+        if final.exists():  # a re-save (best_model, or a step re-run after a resume): move the old one aside
+            old = final.parent / f"{OLD_PREFIX}{final.name}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        _fsync(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    """fsync one file or directory."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_partial(run_dir: Path) -> None:
+    """Clean up after a killed process: delete unfinished directories, put back one moved aside for a re-save."""
+    for parent in (run_dir, run_dir / "checkpoints"):
+        for old in parent.glob(f"{OLD_PREFIX}*"):
+            original = parent / old.name[len(OLD_PREFIX) :]
+            if original.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, original)
+        for tmp in parent.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    """Keep only the newest ``keep_last`` checkpoints (0 keeps all)."""
+    if keep_last > 0:
+        for old in checkpoint_dirs(run_dir)[:-keep_last]:
+            shutil.rmtree(old)
+
+
+def save_checkpoint(
+    directory: Path,
+    write_files: Callable[[Path], Any],
+    optimizer_state: dict | None,
+    trainer_state: dict[str, Any],
+) -> Path:
+    """Write one checkpoint directory atomically; ``write_files(path)`` writes the model, config and tokenizer."""
+    with atomic_directory(directory) as tmp:
+        write_files(tmp)
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+        (tmp / TRAINER_STATE_FILE).write_text(json.dumps({"format": STATE_FORMAT, **trainer_state}) + "\n")
+    return directory
+
+
+# ------------------------------------------------------------------ reading
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise MemlabError(f"cannot read {checkpoint / TRAINER_STATE_FILE}: {e}") from None
+    if state.get("format") != STATE_FORMAT:
+        raise MemlabError(f"{checkpoint / TRAINER_STATE_FILE} has format {state.get('format')!r}, not {STATE_FORMAT}")
+    return state
+
+
+def read_optimizer_state(checkpoint: Path, device: torch.device) -> dict:
+    """The optimizer state dict, loaded without unpickling code (``weights_only=True``)."""
+    try:
+        return torch.load(checkpoint / OPTIMIZER_FILE, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises several types for a corrupt or foreign file
+        raise MemlabError(f"cannot load {checkpoint / OPTIMIZER_FILE}: {str(e).splitlines()[0]}") from None

@@ -1,0 +1,262 @@
+"""The training configuration: one flat dataclass, the flag names of the source experiments.
+
+``TrainConfig`` is what :func:`memlab.train.train` takes.  ``model`` holds overrides of any
+:class:`~memlab.config.ModelConfig` field (dotted names for sub-configs: ``{"gdn.chunk_size": 32}``).
+``TrainArgs`` is the command line's view: the same fields, ``--config run.yaml`` for defaults, and
+one optional flag per model field (``--d-model 256``, ``--gdn.chunk-size 32``), all derived from
+the dataclasses.  Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tyro
+import yaml
+
+from memlab.config import ModelConfig, from_dict
+from memlab.errors import MemlabError, choose
+
+ALG_TASKS = [
+    "mod_add", "parity", "addition", "multiplication", "copy", "reverse", "dyck", "chain", "compare", "successor"
+]
+
+RUN_FORMAT = "memlab-train-v1"  # the config.yaml of a run: {format, train: <these fields>, model_config, data}
+
+# Fields that do not change what is trained: a run directory may be re-run with other values.
+OPERATIONAL_FIELDS = frozenset(
+    {"output_dir", "resume", "overwrite", "progress", "tensorboard", "keep_last", "save_interval", "log_interval",
+     "compile", "device"}
+)
+
+
+@dataclass
+class TrainConfig:
+    """Train a model variant on algorithmic tasks, retrieval tasks and text; resumable, DDP-ready."""
+
+    # ------------------------------------------------------------------ model
+    variant: str = "baseline"
+    """model variant (`memlab info --all` lists them)"""
+    model_size: str = "tiny"
+    """size preset (tiny, nano, 50M, 125M, ...) or a width/depth pair like d256l4"""
+    model: Annotated[dict[str, Any], tyro.conf.Suppress] = field(default_factory=dict)
+    """ModelConfig overrides, dotted names for sub-configs ({"gdn.chunk_size": 32})"""
+
+    # ------------------------------------------------------------------- data
+    tokenizer: str | None = None
+    """byte, bpe (trained on the corpus; vocab_size of the size preset) or a local Hugging Face tokenizer;
+    default: the tokenizer of a prepared --data-dir, else bpe"""
+    corpus: str | None = None
+    """text source: stdlib-code, stdlib-docs, hf:NAME[:SPLIT], files:GLOB, or none (tasks only);
+    default: the shards of a prepared --data-dir, else stdlib-code"""
+    data_dir: str | None = None
+    """where the corpus's token shards are (or are prepared); default: a cache under ~/.cache/memlab"""
+    corpus_max_docs: int | None = None
+    """use only the first N documents of the corpus"""
+    val_fraction: float = 0.01
+    """fraction of the corpus's documents held out for validation"""
+    alg_tasks: list[str] = field(default_factory=lambda: list(ALG_TASKS))
+    """algorithmic tasks trained and evaluated"""
+    alg_tokens: int = 200_000
+    """split curriculum: algorithmic batches only for the first alg_tokens tokens, then language"""
+    total_tokens: int = 400_000
+    """tokens to train on (all ranks, all micro-batches)"""
+    replay_fraction: float = 0.0
+    """fraction of language-phase batches that replay algorithmic tasks"""
+    retrieval_tasks: list[str] = field(default_factory=list)
+    """retrieval tasks for mixed LM + retrieval training (niah, sniah2:n_keys=4, mqar, ...)"""
+    retrieval_ratio: float = 0.0
+    """fraction of language-phase batches that are retrieval examples"""
+    use_task_curriculum: bool = False
+    """per-task competence tracking: raise a task's difficulty once it is learned"""
+    task_curriculum_strategy: Literal["competence", "dag"] = "competence"
+    """competence: per-task levels; dag: also staged unlocking of tasks by prerequisites"""
+    curriculum_cooldown: int = 100
+    """steps between difficulty changes of a task"""
+    curriculum_min_task_evals: int = 3
+    """evaluations of a task before its difficulty may change"""
+    curriculum_jitter: float = 0.1
+    """probability of replaying an easier level of a task"""
+    curriculum_threshold: float = 0.9
+    """accuracy (EMA) at which a task counts as learned"""
+    curriculum_dag_patience: int = 0
+    """dag: unlock the next stage after this many evaluations without progress (0: never)"""
+    seq_len: int = 256
+    batch_size: int = 16
+    """sequences per micro-batch per process"""
+    grad_accum: int = 1
+    """micro-batches per optimizer step (global batch = batch_size x grad_accum x processes)"""
+
+    # ----------------------------------------------------------- optimisation
+    lr: float = 1e-3
+    """peak learning rate"""
+    min_lr_ratio: float = 0.1
+    """the cosine schedule ends at min_lr_ratio x lr"""
+    warmup: int = 50
+    """linear warm-up steps"""
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    """clip the global gradient norm (0: off)"""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """autocast dtype; auto: bf16 on a GPU that has it, else fp32"""
+    compile: bool = False
+    """torch.compile the model"""
+    fsdp: bool = False
+    """shard parameters, gradients and optimizer state with FSDP2 (fully_shard) under torchrun"""
+    max_bad_steps: int = 10
+    """stop after this many consecutive steps with a non-finite loss or gradient"""
+    seed: int = 0
+    device: str = "auto"
+    """auto (cuda when available), cpu, cuda, cuda:N"""
+
+    # ------------------------------------------------------ evaluation & output
+    eval_interval: int = 100
+    """steps between evaluations (0: only at the end)"""
+    eval_samples: int = 100
+    """examples per task at each evaluation"""
+    eval_max_new_tokens: int = 32
+    """an answer (with its EOS) longer than this counts as wrong, as capped greedy decoding would"""
+    eval_tokens: int = 16384
+    """validation tokens of the corpus per evaluation"""
+    log_interval: int = 10
+    """steps between lines of metrics.jsonl"""
+    save_interval: int = 100
+    """steps between checkpoints (0: only at the end)"""
+    keep_last: int = 2
+    """checkpoints kept (0: all)"""
+    output_dir: str | None = None
+    """the run directory; default runs/<variant>_<model_size>"""
+    resume: bool = False
+    """continue the run in --output-dir even if its configuration differs"""
+    overwrite: bool = False
+    """delete the run in --output-dir and start again"""
+    progress: bool = True
+    """show a progress bar"""
+    tensorboard: bool = False
+    """also log to TensorBoard (needs the tensorboard package)"""
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.variant}_{self.model_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return from_dict(cls, d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Options from a YAML file: a mapping of fields, or a run's own config.yaml."""
+        data = read_yaml(path)
+        return cls.from_dict(data["train"] if data.get("format") == RUN_FORMAT else data)
+
+    def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
+        """Fields (other than the operational ones) whose values differ: name -> (self's, other's)."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if k not in OPERATIONAL_FIELDS and a[k] != b.get(k)}
+
+    def validate(self) -> TrainConfig:
+        positive = ("seq_len", "batch_size", "grad_accum", "total_tokens", "eval_samples", "max_bad_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise MemlabError(f"--{name} must be positive, got {getattr(self, name)}")
+        non_negative = ("alg_tokens", "warmup", "eval_interval", "save_interval", "keep_last", "grad_clip",
+                        "weight_decay", "eval_tokens")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise MemlabError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise MemlabError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr} and {self.min_lr_ratio}")
+        if self.log_interval < 1:
+            raise MemlabError(f"--log_interval must be positive, got {self.log_interval}")
+        if self.resume and self.overwrite:
+            raise MemlabError("--resume and --overwrite exclude each other")
+        choose("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        choose("task curriculum strategy", self.task_curriculum_strategy, ("competence", "dag"))
+        return self
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise MemlabError(f"no such config file: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise MemlabError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise MemlabError(f"{path} must hold a mapping of training options")
+    return data
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _optional_fields(cls: type, skip: tuple[str, ...] = ()) -> type:
+    """A dataclass mirroring ``cls`` with every field optional and ``None`` by default (= not given)."""
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            sub = _optional_fields(kind)
+            fields.append((f.name, sub, dataclasses.field(default_factory=sub)))
+        else:
+            doc = tyro.conf.arg(help="model option (default: set by --variant and --model-size)")
+            fields.append((f.name, Annotated[kind | None, doc], dataclasses.field(default=None)))
+    return dataclasses.make_dataclass(f"{cls.__name__}Overrides", fields)
+
+
+ModelOverrides = _optional_fields(ModelConfig, skip=("variant", "size"))
+
+
+def _given(flags: Any, prefix: str = "") -> dict[str, Any]:
+    """The dotted names and values of the fields of ``flags`` that were set (not None)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(flags):
+        value = getattr(flags, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_given(value, f"{prefix}{f.name}."))
+        elif value is not None:
+            out[prefix + f.name] = value
+    return out
+
+
+@dataclass
+class TrainArgs(TrainConfig):
+    """Train a model variant on algorithmic tasks, retrieval tasks and text; resumable, DDP-ready."""
+
+    config: str | None = None
+    """a YAML file of training options (and a `model:` mapping of overrides) used as defaults"""
+    model_overrides: Annotated[ModelOverrides, tyro.conf.arg(name="", prefix_name=False)] = field(  # type: ignore[valid-type]
+        default_factory=ModelOverrides
+    )
+
+    @classmethod
+    def defaults_from(cls, argv: list[str]) -> TrainArgs | None:
+        """The defaults that ``--config FILE`` in ``argv`` sets (None without one)."""
+        path = None
+        for i, arg in enumerate(argv):
+            if arg == "--config" and i + 1 < len(argv):
+                path = argv[i + 1]
+            elif arg.startswith("--config="):
+                path = arg.split("=", 1)[1]
+        if path is None:
+            return None
+        return cls(**dataclasses.asdict(TrainConfig.from_yaml(path)), config=path)
+
+    def to_config(self) -> TrainConfig:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        values["model"] = {**self.model, **_given(self.model_overrides)}
+        return TrainConfig(**values).validate()

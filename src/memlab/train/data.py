@@ -1,0 +1,148 @@
+"""The run's data from a TrainConfig: tokenizer, token shards and the curriculum (built on memlab.data).
+
+- ``--corpus none``: tasks only, byte tokenizer unless another is named;
+- ``--data-dir DIR`` holding prepared shards (and no ``--corpus``): those shards and their tokenizer;
+- otherwise the corpus (default ``stdlib-code``) is prepared once into ``--data-dir`` or a cache
+  directory (``$MEMLAB_CACHE``, default ``~/.cache/memlab``) and reused by later runs.
+
+The curriculum draws the *global* batch of every step (all processes, all micro-batches) from
+one seeded stream, and each process takes its own rows: the data a step trains on does not
+depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from memlab.config import size_fields
+from memlab.data.curriculum import Curriculum, CurriculumConfig
+from memlab.data.shards import HEADER_FILE, TokenShards, read_header
+from memlab.data.text import prepare_shards
+from memlab.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
+from memlab.errors import MemlabError
+from memlab.train.config import TrainConfig
+from memlab.train.distributed import Dist
+
+log = logging.getLogger(__name__)
+DEFAULT_CORPUS, NO_CORPUS = "stdlib-code", "none"
+
+
+@dataclass
+class RunData:
+    tokenizer: Tokenizer
+    data_dir: Path | None  # prepared shards of the corpus; None for tasks only
+    corpus: str
+    curriculum: Curriculum
+    val: TokenShards | None  # validation split, None when there is no corpus or it is too small
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MEMLAB_CACHE", "~/.cache/memlab")).expanduser()
+
+
+def bpe_vocab_size(cfg: TrainConfig) -> int:
+    """The vocabulary a BPE tokenizer is trained with: ``vocab_size`` if overridden, else the size preset's."""
+    return int(cfg.model.get("vocab_size") or size_fields(cfg.model_size)["vocab_size"])
+
+
+def _check_tokenizer_request(spec: str, tokenizer: Tokenizer, where: Path) -> None:
+    """A MemlabError unless tokenizer ``spec`` names the tokenizer that the shards in ``where`` use."""
+    same = tokenizer.kind == "bpe" if spec == "bpe" else build_tokenizer(spec).hash == tokenizer.hash
+    if not same:
+        raise MemlabError(
+            f"tokenizer mismatch: the shards in {where} were made with a {tokenizer.kind} tokenizer "
+            f"({tokenizer.hash[:12]}), not --tokenizer {spec}; drop --tokenizer or choose another --data-dir"
+        )
+
+
+def _prepared(cfg: TrainConfig, d: Dist) -> tuple[Tokenizer, Path | None, str]:
+    """(tokenizer, shard directory or None, corpus name), preparing the shards if needed (main process first)."""
+    explicit = Path(cfg.data_dir) if cfg.data_dir else None
+    if cfg.corpus == NO_CORPUS:
+        if explicit is not None:
+            raise MemlabError("--corpus none trains on tasks only; drop --data-dir")
+        language_phase = cfg.alg_tokens < cfg.total_tokens and cfg.replay_fraction + cfg.retrieval_ratio < 1
+        if language_phase:
+            raise MemlabError(
+                "--corpus none trains on tasks only: set --alg_tokens to --total_tokens "
+                f"({cfg.total_tokens}), or name a corpus"
+            )
+        spec = cfg.tokenizer or "byte"
+        if spec == "bpe":
+            raise MemlabError("a bpe tokenizer is trained on a corpus; with --corpus none use --tokenizer byte")
+        return build_tokenizer(spec), None, NO_CORPUS
+    if explicit is not None and (explicit / HEADER_FILE).is_file():
+        header = read_header(explicit)
+        if cfg.corpus is not None and cfg.corpus != header["source"]:
+            raise MemlabError(
+                f"{explicit} holds shards of {header['source']}, not --corpus {cfg.corpus}; "
+                "drop --corpus or choose another --data-dir"
+            )
+        tokenizer = load_tokenizer(explicit)
+        if cfg.tokenizer is not None:
+            _check_tokenizer_request(cfg.tokenizer, tokenizer, explicit)
+        return tokenizer, explicit, header["source"]
+    corpus, spec = cfg.corpus or DEFAULT_CORPUS, cfg.tokenizer or "bpe"
+    slug = f"{corpus}_{spec}{bpe_vocab_size(cfg) if spec == 'bpe' else ''}"
+    if cfg.corpus_max_docs is not None:
+        slug += f"_docs{cfg.corpus_max_docs}"
+    if cfg.val_fraction != TrainConfig.val_fraction:
+        slug += f"_val{cfg.val_fraction}"
+    directory = explicit or cache_dir() / "data" / re.sub(r"[^A-Za-z0-9_.-]+", "-", slug)
+    if not d.is_main:
+        d.barrier()  # the main process prepares, the others then reuse
+    try:
+        if d.is_main:
+            log.info("preparing %s with the %s tokenizer in %s", corpus, spec, directory)
+        result = prepare_shards(
+            corpus, spec, directory, vocab_size=bpe_vocab_size(cfg), val_fraction=cfg.val_fraction,
+            max_docs=cfg.corpus_max_docs, progress=d.is_main,
+        )
+    finally:
+        if d.is_main:
+            d.barrier()
+    return result.tokenizer, directory, corpus
+
+
+def build_data(cfg: TrainConfig, d: Dist, run_tokenizer: Tokenizer | None) -> RunData:
+    """The run's data; ``run_tokenizer`` (a resumed run's own) must be the one the shards use."""
+    tokenizer, data_dir, corpus = _prepared(cfg, d)
+    if run_tokenizer is not None and run_tokenizer.hash != tokenizer.hash:
+        raise MemlabError(
+            f"tokenizer mismatch: the run was trained with tokenizer {run_tokenizer.hash[:12]} but the data "
+            f"{data_dir or corpus} uses {tokenizer.hash[:12]}; resume with the same --data-dir/--tokenizer "
+            "or start a new run"
+        )
+    lm = TokenShards(data_dir, "train", verify=False) if data_dir is not None else None
+    val = None
+    if data_dir is not None and cfg.eval_tokens > 0:
+        val = TokenShards(data_dir, "val", verify=False)
+        if val.num_sequential_windows(cfg.seq_len) == 0:
+            log.warning("the validation split of %s is shorter than one window; validation uses the tasks", data_dir)
+            val = None
+    curriculum = Curriculum(curriculum_config(cfg, d.world_size), tokenizer, lm=lm)
+    return RunData(tokenizer, data_dir, corpus, curriculum, val)
+
+
+def curriculum_config(cfg: TrainConfig, world_size: int) -> CurriculumConfig:
+    return CurriculumConfig(
+        seq_len=cfg.seq_len,
+        batch_size=cfg.batch_size * cfg.grad_accum * world_size,  # the global batch of one step
+        seed=cfg.seed,
+        tasks=list(cfg.alg_tasks),
+        alg_tokens=cfg.alg_tokens,
+        total_tokens=cfg.total_tokens,
+        replay_fraction=cfg.replay_fraction,
+        retrieval_tasks=list(cfg.retrieval_tasks),
+        retrieval_ratio=cfg.retrieval_ratio,
+        strategy=cfg.task_curriculum_strategy if cfg.use_task_curriculum else "uniform",
+        threshold=cfg.curriculum_threshold,
+        cooldown_steps=cfg.curriculum_cooldown,
+        min_evals=cfg.curriculum_min_task_evals,
+        jitter=cfg.curriculum_jitter,
+        dag_patience=cfg.curriculum_dag_patience,
+    )

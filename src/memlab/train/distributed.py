@@ -1,0 +1,104 @@
+"""Data parallelism with PyTorch's own DDP and FSDP2, initialised from the ``torchrun`` environment.
+
+``torchrun --nproc_per_node N -m memlab.cli train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
+:func:`setup` then joins the process group (gloo on CPU, nccl on CUDA).  Without those variables
+everything is a single process and the helpers are no-ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from memlab.errors import MemlabError
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed elementwise over the processes, in float64."""
+        values = values.double()
+        if self.enabled:
+            dist.all_reduce(values)
+        return values
+
+
+def setup(device: str = "auto") -> Dist:
+    """Join the torchrun process group if there is one and pick this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise MemlabError(f"--device {device}: CUDA is not available on this machine; valid choices: auto, cpu")
+    if cuda:
+        dev = torch.device(device if ":" in device else f"cuda:{local}")
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=dev if cuda else None)
+    return Dist(rank, world, local, dev)
+
+
+def teardown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, d: Dist, fsdp: bool) -> nn.Module:
+    """The module to train: ``model`` itself, DDP around it, or ``model`` sharded in place with FSDP2."""
+    if fsdp:
+        if not d.enabled:
+            raise MemlabError("--fsdp shards over processes: launch with torchrun --nproc_per_node N (N >= 2)")
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.body.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[d.device] if d.device.type == "cuda" else None)
+    return model
+
+
+@contextlib.contextmanager
+def no_sync(module: nn.Module, sync: bool) -> Iterator[None]:
+    """Around the forward and backward of a micro-batch: skip the gradient all-reduce unless ``sync``."""
+    if sync:
+        yield
+    elif hasattr(module, "no_sync"):  # DDP
+        with module.no_sync():
+            yield
+    elif hasattr(module, "set_requires_gradient_sync"):  # FSDP2
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    else:
+        yield

@@ -1,0 +1,118 @@
+"""Periodic evaluation during training: validation loss and per-task exact-match accuracy.
+
+Exact match comes from one teacher-forced forward (greedy decoding gives the same answer iff the
+argmax at every answer position is right); an answer longer than ``max_new_tokens`` (with its
+EOS) counts as wrong, as decoding capped at that many tokens would.  Every process evaluates the
+same examples, so the curriculum's observations stay identical across processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memlab.data.curriculum import Curriculum
+from memlab.data.shards import TokenShards
+from memlab.data.tasks import IGNORE_INDEX, exact_match
+
+
+@dataclass
+class EvalResult:
+    val_loss: float | None = None  # corpus validation loss (nats/token)
+    task_loss: float | None = None  # answer-only loss over all evaluated task examples
+    acc: dict[str, float] = field(default_factory=dict)
+    difficulty: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def selection_loss(self) -> float | None:
+        """What best_model/ is chosen by: the validation loss, else the task loss."""
+        return self.val_loss if self.val_loss is not None else self.task_loss
+
+    def record(self) -> dict:
+        out: dict = {}
+        if self.val_loss is not None:
+            out.update(val_loss=self.val_loss, val_ppl=math.exp(min(self.val_loss, 700.0)))
+        if self.task_loss is not None:
+            out["task_loss"] = self.task_loss
+        if self.acc:
+            out.update(acc=dict(self.acc), difficulty=dict(self.difficulty))
+        return out
+
+
+@torch.no_grad()
+def validation_loss(
+    model: nn.Module, shards: TokenShards, seq_len: int, max_tokens: int, batch_tokens: int, autocast
+) -> float:
+    """Mean next-token loss over the first ``max_tokens`` tokens of the split, in consecutive windows."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    rows = max(1, batch_tokens // seq_len)
+    for windows in shards.sequential_windows(rows, seq_len, max_windows=max(1, max_tokens // seq_len)):
+        windows = windows.to(device)  # (b, T + 1)
+        with autocast:
+            logits = model(windows[:, :-1])  # (b, T, V)
+        total += float(F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten(), reduction="sum"))
+        count += windows[:, 1:].numel()
+    return total / count
+
+
+@torch.no_grad()
+def task_accuracy(
+    model: nn.Module, curriculum: Curriculum, samples: int, max_new_tokens: int, batch_tokens: int, autocast
+) -> EvalResult:
+    """Exact-match accuracy of every task at its current difficulty, reported to the curriculum."""
+    device = next(model.parameters()).device
+    result = EvalResult()
+    loss_sum, loss_tokens = 0.0, 0
+    for spec in curriculum.task_specs:
+        batch = curriculum.eval_batch(spec, samples)
+        rows = max(1, batch_tokens // batch.input_ids.shape[1])  # short examples: more rows per forward
+        correct = 0
+        for start in range(0, samples, rows):
+            x = batch.input_ids[start : start + rows].to(device)  # (b, T)
+            y = batch.labels[start : start + rows].to(device)  # (b, T), IGNORE_INDEX off the answer
+            with autocast:
+                logits = model(x)  # (b, T, V)
+            answer_len = (y != IGNORE_INDEX).sum(-1)  # (b,) answer tokens with the EOS
+            correct += int((exact_match(logits, y) & (answer_len <= max_new_tokens)).sum())
+            loss_sum += float(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum"))
+            loss_tokens += int(answer_len.sum())
+        result.acc[spec] = correct / samples
+        result.difficulty[spec] = curriculum.difficulty(spec)
+        curriculum.observe(spec, result.acc[spec])
+    if loss_tokens:
+        result.task_loss = loss_sum / loss_tokens
+    return result
+
+
+def evaluate(
+    model: nn.Module,
+    curriculum: Curriculum,
+    val: TokenShards | None,
+    *,
+    seq_len: int,
+    eval_tokens: int,
+    samples: int,
+    max_new_tokens: int,
+    batch_tokens: int,
+    autocast=None,
+) -> EvalResult:
+    """Validation loss (when there is a validation split) and task accuracies, in eval mode.
+
+    ``batch_tokens`` bounds the (padded) tokens of one forward pass.
+    """
+    autocast = autocast or contextlib.nullcontext()
+    was_training = model.training
+    model.eval()
+    try:
+        result = task_accuracy(model, curriculum, samples, max_new_tokens, batch_tokens, autocast)
+        if val is not None:
+            result.val_loss = validation_loss(model, val, seq_len, eval_tokens, batch_tokens, autocast)
+    finally:
+        model.train(was_training)
+    return result

@@ -1,0 +1,99 @@
+"""The run's logs: ``metrics.jsonl`` (one JSON object per logged step), ``metrics.json``, TensorBoard.
+
+On a resume the lines after the checkpoint's step are dropped, so the log of a resumed run is
+the log of an uninterrupted one.  JSON files are replaced atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from memlab.errors import MemlabError
+
+METRICS_LINES, METRICS_JSON = "metrics.jsonl", "metrics.json"
+
+
+def finite(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by None (strict JSON), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(finite(data), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl; a torn last line (a killed writer) is dropped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+class MetricsLog:
+    """Appends records to ``metrics.jsonl`` (and TensorBoard); only the main process writes."""
+
+    def __init__(self, run_dir: Path, enabled: bool, keep_until: int, tensorboard: bool = False) -> None:
+        self.path, self.enabled = run_dir / METRICS_LINES, enabled
+        self.records = [r for r in read_lines(self.path) if r["step"] <= keep_until]
+        self.writer = None
+        if not enabled:
+            return
+        tmp = self.path.with_name(f".{METRICS_LINES}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        os.replace(tmp, self.path)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                hint = "pip install 'memlab[tensorboard]'"
+                raise MemlabError(f"--tensorboard needs the tensorboard package: {hint}") from None
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=keep_until + 1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        record = finite(record)
+        self.records.append(record)
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for name, value in _flat(record).items():
+                if name != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(name, value, record["step"])
+
+    def write_json(self) -> None:
+        if self.enabled:
+            write_json(self.path.with_name(METRICS_JSON), self.records)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _flat(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[prefix + key] = value
+    return out

@@ -1,0 +1,519 @@
+"""The training loop: ``train(TrainConfig) -> run directory``.
+
+One step draws the global batch from the curriculum, runs ``grad_accum`` micro-batches on this
+process's rows (loss = answer-only cross-entropy + the model's auxiliary losses), clips the
+gradient norm and takes an AdamW step at the scheduled learning rate.  A step whose loss or
+gradient is not finite is skipped and counted.  Every ``eval_interval`` steps the model is
+evaluated (validation loss, task accuracy), the plots are refreshed and ``best_model/`` is kept;
+every ``save_interval`` steps a checkpoint is written.  Re-running on the same directory resumes
+from the newest whole checkpoint and continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_model
+
+import memlab
+from memlab.config import build_config
+from memlab.data.tasks import GRID_VERSION, IGNORE_INDEX
+from memlab.data.tokenizer import load_tokenizer
+from memlab.errors import MemlabError
+from memlab.models.lm import WEIGHTS_FILE, LanguageModel
+from memlab.models.paths import latest_whole_checkpoint
+from memlab.train import checkpoint as ckpt
+from memlab.train import distributed
+from memlab.train.config import RUN_FORMAT, TrainConfig, read_yaml
+from memlab.train.data import RunData, build_data
+from memlab.train.evaluate import EvalResult, evaluate
+from memlab.train.metrics import MetricsLog, write_json
+from memlab.train.optim import build_optimizer, lr_at, no_decay_names, set_lr
+from memlab.train.plots import plot_accuracy, plot_loss
+
+log = logging.getLogger(__name__)
+CONFIG_FILE, SUMMARY_FILE = "config.yaml", "summary.json"
+
+
+class TrainingDiverged(MemlabError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) the run ``cfg`` describes; returns the run directory."""
+    cfg.validate()
+    d = distributed.setup(cfg.device)
+    try:
+        return Trainer(cfg, d).run()
+    finally:
+        distributed.teardown(d)
+
+
+# ------------------------------------------------------------------ run directory
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The TrainConfig recorded in a run directory's config.yaml."""
+    data = read_yaml(run_dir / CONFIG_FILE)
+    if data.get("format") != RUN_FORMAT:
+        raise MemlabError(f"{run_dir / CONFIG_FILE} is not the config of a memlab training run")
+    return TrainConfig.from_dict(data["train"])
+
+
+def plan_start(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from (None: start afresh); refuses a directory holding another run."""
+    run = cfg.run_dir
+    occupied = run.is_dir() and any(run.iterdir())
+    if run.exists() and not run.is_dir():
+        raise MemlabError(f"--output-dir {run} is a file")
+    if occupied and not (run / CONFIG_FILE).is_file():
+        raise MemlabError(f"{run} is not empty and holds no memlab run ({CONFIG_FILE}); choose another --output-dir")
+    if cfg.overwrite or not occupied:
+        if cfg.resume:
+            raise MemlabError(f"--resume: there is no run in {run} to resume")
+        if occupied:
+            read_run_config(run)  # refuse to delete what is not a training run
+        return None
+    diffs = cfg.differences(read_run_config(run))
+    if diffs and not cfg.resume:
+        shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in list(diffs.items())[:4])
+        raise MemlabError(
+            f"{run} holds a different run ({shown}); pass --resume to continue it with these settings "
+            "or --overwrite to start again"
+        )
+    return latest_whole_checkpoint(run)
+
+
+def _autocast(precision: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
+    if precision == "auto":
+        precision = "fp32"
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return dtype, torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------------ trainer
+
+
+class Trainer:
+    """One run: set up (or resume) in ``__init__``, train to ``total_tokens`` in :meth:`run`."""
+
+    def __init__(self, cfg: TrainConfig, d: distributed.Dist) -> None:
+        t0 = time.perf_counter()
+        self.cfg, self.d, self.run_dir = cfg, d, cfg.run_dir
+        build_config(cfg.variant, cfg.model_size, **cfg.model)  # bad model options fail before any work
+        resume_from = plan_start(cfg)
+        if d.is_main:
+            if cfg.overwrite and self.run_dir.exists():
+                shutil.rmtree(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_partial(self.run_dir)
+        d.barrier()
+        run_tokenizer = load_tokenizer(resume_from) if resume_from is not None else None
+        self.data: RunData = build_data(cfg, d, run_tokenizer)
+        self.tokenizer = self.data.tokenizer
+
+        # model, optimizer
+        _seed_everything(cfg.seed)
+        self.model_config = build_config(cfg.variant, cfg.model_size, **self._model_overrides())
+        if cfg.seq_len > self.model_config.max_seq_len:
+            limit = self.model_config.max_seq_len
+            raise MemlabError(f"--seq_len {cfg.seq_len} exceeds the model's max_seq_len={limit}")
+        self.raw_model = LanguageModel(self.model_config)
+        if resume_from is not None:
+            try:
+                load_model(self.raw_model, str(resume_from / WEIGHTS_FILE), strict=True)
+            except Exception as e:  # safetensors raises several types for mismatched shapes or keys
+                raise MemlabError(
+                    f"the weights in {resume_from} do not fit this model ({str(e).splitlines()[0][:160]}); "
+                    "resume with the run's model options or start again with --overwrite"
+                ) from None
+        self.raw_model.to(d.device).train()
+        no_decay = no_decay_names(self.raw_model)
+        if cfg.compile:
+            self.raw_model.compile()
+        self.model = distributed.wrap(self.raw_model, d, cfg.fsdp)
+        self.optimizer = build_optimizer(
+            self.raw_model, no_decay, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2)
+        )
+        self.amp_dtype, self.autocast = _autocast(cfg.precision, d.device)
+        if self.amp_dtype == torch.float16 and cfg.fsdp:
+            raise MemlabError("--fsdp trains in bf16 or fp32, not fp16; use --precision bf16")
+        self.scaler = torch.amp.GradScaler(d.device.type) if self.amp_dtype == torch.float16 else None
+
+        # progress
+        self.tokens_per_step = cfg.seq_len * cfg.batch_size * cfg.grad_accum * d.world_size
+        self.total_steps = math.ceil(cfg.total_tokens / self.tokens_per_step)
+        self.step, self.skipped, self.bad_in_row, self.lr = 0, 0, 0, 0.0
+        self.best: dict[str, Any] = {"loss": None, "step": None, "acc": {}}
+        self.wall_before = 0.0  # seconds of earlier sessions of this run
+        self.window = _Window()
+        if resume_from is not None:
+            self._load(resume_from)
+        self.metrics = MetricsLog(self.run_dir, d.is_main, self.step, cfg.tensorboard)
+        if d.is_main:
+            self._write_config()
+        self.loop_start, self.session_steps = time.perf_counter(), 0  # run() restarts the clock
+        self.seconds = {"setup": time.perf_counter() - t0, "train": 0.0, "eval": 0.0, "checkpoint": 0.0, "outputs": 0.0}
+        if resume_from is not None and d.is_main:
+            log.info("resumed %s from %s (step %d of %d)", self.run_dir, resume_from, self.step, self.total_steps)
+
+    def _model_overrides(self) -> dict[str, Any]:
+        overrides = dict(self.cfg.model)
+        vocab = overrides.get("vocab_size")
+        if vocab is not None and vocab < self.tokenizer.vocab_size:
+            raise MemlabError(f"vocab_size={vocab} is smaller than the tokenizer's {self.tokenizer.vocab_size} ids")
+        overrides["vocab_size"] = vocab or self.tokenizer.vocab_size
+        return overrides
+
+    # ------------------------------------------------------------- state I/O
+    def _write_config(self) -> None:
+        data = {
+            "format": RUN_FORMAT,
+            "memlab_version": memlab.__version__,
+            "train": dataclasses.replace(self.cfg, resume=False, overwrite=False).to_dict(),  # not actions to repeat
+            "model_config": self.model_config.to_dict(),
+            "data": {
+                "corpus": self.data.corpus,
+                "data_dir": str(self.data.data_dir) if self.data.data_dir else None,
+                "tokenizer": self.tokenizer.kind,
+                "tokenizer_hash": self.tokenizer.hash,
+            },
+        }
+        tmp = self.run_dir / f".{CONFIG_FILE}.tmp"
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        tmp.replace(self.run_dir / CONFIG_FILE)
+        self.tokenizer.save(self.run_dir)
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tokens_seen": self.step * self.tokens_per_step,
+            "skipped_steps": self.skipped,
+            "bad_in_row": self.bad_in_row,
+            "best": self.best,
+            "wall_time_s": self.wall_before + self.session_wall(),
+            "window": self.window.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "world_size": self.d.world_size,
+            "rng": ckpt.rng_state(),
+            "curriculum": self.data.curriculum.state_dict(),
+        }
+
+    def _load(self, checkpoint: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        state = ckpt.read_trainer_state(checkpoint)
+        set_optimizer_state_dict(
+            self.model, self.optimizer, ckpt.read_optimizer_state(checkpoint, self.d.device), options=_sd_options(self)
+        )
+        self.step, self.skipped, self.bad_in_row = state["step"], state["skipped_steps"], state["bad_in_row"]
+        self.best, self.wall_before = state["best"], state["wall_time_s"]
+        self.window.load_state_dict(state["window"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.data.curriculum.load_state_dict(state["curriculum"])
+        ckpt.set_rng_state(state["rng"])
+
+    def _write_model_files(self, path: Path, model_state: dict | None) -> None:
+        if model_state is None:
+            self.raw_model.save(path)
+        else:  # FSDP: the gathered full state, saved through an unsharded copy
+            copy = LanguageModel(self.model_config)
+            copy.load_state_dict(model_state)
+            copy.save(path)
+        (path / CONFIG_FILE).write_bytes((self.run_dir / CONFIG_FILE).read_bytes())
+        self.tokenizer.save(path)
+
+    def _full_model_state(self) -> dict | None:
+        """Under FSDP the full weights gathered on every process (a collective); else None."""
+        if not self.cfg.fsdp:
+            return None
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(self.model, options=_sd_options(self))
+
+    def save_checkpoint(self) -> None:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        model_state = self._full_model_state()
+        optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=_sd_options(self))
+        if self.d.is_main:
+            directory = self.run_dir / "checkpoints" / f"step_{self.step}"
+            ckpt.save_checkpoint(
+                directory, lambda p: self._write_model_files(p, model_state), optim_state, self._trainer_state()
+            )
+            ckpt.prune(self.run_dir, self.cfg.keep_last)
+        self.d.barrier()
+
+    def save_best(self) -> None:
+        model_state = self._full_model_state()
+        if self.d.is_main:
+            with ckpt.atomic_directory(self.run_dir / "best_model") as tmp:
+                self._write_model_files(tmp, model_state)
+
+    # ------------------------------------------------------------------ loop
+    def session_wall(self) -> float:
+        return time.perf_counter() - self.loop_start
+
+    def run(self) -> Path:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self.loop_start, self.session_steps = time.perf_counter(), 0
+        window_seconds, window_steps = 0.0, 0  # pure training-step time since the last log line
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+            disable=not (cfg.progress and self.d.is_main), desc=f"train {cfg.variant}/{cfg.model_size}",
+        )
+        status = "failed"
+        try:
+            while self.step < self.total_steps:
+                self.step += 1
+                t = time.perf_counter()
+                self._train_step()
+                seconds = time.perf_counter() - t
+                self.seconds["train"] += seconds
+                window_seconds += seconds
+                window_steps += 1
+                self.session_steps += 1
+                last = self.step == self.total_steps
+                record: dict[str, Any] = {}
+                if self.step % cfg.log_interval == 0 or last:
+                    tokens_per_s = window_steps * self.tokens_per_step / window_seconds
+                    record.update(self.window.flush(), lr=self.lr, tokens_per_s=tokens_per_s)
+                    record["diagnostics"] = self.raw_model.diagnostics()  # of the step's last micro-batch
+                    record["skipped_steps"] = self.skipped
+                    window_seconds, window_steps = 0.0, 0
+                    loss = record["loss"] if record["loss"] is not None else math.nan
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:.2e}", tok_s=f"{tokens_per_s:.0f}")
+                evaluated = bool(cfg.eval_interval and self.step % cfg.eval_interval == 0) or last
+                if evaluated:
+                    t = time.perf_counter()
+                    record.update(self._evaluate())
+                    self.seconds["eval"] += time.perf_counter() - t
+                if record:
+                    self.metrics.write({"step": self.step, "tokens": self.step * self.tokens_per_step, **record})
+                if evaluated and not last:  # the last refresh follows the loop
+                    t = time.perf_counter()
+                    self._refresh_outputs("running")
+                    self.seconds["outputs"] += time.perf_counter() - t
+                if (cfg.save_interval and self.step % cfg.save_interval == 0) or last:
+                    t = time.perf_counter()
+                    self.save_checkpoint()
+                    self.seconds["checkpoint"] += time.perf_counter() - t
+                bar.update(1)
+            status = "completed"
+        except TrainingDiverged:
+            status = "diverged"
+            raise
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            bar.close()
+            self._refresh_outputs(status)
+            self.metrics.close()
+        return self.run_dir
+
+    def _train_step(self) -> None:
+        cfg, d = self.cfg, self.d
+        input_ids, labels = self.data.curriculum.next_batch()  # (R, T) the global batch
+        kind = self.data.curriculum.last_kind
+        n_labels = max(1, int((labels != IGNORE_INDEX).sum()))  # labelled positions of the global batch
+        rows = slice(d.rank * cfg.batch_size * cfg.grad_accum, (d.rank + 1) * cfg.batch_size * cfg.grad_accum)
+        input_ids, labels = input_ids[rows], labels[rows]  # (A * B, T) this process's rows
+        ce_sum = torch.zeros((), device=d.device)
+        aux_sums: dict[str, torch.Tensor] = {}
+        for micro in range(cfg.grad_accum):
+            x = input_ids[micro * cfg.batch_size : (micro + 1) * cfg.batch_size].to(d.device, non_blocking=True)
+            y = labels[micro * cfg.batch_size : (micro + 1) * cfg.batch_size].to(d.device, non_blocking=True)
+            with distributed.no_sync(self.model, sync=micro == cfg.grad_accum - 1):
+                with self.autocast:
+                    logits = self.model(x)  # (B, T, V)
+                    ce = F.cross_entropy(
+                        logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                    )
+                    aux = {name: value / cfg.grad_accum for name, value in self.raw_model.aux_losses().items()}
+                # gradients are averaged over processes: this scaling makes them those of the global mean
+                loss = ce * (d.world_size / n_labels) + sum(aux.values(), torch.zeros((), device=d.device))
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            ce_sum += ce.detach()
+            for name, value in aux.items():
+                aux_sums[name] = aux_sums.get(name, 0.0) + value.detach().float()
+        names = sorted(aux_sums)
+        totals = d.all_reduce_sum(torch.stack([ce_sum, *(aux_sums[n] for n in names)]))  # one sync
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip or float("inf"))
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
+        ce_total, *aux_totals, grad_norm = torch.cat([totals, grad_norm.reshape(1).double()]).tolist()
+        ce_mean = ce_total / n_labels
+        aux_means = {n: v / d.world_size for n, v in zip(names, aux_totals)}
+        loss_value = ce_mean + sum(aux_means.values())
+        self.lr = lr_at(self.step, cfg.lr, cfg.warmup, self.total_steps, cfg.min_lr_ratio)
+        finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+        if finite:
+            set_lr(self.optimizer, self.lr)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.bad_in_row = 0
+            self.window.add(kind, loss_value, ce_mean, aux_means, grad_norm)
+        else:
+            if self.scaler is not None:
+                self.scaler.update()  # lowers the loss scale
+            self.skipped += 1
+            self.bad_in_row += 1
+            log.warning("step %d: loss %s, grad norm %s: not finite; skipped", self.step, loss_value, grad_norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.bad_in_row >= cfg.max_bad_steps:
+            raise TrainingDiverged(
+                f"training diverged: {self.bad_in_row} consecutive steps with a non-finite loss or gradient "
+                f"(step {self.step}); the last checkpoint in {self.run_dir / 'checkpoints'} is intact; "
+                "lower --lr or use --precision fp32"
+            )
+
+    def _evaluate(self) -> dict[str, Any]:
+        cfg = self.cfg
+        result: EvalResult = evaluate(
+            self.model if cfg.fsdp else self.raw_model,
+            self.data.curriculum,
+            self.data.val,
+            seq_len=cfg.seq_len,
+            eval_tokens=cfg.eval_tokens,
+            samples=cfg.eval_samples,
+            max_new_tokens=cfg.eval_max_new_tokens,
+            batch_tokens=cfg.batch_size * cfg.seq_len,
+            autocast=self.autocast,
+        )
+        score = result.selection_loss
+        improved = score is not None and (self.best["loss"] is None or score < self.best["loss"])
+        if improved:
+            self.best.update(loss=score, step=self.step)
+            self.save_best()
+        for task, acc in result.acc.items():
+            if acc > self.best["acc"].get(task, {}).get("acc", -1.0):
+                self.best["acc"][task] = {"acc": acc, "step": self.step}
+        return result.record()
+
+    # --------------------------------------------------------------- outputs
+    def _refresh_outputs(self, status: str) -> None:
+        """metrics.json, summary.json and the plots (main process)."""
+        if not self.d.is_main:
+            return
+        records = self.metrics.records
+        self.metrics.write_json()
+        write_json(self.run_dir / SUMMARY_FILE, self.summary(status))
+        plot_loss(records, self.run_dir / "loss.png")
+        if any("acc" in r for r in records):
+            plot_accuracy(records, self.run_dir / "accuracy.png")
+
+    def summary(self, status: str) -> dict[str, Any]:
+        from memlab.eval.schema import git_commit, utc_timestamp
+
+        records = self.metrics.records
+
+        def last(key: str):
+            return next((r[key] for r in reversed(records) if r.get(key) is not None), None)
+
+        session = self.session_wall()
+        session_tokens = self.session_steps * self.tokens_per_step
+        return {
+            "status": status,
+            "variant": self.cfg.variant,
+            "model_size": self.cfg.model_size,
+            "params": self.raw_model.num_params(),
+            "non_embedding_params": self.raw_model.num_params(non_embedding=True),
+            "layer_pattern": self.model_config.pattern,
+            "steps": self.step,
+            "total_steps": self.total_steps,
+            "tokens_seen": self.step * self.tokens_per_step,
+            "tokens_per_step": self.tokens_per_step,
+            "skipped_steps": self.skipped,
+            "wall_time_s": self.wall_before + session,
+            "tokens_per_s": session_tokens / session if session > 0 else None,
+            "train_tokens_per_s": session_tokens / self.seconds["train"] if self.seconds["train"] else None,
+            "seconds": dict(self.seconds),  # of this session: setup, train steps, eval, checkpoints, outputs
+            "final": {k: last(k) for k in ("loss", "val_loss", "val_ppl", "task_loss", "acc")},
+            "best": {"val_loss": self.best["loss"], "step": self.best["step"], "acc": self.best["acc"]},
+            "world_size": self.d.world_size,
+            "device": str(self.d.device),
+            "precision": str(self.amp_dtype or torch.float32).replace("torch.", ""),
+            "metadata": {
+                "memlab_version": memlab.__version__,
+                "git_commit": git_commit(),
+                "seed": self.cfg.seed,
+                "tokenizer_hash": self.tokenizer.hash,
+                "grid_version": GRID_VERSION,
+                "torch_version": torch.__version__,
+                "timestamp": utc_timestamp(),
+            },
+        }
+
+
+class _Window:
+    """Running sums of the train metrics since the last log line (part of the checkpoint)."""
+
+    def __init__(self) -> None:
+        self.load_state_dict({})
+
+    def add(self, kind: str, loss: float, ce: float, aux: dict[str, float], grad_norm: float) -> None:
+        self.steps += 1
+        self.loss += loss
+        self.ce += ce
+        self.grad_norm += grad_norm
+        for name, value in aux.items():
+            self.aux[name] = self.aux.get(name, 0.0) + value
+        total, count = self.by_kind.get(kind, (0.0, 0))
+        self.by_kind[kind] = (total + loss, count + 1)
+
+    def flush(self) -> dict[str, Any]:
+        """The window's means (None when every step of it was skipped), then a fresh window."""
+        n = self.steps
+        out = {
+            "loss": self.loss / n if n else None,
+            "ce": self.ce / n if n else None,
+            "aux": {k: v / n for k, v in self.aux.items()},
+            "loss_by_kind": {k: total / count for k, (total, count) in sorted(self.by_kind.items())},
+            "grad_norm": self.grad_norm / n if n else None,
+        }
+        self.load_state_dict({})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        keys = ("steps", "loss", "ce", "grad_norm", "aux", "by_kind")
+        return {k: getattr(self, k) for k in keys}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps, self.loss, self.ce = state.get("steps", 0), state.get("loss", 0.0), state.get("ce", 0.0)
+        self.grad_norm, self.aux = state.get("grad_norm", 0.0), dict(state.get("aux", {}))
+        self.by_kind = {k: tuple(v) for k, v in state.get("by_kind", {}).items()}
+
+
+def _sd_options(trainer: Trainer):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    full = trainer.cfg.fsdp
+    return StateDictOptions(full_state_dict=full, cpu_offload=full)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,152 @@
+"""`compare` on hand-made results: the verdicts follow the source study's criteria."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from memlab.analysis.compare import Criteria, compare
+from memlab.errors import MemlabError
+from memlab.eval import schema
+from memlab.eval.stats import accuracy_record
+
+
+def acc(fraction: float, n: int = 1000) -> dict:
+    correct = round(fraction * n)
+    return accuracy_record([True] * correct + [False] * (n - correct))
+
+
+def make_run(root, name, variant="gdn", alg=0.5, ood=0.2, needle=0.8, ppl=20.0, seconds=100.0, delta=0.3,
+             suites=("algorithmic", "longctx", "lm", "ablation")):
+    """A run directory with summary.json and a hand-written results_all.json."""
+    run = root / name
+    (run / "eval").mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"status": "completed", "wall_time_s": seconds}))
+    payloads = {
+        "algorithmic": {"grids": {}, "summary": {"iid": acc(alg), "ood": acc(ood)}, "tasks": {"copy": {
+            "iid": acc(alg), "ood": acc(ood), "by_difficulty": [{"split": "iid", "difficulty": 4, **acc(alg)},
+                                                                {"split": "ood", "difficulty": 32, **acc(ood)}]}}},
+        "longctx": {"context_lengths": [256], "depths": [0.5], "overall": acc(needle), "tasks": {"niah": {
+            "cells": [{"context_len": 256, "depth": 0.5, **acc(needle)}], "overall": acc(needle), "heatmap": None}}},
+        "lm": {"corpus": "x", "context_len": 64, "tokens": 4096, "loss": 3.0, "perplexity": ppl,
+               "loss_ci95": [2.9, 3.1], "tokens_per_s": 1000.0},
+        "ablation": {"task": "niah", "context_len": 256, "memory_layers": [0], "normal": acc(0.5),
+                     "zeroed": acc(0.2), "delta": {"delta": delta, "ci95": [delta - 0.05, delta + 0.05], "n": 200},
+                     "per_layer": [], "horizon": []},
+    }
+    meta = {field: None for field in schema.METADATA_FIELDS}
+    meta.update(timestamp="2026-01-01T00:00:00+00:00", model={
+        "variant": variant, "size": "tiny", "params": 1000, "non_embedding_params": 900, "layer_pattern": "G",
+        "state_bytes": {"256": 10, "2048": 80}})
+    doc = schema.document("all", meta, {k: v for k, v in payloads.items() if k in suites})
+    schema.write_results(run / "eval" / "results_all.json", doc)
+    return run
+
+
+@pytest.fixture
+def base(tmp_path):
+    return make_run(tmp_path, "base", variant="baseline", alg=0.50, ood=0.20, ppl=20.0, seconds=100.0, delta=0.0)
+
+
+@pytest.mark.parametrize(
+    "change, verdict, failed",
+    [
+        (dict(alg=0.56, ood=0.25, ppl=22.0, seconds=150.0), "wins", []),
+        (dict(alg=0.55, ood=0.21, ppl=29.9, seconds=200.0), "wins", []),  # every criterion at its limit
+        (dict(alg=0.54, ood=0.25), "does not win", ["algorithmic"]),  # +4 points is not enough
+        (dict(alg=0.60, ood=0.20), "does not win", ["ood"]),  # equal OOD is not better
+        (dict(alg=0.60, ood=0.30, seconds=201.0), "does not win", ["train_time"]),
+        (dict(alg=0.60, ood=0.30, ppl=31.0), "does not win", ["perplexity"]),  # collapse
+        (dict(alg=0.40, ood=0.10, ppl=90.0, seconds=500.0), "does not win",
+         ["algorithmic", "ood", "train_time", "perplexity"]),
+    ],
+)
+def test_verdicts_follow_the_criteria(tmp_path, base, change, verdict, failed):
+    run = make_run(tmp_path, "candidate", **change)
+    result = compare([base, run], out_dir=None)
+    v = result.verdicts["candidate"]
+    assert v["verdict"] == verdict
+    assert [name for name, c in v["criteria"].items() if c["passed"] is False] == failed
+    assert result.verdicts["base"]["verdict"] == "baseline" and result.baseline == "base"
+
+
+def test_missing_numbers_make_the_verdict_incomplete(tmp_path, base):
+    run = make_run(tmp_path, "no_lm", alg=0.9, ood=0.9, suites=("algorithmic", "longctx"))
+    v = compare([base, run]).verdicts["no_lm"]
+    assert v["verdict"] == "incomplete" and v["criteria"]["perplexity"]["passed"] is None
+    worse = make_run(tmp_path, "worse_no_lm", alg=0.1, suites=("algorithmic",))
+    assert compare([base, worse]).verdicts["worse_no_lm"]["verdict"] == "does not win"  # a failure is final
+
+
+def test_criteria_are_configurable_and_the_baseline_selectable(tmp_path, base):
+    run = make_run(tmp_path, "candidate", alg=0.53, ood=0.3)
+    assert compare([base, run]).verdicts["candidate"]["verdict"] == "does not win"
+    assert compare([base, run], criteria=Criteria(min_alg_gain=0.02)).verdicts["candidate"]["verdict"] == "wins"
+    flipped = compare([base, run], baseline="candidate")
+    assert flipped.baseline == "candidate" and flipped.verdicts["base"]["verdict"] == "does not win"
+
+
+def test_outputs_table_markdown_csv_json_and_plots(tmp_path, base):
+    runs = [base, make_run(tmp_path, "gdn", alg=0.6, ood=0.3), make_run(tmp_path, "cdm", variant="cdm", alg=0.4)]
+    out = tmp_path / "out"
+    result = compare(runs, out_dir=out)
+    assert {f.name for f in result.files} == {"compare.md", "compare.csv", "compare.json", "compare.png",
+                                              "compare_length.png", "compare_needle.png"}
+    assert all(f.stat().st_size > 0 for f in result.files)
+    lines = result.terminal.splitlines()
+    assert lines[0].split()[:2] == ["run", "variant"] and len(lines) == 2 + 3
+    assert "60.0 [" in result.terminal and "wins" in result.terminal
+    md = (out / "compare.md").read_text()
+    assert "| gdn | gdn |" in md and "**wins**" in md and "**does not win**" in md
+    with (out / "compare.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["base", "gdn", "cdm"]
+    assert float(rows[1]["algorithmic"]) == 0.6 and rows[1]["algorithmic_n"] == "1000"
+    assert float(rows[1]["algorithmic_ci_low"]) < 0.6 < float(rows[1]["algorithmic_ci_high"])
+    assert [r["verdict"] for r in rows] == ["baseline", "wins", "does not win"]
+    assert json.loads((out / "compare.json").read_text())["verdicts"]["gdn"]["verdict"] == "wins"
+
+
+def test_seeds_aggregate_to_mean_and_interval(tmp_path):
+    runs = [make_run(tmp_path, f"baseline-s{s}", variant="baseline", alg=a) for s, a in enumerate([0.4, 0.5])]
+    runs += [make_run(tmp_path, f"gdn-s{s}", alg=a, ood=0.5) for s, a in enumerate([0.55, 0.65])]
+    result = compare(runs, aggregate_seeds=True)
+    assert [r.name for r in result.rows] == ["baseline", "gdn"]
+    gdn = result.rows[1]
+    assert gdn.runs == 2 and gdn.algorithmic.n == 2 and gdn.algorithmic.value == pytest.approx(0.6)
+    lo, hi = gdn.algorithmic.ci95
+    assert lo < 0.55 and hi > 0.65  # a t interval over two seeds is wide
+    assert result.verdicts["gdn"]["criteria"]["algorithmic"]["passed"] is True  # 0.60 vs 0.45
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "newer", "corrupt", "baseline"])
+def test_bad_input_is_one_clear_error(tmp_path, base, case):
+    runs, kwargs = [base], {}
+    if case == "missing":
+        runs.append(tmp_path / "nope")
+        message = "no such run directory"
+    elif case == "empty":
+        (tmp_path / "empty").mkdir()
+        runs.append(tmp_path / "empty")
+        message = "holds no results files"
+    elif case == "newer":
+        run = make_run(tmp_path, "future")
+        path = run / "eval" / "results_all.json"
+        doc = json.loads(path.read_text())
+        doc["schema_version"] = schema.SCHEMA_VERSION + 1
+        path.write_text(json.dumps(doc))
+        runs.append(run)
+        message = "is newer than this memlab supports"
+    elif case == "corrupt":
+        run = make_run(tmp_path, "broken")
+        (run / "eval" / "results_all.json").write_text('{"schema_version": 1, "suite": "al')
+        runs.append(run)
+        message = "corrupt results file"
+    else:
+        kwargs["baseline"] = "transformer"
+        message = "unknown baseline 'transformer'; valid choices: base"
+    with pytest.raises(MemlabError) as e:
+        compare(runs, **kwargs)
+    assert message in str(e.value) and "\n" not in str(e.value)

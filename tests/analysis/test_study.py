@@ -1,0 +1,118 @@
+"""`memlab study` end to end on a toy budget: trains, evaluates, compares, reports, resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import memlab.analysis.study as study
+import memlab.eval.hub
+import memlab.train
+from memlab.analysis.study import Preset, StudyConfig, run_study
+from memlab.errors import MemlabError
+
+VARIANTS = ["baseline", "gdn"]
+
+
+@pytest.fixture
+def toy_preset(tmp_path_factory, monkeypatch):
+    """A budget of two optimizer steps on a one-layer model, and evaluations of a handful of examples."""
+    text = tmp_path_factory.mktemp("corpus")
+    for i in range(12):
+        (text / f"doc{i}.txt").write_text(f"Note {i}: the stored value is {i * 31}. " * 20)
+    preset = Preset(
+        description="toy",
+        size="tiny",
+        train=dict(tokenizer="byte", corpus=f"files:{text}/*.txt", val_fraction=0.4, seq_len=64, batch_size=2, total_tokens=256,
+                   alg_tokens=128, alg_tasks=["copy"], warmup=1, eval_interval=0, eval_samples=1, eval_tokens=128,
+                   save_interval=0, keep_last=1, model={"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64}),
+        eval=dict(samples=1, tasks=["copy", "parity"], needle_tasks=["niah"], context_lengths=[96], depths=[0.5],
+                  needle_samples=2, lm_tokens=128, lm_context=32, ablation_context=64, ablation_samples=4,
+                  horizons=[8, 64], horizon_samples=2),
+    )
+    monkeypatch.setitem(study.PRESETS, "toy", preset)
+    return "toy"
+
+
+def count_calls(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def test_study_trains_evaluates_reports_and_resumes(toy_preset, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    cfg = StudyConfig(preset=toy_preset, out_dir=str(out), variants=VARIANTS, progress=False)
+    result = run_study(cfg)
+
+    report = result.report.read_text()
+    assert result.report == out / "report.md"
+    for name in ("baseline-s0", "gdn-s0"):
+        assert (out / "runs" / name / "eval" / "results_all.json").is_file()
+        assert f"| {name} | " in report
+    assert "## Comparison" in report and "## Memory ablation" in report and "![compare](compare/compare.png)" in report
+    assert "| gdn-s0 | [0, 1] |" in report  # the gdn layers carry memory; the baseline's do not
+    assert "| baseline-s0 | none |" in report
+    assert result.comparison.verdicts["baseline-s0"]["verdict"] == "baseline"
+    assert result.comparison.verdicts["gdn-s0"]["verdict"] in ("wins", "does not win")  # every number is there
+    assert (out / "compare" / "compare.csv").is_file()
+    plan = json.loads((out / "study.json").read_text())
+    assert plan["variants"] == VARIANTS and set(plan["runs"]) == {"baseline-s0", "gdn-s0"}
+
+    # run again: nothing is retrained or re-evaluated
+    trained = count_calls(monkeypatch, memlab.train, "train")
+    evaluated = count_calls(monkeypatch, memlab.eval.hub, "evaluate")
+    run_study(cfg)
+    assert trained == [] and evaluated == []
+
+    # a run cut off before it finished is resumed (and then evaluated again); the other is left alone
+    summary = out / "runs" / "gdn-s0" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "interrupted"}))
+    run_study(cfg)
+    assert len(trained) == 1 and len(evaluated) == 1
+    assert json.loads(summary.read_text())["status"] == "completed"
+
+    # a second seed: one more run, and the variant's rows aggregate over seeds
+    result = run_study(StudyConfig(preset=toy_preset, out_dir=str(out), variants=["baseline"], seeds=2,
+                                   progress=False))
+    assert len(trained) == 2 and {p.name for p in result.runs} == {"baseline-s0", "baseline-s1"}
+    (row,) = result.comparison.rows
+    assert row.name == "baseline" and row.runs == 2 and row.algorithmic.n == 2
+    assert "| baseline (x2) | baseline |" in result.report.read_text()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(preset="huge"), "unknown study preset 'huge'; valid choices: nano, quick"),
+        (dict(variants=["baseline", "transformer++"]), "unknown variant 'transformer++'"),
+        (dict(seeds=0), "--seeds must be >= 1"),
+        (dict(variants=["gdn"]), "the baseline 'baseline' is not among the variants"),
+    ],
+)
+def test_bad_input(tmp_path, changes, message):
+    with pytest.raises(MemlabError) as e:
+        run_study(StudyConfig(**{"out_dir": str(tmp_path), **changes}))
+    assert message in str(e.value)
+
+
+def test_a_study_directory_keeps_its_budget(toy_preset, tmp_path):
+    (tmp_path / "study.json").write_text(json.dumps({"preset": "quick", "budget": {"size": "tiny"}}))
+    with pytest.raises(MemlabError, match="holds a study with preset 'quick'"):
+        run_study(StudyConfig(preset=toy_preset, out_dir=str(tmp_path), variants=["baseline"]))
+
+
+def test_evaluation_contexts_are_capped_by_the_shortest_model():
+    preset = Preset("p", "tiny", train={}, eval=dict(context_lengths=[256, 1024], ablation_context=768, lm_context=600))
+    options, note = study.eval_options(preset, ["baseline", "cdm_v3"])  # cdm_v3 is built for 512 tokens
+    assert options.context_lengths == [256] and options.ablation_context == 512 and options.lm_context == 512
+    assert note == "evaluation contexts capped at 512 tokens, the max_seq_len of `cdm_v3`"
+    options, note = study.eval_options(preset, ["baseline"])
+    assert options.context_lengths == [256, 1024] and note is None

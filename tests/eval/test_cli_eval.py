@@ -1,0 +1,83 @@
+"""`memlab eval` and `memlab compare` on the command line: results, and one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from memlab.cli import main
+from memlab.eval import schema
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, trained_baseline, byte_tok):
+    path = tmp_path_factory.mktemp("cli_model")
+    trained_baseline.save(path)
+    byte_tok.save(path)
+    return path
+
+
+def fail(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("memlab: error: "), err
+    return err
+
+
+def test_eval_writes_results_and_prints_a_summary(model_dir, tmp_path, capsys):
+    main(["eval", "--checkpoint", str(model_dir), "--suite", "algorithmic", "--tasks", "copy", "successor",
+          "--samples", "2", "--grid", "iid", "--out_dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    doc = schema.read_results(tmp_path / "results_algorithmic.json")
+    assert set(doc["results"]["tasks"]) == {"copy", "successor"} and doc["metadata"]["checkpoint"] == str(model_dir)
+    assert out.startswith("algorithmic: IID ") and "(n=6)" in out and "successor" in out
+
+
+def test_eval_defaults_to_eval_dir_of_the_model(model_dir, capsys):
+    main(["eval", "--checkpoint", str(model_dir), "--suite", "selftest"])
+    assert "selftest: passed" in capsys.readouterr().out
+    assert schema.read_results(model_dir / "eval" / "results_selftest.json")["results"]["passed"]
+
+
+def test_eval_bad_input(model_dir, tmp_path, capsys):
+    assert "no such checkpoint or model directory" in fail(capsys, "eval", "--checkpoint", str(tmp_path / "nope"))
+    (tmp_path / "empty_run").mkdir()
+    assert "holds no model" in fail(capsys, "eval", "--checkpoint", str(tmp_path / "empty_run"))
+    partial = tmp_path / "run" / "checkpoints" / "step_10"
+    partial.mkdir(parents=True)
+    (partial / "config.json").write_text((model_dir / "config.json").read_text())
+    weights = (model_dir / "model.safetensors").read_bytes()
+    (partial / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # cut off mid-write
+    assert "cannot load weights" in fail(capsys, "eval", "--checkpoint", str(tmp_path / "run"))
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    config = json.loads((model_dir / "config.json").read_text())
+    config["model"]["memory_kind"] = "from a newer memlab"
+    config["memlab_version"] = "9.0.0"
+    (newer / "config.json").write_text(json.dumps(config))
+    (newer / "model.safetensors").write_bytes(weights)
+    err = fail(capsys, "eval", "--checkpoint", str(newer))
+    assert "unknown ModelConfig fields ['memory_kind']" in err and "written by memlab 9.0.0, newer than" in err
+    err = fail(capsys, "eval", "--checkpoint", str(model_dir), "--suite", "vibes")
+    assert "unknown suite 'vibes'; valid choices: ablation, algorithmic, all" in err
+    err = fail(capsys, "eval", "--checkpoint", str(model_dir), "--suite", "algorithmic", "--tasks", "sorting")
+    assert "unknown algorithmic task 'sorting'" in err
+    err = fail(capsys, "eval", "--checkpoint", str(model_dir), "--suite", "longctx", "--context-lengths", "4096")
+    assert "max_seq_len=1024" in err
+    assert "unknown device 'gpu'" in fail(capsys, "eval", "--checkpoint", str(model_dir), "--device", "gpu")
+
+
+def test_compare_refuses_a_newer_results_schema_in_a_real_process(model_dir, tmp_path):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    doc = schema.read_results(model_dir / "eval" / "results_selftest.json")
+    doc["schema_version"] = schema.SCHEMA_VERSION + 1
+    (run / "eval" / "results_selftest.json").write_text(json.dumps(doc))
+    p = subprocess.run([sys.executable, "-m", "memlab.cli", "compare", str(run)], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert f"schema_version {schema.SCHEMA_VERSION + 1} is newer than this memlab supports" in p.stderr

@@ -1,0 +1,97 @@
+"""The results schema: what the code writes is what docs/results_schema.md documents."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from memlab.errors import MemlabError
+from memlab.eval import schema
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "results_schema.md"
+
+
+def documented_fields(section: str) -> set[str]:
+    """Names in the first column of the tables under heading ``section`` (up to the next heading)."""
+    text = DOC.read_text()
+    start = text.index(section)
+    end = min((text.find(h, start + len(section)) for h in ("\n## ", "\n### ") if text.find(h, start + len(section)) > 0),
+              default=len(text))
+    names = set()
+    for line in text[start:end].splitlines():
+        m = re.match(r"\| ((?:`[\w-]+`(?:, )?)+) \|", line)
+        if m:
+            names.update(re.findall(r"`([\w-]+)`", m.group(1)))
+    return names
+
+
+def test_the_page_documents_this_schema_version():
+    assert f"`schema_version` {schema.SCHEMA_VERSION}" in DOC.read_text().splitlines()[0]
+
+
+def test_every_required_field_is_documented():
+    assert set(schema.METADATA_FIELDS) == documented_fields("## Metadata block")
+    assert {"schema_version", "suite", "metadata", "results"} == documented_fields("## Document")
+    records = documented_fields("## Records")
+    assert set(schema.ACCURACY_FIELDS) | set(schema.DELTA_FIELDS) <= records
+    for suite, fields in schema.SUITE_FIELDS.items():
+        assert set(fields) <= documented_fields(f"### `{suite}`"), suite
+
+
+def test_every_field_written_is_documented(evaluated):
+    doc = evaluated[0]
+    assert set(doc["metadata"]) == documented_fields("## Metadata block")
+    for suite, payload in doc["results"].items():
+        assert set(payload) - {"seconds"} == documented_fields(f"### `{suite}`"), suite
+    records = documented_fields("## Records")
+    assert set(doc["results"]["ablation"]["delta"]) == set(schema.DELTA_FIELDS) <= records
+    assert set(doc["results"]["algorithmic"]["summary"]["iid"]) == set(schema.ACCURACY_FIELDS)
+
+
+def minimal(**changes):
+    meta = {field: None for field in schema.METADATA_FIELDS}
+    doc = schema.document("selftest", meta, {"checks": {}, "passed": True})
+    doc.update(changes)
+    return doc
+
+
+def test_validation_accepts_this_version_and_registered_suites():
+    schema.validate(minimal())
+    schema.validate(minimal(suite="lm-eval", results={"tasks": {}}))  # a suite registered elsewhere
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ([], "not a memlab results document"),
+        ({"suite": "lm"}, "not a memlab results document"),
+        (minimal(schema_version=schema.SCHEMA_VERSION + 1), "is newer than this memlab supports"),
+        (minimal(schema_version="1"), "invalid schema_version"),
+        (minimal(metadata={"seed": 0}), "metadata lacks the fields"),
+        (minimal(results={"passed": True}), "selftest results lacks the fields ['checks']"),
+        (minimal(suite="all", results={"lm": {}}), "lm results lacks the fields"),
+    ],
+)
+def test_validation_rejects_what_does_not_follow_the_schema(doc, message):
+    with pytest.raises(MemlabError, match=re.escape(message)):
+        schema.validate(doc)
+
+
+def test_files_are_strict_json_and_written_atomically(tmp_path):
+    doc = minimal(results={"checks": {"x": {"passed": True, "value": float("inf")}}, "passed": True})
+    doc = schema.document("selftest", doc["metadata"], doc["results"])
+    path = schema.write_results(tmp_path / "r" / schema.results_filename("selftest"), doc)
+    assert path.name == "results_selftest.json" and list(path.parent.iterdir()) == [path]
+    assert json.loads(path.read_text())["results"]["checks"]["x"]["value"] is None
+    assert schema.read_results(path) == json.loads(path.read_text())
+
+
+def test_reading_a_missing_or_corrupt_file_is_one_clear_error(tmp_path):
+    with pytest.raises(MemlabError, match="no results file"):
+        schema.read_results(tmp_path / "results_lm.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(MemlabError, match="corrupt results file"):
+        schema.read_results(tmp_path / "bad.json")

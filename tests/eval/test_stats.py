@@ -1,0 +1,61 @@
+"""Wilson intervals, the paired bootstrap and t intervals against independent computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from memlab.eval.stats import accuracy_record, mean_interval, paired_bootstrap, pool, wilson_interval
+
+
+def wilson_by_formula(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize("k, n", [(0, 10), (7, 10), (10, 10), (1, 1), (503, 1000)])
+def test_wilson_matches_the_formula(k, n):
+    np.testing.assert_allclose(wilson_interval(k, n), wilson_by_formula(k, n), atol=1e-9)
+
+
+def test_accuracy_records_and_pooling():
+    r = accuracy_record([True, False, True, True])
+    assert r["accuracy"] == 0.75 and r["correct"] == 3 and r["n"] == 4
+    assert r["ci95"] == pytest.approx(list(wilson_by_formula(3, 4)))
+    assert accuracy_record([])["accuracy"] is None and accuracy_record([])["ci95"] == [0.0, 1.0]
+    pooled = pool([r, accuracy_record([False] * 4)])
+    assert pooled["correct"] == 3 and pooled["n"] == 8 and pooled["accuracy"] == 3 / 8
+
+
+def test_paired_bootstrap_of_delta():
+    rng = np.random.default_rng(0)
+    normal = rng.random(400) < 0.8
+    ablated = normal & (rng.random(400) < 0.5)  # the ablation loses about half the right answers
+    d = paired_bootstrap(normal, ablated, seed=1)
+    assert d["n"] == 400 and d["delta"] == pytest.approx(normal.mean() - ablated.mean())
+    lo, hi = d["ci95"]
+    assert lo < d["delta"] < hi and lo > 0.3 and hi - lo < 0.15
+    # the paired interval is narrower than one that ignores the pairing (independent resampling)
+    idx = rng.integers(0, 400, (2000, 2, 400))
+    unpaired = normal[idx[:, 0]].mean(1) - ablated[idx[:, 1]].mean(1)
+    assert hi - lo < np.subtract(*np.percentile(unpaired, [97.5, 2.5]))
+    assert paired_bootstrap(normal, ablated, seed=1) == d  # deterministic under its seed
+
+
+def test_paired_bootstrap_degenerate_and_bad_input():
+    assert paired_bootstrap([1, 0, 1], [1, 0, 1]) == {"delta": 0.0, "ci95": [0.0, 0.0], "n": 3}
+    assert paired_bootstrap([1, 1], [0, 0])["ci95"] == [1.0, 1.0]
+    with pytest.raises(ValueError):
+        paired_bootstrap([1, 0], [1])
+
+
+def test_mean_interval_is_a_t_interval():
+    r = mean_interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t(0.975, df=2) * s / sqrt(n)
+    assert r["mean"] == 2.0 and r["n"] == 3 and r["ci95"] == pytest.approx([2 - half, 2 + half])
+    assert mean_interval([5.0])["ci95"] == [5.0, 5.0]
+    assert mean_interval([float("nan"), None])["mean"] is None

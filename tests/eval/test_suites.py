@@ -1,0 +1,92 @@
+"""Every suite on a model trained in the test: the documented results, plots, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from memlab.errors import MemlabError
+from memlab.eval import schema
+from memlab.eval.hub import SUITE_ORDER, EvalContext, EvalOptions, evaluate_model
+
+
+def accuracy_records(obj):
+    if isinstance(obj, dict):
+        if "accuracy" in obj and "ci95" in obj:
+            yield obj
+        for value in obj.values():
+            yield from accuracy_records(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from accuracy_records(value)
+
+
+def test_all_writes_one_valid_document_with_every_suite(evaluated):
+    doc, out = evaluated
+    on_disk = schema.read_results(out / "results_all.json")
+    assert on_disk == json.loads(json.dumps(doc))
+    assert doc["schema_version"] == schema.SCHEMA_VERSION and doc["suite"] == "all"
+    assert list(doc["results"]) == list(SUITE_ORDER)
+    meta = doc["metadata"]
+    assert set(schema.METADATA_FIELDS) <= set(meta)
+    assert meta["model"]["variant"] == "baseline" and meta["model"]["params"] > 0
+    assert meta["options"]["samples"] == 3 and meta["decoding"]["temperature"] == 0.0
+    assert meta["grid_version"].startswith("memlab-alg-grid")
+
+
+def test_every_accuracy_carries_n_and_a_wilson_interval(evaluated):
+    records = list(accuracy_records(evaluated[0]["results"]))
+    assert len(records) > 30
+    for r in records:
+        lo, hi = r["ci95"]
+        assert r["n"] > 0 and r["accuracy"] == r["correct"] / r["n"]
+        assert 0 <= lo <= r["accuracy"] <= hi <= 1 and hi - lo > 0
+
+
+def test_suite_payloads(evaluated):
+    doc, out = evaluated
+    r = doc["results"]
+    alg = r["algorithmic"]
+    assert set(alg["tasks"]) == {"copy", "parity", "addition"}
+    assert alg["summary"]["iid"]["n"] == 3 * sum(len(alg["grids"]["iid"][t]) for t in alg["tasks"])
+    assert [c["difficulty"] for c in alg["tasks"]["parity"]["by_difficulty"]] == [2, 4, 8, 16, 32, 64]
+    longctx = r["longctx"]
+    assert set(longctx["tasks"]) == {"niah", "sniah1", "sniah2", "sniah3"}
+    for task, record in longctx["tasks"].items():
+        assert len(record["cells"]) == 4 and (out / record["heatmap"]).stat().st_size > 1000, task
+    assert longctx["overall"]["n"] == 4 * 4 * 2
+    lm = r["lm"]
+    assert lm["tokens"] == lm["windows"] * 64 and 1 < lm["perplexity"] < math.inf and lm["tokens_per_s"] > 0
+    assert lm["loss_ci95"][0] <= lm["loss"] <= lm["loss_ci95"][1] and math.isclose(lm["perplexity"], math.exp(lm["loss"]))
+    assert r["ablation"]["memory_layers"] == [] and r["ablation"]["delta"]["delta"] == 0.0
+    assert [h["horizon"] for h in r["ablation"]["horizon"]] == [8, 96]
+    assert r["selftest"]["passed"], r["selftest"]
+
+
+def test_the_same_examples_every_time(trained_baseline, byte_tok):
+    ctx = EvalContext(trained_baseline, byte_tok, EvalOptions(tasks=["reverse"], samples=2, grid="iid"))
+    a, b = evaluate_model(ctx, "algorithmic"), evaluate_model(ctx, "algorithmic")
+    assert a["results"]["tasks"] == b["results"]["tasks"]
+    assert list(a["results"]["grids"]) == ["iid"]
+
+
+@pytest.mark.parametrize(
+    "suite, options, message",
+    [
+        ("everything", {}, "unknown suite 'everything'; valid choices: ablation, algorithmic"),
+        ("algorithmic", {"tasks": ["copy", "sort"]}, "unknown algorithmic task 'sort'; valid choices: addition"),
+        ("longctx", {"needle_tasks": ["haystack"]}, "unknown needle task 'haystack'; valid choices: niah, sniah1"),
+        ("longctx", {"context_lengths": [512, 2048]}, "supports at most max_seq_len=1024"),
+        ("longctx", {"context_lengths": [64], "needle_tasks": ["sniah1"]}, "sniah1 does not fit in a context of 64"),
+        ("ablation", {"ablation_context": 4096}, "supports at most max_seq_len=1024"),
+        ("ablation", {"ablation_task": "sort"}, "unknown retrieval task 'sort'"),
+        ("lm", {}, "the lm suite needs a corpus"),
+    ],
+)
+def test_bad_input_is_one_clear_error(trained_baseline, byte_tok, suite, options, message):
+    ctx = EvalContext(trained_baseline, byte_tok, EvalOptions(**options))
+    with pytest.raises(MemlabError, match=None) as e:
+        evaluate_model(ctx, suite)
+    assert message in str(e.value) and "\n" not in str(e.value)

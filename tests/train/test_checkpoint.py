@@ -1,0 +1,122 @@
+"""Crash-safe checkpoint files: atomic directories, manifests, corrupt-checkpoint fallback, RNG states."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import memlab
+from memlab.errors import MemlabError
+from memlab.models.paths import latest_whole_checkpoint, manifest_problem, resolve_model_dir
+from memlab.train import checkpoint as ckpt
+
+
+def _write(directory, name="a.txt", text="hello"):
+    with ckpt.atomic_directory(directory) as tmp:
+        (tmp / name).write_text(text)
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.bin").write_bytes(b"\x00" * 100)
+
+
+def test_atomic_directory_is_all_or_nothing(tmp_path):
+    final = tmp_path / "checkpoints" / "step_1"
+    with pytest.raises(RuntimeError):
+        with ckpt.atomic_directory(final) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert not final.exists() and list(final.parent.iterdir()) == []
+
+    _write(final)
+    assert (final / "a.txt").read_text() == "hello" and manifest_problem(final) is None
+    _write(final, text="replaced")  # re-saving a directory replaces it whole
+    assert (final / "a.txt").read_text() == "replaced"
+    assert [p.name for p in final.parent.iterdir()] == ["step_1"]
+
+
+def test_leftovers_of_a_killed_process_are_cleaned_up(tmp_path):
+    (tmp_path / "checkpoints" / f"{ckpt.TMP_PREFIX}step_5-123").mkdir(parents=True)
+    (tmp_path / f"{ckpt.TMP_PREFIX}best_model-9").mkdir()
+    _write(tmp_path / f"{ckpt.OLD_PREFIX}best_model")  # killed between the two renames of a re-save
+    _write(tmp_path / "checkpoints" / "step_4")
+    _write(tmp_path / "checkpoints" / f"{ckpt.OLD_PREFIX}step_4", text="older")
+    ckpt.remove_partial(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model", "checkpoints"]
+    assert manifest_problem(tmp_path / "best_model") is None
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_4"]
+    assert (tmp_path / "checkpoints" / "step_4" / "a.txt").read_text() == "hello"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest"])
+def test_manifest_detects_damage(tmp_path, damage):
+    d = tmp_path / "ckpt"
+    _write(d)
+    target = d / "sub" / "b.bin"
+    if damage == "truncate":
+        target.write_bytes(b"\x00" * 50)
+    elif damage == "flip":
+        target.write_bytes(b"\x01" + b"\x00" * 99)
+    elif damage == "delete":
+        target.unlink()
+    else:
+        (d / "manifest.json").write_text("{not json")
+    problem = manifest_problem(d)
+    assert problem is not None
+    if damage == "flip":  # same size: only the checksum sees it
+        assert manifest_problem(d, checksums=False) is None and "sha256" in problem
+
+
+def test_newest_whole_checkpoint_skips_broken_ones_with_a_warning(tmp_path, caplog):
+    for step in (2, 4, 6):
+        _write(tmp_path / "checkpoints" / f"step_{step}", text=str(step))
+    (tmp_path / "checkpoints" / "step_6" / "a.txt").write_text("6!")  # altered after writing
+    (tmp_path / "checkpoints" / "step_8").mkdir()  # no manifest, no weights: not a checkpoint
+    with caplog.at_level(logging.WARNING):
+        assert latest_whole_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_4"
+    assert "step_6" in caplog.text and "step_8" in caplog.text
+
+    ckpt.prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_6", "step_8"]
+
+
+def test_load_falls_back_from_a_corrupt_best_model(tmp_path, caplog):
+    model = memlab.build_model("baseline", "tiny", n_layers=1)
+    for name in ("best_model", "checkpoints/step_3"):
+        with ckpt.atomic_directory(tmp_path / name) as tmp:
+            model.save(tmp)
+    weights = tmp_path / "best_model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING):
+        assert resolve_model_dir(tmp_path) == tmp_path / "checkpoints" / "step_3"
+    assert "best_model" in caplog.text
+    with pytest.raises(MemlabError, match="corrupt"):
+        resolve_model_dir(tmp_path / "best_model")
+    x = torch.randint(0, 512, (1, 9))
+    torch.testing.assert_close(memlab.load(tmp_path)(x), model(x), rtol=0, atol=0)
+
+
+def test_rng_state_is_json_and_restores_every_generator():
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    state = json.loads(json.dumps(ckpt.rng_state()))
+    first = (torch.rand(3), random.random(), np.random.rand(2))
+    ckpt.set_rng_state(state)
+    again = (torch.rand(3), random.random(), np.random.rand(2))
+    assert torch.equal(first[0], again[0]) and first[1] == again[1] and np.array_equal(first[2], again[2])
+
+
+def test_optimizer_state_needs_no_pickled_code(tmp_path):
+    model = memlab.build_model("baseline", "tiny", n_layers=1)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randint(0, 512, (2, 8))).sum().backward()
+    opt.step()
+    ckpt.save_checkpoint(tmp_path / "step_1", model.save, opt.state_dict(), {"step": 1})
+    loaded = ckpt.read_optimizer_state(tmp_path / "step_1", torch.device("cpu"))  # weights_only=True
+    assert torch.equal(loaded["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert ckpt.read_trainer_state(tmp_path / "step_1")["step"] == 1
+    (tmp_path / "step_1" / ckpt.OPTIMIZER_FILE).write_bytes(b"garbage")
+    with pytest.raises(MemlabError, match="cannot load"):
+        ckpt.read_optimizer_state(tmp_path / "step_1", torch.device("cpu"))

@@ -1,0 +1,125 @@
+"""`memlab train` on the command line: the source experiments' flags, YAML defaults, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import tyro
+from conftest import cli_args, tiny_config
+
+from memlab.cli import main
+from memlab.data.text import prepare_shards
+from memlab.train import train
+from memlab.train.config import TrainArgs
+
+SOURCE_FLAGS = [  # flag, value, field, parsed value
+    ("model_size", "nano", "model_size", "nano"),
+    ("variant", "gdn", "variant", "gdn"),
+    ("alg_tokens", "1000", "alg_tokens", 1000),
+    ("total_tokens", "2000", "total_tokens", 2000),
+    ("alg_tasks", "parity", "alg_tasks", ["parity"]),
+    ("output_dir", "runs/x", "output_dir", "runs/x"),
+    ("curriculum_cooldown", "7", "curriculum_cooldown", 7),
+    ("curriculum_min_task_evals", "2", "curriculum_min_task_evals", 2),
+    ("curriculum_jitter", "0.3", "curriculum_jitter", 0.3),
+    ("task_curriculum_strategy", "dag", "task_curriculum_strategy", "dag"),
+    ("eval_samples", "5", "eval_samples", 5),
+    ("eval_max_new_tokens", "9", "eval_max_new_tokens", 9),
+    ("tokenizer", "byte", "tokenizer", "byte"),
+    ("seq_len", "128", "seq_len", 128),
+    ("grad_accum", "4", "grad_accum", 4),
+    ("warmup", "3", "warmup", 3),
+    ("keep_last", "5", "keep_last", 5),
+    ("retrieval_ratio", "0.25", "retrieval_ratio", 0.25),
+]
+
+
+def parse(argv: list[str]) -> TrainArgs:
+    return tyro.cli(TrainArgs, args=argv, default=TrainArgs.defaults_from(argv))
+
+
+@pytest.mark.parametrize("flag, value, name, expected", SOURCE_FLAGS)
+def test_source_flags_work_with_underscores_and_hyphens(flag, value, name, expected):
+    for spelling in (flag, flag.replace("_", "-")):
+        assert getattr(parse([f"--{spelling}", value]).to_config(), name) == expected
+
+
+def test_boolean_flags_and_model_overrides():
+    cfg = parse(["--use_task_curriculum", "--compile", "--gdn.chunk_size", "32", "--d-model", "96",
+                 "--attention.window", "16", "--tie_embeddings", "False"]).to_config()
+    assert cfg.use_task_curriculum and cfg.compile
+    assert cfg.model == {"d_model": 96, "tie_embeddings": False, "attention.window": 16, "gdn.chunk_size": 32}
+
+
+def test_yaml_sets_defaults_and_the_command_line_wins(tmp_path):
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("lr: 0.005\nseq_len: 64\nalg_tasks: [copy]\nmodel:\n  gdn.chunk_size: 16\n  d_model: 64\n")
+    cfg = parse(["--config", str(yaml_file), "--seq-len", "32", "--d_model", "96"]).to_config()
+    assert (cfg.lr, cfg.seq_len, cfg.alg_tasks) == (0.005, 32, ["copy"])
+    assert cfg.model == {"gdn.chunk_size": 16, "d_model": 96}
+
+
+def _error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("memlab: error: ")
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--variant", "nope"], "unknown variant 'nope'; valid choices: "),
+        (["--model-size", "huge"], "unknown size 'huge'"),
+        (["--d_model", "100", "--n_heads", "3"], "not divisible"),
+        (["--corpus", "none"], "--corpus none trains on tasks only"),
+        (["--corpus", "none", "--alg_tokens", "64", "--total_tokens", "64", "--alg_tasks", "nope"], "unknown task"),
+        (["--config", "/nonexistent/run.yaml"], "no such config file"),
+        (["--resume", "--overwrite"], "exclude each other"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(argv, fragment, capsys, tmp_path):
+    assert fragment in _error([*argv, "--output_dir", str(tmp_path / "run")], capsys)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [(["--bogus", "1"], "Unrecognized options: --bogus"), (["--lr", "fast", "--gdn.chunk_size", "big"], "Error parsing")],
+)
+def test_parse_errors_are_one_line_and_exit_2(argv, fragment):
+    p = subprocess.run([sys.executable, "-m", "memlab.cli", "train", *argv], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and fragment in p.stderr
+
+
+def test_yaml_with_unknown_keys_is_refused(tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text("learning_rate: 1\n")
+    assert "unknown TrainConfig fields ['learning_rate']" in _error(["--config", str(tmp_path / "run.yaml")], capsys)
+
+
+def test_a_directory_of_another_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=2, eval_samples=2))
+    other = cli_args(tiny_config(run, steps=2, eval_samples=2, lr=0.1))
+    err = _error(other, capsys)
+    assert "holds a different run (lr: 0.003 -> 0.1)" in err and "--resume" in err and "--overwrite" in err
+    main(["train", *other, "--overwrite"])
+    assert parse(["--config", str(run / "config.yaml")]).to_config() == tiny_config(run, steps=2, eval_samples=2, lr=0.1)
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    assert "holds no memlab run" in _error([*other[:-2], "--output_dir", str(tmp_path / "notes"), "--overwrite"], capsys)
+    assert (tmp_path / "notes" / "todo.txt").exists()
+    assert "no run in" in _error([*other[:-2], "--output_dir", str(tmp_path / "fresh"), "--resume"], capsys)
+
+
+def test_tokenizer_mismatch_with_existing_shards(tmp_path, text_corpus, capsys):
+    data = tmp_path / "data"
+    prepare_shards(text_corpus, "byte", data, val_fraction=0.2)
+    err = _error(["--data_dir", str(data), "--tokenizer", "bpe", "--output_dir", str(tmp_path / "run")], capsys)
+    assert "tokenizer mismatch" in err and str(data) in err
+    err = _error(["--data_dir", str(data), "--corpus", "stdlib-docs", "--output_dir", str(tmp_path / "run")], capsys)
+    assert "holds shards of files:" in err

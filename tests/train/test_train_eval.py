@@ -1,0 +1,65 @@
+"""Periodic evaluation: exact match from one forward, the generation cap, curriculum observations."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from memlab.data.curriculum import Curriculum, CurriculumConfig
+from memlab.data.tasks import IGNORE_INDEX
+from memlab.data.tokenizer import build_tokenizer
+from memlab.train.evaluate import evaluate
+
+TASKS = ["copy", "addition", "reverse"]
+
+
+class Oracle(nn.Module):
+    """Predicts the labels of the rows it has been shown (wrong everywhere on ``wrong_task``'s rows)."""
+
+    def __init__(self, batches: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], vocab: int, wrong_task=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.vocab, self.answers = vocab, {}
+        for task, inputs in batches.items():
+            for row, target in zip(inputs, labels[task]):
+                target = torch.where(target == IGNORE_INDEX, 0, target)
+                self.answers[tuple(row.tolist())] = (target + (task == wrong_task)) % vocab
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, V)
+        targets = torch.stack([self.answers[tuple(row.tolist())] for row in x])
+        return nn.functional.one_hot(targets, self.vocab).float()
+
+
+def _setup(samples: int, wrong_task=None):
+    tok = build_tokenizer("byte")
+    cfg = CurriculumConfig(seq_len=64, batch_size=2, tasks=TASKS, alg_tokens=10, total_tokens=10, strategy="competence",
+                           min_evals=1, cooldown_steps=0, threshold=0.5)
+    curriculum = Curriculum(cfg, tok)
+    peek = copy.deepcopy(curriculum)  # draws the same evaluation examples
+    drawn = {t: peek.eval_batch(t, samples) for t in TASKS}
+    oracle = Oracle({t: b.input_ids for t, b in drawn.items()}, {t: b.labels for t, b in drawn.items()},
+                    tok.vocab_size, wrong_task)
+    return curriculum, oracle, drawn
+
+
+def test_accuracy_is_exact_match_and_is_reported_to_the_curriculum():
+    curriculum, oracle, _ = _setup(12, wrong_task="addition")
+    before = {t: curriculum.difficulty(t) for t in TASKS}
+    result = evaluate(oracle, curriculum, None, seq_len=64, eval_tokens=0, samples=12, max_new_tokens=1000, batch_tokens=60)
+    assert result.acc == {"copy": 1.0, "addition": 0.0, "reverse": 1.0}
+    assert result.task_loss is not None and result.val_loss is None
+    assert result.difficulty == before
+    # learned tasks moved up a level (competence strategy, threshold 0.5, one evaluation needed)
+    assert curriculum.difficulty("copy") > before["copy"] and curriculum.difficulty("addition") == before["addition"]
+
+
+@pytest.mark.parametrize("cap", [2, 4, 6])
+def test_answers_longer_than_the_generation_cap_count_as_wrong(cap):
+    curriculum, oracle, drawn = _setup(20)
+    result = evaluate(oracle, curriculum, None, seq_len=64, eval_tokens=0, samples=20, max_new_tokens=cap, batch_tokens=100)
+    for task, batch in drawn.items():
+        answer_lengths = (batch.labels != IGNORE_INDEX).sum(-1)  # answer tokens with the EOS
+        assert result.acc[task] == pytest.approx(float((answer_lengths <= cap).float().mean()))

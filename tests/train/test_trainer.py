@@ -1,0 +1,171 @@
+"""The training loop end to end on tiny runs: outputs, mixed objectives, accumulation, bad steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import records, tiny_config
+
+import memlab
+from memlab.data.tokenizer import load_tokenizer
+from memlab.errors import MemlabError
+from memlab.models.lm import LanguageModel
+from memlab.train import TrainingDiverged, train
+from memlab.train.checkpoint import read_optimizer_state, read_trainer_state
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, text_corpus):
+    """12 steps: 6 of tasks then language with retrieval-free task replay; eval every 4, save every 4."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    data = tmp_path_factory.mktemp("data") / "shards"
+    cfg = tiny_config(
+        out, steps=12, corpus=text_corpus, data_dir=str(data), tokenizer="byte", val_fraction=0.2,
+        replay_fraction=0.25, eval_interval=4, save_interval=4, keep_last=2, log_interval=2, lr=1e-2,
+    )
+    cfg.alg_tokens = cfg.total_tokens // 2
+    return cfg, train(cfg)
+
+
+def test_run_directory_holds_every_output(run):
+    cfg, run_dir = run
+    assert run_dir == cfg.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "metrics.json", "summary.json", "loss.png", "accuracy.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["train"]["lr"] == cfg.lr and config["model_config"]["d_model"] == 64
+    assert config["data"]["data_dir"] == cfg.data_dir and config["data"]["tokenizer"] == "byte"
+    assert json.loads((run_dir / "metrics.json").read_text()) == records(run_dir)
+
+    steps = sorted(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").iterdir())
+    assert steps == [8, 12]  # keep_last=2
+    for checkpoint in [run_dir / "checkpoints" / "step_12", run_dir / "best_model"]:
+        for name in ("model.safetensors", "config.json", "config.yaml", "tokenizer.memlab.json", "manifest.json"):
+            assert (checkpoint / name).is_file(), (checkpoint, name)
+        assert load_tokenizer(checkpoint).hash == load_tokenizer(run_dir).hash
+    state = read_trainer_state(run_dir / "checkpoints" / "step_12")
+    assert state["step"] == 12 and state["tokens_seen"] == cfg.total_tokens
+    assert {"python", "numpy", "torch"} <= set(state["rng"]) and state["curriculum"]["step"] == 12
+    optimizer = read_optimizer_state(run_dir / "checkpoints" / "step_12", torch.device("cpu"))
+    assert optimizer["state"] and len(optimizer["param_groups"]) == 2
+
+
+def test_metrics_and_summary(run):
+    cfg, run_dir = run
+    lines = records(run_dir)
+    assert [r["step"] for r in lines] == [2, 4, 6, 8, 10, 12]
+    assert all({"loss", "ce", "lr", "grad_norm", "tokens_per_s", "loss_by_kind"} <= set(r) for r in lines)
+    evals = [r for r in lines if "val_loss" in r]
+    assert [r["step"] for r in evals] == [4, 8, 12]
+    assert all(set(r["acc"]) == set(cfg.alg_tasks) and r["val_ppl"] > 1 for r in evals)
+    kinds = set().union(*(r["loss_by_kind"] for r in lines))
+    assert kinds == {"alg", "lm"}  # the split curriculum: tasks, then text with task replay
+    assert "lm" not in lines[0]["loss_by_kind"]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 12
+    assert summary["tokens_seen"] == cfg.total_tokens and summary["tokens_per_s"] > 0
+    model = memlab.load(run_dir)
+    assert summary["params"] == model.num_params()
+    best = min(evals, key=lambda r: r["val_loss"])
+    assert summary["best"]["val_loss"] == best["val_loss"] and summary["best"]["step"] == best["step"]
+    assert summary["final"]["val_loss"] == evals[-1]["val_loss"]
+    assert summary["metadata"]["seed"] == cfg.seed and summary["metadata"]["memlab_version"]
+
+
+def test_best_model_is_the_model_of_the_best_step(run):
+    _, run_dir = run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    best = LanguageModel.load(run_dir / "best_model")
+    if summary["best"]["step"] == 12:
+        last = LanguageModel.load(run_dir / "checkpoints" / "step_12")
+        x = torch.randint(0, best.config.vocab_size, (2, 16))
+        assert torch.equal(best(x), last(x))
+    out = best.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4)
+    assert out.shape == (1, 7)
+
+
+def test_rerunning_a_finished_run_trains_no_further(run):
+    cfg, run_dir = run
+    before = records(run_dir)
+    assert train(cfg) == run_dir
+    assert records(run_dir) == before
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    full = train(tiny_config(tmp_path / "full", steps=3, batch_size=4))
+    accumulated = train(tiny_config(tmp_path / "accum", steps=3, batch_size=2, grad_accum=2))
+    a, b = records(full), records(accumulated)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5) and x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+
+
+def test_auxiliary_losses_are_logged_separately_and_added(tmp_path):
+    run_dir = train(tiny_config(tmp_path / "cdm", steps=2, variant="cdm", model={**tiny_config(tmp_path, 1).model}))
+    lines = records(run_dir)
+    assert all(r["aux"] for r in lines)
+    for r in lines:
+        assert r["loss"] == pytest.approx(r["ce"] + sum(r["aux"].values()), rel=1e-9)
+
+
+def _poison(monkeypatch, bad_calls: set[int]):
+    """Make the listed training forward calls (1-based) return NaN logits."""
+    forward, calls = LanguageModel.forward, {"n": 0}
+
+    def poisoned(self, input_ids, state=None):
+        out = forward(self, input_ids, state)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in bad_calls:
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(LanguageModel, "forward", poisoned)
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
+    _poison(monkeypatch, {2, 3})
+    run_dir = train(tiny_config(tmp_path / "run", steps=5))
+    lines = records(run_dir)
+    assert [r["loss"] for r in lines][1:3] == [None, None]  # a skipped step trains nothing
+    assert all(r["loss"] is not None for r in lines[:1] + lines[3:])
+    assert lines[-1]["skipped_steps"] == 2
+    assert json.loads((run_dir / "summary.json").read_text())["skipped_steps"] == 2
+
+
+def test_too_many_bad_steps_in_a_row_stop_with_the_checkpoint_intact(tmp_path, monkeypatch):
+    _poison(monkeypatch, set(range(4, 100)))
+    cfg = tiny_config(tmp_path / "run", steps=20, save_interval=3, max_bad_steps=3)
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps.*step 6.*is intact"):
+        train(cfg)
+    assert [p.name for p in (cfg.run_dir / "checkpoints").iterdir()] == ["step_3"]
+    assert json.loads((cfg.run_dir / "summary.json").read_text())["status"] == "diverged"
+    model = memlab.load(cfg.run_dir / "checkpoints" / "step_3")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_fp32_weights_close_to_fp32(tmp_path, precision):
+    reference = records(train(tiny_config(tmp_path / "fp32", steps=2, precision="fp32")))
+    run_dir = train(tiny_config(tmp_path / precision, steps=2, precision=precision))
+    for a, b in zip(records(run_dir), reference):
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-2)
+    assert json.loads((run_dir / "summary.json").read_text())["precision"] == {"bf16": "bfloat16", "fp16": "float16"}[precision]
+    assert all(p.dtype == torch.float32 for p in memlab.load(run_dir).parameters())
+
+
+def test_tensorboard_logging_when_installed(tmp_path):
+    cfg = tiny_config(tmp_path / "run", steps=2, tensorboard=True)
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(MemlabError, match=r"pip install 'memlab\[tensorboard\]'"):
+            train(cfg)
+        return
+    train(cfg)
+    assert list((cfg.run_dir / "tensorboard").glob("events.out.tfevents.*"))
