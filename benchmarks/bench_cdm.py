@@ -1,0 +1,167 @@
+"""Competitive Docking Memory speed: the chunked slot scan, training throughput and decoding.
+
+Three measurements, printed as one JSON object:
+
+* ``scan``: forward + backward of one CDM layer's recurrence and both read-outs (gate read
+  and slot cross-attention) at ``--seq-len``: the chunked scan against the per-token loop (the
+  source's way: state update and reads token by token) and against the op's reference (a loop
+  for the states, reads batched), with the largest difference between the outputs;
+* ``train``: full training steps (AdamW) of the ``cdm_v3`` preset with the GPT-2 vocabulary
+  (37.1M parameters, as in the source card) at ``--seq-len``, beside a transformer of the same
+  shape measured in the same run;
+* ``decode``: tokens/s of single-token decoding after contexts of 256 .. 8192 tokens, for the
+  slot-only ``cdm`` variant at ``--decode-size`` (O(1) state) and the hybrid ``cdm_v3``
+  (attention KV cache grows with the context).
+
+Reproduce (the numbers in the issue report, on a 2-core CPU):
+
+    python benchmarks/bench_cdm.py --seq-len 512 --batch 4
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+import tyro
+from bench_train import step_tokens_per_s
+from common import emit, machine, peak_rss_mib, timed
+
+import memlab
+from memlab.config import CDMConfig
+from memlab.ops.slot_scan import score_read, slot_scan, slot_states_naive, slot_step, weighted_read
+
+CHUNK = CDMConfig.chunk_size
+
+
+@dataclass
+class Args:
+    seq_len: int = 512
+    batch: int = 4
+    slots: int = 16
+    d_model: int = 384
+    heads: int = 8
+    vocab_size: int = 50257
+    """vocabulary of the training measurement (GPT-2's, as in the source)"""
+    train_steps: int = 3
+    decode_size: str = "d384l8"
+    contexts: list[int] = field(default_factory=lambda: [256, 1024, 2048, 4096, 8192])
+    new_tokens: int = 32
+    skip: list[str] = field(default_factory=list)
+    """parts to leave out: scan, train, decode"""
+    threads: int | None = None
+    """torch threads (default: torch's choice)"""
+    out: str | None = None
+
+
+def layer_inputs(B: int, T: int, K: int, D: int, H: int) -> list[torch.Tensor]:
+    """Gates, write values, initial slots, gate-read weights and queries of one layer."""
+    gates = torch.softmax(torch.randn(B, T, K), -1) * torch.rand(B, T, K)
+    tensors = [gates, torch.randn(B, T, D), torch.randn(B, K, D), torch.randn(B, T, H, D // H)]
+    return [t.requires_grad_() for t in tensors]
+
+
+def layer_read(form: str, gates, values, initial, q) -> torch.Tensor:
+    """Recurrence + gate read + slot cross-attention read: (B, T, 2D), computed in one of FORMS."""
+    log_decay = torch.log1p(-gates)
+    scale = q.shape[-1] ** -0.5
+    if form == "loop":  # the source's way: one token at a time, reads inside the loop
+        state, outs = initial, []
+        for t in range(values.shape[1]):
+            state = slot_step(state, log_decay[:, t], gates[:, t], values[:, t])
+            states = state[:, None]  # (B, 1, K, D)
+            attn = torch.softmax(score_read(states, q[:, t : t + 1]) * scale, dim=-1)
+            reads = [weighted_read(states, gates[:, t : t + 1, None]), weighted_read(states, attn)]
+            outs.append(torch.cat([r.flatten(2) for r in reads], dim=-1))
+        return torch.cat(outs, dim=1)
+    if form == "reference":  # the op's naive reference: a loop for the states, reads batched
+        states = slot_states_naive(log_decay, gates, values, initial)
+        read_w, read_s = partial(weighted_read, states), partial(score_read, states)
+    else:
+        scan = slot_scan(log_decay, gates, values, initial, CHUNK)
+        read_w, read_s = scan.weighted_read, scan.score_read
+    attn = torch.softmax(read_s(q) * scale, dim=-1)
+    return torch.cat([read_w(gates[:, :, None]).flatten(2), read_w(attn).flatten(2)], dim=-1)
+
+
+def bench_scan(args: Args) -> dict:
+    torch.manual_seed(0)
+    inputs = layer_inputs(args.batch, args.seq_len, args.slots, args.d_model, args.heads)
+    cotangent = torch.randn(args.batch, args.seq_len, 2 * args.d_model)
+    seconds, outputs = {}, {}
+    for form, repeats in (("loop", 2), ("reference", 2), ("chunked", 5)):
+        seconds[form] = timed(lambda: layer_read(form, *inputs).backward(cotangent), repeats)  # noqa: B023
+        with torch.no_grad():
+            outputs[form] = layer_read(form, *inputs)
+    tokens = args.batch * args.seq_len
+    return {
+        "shape": {"B": args.batch, "T": args.seq_len, "K": args.slots, "D": args.d_model, "H": args.heads},
+        "chunk_size": CHUNK,
+        "fwd_bwd_s": seconds,
+        "tokens_per_s": {form: tokens / s for form, s in seconds.items()},
+        "speedup_over_loop": seconds["loop"] / seconds["chunked"],
+        "speedup_over_reference": seconds["reference"] / seconds["chunked"],
+        "max_abs_diff_vs_loop": (outputs["chunked"] - outputs["loop"]).abs().max().item(),
+    }
+
+
+def bench_train(args: Args) -> dict:
+    rows = {}
+    for variant in ("cdm_v3", "baseline"):
+        torch.manual_seed(0)
+        overrides = dict(vocab_size=args.vocab_size)
+        if variant == "baseline":  # the same shape as the CDM presets, attention only
+            overrides.update(d_model=384, n_layers=8, n_heads=8, n_kv_heads=4, d_ff=1024)
+        model = memlab.build_model(variant, "tiny", **overrides).train()
+        tps = step_tokens_per_s(model, args.batch, args.seq_len, args.train_steps)
+        rows[variant] = {"params": model.num_params(), "tokens_per_s": tps}
+    rows["cdm_v3_over_baseline"] = rows["cdm_v3"]["tokens_per_s"] / rows["baseline"]["tokens_per_s"]
+    return {"seq_len": args.seq_len, "batch": args.batch, **rows}
+
+
+@torch.no_grad()
+def decode_speed(model, context: int, new_tokens: int) -> tuple[float, int]:
+    """Tokens/s of single-token steps after prefilling ``context`` tokens; and the state bytes."""
+    x = torch.randint(0, model.config.vocab_size, (1, context))
+    state = model.init_state(1)
+    model(x, state)
+    token = x[:, -1:]
+
+    def steps():
+        for _ in range(new_tokens):
+            model(token, state)
+
+    return new_tokens / timed(steps, repeats=3), state.nbytes
+
+
+def bench_decode(args: Args) -> dict:
+    out = {}
+    for variant, size in (("cdm", args.decode_size), ("cdm_v3", "tiny")):
+        torch.manual_seed(0)
+        model = memlab.build_model(variant, size, vocab_size=8192).eval()
+        rows = []
+        for context in args.contexts:
+            tps, nbytes = decode_speed(model, context, args.new_tokens)
+            rows.append({"context": context, "decode_tokens_per_s": tps, "state_bytes": nbytes})
+        speeds = [r["decode_tokens_per_s"] for r in rows]
+        out[variant] = {"size": size, "results": rows, "slowest_over_fastest": min(speeds) / max(speeds)}
+    return out
+
+
+def main(args: Args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = {"benchmark": "cdm", "machine": machine(), "load_average_1m_before": os.getloadavg()[0]}
+    for name, fn in (("scan", bench_scan), ("train", bench_train), ("decode", bench_decode)):
+        if name not in args.skip:
+            result[name] = fn(args)
+    result["peak_rss_mib"] = peak_rss_mib()
+    result["load_average_1m_after"] = os.getloadavg()[0]  # other jobs sharing the CPU
+    return result
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    emit(main(args), args.out)

@@ -1,0 +1,159 @@
+"""The gated EMA slot recurrence of Competitive Docking Memory, and reads from its states.
+
+K slots of width D share one write vector per token; each slot has its own decay and
+write weight (gate)::
+
+    S_k(t) = a_k(t) * S_k(t-1) + b_k(t) * w(t)        a = exp(log_a), 0 < a <= 1
+
+with ``log_a, b: (B, T, K)``, ``w: (B, T, D)`` and ``S: (B, K, D)``.  This is gated linear
+attention with keys ``b``, values ``w`` and a per-key decay, so two reads cover every
+read-out a CDM layer needs (``H`` heads split ``D`` into ``H x Dh``; ``H = 1`` is allowed):
+
+* weighted read ``o_h(t) = sum_k r_hk(t) S_kh(t)``          ``r: (B, T, H, K) -> (B, T, H, Dh)``
+* score read    ``s_hk(t) = q_h(t) . S_kh(t)``               ``q: (B, T, H, Dh) -> (B, T, H, K)``
+
+Position ``t`` reads the state *after* its own write (like the delta rule).
+
+Two forms: :func:`slot_states_naive` runs the literal recurrence (:func:`slot_step` per
+token) and returns every state; :func:`slot_scan` is the chunked form used in training.
+Within a chunk of ``C`` tokens it uses the cumulative log-decay ``L(t)``; the weight of
+write ``s`` in state ``t`` is ``exp(L(t) - L(s)) b(s)`` (exponent <= 0: stable); the states
+at chunk starts come from one decay-weighted matmul across chunks.  No (B, T, K, D)
+tensor is materialised: reads contract the chunk start states and the (C, C) write
+kernel directly.  Cost per token ~ C (K H + D) + K D; memory ~ C K floats per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+_MIN_LOG_DECAY = -60.0  # exp(-60) ~ 1e-26: smaller decays change no result
+
+
+# ------------------------------------------------------------------- reference
+def slot_step(state: torch.Tensor, log_a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """One token of the recurrence: ``state (B, K, D)``, ``log_a, b (B, K)``, ``w (B, D)`` -> (B, K, D)."""
+    return log_a.exp()[..., None] * state + b[..., None] * w[:, None, :]
+
+
+def slot_states_naive(
+    log_a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, initial_state: torch.Tensor
+) -> torch.Tensor:
+    """Every state of the recurrence, token by token: (B, T, K, D).  The reference."""
+    state, states = initial_state, []
+    for t in range(w.shape[1]):
+        state = slot_step(state, log_a[:, t], b[:, t], w[:, t])
+        states.append(state)
+    return torch.stack(states, dim=1)
+
+
+def weighted_read(states: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``states (B, T, K, D)``, ``r (B, T, H, K)`` -> (B, T, H, D/H): per head, sum_k r_k S_k."""
+    B, T, K, D = states.shape
+    H = r.shape[2]
+    return torch.einsum("bthk,btkhe->bthe", r, states.view(B, T, K, H, D // H))
+
+
+def score_read(states: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``states (B, T, K, D)``, ``q (B, T, H, Dh)`` -> (B, T, H, K): per head, q . S_k."""
+    B, T, K, D = states.shape
+    H = q.shape[2]
+    return torch.einsum("bthe,btkhe->bthk", q, states.view(B, T, K, H, D // H))
+
+
+# --------------------------------------------------------------------- chunked
+@dataclass
+class SlotScan:
+    """The recurrence over a sequence in chunks, ready to be read (see :func:`slot_scan`)."""
+
+    length: int  # T, the unpadded length
+    log_decay: torch.Tensor  # (B, N, C, K): L(t), cumulative log-decay within each chunk
+    kernel: torch.Tensor  # (B, N, C, C, K): weight of write s in state t, exp(L(t) - L(s)) b(s), s <= t
+    values: torch.Tensor  # (B, N, C, D): the write vectors w
+    chunk_states: torch.Tensor  # (B, N, K, D): the state before each chunk
+    final_state: torch.Tensor  # (B, K, D): the state after token T
+
+    def weighted_read(self, r: torch.Tensor) -> torch.Tensor:
+        """``r (B, T, H, K)`` -> (B, T, H, Dh), equal to ``weighted_read(states, r)``."""
+        B, N, C, K = self.log_decay.shape
+        H = r.shape[2]
+        rr = _chunk(r, C)  # (B, N, C, H, K)
+        Dh = self.values.shape[-1] // H
+        starts = self.chunk_states.view(B, N, K, H, Dh)
+        inter = torch.einsum("bnchk,bnkhe->bnche", rr * _decay(self.log_decay)[:, :, :, None], starts)
+        mix = torch.einsum("bnchk,bncsk->bnhcs", rr, self.kernel)  # (B, N, H, C, C)
+        intra = torch.einsum("bnhcs,bnshe->bnche", mix, self.values.view(B, N, C, H, Dh))
+        return (inter + intra).flatten(1, 2)[:, : self.length]
+
+    def score_read(self, q: torch.Tensor) -> torch.Tensor:
+        """``q (B, T, H, Dh)`` -> (B, T, H, K), equal to ``score_read(states, q)``."""
+        B, N, C, K = self.log_decay.shape
+        H, Dh = q.shape[2:]
+        qq = _chunk(q, C)  # (B, N, C, H, Dh)
+        starts = self.chunk_states.view(B, N, K, H, Dh)
+        inter = torch.einsum("bnche,bnkhe->bnchk", qq, starts) * _decay(self.log_decay)[:, :, :, None]
+        qw = torch.einsum("bnche,bnshe->bnhcs", qq, self.values.view(B, N, C, H, Dh))  # (B, N, H, C, C)
+        intra = torch.einsum("bnhcs,bncsk->bnchk", qw, self.kernel)
+        return (inter + intra).flatten(1, 2)[:, : self.length]
+
+
+def slot_scan(
+    log_a: torch.Tensor,
+    b: torch.Tensor,
+    w: torch.Tensor,
+    initial_state: torch.Tensor,
+    chunk_size: int = 32,
+) -> SlotScan:
+    """Chunked form of the recurrence: ``log_a, b (B, T, K)``, ``w (B, T, D)``, ``initial_state (B, K, D)``.
+
+    Returns a :class:`SlotScan` whose reads equal the reads of :func:`slot_states_naive`'s
+    states and whose ``final_state`` is the state after the last token.  The chunk is
+    ``min(chunk_size, T)``; a ragged tail is padded with no-op tokens (decay 1, no write).
+    """
+    T = w.shape[1]
+    C = max(1, min(chunk_size, T))
+    la, bb, ww = _chunk(log_a, C), _chunk(b, C), _chunk(w, C)  # (B, N, C, K), (B, N, C, K), (B, N, C, D)
+    L = la.cumsum(dim=2)  # (B, N, C, K)
+    causal = torch.ones(C, C, device=w.device, dtype=w.dtype).tril()[:, :, None]  # (t, s, 1)
+    kernel = _decay(L[:, :, :, None] - L[:, :, None, :], causal) * bb[:, :, None]  # (B, N, t, s, K)
+    chunk_writes = torch.einsum("bnsk,bnsd->bnkd", kernel[:, :, -1], ww)  # (B, N, K, D): chunk's own writes
+    chunk_states, final_state = _chunk_starts(L[:, :, -1], chunk_writes, initial_state)
+    return SlotScan(T, L, kernel, ww, chunk_states, final_state)
+
+
+def _chunk_starts(
+    chunk_log_decay: torch.Tensor, chunk_writes: torch.Tensor, initial_state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """States before each chunk and after the last: one decay-weighted matmul across chunks.
+
+    ``chunk_log_decay (B, N, K)`` is each chunk's total log-decay and ``chunk_writes (B, N, K, D)``
+    its writes as seen at its end; ``S_n = exp(G_<n) S_0 + sum_{m<n} exp(G_<n - G_<=m) U_m``.
+    Its cost grows as N^2 K D (N = T / C chunks): small next to the reads up to T ~ 16k at C = 32.
+    """
+    N = chunk_log_decay.shape[1]
+    inclusive = chunk_log_decay.cumsum(dim=1)  # (B, N, K): G_<=m
+    before = F.pad(inclusive, (0, 0, 1, 0))  # (B, N+1, K): G_<n for n = 0..N
+    earlier = torch.ones(N + 1, N, device=inclusive.device, dtype=inclusive.dtype).tril(-1)[:, :, None]
+    decay = _decay(before[:, :, None] - inclusive[:, None], earlier)  # (B, N+1, N, K): chunk m -> start of n
+    states = _decay(before)[..., None] * initial_state[:, None] + torch.einsum("bnmk,bmkd->bnkd", decay, chunk_writes)
+    return states[:, :N], states[:, N]
+
+
+def _decay(log_decay: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """exp(log_decay) of log-decays <= 0, floored at exp(-60), times a 0/1 ``mask`` (positive
+    entries must be masked).  Sub-normal floats (< 1e-38 in fp32) make CPU arithmetic many
+    times slower; the floor keeps them from appearing and changes no result."""
+    decay = log_decay.clamp(_MIN_LOG_DECAY, 0.0).exp()
+    return decay if mask is None else decay * mask
+
+
+def _chunk(x: torch.Tensor, C: int) -> torch.Tensor:
+    """(B, T, ...) -> (B, N, C, ...), zero-padding T up to a multiple of ``C``."""
+    T = x.shape[1]
+    pad = -T % C
+    if pad:
+        x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad))
+    return x.view(x.shape[0], -1, C, *x.shape[2:])

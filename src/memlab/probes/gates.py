@@ -1,0 +1,63 @@
+"""Gates probe: how strongly each syntactic role writes into each slot, and what triggers each slot.
+
+Per slot layer: the mean write gate of every (role, slot) pair (roles from ``tokenize`` types
+and keywords in Python, or punctuation / function words / content words in prose), the
+role each slot favours most (largest mean gate over that slot's overall mean), and the
+tokens with the largest mean gate per slot among those seen at least ``min_token_count`` times.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from memlab.probes import plots
+from memlab.probes.labels import ROLES
+from memlab.probes.runner import ProbeContext
+
+
+def gates_probe(ctx: ProbeContext) -> dict[str, Any]:
+    text = ctx.text()
+    activity = ctx.activity(text)
+    roles, ids = text.flat("role"), text.flat("ids")
+    present = [r for r in range(len(ROLES)) if (roles == r).any()]
+    role_names = [ROLES[r] for r in present]
+    uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    eligible = np.flatnonzero(counts >= ctx.options.min_token_count)
+    layers = []
+    for a in activity:
+        K = a.gates.shape[1]
+        by_role = np.stack([a.gates[roles == r].mean(0) for r in present])  # (roles, K)
+        slot_mean = a.gates.mean(0)
+        favoured = np.divide(by_role, slot_mean, out=np.zeros_like(by_role), where=slot_mean > 0).argmax(0)
+        token_means = np.stack([np.bincount(inverse, weights=a.gates[:, k], minlength=len(uniq)) for k in range(K)], 1)
+        token_means /= counts[:, None]
+        slots = []
+        for k in range(K):
+            top = eligible[np.argsort(-token_means[eligible, k])[: ctx.options.top_tokens]]
+            slots.append({
+                "slot": k,
+                "mean_gate": float(slot_mean[k]),
+                "favoured_role": role_names[favoured[k]],
+                "peak_role_gate": float(by_role[favoured[k], k]),
+                "triggers": [
+                    {"token": ctx.tokenizer.decode([int(uniq[t])]), "mean_gate": float(token_means[t, k]),
+                     "count": int(counts[t])}
+                    for t in top
+                ],
+            })  # fmt: skip
+        layers.append({"layer": a.layer, "role_by_slot_mean_gate": by_role.tolist(), "slots": slots})
+    plots.heatmaps(
+        [(f"layer {layer['layer']}", np.array(layer["role_by_slot_mean_gate"])) for layer in layers],
+        role_names, [str(k) for k in range(activity[0].gates.shape[1])],
+        ctx.path("gates", ".png"), f"mean write gate by role and slot, step {ctx.step}", "mean gate", vmin=0.0,
+    )
+    return {
+        "corpus": ctx.options.corpus,
+        "tokens": text.tokens,
+        "documents": text.documents,
+        "roles": role_names,
+        "tokens_per_role": [int((roles == r).sum()) for r in present],
+        "layers": layers,
+    }

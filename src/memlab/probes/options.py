@@ -1,0 +1,38 @@
+"""The options of ``memlab probe`` (light to import: the CLI builds its flags from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+PROBES = ("routing", "gates", "alphas", "domains", "trajectory")
+
+
+@dataclass
+class ProbeOptions:
+    """What text a probe reads and how it measures."""
+
+    corpus: str = "stdlib-code"
+    """probe text: stdlib-code, stdlib-docs, lists (synthetic structured lists), hf:NAME[:SPLIT], files:GLOB"""
+    domains: list[str] = field(default_factory=lambda: ["prose=stdlib-docs", "code=stdlib-code", "lists=lists"])
+    """domains probe: NAME=SOURCE corpora to compare"""
+    max_tokens: int = 32768
+    """probe tokens per corpus"""
+    seq_len: int = 256
+    """window length the text is cut into (slots start fresh in every window)"""
+    batch_size: int = 8
+    documents: Literal["val", "all"] = "val"
+    """val: only documents of the validation split (held out from training); all: every document"""
+    val_fraction: float = 0.01
+    """the validation fraction the run was trained with (selects the held-out documents)"""
+    split_seed: int = 0
+    max_depth: int = 4
+    """nesting depths >= this are pooled into one class"""
+    permutations: int = 200
+    """label shuffles of the permutation test"""
+    top_tokens: int = 8
+    """gates probe: trigger tokens listed per slot"""
+    min_token_count: int = 5
+    """gates probe: a token must occur this often to be a trigger"""
+    seed: int = 0
+    device: str = "cpu"

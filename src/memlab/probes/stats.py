@@ -1,0 +1,93 @@
+"""Information measures of slot routing: entropy, mutual information, bias correction, permutation test.
+
+All in bits.  MI(slot; label) is computed two ways: from the argmax slot of every token
+(counts of a contingency table; Miller-Madow bias correction) and from the full routing
+distributions (the joint ``P(label, slot) = mean_t 1[label_t] p_t(slot)``; corrected by
+subtracting the mean MI of shuffled labels).  The p-value is that of a permutation test:
+the share of label shuffles whose MI reaches the observed one (+1 smoothing).  Tokens of a
+text are not independent, so the p-value is optimistic; the shuffled mean is the baseline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def entropy_bits(p: np.ndarray) -> float:
+    """Entropy of a distribution (any shape; normalised here)."""
+    p = np.asarray(p, dtype=np.float64).ravel()
+    p = p[p > 0] / p.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def mutual_information_bits(joint: np.ndarray) -> float:
+    """MI of the two axes of a joint table of counts or probabilities (rows x columns)."""
+    joint = np.asarray(joint, dtype=np.float64)
+    joint = joint / joint.sum()
+    rows, cols = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nz = joint > 0
+    return float((joint[nz] * np.log2(joint[nz] / (rows @ cols)[nz])).sum())
+
+
+def miller_madow_correction_bits(counts: np.ndarray) -> float:
+    """Miller-Madow correction of the plug-in MI of a count table (add it; it is <= 0 for real tables).
+
+    Each plug-in entropy is low by (m - 1) / 2N nats (m: non-empty bins), so MI = H(X) + H(Y) - H(X, Y)
+    is high by ((R - 1) + (C - 1) - (RC - 1)) / 2N with R, C, RC the non-empty rows, columns, cells.
+    """
+    counts = np.asarray(counts)
+    n = counts.sum()
+    rows, cols, cells = (counts.sum(1) > 0).sum(), (counts.sum(0) > 0).sum(), (counts > 0).sum()
+    return float(((rows - 1) + (cols - 1) - (cells - 1)) / (2 * n * np.log(2)))
+
+
+def _joint_argmax(labels: np.ndarray, slots: np.ndarray, n_labels: int, n_slots: int) -> np.ndarray:
+    return np.bincount(labels * n_slots + slots, minlength=n_labels * n_slots).reshape(n_labels, n_slots)
+
+
+def _joint_soft(labels: np.ndarray, routing: np.ndarray, n_labels: int) -> np.ndarray:
+    onehot = np.zeros((len(labels), n_labels), dtype=routing.dtype)
+    onehot[np.arange(len(labels)), labels] = 1
+    return onehot.T @ routing  # (n_labels, K)
+
+
+def mi_test(
+    labels: np.ndarray, routing: np.ndarray, n_labels: int, permutations: int = 200, seed: int = 0
+) -> dict[str, Any]:
+    """MI(slot; label) from argmax slots and from full distributions, with baselines and p-values.
+
+    ``labels (N,)`` are ints in [0, n_labels); ``routing (N, K)`` are routing distributions.
+    """
+    n_slots = routing.shape[1]
+    slots = routing.argmax(1)
+    h_label = entropy_bits(np.bincount(labels, minlength=n_labels))
+    rng = np.random.default_rng(seed)
+    shuffles = [rng.permutation(labels) for _ in range(permutations)]
+    counts = _joint_argmax(labels, slots, n_labels, n_slots)
+    out = {}
+    for kind, joint, shuffled in (
+        ("argmax", counts, [_joint_argmax(s, slots, n_labels, n_slots) for s in shuffles]),
+        ("soft", _joint_soft(labels, routing, n_labels), [_joint_soft(s, routing, n_labels) for s in shuffles]),
+    ):
+        mi = mutual_information_bits(joint)
+        null = np.array([mutual_information_bits(j) for j in shuffled]) if permutations else np.zeros(1)
+        corrected = mi + miller_madow_correction_bits(counts) if kind == "argmax" else mi - float(null.mean())
+        out[kind] = {
+            "bits": mi,
+            "bits_corrected": corrected,
+            "ratio": mi / h_label if h_label > 0 else None,  # undefined when the label never varies
+            "ratio_corrected": corrected / h_label if h_label > 0 else None,
+            "shuffled_mean_bits": float(null.mean()),
+            "shuffled_std_bits": float(null.std()),
+            "p_value": float((1 + (null >= mi).sum()) / (1 + permutations)) if permutations else None,
+        }
+    out["label_entropy_bits"] = h_label
+    return out
+
+
+def cosine_similarity_matrix(profiles: np.ndarray) -> np.ndarray:
+    """(M, F) profiles -> (M, M) cosine similarities."""
+    unit = profiles / np.maximum(np.linalg.norm(profiles, axis=1, keepdims=True), 1e-12)
+    return unit @ unit.T

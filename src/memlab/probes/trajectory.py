@@ -1,0 +1,79 @@
+"""Trajectory probe: the routing probe over every saved checkpoint of a run.
+
+Tracks, per layer and on the same probe text, the largest slot share (a "scratchpad" slot
+shows as a spike), the usage entropy and the bias-corrected MI(slot; indentation depth)
+ratio over training steps: ``trajectory_probe.json`` and ``trajectory_probe.png`` in the
+run's ``probes/`` (or ``--out-dir``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+import memlab
+from memlab.errors import MemlabError
+from memlab.eval import schema
+from memlab.eval.hub import find_tokenizer
+from memlab.models.paths import checkpoint_dirs
+from memlab.probes import plots
+from memlab.probes.activity import slot_layers
+from memlab.probes.routing import routing_results
+from memlab.probes.runner import ProbeContext, ProbeOptions, checkpoint_step, metadata
+
+log = logging.getLogger(__name__)
+METRICS = {
+    "max slot share": lambda layer: layer["max_slot_share"],
+    "usage entropy (bits)": lambda layer: layer["usage_entropy_bits"],
+    "MI(slot; indent) / H(indent), soft, corrected": (
+        lambda layer: layer["indent"]["mi"]["soft"]["ratio_corrected"] if layer["indent"]["tokens"] else None
+    ),
+    "MI(slot; indent) / H(indent), argmax, corrected": (
+        lambda layer: layer["indent"]["mi"]["argmax"]["ratio_corrected"] if layer["indent"]["tokens"] else None
+    ),
+}
+
+
+def trajectory_probe(run_dir: Path, out_dir: str | Path | None, options: ProbeOptions) -> Path:
+    checkpoints = checkpoint_dirs(run_dir)
+    if not checkpoints:
+        raise MemlabError(f"{run_dir} holds no checkpoints/step_N: the trajectory probe needs a run directory")
+    out = Path(out_dir) if out_dir is not None else run_dir / "probes"
+    tokenizer = find_tokenizer(checkpoints[0])
+    texts: dict = {}  # the same probe text for every checkpoint
+    rows, ctx = [], None
+    for path in checkpoints:
+        try:
+            model = memlab.load(path, device=options.device).eval()
+        except MemlabError as e:
+            log.warning("skipping %s: %s", path, e)
+            continue
+        slot_layers(model)
+        ctx = ProbeContext(model, tokenizer, options, checkpoint_step(path), out, texts)
+        text = ctx.text()
+        results = routing_results(ctx.activity(text), text, options)
+        rows.append({"step": ctx.step, "checkpoint": str(path), **{k: results[k] for k in ("layers", "summary")}})
+        log.info("trajectory: step %d done", ctx.step)
+    if ctx is None:
+        raise MemlabError(f"no checkpoint of {run_dir} could be loaded")
+    steps = [row["step"] for row in rows]
+    series = {}
+    for metric, read in METRICS.items():
+        curves = {
+            f"layer {layer['layer']}": [_nan_if_none(read(r["layers"][i])) for r in rows]
+            for i, layer in enumerate(rows[0]["layers"])
+        }
+        curves["mean"] = np.nanmean(np.array(list(curves.values()), dtype=float), axis=0).tolist()
+        series[metric] = curves
+    out.mkdir(parents=True, exist_ok=True)
+    plots.lines(steps, series, out / "trajectory_probe.png", f"slot routing over training: {run_dir.name}", "step")
+    results = {"corpus": options.corpus, "tokens": ctx.text().tokens, "steps": steps, "checkpoints": rows}
+    results["series"] = series
+    doc = schema.document("probe_trajectory", metadata(ctx, str(run_dir), Path(rows[-1]["checkpoint"])), results)
+    return schema.write_results(out / "trajectory_probe.json", doc)
+
+
+def _nan_if_none(value: float | None) -> float:
+    return np.nan if value is None else value

@@ -1,0 +1,98 @@
+"""Probe building blocks: Python depths and roles, token spans, information measures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memlab.data.tokenizer import build_tokenizer
+from memlab.probes.corpus import ProbeText, _add_document, token_spans
+from memlab.probes.labels import ROLES, UNKNOWN_DEPTH, char_labels
+from memlab.probes.stats import cosine_similarity_matrix, entropy_bits, mi_test, mutual_information_bits
+
+CODE = "class A:\n    def f(self, x):\n        return g(x,\n  [1])\n\nprint('é')\n"
+
+
+def label_at(text, needle, occurrence=0):
+    labels = char_labels(text)
+    i = -1
+    for _ in range(occurrence + 1):
+        i = text.index(needle, i + 1)
+    return int(labels.indent[i]), int(labels.bracket[i]), ROLES[labels.role[i]]
+
+
+def test_python_depths_and_roles():
+    assert label_at(CODE, "class") == (0, 0, "def/class")
+    assert label_at(CODE, "def") == (1, 0, "def/class")
+    assert label_at(CODE, "self") == (1, 1, "self")
+    assert label_at(CODE, "return") == (2, 0, "return/if")
+    assert label_at(CODE, "(", 1) == (2, 0, "paren")  # a bracket sits at the depth outside it
+    assert label_at(CODE, "1") == (2, 2, "number")  # continuation line: indentation kept, two brackets deep
+    assert label_at(CODE, "print") == (0, 0, "identifier")
+    assert label_at(CODE, ":") == (0, 0, "colon")
+    assert label_at(CODE, "'é'") == (0, 1, "string")
+
+
+def test_prose_has_no_depth_and_word_roles():
+    text = "The cat sat on 3 mats, didn't it?"
+    labels = char_labels(text)
+    assert (labels.indent == UNKNOWN_DEPTH).all() and (labels.bracket == UNKNOWN_DEPTH).all()
+    role = lambda word: ROLES[labels.role[text.index(word)]]  # noqa: E731
+    assert (role("The"), role("cat"), role("3"), role(","), role(" ")) == (
+        "function word", "content word", "numeral", "punctuation", "space",
+    )  # fmt: skip
+
+
+def test_token_spans_join_back_and_share_split_characters():
+    byte = build_tokenizer("byte")
+    ids = byte.encode(CODE)
+    spans = token_spans(byte, CODE, ids)
+    e = CODE.index("é")
+    assert [tuple(s) for s in spans[ids.index(0xC3) : ids.index(0xC3) + 2]] == [(e, e + 1), (e, e + 1)]
+    assert spans[-1, 1] == len(CODE)
+    bpe = build_tokenizer("bpe", texts=[CODE * 20, "hello world " * 50], vocab_size=300)
+    ids = bpe.encode(CODE)
+    spans = token_spans(bpe, CODE, ids)
+    assert "".join(CODE[a:b] for a, b in spans) == CODE
+    assert token_spans(bpe, CODE + "x", ids) is None  # ids that do not decode to the text
+
+
+def test_token_labels_come_from_the_first_non_space_character():
+    byte = build_tokenizer("bpe", texts=[CODE * 20], vocab_size=300)
+    ids = byte.encode(CODE)
+    out = ProbeText()
+    _add_document(out, CODE, np.array(ids), token_spans(byte, CODE, ids), seq_len=7)
+    assert all(len(w) <= 7 for w in out.windows) and out.tokens == len(ids)
+    pieces = [byte.decode([i]) for i in ids]
+    ret = next(i for i, p in enumerate(pieces) if p.strip() == "return")
+    assert (out.flat("indent")[ret], ROLES[out.flat("role")[ret]]) == (2, "return/if")
+
+
+def test_mutual_information_extremes():
+    assert mutual_information_bits(np.full((3, 4), 5.0)) == pytest.approx(0.0, abs=1e-12)
+    assert mutual_information_bits(np.eye(4)) == pytest.approx(2.0)  # = H(label)
+    assert entropy_bits(np.ones(16)) == pytest.approx(4.0)
+
+
+def test_mi_test_finds_planted_dependence_only():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 3000)
+    planted = np.eye(8)[labels * 2] * 0.9 + 0.1 / 8  # slot 2d carries depth d
+    noise = rng.dirichlet(np.ones(8), 3000)
+    found, null = mi_test(labels, planted, 4, permutations=50), mi_test(labels, noise, 4, permutations=50)
+    assert found["argmax"]["ratio_corrected"] > 0.95 and found["argmax"]["p_value"] < 0.05
+    assert found["soft"]["bits_corrected"] > 0.5 and found["soft"]["p_value"] < 0.05
+    assert abs(null["argmax"]["bits_corrected"]) < 0.01 and null["argmax"]["p_value"] > 0.05
+    assert null["argmax"]["bits_corrected"] < null["argmax"]["bits"]  # Miller-Madow lowers the plug-in value
+
+
+def test_soft_mi_equals_argmax_mi_for_one_hot_routing():
+    rng = np.random.default_rng(1)
+    labels, slots = rng.integers(0, 3, 500), rng.integers(0, 5, 500)
+    out = mi_test(labels, np.eye(5)[slots], 3, permutations=0)
+    assert out["soft"]["bits"] == pytest.approx(out["argmax"]["bits"])
+
+
+def test_cosine_similarity():
+    sim = cosine_similarity_matrix(np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]]))
+    np.testing.assert_allclose(sim, [[1, 1, 0], [1, 1, 0], [0, 0, 1]], atol=1e-12)

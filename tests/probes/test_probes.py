@@ -1,0 +1,126 @@
+"""The probes end to end on tiny random CDM models and small texts written here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import memlab
+from memlab.cli import main
+from memlab.data.tokenizer import build_tokenizer
+from memlab.errors import MemlabError
+from memlab.probes import ProbeOptions, run_probe
+from memlab.probes.activity import LayerActivity
+from memlab.probes.corpus import ProbeText
+from memlab.probes.routing import routing_results
+
+CODE = '''class Stack:
+    def __init__(self, items):
+        self.items = list(items)
+
+    def push(self, item):
+        if item is not None:
+            for _ in range(2):
+                self.items.append((item, [len(self.items)]))
+        return self
+'''
+PROSE = "The little cat sat on the mat. It was warm, and the sun was out. She slept for an hour.\n"
+
+
+def save_model(path, variant="cdm_hybrid", seed=0, **overrides):
+    torch.manual_seed(seed)
+    model = memlab.build_model(variant, "tiny", n_layers=2, **overrides)
+    model.save(path)
+    build_tokenizer("byte").save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpora")
+    for name, text in (("code", CODE), ("prose", PROSE)):
+        (root / name).mkdir()
+        for i in range(3):
+            (root / name / f"doc{i}.{'py' if name == 'code' else 'txt'}").write_text(text * (i + 1))
+    return {name: f"files:{root / name}/*" for name in ("code", "prose")}
+
+
+def options(corpora, **kw):
+    return ProbeOptions(corpus=corpora["code"], documents="all", max_tokens=700, seq_len=64, permutations=10, **kw)
+
+
+def results(path):
+    doc = json.loads(path.read_text())
+    assert doc["suite"].startswith("probe_") and doc["metadata"]["tokenizer_hash"]
+    return doc["results"]
+
+
+def test_routing_probe(tmp_path, corpora):
+    model_dir = save_model(tmp_path / "m", cdm={"version": "v3", "hard_routing": True})
+    out = run_probe(model_dir, "routing", tmp_path / "out", options(corpora))
+    assert out.name == "routing_probe_step0.json" and out.with_suffix(".png").is_file()
+    r = results(out)
+    assert r["tokens"] == 700 and len(r["layers"]) == 2
+    layer = r["layers"][0]
+    assert sum(layer["slot_share_argmax"]) == pytest.approx(1.0)
+    indent = layer["indent"]
+    assert indent["tokens"] == 700 and sum(indent["tokens_per_depth"]) == 700
+    assert indent["tokens_per_depth"][3] > 0  # the 'for' body is 3 levels deep
+    for kind in ("argmax", "soft"):
+        mi = indent["mi"][kind]
+        assert 0 <= mi["bits"] <= indent["mi"]["label_entropy_bits"] + 1e-9 and 0 < mi["p_value"] <= 1
+
+
+def test_routing_results_recover_a_planted_depth_code():
+    depth = np.repeat([0, 1, 2, 3, 5], 200).astype(np.int16)
+    text = ProbeText(windows=[np.zeros(len(depth), dtype=np.int64)], indent=[depth], bracket=[depth * 0],
+                     role=[depth * 0], documents=1)  # fmt: skip
+    routing = np.eye(6, dtype=np.float32)[np.minimum(depth, 4) + 1] * 0.9 + 0.1 / 6  # depth d -> slot d + 1
+    activity = [LayerActivity(0, routing, routing * 0.1, np.full(6, 0.5))]
+    r = routing_results(activity, text, ProbeOptions(max_depth=4, permutations=20))
+    indent = r["layers"][0]["indent"]
+    assert indent["mi"]["argmax"]["ratio_corrected"] > 0.95 and indent["mi"]["argmax"]["p_value"] < 0.1
+    assert [indent["dominant_slots"][d][0]["slot"] for d in ("0", "1", "2", "3", "4+")] == [1, 2, 3, 4, 5]
+    assert r["layers"][0]["bracket"]["mi"]["argmax"]["ratio"] is None  # one bracket depth: MI undefined
+
+
+def test_gates_alphas_and_domains_probes(tmp_path, corpora):
+    model_dir = save_model(tmp_path / "m", variant="cdm")
+    opts = options(corpora, domains=[f"code={corpora['code']}", f"prose={corpora['prose']}", "lists=lists"])
+    gates = results(run_probe(model_dir, "gates", tmp_path, opts))
+    assert {"def/class", "self", "paren", "colon", "dot", "identifier"} <= set(gates["roles"])
+    slot = gates["layers"][1]["slots"][0]
+    assert slot["favoured_role"] in gates["roles"] and len(slot["triggers"]) == opts.top_tokens
+    alphas = results(run_probe(model_dir, "alphas", tmp_path, opts))
+    layer = alphas["layers"][0]
+    assert len(layer["alpha"]) == 16 and all(0 < a < 1 for a in layer["alpha"])  # V2: mean sigmoid(eta)
+    assert layer["alpha_spread"] > 0 and set(layer["fastest_slots"]).isdisjoint(layer["slowest_slots"])
+    domains = results(run_probe(model_dir, "domains", tmp_path, opts))
+    sim = np.array(domains["similarity"])
+    assert sim.shape == (3, 3) and np.allclose(np.diag(sim), 1) and np.allclose(sim, sim.T)
+    assert set(domains["pairs"]) == {"code~prose", "code~lists", "prose~lists"}
+    assert all((tmp_path / f"{p}_probe_step0.png").is_file() for p in ("gates", "alphas", "domains"))
+
+
+def test_trajectory_over_the_checkpoints_of_a_run(tmp_path, corpora):
+    run = tmp_path / "run"
+    for step in (100, 20):
+        save_model(run / "checkpoints" / f"step_{step}", seed=step)
+    out = run_probe(run, "trajectory", options=options(corpora))
+    assert out == run / "probes" / "trajectory_probe.json" and out.with_suffix(".png").is_file()
+    r = results(out)
+    assert r["steps"] == [20, 100] and len(r["series"]["max slot share"]["mean"]) == 2
+
+
+def test_model_without_slots_is_refused(tmp_path, corpora, capsys):
+    model_dir = save_model(tmp_path / "m", variant="baseline")
+    with pytest.raises(MemlabError, match="no memory slots.*variants with slots: cdm"):
+        run_probe(model_dir, "routing", tmp_path, options(corpora))
+    with pytest.raises(SystemExit) as e:
+        main(["probe", "--checkpoint", str(model_dir), "--probe", "gates"])
+    assert e.value.code == 2 and "no memory slots" in capsys.readouterr().err
+    with pytest.raises(MemlabError, match="valid choices: alphas, domains, gates, routing, trajectory"):
+        run_probe(model_dir, "depth", tmp_path)
