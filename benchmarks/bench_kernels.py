@@ -1,0 +1,125 @@
+"""Gated delta rule speed: the chunked kernel against the per-token loop and fla's PyTorch
+chunk reference (fwd + bwd), and the ``gdn`` model against ``baseline`` (training and decode).
+
+Prints JSON.  Reproduce the issue-6 targets (B=4, H=4, T=2048, K=V=64, fp32; nano, T=2048,
+decode after a 4k context):
+
+    python benchmarks/bench_kernels.py
+
+``--loop-repeats 0`` skips the per-token loop (about a minute), ``--no-models`` the model part.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import tyro
+from bench_train import step_tokens_per_s
+from common import emit, machine, peak_rss_mib, timed
+
+import memlab
+from memlab.ops.gated_delta import chunk_gated_delta_rule, naive_gated_delta_rule
+
+
+@dataclass
+class Args:
+    batch: int = 4
+    heads: int = 4
+    seq_len: int = 2048
+    head_dim: int = 64
+    chunk_size: int = 64
+    repeats: int = 3
+    loop_repeats: int = 1
+    """repeats of the per-token loop (slow); 0 skips it"""
+    models: bool = True
+    size: str = "nano"
+    train_seq_len: int = 2048
+    decode_context: int = 4096
+    decode_tokens: int = 64
+    out: str | None = None
+
+
+def kernel_inputs(args: Args) -> list[torch.Tensor]:
+    B, T, H, K = args.batch, args.seq_len, args.heads, args.head_dim
+    q, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K)
+    k = F.normalize(torch.randn(B, T, H, K), dim=-1)
+    g, beta = F.logsigmoid(torch.randn(B, T, H) + 3), torch.rand(B, T, H)
+    return [t.requires_grad_() for t in (q, k, v, g, beta)]
+
+
+def fwd_bwd_seconds(fn, tensors: list[torch.Tensor], repeats: int) -> float:
+    def step():
+        o, _ = fn(*tensors)
+        o.sum().backward()
+        for t in tensors:
+            t.grad = None
+
+    return timed(step, repeats, warmup=1 if repeats > 1 else 0)
+
+
+def fla_chunk_reference():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from fla.ops.gated_delta_rule.naive import naive_chunk_gated_delta_rule
+    except Exception:
+        return None
+    return naive_chunk_gated_delta_rule
+
+
+def kernel_results(args: Args) -> dict:
+    tensors = kernel_inputs(args)
+    tokens = args.batch * args.seq_len
+    ours = fwd_bwd_seconds(lambda *t: chunk_gated_delta_rule(*t, chunk_size=args.chunk_size), tensors, args.repeats)
+    out = {"shape": {"B": args.batch, "H": args.heads, "T": args.seq_len, "K": args.head_dim, "V": args.head_dim},
+           "chunk_fwd_bwd_s": ours, "chunk_tokens_per_s": tokens / ours}
+    if args.loop_repeats > 0:
+        loop = fwd_bwd_seconds(naive_gated_delta_rule, tensors, args.loop_repeats)
+        out.update(loop_fwd_bwd_s=loop, speedup_vs_loop=loop / ours)
+    fla = fla_chunk_reference()
+    if fla is not None:
+        ref = fwd_bwd_seconds(lambda *t: fla(*t, chunk_size=args.chunk_size), tensors, args.repeats)
+        out.update(fla_chunk_reference_fwd_bwd_s=ref, speedup_vs_fla_chunk_reference=ref / ours)
+    return out
+
+
+@torch.no_grad()
+def decode_tokens_per_s(model, context: int, new_tokens: int) -> float:
+    """Tokens/s of single-token decode steps after an (untimed) prefill of ``context`` tokens."""
+    x = torch.randint(0, model.config.vocab_size, (1, context))
+    state = model.init_state(1)
+    model(x, state)
+    token = x[:, -1:]
+    model(token, state)  # warm-up step
+    return new_tokens / timed(lambda: [model(token, state) for _ in range(new_tokens)], repeats=1, warmup=0)
+
+
+def model_results(args: Args) -> dict:
+    out = {}
+    for variant in ("baseline", "gdn"):
+        torch.manual_seed(0)
+        model = memlab.build_model(variant, args.size, max_seq_len=args.decode_context + 2 * args.decode_tokens + 2)
+        train = step_tokens_per_s(model.train(), 1, args.train_seq_len, steps=args.repeats)
+        decode = decode_tokens_per_s(model.eval(), args.decode_context, args.decode_tokens)
+        out[variant] = {"train_tokens_per_s": train, "decode_tokens_per_s": decode}
+    out["train_ratio_gdn_over_baseline"] = out["gdn"]["train_tokens_per_s"] / out["baseline"]["train_tokens_per_s"]
+    out["decode_ratio_gdn_over_baseline"] = out["gdn"]["decode_tokens_per_s"] / out["baseline"]["decode_tokens_per_s"]
+    return out
+
+
+def main(args: Args) -> dict:
+    torch.manual_seed(0)
+    result = {"benchmark": "gated_delta_kernels", "machine": machine(), "kernel": kernel_results(args)}
+    if args.models:
+        result["models"] = {"size": args.size, "train_seq_len": args.train_seq_len,
+                            "decode_context": args.decode_context, **model_results(args)}
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    emit(main(args), args.out)

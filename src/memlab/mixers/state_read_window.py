@@ -1,0 +1,170 @@
+"""The hybrid's window layer (``W``): sliding-window attention that also reads the memory of
+the nearest preceding delta-rule layer (``G`` or ``D``), causally.
+
+    y_t = m * local_t + read_out_proj(sigmoid(gate_proj x_t) * read_t),   read_t = S_t^T (scale * k_shared(x_t))
+
+* ``S_t`` is the source layer's state *after token t* (never a later one): the source keeps the
+  (k, v, g, beta) it wrote in its last call and the state it started from, and this layer runs
+  the same kernel over them with its own queries (decoding: one step from the live state).
+* ``k_shared`` is the source's own key path (projection, short conv, SiLU, L2 norm) applied to
+  this layer's input, so reads and writes share one key space (the source's "shared key projection").
+* ``m`` is a per-sequence keep mask, Bernoulli(1 - ``gdn.local_drop_prob``), in training and
+  ``gdn.local_scale`` in evaluation (the source's stochastic local drop).
+* ``zero`` ablation zeroes the read; ``horizon=h`` limits both the window and the read to the last
+  h tokens, recomputed exactly per position (reads included), so it equals a truncated context.
+
+With ``gdn.state_read=False`` the layer is sliding-window attention with the local drop only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from memlab.config import ModelConfig
+from memlab.errors import MemlabError
+from memlab.mixers import register_mixer
+from memlab.mixers.attention import RingKVCache, SlidingWindowAttention
+from memlab.mixers.base import Mixer
+from memlab.mixers.gated_delta import DeltaWrite, GatedDeltaNet, delta_dims
+
+
+@dataclass
+class WindowReadState(RingKVCache):
+    """The window's ring buffers plus the tail of the read key's short convolution."""
+
+    read_conv: torch.Tensor | None = None  # (B, conv_size - 1, H * K)
+
+    @property
+    def nbytes(self) -> int:
+        tail = 0 if self.read_conv is None else self.read_conv.numel() * self.read_conv.element_size()
+        return super().nbytes + tail
+
+
+@register_mixer
+class StateReadWindowAttention(SlidingWindowAttention):
+    """Sliding-window attention + a gated read of the preceding delta-rule layer's memory."""
+
+    letter = "W"
+    carries_memory = True
+    native_horizon = False  # the read is recomputed per window: see _forward_windows
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__(config, layer_idx)
+        opts = self.options = config.gdn
+        if not 0.0 <= opts.local_drop_prob < 1.0:
+            raise MemlabError(f"gdn.local_drop_prob must lie in [0, 1), got {opts.local_drop_prob}")
+        self.reads_state = opts.state_read
+        self.carries_memory = opts.state_read
+        self.native_horizon = not opts.state_read  # without the read it is plain windowed attention
+        if self.reads_state:
+            dims = delta_dims(config)
+            self.gate_proj = nn.Linear(config.d_model, dims.heads)  # one read gate per head
+            self.read_out_proj = nn.Linear(dims.heads * dims.value, config.d_model, bias=False)
+        self._sources: list[GatedDeltaNet] = []  # a plain list: the source stays the model's submodule only
+        self._stats: dict[str, torch.Tensor] = {}
+
+    def bind(self, previous: list[Mixer]) -> None:
+        if not self.reads_state:
+            return
+        sources = [m for m in previous if isinstance(m, GatedDeltaNet)]
+        if not sources:
+            raise MemlabError(
+                f"layer {self.layer_idx} ('W') reads the memory of a preceding 'G' or 'D' layer and has none "
+                f"in the pattern {self.config.layer_pattern!r}; put one before it, or set gdn.state_read=false"
+            )
+        self._sources = [sources[-1]]
+        sources[-1].add_reader()
+
+    @property
+    def source(self) -> GatedDeltaNet:
+        return self._sources[0]
+
+    # ------------------------------------------------------------------ forward
+    def mix(self, x: torch.Tensor, state: WindowReadState | None) -> torch.Tensor:
+        write = None
+        if self.reads_state:
+            write = self.source.last_write
+            if self.source.horizon is not None:
+                raise MemlabError(
+                    f"a horizon ablation of layer {self.source.layer_idx} must include its reader, "
+                    f"layer {self.layer_idx}"
+                )
+            if write is None or write.k.shape[:2] != x.shape[:2]:
+                raise RuntimeError(f"layer {self.source.layer_idx} must process the same tokens before its reader")
+        return self._mix(x, state, write)
+
+    def _mix(self, x: torch.Tensor, state: WindowReadState | None, write: DeltaWrite | None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D): the window branch, dropped/scaled, plus the gated read of ``write``."""
+        local = super().mix(x, state) * self._local_multiplier(x)
+        self._stats = {"local_norm": local.detach().norm(dim=-1).mean()}
+        if not self.reads_state:
+            return local
+        keys, tail = self.source.shared_key(x, None if state is None else state.read_conv)  # (B, T, H, K)
+        if state is not None:
+            state.read_conv = tail
+        read, _ = self.source.delta_rule(keys, write.k, write.v, write.g, write.beta, write.initial_state)
+        if self.zeroed:
+            read = torch.zeros_like(read)
+        gate = torch.sigmoid(self.gate_proj(x))  # (B, T, H)
+        retrieved = self.read_out_proj((gate[..., None] * read).flatten(2))  # (B, T, D)
+        self._stats.update(gate_mean=gate.detach().mean(), retrieval_norm=retrieved.detach().norm(dim=-1).mean())
+        return local + retrieved
+
+    def _local_multiplier(self, x: torch.Tensor) -> torch.Tensor | float:
+        """Training: keep each sequence's window branch with probability 1 - p; evaluation: local_scale."""
+        if not self.training:
+            return self.options.local_scale
+        if self.options.local_drop_prob == 0:
+            return 1.0
+        keep = torch.rand(x.shape[0], 1, 1, device=x.device) >= self.options.local_drop_prob
+        return keep.to(x.dtype)
+
+    def _forward_windows(self, x: torch.Tensor, h: int, max_tokens: int = 1 << 16) -> torch.Tensor:
+        """Exact horizon ablation: position t sees x[t-h+1 .. t] and the source's input over the same span.
+
+        Each window recomputes the source's writes from its own input (its convolution starting
+        at the window), exactly as a model run on the truncated context would.  (B, T, D) -> (B, T, D)
+        """
+        B, T, D = x.shape
+        joint = torch.cat([x, self.source.last_input], dim=-1)  # (B, T, D + D)
+
+        def run(window: torch.Tensor) -> torch.Tensor:  # (n, L, 2D) -> (n, L, D)
+            own, source_input = window.split([D, window.shape[-1] - D], dim=-1)
+            return self._mix(own, None, self.source.writes(source_input))
+
+        head = run(joint[:, :h])  # positions < h see their whole prefix
+        if T <= h:
+            return head
+        windows = joint.unfold(1, h, 1).permute(0, 1, 3, 2)[:, 1:].flatten(0, 1)  # (B * (T-h), h, 2D)
+        per_call = max(1, max_tokens // h)
+        tail = torch.cat([run(windows[i : i + per_call])[:, -1] for i in range(0, windows.shape[0], per_call)])
+        return torch.cat([head, tail.view(B, T - h, D)], dim=1)
+
+    # -------------------------------------------------------------------- state
+    def init_state(self, batch_size: int, device=None, dtype=None) -> WindowReadState:
+        ring = super().init_state(batch_size, device, dtype)
+        tail = None
+        if self.reads_state:
+            dims = delta_dims(self.config)
+            shape = (batch_size, self.options.conv_size - 1, dims.heads * dims.key)
+            tail = torch.zeros(shape, device=ring.k.device, dtype=ring.k.dtype)
+        return WindowReadState(ring.k, ring.v, read_conv=tail)
+
+    def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
+        n = super().state_nbytes(context_len, batch_size, dtype)
+        if self.reads_state:
+            dims = delta_dims(self.config)
+            elem = torch.empty((), dtype=dtype).element_size()
+            n += batch_size * (self.options.conv_size - 1) * dims.heads * dims.key * elem
+        return n
+
+    def extra_flops_per_token(self, seq_len: int) -> float:
+        read = self.source.extra_flops_per_token(seq_len) if self.reads_state else 0.0
+        return super().extra_flops_per_token(seq_len) + read
+
+    def diagnostics(self) -> dict[str, float]:
+        """gate_mean (read gate), local_norm and retrieval_norm (mean per-token L2 norms) of the last forward."""
+        return {name: float(value) for name, value in self._stats.items()}

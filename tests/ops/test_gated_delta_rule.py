@@ -1,0 +1,200 @@
+"""The gated delta rule: chunked form == naive recurrence (values and gradients), decoding,
+state chaining, the associative-memory property, and flash-linear-attention's reference."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from memlab.ops import gated_delta_rule
+from memlab.ops.gated_delta import (
+    UnitLowerInverse,
+    chunk_gated_delta_rule,
+    gated_delta_rule_step,
+    naive_gated_delta_rule,
+)
+
+# log-gates per head (largest value, spread below it): strong forgetting in head 0, almost none in head 1
+GATES = {"strong": [(-3.0, 6.0)], "weak": [(-1e-3, 1e-3)], "mixed": [(-3.0, 6.0), (-1e-3, 1e-3)], "none": None}
+
+
+def inputs(B=1, T=63, H=2, K=8, V=6, gate="strong", dtype=torch.float64, seed=0):
+    """q, k, v, g, beta, initial_state with unit keys; all requiring grad."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=dtype)
+
+    q, k, v = randn(B, T, H, K), F.normalize(randn(B, T, H, K), dim=-1), randn(B, T, H, V)
+    beta = torch.rand(B, T, H, generator=gen, dtype=dtype)
+    g = None
+    if GATES[gate] is not None:
+        top, spread = torch.tensor(GATES[gate], dtype=dtype).repeat(H, 1)[:H].unbind(-1)  # (H,) each
+        g = top - spread * torch.rand(B, T, H, generator=gen, dtype=dtype)  # always < 0
+    h0 = randn(B, H, K, V)
+    return [t.requires_grad_() if t is not None else None for t in (q, k, v, g, beta, h0)]
+
+
+def outputs_and_grads(fn, tensors, **kwargs):
+    """Run ``fn``; return (o, final state, grads of every input) for a loss on both outputs."""
+    q, k, v, g, beta, h0 = tensors
+    o, s = fn(q, k, v, g, beta, initial_state=h0, output_final_state=True, **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    weights = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype) for t in (o, s)]
+    loss = (o * weights[0]).sum() + (s * weights[1]).sum()
+    leaves = [t for t in tensors if t is not None]
+    return o, s, torch.autograd.grad(loss, leaves)
+
+
+@pytest.mark.parametrize(
+    "T, gate", [(1, "mixed"), (63, "mixed"), (500, "mixed"), (1000, "mixed"), (1, "none"), (63, "none"), (500, "none")]
+)
+def test_chunked_equals_naive_values_and_gradients(T, gate):
+    tensors = inputs(T=T, gate=gate, B=2 if T < 100 else 1)
+    o_ref, s_ref, grads_ref = outputs_and_grads(naive_gated_delta_rule, tensors)
+    for chunk_size in (16, 32, 64):
+        o, s, grads = outputs_and_grads(chunk_gated_delta_rule, tensors, chunk_size=chunk_size)
+        torch.testing.assert_close(o, o_ref, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(s, s_ref, rtol=1e-9, atol=1e-9)
+        names = [n for n, t in zip("q k v g beta h0".split(), tensors) if t is not None]
+        for name, a, b in zip(names, grads, grads_ref):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8, msg=f"d{name} (chunk {chunk_size})")
+
+
+def test_float32_chunked_matches_float64_reference():
+    t64 = inputs(T=300, gate="mixed", B=2, K=16, V=16)
+    t32 = [t.detach().float().requires_grad_() for t in t64]
+    o_ref, s_ref, g_ref = outputs_and_grads(naive_gated_delta_rule, t64)
+    o, s, grads = outputs_and_grads(chunk_gated_delta_rule, t32, chunk_size=64)
+    assert o.dtype == torch.float32
+    torch.testing.assert_close(o, o_ref.float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s, s_ref.float(), rtol=1e-4, atol=1e-4)
+    for a, b in zip(grads, g_ref):
+        torch.testing.assert_close(a, b.float(), rtol=1e-3, atol=1e-3)
+
+
+def test_extreme_decay_stays_finite():
+    q, k, v, g, beta, h0 = inputs(T=130, gate="strong")
+    g = torch.full_like(g, -80.0).requires_grad_()  # exp(-80 * 64) underflows inside a chunk
+    o, s, grads = outputs_and_grads(chunk_gated_delta_rule, [q, k, v, g, beta, h0])
+    o_ref, s_ref, _ = outputs_and_grads(naive_gated_delta_rule, [q, k, v, g, beta, h0])
+    assert all(torch.isfinite(t).all() for t in (o, s, *grads))
+    torch.testing.assert_close(o, o_ref, rtol=1e-9, atol=1e-9)
+
+
+def test_split_sequence_continues_from_the_carried_state():
+    q, k, v, g, beta, h0 = (t.detach() for t in inputs(T=150, gate="weak"))
+    full, s_full = gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, chunk_size=32)
+    parts, state = [], h0
+    for a, b in [(0, 37), (37, 38), (38, 150)]:
+        o, state = gated_delta_rule(
+            q[:, a:b], k[:, a:b], v[:, a:b], g[:, a:b], beta[:, a:b], initial_state=state, output_final_state=True
+        )
+        parts.append(o)
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state, s_full, rtol=1e-10, atol=1e-10)
+
+
+def test_single_step_is_one_token_of_the_recurrence():
+    q, k, v, g, beta, h0 = (t.detach() for t in inputs(T=1, gate="strong"))
+    o_seq, s_seq = naive_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True)
+    o, s = gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], h0)
+    torch.testing.assert_close(o, o_seq[:, 0])
+    torch.testing.assert_close(s, s_seq)
+    # the published update, written out: S = a (I - b k k^T) S0 + b k v^T
+    a, b, kk = g[0, 0, 0].exp(), beta[0, 0, 0], k[0, 0, 0]
+    expected = a * (torch.eye(8, dtype=kk.dtype) - b * torch.outer(kk, kk)) @ h0[0, 0] + b * torch.outer(kk, v[0, 0, 0])
+    torch.testing.assert_close(s[0, 0], expected)
+    torch.testing.assert_close(o[0, 0], expected.T @ (q[0, 0, 0] * 8**-0.5))
+
+
+def test_delta_rule_stores_and_recalls_orthogonal_keys():
+    """beta = 1 and no decay: writing (k_i, v_i) for orthonormal keys makes S^T k_i = v_i exactly."""
+    T, K, V = 16, 16, 5
+    keys = torch.linalg.qr(torch.randn(K, K, dtype=torch.float64))[0][:T].view(1, T, 1, K)
+    values = torch.randn(1, T, 1, V, dtype=torch.float64)
+    ones, zeros = torch.ones(1, T, 1, dtype=torch.float64), torch.zeros(1, T, 1, dtype=torch.float64)
+    _, state = gated_delta_rule(keys, keys, values, zeros, ones, output_final_state=True, chunk_size=8)
+    torch.testing.assert_close(torch.einsum("tk,kv->tv", keys[0, :, 0], state[0, 0]), values[0, :, 0])
+    # a second write to the same key replaces the value instead of adding to it
+    new_value = torch.randn(1, 1, 1, V, dtype=torch.float64)
+    _, state = gated_delta_rule(keys[:, :1], keys[:, :1], new_value, zeros[:, :1], ones[:, :1],
+                                initial_state=state, output_final_state=True)
+    torch.testing.assert_close(keys[0, 0, 0] @ state[0, 0], new_value[0, 0, 0])
+
+
+def test_gate_is_a_log_decay():
+    """With beta = 0 nothing is written and the state decays by exp(sum g)."""
+    q, k, v, g, beta, h0 = (t.detach() for t in inputs(T=40, gate="strong"))
+    g = torch.full_like(g, -0.05)
+    _, s = gated_delta_rule(q, k, v, g, torch.zeros_like(beta), initial_state=h0, output_final_state=True)
+    torch.testing.assert_close(s, h0 * torch.exp(torch.tensor(-0.05 * 40, dtype=h0.dtype)))
+
+
+def test_deltanet_is_the_gated_rule_with_unit_gate():
+    q, k, v, g, beta, h0 = (t.detach() for t in inputs(T=70, gate="strong"))
+    a = gated_delta_rule(q, k, v, None, beta, initial_state=h0, chunk_size=16)[0]
+    b = gated_delta_rule(q, k, v, torch.zeros_like(g), beta, initial_state=h0, chunk_size=16)[0]
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_low_precision_inputs_keep_a_float32_state():
+    q, k, v, g, beta, _ = (t.detach().bfloat16() for t in inputs(T=20, gate="weak", dtype=torch.float32))
+    o, s = gated_delta_rule(q, k, v, g, beta, output_final_state=True)
+    assert o.dtype == torch.bfloat16 and s.dtype == torch.float32
+
+
+def test_unit_lower_inverse_gradient():
+    A = (0.3 * torch.randn(3, 8, 8, dtype=torch.float64)).tril(-1).requires_grad_()
+    assert torch.autograd.gradcheck(UnitLowerInverse.apply, (A,))
+
+
+# --------------------------------------------------------------- flash-linear-attention
+
+
+def fla_naive():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from fla.ops.gated_delta_rule import naive
+    except Exception as e:  # not installed, or triton missing
+        pytest.skip(f"flash-linear-attention is not importable: {e}")
+    return naive
+
+
+@pytest.mark.parametrize("T", [63, 200])
+def test_matches_flash_linear_attention_reference(T):
+    """Same argument order, scale and gate sign as fla: its recurrent and chunk references agree with ours."""
+    naive = fla_naive()
+    tensors = [t.detach().float().requires_grad_() for t in inputs(T=T, gate="mixed", B=2, K=16, V=8)]
+    q, k, v, g, beta, h0 = tensors
+    ours_o, ours_s, ours_g = outputs_and_grads(gated_delta_rule, tensors, chunk_size=32)
+
+    def fla_recurrent(q, k, v, g, beta, initial_state, output_final_state):  # fla's takes beta before g
+        return naive.naive_recurrent_gated_delta_rule(q, k, v, beta, g, None, initial_state, output_final_state)
+
+    fla_o, fla_s, fla_g = outputs_and_grads(fla_recurrent, tensors)
+    torch.testing.assert_close(ours_o, fla_o, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours_s, fla_s, rtol=1e-4, atol=1e-4)
+    for a, b in zip(ours_g, fla_g):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+    chunk_o, chunk_s = naive.naive_chunk_gated_delta_rule(
+        q, k, v, g, beta, chunk_size=32, initial_state=h0, output_final_state=True
+    )
+    torch.testing.assert_close(ours_o, chunk_o, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours_s, chunk_s, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_dispatch_to_fla_matches_the_torch_path():
+    fla_naive()
+    tensors = [t.detach().float().cuda() for t in inputs(T=300, gate="weak", B=2, K=64, V=64)]
+    q, k, v, g, beta, h0 = tensors
+    o_fla, s_fla = gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, backend="fla")
+    o, s = gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, backend="torch")
+    torch.testing.assert_close(o_fla, o, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(s_fla, s, rtol=2e-3, atol=2e-3)
