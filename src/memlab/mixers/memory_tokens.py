@@ -1,0 +1,68 @@
+"""Memory-token reader (letter ``R``): every position attends to M learned memory tokens.
+
+The memory tokens are parameters of the layer (input-independent, like the persistent memory
+vectors of Sukhbaatar et al., 2019), so reading them is causal by construction: position t's
+output depends only on x_t and the weights.  They add a learned key-value store, not context
+memory; context is carried by the other layers of the pattern (the SSM state in ``ssm_mem``,
+or any ``A`` / ``S`` layers added to it).  The layer carries no recurrent state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memlab.config import ModelConfig
+from memlab.errors import MemlabError
+from memlab.mixers import register_mixer
+from memlab.mixers.base import Mixer, MixerState
+
+
+@dataclass
+class NoState(MixerState):
+    """A stateless layer's state: holds nothing (0 bytes)."""
+
+
+@register_mixer
+class MemoryTokenReader(Mixer):
+    """Multi-head attention from each position to ``recursion.n_memory_tokens`` learned tokens."""
+
+    letter = "R"
+    native_horizon = True  # reads no other position, so a horizon changes nothing
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__(config, layer_idx)
+        M, D = config.recursion.n_memory_tokens, config.d_model
+        if M < 1:
+            raise MemlabError("the memory-token reader 'R' needs recursion.n_memory_tokens >= 1")
+        self.n_heads, self.head_dim = config.n_heads, config.head_dim
+        self.memory = nn.Parameter(torch.empty(M, D))
+        self.q_proj = nn.Linear(D, D, bias=False)
+        self.kv_proj = nn.Linear(D, 2 * D, bias=False)
+        self.out_proj = nn.Linear(D, D, bias=False)
+        self.init_special_parameters()
+
+    def init_special_parameters(self) -> None:
+        nn.init.normal_(self.memory, std=self.config.init_std)
+
+    def mix(self, x: torch.Tensor, state: NoState | None) -> torch.Tensor:
+        Bsz, T, D = x.shape  # x: (B, T, D)
+        H, Dh = self.n_heads, self.head_dim
+        q = self.q_proj(x).view(Bsz, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh)
+        memory = F.rms_norm(self.memory, (D,), eps=self.config.norm_eps)  # scaled like the normed input x
+        k, v = self.kv_proj(memory).view(-1, 2, H, Dh).permute(1, 2, 0, 3)  # (H, M, Dh) each
+        y = F.scaled_dot_product_attention(q, k.expand(Bsz, -1, -1, -1), v.expand(Bsz, -1, -1, -1))
+        return self.out_proj(y.transpose(1, 2).reshape(Bsz, T, D))
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> NoState:
+        return NoState()
+
+    def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
+        return 0
+
+    def extra_flops_per_token(self, seq_len: int) -> float:
+        """Scores and weighted values over the M memory tokens (forward + backward)."""
+        return 12.0 * self.n_heads * self.head_dim * self.memory.shape[0]

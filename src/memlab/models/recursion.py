@@ -1,0 +1,223 @@
+"""Recursive model bodies: a parameter-shared loop, adaptive computation time, latent thoughts.
+
+Each is a body like :class:`memlab.models.body.Stack` (``forward(h, states=None) -> h`` for
+``h: (B, T, D)``, ``init_state``, ``state_nbytes``, ``max_depth``, ``aux_loss``, ``diagnostics``,
+``flops_per_token``) and is chosen by ``config.recursion.kind``.
+
+* ``shared_loop``: the ``n_layers`` unique blocks applied ``n_unroll`` times (6 blocks x 4 = 24
+  block applications), optionally adding the body's input back before every iteration after the
+  first.  In recurrent mode every application has its own state (its inputs differ).
+* ``act``: the blocks form one step of a shared core, repeated per position with Graves' (2016)
+  adaptive computation time (see :class:`AdaptiveComputationTime`).
+* ``latent``: the stack with a causal latent-thought stream between its lower and upper halves
+  (see :mod:`memlab.mixers.thoughts`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memlab.config import ModelConfig
+from memlab.errors import MemlabError
+from memlab.mixers.thoughts import LatentThoughts
+from memlab.models.block import build_blocks
+from memlab.models.body import Stack, block_flops_per_token
+from memlab.models.lm import BODIES
+
+
+class LoopBody(nn.Module):
+    """The unique blocks of a looped body and one application of them (one loop step)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.blocks = build_blocks(config)
+
+    @property
+    def n_steps(self) -> int:
+        """Most loop steps a forward can take (read from the config, so evaluation may change it)."""
+        raise NotImplementedError
+
+    def step(self, h: torch.Tensor, inputs: torch.Tensor, n: int, states: list | None) -> torch.Tensor:
+        """Loop step ``n`` (from 0) over ``h: (B, T, D)``; re-injects the body's ``inputs`` if configured."""
+        if n > 0 and self.config.recursion.reinject:
+            h = h + inputs
+        nb = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            h = block(h, None if states is None else states[n * nb + i])
+        return h
+
+    @property
+    def max_depth(self) -> int:
+        return len(self.blocks) * self.n_steps
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> list:
+        """One state per block application: ``states[step * n_blocks + block]``."""
+        return [b.mixer.init_state(batch_size, device, dtype) for _ in range(self.n_steps) for b in self.blocks]
+
+    def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
+        return self.n_steps * sum(b.mixer.state_nbytes(context_len, batch_size, dtype) for b in self.blocks)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token when all ``n_steps`` steps run (an upper bound for ACT)."""
+        return self.n_steps * sum(block_flops_per_token(b, seq_len) for b in self.blocks)
+
+    def aux_loss(self) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class SharedLoop(LoopBody):
+    """``n_unroll`` iterations over the unique blocks; parameters are those of the blocks alone."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        if config.recursion.n_unroll < 1:
+            raise MemlabError("shared_loop needs recursion.n_unroll >= 1")
+        super().__init__(config)
+
+    @property
+    def n_steps(self) -> int:
+        return self.config.recursion.n_unroll
+
+    def forward(self, h: torch.Tensor, states: list | None = None) -> torch.Tensor:
+        inputs = h
+        for n in range(self.n_steps):
+            h = self.step(h, inputs, n, states)
+        return h
+
+    def diagnostics(self) -> dict[str, float]:
+        return {"effective_depth": float(self.max_depth)}
+
+
+class AdaptiveComputationTime(LoopBody):
+    """Per-position adaptive computation time over the blocks (one step = all blocks once).
+
+    At step n every position still running is updated, ``h^n = core(h^{n-1})``; a halted
+    position keeps its value (as in the Universal Transformer), so what later positions read
+    from it is fixed and causal.  From step ``act_min_steps`` on, a halting unit gives
+    ``p^n = sigmoid(w . rmsnorm(h^n) + b)``; position t halts at the first step N where the sum
+    of its p reaches ``act_threshold`` (or at ``act_max_steps``).  Its output is
+    ``sum_{n<N} p^n h^n + R h^N`` with the remainder ``R = 1 - sum_{n<N} p^n``, and its ponder
+    cost is ``N + R``; ``lambda_ponder * mean(N + R)`` is the auxiliary loss, whose gradient
+    reaches the halting unit through R.
+
+    The parallel form stops once every position has halted.  The recurrent form (with states)
+    always runs all ``act_max_steps`` steps, so each step's state covers every position a later
+    token may need; the outputs are identical because halted positions no longer change.
+    ``act_fixed_steps = K`` runs exactly K steps and returns ``h^K`` (the shared loop with K
+    iterations), for comparisons at a fixed compute; it may also be set on a built model
+    (``model.config.recursion.act_fixed_steps = K``), before its states are made.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        rc = config.recursion
+        if not 1 <= rc.act_min_steps <= rc.act_max_steps or not 0 < rc.act_threshold <= 1:
+            raise MemlabError("act needs 1 <= act_min_steps <= act_max_steps and 0 < act_threshold <= 1")
+        if rc.act_fixed_steps is not None and rc.act_fixed_steps < 1:
+            raise MemlabError("act_fixed_steps must be >= 1")
+        super().__init__(config)
+        self.halt = nn.Linear(config.d_model, 1)
+        self._ponder: torch.Tensor | None = None  # (B, T) N + R of the last forward
+        self._steps: torch.Tensor | None = None  # (B, T) N of the last forward
+
+    @property
+    def n_steps(self) -> int:
+        rc = self.config.recursion
+        return rc.act_fixed_steps or rc.act_max_steps
+
+    def halting_probability(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T) probability of halting after this step."""
+        h = F.rms_norm(h, (h.shape[-1],), eps=self.config.norm_eps)
+        return torch.sigmoid(self.halt(h).squeeze(-1))
+
+    def forward(self, h: torch.Tensor, states: list | None = None) -> torch.Tensor:
+        rc = self.config.recursion
+        inputs = h
+        if rc.act_fixed_steps is not None:
+            for n in range(self.n_steps):
+                h = self.step(h, inputs, n, states)
+            self._steps, self._ponder = torch.full(h.shape[:2], float(self.n_steps), device=h.device), None
+            return h
+        running = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)  # (B, T)
+        cum = h.new_zeros(h.shape[:2])  # sum of p over the steps before the current one
+        steps, remainder, out = h.new_zeros(h.shape[:2]), h.new_zeros(h.shape[:2]), torch.zeros_like(h)
+        for n in range(self.n_steps):
+            if states is None and not bool(running.any()):
+                break  # parallel form: nothing left to compute
+            h = torch.where(running[..., None], self.step(h, inputs, n, states), h)
+            steps = steps + running
+            if n + 1 < rc.act_min_steps:
+                continue
+            p = self.halting_probability(h)
+            halts = running & ((cum + p >= rc.act_threshold) | (n + 1 == self.n_steps))
+            weight = torch.where(halts, 1 - cum, torch.where(running, p, torch.zeros_like(p)))
+            out = out + weight[..., None] * h
+            remainder = torch.where(halts, 1 - cum, remainder)
+            cum = torch.where(running & ~halts, cum + p, cum)
+            running = running & ~halts
+        self._steps, self._ponder = steps, steps + remainder
+        return out
+
+    def aux_loss(self) -> dict[str, torch.Tensor]:
+        if self._ponder is None:
+            return {}
+        return {"ponder": self.config.recursion.lambda_ponder * self._ponder.mean()}
+
+    def diagnostics(self) -> dict[str, float]:
+        """Mean steps per token, the fraction of tokens at each step count, mean ponder cost N + R."""
+        if self._steps is None:
+            return {"effective_depth": float(self.max_depth)}
+        steps = self._steps.detach()
+        mean = steps.mean().item()
+        out = {"act.mean_steps": mean, "effective_depth": mean * len(self.blocks)}
+        lowest = self.config.recursion.act_min_steps if self._ponder is not None else self.n_steps
+        for k in range(lowest, self.n_steps + 1):
+            out[f"act.steps_{k}_frac"] = (steps == k).float().mean().item()
+        if self._ponder is not None:
+            out["act.ponder"] = self._ponder.detach().mean().item()
+        return out
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Upper bound: every position runs all steps (measured steps are in :meth:`diagnostics`)."""
+        return super().flops_per_token(seq_len) + self.n_steps * 6.0 * self.halt.weight.numel()
+
+
+class LatentThoughtStack(Stack):
+    """The block stack with a causal latent-thought stream after its lower half.
+
+    ``h = h + thoughts(norm(h))`` before block ``n_layers // 2``; the thought
+    stream is the mixer :class:`memlab.mixers.thoughts.LatentThoughts` with layer index
+    ``n_layers`` (so ablations and diagnostics address it like a layer); its state is the last
+    entry of the body's state list.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.split = config.n_layers // 2  # thoughts are read before block `split`
+        self.thought_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.thoughts = LatentThoughts(config, layer_idx=config.n_layers)
+
+    def forward(self, h: torch.Tensor, states: list | None = None) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            if i == self.split:
+                h = h + self.thoughts(self.thought_norm(h), None if states is None else states[-1])
+            h = block(h, None if states is None else states[i])
+        return h
+
+    @property
+    def max_depth(self) -> int:
+        return len(self.blocks) + 1
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> list:
+        return [*super().init_state(batch_size, device, dtype), self.thoughts.init_state(batch_size, device, dtype)]
+
+    def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
+        thoughts = self.thoughts.state_nbytes(context_len, batch_size, dtype)
+        return super().state_nbytes(context_len, batch_size, dtype) + thoughts
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return super().flops_per_token(seq_len) + self.thoughts.flops_per_token()
+
+
+BODIES.update(shared_loop=SharedLoop, act=AdaptiveComputationTime, latent=LatentThoughtStack)

@@ -1,0 +1,266 @@
+"""Recursive bodies: shared loop, adaptive computation time (ACT), latent thoughts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import memlab
+from memlab.analysis.info import describe
+from memlab.config import build_config
+from memlab.errors import MemlabError
+from memlab.mixers.thoughts import LatentThoughts
+
+
+def build(variant: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return memlab.build_model(variant, size="tiny", **overrides).eval()
+
+
+def tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 512, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def decode_matches_parallel(model, x: torch.Tensor, prefix: int) -> None:
+    with torch.no_grad():
+        full = model(x)
+        state = model.init_state(batch_size=x.shape[0])
+        steps = [model(x[:, :prefix], state)] + [model(x[:, t : t + 1], state) for t in range(prefix, x.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ shared loop
+
+
+def test_shared_loop_with_one_iteration_equals_the_baseline():
+    base = build("baseline")
+    loop = build("shared_loop", seed=5, **{"recursion.n_unroll": 1})
+    loop.load_state_dict(base.state_dict())
+    x = tokens(2, 30)
+    with torch.no_grad():
+        torch.testing.assert_close(loop(x), base(x), atol=0, rtol=0)
+
+
+def test_shared_loop_reuses_parameters_and_reports_its_effective_depth():
+    loop, base = build("shared_loop"), build("baseline")
+    assert loop.num_params() == base.num_params()
+    n_blocks, n_unroll = loop.config.n_layers, loop.config.recursion.n_unroll
+    assert loop.diagnostics()["effective_depth"] == n_blocks * n_unroll == loop.body.max_depth
+    info = describe("shared_loop", "nano")
+    assert info["effective_depth"] == 24 and info["layer_pattern"] == "AAAAAA"
+    assert len(loop.init_state(1).layers) == n_blocks * n_unroll  # one state per block application
+
+
+def test_shared_loop_iterations_compose_the_blocks():
+    """Two iterations = the baseline's blocks applied to their own output (same weights)."""
+    base = build("baseline")
+    loop = build("shared_loop", **{"recursion.n_unroll": 2})
+    loop.load_state_dict(base.state_dict())
+    x = tokens(1, 20)
+    with torch.no_grad():
+        h = base.embed(x)
+        for _ in range(2):
+            h = base.body(h)
+        torch.testing.assert_close(loop(x), base.head(base.norm(h)), atol=1e-6, rtol=1e-6)
+
+
+def test_shared_loop_reinjection_is_causal_and_recurrent():
+    plain, reinject = build("shared_loop"), build("shared_loop", **{"recursion.reinject": True})
+    x = tokens(2, 40)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), reinject(x))
+    decode_matches_parallel(reinject, x, 33)
+
+
+# -------------------------------------------------------------------------- ACT
+
+
+def spread_halting(model, scale: float = 4.0) -> None:
+    """Make the halting unit position-dependent so tokens halt after different numbers of steps."""
+    with torch.no_grad():
+        model.body.halt.weight.normal_(0, scale / model.config.d_model**0.5)
+        model.body.halt.bias.fill_(-0.5)
+
+
+def test_act_positions_halt_after_different_step_counts_and_stay_exact():
+    model = build("act")
+    spread_halting(model)
+    x = tokens(2, 50)
+    with torch.no_grad():
+        model(x)
+    steps = model.body._steps
+    rc = model.config.recursion
+    assert steps.min() >= rc.act_min_steps and steps.max() <= rc.act_max_steps
+    assert len(steps.unique()) >= 2, "the test needs positions that halt at different steps"
+    decode_matches_parallel(model, x, 29)
+    y = x.clone()
+    y[:, 30:] = tokens(2, 20, seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(model(y)[:, :30], model(x)[:, :30], atol=1e-5, rtol=1e-5)
+
+
+def test_act_halting_head_gets_gradients_from_the_ponder_cost():
+    model = build("act").train()
+    spread_halting(model, scale=1.0)
+    model(tokens(2, 24))
+    ponder = model.aux_losses()["ponder"]
+    ponder.backward()
+    assert model.body.halt.weight.grad.abs().sum() > 0 and model.body.halt.bias.grad.abs() > 0
+
+
+def test_act_halting_head_gets_gradients_from_the_language_loss():
+    model = build("act").train()
+    x = tokens(2, 24)
+    logits = model(x)
+    F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten()).backward()
+    assert model.body.halt.weight.grad.abs().sum() > 0
+
+
+def test_act_ponder_cost_scales_with_lambda():
+    x = tokens(2, 24)
+    costs = []
+    for lam in (0.01, 0.1):
+        model = build("act", **{"recursion.lambda_ponder": lam})
+        with torch.no_grad():
+            model(x)
+        costs.append(model.aux_losses()["ponder"].item())
+        mean_ponder = model.diagnostics()["act.ponder"]
+        assert costs[-1] == pytest.approx(lam * mean_ponder)
+    assert costs[1] == pytest.approx(10 * costs[0])
+
+
+def test_act_steps_follow_the_halting_probability():
+    rc = build("act").config.recursion
+    for bias, expected in ((20.0, rc.act_min_steps), (-20.0, rc.act_max_steps)):
+        model = build("act")
+        with torch.no_grad():
+            model.body.halt.weight.zero_()
+            model.body.halt.bias.fill_(bias)
+            model(tokens(1, 16))
+        d = model.diagnostics()
+        assert d["act.mean_steps"] == expected
+        assert d[f"act.steps_{expected}_frac"] == 1.0
+        assert d["effective_depth"] == expected * model.config.n_layers
+
+
+def test_act_diagnostics_describe_the_step_distribution():
+    model = build("act")
+    spread_halting(model)
+    with torch.no_grad():
+        model(tokens(2, 40))
+    d = model.diagnostics()
+    rc = model.config.recursion
+    fracs = [d[f"act.steps_{k}_frac"] for k in range(rc.act_min_steps, rc.act_max_steps + 1)]
+    assert sum(fracs) == pytest.approx(1.0)
+    assert d["act.mean_steps"] == pytest.approx(sum(k * f for k, f in zip(range(rc.act_min_steps, 99), fracs)))
+
+
+def test_act_with_fixed_steps_equals_the_shared_loop():
+    act = build("act", **{"recursion.act_fixed_steps": 3})
+    loop = build("shared_loop", **{"recursion.n_unroll": 3})
+    missing, unexpected = loop.load_state_dict(act.state_dict(), strict=False)
+    assert not missing and all(k.startswith("body.halt") for k in unexpected)
+    x = tokens(2, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(act(x), loop(x), atol=0, rtol=0)
+    assert act.aux_losses() == {} and act.diagnostics()["act.mean_steps"] == 3
+
+
+def test_act_steps_can_be_fixed_on_a_built_model_for_evaluation():
+    model, fixed = build("act"), build("act", **{"recursion.act_fixed_steps": 5})
+    x = tokens(1, 20)
+    model.config.recursion.act_fixed_steps = 5
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), fixed(x), atol=0, rtol=0)
+    assert model.body.max_depth == 5 * model.config.n_layers
+    decode_matches_parallel(model, x, 15)
+
+
+def test_act_rejects_inconsistent_step_bounds():
+    with pytest.raises(MemlabError, match="act_min_steps"):
+        build("act", **{"recursion.act_min_steps": 5, "recursion.act_max_steps": 3})
+
+
+# ---------------------------------------------------------------------- latent
+
+
+def thoughts_mixer(segment_len: int = 8) -> LatentThoughts:
+    torch.manual_seed(0)
+    cfg = build_config("latent", "tiny", **{"recursion.segment_len": segment_len})
+    return LatentThoughts(cfg, cfg.n_layers).eval()
+
+
+def test_thoughts_carry_earlier_segments_and_never_the_current_one():
+    m = thoughts_mixer(8)
+    x = torch.randn(1, 32, m.config.d_model)
+    with torch.no_grad():
+        base = m(x)
+        for changed in (2, 9, 20):  # a position in segments 0, 1, 2
+            y = x.clone()
+            y[:, changed] += 1.0
+            out = m(y)
+            segment_end = (changed // 8 + 1) * 8
+            # other positions up to the end of the changed position's segment read the same thoughts ...
+            same = [t for t in range(segment_end) if t != changed]
+            torch.testing.assert_close(out[:, same], base[:, same], atol=1e-6, rtol=1e-6)
+            # ... and every later segment reads thoughts refined on it
+            assert not torch.allclose(out[:, segment_end:], base[:, segment_end:], atol=1e-6)
+
+
+def test_thoughts_state_refines_at_the_same_segment_boundaries():
+    m = thoughts_mixer(8)
+    x = torch.randn(2, 37, m.config.d_model)
+    with torch.no_grad():
+        full = m(x)
+        state = m.init_state(2)
+        pieces, start = [], 0
+        for n in (3, 1, 12, 1, 1, 19):
+            pieces.append(m(x[:, start : start + n], state))
+            start += n
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert state.filled == 37 % 8 and state.nbytes == m.state_nbytes(37, batch_size=2)
+
+
+def test_latent_model_decodes_across_segment_boundaries():
+    model = build("latent")
+    L = model.config.recursion.segment_len
+    x = tokens(2, 3 * L + 5)
+    decode_matches_parallel(model, x, L + 3)  # decoding crosses two boundaries
+
+
+def test_latent_zero_ablation_removes_the_thought_read_out():
+    model = build("latent")
+    x = tokens(1, 40)
+    with torch.no_grad(), memlab.ablate(model, mode="zero", layers=[model.config.n_layers]) as layers:
+        model(x)
+        assert layers == [model.config.n_layers]
+        h = model.body.thought_norm(torch.randn(1, 40, model.config.d_model))
+        assert model.body.thoughts(h).abs().max() == 0
+
+
+# --------------------------------------------------------------------- presets
+
+
+def test_presets_match_the_source_study_at_nano():
+    loop, lat, act = (build_config(v, "nano").recursion for v in ("shared_loop", "latent", "act"))
+    assert build_config("shared_loop", "nano").n_layers * loop.n_unroll == 24
+    assert (lat.n_thoughts, lat.thought_iters, lat.segment_len) == (16, 4, 64)
+    assert (act.act_min_steps, act.act_max_steps, act.act_threshold, act.lambda_ponder) == (2, 8, 0.99, 0.01)
+    ssm, ssm_mem = build_config("ssm", "nano"), build_config("ssm_mem", "nano")
+    assert 64 <= ssm.ssm.d_state <= 128 and ssm.pattern == "M" * 12 and ssm.ffn_dim == 0
+    assert ssm_mem.recursion.n_memory_tokens == 64 and ssm_mem.pattern.count("M") == 12
+    assert set(ssm_mem.pattern) == {"M", "R"}
+
+
+@pytest.mark.parametrize("size", ["tiny", "nano", "125M", "1B"])
+def test_every_variant_builds_at_every_size(size):
+    for variant in ("shared_loop", "latent", "act", "ssm", "ssm_mem"):
+        info = describe(variant, size)
+        assert info["params"] > 0 and info["state_bytes_per_sequence"] > 0
+
+
+def test_ssm_mem_accepts_attention_layers_in_its_pattern():
+    model = build("ssm_mem", layer_pattern="MMRA")
+    assert model.config.pattern == "MMRAMMRAMM"
+    decode_matches_parallel(model, tokens(1, 30), 20)
