@@ -1,0 +1,306 @@
+"""A scaling ladder: train each variant at several sizes under one recipe, then fit and judge.
+
+Sizes are size presets (``tiny``, ``nano``, ``125M``, ...), width/depth pairs (``d256l4``) or
+target parameter counts (``1M``, ``2.5M``, ``300K``, ``1.3B``; a preset of the same name wins).
+A target count N is met by the **size rule**: among widths d (multiples of 64, one head per 64
+dimensions) and depths l whose aspect ratio d / l lies within [aspect / 2, 2 * aspect]
+(default aspect 32, as in the source ladder 1M = d128l4, 10M = d256l8), pick the pair that
+minimises ``|log(count / N)| + 0.1 * |log((d / l) / aspect)|``, where ``count`` is the
+variant's *non-embedding* parameter count (estimated from shallow builds on the meta device,
+then measured exactly for the best candidates).
+N counts non-embedding parameters (as in Kaplan et al., 2020): the vocabulary then does not
+move the ladder.
+
+Every rung is a training run ``<out_dir>/<variant>/<size>``; a finished run with the same
+recipe is not retrained, an unfinished one resumes.  All rungs share one data directory (one
+tokenizer).  Each rung's loss is the mean validation loss of its final model over the same
+validation windows the trainer uses; the per-window losses drive the bootstrap of the fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from memlab.config import SIZES, build_config, size_fields
+from memlab.errors import MemlabError
+from memlab.models.lm import LanguageModel
+
+log = logging.getLogger(__name__)
+
+_COUNT = re.compile(r"^(\d+(?:\.\d+)?)([KMB])$", re.IGNORECASE)
+_UNITS = {"K": 1e3, "M": 1e6, "B": 1e9}
+MAX_DEPTH = 128
+
+
+# ---------------------------------------------------------------------- sizes
+
+
+def parse_param_count(label: str) -> float | None:
+    """``"10M"`` -> 1e7, ``"2.5k"`` -> 2500; None for anything else."""
+    m = _COUNT.match(label)
+    return float(m.group(1)) * _UNITS[m.group(2).upper()] if m else None
+
+
+@cache
+def non_embedding_params(variant: str, size: str) -> int:
+    """The variant's non-embedding parameter count at ``size`` (built on the meta device)."""
+    with torch.device("meta"):
+        return LanguageModel(build_config(variant, size)).num_params(non_embedding=True)
+
+
+def size_for_params(variant: str, target: float, aspect: float = 32.0) -> str:
+    """The ``dWlL`` size of ``variant`` closest to ``target`` non-embedding parameters (the size rule).
+
+    Every candidate's count is first estimated as linear in depth from two shallow builds per
+    width (one and two periods of the layer pattern); the best few estimates are then measured
+    exactly on full builds, and the rule picks among those.
+    """
+    period = len(build_config(variant, "d64l1").layer_pattern)
+
+    def score(count: float, d: int, depth: int) -> float:
+        return abs(math.log(count / target)) + 0.1 * abs(math.log(d / depth / aspect))
+
+    estimates: list[tuple[float, int, int]] = []
+    for d in range(64, 64 * 1024, 64):
+        depths = range(max(1, math.ceil(d / (2 * aspect))), min(MAX_DEPTH, math.floor(2 * d / aspect)) + 1)
+        if not depths:
+            continue
+        one, two = non_embedding_params(variant, f"d{d}l{period}"), non_embedding_params(variant, f"d{d}l{2 * period}")
+        per_layer = (two - one) / period
+        counts = [(one + per_layer * (depth - period), depth) for depth in depths]
+        if min(c for c, _ in counts) > 4 * target:  # wider only grows
+            break
+        estimates += [(score(c, d, depth), d, depth) for c, depth in counts if c > 0]
+    if not estimates:
+        raise MemlabError(f"no width/depth pair of {variant} comes near {target:.3g} non-embedding parameters")
+    shortlist = sorted(estimates)[:4]
+    exact = [(score(non_embedding_params(variant, f"d{d}l{depth}"), d, depth), d, depth) for _, d, depth in shortlist]
+    _, d, depth = min(exact)
+    return f"d{d}l{depth}"
+
+
+def resolve_size(variant: str, label: str, aspect: float = 32.0) -> str:
+    """A size the model builder accepts: presets and ``dWlL`` as given, parameter counts by the size rule."""
+    if label in SIZES or parse_param_count(label) is None:
+        try:
+            size_fields(label)
+        except MemlabError:
+            raise MemlabError(
+                f"unknown size {label!r}; valid: a preset ({', '.join(SIZES)}), a width/depth pair like d256l4, "
+                "or a parameter count like 1M, 2.5M, 300K"
+            ) from None
+        build_config(variant, label)  # a pair that cannot be built (heads do not divide) fails here
+        return label
+    return size_for_params(variant, parse_param_count(label), aspect)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------- rungs
+
+
+@dataclass
+class Rung:
+    """One trained point of the ladder."""
+
+    variant: str
+    label: str  # the size as asked for ("10M")
+    size: str  # the size trained ("d320l10")
+    run_dir: str
+    params: int
+    non_embedding_params: int
+    tokens: int  # tokens trained on
+    flops_per_token: float  # training FLOPs per token at the recipe's sequence length
+    loss: float  # mean validation loss of the final model
+    window_losses: list[float] = field(default_factory=list)  # per validation window
+
+    @property
+    def flops(self) -> float:
+        return self.flops_per_token * self.tokens
+
+    @property
+    def loss_ci95(self) -> tuple[float, float]:
+        """Normal interval of the mean over windows (a zero-width interval for one window)."""
+        n = len(self.window_losses)
+        sd = float(torch.tensor(self.window_losses, dtype=torch.float64).std()) if n > 1 else 0.0
+        half = 1.96 * sd / math.sqrt(max(n, 1))
+        return self.loss - half, self.loss + half
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "flops": self.flops, "loss_ci95": list(self.loss_ci95)}
+
+
+def plan(variants: list[str], labels: list[str], aspect: float = 32.0) -> dict[str, list[tuple[str, str]]]:
+    """Per variant, the (label, size) pairs to train; fails early on bad names and on too few sizes."""
+    from memlab.config import list_variants
+    from memlab.errors import choose
+
+    if len(labels) < 3:
+        raise MemlabError(f"a fit of L = a * N^-alpha + c needs >= 3 sizes, got {len(labels)}: {', '.join(labels)}")
+    out = {}
+    for variant in variants:
+        choose("variant", variant, list_variants())
+        sizes = [(label, resolve_size(variant, label, aspect)) for label in labels]
+        counts: dict[int, str] = {}
+        for label, size in sizes:
+            n = non_embedding_params(variant, size)
+            if n in counts:
+                raise MemlabError(f"sizes {counts[n]} and {label} of {variant} are the same model ({size}); drop one")
+            counts[n] = label
+        out[variant] = sizes
+    return out
+
+
+def train_rung(recipe, variant: str, label: str, size: str, tokens: int, out_dir: Path) -> Rung:
+    """Train (or resume, or reuse) one rung and measure its validation loss per window."""
+    from memlab.train.trainer import CONFIG_FILE as RUN_CONFIG
+    from memlab.train.trainer import SUMMARY_FILE, read_run_config, train
+
+    run_dir = out_dir / variant / label
+    cfg = dataclasses.replace(
+        recipe, variant=variant, model_size=size, total_tokens=tokens, output_dir=str(run_dir),
+        resume=False, overwrite=False,
+    )
+    summary_file = run_dir / SUMMARY_FILE
+    finished = (
+        summary_file.is_file()
+        and json.loads(summary_file.read_text()).get("status") == "completed"
+        and (run_dir / RUN_CONFIG).is_file()
+        and not cfg.differences(read_run_config(run_dir))
+    )
+    if finished:
+        log.info("%s %s: finished run in %s, not retrained", variant, label, run_dir)
+    else:
+        train(cfg)
+    summary = json.loads(summary_file.read_text())
+    if summary.get("status") != "completed":
+        raise MemlabError(f"the run {run_dir} ended {summary.get('status')!r}; see its metrics.jsonl")
+    model, window_losses = final_model_losses(run_dir, cfg)
+    return Rung(
+        variant=variant, label=label, size=size, run_dir=str(run_dir), params=model.num_params(),
+        non_embedding_params=model.num_params(non_embedding=True), tokens=int(summary["tokens_seen"]),
+        flops_per_token=model.estimate_flops_per_token(cfg.seq_len),
+        loss=sum(window_losses) / len(window_losses), window_losses=window_losses,
+    )
+
+
+@torch.no_grad()
+def final_model_losses(run_dir: Path, cfg) -> tuple[LanguageModel, list[float]]:
+    """The run's final model and its mean next-token loss on each validation window the trainer reads."""
+    from memlab.data.shards import TokenShards
+    from memlab.models.paths import latest_whole_checkpoint
+
+    checkpoint = latest_whole_checkpoint(run_dir)
+    if checkpoint is None:
+        raise MemlabError(f"{run_dir} has no whole checkpoint to measure")
+    model = LanguageModel.load(checkpoint).eval()
+    if cfg.eval_tokens < cfg.seq_len:
+        raise MemlabError(f"--eval_tokens {cfg.eval_tokens} is less than one window of --seq_len {cfg.seq_len}")
+    val = TokenShards(cfg.data_dir, "val", verify=False)
+    losses: list[float] = []
+    for windows in val.sequential_windows(cfg.batch_size, cfg.seq_len, max_windows=cfg.eval_tokens // cfg.seq_len):
+        logits = model(windows[:, :-1])  # (b, T, V)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten(), reduction="none")
+        losses += nll.view(windows.shape[0], -1).mean(dim=1).tolist()  # (b,) one mean per window
+    return model, losses
+
+
+# ---------------------------------------------------------------------- ladder
+
+
+def default_recipe():
+    """The trainer's defaults for language modelling alone: no algorithmic phase, no task evaluation."""
+    from memlab.train.config import TrainConfig
+
+    return TrainConfig(alg_tokens=0, alg_tasks=[])
+
+
+def run_ladder(
+    variants: list[str],
+    labels: list[str],
+    recipe,
+    out_dir: str | Path,
+    tokens: int | None = None,
+    tokens_per_param: float | None = None,
+    aspect: float = 32.0,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train the ladder, fit L(N) and L(C) per variant, write scaling.json/.md/.png; returns the report."""
+    from memlab.analysis.scaling import fit_power_law, plot_ladder, verdict
+
+    if (tokens is None) == (tokens_per_param is None):
+        raise MemlabError("give exactly one of --tokens N or --tokens-per-param R")
+    if (tokens is not None and tokens < 1) or (tokens_per_param is not None and tokens_per_param <= 0):
+        raise MemlabError("--tokens and --tokens-per-param must be positive")
+    if recipe.corpus == "none":
+        raise MemlabError("a scaling ladder is fitted to validation loss: the recipe needs a corpus, not --corpus none")
+    out_dir = Path(out_dir)
+    plans = plan(variants, labels, aspect)
+    recipe = dataclasses.replace(recipe, data_dir=recipe.data_dir or str(out_dir / "data"))  # one tokenizer
+    report: dict[str, Any] = {
+        "recipe": recipe.to_dict(),
+        "tokens": tokens,
+        "tokens_per_param": tokens_per_param,
+        "size_rule": {"aspect": aspect, "params": "non-embedding"},
+        "variants": {},
+    }
+    rungs_by_variant = {}
+    for variant, sizes in plans.items():
+        rungs = []
+        for label, size in sizes:
+            budget = tokens or max(1, round(tokens_per_param * non_embedding_params(variant, size)))  # type: ignore
+            rungs.append(train_rung(recipe, variant, label, size, budget, out_dir))
+        rungs_by_variant[variant] = rungs
+        batches = [r.window_losses for r in rungs]
+        losses = [r.loss for r in rungs]
+        by_params = fit_power_law([r.non_embedding_params for r in rungs], losses, batches, n_bootstrap, seed)
+        by_compute = fit_power_law([r.flops for r in rungs], losses, batches, n_bootstrap, seed)
+        report["variants"][variant] = {
+            "rungs": [r.to_dict() for r in rungs],
+            "fit_params": by_params.to_dict(),
+            "fit_compute": by_compute.to_dict(),
+            "verdict": dataclasses.asdict(verdict(by_params)),
+        }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "scaling.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "scaling.md").write_text(markdown_report(report))
+    plot_ladder(report, out_dir / "scaling.png")
+    return report
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The ladder's table and fits, one section per variant."""
+    budget = (f"{report['tokens']:,} tokens per rung" if report["tokens"]
+              else f"{report['tokens_per_param']} tokens per non-embedding parameter")
+    lines = ["# Scaling ladder", "", f"Recipe: {budget}; N = non-embedding parameters; C = training FLOPs.", ""]
+    for variant, v in report["variants"].items():
+        lines += [
+            f"## {variant}", "",
+            "| size | trained as | N | params | tokens | C (FLOPs) | val loss [95% CI] | windows |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in v["rungs"]:
+            lo, hi = r["loss_ci95"]
+            lines.append(
+                f"| {r['label']} | {r['size']} | {r['non_embedding_params']:,} | {r['params']:,} | {r['tokens']:,} "
+                f"| {r['flops']:.3g} | {r['loss']:.4f} [{lo:.4f}, {hi:.4f}] | {len(r['window_losses'])} |"
+            )
+        fp, fc = v["fit_params"], v["fit_compute"]
+        lines += [
+            "",
+            f"- L(N) = {fp['a']:.4g} N^-{fp['alpha']:.4f} + {fp['c']:.4f} (rmse {fp['rmse']:.2g})",
+            f"- L(C) = {fc['a']:.4g} C^-{fc['alpha']:.4f} + {fc['c']:.4f} (rmse {fc['rmse']:.2g})",
+            f"- verdict: {v['verdict']['text']}",
+            "",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,177 @@
+"""A portable model directory: weights, config, tokenizer and a model card, nothing else needed.
+
+``export(checkpoint, out)`` writes::
+
+    out/config.json             the model's ModelConfig (what memlab.load reads)
+    out/model.safetensors       the weights (no pickled code)
+    out/tokenizer.memlab.json   the tokenizer (plus tokenizer.json for BPE)
+    out/summary.json            the training summary, when the checkpoint belongs to a run
+    out/eval/results_*.json     the evaluation results of this very model directory, when present
+    out/README.md               a model card: architecture, usage, training summary, evaluation
+
+and ``memlab.load(out)`` / ``load_tokenizer(out)`` read it back.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import memlab
+from memlab.analysis.info import human
+from memlab.errors import MemlabError
+from memlab.eval.hub import find_tokenizer, run_dir_of
+from memlab.eval.schema import read_results
+from memlab.models.paths import resolve_model_dir
+
+SUMMARY_FILE, CARD_FILE = "summary.json", "README.md"
+
+
+def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Export the model of a run, checkpoint, model or export directory into ``out``; returns ``out``."""
+    model_dir = resolve_model_dir(checkpoint)
+    out = Path(out)
+    if out.resolve() == model_dir.resolve():
+        raise MemlabError(f"--out {out} is the checkpoint itself; choose another directory")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise MemlabError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    model, tokenizer = memlab.load(model_dir), find_tokenizer(model_dir)
+    run_dir = run_dir_of(model_dir)
+    sources = [d for d in dict.fromkeys([model_dir, run_dir]) if d is not None]
+    summary_file = next((d / SUMMARY_FILE for d in sources if (d / SUMMARY_FILE).is_file()), None)
+    results = {p.name: read_results(p) for p in sorted((model_dir / "eval").glob("results_*.json"))}  # an export's
+    if run_dir is not None:  # a run's eval/ holds results of several checkpoints: keep this model's
+        for p in sorted((run_dir / "eval").glob("results_*.json")):
+            doc = read_results(p)
+            if _same_dir(doc["metadata"]["model_dir"], model_dir):
+                results.setdefault(p.name, doc)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # whole or nothing
+    try:
+        model.save(staging)
+        tokenizer.save(staging)
+        summary = None
+        if summary_file is not None:
+            shutil.copy2(summary_file, staging / SUMMARY_FILE)
+            summary = json.loads(summary_file.read_text())
+        if results:
+            (staging / "eval").mkdir()
+            for name, doc in results.items():
+                (staging / "eval" / name).write_text(json.dumps(doc, indent=2) + "\n")
+        source = run_dir or model_dir
+        (staging / CARD_FILE).write_text(model_card(model, tokenizer, source, summary, results))
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _same_dir(recorded: str, model_dir: Path) -> bool:
+    """Whether a results file's recorded model directory is ``model_dir`` (absolute or run-relative)."""
+    path = Path(recorded)
+    return path.resolve() == model_dir.resolve() or path.parts[-2:] == model_dir.resolve().parts[-2:]
+
+
+# ------------------------------------------------------------------ model card
+
+
+def model_card(model, tokenizer, source: Path, summary: dict | None, results: dict[str, dict]) -> str:
+    """The README.md of an export: what the model is, how to load it, how it was trained and scored."""
+    cfg = model.config
+    title = f"memlab {cfg.variant} ({cfg.size})"
+    lines = [
+        f"# {title}",
+        "",
+        f"A `{cfg.variant}` language model exported by memlab {memlab.__version__} from `{source}`.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import memlab, torch",
+        "from memlab.data.tokenizer import load_tokenizer",
+        "model, tok = memlab.load(PATH).eval(), load_tokenizer(PATH)  # PATH: this directory",
+        "ids = torch.tensor([tok.encode('def add(a, b):')])",
+        "print(tok.decode(model.generate(ids, max_new_tokens=32)[0].tolist()))",
+        "```",
+        "",
+        "## Model",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| variant | `{cfg.variant}` |",
+        f"| size | `{cfg.size}` (d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads) |",
+        f"| layer pattern | `{cfg.pattern}` |",
+        f"| parameters | {model.num_params():,} ({model.num_params(non_embedding=True):,} non-embedding) |",
+        f"| recurrent state per sequence @ 2048 tokens | {human(model.state_nbytes(2048))}B (fp32) |",
+        f"| max_seq_len | {cfg.max_seq_len} |",
+        f"| tokenizer | {tokenizer.kind}, {tokenizer.vocab_size} ids, hash `{tokenizer.hash[:16]}` |",
+        "",
+        "The full configuration is in `config.json`; the weights in `model.safetensors`.",
+        "",
+        "## Training",
+        "",
+    ]
+    if summary is None:
+        lines.append("No training summary was found with the checkpoint.")
+    else:
+        lines += ["| field | value |", "|---|---|"]
+        lines += [f"| {key} | {_fmt(value)} |" for key, value in _flat(summary) if not key.startswith("metadata.")]
+    lines += ["", "## Evaluation", ""]
+    if not results:
+        lines.append("No evaluation results (`eval/results_*.json`) were found with the checkpoint.")
+    else:
+        lines += ["| suite | metric | value | 95% CI | n |", "|---|---|---|---|---|"]
+        for doc in results.values():
+            payloads = doc["results"] if doc["suite"] == "all" else {doc["suite"]: doc["results"]}
+            for suite, payload in payloads.items():
+                lines += [f"| {suite} | {row} |" for row in _metric_rows(payload)]
+        lines += ["", "Every result file is in `eval/`, with its metadata (seed, decoding, options, commit)."]
+    return "\n".join(lines) + "\n"
+
+
+def _flat(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Scalar leaves of a nested dict as (dotted key, value)."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            rows += _flat(value, f"{prefix}{key}.")
+        elif not isinstance(value, list):
+            rows.append((prefix + key, value))
+    return rows
+
+
+def _metric_rows(payload: dict[str, Any], path: str = "", depth: int = 0) -> list[str]:
+    """``metric | value | ci | n`` rows of the records in a results payload (lists are left out).
+
+    A record is a dict with ``ci95`` and one of ``accuracy``/``delta``/``value``, or a number
+    ``x`` next to an ``x_ci95``; a boolean leaf (a self-test verdict) is a row without interval.
+    """
+    rows = []
+    value_key = next((k for k in ("accuracy", "delta", "value") if k in payload), None)
+    if value_key and "ci95" in payload:
+        ci = payload["ci95"]
+        interval = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "-"
+        return [f"{path or value_key} | {_fmt(payload[value_key])} | {interval} | {_fmt(payload.get('n'))}"]
+    for key, value in payload.items():
+        name = f"{path}/{key}" if path else key
+        if isinstance(value, dict) and depth < 4:
+            rows += _metric_rows(value, name, depth + 1)
+        elif isinstance(value, bool):
+            rows.append(f"{name} | {value} | - | -")
+        elif isinstance(value, (int, float)) and isinstance(payload.get(f"{key}_ci95"), list):
+            lo, hi = payload[f"{key}_ci95"]
+            n = payload.get("n", payload.get("windows"))  # the lm suite's interval is over windows
+            rows.append(f"{name} | {_fmt(value)} | [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(n)}")
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)

@@ -1,0 +1,214 @@
+"""Scaling laws: the fit recovers known exponents, the verdict rule, the size rule, a tiny real ladder."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from memlab.analysis.ladder import non_embedding_params, parse_param_count, plan, resolve_size, run_ladder
+from memlab.analysis.scaling import PowerLawFit, fit_power_law, verdict
+from memlab.cli import main
+from memlab.errors import MemlabError
+
+SIZES_N = np.array([1e5, 4e5, 1.6e6, 6.4e6, 2.56e7])
+
+
+# ------------------------------------------------------------------------ fits
+
+
+@pytest.mark.parametrize("alpha, a, c", [(0.08, 3.0, 1.2), (0.2, 60.0, 1.7), (0.34, 400.0, 1.5), (0.7, 2e4, 2.0)])
+def test_fit_recovers_a_known_power_law(alpha, a, c):
+    loss = a * SIZES_N ** (-alpha) + c
+    fit = fit_power_law(SIZES_N, loss, n_bootstrap=0)
+    assert fit.alpha == pytest.approx(alpha, abs=1e-4)
+    assert fit.c == pytest.approx(c, abs=1e-3) and fit.a == pytest.approx(a, rel=1e-2)
+    assert fit.rmse < 1e-6 and fit.predict(3e6) == pytest.approx(a * 3e6 ** (-alpha) + c, rel=1e-6)
+
+
+def test_batch_bootstrap_intervals_cover_the_true_exponent():
+    alpha, a, c = 0.34, 400.0, 1.5
+    true = a * SIZES_N ** (-alpha) + c
+    covered, widths = 0, []
+    for seed in range(20):  # 20 noisy ladders: a 95% interval should hold the truth in most of them
+        rng = np.random.default_rng(seed)
+        batches = [mean + rng.normal(0, 0.02, size=32) for mean in true]
+        fit = fit_power_law(SIZES_N, [b.mean() for b in batches], batches, n_bootstrap=200, seed=seed)
+        assert fit.ci_method == "batches" and fit.n_bootstrap == 200
+        assert abs(fit.alpha - alpha) < 0.01 and fit.alpha_ci[0] <= fit.alpha <= fit.alpha_ci[1]
+        covered += fit.alpha_ci[0] < alpha < fit.alpha_ci[1]
+        widths.append(fit.alpha_ci[1] - fit.alpha_ci[0])
+    assert covered >= 14 and 0 < np.median(widths) < 0.05
+
+
+def test_residual_bootstrap_and_no_interval_with_three_exact_points():
+    rng = np.random.default_rng(2)
+    loss = 60 * SIZES_N ** (-0.2) + 1.7 + rng.normal(0, 0.003, len(SIZES_N))
+    fit = fit_power_law(SIZES_N, loss, n_bootstrap=300)
+    assert fit.ci_method == "residuals" and fit.alpha_ci[0] <= fit.alpha <= fit.alpha_ci[1]
+    three = fit_power_law(SIZES_N[:3], loss[:3], n_bootstrap=300)
+    assert three.alpha_ci is None and three.ci_method == "none" and three.rmse < 1e-6
+
+
+def test_fit_rejects_bad_points():
+    with pytest.raises(MemlabError, match=">= 3 distinct sizes"):
+        fit_power_law([1e6, 1e6, 2e6], [3.0, 3.0, 2.9])
+    with pytest.raises(MemlabError, match="positive"):
+        fit_power_law([1e6, 2e6, 4e6], [3.0, float("nan"), 2.9])
+
+
+def test_the_fit_respects_its_bounds_on_flat_or_rising_losses():
+    fit = fit_power_law(SIZES_N, [3.0, 3.1, 3.2, 3.3, 3.4], n_bootstrap=0)  # bigger is worse: no scaling
+    assert fit.alpha >= 0 and fit.a >= 0 and 0 <= fit.c <= 3.0
+    assert verdict(fit).decision == "will not scale" or fit.a == 0
+
+
+# --------------------------------------------------------------------- verdict
+
+
+def make_fit(alpha: float, ci: tuple[float, float] | None, rmse: float = 0.01, noise: float = 0.01) -> PowerLawFit:
+    return PowerLawFit(a=1.0, alpha=alpha, c=1.0, n_points=4, rmse=rmse, noise=noise, alpha_ci=ci,
+                       ci_method="batches" if ci else "none", n_bootstrap=100 if ci else 0)
+
+
+@pytest.mark.parametrize(
+    "alpha, ci, decision, decisive",
+    [
+        (0.45, (0.35, 0.55), "proceed", True),
+        (0.35, (0.25, 0.45), "proceed", False),  # the interval reaches below 0.3
+        (0.05, (0.01, 0.09), "will not scale", True),
+        (0.08, (0.02, 0.15), "will not scale", False),
+        (0.2, (0.15, 0.25), "inconclusive", True),
+        (0.2, (0.05, 0.4), "inconclusive", False),
+        (0.5, None, "proceed", False),  # no interval: never decisive
+    ],
+)
+def test_verdict_follows_the_go_no_go_rule_and_states_the_interval(alpha, ci, decision, decisive):
+    v = verdict(make_fit(alpha, ci))
+    assert v.decision == decision and v.decisive == decisive
+    assert f"alpha = {alpha:.3f}" in v.text and decision in v.text
+    assert (f"[{ci[0]:.3f}, {ci[1]:.3f}]" in v.text) if ci else ("no bootstrap interval" in v.text)
+
+
+def test_a_curve_that_misses_its_points_is_never_decisive():
+    v = verdict(make_fit(0.45, (0.44, 0.46), rmse=0.2, noise=0.01))  # residuals 20x the evaluation noise
+    assert v.decision == "proceed" and not v.decisive and "poor fit" in v.text
+
+
+# ------------------------------------------------------------------ size rule
+
+
+def test_parameter_counts_parse():
+    assert parse_param_count("10M") == 1e7 and parse_param_count("2.5k") == 2500 and parse_param_count("1.3B") == 1.3e9
+    assert parse_param_count("tiny") is None and parse_param_count("d256l4") is None
+
+
+@pytest.mark.parametrize("variant", ["baseline", "gdn_hybrid"])
+@pytest.mark.parametrize("target", ["1M", "10M"])
+def test_size_rule_meets_the_target_within_the_aspect_band(variant, target):
+    size = resolve_size(variant, target)
+    width, depth = (int(x) for x in size[1:].split("l"))
+    n = non_embedding_params(variant, size)
+    assert abs(math.log(n / parse_param_count(target))) < math.log(1.25)
+    assert 16 <= width / depth <= 64 and width % 64 == 0
+
+
+def test_presets_and_pairs_pass_through_and_bad_sizes_name_the_choices():
+    assert resolve_size("baseline", "50M") == "50M"  # a preset wins over the parameter count
+    assert resolve_size("baseline", "d256l4") == "d256l4"
+    with pytest.raises(MemlabError, match="valid: a preset .* parameter count like 1M"):
+        resolve_size("baseline", "huge")
+    with pytest.raises(MemlabError, match="divisible"):
+        resolve_size("baseline", "d224l2")  # 3 heads do not divide 224
+
+
+def test_plan_fails_early_on_too_few_sizes_duplicates_and_unknown_variants():
+    with pytest.raises(MemlabError, match=">= 3 sizes"):
+        plan(["baseline"], ["1M", "2M"])
+    with pytest.raises(MemlabError, match="same model"):
+        plan(["baseline"], ["d64l1", "d64l1", "d128l1"])
+    with pytest.raises(MemlabError, match="unknown variant 'nope'"):
+        plan(["nope"], ["d64l1", "d64l2", "d128l1"])
+
+
+# --------------------------------------------------------------- tiny ladder
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A small word corpus as byte-level shards with a real validation split."""
+    from memlab.data.text import prepare_shards
+
+    root = tmp_path_factory.mktemp("ladder")
+    rng = np.random.default_rng(0)
+    words = "the cat sat on a mat and the dog ran to the park while birds sang in tall trees".split()
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(60):
+        (corpus / f"doc{i}.txt").write_text(" ".join(rng.choice(words, 120)) + ".\n")
+    prepare_shards(f"files:{corpus}/*.txt", "byte", root / "data", val_fraction=0.2)
+    return root
+
+
+def test_a_tiny_ladder_trains_fits_plots_and_resumes(prepared, tmp_path, monkeypatch, capsys):
+    from memlab.analysis.ladder import default_recipe
+
+    recipe = default_recipe()
+    recipe.__dict__.update(data_dir=str(prepared / "data"), seq_len=32, batch_size=4, eval_interval=0,
+                           eval_tokens=256, save_interval=0, warmup=2, lr=3e-3, progress=False)
+    sizes = ["d64l1", "d64l2", "d128l2"]
+    out = tmp_path / "ladder"
+    report = run_ladder(["baseline"], sizes, recipe, out, tokens=1024, n_bootstrap=200)
+    assert {p.name for p in out.iterdir()} >= {"scaling.json", "scaling.md", "scaling.png", "baseline"}
+    v = report["variants"]["baseline"]
+    rungs = v["rungs"]
+    assert [r["label"] for r in rungs] == sizes and all(r["tokens"] == 1024 for r in rungs)
+    counts = [r["non_embedding_params"] for r in rungs]
+    assert counts == sorted(counts) and counts == [non_embedding_params("baseline", s) for s in sizes]
+    for r in rungs:
+        summary = json.loads((out / "baseline" / r["label"] / "summary.json").read_text())
+        assert r["loss"] == pytest.approx(summary["final"]["val_loss"], abs=1e-4)  # the trainer's own windows
+        assert len(r["window_losses"]) == 256 // 32 and r["flops"] == pytest.approx(r["flops_per_token"] * 1024)
+    assert v["fit_params"]["ci_method"] == "batches" and v["fit_params"]["alpha_ci"] is not None
+    assert v["verdict"]["decision"] in ("proceed", "will not scale", "inconclusive")
+    assert v["verdict"]["text"] in (out / "scaling.md").read_text()
+
+    # finished rungs are not retrained: the CLI refits from them (and a training call would fail)
+    import memlab.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "train", lambda cfg: pytest.fail(f"retrained {cfg.output_dir}"))
+    main(["scale", "--variant", "baseline", "--sizes", ",".join(sizes), "--tokens", "1024", "--out-dir", str(out),
+          "--data-dir", str(prepared / "data"), "--seq-len", "32", "--batch-size", "4", "--eval-tokens", "256",
+          "--lr", "3e-3", "--bootstrap", "200", "--config", str(write_recipe(tmp_path))])
+    printed = capsys.readouterr().out
+    assert v["verdict"]["text"] in printed and "| d128l2 | d128l2 |" in printed
+    again = json.loads((out / "scaling.json").read_text())["variants"]["baseline"]
+    assert again["fit_params"] == v["fit_params"]
+
+
+def write_recipe(tmp_path):
+    """The recipe the test ladder used, as a `memlab train` YAML (the CLI's flags set the rest)."""
+    import yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"alg_tokens": 0, "alg_tasks": [], "eval_interval": 0, "save_interval": 0,
+                                    "warmup": 2, "progress": False}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--sizes", "1M,2M", "--tokens", "100"], ">= 3 sizes"),
+        (["--variant", "nope", "--sizes", "d64l1,d64l2,d128l1", "--tokens", "100"], "unknown variant 'nope'"),
+        (["--sizes", "d64l1,d64l2,d128l1"], "exactly one of --tokens"),
+        (["--sizes", "d64l1,huge,d128l1", "--tokens", "100"], "unknown size 'huge'"),
+    ],
+)
+def test_scale_user_errors_are_one_line_exit_2(args, fragment, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["scale", "--out-dir", str(tmp_path / "s"), *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and fragment in err

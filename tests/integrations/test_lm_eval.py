@@ -1,0 +1,230 @@
+"""memlab in EleutherAI's lm-evaluation-harness: scores against direct forwards, offline local tasks."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import memlab
+from memlab.data.tokenizer import build_tokenizer
+from memlab.errors import MemlabError
+
+pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install 'memlab[lm-eval]'")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noqa: E402
+
+from memlab.eval.lm_eval_adapter import MemlabLM  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer("byte")
+
+
+def small_model(variant: str, tok):
+    torch.manual_seed(0)
+    return memlab.build_model(
+        variant, "tiny", vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=64
+    ).eval()
+
+
+@pytest.fixture(scope="module", params=["baseline", "nano_baseline"])  # RoPE, and learned positions (bounded)
+def model(request, tok):
+    return small_model(request.param, tok)
+
+
+@pytest.fixture(scope="module")
+def baseline(tok):
+    return small_model("baseline", tok)
+
+
+def request(kind: str, *args) -> Instance:
+    return Instance(request_type=kind, doc={}, arguments=args, idx=0)
+
+
+@torch.no_grad()
+def direct_logprob(model, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+    """log p(continuation | context) from one unbatched forward over the whole sequence."""
+    ids = torch.tensor([(context + continuation)[:-1]])
+    logprobs = F.log_softmax(model(ids)[0].float(), dim=-1)  # (T - 1, V): position t predicts token t + 1
+    rows = logprobs[len(context) - 1 :]
+    target = torch.tensor(continuation)
+    return float(rows.gather(-1, target[:, None]).sum()), bool((rows.argmax(-1) == target).all())
+
+
+def test_loglikelihood_matches_an_unbatched_forward(model, tok):
+    lm = MemlabLM(model=model, tokenizer=tok, batch_size=3, batch_tokens=64)  # forces several padded batches
+    pairs = [("The cat", " sat"), ("a", "bcdefgh"), ("x = 1 +", " 2"), ("", "hello"), ("long " * 5, "end.")]
+    got = lm.loglikelihood([request("loglikelihood", c, t) for c, t in pairs])
+    for (context, continuation), (logprob, greedy) in zip(pairs, got):
+        stripped = context.rstrip()  # lm-eval moves a context's trailing spaces into the continuation
+        context, continuation = stripped, context[len(stripped) :] + continuation
+        ctx_ids = tok.encode(context) if context else [tok.eos_id]  # empty context: the EOS prefix
+        want_lp, want_greedy = direct_logprob(model, ctx_ids, tok.encode(continuation))
+        assert logprob == pytest.approx(want_lp, abs=1e-4) and greedy == want_greedy
+        assert logprob < 0
+
+
+def test_greedy_flag_is_true_for_the_models_own_greedy_continuation(model, tok):
+    lm = MemlabLM(model=model, tokenizer=tok)
+    prompt = torch.tensor([tok.encode("abc")])
+    greedy_ids = model.generate(prompt, max_new_tokens=3)[0, 3:].tolist()
+    context_ids = tok.encode("abc")
+    (_, greedy), = lm._loglikelihood_tokens([(None, context_ids, greedy_ids)])
+    assert greedy
+    wrong = [(greedy_ids[0] + 1) % 256, *greedy_ids[1:]]
+    (_, greedy), = lm._loglikelihood_tokens([(None, context_ids, wrong)])
+    assert not greedy
+
+
+def test_rolling_loglikelihood_scores_every_token_once(model, tok):
+    text = "def f(x):\n    return x * 2  # double it, then some more text to pass the window"
+    ids = tok.encode(text)
+    long = MemlabLM(model=model, tokenizer=tok, max_length=64)
+    short = MemlabLM(model=model, tokenizer=tok, max_length=16, batch_size=2)
+    assert len(ids) > 64
+    for lm in (long, short):
+        (got,) = lm.loglikelihood_rolling([request("loglikelihood_rolling", text)])
+        windows = map(make_disjoint_window, get_rolling_token_windows(ids, tok.eos_id, lm.max_length, 1))
+        want = sum(direct_logprob(model, c, t)[0] for c, t in windows)
+        assert got == pytest.approx(want, abs=1e-3)
+    # when the window covers the document, it is the plain log-likelihood after the EOS prefix
+    text = text[:40]
+    (got,) = long.loglikelihood_rolling([request("loglikelihood_rolling", text)])
+    assert got == pytest.approx(direct_logprob(model, [tok.eos_id], tok.encode(text))[0], abs=1e-4)
+
+
+def test_generate_until_decodes_through_the_state_and_stops(model, tok):
+    lm = MemlabLM(model=model, tokenizer=tok)
+    prompt = "Once upon"
+    ids = torch.tensor([tok.encode(prompt)])
+    reference = tok.decode(model.generate(ids, max_new_tokens=12, eos_id=tok.eos_id)[0, ids.shape[1] :].tolist())
+    reference = reference.split("<|eos|>")[0]
+    (free,) = lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 12})])
+    assert free == reference
+    stop = reference[3:5]
+    (cut,) = lm.generate_until([request("generate_until", prompt, {"until": [stop], "max_gen_toks": 12})])
+    assert cut == reference[: reference.index(stop)]
+
+
+def write_tasks(tmp_path) -> tuple[list[str], list[dict]]:
+    """Three local tasks (multiple choice, rolling perplexity, generation) over JSONL files."""
+    docs = [
+        {"question": "1 + 1 =", "choices": [" 2", " 3", " 11"], "label": 0, "text": "one and one make two."},
+        {"question": "The sky is", "choices": [" blue", " green"], "label": 0, "text": "the sky is blue today."},
+        {"question": "def f():", "choices": [" return 1", " 42 42"], "label": 1, "text": "def f():\n    return 1"},
+    ]
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+    tasks = {
+        "tiny_choice": "output_type: multiple_choice\ndoc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\n"
+        "doc_to_target: label\nmetric_list:\n  - metric: acc\n",
+        "tiny_ppl": "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n",
+        "tiny_gen": "output_type: generate_until\ndoc_to_text: '{{question}}'\ndoc_to_target: '{{choices[label]}}'\n"
+        "generation_kwargs:\n  until: ['\\n']\n  max_gen_toks: 4\nmetric_list:\n  - metric: exact_match\n",
+    }
+    paths = []
+    for name, body in tasks.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"task: {name}\n{common}{body}")
+        paths.append(str(path))
+    return paths, docs
+
+
+def test_simple_evaluate_runs_local_tasks_offline(baseline, tok, tmp_path):
+    import lm_eval
+
+    from memlab.eval.lm_eval_suite import task_manager
+
+    paths, docs = write_tasks(tmp_path)
+    lm = MemlabLM(model=baseline, tokenizer=tok)
+    out = lm_eval.simple_evaluate(model=lm, tasks=paths, task_manager=task_manager(paths), log_samples=False,
+                                  bootstrap_iters=0)
+    results = out["results"]
+    picks = []
+    for d in docs:
+        scores = lm.loglikelihood([request("loglikelihood", d["question"], c) for c in d["choices"]])
+        picks.append(max(range(len(scores)), key=lambda i: scores[i][0]) == d["label"])
+    assert results["tiny_choice"]["acc,none"] == pytest.approx(sum(picks) / len(picks))
+    total = sum(lm.loglikelihood_rolling([request("loglikelihood_rolling", d["text"])])[0] for d in docs)
+    n_bytes = sum(len(d["text"].encode()) for d in docs)
+    assert results["tiny_ppl"]["bits_per_byte,none"] == pytest.approx(-total / n_bytes / math.log(2), rel=1e-5)
+    assert 0.0 <= results["tiny_gen"]["exact_match,none"] <= 1.0
+
+
+def test_the_memlab_suite_reports_metrics_with_counts(baseline, tok, tmp_path):
+    from memlab.eval.hub import EvalContext, EvalOptions
+    from memlab.eval.lm_eval_suite import run
+
+    paths, docs = write_tasks(tmp_path)
+    payload = run(EvalContext(baseline, tok, EvalOptions(tasks=paths[:2], samples=2)))
+    choice = payload["tasks"]["tiny_choice"]
+    assert choice["n"] == 2 and payload["limit"] == 2
+    acc = choice["metrics"]["acc"]
+    assert 0 <= acc["value"] <= 1 and acc["ci95"][0] <= acc["value"] <= acc["ci95"][1]
+    assert payload["tasks"]["tiny_ppl"]["metrics"]["bits_per_byte"]["value"] > 0
+
+
+def test_the_suite_rejects_unknown_tasks_and_missing_files(baseline, tok, tmp_path):
+    from memlab.eval.hub import EvalContext, EvalOptions
+    from memlab.eval.lm_eval_suite import run
+
+    with pytest.raises(MemlabError, match="not found"):
+        run(EvalContext(baseline, tok, EvalOptions(tasks=[str(tmp_path / "nope.yaml")])))
+    with pytest.raises(MemlabError, match="needs --tasks"):
+        run(EvalContext(baseline, tok, EvalOptions(tasks=None)))
+
+
+def test_missing_lm_eval_names_the_extra(monkeypatch):
+    from memlab.eval.lm_eval_suite import require_lm_eval
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # makes `import lm_eval` raise ImportError
+    with pytest.raises(MemlabError, match=r"pip install 'memlab\[lm-eval\]'"):
+        require_lm_eval()
+
+
+@pytest.fixture
+def model_dir(baseline, tok, tmp_path):
+    """The baseline saved as a model directory with its tokenizer (what a checkpoint or an export holds)."""
+    baseline.save(tmp_path / "model")
+    tok.save(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_memlab_eval_suite_lm_eval_writes_a_results_file(model_dir, tmp_path, capsys):
+    from memlab.cli import main
+    from memlab.eval.schema import read_results
+
+    paths, _ = write_tasks(tmp_path)
+    main(["eval", "--checkpoint", str(model_dir), "--suite", "lm-eval", "--tasks", ",".join(paths[:2]),
+          "--samples", "3", "--out-dir", str(tmp_path / "out")])
+    doc = read_results(tmp_path / "out" / "results_lm-eval.json")
+    assert doc["suite"] == "lm-eval" and set(doc["results"]["tasks"]) == {"tiny_choice", "tiny_ppl"}
+    assert doc["results"]["tasks"]["tiny_choice"]["metrics"]["acc"]["n"] == 3
+
+
+def test_lm_eval_command_line_with_memlab_registered(model_dir, tmp_path, monkeypatch):
+    """`python -m memlab.eval.lm_eval_adapter ...` is lm-eval's own CLI with `--model memlab` available."""
+    from memlab.eval.lm_eval_adapter import main
+
+    paths, _ = write_tasks(tmp_path)
+    out = tmp_path / "harness"
+    monkeypatch.setattr(sys, "argv", ["lm_eval", "--model", "memlab", "--model_args", f"checkpoint={model_dir}",
+                                      "--tasks", paths[0], "--limit", "2", "--output_path", str(out)])
+    main()
+    (written,) = out.rglob("results_*.json")
+    assert json.loads(written.read_text())["results"]["tiny_choice"]["acc,none"] in (0.0, 0.5, 1.0)

@@ -1,0 +1,99 @@
+"""`memlab export`: a self-contained model directory that memlab.load reads back, with a model card."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import memlab
+from memlab.cli import main
+from memlab.data.tokenizer import build_tokenizer, load_tokenizer
+from memlab.errors import MemlabError
+from memlab.eval import schema
+from memlab.export import export
+
+
+def results_doc(model_dir, suite: str, results: dict) -> dict:
+    metadata = {field: None for field in schema.METADATA_FIELDS} | {"model_dir": str(model_dir)}
+    return schema.document(suite, metadata, results)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A training run as the trainer lays it out: config, best_model/, a checkpoint, summary, eval results."""
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    tok = build_tokenizer("byte")
+    model = memlab.build_model("baseline", "tiny", vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2)
+    for sub in ("best_model", "checkpoints/step_4"):
+        model.save(run / sub)
+        tok.save(run / sub)
+    (run / "config.yaml").write_text("format: memlab-train-v1\n")
+    summary = {"status": "completed", "steps": 4, "tokens_seen": 4096, "final": {"val_loss": 3.25}, "metadata": {}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    lm = {"corpus": "stdlib-docs", "context_len": 64, "tokens": 512, "windows": 8, "loss": 3.5,
+          "perplexity": 33.1, "loss_ci95": [3.4, 3.6], "perplexity_ci95": [30.0, 36.6], "tokens_per_s": 1e4}
+    schema.write_results(run / "eval" / "results_lm.json", results_doc(run / "best_model", "lm", lm))
+    other = {"checks": {"loads": {"passed": True}}, "passed": True}  # evaluated on another checkpoint
+    schema.write_results(run / "eval" / "results_selftest.json",
+                         results_doc(run / "checkpoints" / "step_4", "selftest", other))
+    return run
+
+
+def test_export_round_trips_the_model_and_tokenizer(run_dir, tmp_path):
+    out = export(run_dir, tmp_path / "export")
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.memlab.json", "README.md", "summary.json"} <= names
+    original, exported = memlab.load(run_dir), memlab.load(out)
+    ids = torch.randint(0, 261, (2, 17))
+    assert torch.equal(original(ids), exported(ids))
+    assert load_tokenizer(out).hash == build_tokenizer("byte").hash
+    generated = exported.generate(ids[:1, :5], max_new_tokens=4)
+    assert torch.equal(generated, original.generate(ids[:1, :5], max_new_tokens=4))
+
+
+def test_model_card_has_architecture_training_and_this_models_results(run_dir, tmp_path):
+    out = export(run_dir, tmp_path / "export")
+    card = (out / "README.md").read_text()
+    model = memlab.load(out)
+    assert "# memlab baseline (tiny)" in card and f"{model.num_params():,}" in card
+    assert "memlab.load(PATH)" in card and "| final.val_loss | 3.25 |" in card
+    assert "| lm | perplexity | 33.1 | [30, 36.6] | 8 |" in card
+    assert "selftest" not in card  # those results belong to checkpoints/step_4, not best_model/
+    assert sorted(p.name for p in (out / "eval").iterdir()) == ["results_lm.json"]
+
+
+def test_exporting_a_checkpoint_then_the_export_keeps_its_summary_and_results(run_dir, tmp_path):
+    first = export(run_dir / "checkpoints" / "step_4", tmp_path / "a")
+    second = export(first, tmp_path / "b")
+    for out in (first, second):
+        assert sorted(p.name for p in (out / "eval").iterdir()) == ["results_selftest.json"]
+        card = (out / "README.md").read_text()
+        assert "| selftest | passed | True | - | - |" in card and "| steps | 4 |" in card
+    ids = torch.randint(0, 261, (1, 9))
+    assert torch.equal(memlab.load(first)(ids), memlab.load(second)(ids))
+
+
+def test_export_refuses_to_clobber_unless_asked(run_dir, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(MemlabError, match="not empty"):
+        export(run_dir, out)
+    assert (out / "keep.txt").read_text() == "mine"
+    export(run_dir, out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    with pytest.raises(MemlabError, match="no such checkpoint"):
+        export(tmp_path / "missing", tmp_path / "x")
+
+
+def test_cli_export(run_dir, tmp_path, capsys):
+    main(["export", "--checkpoint", str(run_dir), "--out", str(tmp_path / "cli")])
+    assert "model.safetensors" in capsys.readouterr().out
+    p = subprocess.run([sys.executable, "-m", "memlab.cli", "export", "--checkpoint", str(tmp_path / "nope"),
+                        "--out", str(tmp_path / "y")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no such checkpoint" in p.stderr
