@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from memlab.errors import MemlabError
+from memlab.plotting import pyplot, save_figure
 
 PROCEED_ALPHA, NO_SCALE_ALPHA = 0.3, 0.1
 POOR_FIT = 3.0  # rmse / evaluation noise above which the power law does not describe the points
@@ -216,12 +217,9 @@ def _region(alpha: float) -> str:
 
 def plot_ladder(report: dict[str, Any], path: str | Path) -> Path:
     """Log-log loss against N (non-embedding parameters) and against C (FLOPs), with each variant's fit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib import ticker
 
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     for (variant, v), color in zip(report["variants"].items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 9):
         rungs = v["rungs"]
@@ -247,8 +245,4 @@ def plot_ladder(report: dict[str, Any], path: str | Path) -> Path:
         ax.legend(fontsize=8)
     axes[0].set_title("L(N) = a N^-alpha + c")
     axes[1].set_title("L(C) = a C^-beta + c")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(path))

@@ -18,7 +18,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -180,34 +180,13 @@ def evaluate_model(ctx: EvalContext, suite: str = "all", checkpoint: str = "", m
 
 
 def metadata(ctx: EvalContext, checkpoint: str, model_dir: str) -> dict[str, Any]:
-    """The metadata block every results file carries (see ``docs/results_schema.md``)."""
-    from memlab import __version__
+    """The metadata block of an evaluation results file."""
     from memlab.data.tasks import GRID_VERSION
 
-    model, config = ctx.model, ctx.model.config
-    return {
-        "memlab_version": __version__,
-        "git_commit": schema.git_commit(),
-        "checkpoint": checkpoint,
-        "model_dir": model_dir,
-        "config": config.to_dict(),
-        "model": {
-            "variant": config.variant,
-            "size": config.size,
-            "params": model.num_params(),
-            "non_embedding_params": model.num_params(non_embedding=True),
-            "layer_pattern": config.pattern,
-            "state_bytes": {str(n): model.state_nbytes(n) for n in (256, 2048)},
-        },
-        "tokenizer_hash": ctx.tokenizer.hash,
-        "seed": ctx.options.seed,
-        "decoding": DECODING,
-        "grid_version": GRID_VERSION,
-        "options": asdict(ctx.options),
-        "device": str(next(model.parameters()).device),
-        "torch_version": torch.__version__,
-        "timestamp": schema.utc_timestamp(),
-    }
+    state_bytes = {str(n): ctx.model.state_nbytes(n) for n in (256, 2048)}
+    return schema.metadata(
+        ctx.model, ctx.tokenizer, ctx.options, checkpoint, model_dir, DECODING, GRID_VERSION, state_bytes=state_bytes
+    )
 
 
 def _load_suites() -> None:

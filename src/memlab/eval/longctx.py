@@ -18,6 +18,7 @@ from memlab.eval.exact_match import check_context
 from memlab.eval.hub import EvalContext, register_suite
 from memlab.eval.retrieval import NEEDLE_TASKS, check_needle_tasks, retrieval_examples
 from memlab.eval.stats import accuracy_record, pool
+from memlab.plotting import pyplot, save_figure
 
 
 @register_suite("longctx")
@@ -50,15 +51,11 @@ def run(ctx: EvalContext) -> dict[str, Any]:
 
 def plot_heatmap(cells: list[dict], lengths: list[int], depths: list[float], title: str, path: Path) -> str:
     """Accuracy heat-map (rows: context length, columns: depth); returns the file name."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     grid = np.full((len(lengths), len(depths)), np.nan)
     for c in cells:
         grid[lengths.index(c["context_len"]), depths.index(c["depth"])] = 100 * c["accuracy"]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(depths), 1.2 + 0.6 * len(lengths)), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(depths), 1.2 + 0.6 * len(lengths)), dpi=110)
     image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto", origin="lower")
     for i in range(len(lengths)):
         for j in range(len(depths)):
@@ -72,6 +69,4 @@ def plot_heatmap(cells: list[dict], lengths: list[int], depths: list[float], tit
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, path).name

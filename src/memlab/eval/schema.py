@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,50 @@ def git_commit() -> str | None:
 
 def utc_timestamp() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def metadata(
+    model: Any,
+    tokenizer: Any,
+    options: Any,
+    checkpoint: str,
+    model_dir: str,
+    decoding: dict[str, Any] | None,
+    grid_version: str | None,
+    **model_facts: Any,
+) -> dict[str, Any]:
+    """The metadata block every results file carries (see ``docs/results_schema.md``).
+
+    ``options`` is the dataclass of the command's options; ``model_facts`` join the model's entry.
+    """
+    import torch
+
+    from memlab import __version__
+
+    config = model.config
+    return {
+        "memlab_version": __version__,
+        "git_commit": git_commit(),
+        "checkpoint": checkpoint,
+        "model_dir": model_dir,
+        "config": config.to_dict(),
+        "model": {
+            "variant": config.variant,
+            "size": config.size,
+            "params": model.num_params(),
+            "non_embedding_params": model.num_params(non_embedding=True),
+            "layer_pattern": config.pattern,
+            **model_facts,
+        },
+        "tokenizer_hash": tokenizer.hash,
+        "seed": options.seed,
+        "decoding": decoding,
+        "grid_version": grid_version,
+        "options": asdict(options),
+        "device": str(next(model.parameters()).device),
+        "torch_version": torch.__version__,
+        "timestamp": utc_timestamp(),
+    }
 
 
 def document(suite: str, metadata: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:

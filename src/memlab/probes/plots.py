@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.tight_layout()
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+from memlab.plotting import pyplot, save_figure
 
 
 def heatmaps(
@@ -39,7 +22,7 @@ def heatmaps(
     vmax: float | None = None,
 ) -> Path:
     """One heat-map per (panel title, rows x columns matrix), in a grid of up to 4 columns."""
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
     height = 0.9 + 0.28 * len(row_labels)
@@ -53,14 +36,14 @@ def heatmaps(
         ax.set_xticks(range(len(col_labels)), col_labels, fontsize=6, rotation=90 if len(col_labels) > 8 else 0)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label(colorbar, fontsize=7)
     fig.suptitle(title, fontsize=10)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def lines(
     x: Sequence[float], series: dict[str, dict[str, Sequence[float]]], path: Path, title: str, xlabel: str
 ) -> Path:
     """One panel per metric (``series[metric][curve] = values``); the curve named ``mean`` is drawn bold."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.4), dpi=110, squeeze=False)
     for ax, (metric, curves) in zip(axes.flat, series.items()):
         for name, values in curves.items():
@@ -71,4 +54,4 @@ def lines(
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=6)
     fig.suptitle(title, fontsize=10)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,31 +109,6 @@ def write_document(ctx: ProbeContext, probe: str, results: dict[str, Any], check
 
 
 def metadata(ctx: ProbeContext, checkpoint: str, model_dir: Path) -> dict[str, Any]:
-    """The metadata block of every memlab results file (see :mod:`memlab.eval.schema`)."""
-    from memlab import __version__
-
-    model, config = ctx.model, ctx.model.config
-    return {
-        "memlab_version": __version__,
-        "git_commit": schema.git_commit(),
-        "checkpoint": checkpoint,
-        "model_dir": str(model_dir),
-        "config": config.to_dict(),
-        "model": {
-            "variant": config.variant,
-            "size": config.size,
-            "params": model.num_params(),
-            "non_embedding_params": model.num_params(non_embedding=True),
-            "layer_pattern": config.pattern,
-            "step": ctx.step,
-        },
-        "tokenizer_hash": ctx.tokenizer.hash,
-        "seed": ctx.options.seed,
-        "decoding": None,  # probes read the model, they do not decode
-        "grid_version": None,
-        "options": asdict(ctx.options),
-        "device": str(next(model.parameters()).device),
-        "torch_version": torch.__version__,
-        "timestamp": schema.utc_timestamp(),
-    }
+    """The metadata block of a probe's results file (probes read the model: no decoding, no grid)."""
+    return schema.metadata(ctx.model, ctx.tokenizer, ctx.options, checkpoint, str(model_dir), None, None, step=ctx.step)
 

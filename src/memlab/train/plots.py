@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from memlab.plotting import pyplot, save_figure
+
 
 def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     return plt, *plt.subplots(figsize=(7, 4.2), dpi=110)
-
-
-def _save(plt, fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.tight_layout()
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def plot_loss(records: list[dict[str, Any]], path: Path) -> None:
@@ -42,7 +31,7 @@ def plot_loss(records: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("loss (nats/token)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    _save(plt, fig, path)
+    save_figure(fig, path)
 
 
 def plot_accuracy(records: list[dict[str, Any]], path: Path) -> None:
@@ -57,4 +46,4 @@ def plot_accuracy(records: list[dict[str, Any]], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     if tasks:
         ax.legend(fontsize=7, ncol=2)
-    _save(plt, fig, path)
+    save_figure(fig, path)

@@ -1,0 +1,111 @@
+"""Summarise runs/experiments/gdn_source/expN into a markdown table (and copy the small result JSONs).
+
+Usage (repo root): .venv/bin/python experiments/gdn_source/summarize.py [--copy]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from memlab.eval.stats import pool
+
+RUNS = Path("runs/experiments/gdn_source")
+HERE = Path(__file__).parent
+NAMES = {
+    1: "GDN-only, NIAH curriculum",
+    2: "Hybrid, language only",
+    3: "Hybrid + drop 0.7, NIAH curriculum",
+    4: "Hybrid + drop 0.7, mixed LM + NIAH",
+}
+BUCKETS = {"early": (0.0, 0.15, 0.3), "middle": (0.4, 0.5, 0.6), "late": (0.7, 0.85, 1.0)}
+
+
+def load(path: Path) -> dict | None:
+    return json.loads(path.read_text())["results"] if path.is_file() else None
+
+
+def pct(r: dict | None) -> str:
+    if not r or r.get("accuracy") is None:
+        return "-"
+    lo, hi = r["ci95"]
+    return f"{100 * r['accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={r['n']})"
+
+
+def delta(d: dict | None) -> str:
+    if not d or d.get("delta") is None:
+        return "-"
+    lo, hi = d["ci95"]
+    return f"{100 * d['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def times() -> dict[str, int]:
+    path = RUNS / "times.tsv"
+    out: dict[str, int] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            name, sec = line.split("\t")
+            out[name] = int(sec)
+    return out
+
+
+def main() -> None:
+    t = times()
+    rows, pos_rows, train_rows = [], [], []
+    for n, name in NAMES.items():
+        run = RUNS / f"exp{n}"
+        if not run.is_dir():
+            continue
+        ab, ab0 = load(run / "eval/results_ablation.json"), load(run / "eval_start/results_ablation.json")
+        lc, lm = load(run / "eval/results_longctx.json"), load(run / "eval/results_lm.json")
+        ppl = "-"
+        if lm:
+            lo, hi = lm["perplexity_ci95"]
+            ppl = f"{lm['perplexity']:.2f} [{lo:.2f}, {hi:.2f}]"
+        rows.append(
+            f"| {n} | {name} | {pct(ab and ab['normal'])} | {pct(ab and ab['zeroed'])} | {delta(ab and ab['delta'])} "
+            f"| {pct(ab0 and ab0['normal'])} | {delta(ab0 and ab0['delta'])} | {ppl} |"
+        )
+        if lc:
+            cells = lc["tasks"]["niah"]["cells"]
+            by = {b: pool([c for c in cells if round(c["depth"], 2) in ds]) for b, ds in BUCKETS.items()}
+            pos_rows.append(f"| {n} | {name} | " + " | ".join(pct(by[b]) for b in BUCKETS) + f" | {pct(lc['overall'])} |")
+        summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+        levels = []
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            d = json.loads(line)
+            if "difficulty" in d and "niah" in d["difficulty"] and (not levels or levels[-1][1] != d["difficulty"]["niah"]):
+                levels.append((d["step"], d["difficulty"]["niah"]))
+        walk = ", ".join(f"{lvl}@{s}" for s, lvl in levels) or "-"
+        wall = " / ".join(f"{t.get(f'exp{n}_{k}', '-')}" for k in ("train", "ablation", "ablation_start", "longctx", "lm"))
+        train_rows.append(f"| {n} | {summary.get('steps', '-')} | {summary.get('tokens', '-')} | {walk} | {wall} |")
+    print("| # | experiment | acc. normal (random pos.) | acc. zeroed | Delta (pts) [95% CI] | acc. normal (fact at start) "
+          "| Delta, fact at start | val. PPL [95% CI] |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print("\n| # | experiment | early (depth 0-0.3) | middle (0.4-0.6) | late (0.7-1.0) | all |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(pos_rows))
+    print("\n| # | steps | tokens | curriculum walk (distractors@step) | wall s: train / ablation / ablation-start / longctx / lm |")
+    print("|---|---|---|---|---|")
+    print("\n".join(train_rows))
+    if "--copy" in sys.argv:
+        dest = HERE / "results"
+        for n in NAMES:
+            for sub in ("eval", "eval_start"):
+                for f in (RUNS / f"exp{n}" / sub).glob("results_*.json"):
+                    target = dest / f"exp{n}" / sub / f.name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(f, target)
+            for f in ("summary.json", "metrics.jsonl"):
+                if (RUNS / f"exp{n}" / f).is_file():
+                    (dest / f"exp{n}").mkdir(parents=True, exist_ok=True)
+                    shutil.copy(RUNS / f"exp{n}" / f, dest / f"exp{n}" / f)
+        if (RUNS / "times.tsv").is_file():
+            shutil.copy(RUNS / "times.tsv", dest / "times.tsv")
+
+
+if __name__ == "__main__":
+    main()
