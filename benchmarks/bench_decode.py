@@ -30,7 +30,8 @@ class Args:
 @torch.no_grad()
 def decode_tokens_per_s(model, context: int, batch: int, new_tokens: int) -> tuple[float, int]:
     """Tokens/s of decoding ``new_tokens`` after a ``context``-token prefill; and the state bytes."""
-    x = torch.randint(0, model.config.vocab_size, (batch, context))
+    device = next(model.parameters()).device
+    x = torch.randint(0, model.config.vocab_size, (batch, context), device=device)
     token = x[:, -1:]
 
     def run():

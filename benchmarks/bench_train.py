@@ -46,10 +46,11 @@ class Args:
 
 
 def step_tokens_per_s(model, batch: int, seq_len: int, steps: int, autocast_dtype=None) -> float:
-    """Tokens/s of full training steps (forward, backward, AdamW) on random tokens."""
+    """Tokens/s of full training steps (forward, backward, AdamW) on random tokens, on the model's device."""
+    device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, model.config.vocab_size, (batch, seq_len + 1))
-    ctx = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    x = torch.randint(0, model.config.vocab_size, (batch, seq_len + 1), device=device)
+    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
 
     def step():
         with ctx:
