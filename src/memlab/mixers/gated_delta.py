@@ -171,7 +171,7 @@ class GatedDeltaNet(Mixer):
         """x (B, T, D) -> q, k (B, T, H, K), v (B, T, H, V), g, beta (B, T, H); advances the state's tails."""
         B, T, _ = x.shape
         H, K, V = self.dims.heads, self.dims.key, self.dims.value
-        qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
+        qkv = F.linear(x, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))  # one matmul
         weight = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight]).squeeze(1)
         qkv, tail = causal_conv1d(qkv, weight, None if state is None else state.conv)
         q, k, v = F.silu(qkv).split([H * K, H * K, H * V], dim=-1)

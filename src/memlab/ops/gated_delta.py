@@ -113,9 +113,9 @@ def chunk_gated_delta_rule(
     pad = (-T) % C
     N = (T + pad) // C
 
-    def chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, ...) -> (B, H, N, C, ...)
-        x = F.pad(x.to(dt), (0, 0) * (x.dim() - 2) + (0, pad))
-        return x.view(B, N, C, H, *x.shape[3:]).transpose(2, 3).transpose(1, 2)
+    def chunks(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, ...) -> (B, H, N, C, ...), contiguous: one copy
+        x = F.pad(x.to(dt), (0, 0) * (x.dim() - 2) + (0, pad)) if pad else x.to(dt)
+        return x.view(B, N, C, H, *x.shape[3:]).transpose(2, 3).transpose(1, 2).contiguous()
 
     q, k, v, beta = chunks(q) * scale, chunks(k), chunks(v), chunks(beta)  # (B, H, N, C, K|V), (B, H, N, C)
     G = chunks(g).cumsum(-1) if g is not None else q.new_zeros(B, H, N, C)  # (B, H, N, C)
