@@ -26,6 +26,7 @@ from functools import partial
 
 import torch
 import tyro
+from bench_decode import decode_tokens_per_s
 from bench_train import step_tokens_per_s
 from common import emit, machine, peak_rss_mib, timed
 
@@ -121,21 +122,6 @@ def bench_train(args: Args) -> dict:
     return {"seq_len": args.seq_len, "batch": args.batch, **rows}
 
 
-@torch.no_grad()
-def decode_speed(model, context: int, new_tokens: int) -> tuple[float, int]:
-    """Tokens/s of single-token steps after prefilling ``context`` tokens; and the state bytes."""
-    x = torch.randint(0, model.config.vocab_size, (1, context))
-    state = model.init_state(1)
-    model(x, state)
-    token = x[:, -1:]
-
-    def steps():
-        for _ in range(new_tokens):
-            model(token, state)
-
-    return new_tokens / timed(steps, repeats=3), state.nbytes
-
-
 def bench_decode(args: Args) -> dict:
     out = {}
     for variant, size in (("cdm", args.decode_size), ("cdm_v3", "tiny")):
@@ -143,7 +129,7 @@ def bench_decode(args: Args) -> dict:
         model = memlab.build_model(variant, size, vocab_size=8192).eval()
         rows = []
         for context in args.contexts:
-            tps, nbytes = decode_speed(model, context, args.new_tokens)
+            tps, nbytes = decode_tokens_per_s(model, context, args.new_tokens)
             rows.append({"context": context, "decode_tokens_per_s": tps, "state_bytes": nbytes})
         speeds = [r["decode_tokens_per_s"] for r in rows]
         out[variant] = {"size": size, "results": rows, "slowest_over_fastest": min(speeds) / max(speeds)}

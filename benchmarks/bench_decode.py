@@ -1,6 +1,6 @@
 """Decode throughput (tokens/s) of a variant at several context lengths.
 
-Prefills a random context through the recurrent states, then times single-token
+Prefills a random context through the recurrent states (untimed), then times single-token
 decode steps.  Prints JSON.  Reproduce:
 
     python benchmarks/bench_decode.py --variant baseline --size nano --contexts 256 1024 4096
@@ -28,33 +28,32 @@ class Args:
 
 
 @torch.no_grad()
-def decode_tokens_per_s(model, context: int, batch: int, new_tokens: int) -> tuple[float, int]:
-    """Tokens/s of decoding ``new_tokens`` after a ``context``-token prefill; and the state bytes."""
+def decode_tokens_per_s(model, context: int, new_tokens: int, batch: int = 1, repeats: int = 3) -> tuple[float, int]:
+    """Tokens/s of single-token decode steps after an untimed ``context``-token prefill; and the state bytes.
+
+    The steps run on from the prefilled state (``repeats`` + 1 rounds of ``new_tokens``; the first one
+    is a warm-up), so the model's ``max_seq_len`` must cover ``context + (repeats + 1) * new_tokens``.
+    """
     device = next(model.parameters()).device
     x = torch.randint(0, model.config.vocab_size, (batch, context), device=device)
+    state = model.init_state(batch)
+    model(x, state)
     token = x[:, -1:]
 
-    def run():
-        state = model.init_state(batch)
-        model(x, state)
+    def steps():
         for _ in range(new_tokens):
             model(token, state)
-        return state
 
-    def prefill_only():
-        model(x, model.init_state(batch))
-
-    total = timed(run, repeats=3)
-    prefill = timed(prefill_only, repeats=3)
-    return batch * new_tokens / max(total - prefill, 1e-9), run().nbytes
+    return batch * new_tokens / timed(steps, repeats), state.nbytes
 
 
 def main(args: Args) -> dict:
     torch.manual_seed(0)
-    model = memlab.build_model(args.variant, args.size, max_seq_len=max(args.contexts) + args.new_tokens).eval()
+    max_len = max(args.contexts) + 4 * args.new_tokens
+    model = memlab.build_model(args.variant, args.size, max_seq_len=max_len).eval()
     rows = []
     for context in args.contexts:
-        tps, nbytes = decode_tokens_per_s(model, context, args.batch, args.new_tokens)
+        tps, nbytes = decode_tokens_per_s(model, context, args.new_tokens, args.batch)
         rows.append({"context": context, "decode_tokens_per_s": tps, "state_bytes": nbytes})
     speeds = [r["decode_tokens_per_s"] for r in rows]
     return {

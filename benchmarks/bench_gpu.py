@@ -42,9 +42,10 @@ class Args:
 def measure(args: Args, variant: str, size: str) -> dict:
     """Training and decode tokens/s of one variant at one size on ``args.device``."""
     torch.manual_seed(0)
-    model = memlab.build_model(variant, size, max_seq_len=max(args.seq_len, args.decode_context + args.decode_tokens))
+    context = args.decode_context
+    model = memlab.build_model(variant, size, max_seq_len=max(args.seq_len, context + 4 * args.decode_tokens))
     model = model.to(args.device).train()
-    seq_len = min(args.seq_len, model.config.max_seq_len)  # cdm_v3 keeps the source's 512-token context
+    seq_len = args.seq_len
     row = {"variant": variant, "size": size, "params": model.num_params(), "seq_len": seq_len}
     row["fp32_tokens_per_s"] = step_tokens_per_s(model, args.batch, seq_len, args.steps)
     row["bf16_tokens_per_s"] = step_tokens_per_s(model, args.batch, seq_len, args.steps, torch.bfloat16)
@@ -52,10 +53,9 @@ def measure(args: Args, variant: str, size: str) -> dict:
         compiled = torch.compile(model)
         compiled.config = model.config
         row["bf16_compiled_tokens_per_s"] = step_tokens_per_s(compiled, args.batch, seq_len, args.steps, torch.bfloat16)
-    context = min(args.decode_context, model.config.max_seq_len - args.decode_tokens)
     row["decode_context"] = context
     row["decode_tokens_per_s"], row["decode_state_bytes"] = decode_tokens_per_s(
-        model.eval(), context, batch=1, new_tokens=args.decode_tokens
+        model.eval(), context, args.decode_tokens
     )
     if args.device.startswith("cuda"):
         row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 import tyro
+from bench_decode import decode_tokens_per_s
 from bench_train import step_tokens_per_s
 from common import emit, machine, peak_rss_mib, timed
 
@@ -86,24 +87,13 @@ def kernel_results(args: Args) -> dict:
     return out
 
 
-@torch.no_grad()
-def decode_tokens_per_s(model, context: int, new_tokens: int) -> float:
-    """Tokens/s of single-token decode steps after an (untimed) prefill of ``context`` tokens."""
-    x = torch.randint(0, model.config.vocab_size, (1, context))
-    state = model.init_state(1)
-    model(x, state)
-    token = x[:, -1:]
-    model(token, state)  # warm-up step
-    return new_tokens / timed(lambda: [model(token, state) for _ in range(new_tokens)], repeats=1, warmup=0)
-
-
 def model_results(args: Args) -> dict:
     out = {}
     for variant in ("baseline", "gdn"):
         torch.manual_seed(0)
-        model = memlab.build_model(variant, args.size, max_seq_len=args.decode_context + 2 * args.decode_tokens + 2)
+        model = memlab.build_model(variant, args.size, max_seq_len=args.decode_context + 4 * args.decode_tokens)
         train = step_tokens_per_s(model.train(), 1, args.train_seq_len, steps=args.repeats)
-        decode = decode_tokens_per_s(model.eval(), args.decode_context, args.decode_tokens)
+        decode, _ = decode_tokens_per_s(model.eval(), args.decode_context, args.decode_tokens)
         out[variant] = {"train_tokens_per_s": train, "decode_tokens_per_s": decode}
     out["train_ratio_gdn_over_baseline"] = out["gdn"]["train_tokens_per_s"] / out["baseline"]["train_tokens_per_s"]
     out["decode_ratio_gdn_over_baseline"] = out["gdn"]["decode_tokens_per_s"] / out["baseline"]["decode_tokens_per_s"]
