@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the source experiments of the Gated DeltaNet issue at `tiny` on CPU (one core).
-# Usage: bash experiments/gdn_source/run.sh [1 2 3 4]   (default: all four), from the repo root.
+# Usage: bash experiments/gdn_source/run.sh ["1 2 3 4"]   (default: all four; "3b": the no-drop control), from the repo root.
 # Writes runs/experiments/gdn_source/expN/ (run dir, eval/ JSONs, logs) and times.tsv.
 set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -32,6 +32,8 @@ experiment() {  # experiment N VARIANT CONFIG LM(yes/no)
   # experiment 5: accuracy by needle depth (early 0-0.3, middle 0.4-0.6, late 0.7-1.0)
   timed "exp${n}_longctx" $MEMLAB eval --checkpoint "$run" --suite longctx --out-dir "$run/eval" \
       --needle-tasks niah --context-lengths $CTX --depths 0.0 0.15 0.3 0.4 0.5 0.6 0.7 0.85 1.0 --needle-samples 20
+  # lenient metric closer to the source's top-5: colour preferred at the answer position, normal vs zeroed
+  timed "exp${n}_colour" .venv/bin/python $HERE/colour_choice.py "$run" --context $CTX --samples 200
   if [ "$lm" = yes ]; then
     timed "exp${n}_lm" $MEMLAB eval --checkpoint "$run" --suite lm --out-dir "$run/eval" --lm-tokens 32768
   fi
@@ -44,6 +46,7 @@ for n in "${@:-1 2 3 4}"; do
       2) experiment 2 gdn_hybrid exp2_hybrid_lm.yaml yes ;;
       3) experiment 3 gdn_hybrid exp3_hybrid_drop_niah.yaml no ;;
       4) experiment 4 gdn_hybrid exp4_hybrid_drop_mixed.yaml yes ;;
+      3b) experiment 3b gdn_hybrid exp3b_hybrid_nodrop_niah.yaml no ;;  # control: no local drop
       *) echo "unknown experiment $m" >&2; exit 2 ;;
     esac
   done

@@ -15,10 +15,11 @@ from memlab.eval.stats import pool
 RUNS = Path("runs/experiments/gdn_source")
 HERE = Path(__file__).parent
 NAMES = {
-    1: "GDN-only, NIAH curriculum",
-    2: "Hybrid, language only",
-    3: "Hybrid + drop 0.7, NIAH curriculum",
-    4: "Hybrid + drop 0.7, mixed LM + NIAH",
+    "1": "GDN-only, NIAH curriculum",
+    "2": "Hybrid, language only",
+    "3": "Hybrid + drop 0.7, NIAH curriculum",
+    "3b": "control: hybrid, no drop, NIAH curriculum",
+    "4": "Hybrid + drop 0.7, mixed LM + NIAH",
 }
 BUCKETS = {"early": (0.0, 0.15, 0.3), "middle": (0.4, 0.5, 0.6), "late": (0.7, 0.85, 1.0)}
 
@@ -53,7 +54,7 @@ def times() -> dict[str, int]:
 
 def main() -> None:
     t = times()
-    rows, pos_rows, train_rows = [], [], []
+    rows, pos_rows, train_rows, layer_rows, colour_rows = [], [], [], [], []
     for n, name in NAMES.items():
         run = RUNS / f"exp{n}"
         if not run.is_dir():
@@ -68,6 +69,15 @@ def main() -> None:
             f"| {n} | {name} | {pct(ab and ab['normal'])} | {pct(ab and ab['zeroed'])} | {delta(ab and ab['delta'])} "
             f"| {pct(ab0 and ab0['normal'])} | {delta(ab0 and ab0['delta'])} | {ppl} |"
         )
+        cc_path = run / "eval/colour_choice.json"
+        if cc_path.is_file():
+            cc = json.loads(cc_path.read_text())
+            by = " | ".join(pct(cc["normal_by_bucket"][b]) for b in ("early", "middle", "late"))
+            colour_rows.append(f"| {n} | {name} | {pct(cc['normal'])} | {pct(cc['zeroed'])} | {delta(cc['delta'])} | {by} |")
+        if ab:
+            per = ", ".join(f"{p['mixer']}@{p['layer']}: {100 * p['zeroed']['accuracy']:.0f}% ({delta(p['delta'])})"
+                            for p in ab["per_layer"])
+            layer_rows.append(f"| {n} | {per} |")
         if lc:
             cells = lc["tasks"]["niah"]["cells"]
             by = {b: pool([c for c in cells if round(c["depth"], 2) in ds]) for b, ds in BUCKETS.items()}
@@ -79,8 +89,8 @@ def main() -> None:
             if "difficulty" in d and "niah" in d["difficulty"] and (not levels or levels[-1][1] != d["difficulty"]["niah"]):
                 levels.append((d["step"], d["difficulty"]["niah"]))
         walk = ", ".join(f"{lvl}@{s}" for s, lvl in levels) or "-"
-        wall = " / ".join(f"{t.get(f'exp{n}_{k}', '-')}" for k in ("train", "ablation", "ablation_start", "longctx", "lm"))
-        train_rows.append(f"| {n} | {summary.get('steps', '-')} | {summary.get('tokens', '-')} | {walk} | {wall} |")
+        wall = " / ".join(f"{t.get(f'exp{n}_{k}', '-')}" for k in ("train", "ablation", "ablation_start", "longctx", "colour", "lm"))
+        train_rows.append(f"| {n} | {summary.get('steps', '-')} | {summary.get('tokens_seen', '-')} | {walk} | {wall} |")
     print("| # | experiment | acc. normal (random pos.) | acc. zeroed | Delta (pts) [95% CI] | acc. normal (fact at start) "
           "| Delta, fact at start | val. PPL [95% CI] |")
     print("|---|---|---|---|---|---|---|---|")
@@ -88,18 +98,24 @@ def main() -> None:
     print("\n| # | experiment | early (depth 0-0.3) | middle (0.4-0.6) | late (0.7-1.0) | all |")
     print("|---|---|---|---|---|---|")
     print("\n".join(pos_rows))
-    print("\n| # | steps | tokens | curriculum walk (distractors@step) | wall s: train / ablation / ablation-start / longctx / lm |")
+    print("\n| # | experiment | colour choice normal | zeroed | Delta (pts) | normal: early | middle | late |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(colour_rows))
+    print("\n| # | one memory layer zeroed at a time: accuracy (Delta) |")
+    print("|---|---|")
+    print("\n".join(layer_rows))
+    print("\n| # | steps | tokens | curriculum walk (distractors@step) | wall s: train / ablation / ablation-start / longctx / colour / lm |")
     print("|---|---|---|---|---|")
     print("\n".join(train_rows))
     if "--copy" in sys.argv:
         dest = HERE / "results"
         for n in NAMES:
             for sub in ("eval", "eval_start"):
-                for f in (RUNS / f"exp{n}" / sub).glob("results_*.json"):
+                for f in [*(RUNS / f"exp{n}" / sub).glob("results_*.json"), *(RUNS / f"exp{n}" / sub).glob("colour_*.json")]:
                     target = dest / f"exp{n}" / sub / f.name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(f, target)
-            for f in ("summary.json", "metrics.jsonl"):
+            for f in ("summary.json",):
                 if (RUNS / f"exp{n}" / f).is_file():
                     (dest / f"exp{n}").mkdir(parents=True, exist_ok=True)
                     shutil.copy(RUNS / f"exp{n}" / f, dest / f"exp{n}" / f)

@@ -102,6 +102,22 @@ def test_cooldown_and_min_evals(byte_tok):
     assert c.stats()["parity"]["difficulty"] == level
 
 
+@pytest.mark.parametrize("decay, evals_to_rise", [(0.5, 4), (0.9, 22)])
+def test_a_failed_first_evaluation_delays_the_rise_by_the_ema_decay(byte_tok, decay, evals_to_rise):
+    """After an evaluation at 0%, the EMA reaches the 0.9 threshold after this many at 100%."""
+    c = Curriculum(tasks_only(tasks=["parity"], strategy="competence", cooldown_steps=0, min_evals=1,
+                              ema_decay=decay), byte_tok)
+    level = c.difficulty("parity")
+    c.next_batch()
+    c.observe("parity", 0.0)
+    perfect_evals = 0
+    while c.difficulty("parity") == level and perfect_evals < 40:
+        c.next_batch()
+        c.observe("parity", 1.0)
+        perfect_evals += 1
+    assert perfect_evals == evals_to_rise
+
+
 def test_jitter_replays_easier_levels(byte_tok):
     for jitter in (0.0, 1.0):
         c = Curriculum(
@@ -209,6 +225,7 @@ def test_ranks_and_seeds_draw_different_streams(byte_tok):
         (dict(strategy="dag", tasks=["copy"], dag={"chain": []}), "dag names tasks not in use"),
         (dict(strategy="dag", tasks=["copy"], retrieval_tasks=["niah"], dag={"copy": ["niah"]}), "no alg task"),
         (dict(tasks=["parity", "parity"]), "listed twice"),
+        (dict(ema_decay=1.0), "ema_decay must lie in"),
         (dict(retrieval_tasks=["mqar:vocab_size=4096"], retrieval_ratio=1.0), "ids >= the vocabulary size"),
     ],
 )

@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from memlab.eval.stats import accuracy_record, mean_interval, paired_bootstrap, pool, wilson_interval
+from memlab.eval.stats import (
+    accuracy_record,
+    mean_interval,
+    newcombe_paired_interval,
+    paired_bootstrap,
+    pool,
+    wilson_interval,
+)
 
 
 def wilson_by_formula(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -47,10 +54,23 @@ def test_paired_bootstrap_of_delta():
 
 
 def test_paired_bootstrap_degenerate_and_bad_input():
-    assert paired_bootstrap([1, 0, 1], [1, 0, 1]) == {"delta": 0.0, "ci95": [0.0, 0.0], "n": 3}
-    assert paired_bootstrap([1, 1], [0, 0])["ci95"] == [1.0, 1.0]
+    same = paired_bootstrap([1, 0, 1], [1, 0, 1])  # no pair differs: Newcombe's interval, not [0, 0]
+    assert same["delta"] == 0.0 and same["n"] == 3 and same["ci95"][0] < 0.0 < same["ci95"][1]
+    # every pair differs the same way (all memory-dependent): [1 - sqrt(2) (1 - wilson_low), 1]
+    low, high = paired_bootstrap([1] * 200, [0] * 200)["ci95"]
+    assert high == 1.0 and low == pytest.approx(1 - math.sqrt(2) * (1 - wilson_interval(200, 200)[0]))
+    assert 0.95 < low < 1.0
+    assert paired_bootstrap([1] * 20, [0] * 20)["ci95"][0] < low  # fewer pairs, wider interval
     with pytest.raises(ValueError):
         paired_bootstrap([1, 0], [1])
+
+
+def test_newcombe_interval_agrees_with_the_bootstrap_where_both_apply():
+    rng = np.random.default_rng(3)
+    normal = rng.random(500) < 0.7
+    ablated = normal & (rng.random(500) < 0.6)
+    boot = paired_bootstrap(normal, ablated, seed=0)["ci95"]
+    assert newcombe_paired_interval(normal, ablated) == pytest.approx(boot, abs=0.02)
 
 
 def test_mean_interval_is_a_t_interval():

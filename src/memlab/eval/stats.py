@@ -2,7 +2,9 @@
 
 * an accuracy carries its sample count and a 95% Wilson score interval;
 * a paired difference of accuracies (the memory-ablation Delta) carries a paired
-  bootstrap interval: examples are resampled and both conditions use the same draw;
+  bootstrap interval: examples are resampled and both conditions use the same draw.  When every
+  pair differs the same way the bootstrap has nothing to resample (a zero-width interval would
+  overstate certainty), so Newcombe's hybrid score interval for paired proportions is used;
 * a mean over seeds or windows carries a Student-t interval.
 """
 
@@ -62,13 +64,34 @@ def paired_bootstrap(
     diff = a - b  # (n,) in {-1, 0, 1}
     delta = float(diff.mean())
     if np.all(diff == diff[0]):  # every resample gives the same mean
-        return {"delta": delta, "ci95": [delta, delta], "n": n}
+        return {"delta": delta, "ci95": list(newcombe_paired_interval(a, b, confidence)), "n": n}
     result = stats.bootstrap(
         (diff,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
         method="percentile", random_state=np.random.default_rng(seed),  # scipy>=1.10 spelling
     )
     ci = result.confidence_interval
     return {"delta": delta, "ci95": [float(ci.low), float(ci.high)], "n": n}
+
+
+def newcombe_paired_interval(
+    normal: np.ndarray, ablated: np.ndarray, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """Newcombe's (1998, method 10) interval for p(normal) - p(ablated) on paired 0/1 outcomes.
+
+    It combines the two Wilson intervals with the correlation phi of the paired 2x2 table, so it
+    is never of zero width and stays inside [-1, 1].
+    """
+    a, b = np.asarray(normal, dtype=bool), np.asarray(ablated, dtype=bool)
+    n = a.size
+    both, only_a, only_b, neither = (int(np.sum(x)) for x in (a & b, a & ~b, ~a & b, ~a & ~b))
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    (l1, u1), (l2, u2) = wilson_interval(both + only_a, n, confidence), wilson_interval(both + only_b, n, confidence)
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    phi = (both * neither - only_a * only_b) / math.sqrt(margins) if margins else 0.0
+    below = (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2
+    above = (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2
+    delta = p1 - p2
+    return max(-1.0, delta - math.sqrt(max(below, 0.0))), min(1.0, delta + math.sqrt(max(above, 0.0)))
 
 
 def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:

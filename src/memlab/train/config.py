@@ -83,6 +83,8 @@ class TrainConfig:
     """probability of replaying an easier level of a task"""
     curriculum_threshold: float = 0.9
     """accuracy (EMA) at which a task counts as learned"""
+    curriculum_ema_decay: float = 0.5
+    """weight of the old value in a task's accuracy EMA (restarted at each level)"""
     curriculum_dag_patience: int = 0
     """dag: unlock the next stage after this many evaluations without progress (0: never)"""
     seq_len: int = 256

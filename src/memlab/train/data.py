@@ -141,6 +141,7 @@ def curriculum_config(cfg: TrainConfig, world_size: int) -> CurriculumConfig:
         retrieval_ratio=cfg.retrieval_ratio,
         strategy=cfg.task_curriculum_strategy if cfg.use_task_curriculum else "uniform",
         threshold=cfg.curriculum_threshold,
+        ema_decay=cfg.curriculum_ema_decay,
         cooldown_steps=cfg.curriculum_cooldown,
         min_evals=cfg.curriculum_min_task_evals,
         jitter=cfg.curriculum_jitter,
