@@ -124,3 +124,15 @@ def test_model_without_slots_is_refused(tmp_path, corpora, capsys):
     assert e.value.code == 2 and "no memory slots" in capsys.readouterr().err
     with pytest.raises(MemlabError, match="valid choices: alphas, domains, gates, routing, trajectory"):
         run_probe(model_dir, "depth", tmp_path)
+
+
+def test_checkpoint_step_reads_trainer_state_best_json_or_the_name(tmp_path):
+    from memlab.probes.runner import checkpoint_step
+
+    (tmp_path / "best_model").mkdir()
+    (tmp_path / "best_model" / "best.json").write_text('{"loss": 1.5, "step": 700, "acc": {}}')
+    (tmp_path / "step_40").mkdir()
+    (tmp_path / "other").mkdir()
+    assert checkpoint_step(tmp_path / "best_model") == 700
+    assert checkpoint_step(tmp_path / "step_40") == 40
+    assert checkpoint_step(tmp_path / "other") == 0

@@ -17,6 +17,7 @@ from memlab.errors import MemlabError
 
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
+BEST_FILE = "best.json"  # in best_model/: the step it was saved at and its selection loss
 log = logging.getLogger(__name__)
 
 

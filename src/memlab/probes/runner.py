@@ -19,6 +19,7 @@ import torch
 from memlab.errors import choose
 from memlab.eval import schema
 from memlab.eval.hub import load_checkpoint, run_dir_of
+from memlab.models.paths import BEST_FILE
 from memlab.probes.activity import LayerActivity, record_activity, slot_layers
 from memlab.probes.corpus import ProbeText, read_probe_text
 from memlab.probes.options import PROBES, ProbeOptions
@@ -92,13 +93,14 @@ def default_out_dir(model_dir: Path, out_dir: str | Path | None) -> Path:
 
 
 def checkpoint_step(model_dir: Path) -> int:
-    """The training step of a checkpoint (its trainer_state.json or its step_N name); 0 if unknown."""
-    state = model_dir / "trainer_state.json"
-    if state.is_file():
-        try:
-            return int(json.loads(state.read_text())["step"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            pass
+    """The training step of a checkpoint (its trainer_state.json, a best_model's best.json, or its
+    step_N name); 0 if unknown."""
+    for record in (model_dir / "trainer_state.json", model_dir / BEST_FILE):
+        if record.is_file():
+            try:
+                return int(json.loads(record.read_text())["step"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                pass
     name = model_dir.name
     return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else 0
 

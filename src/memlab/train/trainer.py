@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import random
@@ -33,7 +34,7 @@ from memlab.data.tasks import GRID_VERSION, IGNORE_INDEX
 from memlab.data.tokenizer import load_tokenizer
 from memlab.errors import MemlabError
 from memlab.models.lm import WEIGHTS_FILE, LanguageModel
-from memlab.models.paths import latest_whole_checkpoint
+from memlab.models.paths import BEST_FILE, latest_whole_checkpoint
 from memlab.train import checkpoint as ckpt
 from memlab.train import distributed
 from memlab.train.config import RUN_FORMAT, TrainConfig, read_yaml
@@ -264,6 +265,7 @@ class Trainer:
         if self.d.is_main:
             with ckpt.atomic_directory(self.run_dir / "best_model") as tmp:
                 self._write_model_files(tmp, model_state)
+                (tmp / BEST_FILE).write_text(json.dumps(self.best) + "\n")  # its step and selection loss
 
     # ------------------------------------------------------------------ loop
     def session_wall(self) -> float:
