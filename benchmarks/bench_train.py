@@ -106,7 +106,8 @@ def main(args: Args) -> dict:
     }
     if args.bf16:
         bf16 = step_tokens_per_s(model, args.batch, args.seq_len, args.steps, torch.bfloat16)
-        result.update(bf16_tokens_per_s=bf16, bf16_over_fp32=bf16 / fp32)
+        result.update(bf16_tokens_per_s=bf16, bf16_over_fp32=bf16 / fp32,
+                      matmul_peak_bf16_gflops=matmul_peak_flops(torch.bfloat16) / 1e9)  # what bf16 can gain here
     if args.loop_steps:
         loop = loop_throughput(args, model.config.vocab_size)
         # the bare step again after the loop: on a shared machine the load may have changed meanwhile
