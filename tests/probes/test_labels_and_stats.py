@@ -86,6 +86,32 @@ def test_mi_test_finds_planted_dependence_only():
     assert null["argmax"]["bits_corrected"] < null["argmax"]["bits"]  # Miller-Madow lowers the plug-in value
 
 
+def test_token_identity_null_separates_routing_by_token_from_routing_by_depth():
+    """Depth correlates with the token; routing by token looks significant against plain shuffles
+    but has no excess over the within-token null, while routing by depth itself does."""
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(0, 20, 4000)
+    depth = np.where(rng.random(4000) < 0.7, tokens % 4, rng.integers(0, 4, 4000))  # mostly set by the token
+    by_token = np.eye(20)[tokens]
+    by_depth = np.eye(20)[depth * 5]
+    token_routed = mi_test(depth, by_token, 4, permutations=40, tokens=tokens)["argmax"]
+    depth_routed = mi_test(depth, by_depth, 4, permutations=40, tokens=tokens)["argmax"]
+    assert token_routed["p_value"] < 0.05 and token_routed["bits"] > 0.5  # plain shuffles are fooled
+    assert abs(token_routed["excess_over_token_identity_bits"]) < 0.02 and token_routed["p_value_within_token"] > 0.05
+    assert depth_routed["excess_over_token_identity_bits"] > 0.3 and depth_routed["p_value_within_token"] < 0.05
+
+
+def test_within_token_shuffle_keeps_each_tokens_labels():
+    from memlab.probes.stats import within_token_shuffle
+
+    rng = np.random.default_rng(3)
+    tokens, labels = rng.integers(0, 5, 300), rng.integers(0, 4, 300)
+    shuffled = within_token_shuffle(labels, tokens, rng)
+    for t in range(5):
+        assert sorted(shuffled[tokens == t]) == sorted(labels[tokens == t])
+    assert (shuffled != labels).any()
+
+
 def test_soft_mi_equals_argmax_mi_for_one_hot_routing():
     rng = np.random.default_rng(1)
     labels, slots = rng.integers(0, 3, 500), rng.integers(0, 5, 500)

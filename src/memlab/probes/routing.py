@@ -43,11 +43,12 @@ def routing_probe(ctx: ProbeContext) -> dict[str, Any]:
 
 def routing_results(activity: list[LayerActivity], text: ProbeText, options: ProbeOptions) -> dict[str, Any]:
     depths = {name: text.flat(name) for name in DEPTHS}
+    tokens = text.flat("ids")
     layers = []
     for a in activity:
         entry: dict[str, Any] = {"layer": a.layer, **slot_usage(a.routing)}
         for name, values in depths.items():
-            entry[name] = depth_report(values, a.routing, options)
+            entry[name] = depth_report(values, a.routing, options, tokens)
         layers.append(entry)
     summary: dict[str, Any] = {}
     for name in DEPTHS:
@@ -90,8 +91,11 @@ def slot_usage(routing: np.ndarray) -> dict[str, Any]:
     }
 
 
-def depth_report(depth: np.ndarray, routing: np.ndarray, options: ProbeOptions) -> dict[str, Any]:
-    """MI(slot; depth) and P(slot | depth) over the tokens whose depth is known (Python code)."""
+def depth_report(
+    depth: np.ndarray, routing: np.ndarray, options: ProbeOptions, tokens: np.ndarray | None = None
+) -> dict[str, Any]:
+    """MI(slot; depth) and P(slot | depth) over the tokens whose depth is known (Python code);
+    ``tokens`` (the token ids) add the token-identity null to the MI test."""
     known = depth >= 0
     if not known.any():
         return {"tokens": 0, "note": "no Python code in the probe text: depth is undefined"}
@@ -112,7 +116,8 @@ def depth_report(depth: np.ndarray, routing: np.ndarray, options: ProbeOptions) 
     return {
         "tokens": int(known.sum()),
         "tokens_per_depth": per_depth[:, 0].tolist(),
-        "mi": mi_test(labels, routing, n_classes, options.permutations, options.seed),
+        "mi": mi_test(labels, routing, n_classes, options.permutations, options.seed,
+                      None if tokens is None else tokens[known]),
         "slot_given_depth": given.tolist(),
         "dominant_slots": dominant,
     }

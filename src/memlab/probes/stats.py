@@ -4,7 +4,9 @@ All in bits.  MI(slot; label) is computed two ways: from the argmax slot of ever
 (counts of a contingency table; Miller-Madow bias correction) and from the full routing
 distributions (the joint ``P(label, slot) = mean_t 1[label_t] p_t(slot)``; corrected by
 subtracting the mean MI of shuffled labels).  The p-value is that of a permutation test:
-the share of label shuffles whose MI reaches the observed one (+1 smoothing).  Tokens of a
+the share of label shuffles whose MI reaches the observed one (+1 smoothing).  Given the token
+ids, a second null shuffles labels only among equal tokens, so MI that token identity alone
+explains is not read as structure.  Tokens of a
 text are not independent, so the p-value is optimistic; the shuffled mean is the baseline.
 """
 
@@ -53,36 +55,65 @@ def _joint_soft(labels: np.ndarray, routing: np.ndarray, n_labels: int) -> np.nd
     return onehot.T @ routing  # (n_labels, K)
 
 
+def within_token_shuffle(labels: np.ndarray, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``labels`` permuted among the positions that hold the same token id."""
+    order = np.argsort(tokens, kind="stable")
+    shuffled = np.lexsort((rng.random(len(tokens)), tokens))  # same token ids, random order within each
+    out = np.empty_like(labels)
+    out[order] = labels[shuffled]
+    return out
+
+
 def mi_test(
-    labels: np.ndarray, routing: np.ndarray, n_labels: int, permutations: int = 200, seed: int = 0
+    labels: np.ndarray,
+    routing: np.ndarray,
+    n_labels: int,
+    permutations: int = 200,
+    seed: int = 0,
+    tokens: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """MI(slot; label) from argmax slots and from full distributions, with baselines and p-values.
 
     ``labels (N,)`` are ints in [0, n_labels); ``routing (N, K)`` are routing distributions.
+    With ``tokens (N,)`` (the token ids) a second null shuffles the labels only among equal
+    tokens: routing that depends on the token alone (``def`` always goes to slot 3) scores MI
+    against plain shuffles, but none in excess of this one.
     """
     n_slots = routing.shape[1]
     slots = routing.argmax(1)
     h_label = entropy_bits(np.bincount(labels, minlength=n_labels))
     rng = np.random.default_rng(seed)
-    shuffles = [rng.permutation(labels) for _ in range(permutations)]
+    nulls = {"shuffled": [rng.permutation(labels) for _ in range(permutations)]}
+    if tokens is not None:
+        nulls["within_token"] = [within_token_shuffle(labels, tokens, rng) for _ in range(permutations)]
     counts = _joint_argmax(labels, slots, n_labels, n_slots)
     out = {}
-    for kind, joint, shuffled in (
-        ("argmax", counts, [_joint_argmax(s, slots, n_labels, n_slots) for s in shuffles]),
-        ("soft", _joint_soft(labels, routing, n_labels), [_joint_soft(s, routing, n_labels) for s in shuffles]),
+    for kind, joint_of in (
+        ("argmax", lambda lab: _joint_argmax(lab, slots, n_labels, n_slots)),
+        ("soft", lambda lab: _joint_soft(lab, routing, n_labels)),
     ):
-        mi = mutual_information_bits(joint)
-        null = np.array([mutual_information_bits(j) for j in shuffled]) if permutations else np.zeros(1)
-        corrected = mi + miller_madow_correction_bits(counts) if kind == "argmax" else mi - float(null.mean())
+        mi = mutual_information_bits(joint_of(labels))
+        null = {name: np.array([mutual_information_bits(joint_of(s)) for s in shuffles]) if permutations
+                else np.zeros(1) for name, shuffles in nulls.items()}
+        shuffled = null["shuffled"]
+        corrected = mi + miller_madow_correction_bits(counts) if kind == "argmax" else mi - float(shuffled.mean())
         out[kind] = {
             "bits": mi,
             "bits_corrected": corrected,
             "ratio": mi / h_label if h_label > 0 else None,  # undefined when the label never varies
             "ratio_corrected": corrected / h_label if h_label > 0 else None,
-            "shuffled_mean_bits": float(null.mean()),
-            "shuffled_std_bits": float(null.std()),
-            "p_value": float((1 + (null >= mi).sum()) / (1 + permutations)) if permutations else None,
+            "shuffled_mean_bits": float(shuffled.mean()),
+            "shuffled_std_bits": float(shuffled.std()),
+            "p_value": float((1 + (shuffled >= mi).sum()) / (1 + permutations)) if permutations else None,
         }
+        if "within_token" in null:
+            same_token = null["within_token"]
+            out[kind].update(
+                within_token_mean_bits=float(same_token.mean()),
+                excess_over_token_identity_bits=mi - float(same_token.mean()),
+                p_value_within_token=float((1 + (same_token >= mi).sum()) / (1 + permutations))
+                if permutations else None,
+            )
     out["label_entropy_bits"] = h_label
     return out
 
