@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -119,15 +120,24 @@ class Mixer(nn.Module):
             return self._forward_windows(x, h)
         return self.mix(x, state)
 
-    def _forward_windows(self, x: torch.Tensor, h: int, max_tokens: int = 1 << 16) -> torch.Tensor:
+    def _forward_windows(self, x: torch.Tensor, h: int) -> torch.Tensor:
         """Exact horizon ablation: position t sees only x[t-h+1 .. t].  (B, T, D) -> (B, T, D)."""
-        B, T, D = x.shape
-        head = self.mix(x[:, :h], None)  # positions < h see their whole prefix
-        if T <= h:
-            return head
-        windows = x.unfold(1, h, 1).permute(0, 1, 3, 2)[:, 1:]  # (B, T-h, h, D): windows ending at h..T-1
-        flat = windows.reshape(-1, h, D)
-        per_call = max(1, max_tokens // h)
-        tails = [self.mix(flat[i : i + per_call], None)[:, -1] for i in range(0, flat.shape[0], per_call)]
-        tail = torch.cat(tails).view(B, T - h, D)
-        return torch.cat([head, tail], dim=1)
+        return last_of_windows(x, h, lambda window: self.mix(window, None))
+
+
+def last_of_windows(
+    x: torch.Tensor, h: int, run: Callable[[torch.Tensor], torch.Tensor], max_tokens: int = 1 << 16
+) -> torch.Tensor:
+    """Output t of ``run`` applied to the window ``x[:, t-h+1 .. t]`` alone, for every t.
+
+    ``run`` maps (n, L, C) -> (n, L, D) causally; positions < h see their whole prefix (one call),
+    the others are batched windows of h, ``max_tokens`` tokens per call.  (B, T, C) -> (B, T, D)
+    """
+    B, T, C = x.shape
+    head = run(x[:, :h])
+    if T <= h:
+        return head
+    windows = x.unfold(1, h, 1).permute(0, 1, 3, 2)[:, 1:].reshape(-1, h, C)  # windows ending at h..T-1
+    per_call = max(1, max_tokens // h)
+    tails = [run(windows[i : i + per_call])[:, -1] for i in range(0, windows.shape[0], per_call)]
+    return torch.cat([head, torch.cat(tails).view(B, T - h, -1)], dim=1)

@@ -27,7 +27,7 @@ from memlab.config import ModelConfig
 from memlab.errors import MemlabError
 from memlab.mixers import register_mixer
 from memlab.mixers.attention import RingKVCache, SlidingWindowAttention
-from memlab.mixers.base import Mixer
+from memlab.mixers.base import Mixer, last_of_windows
 from memlab.mixers.gated_delta import DeltaWrite, GatedDeltaNet, delta_dims
 
 
@@ -122,26 +122,19 @@ class StateReadWindowAttention(SlidingWindowAttention):
         keep = torch.rand(x.shape[0], 1, 1, device=x.device) >= self.options.local_drop_prob
         return keep.to(x.dtype)
 
-    def _forward_windows(self, x: torch.Tensor, h: int, max_tokens: int = 1 << 16) -> torch.Tensor:
+    def _forward_windows(self, x: torch.Tensor, h: int) -> torch.Tensor:
         """Exact horizon ablation: position t sees x[t-h+1 .. t] and the source's input over the same span.
 
         Each window recomputes the source's writes from its own input (its convolution starting
         at the window), exactly as a model run on the truncated context would.  (B, T, D) -> (B, T, D)
         """
-        B, T, D = x.shape
-        joint = torch.cat([x, self.source.last_input], dim=-1)  # (B, T, D + D)
+        D = x.shape[-1]
 
         def run(window: torch.Tensor) -> torch.Tensor:  # (n, L, 2D) -> (n, L, D)
-            own, source_input = window.split([D, window.shape[-1] - D], dim=-1)
+            own, source_input = window.split([D, D], dim=-1)
             return self._mix(own, None, self.source.writes(source_input))
 
-        head = run(joint[:, :h])  # positions < h see their whole prefix
-        if T <= h:
-            return head
-        windows = joint.unfold(1, h, 1).permute(0, 1, 3, 2)[:, 1:].flatten(0, 1)  # (B * (T-h), h, 2D)
-        per_call = max(1, max_tokens // h)
-        tail = torch.cat([run(windows[i : i + per_call])[:, -1] for i in range(0, windows.shape[0], per_call)])
-        return torch.cat([head, tail.view(B, T - h, D)], dim=1)
+        return last_of_windows(torch.cat([x, self.source.last_input], dim=-1), h, run)
 
     # -------------------------------------------------------------------- state
     def init_state(self, batch_size: int, device=None, dtype=None) -> WindowReadState:
