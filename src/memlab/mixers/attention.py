@@ -167,3 +167,21 @@ class SlidingWindowAttention(Attention):
         state.v[:, :, new_pos % W] = v[:, :, T - keep :]
         state.length = start + T
         return keys, values, positions
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from ``queries: (B, ..., Tq, D)`` to ``sources: (B, ..., S, D)`` (no mask)."""
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.kv_proj = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, queries: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        H, D = self.n_heads, queries.shape[-1]
+        q = self.q_proj(queries).unflatten(-1, (H, D // H)).transpose(-2, -3)  # (..., H, Tq, Dh)
+        k, v = self.kv_proj(sources).unflatten(-1, (2, H, D // H)).movedim(-3, 0).transpose(-2, -3)
+        y = F.scaled_dot_product_attention(q, k, v)  # (..., H, Tq, Dh)
+        return self.out_proj(y.transpose(-2, -3).flatten(-2))

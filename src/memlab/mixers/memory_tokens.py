@@ -18,6 +18,7 @@ from torch import nn
 from memlab.config import ModelConfig
 from memlab.errors import MemlabError
 from memlab.mixers import register_mixer
+from memlab.mixers.attention import CrossAttention
 from memlab.mixers.base import Mixer, MixerState
 
 
@@ -40,9 +41,7 @@ class MemoryTokenReader(Mixer):
             raise MemlabError("the memory-token reader 'R' needs recursion.n_memory_tokens >= 1")
         self.n_heads, self.head_dim = config.n_heads, config.head_dim
         self.memory = nn.Parameter(torch.empty(M, D))
-        self.q_proj = nn.Linear(D, D, bias=False)
-        self.kv_proj = nn.Linear(D, 2 * D, bias=False)
-        self.out_proj = nn.Linear(D, D, bias=False)
+        self.read = CrossAttention(D, config.n_heads)
         self.init_special_parameters()
 
     def init_special_parameters(self) -> None:
@@ -50,12 +49,8 @@ class MemoryTokenReader(Mixer):
 
     def mix(self, x: torch.Tensor, state: NoState | None) -> torch.Tensor:
         Bsz, T, D = x.shape  # x: (B, T, D)
-        H, Dh = self.n_heads, self.head_dim
-        q = self.q_proj(x).view(Bsz, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh)
         memory = F.rms_norm(self.memory, (D,), eps=self.config.norm_eps)  # scaled like the normed input x
-        k, v = self.kv_proj(memory).view(-1, 2, H, Dh).permute(1, 2, 0, 3)  # (H, M, Dh) each
-        y = F.scaled_dot_product_attention(q, k.expand(Bsz, -1, -1, -1), v.expand(Bsz, -1, -1, -1))
-        return self.out_proj(y.transpose(1, 2).reshape(Bsz, T, D))
+        return self.read(x, memory.expand(Bsz, -1, -1))  # (B, T, D)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> NoState:
         return NoState()
