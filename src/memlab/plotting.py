@@ -17,9 +17,11 @@ def pyplot():
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Lay out, write ``path`` through a temporary file, close the figure; returns ``path``."""
+    """Lay out (tightly, unless the figure has a layout engine of its own), write ``path`` through a
+    temporary file, close the figure; returns ``path``."""
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(tmp)
     pyplot().close(fig)
     os.replace(tmp, path)

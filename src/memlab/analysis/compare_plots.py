@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from memlab.analysis.compare import Metric, Row
+from memlab.plotting import pyplot, save_figure
 
-from memlab.analysis.compare import Metric, Row  # noqa: E402
+plt = pyplot()
 
 
 def plot_comparison(rows: Sequence[Row], out_dir: Path) -> list[Path]:
@@ -44,7 +43,7 @@ def _bars(ax, rows: Sequence[Row], values: str | list[tuple[str, list[Metric]]],
 
 def _headline(rows: Sequence[Row], path: Path) -> Path:
     panel = max(4.0, 0.35 * len(rows))  # inches per panel: room for every run's label
-    fig, axes = plt.subplots(1, 5, figsize=(5 * panel, 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, 5, figsize=(5 * panel, 4), constrained_layout=True, dpi=110)
     accuracy = [("IID", [r.algorithmic for r in rows]), ("OOD", [r.ood for r in rows])]
     _bars(axes[0], rows, accuracy, "algorithmic accuracy %", 100)
     _bars(axes[1], rows, "needle", "needle accuracy %", 100)
@@ -52,8 +51,7 @@ def _headline(rows: Sequence[Row], path: Path) -> Path:
     axes[2].set_yscale("log")
     _bars(axes[3], rows, "delta", "memory ablation Delta (pts)", 100)
     _bars(axes[4], rows, "train_time_s", "training time (s)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -61,7 +59,9 @@ def _by_length(rows: Sequence[Row], path: Path) -> Path:
     tasks = sorted({t for r in rows if "algorithmic" in r.results for t in r.results["algorithmic"]["tasks"]})
     cols = min(5, len(tasks)) or 1
     nrows = (len(tasks) + cols - 1) // cols or 1
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3 * nrows), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(3.6 * cols, 3 * nrows), squeeze=False, constrained_layout=True, dpi=110
+    )
     for ax, task in zip(axes.flat, tasks):
         for i, r in enumerate(rows):
             points = r.results.get("algorithmic", {}).get("tasks", {}).get(task, {}).get("by_difficulty", [])
@@ -77,15 +77,14 @@ def _by_length(rows: Sequence[Row], path: Path) -> Path:
         ax.axis("off")
     fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside upper center", ncols=min(6, len(rows)),
                fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
 def _needle_maps(rows: Sequence[Row], path: Path) -> Path:
     with_data = [r for r in rows if r.results.get("longctx", {}).get("tasks")]
     fig, axes = plt.subplots(1, len(with_data), figsize=(3.6 * len(with_data), 3.2), squeeze=False,
-                             constrained_layout=True)
+                             constrained_layout=True, dpi=110)
     for ax, r in zip(axes.flat, with_data):
         payload = r.results["longctx"]
         grid = pooled_grid(payload)
@@ -96,8 +95,7 @@ def _needle_maps(rows: Sequence[Row], path: Path) -> Path:
         ax.set_ylabel("context length")
         ax.set_title(r.name, fontsize=10)
     fig.colorbar(image, ax=axes.ravel().tolist(), label="accuracy %")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
