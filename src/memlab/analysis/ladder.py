@@ -163,7 +163,7 @@ def plan(variants: list[str], labels: list[str], aspect: float = 32.0) -> dict[s
 def train_rung(recipe, variant: str, label: str, size: str, tokens: int, out_dir: Path) -> Rung:
     """Train (or resume, or reuse) one rung and measure its validation loss per window."""
     from memlab.train.trainer import CONFIG_FILE as RUN_CONFIG
-    from memlab.train.trainer import SUMMARY_FILE, read_run_config, train
+    from memlab.train.trainer import SUMMARY_FILE, read_run_config, run_completed, train
 
     run_dir = out_dir / variant / label
     cfg = dataclasses.replace(
@@ -171,13 +171,7 @@ def train_rung(recipe, variant: str, label: str, size: str, tokens: int, out_dir
         resume=False, overwrite=False,
     )
     summary_file = run_dir / SUMMARY_FILE
-    finished = (
-        summary_file.is_file()
-        and json.loads(summary_file.read_text()).get("status") == "completed"
-        and (run_dir / RUN_CONFIG).is_file()
-        and not cfg.differences(read_run_config(run_dir))
-    )
-    if finished:
+    if run_completed(run_dir) and (run_dir / RUN_CONFIG).is_file() and not cfg.differences(read_run_config(run_dir)):
         log.info("%s %s: finished run in %s, not retrained", variant, label, run_dir)
     else:
         train(cfg)

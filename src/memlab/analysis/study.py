@@ -152,11 +152,6 @@ def eval_options(preset: Preset, variants: list[str]) -> tuple[EvalOptions, str 
     return options, f"evaluation contexts capped at {limit} tokens, the max_seq_len of `{shortest}`"
 
 
-def finished(run_dir: Path) -> bool:
-    path = run_dir / "summary.json"
-    return path.is_file() and json.loads(path.read_text()).get("status") == "completed"
-
-
 def evaluated(run_dir: Path, options: EvalOptions) -> bool:
     from memlab.eval.schema import read_results
 
@@ -175,6 +170,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     from memlab.analysis.report import write_report
     from memlab.eval.hub import evaluate
     from memlab.train import TrainConfig, train
+    from memlab.train.trainer import run_completed
 
     out = Path(cfg.out_dir)
     plan = check_plan(cfg, out)
@@ -190,7 +186,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
             name = run_dir_name(variant, seed)
             run_dir = out / "runs" / name
             record = plan["runs"].setdefault(name, {})
-            trained = not finished(run_dir)
+            trained = not run_completed(run_dir)
             if trained:  # afresh, or resumed from the run's newest checkpoint
                 log.info("training %s", name)
                 t0 = time.perf_counter()

@@ -65,6 +65,12 @@ def train(cfg: TrainConfig) -> Path:
 # ------------------------------------------------------------------ run directory
 
 
+def run_completed(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` finished (its summary.json says ``completed``)."""
+    path = run_dir / SUMMARY_FILE
+    return path.is_file() and json.loads(path.read_text()).get("status") == "completed"
+
+
 def read_run_config(run_dir: Path) -> TrainConfig:
     """The TrainConfig recorded in a run directory's config.yaml."""
     data = read_yaml(run_dir / CONFIG_FILE)
