@@ -32,7 +32,7 @@ class GDNConfig:
     head_dim: int | None = None  # key/query width per head; default d_model // n_heads
     expand_v: float = 1.0  # value width = expand_v * head_dim
     conv_size: int = 4
-    chunk_size: int = 64
+    chunk_size: int = 32  # CPU chunked kernel (32 is the fastest at K = V = 64; fla uses its own on CUDA)
     beta_floor: float = 0.0  # beta = floor + (1 - floor) * sigmoid(.)
     allow_neg_eigval: bool = False  # beta in (0, 2)
     g_bias: float | None = None  # when set: initial retention exp(g) = sigmoid(g_bias) in every head

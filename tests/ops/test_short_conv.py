@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from memlab.ops.short_conv import causal_conv1d
@@ -24,3 +25,32 @@ def test_split_sequence_with_tail_equals_one_call():
         y, tail = causal_conv1d(x[:, a:b], w, tail)
         parts.append(y)
     torch.testing.assert_close(torch.cat(parts, 1), full)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 300])  # shorter than the kernel; past one weight-gradient block
+def test_gradients_match_autograd_through_the_literal_sum(T):
+    x, w = torch.randn(2, T, 3, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    tail = torch.randn(2, 3, 3, dtype=torch.float64)
+    for t in (x, w, tail):
+        t.requires_grad_()
+
+    def literal(x, w, tail):
+        padded = torch.cat([tail, x], 1)
+        return torch.stack([(padded[:, t : t + 4] * w.T).sum(1) for t in range(x.shape[1])], 1)
+
+    dy = torch.randn(2, T, 3, dtype=torch.float64)
+    expected = torch.autograd.grad(literal(x, w, tail), (x, w, tail), dy)
+    y, new_tail = causal_conv1d(x, w, tail)
+    torch.testing.assert_close(torch.autograd.grad(y, (x, w, tail), dy), expected)
+    torch.testing.assert_close(new_tail, torch.cat([tail, x], 1)[:, -3:])
+    if T <= 5:
+        assert torch.autograd.gradcheck(lambda x, w, tail: causal_conv1d(x, w, tail)[0], (x, w, tail))
+
+
+def test_weight_gradient_alone_and_mixed_precision_inputs():
+    x, w = torch.randn(1, 5, 2, dtype=torch.bfloat16), torch.randn(2, 4, requires_grad=True)
+    y, _ = causal_conv1d(x, w)  # the input needs no gradient: only the weight's is computed
+    assert y.dtype == torch.float32
+    y.sum().backward()
+    expected = torch.stack([torch.cat([torch.zeros(3, 2), x[0].float()])[i : i + 5].sum(0) for i in range(4)], -1)
+    torch.testing.assert_close(w.grad, expected)

@@ -32,6 +32,7 @@ from memlab.errors import MemlabError
 from memlab.mixers import register_mixer
 from memlab.mixers.base import Mixer, MixerState
 from memlab.ops.gated_delta import gated_delta_rule, gated_delta_rule_step
+from memlab.ops.l2norm import l2_normalize
 from memlab.ops.short_conv import causal_conv1d
 
 
@@ -174,9 +175,9 @@ class GatedDeltaNet(Mixer):
         qkv = F.linear(x, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))  # one matmul
         weight = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight]).squeeze(1)
         qkv, tail = causal_conv1d(qkv, weight, None if state is None else state.conv)
-        q, k, v = F.silu(qkv).split([H * K, H * K, H * V], dim=-1)
-        q = F.normalize(q.view(B, T, H, K), dim=-1)
-        k = F.normalize(k.view(B, T, H, K), dim=-1)
+        qkv = F.silu(qkv)
+        q, k = l2_normalize(qkv[..., : 2 * H * K].view(B, T, 2 * H, K)).split(H, dim=2)  # (B, T, H, K) each
+        v = qkv[..., 2 * H * K :]
         if self.options.shifted_pairing:  # write k_{t-1} with v_t
             previous = k.new_zeros(B, 1, H, K) if state is None else state.last_key[:, None]
             if state is not None:
@@ -237,7 +238,7 @@ class GatedDeltaNet(Mixer):
         """This layer's key path applied to another layer's input x (B, T, D): keys (B, T, H, K) and conv tail."""
         B, T, _ = x.shape
         k, tail = causal_conv1d(self.k_proj(x), self.k_conv1d.weight.squeeze(1), tail)
-        return F.normalize(F.silu(k).view(B, T, self.dims.heads, self.dims.key), dim=-1), tail
+        return l2_normalize(F.silu(k).view(B, T, self.dims.heads, self.dims.key)), tail
 
     # ------------------------------------------------------------------- state
     def init_state(self, batch_size: int, device=None, dtype=None) -> DeltaState:

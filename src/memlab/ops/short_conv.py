@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
+
+_WEIGHT_GRAD_BLOCK = 128  # time steps per block of the weight gradient: its products stay in cache
 
 
 def causal_conv1d(
@@ -16,11 +19,80 @@ def causal_conv1d(
     """
     B, T, C = x.shape
     W = weight.shape[-1]
-    if tail is None:
-        tail = x.new_zeros(B, W - 1, C)
-    padded = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, W - 1 + T, C)
-    # W shifted multiply-adds: faster than a grouped conv1d on CPU, in training and in decoding
-    y = padded[:, :T] * weight[:, 0]
-    for w in range(1, W):
-        y = y + padded[:, w : w + T] * weight[:, w]
-    return y, padded[:, T:]
+    tail = x.new_zeros(B, W - 1, C) if tail is None else tail.to(x.dtype)
+    new_tail = torch.cat([tail, x[:, -(W - 1) :]], dim=1)[:, -(W - 1) :] if W > 1 else tail
+    return _ShiftedMultiplyAdd.apply(x, tail, weight), new_tail
+
+
+def _shifted_pairs(T: int, W: int):
+    """For each tap w and shift s = W - 1 - w: the output rows fed by x and those fed by the tail.
+
+    Yields (w, s, m) with m = min(s, T): outputs [s, T) read x[0, T - s), outputs [0, m) read
+    tail[W - 1 - s, W - 1 - s + m).
+    """
+    for w in range(W):
+        s = W - 1 - w
+        yield w, s, min(s, T)
+
+
+class _ShiftedMultiplyAdd(torch.autograd.Function):
+    """y_t = sum_w weight[:, w] * [tail; x][t + w], as W in-place multiply-adds on shifted views.
+
+    On CPU this is about twice as fast (forward + backward) as autograd through the same sum
+    or a grouped ``conv1d``: nothing is padded or copied, autograd would materialise a
+    zero-filled gradient per shifted slice, and the weight gradient is summed block by block
+    so that its products stay in cache.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        T = x.shape[1]  # x: (B, T, C); tail: (B, W - 1, C); weight: (C, W)
+        taps = weight.t().contiguous()  # (W, C): a contiguous row per tap vectorises, a column would not
+        ctx.save_for_backward(x, tail, taps)
+        ctx.weight_dtype = weight.dtype
+        y = x * taps[-1]
+        for w, s, m in _shifted_pairs(T, len(taps)):
+            if s == 0:
+                continue
+            if s < T:
+                y[:, s:].addcmul_(x[:, : T - s], taps[w])
+            y[:, :m].addcmul_(tail[:, w : w + m], taps[w])
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, tail, taps = ctx.saved_tensors
+        T = x.shape[1]
+        shifts = list(_shifted_pairs(T, len(taps)))
+        dx = dtail = dweight = None
+        if ctx.needs_input_grad[0]:
+            dx = dy * taps[-1]
+            for w, s, _ in shifts[:-1]:
+                if s < T:
+                    dx[:, : T - s].addcmul_(dy[:, s:], taps[w])
+            dx = dx.to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            dtail = torch.zeros_like(tail, dtype=dy.dtype)
+            for w, _, m in shifts[:-1]:
+                dtail[:, w : w + m].addcmul_(dy[:, :m], taps[w])
+            dtail = dtail.to(tail.dtype)
+        if ctx.needs_input_grad[2]:
+            dweight = _weight_grad(dy, x.to(dy.dtype), tail.to(dy.dtype), shifts).to(ctx.weight_dtype)
+        return dx, dtail, dweight
+
+
+def _weight_grad(dy: torch.Tensor, x: torch.Tensor, tail: torch.Tensor, shifts: list) -> torch.Tensor:
+    """dweight[:, w] = sum over batch and time of dy[t] * [tail; x][t + w]: (C, W)."""
+    T = x.shape[1]
+    dweight = dy.new_zeros(len(shifts), dy.shape[-1])  # (W, C)
+    for start in range(0, T, _WEIGHT_GRAD_BLOCK):
+        stop = min(start + _WEIGHT_GRAD_BLOCK, T)
+        for w, s, _ in shifts:
+            first = max(start, s)  # outputs before s read the tail
+            if first < stop:
+                dweight[w] += torch.linalg.vecdot(dy[:, first:stop], x[:, first - s : stop - s], dim=1).sum(0)
+    for w, _, m in shifts:
+        if m:
+            dweight[w] += torch.linalg.vecdot(dy[:, :m], tail[:, w : w + m], dim=1).sum(0)
+    return dweight.t()
