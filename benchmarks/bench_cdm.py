@@ -26,9 +26,9 @@ from functools import partial
 
 import torch
 import tyro
-from bench_decode import decode_tokens_per_s
-from bench_train import step_tokens_per_s
-from common import emit, machine, peak_rss_mib, timed
+from bench_decode import decode_by_context, decode_length
+from bench_train import train_step
+from common import emit, interleaved_seconds, machine, peak_rss_mib, timed
 
 import memlab
 from memlab.config import CDMConfig
@@ -50,6 +50,8 @@ class Args:
     decode_size: str = "d384l8"
     contexts: list[int] = field(default_factory=lambda: [256, 1024, 2048, 4096, 8192])
     new_tokens: int = 32
+    decode_rounds: int = 3
+    """timed rounds per context, the contexts visited in turn; the median is reported"""
     skip: list[str] = field(default_factory=list)
     """parts to leave out: scan, train, decode"""
     threads: int | None = None
@@ -109,16 +111,19 @@ def bench_scan(args: Args) -> dict:
 
 
 def bench_train(args: Args) -> dict:
-    rows = {}
+    """cdm_v3 and a transformer of the same shape, training steps timed in alternating rounds."""
+    models = {}
     for variant in ("cdm_v3", "baseline"):
         torch.manual_seed(0)
         overrides = dict(vocab_size=args.vocab_size)
         if variant == "baseline":  # the same shape as the CDM presets, attention only
             overrides.update(d_model=384, n_layers=8, n_heads=8, n_kv_heads=4, d_ff=1024)
-        model = memlab.build_model(variant, "tiny", **overrides).train()
-        tps = step_tokens_per_s(model, args.batch, args.seq_len, args.train_steps)
-        rows[variant] = {"params": model.num_params(), "tokens_per_s": tps}
-    rows["cdm_v3_over_baseline"] = rows["cdm_v3"]["tokens_per_s"] / rows["baseline"]["tokens_per_s"]
+        models[variant] = memlab.build_model(variant, "tiny", **overrides).train()
+    steps = {v: train_step(m, args.batch, args.seq_len) for v, m in models.items()}
+    seconds = interleaved_seconds(steps, args.train_steps, warmup=2)
+    rows = {v: {"params": m.num_params(), "tokens_per_s": args.batch * args.seq_len / seconds[v]}
+            for v, m in models.items()}
+    rows["cdm_v3_over_baseline"] = seconds["baseline"] / seconds["cdm_v3"]
     return {"seq_len": args.seq_len, "batch": args.batch, **rows}
 
 
@@ -126,13 +131,10 @@ def bench_decode(args: Args) -> dict:
     out = {}
     for variant, size in (("cdm", args.decode_size), ("cdm_v3", "tiny")):
         torch.manual_seed(0)
-        model = memlab.build_model(variant, size, vocab_size=8192).eval()
-        rows = []
-        for context in args.contexts:
-            tps, nbytes = decode_tokens_per_s(model, context, args.new_tokens)
-            rows.append({"context": context, "decode_tokens_per_s": tps, "state_bytes": nbytes})
-        speeds = [r["decode_tokens_per_s"] for r in rows]
-        out[variant] = {"size": size, "results": rows, "slowest_over_fastest": min(speeds) / max(speeds)}
+        max_len = decode_length(args.contexts, args.new_tokens, args.decode_rounds)
+        model = memlab.build_model(variant, size, vocab_size=8192, max_seq_len=max_len).eval()
+        out[variant] = {"size": size, **decode_by_context(model, args.contexts, args.new_tokens,
+                                                            rounds=args.decode_rounds)}
     return out
 
 

@@ -12,14 +12,14 @@ decode after a 4k context):
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 import tyro
-from bench_decode import decode_tokens_per_s
-from bench_train import step_tokens_per_s
-from common import emit, machine, peak_rss_mib, timed
+from bench_decode import decode_steps
+from bench_train import train_step
+from common import emit, interleaved_seconds, machine, peak_rss_mib, timed
 
 import memlab
 from memlab.ops.gated_delta import chunk_gated_delta_rule, naive_gated_delta_rule
@@ -32,7 +32,7 @@ class Args:
     seq_len: int = 2048
     head_dim: int = 64
     chunk_size: int = 64
-    repeats: int = 3
+    repeats: int = 5
     loop_repeats: int = 1
     """repeats of the per-token loop (slow); 0 skips it"""
     models: bool = True
@@ -40,6 +40,8 @@ class Args:
     train_seq_len: int = 2048
     decode_context: int = 4096
     decode_tokens: int = 64
+    decode_batch: list[int] = field(default_factory=lambda: [1, 8])
+    """sequences decoded at once: 1 is bound by streaming the weights, larger batches by the KV cache"""
     out: str | None = None
 
 
@@ -88,15 +90,24 @@ def kernel_results(args: Args) -> dict:
 
 
 def model_results(args: Args) -> dict:
-    out = {}
+    """gdn against baseline: training steps and decode steps timed in alternating rounds."""
+    rounds = args.repeats
+    max_len = args.decode_context + (2 * rounds + 2) * args.decode_tokens
+    models = {}
     for variant in ("baseline", "gdn"):
         torch.manual_seed(0)
-        model = memlab.build_model(variant, args.size, max_seq_len=args.decode_context + 4 * args.decode_tokens)
-        train = step_tokens_per_s(model.train(), 1, args.train_seq_len, steps=args.repeats)
-        decode, _ = decode_tokens_per_s(model.eval(), args.decode_context, args.decode_tokens)
-        out[variant] = {"train_tokens_per_s": train, "decode_tokens_per_s": decode}
-    out["train_ratio_gdn_over_baseline"] = out["gdn"]["train_tokens_per_s"] / out["baseline"]["train_tokens_per_s"]
-    out["decode_ratio_gdn_over_baseline"] = out["gdn"]["decode_tokens_per_s"] / out["baseline"]["decode_tokens_per_s"]
+        models[variant] = memlab.build_model(variant, args.size, max_seq_len=max_len)
+    steps = {v: train_step(m.train(), 1, args.train_seq_len) for v, m in models.items()}
+    train = interleaved_seconds(steps, rounds, warmup=2)
+    out = {v: {"train_tokens_per_s": args.train_seq_len / train[v]} for v in models}
+    out["train_ratio_gdn_over_baseline"] = train["baseline"] / train["gdn"]
+    for batch in args.decode_batch:
+        decoders = {v: decode_steps(m.eval(), args.decode_context, args.decode_tokens, batch)[0]
+                    for v, m in models.items()}
+        decode = interleaved_seconds(decoders, rounds)
+        for v in models:
+            out[v][f"decode_tokens_per_s_batch{batch}"] = batch * args.decode_tokens / decode[v]
+        out[f"decode_ratio_gdn_over_baseline_batch{batch}"] = decode["baseline"] / decode["gdn"]
     return out
 
 

@@ -16,14 +16,14 @@ Reproduce (about 15 minutes on 2 CPU cores):
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 import tyro
-from common import emit, machine, peak_rss_mib, timed
+from bench_decode import decode_by_context, decode_length
+from bench_train import train_step
+from common import emit, interleaved_seconds, machine, peak_rss_mib, timed
 
 import memlab
 from memlab.config import build_config
@@ -35,7 +35,7 @@ class Args:
     parts: list[str] = field(default_factory=lambda: ["ssd", "train", "decode"])
     size: str = "nano"
     seq_len: int = 2048
-    train_steps: int = 3
+    train_steps: int = 5
     """measured steps per variant (after one warm-up step each)"""
     contexts: list[int] = field(default_factory=lambda: [256, 1024, 2048, 4096, 8192])
     decode_tokens: int = 32
@@ -79,72 +79,29 @@ def bench_ssd(args: Args) -> dict:
 
 
 def bench_train(args: Args, variants=("baseline", "ssm")) -> dict:
-    """Alternate one training step of each variant, ``train_steps`` rounds; median seconds per step."""
-    torch.manual_seed(0)
-    models = {v: memlab.build_model(v, args.size).train() for v in variants}
-    optims = {v: torch.optim.AdamW(m.parameters(), lr=1e-4) for v, m in models.items()}
-    x = torch.randint(0, models[variants[0]].config.vocab_size, (1, args.seq_len + 1))
-
-    def step(v):
-        logits = models[v](x[:, :-1])
-        F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).backward()
-        optims[v].step()
-        optims[v].zero_grad(set_to_none=True)
-
-    times: dict[str, list[float]] = {v: [] for v in variants}
+    """One training step of each variant in alternating rounds (``train_steps`` of them); median."""
+    models = {}
     for v in variants:
-        step(v)  # warm-up
-    for _ in range(args.train_steps):
-        for v in variants:
-            start = time.perf_counter()
-            step(v)
-            times[v].append(time.perf_counter() - start)
+        torch.manual_seed(0)
+        models[v] = memlab.build_model(v, args.size).train()
+    seconds = interleaved_seconds({v: train_step(m, 1, args.seq_len) for v, m in models.items()}, args.train_steps)
     out = {
-        v: {
-            "params": models[v].num_params(),
-            "step_s": statistics.median(t),
-            "tokens_per_s": args.seq_len / statistics.median(t),
-            "step_s_all": t,
-        }
-        for v, t in times.items()
+        v: {"params": models[v].num_params(), "step_s": seconds[v], "tokens_per_s": args.seq_len / seconds[v]}
+        for v in variants
     }
-    out["ssm_over_baseline"] = out["ssm"]["tokens_per_s"] / out["baseline"]["tokens_per_s"]
+    out["ssm_over_baseline"] = seconds["baseline"] / seconds["ssm"]
     out["seq_len"] = args.seq_len
     return out
 
 
-@torch.no_grad()
 def bench_decode(args: Args) -> dict:
-    """Prefill one state per context, then time rounds of ``decode_tokens`` single-token steps,
-    visiting the contexts in turn each round (so load changes hit all contexts alike); median."""
+    """Decode tokens/s by context for ``ssm`` (and ``baseline`` for reference), contexts timed in turn."""
     out = {}
     for variant in ("ssm", "baseline"):
         torch.manual_seed(0)
-        max_len = max(args.contexts) + (args.decode_rounds + 1) * args.decode_tokens + 1
+        max_len = decode_length(args.contexts, args.decode_tokens, args.decode_rounds)
         model = memlab.build_model(variant, args.size, max_seq_len=max_len).eval()
-        token = torch.randint(0, model.config.vocab_size, (1, 1))
-        states = {}
-        for context in args.contexts:
-            states[context] = model.init_state(1)
-            model(torch.randint(0, model.config.vocab_size, (1, context)), states[context])
-            model(token, states[context])  # warm-up step
-        times: dict[int, list[float]] = {c: [] for c in args.contexts}
-        for _ in range(args.decode_rounds):
-            for context, state in states.items():
-                start = time.perf_counter()
-                for _ in range(args.decode_tokens):
-                    model(token, state)
-                times[context].append(time.perf_counter() - start)
-        rows = [
-            {
-                "context": c,
-                "decode_tokens_per_s": args.decode_tokens / statistics.median(t),
-                "state_bytes": states[c].nbytes,
-            }
-            for c, t in times.items()
-        ]
-        speeds = [r["decode_tokens_per_s"] for r in rows]
-        out[variant] = {"results": rows, "slowest_over_fastest": min(speeds) / max(speeds)}
+        out[variant] = decode_by_context(model, args.contexts, args.decode_tokens, rounds=args.decode_rounds)
     return out
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -45,8 +46,8 @@ class Args:
     out: str | None = None
 
 
-def step_tokens_per_s(model, batch: int, seq_len: int, steps: int, autocast_dtype=None) -> float:
-    """Tokens/s of full training steps (forward, backward, AdamW) on random tokens, on the model's device."""
+def train_step(model, batch: int, seq_len: int, autocast_dtype=None) -> Callable[[], None]:
+    """One full training step (forward, backward, AdamW) on fixed random tokens, on the model's device."""
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, model.config.vocab_size, (batch, seq_len + 1), device=device)
@@ -60,7 +61,12 @@ def step_tokens_per_s(model, batch: int, seq_len: int, steps: int, autocast_dtyp
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return batch * seq_len / timed(step, steps, warmup=2)
+    return step
+
+
+def step_tokens_per_s(model, batch: int, seq_len: int, steps: int, autocast_dtype=None) -> float:
+    """Tokens/s of :func:`train_step` (median of ``steps`` after two warm-up steps)."""
+    return batch * seq_len / timed(train_step(model, batch, seq_len, autocast_dtype), steps, warmup=2)
 
 
 def loop_throughput(args: Args, vocab_size: int) -> dict:

@@ -27,6 +27,19 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def interleaved_seconds(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each ``fns[name]()``, timed in alternating rounds so that load changes on a
+    shared machine hit every contender alike (the ratios are what the benchmarks report)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, repeats=1, warmup=0))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 def matmul_peak_flops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of a square ``n`` x ``n`` matmul on this machine, measured now."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)

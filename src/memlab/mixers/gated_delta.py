@@ -172,7 +172,7 @@ class GatedDeltaNet(Mixer):
         """x (B, T, D) -> q, k (B, T, H, K), v (B, T, H, V), g, beta (B, T, H); advances the state's tails."""
         B, T, _ = x.shape
         H, K, V = self.dims.heads, self.dims.key, self.dims.value
-        qkv = F.linear(x, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))  # one matmul
+        qkv = self._qkv(x)  # (B, T, 2HK + HV)
         weight = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight]).squeeze(1)
         qkv, tail = causal_conv1d(qkv, weight, None if state is None else state.conv)
         qkv = F.silu(qkv)
@@ -186,6 +186,13 @@ class GatedDeltaNet(Mixer):
         if state is not None:
             state.conv = tail
         return q, k, v.view(B, T, H, V), self._gate(x), self._beta(x)
+
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """The q|k|v projections of x (B, T, D): one matmul on the stacked weights for a sequence;
+        three small ones for a decoding step, where copying the weights would cost more than them."""
+        if x.shape[1] == 1:
+            return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
+        return F.linear(x, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))
 
     def _beta(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, H)
         floor = self.options.beta_floor
