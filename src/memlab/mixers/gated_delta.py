@@ -175,9 +175,8 @@ class GatedDeltaNet(Mixer):
         qkv = self._qkv(x)  # (B, T, 2HK + HV)
         weight = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight]).squeeze(1)
         qkv, tail = causal_conv1d(qkv, weight, None if state is None else state.conv)
-        qkv = F.silu(qkv)
-        q, k = l2_normalize(qkv[..., : 2 * H * K].view(B, T, 2 * H, K)).split(H, dim=2)  # (B, T, H, K) each
-        v = qkv[..., 2 * H * K :]
+        qk, v = F.silu(qkv).split([2 * H * K, H * V], dim=-1)  # split, not slices: one backward copy
+        q, k = l2_normalize(qk.reshape(B, T, 2 * H, K)).split(H, dim=2)  # (B, T, H, K) each
         if self.options.shifted_pairing:  # write k_{t-1} with v_t
             previous = k.new_zeros(B, 1, H, K) if state is None else state.last_key[:, None]
             if state is not None:
