@@ -1,4 +1,8 @@
-"""Shared measuring helpers for the benchmarks (timing, matmul peak, machine facts, JSON)."""
+"""Shared measuring helpers for the benchmarks (timing, matmul peak, machine facts, JSON).
+
+Importing it tunes glibc's malloc as ``memlab train`` does on CPU
+(:func:`memlab.train.allocator.keep_freed_memory`), so benchmarks measure what training gets.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from memlab.train.allocator import keep_freed_memory
+
+MALLOC_TUNED = keep_freed_memory()
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -57,6 +65,7 @@ def machine() -> dict:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "malloc_keeps_freed_memory": MALLOC_TUNED,
     }
 
 

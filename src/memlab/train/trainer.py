@@ -37,6 +37,7 @@ from memlab.models.lm import WEIGHTS_FILE, LanguageModel
 from memlab.models.paths import BEST_FILE, latest_whole_checkpoint
 from memlab.train import checkpoint as ckpt
 from memlab.train import distributed
+from memlab.train.allocator import keep_freed_memory
 from memlab.train.config import RUN_FORMAT, TrainConfig, read_yaml
 from memlab.train.data import RunData, build_data
 from memlab.train.evaluate import EvalResult, evaluate
@@ -56,6 +57,8 @@ def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the run ``cfg`` describes; returns the run directory."""
     cfg.validate()
     d = distributed.setup(cfg.device)
+    if d.device.type == "cpu":
+        keep_freed_memory()
     try:
         return Trainer(cfg, d).run()
     finally:

@@ -1,0 +1,32 @@
+"""Keep freed CPU memory for reuse: glibc's malloc otherwise hands it back to the OS after
+every training step and takes page faults to get it back in the next one.
+
+A training step frees hundreds of MB of activations at once; with glibc's defaults the top
+of the heap is trimmed and large blocks are unmapped, so each step pays for fresh pages again
+(165k page faults per step for ``ssm`` at nano, T=2048).  Raising the mmap threshold to its
+maximum and the trim threshold to 1 GiB keeps that memory in the process (measured: ``ssm``
++20-30% tokens/s, other variants within noise).  It changes no result, only speed and how soon
+freed memory returns to the OS.  Not glibc (macOS, musl): nothing to do.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's upper limit on 64-bit systems
+_TRIM_THRESHOLD = 1 << 30
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Tune glibc's malloc as above, once per process; whether it applied."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError):  # no libc found, or one without mallopt
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
