@@ -2,9 +2,11 @@
 chunk reference (fwd + bwd), and the ``gdn`` model against ``baseline`` (training and decode).
 
 Prints JSON.  Reproduce the issue-6 targets (B=4, H=4, T=2048, K=V=64, fp32; nano, T=2048,
-decode after a 4k context):
+decode after a 4k context, one sequence and a batch of 8):
 
-    python benchmarks/bench_kernels.py
+    OMP_NUM_THREADS=1 python benchmarks/bench_kernels.py
+
+The two models' training steps (and decode rounds) are timed alternately; ratios compare medians.
 
 ``--loop-repeats 0`` skips the per-token loop (about a minute), ``--no-models`` the model part.
 """
