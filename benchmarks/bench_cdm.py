@@ -28,7 +28,7 @@ import torch
 import tyro
 from bench_decode import decode_by_context, decode_length
 from bench_train import train_step
-from common import emit, interleaved_seconds, machine, peak_rss_mib, timed
+from common import emit, interleaved_seconds, machine, peak_rss_mib
 
 import memlab
 from memlab.config import CDMConfig
@@ -46,6 +46,8 @@ class Args:
     heads: int = 8
     vocab_size: int = 50257
     """vocabulary of the training measurement (GPT-2's, as in the source)"""
+    scan_rounds: int = 5
+    """rounds of the scan measurement, each timing the three forms in turn; medians compared"""
     train_steps: int = 3
     decode_size: str = "d384l8"
     contexts: list[int] = field(default_factory=lambda: [256, 1024, 2048, 4096, 8192])
@@ -93,11 +95,12 @@ def bench_scan(args: Args) -> dict:
     torch.manual_seed(0)
     inputs = layer_inputs(args.batch, args.seq_len, args.slots, args.d_model, args.heads)
     cotangent = torch.randn(args.batch, args.seq_len, 2 * args.d_model)
-    seconds, outputs = {}, {}
-    for form, repeats in (("loop", 2), ("reference", 2), ("chunked", 5)):
-        seconds[form] = timed(lambda: layer_read(form, *inputs).backward(cotangent), repeats)  # noqa: B023
-        with torch.no_grad():
-            outputs[form] = layer_read(form, *inputs)
+    forms = ("loop", "reference", "chunked")
+    seconds = interleaved_seconds(
+        {form: partial(lambda f: layer_read(f, *inputs).backward(cotangent), form) for form in forms}, args.scan_rounds
+    )
+    with torch.no_grad():
+        outputs = {form: layer_read(form, *inputs) for form in forms}
     tokens = args.batch * args.seq_len
     return {
         "shape": {"B": args.batch, "T": args.seq_len, "K": args.slots, "D": args.d_model, "H": args.heads},

@@ -49,7 +49,7 @@ def test_ssm_and_cdm_benchmarks_run_all_parts():
     assert ssm["ssd"] and ssm["train"]["ssm_over_baseline"] > 0
     assert ssm["decode"]["ssm"]["results"][0]["state_bytes"] == ssm["decode"]["ssm"]["results"][1]["state_bytes"]
     cdm = bench_cdm.main(bench_cdm.Args(seq_len=16, batch=1, slots=4, d_model=32, heads=2, vocab_size=64,
-                                        train_steps=1, decode_size="d32l1", contexts=[8, 16], new_tokens=2,
+                                        train_steps=1, scan_rounds=1, decode_size="d32l1", contexts=[8, 16], new_tokens=2,
                                         decode_rounds=1))
     assert cdm["scan"]["max_abs_diff_vs_loop"] < 1e-4
     assert cdm["train"]["cdm_v3_over_baseline"] > 0 and cdm["decode"]["cdm"]["slowest_over_fastest"] > 0

@@ -18,7 +18,7 @@ Two forms: :func:`slot_states_naive` runs the literal recurrence (:func:`slot_st
 token) and returns every state; :func:`slot_scan` is the chunked form used in training.
 Within a chunk of ``C`` tokens it uses the cumulative log-decay ``L(t)``; the weight of
 write ``s`` in state ``t`` is ``exp(L(t) - L(s)) b(s)`` (exponent <= 0: stable); the states
-at chunk starts come from one decay-weighted matmul across chunks.  No (B, T, K, D)
+at chunk starts come from one elementwise step per chunk.  No (B, T, K, D)
 tensor is materialised: reads contract the chunk start states and the (C, C) write
 kernel directly.  Cost per token ~ C (K H + D) + K D; memory ~ C K floats per token.
 """
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 _MIN_LOG_DECAY = -60.0  # exp(-60) ~ 1e-26: smaller decays change no result
 
@@ -117,37 +118,65 @@ def slot_scan(
     C = max(1, min(chunk_size, T))
     la, bb, ww = _chunk(log_a, C), _chunk(b, C), _chunk(w, C)  # (B, N, C, K), (B, N, C, K), (B, N, C, D)
     L = la.cumsum(dim=2)  # (B, N, C, K)
-    causal = torch.ones(C, C, device=w.device, dtype=w.dtype).tril()[:, :, None]  # (t, s, 1)
-    kernel = _decay(L[:, :, :, None] - L[:, :, None, :], causal) * bb[:, :, None]  # (B, N, t, s, K)
-    chunk_writes = torch.einsum("bnsk,bnsd->bnkd", kernel[:, :, -1], ww)  # (B, N, K, D): chunk's own writes
+    kernel = _WriteKernel.apply(L, bb)  # (B, N, t, s, K)
+    to_end = _decay(L[:, :, -1:] - L) * bb  # (B, N, s, K): the kernel's last row, computed apart (no slice
+    chunk_writes = torch.einsum("bnsk,bnsd->bnkd", to_end, ww)  # of the big kernel to backpropagate through)
     chunk_states, final_state = _chunk_starts(L[:, :, -1], chunk_writes, initial_state)
     return SlotScan(T, L, kernel, ww, chunk_states, final_state)
+
+
+class _WriteKernel(torch.autograd.Function):
+    """The weight of write s in state t of a chunk, ``exp(L(t) - L(s)) b(s)`` for s <= t, else 0.
+
+    (B, N, C, K) cumulative log-decays L and write gates b -> (B, N, t, s, K).  The backward is
+    the closed form ``dpre = dK * kernel``, ``dL(t) = sum_s dpre - sum_t' dpre(t', t)``,
+    ``db(s) = sum_t dK exp(L(t) - L(s))``: five passes over the (C x C) tensor where autograd
+    through the clamp, exp and masks takes about twelve (the kernel is the scan's largest tensor).
+    Decays below exp(-60) are floored there (no sub-normal floats); their gradient is ~1e-26 of
+    the others' instead of 0.
+    """
+
+    @staticmethod
+    def forward(ctx, L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        C = L.shape[2]
+        causal = torch.ones(C, C, dtype=torch.bool, device=L.device).tril()[:, :, None]  # (t, s, 1)
+        decay = (L[:, :, :, None] - L[:, :, None, :]).clamp_(_MIN_LOG_DECAY, 0.0).exp_().mul_(causal)
+        kernel = decay * b[:, :, None]
+        ctx.save_for_backward(decay, kernel)
+        return kernel
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        decay, kernel = ctx.saved_tensors
+        d_pre = d_kernel * kernel  # gradient of the exponent L(t) - L(s)
+        d_L = d_pre.sum(3) - d_pre.sum(2)
+        d_b = (d_kernel * decay).sum(2)
+        return d_L, d_b
 
 
 def _chunk_starts(
     chunk_log_decay: torch.Tensor, chunk_writes: torch.Tensor, initial_state: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """States before each chunk and after the last: one decay-weighted matmul across chunks.
+    """States before each chunk and after the last, one step per chunk: ``S_{n+1} = a_n S_n + U_n``.
 
     ``chunk_log_decay (B, N, K)`` is each chunk's total log-decay and ``chunk_writes (B, N, K, D)``
-    its writes as seen at its end; ``S_n = exp(G_<n) S_0 + sum_{m<n} exp(G_<n - G_<=m) U_m``.
-    Its cost grows as N^2 K D (N = T / C chunks): small next to the reads up to T ~ 16k at C = 32.
+    its writes as seen at its end.  N small elementwise steps: cheaper than an (N x N)
+    decay-weighted matmul, whose inner size N is too small to run fast.
     """
-    N = chunk_log_decay.shape[1]
-    inclusive = chunk_log_decay.cumsum(dim=1)  # (B, N, K): G_<=m
-    before = F.pad(inclusive, (0, 0, 1, 0))  # (B, N+1, K): G_<n for n = 0..N
-    earlier = torch.ones(N + 1, N, device=inclusive.device, dtype=inclusive.dtype).tril(-1)[:, :, None]
-    decay = _decay(before[:, :, None] - inclusive[:, None], earlier)  # (B, N+1, N, K): chunk m -> start of n
-    states = _decay(before)[..., None] * initial_state[:, None] + torch.einsum("bnmk,bmkd->bnkd", decay, chunk_writes)
-    return states[:, :N], states[:, N]
+    decays = _decay(chunk_log_decay)[..., None]  # (B, N, K, 1)
+    state, starts = initial_state, []
+    for decay_n, writes_n in zip(decays.unbind(1), chunk_writes.unbind(1)):  # unbind: one backward op
+        starts.append(state)
+        state = torch.addcmul(writes_n, state, decay_n)
+    return torch.stack(starts, dim=1), state
 
 
-def _decay(log_decay: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """exp(log_decay) of log-decays <= 0, floored at exp(-60), times a 0/1 ``mask`` (positive
-    entries must be masked).  Sub-normal floats (< 1e-38 in fp32) make CPU arithmetic many
-    times slower; the floor keeps them from appearing and changes no result."""
-    decay = log_decay.clamp(_MIN_LOG_DECAY, 0.0).exp()
-    return decay if mask is None else decay * mask
+def _decay(log_decay: torch.Tensor) -> torch.Tensor:
+    """exp(log_decay) of log-decays <= 0, floored at exp(-60).  Sub-normal floats (< 1e-38 in
+    fp32) make CPU arithmetic many times slower; the floor keeps them from appearing and
+    changes no result."""
+    return log_decay.clamp(_MIN_LOG_DECAY, 0.0).exp()
 
 
 def _chunk(x: torch.Tensor, C: int) -> torch.Tensor:
