@@ -5,8 +5,8 @@ A training step frees hundreds of MB of activations at once; with glibc's defaul
 of the heap is trimmed and large blocks are unmapped, so each step pays for fresh pages again
 (165k page faults per step for ``ssm`` at nano, T=2048).  Raising the mmap threshold to its
 maximum and the trim threshold to 1 GiB keeps that memory in the process (measured: ``ssm``
-+15-50% tokens/s in four paired runs, other variants within noise).  It changes no result, only speed and how soon
-freed memory returns to the OS.  Not glibc (macOS, musl): nothing to do.
++15-50% tokens/s in four paired runs, other variants within noise).  It changes no result,
+only speed and how soon freed memory returns to the OS.  Not glibc (macOS, musl): nothing to do.
 """
 
 from __future__ import annotations
