@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,12 @@ from memlab.errors import MemlabError
 from memlab.eval.options import EvalOptions
 from memlab.probes.options import ProbeOptions
 from memlab.train.config import TrainArgs
+
+
+def _log_progress(prefix: str, quiet: bool = False) -> None:
+    """Progress messages of the library's loggers on stderr as ``<prefix>: message`` (warnings only if quiet)."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format=f"{prefix}: %(message)s")
+
 
 # ------------------------------------------------------------------------ info
 
@@ -152,11 +159,9 @@ class EvalArgs:
 
 
 def run_eval(args: EvalArgs) -> None:
-    import logging
-
     from memlab.eval.hub import evaluate, summary_lines
 
-    logging.basicConfig(level=logging.INFO, format="memlab eval: %(message)s")
+    _log_progress("memlab eval")
     doc = evaluate(args.checkpoint, args.suite, args.out_dir, args.options, progress=True)
     print("\n".join(summary_lines(doc)))
 
@@ -197,13 +202,12 @@ def run_compare(args: CompareArgs) -> None:
 
 def run_train(args: TrainArgs) -> None:
     import json
-    import logging
     import os
 
     from memlab.train import train
 
     main_process = os.environ.get("RANK", "0") == "0"
-    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="memlab: %(message)s")
+    _log_progress("memlab", quiet=not main_process)
     run_dir = train(args.to_config())
     if main_process:
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -296,11 +300,9 @@ def run_scale(args: ScaleArgs) -> None:
 
 
 def run_study(args: StudyConfig) -> None:
-    import logging
-
     from memlab.analysis.study import run_study as study
 
-    logging.basicConfig(level=logging.INFO, format="memlab study: %(message)s")
+    _log_progress("memlab study")
     result = study(args)
     print(result.comparison.terminal)
     print(f"\nwrote {result.report}")
@@ -323,11 +325,9 @@ class ProbeArgs:
 
 
 def run_probe(args: ProbeArgs) -> None:
-    import logging
-
     from memlab.probes import run_probe as probe
 
-    logging.basicConfig(level=logging.INFO, format="memlab: %(message)s")
+    _log_progress("memlab probe")
     print(f"wrote {probe(args.checkpoint, args.probe, args.out_dir, args.options)}")
 
 

@@ -20,11 +20,12 @@ fla's Triton kernel when the tensors are on CUDA and ``fla`` is installed.
 
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from memlab.ops.optional_kernels import optional_kernel
 
 Backend = Literal["auto", "torch", "fla"]
 
@@ -165,14 +166,9 @@ class UnitLowerInverse(torch.autograd.Function):
         return -(Xt @ dX @ Xt).tril(-1)
 
 
-@functools.cache
 def _fla_chunk():
     """fla's Triton chunk kernel, or None when fla is not installed."""
-    try:
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
-    except Exception:  # ImportError, or triton failing to initialise
-        return None
-    return fla_chunk
+    return optional_kernel("fla.ops.gated_delta_rule", "chunk_gated_delta_rule")
 
 
 def gated_delta_rule(

@@ -20,6 +20,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from memlab.ops.optional_kernels import optional_kernel
+
 
 def _heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
     """(B, T, G, N) -> (B, T, H, N): each group serves ``H // G`` consecutive heads."""
@@ -177,14 +179,6 @@ def ssd_chunked(
     return _skip(y, x[:, :T], D).to(out_dtype), final.to(state_dtype) if output_final_state else None
 
 
-def _mamba_ssm_kernel():
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except ImportError:
-        return None
-    return mamba_chunk_scan_combined
-
-
 def ssd_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -197,9 +191,8 @@ def ssd_scan(
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The SSD scan: ``mamba_ssm``'s Triton kernel on CUDA when installed, else :func:`ssd_chunked`."""
-    kernel = _mamba_ssm_kernel() if x.is_cuda else None
+    kernel = optional_kernel("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined") if x.is_cuda else None
     if kernel is None:
         return ssd_chunked(x, dt, A, B, C, D, initial_state, output_final_state, chunk_size)
-    out = kernel(x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state, return_final_states=True)
-    y, final = out
+    y, final = kernel(x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state, return_final_states=True)
     return y, final if output_final_state else None
