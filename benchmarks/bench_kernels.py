@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 import tyro
-from bench_decode import decode_steps
+from bench_decode import decode_length, decode_steps
 from bench_train import train_step
 from common import emit, interleaved_seconds, machine, peak_rss_mib, timed
 
@@ -94,7 +94,7 @@ def kernel_results(args: Args) -> dict:
 def model_results(args: Args) -> dict:
     """gdn against baseline: training steps and decode steps timed in alternating rounds."""
     rounds = args.repeats
-    max_len = args.decode_context + (2 * rounds + 2) * args.decode_tokens
+    max_len = decode_length([args.decode_context], args.decode_tokens, rounds)
     models = {}
     for variant in ("baseline", "gdn"):
         torch.manual_seed(0)
