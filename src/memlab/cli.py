@@ -44,12 +44,12 @@ class InfoArgs:
 
 
 def run_info(args: InfoArgs) -> None:
-    from memlab.analysis.info import describe, markdown_table
+    from memlab.analysis.info import describe, variants_table
     from memlab.config import list_variants
 
     if args.all:
         rows = [describe(v, args.model_size, args.context_len) for v in list_variants()]
-        print(markdown_table(rows))
+        print(variants_table(rows))
         return
     for key, value in describe(args.variant, args.model_size, args.context_len).items():
         print(f"{key:>22}: {value}")

@@ -25,6 +25,7 @@ from memlab.analysis.info import human
 from memlab.errors import MemlabError
 from memlab.eval.hub import find_tokenizer, run_dir_of
 from memlab.eval.schema import read_results
+from memlab.markdown import markdown_table
 from memlab.models.paths import resolve_model_dir
 
 SUMMARY_FILE, CARD_FILE = "summary.json", "README.md"
@@ -102,15 +103,15 @@ def model_card(model, tokenizer, source: Path, summary: dict | None, results: di
         "",
         "## Model",
         "",
-        "| field | value |",
-        "|---|---|",
-        f"| variant | `{cfg.variant}` |",
-        f"| size | `{cfg.size}` (d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads) |",
-        f"| layer pattern | `{cfg.pattern}` |",
-        f"| parameters | {model.num_params():,} ({model.num_params(non_embedding=True):,} non-embedding) |",
-        f"| recurrent state per sequence @ 2048 tokens | {human(model.state_nbytes(2048))}B (fp32) |",
-        f"| max_seq_len | {cfg.max_seq_len} |",
-        f"| tokenizer | {tokenizer.kind}, {tokenizer.vocab_size} ids, hash `{tokenizer.hash[:16]}` |",
+        markdown_table(["field", "value"], [
+            ["variant", f"`{cfg.variant}`"],
+            ["size", f"`{cfg.size}` (d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads)"],
+            ["layer pattern", f"`{cfg.pattern}`"],
+            ["parameters", f"{model.num_params():,} ({model.num_params(non_embedding=True):,} non-embedding)"],
+            ["recurrent state per sequence @ 2048 tokens", f"{human(model.state_nbytes(2048))}B (fp32)"],
+            ["max_seq_len", cfg.max_seq_len],
+            ["tokenizer", f"{tokenizer.kind}, {tokenizer.vocab_size} ids, hash `{tokenizer.hash[:16]}`"],
+        ]),
         "",
         "The full configuration is in `config.json`; the weights in `model.safetensors`.",
         "",
@@ -120,17 +121,19 @@ def model_card(model, tokenizer, source: Path, summary: dict | None, results: di
     if summary is None:
         lines.append("No training summary was found with the checkpoint.")
     else:
-        lines += ["| field | value |", "|---|---|"]
-        lines += [f"| {key} | {_fmt(value)} |" for key, value in _flat(summary) if not key.startswith("metadata.")]
+        lines.append(markdown_table(
+            ["field", "value"], ([key, _fmt(value)] for key, value in _flat(summary) if not key.startswith("metadata."))
+        ))
     lines += ["", "## Evaluation", ""]
     if not results:
         lines.append("No evaluation results (`eval/results_*.json`) were found with the checkpoint.")
     else:
-        lines += ["| suite | metric | value | 95% CI | n |", "|---|---|---|---|---|"]
+        rows = []
         for doc in results.values():
             payloads = doc["results"] if doc["suite"] == "all" else {doc["suite"]: doc["results"]}
             for suite, payload in payloads.items():
-                lines += [f"| {suite} | {row} |" for row in _metric_rows(payload)]
+                rows += [[suite, *cells] for cells in _metric_rows(payload)]
+        lines.append(markdown_table(["suite", "metric", "value", "95% CI", "n"], rows))
         lines += ["", "Every result file is in `eval/`, with its metadata (seed, decoding, options, commit)."]
     return "\n".join(lines) + "\n"
 
@@ -146,8 +149,8 @@ def _flat(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
-def _metric_rows(payload: dict[str, Any], path: str = "", depth: int = 0) -> list[str]:
-    """``metric | value | ci | n`` rows of the records in a results payload (lists are left out).
+def _metric_rows(payload: dict[str, Any], path: str = "", depth: int = 0) -> list[list[str]]:
+    """``[metric, value, ci, n]`` rows of the records in a results payload (lists are left out).
 
     A record is a dict with ``ci95`` and one of ``accuracy``/``delta``/``value``, or a number
     ``x`` next to an ``x_ci95``; a boolean leaf (a self-test verdict) is a row without interval.
@@ -157,17 +160,17 @@ def _metric_rows(payload: dict[str, Any], path: str = "", depth: int = 0) -> lis
     if value_key and "ci95" in payload:
         ci = payload["ci95"]
         interval = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "-"
-        return [f"{path or value_key} | {_fmt(payload[value_key])} | {interval} | {_fmt(payload.get('n'))}"]
+        return [[path or value_key, _fmt(payload[value_key]), interval, _fmt(payload.get("n"))]]
     for key, value in payload.items():
         name = f"{path}/{key}" if path else key
         if isinstance(value, dict) and depth < 4:
             rows += _metric_rows(value, name, depth + 1)
         elif isinstance(value, bool):
-            rows.append(f"{name} | {value} | - | -")
+            rows.append([name, str(value), "-", "-"])
         elif isinstance(value, (int, float)) and isinstance(payload.get(f"{key}_ci95"), list):
             lo, hi = payload[f"{key}_ci95"]
             n = payload.get("n", payload.get("windows"))  # the lm suite's interval is over windows
-            rows.append(f"{name} | {_fmt(value)} | [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(n)}")
+            rows.append([name, _fmt(value), f"[{_fmt(lo)}, {_fmt(hi)}]", _fmt(n)])
     return rows
 
 

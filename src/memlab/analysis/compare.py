@@ -25,6 +25,7 @@ from typing import Any
 from memlab.errors import MemlabError
 from memlab.eval.schema import read_results
 from memlab.eval.stats import mean_interval
+from memlab.markdown import markdown_table
 
 
 @dataclass
@@ -255,9 +256,7 @@ def table_rows(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]]) -> list
 
 
 def markdown(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows, verdicts)]
-    return "\n".join(lines)
+    return markdown_table(COLUMNS, table_rows(rows, verdicts))
 
 
 def terminal(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]]) -> str:
@@ -270,17 +269,14 @@ def terminal(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]]) -> str:
 
 def criteria_markdown(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]], base: Row, criteria: Criteria) -> str:
     head = (f"Verdicts against `{base.name}` (wins = algorithmic >= +{100 * criteria.min_alg_gain:g} pts, better OOD, "
-            f"training time <= {criteria.max_time_ratio:g}x, perplexity <= {criteria.max_ppl_ratio:g}x):\n\n"
-            "| run | algorithmic | OOD | training time | perplexity | verdict |\n|---|---|---|---|---|---|")
+            f"training time <= {criteria.max_time_ratio:g}x, perplexity <= {criteria.max_ppl_ratio:g}x):\n\n")
     marks = {True: "yes", False: "no", None: "n/a"}
-    lines = [head]
-    for r in rows:
-        v = verdicts[r.name]
-        if v["verdict"] == "baseline":
-            continue
-        cells = [f"{marks[c['passed']]} ({c['detail']})" for c in v["criteria"].values()]
-        lines.append(f"| {r.name} | " + " | ".join(cells) + f" | **{v['verdict']}** |")
-    return "\n".join(lines)
+    table = markdown_table(
+        ["run", "algorithmic", "OOD", "training time", "perplexity", "verdict"],
+        ([r.name, *(f"{marks[c['passed']]} ({c['detail']})" for c in verdicts[r.name]["criteria"].values()),
+          f"**{verdicts[r.name]['verdict']}**"] for r in rows if verdicts[r.name]["verdict"] != "baseline"),
+    )
+    return head + table
 
 
 def write_csv(path: Path, rows: Sequence[Row], verdicts: dict[str, dict[str, Any]]) -> None:

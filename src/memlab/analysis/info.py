@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from memlab.config import build_config
+from memlab.markdown import markdown_table
 from memlab.models.lm import LanguageModel
 
 
@@ -37,11 +38,10 @@ def human(n: float) -> str:
     return f"{n:.0f}"
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = "| variant | size | params | non-embedding | pattern | state bytes @ ctx |\n|---|---|---|---|---|---|"
-    lines = [
-        f"| {r['variant']} | {r['size']} | {human(r['params'])} | {human(r['non_embedding_params'])} | "
-        f"`{r['layer_pattern']}` | {human(r['state_bytes_per_sequence'])}B @ {r['context_len']} |"
-        for r in rows
-    ]
-    return "\n".join([head, *lines])
+def variants_table(rows: list[dict[str, Any]]) -> str:
+    """`memlab info --all`: one line per variant of :func:`describe` rows."""
+    return markdown_table(
+        ["variant", "size", "params", "non-embedding", "pattern", "state bytes @ ctx"],
+        ([r["variant"], r["size"], human(r["params"]), human(r["non_embedding_params"]), f"`{r['layer_pattern']}`",
+          f"{human(r['state_bytes_per_sequence'])}B @ {r['context_len']}"] for r in rows),
+    )

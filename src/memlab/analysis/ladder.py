@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from memlab.config import SIZES, build_config, size_fields
 from memlab.errors import MemlabError
+from memlab.markdown import markdown_table
 from memlab.models.lm import LanguageModel
 
 log = logging.getLogger(__name__)
@@ -278,17 +279,12 @@ def markdown_report(report: dict[str, Any]) -> str:
               else f"{report['tokens_per_param']} tokens per non-embedding parameter")
     lines = ["# Scaling ladder", "", f"Recipe: {budget}; N = non-embedding parameters; C = training FLOPs.", ""]
     for variant, v in report["variants"].items():
-        lines += [
-            f"## {variant}", "",
-            "| size | trained as | N | params | tokens | C (FLOPs) | val loss [95% CI] | windows |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in v["rungs"]:
-            lo, hi = r["loss_ci95"]
-            lines.append(
-                f"| {r['label']} | {r['size']} | {r['non_embedding_params']:,} | {r['params']:,} | {r['tokens']:,} "
-                f"| {r['flops']:.3g} | {r['loss']:.4f} [{lo:.4f}, {hi:.4f}] | {len(r['window_losses'])} |"
-            )
+        lines += [f"## {variant}", "", markdown_table(
+            ["size", "trained as", "N", "params", "tokens", "C (FLOPs)", "val loss [95% CI]", "windows"],
+            ([r["label"], r["size"], f"{r['non_embedding_params']:,}", f"{r['params']:,}", f"{r['tokens']:,}",
+              f"{r['flops']:.3g}", f"{r['loss']:.4f} [{r['loss_ci95'][0]:.4f}, {r['loss_ci95'][1]:.4f}]",
+              len(r["window_losses"])] for r in v["rungs"]),
+        )]
         fp, fc = v["fit_params"], v["fit_compute"]
         lines += [
             "",

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from memlab.analysis.compare import Comparison, criteria_markdown, markdown
+from memlab.markdown import markdown_table
 
 
 def _pct(record: dict[str, Any] | None) -> str:
@@ -18,19 +19,18 @@ def _pct(record: dict[str, Any] | None) -> str:
 
 
 def ablation_markdown(comparison: Comparison) -> str:
-    lines = ["| run | memory layers | normal | zeroed | Delta (pts) [95% CI] | horizon sweep (accuracy at h) |",
-             "|---|---|---|---|---|---|"]
+    cells = []
     for row in comparison.rows:
         p = row.results.get("ablation")
         if p is None:
             continue
         d = p["delta"]
         sweep = ", ".join(f"{r['horizon']}: {_pct(r).split(' ')[0]}" for r in p["horizon"])
-        lines.append(
-            f"| {row.name} | {p['memory_layers'] or 'none'} | {_pct(p['normal'])} | {_pct(p['zeroed'])} | "
-            f"{100 * d['delta']:+.0f} [{100 * d['ci95'][0]:+.0f}, {100 * d['ci95'][1]:+.0f}] | {sweep} |"
-        )
-    return "\n".join(lines)
+        cells.append([row.name, p["memory_layers"] or "none", _pct(p["normal"]), _pct(p["zeroed"]),
+                      f"{100 * d['delta']:+.0f} [{100 * d['ci95'][0]:+.0f}, {100 * d['ci95'][1]:+.0f}]", sweep])
+    return markdown_table(
+        ["run", "memory layers", "normal", "zeroed", "Delta (pts) [95% CI]", "horizon sweep (accuracy at h)"], cells
+    )
 
 
 def write_report(path: Path, plan: dict[str, Any], preset, comparison: Comparison, out: Path) -> Path:
@@ -71,9 +71,11 @@ def write_report(path: Path, plan: dict[str, Any], preset, comparison: Compariso
         "## Plots\n",
         *[f"![{Path(p).stem}]({p})\n" for p in rel],
         "## Runs\n",
-        "| run | train s | eval s | directory |\n|---|---|---|---|",
-        *[f"| {name} | {r.get('train_s', 0):.0f} | {r.get('eval_s', 0):.0f} | "
-          f"`{os.path.relpath(out / 'runs' / name, path.parent)}` |" for name, r in runs.items()],
+        markdown_table(
+            ["run", "train s", "eval s", "directory"],
+            ([name, f"{r.get('train_s', 0):.0f}", f"{r.get('eval_s', 0):.0f}",
+              f"`{os.path.relpath(out / 'runs' / name, path.parent)}`"] for name, r in runs.items()),
+        ),
         "\n(train/eval seconds of the session that did the work; 0: done by an earlier session.)\n",
     ]
     path.write_text("\n".join(sections))
