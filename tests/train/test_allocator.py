@@ -10,7 +10,7 @@ import pytest
 _PROGRAM = """
 import resource, sys, torch
 from memlab.train.allocator import keep_freed_memory
-applied = keep_freed_memory() if sys.argv[1] == "tuned" else None
+applied = keep_freed_memory()
 def round_of_allocations():  # like a training step: many activations, then all freed
     blocks = [torch.ones(2 << 20) for _ in range(40)]  # 40 x 8 MB, every page touched
     del blocks
@@ -23,18 +23,20 @@ print(applied, faults[-1])
 """
 
 
-def _faults_in_third_round(mode: str) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", _PROGRAM, mode], capture_output=True, text=True, check=True)
+_PAGES_PER_ROUND = 40 * (8 << 20) // 4096
+
+
+def _faults_in_third_round() -> tuple[str, int]:
+    out = subprocess.run([sys.executable, "-c", _PROGRAM], capture_output=True, text=True, check=True)
     applied, faults = out.stdout.split()
     return applied, int(faults)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_tuned_process_reuses_freed_memory_without_page_faults():
-    applied, tuned = _faults_in_third_round("tuned")
+    applied, tuned = _faults_in_third_round()
     if applied != "True":
         pytest.skip("not glibc")
-    _, default = _faults_in_third_round("default")
-    assert default > 10_000  # glibc's defaults gave the 320 MB back and fault it in again
-    assert tuned < default / 10
-
+    # 320 MB faulted in again would be ~82k pages, which glibc's defaults cost in about half of
+    # the address-space layouts (measured 81,889 vs 2,048); tuned, at most one block comes back.
+    assert tuned < _PAGES_PER_ROUND // 10
