@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 import tyro
 from common import emit, machine, matmul_peak_flops, peak_rss_mib, timed
 
@@ -55,8 +54,7 @@ def train_step(model, batch: int, seq_len: int, autocast_dtype=None) -> Callable
 
     def step():
         with ctx:
-            logits = model(x[:, :-1])
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
+            loss = model(x[:, :-1], labels=x[:, 1:]) / x[:, 1:].numel()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -116,11 +116,11 @@ def test_auxiliary_losses_are_logged_separately_and_added(tmp_path):
 
 
 def _poison(monkeypatch, bad_calls: set[int]):
-    """Make the listed training forward calls (1-based) return NaN logits."""
+    """Make the listed training forward calls (1-based) return a NaN loss."""
     forward, calls = LanguageModel.forward, {"n": 0}
 
-    def poisoned(self, input_ids, state=None):
-        out = forward(self, input_ids, state)
+    def poisoned(self, input_ids, state=None, labels=None):
+        out = forward(self, input_ids, state, labels)
         if self.training:
             calls["n"] += 1
             if calls["n"] in bad_calls:

@@ -16,9 +16,11 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from memlab.config import ModelConfig
+from memlab.data.tasks.base import IGNORE_INDEX
 from memlab.errors import MemlabError
 from memlab.mixers import Mixer, MixerState
 from memlab.models.body import Stack
+from memlab.ops.linear_cross_entropy import linear_cross_entropy
 
 BODIES: dict[str, type[nn.Module]] = {"stack": Stack}
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -93,8 +95,14 @@ class LanguageModel(nn.Module):
         return n
 
     # ----------------------------------------------------------------- forward
-    def forward(self, input_ids: torch.Tensor, state: ModelState | None = None) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, vocab) logits; with ``state``, continue from it and update it."""
+    def forward(
+        self, input_ids: torch.Tensor, state: ModelState | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab) logits; with ``state``, continue from it and update it.
+
+        With ``labels`` (B, T), returns instead the cross-entropy summed over the positions whose
+        label is not ``IGNORE_INDEX`` (a float32 scalar), without materialising the logits.
+        """
         B, T = input_ids.shape
         h = self.embed(input_ids)  # (B, T, D)
         start = 0 if state is None else state.position
@@ -108,6 +116,8 @@ class LanguageModel(nn.Module):
         h = self.body(h, None if state is None else state.layers)
         if state is not None:
             state.position += T
+        if labels is not None:
+            return linear_cross_entropy(self.norm(h).flatten(0, 1), self.head.weight, labels.flatten(), IGNORE_INDEX)
         return self.head(self.norm(h))
 
     def init_state(self, batch_size: int = 1, device=None, dtype=None) -> ModelState:

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_model
 
@@ -354,10 +353,7 @@ class Trainer:
             y = labels[micro * cfg.batch_size : (micro + 1) * cfg.batch_size].to(d.device, non_blocking=True)
             with distributed.no_sync(self.model, sync=micro == cfg.grad_accum - 1):
                 with self.autocast:
-                    logits = self.model(x)  # (B, T, V)
-                    ce = F.cross_entropy(
-                        logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-                    )
+                    ce = self.model(x, labels=y)  # summed over labelled positions, no (B, T, V) logits kept
                     aux = {name: value / cfg.grad_accum for name, value in self.raw_model.aux_losses().items()}
                 # gradients are averaged over processes: this scaling makes them those of the global mean
                 loss = ce * (d.world_size / n_labels) + sum(aux.values(), torch.zeros((), device=d.device))

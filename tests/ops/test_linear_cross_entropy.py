@@ -1,0 +1,75 @@
+"""The blockwise head + cross-entropy against the full-logits reference: values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import memlab
+from memlab.ops.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
+
+
+def _loss_and_grads(fn, hidden, weight, targets, **kw):
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = fn(h, w, targets, **kw)
+    (loss * 1.7).backward()  # a non-unit upstream gradient
+    return loss, h.grad, w.grad
+
+
+@pytest.mark.parametrize("n_rows, block_rows", [(1, 4), (13, 4), (13, 13), (40, 7), (40, 64)])
+def test_matches_reference_with_ignored_rows(n_rows, block_rows):
+    g = torch.Generator().manual_seed(n_rows)
+    hidden = torch.randn(n_rows, 12, generator=g, dtype=torch.float64)
+    weight = torch.randn(50, 12, generator=g, dtype=torch.float64) * 3  # peaked softmax
+    targets = torch.randint(0, 50, (n_rows,), generator=g)
+    targets[1::3] = -100
+    got = _loss_and_grads(linear_cross_entropy, hidden, weight, targets, block_rows=block_rows)
+    want = _loss_and_grads(linear_cross_entropy_reference, hidden, weight, targets)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b.to(a.dtype))
+
+
+def test_large_vocabulary_float32_and_all_ignored():
+    """The default block size at a GPT-2-sized vocabulary (several blocks, in-place log-softmax)."""
+    hidden, weight = torch.randn(700, 16), torch.randn(50257, 16) * 0.5
+    targets = torch.randint(0, 50257, (700,))
+    got = _loss_and_grads(linear_cross_entropy, hidden, weight, targets)
+    want = _loss_and_grads(linear_cross_entropy_reference, hidden, weight, targets)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    loss, h_grad, w_grad = _loss_and_grads(linear_cross_entropy, hidden, weight, torch.full((700,), -100))
+    assert loss.item() == 0 and not h_grad.any() and not w_grad.any()
+
+
+def test_without_gradients_and_under_bf16_autocast():
+    hidden, weight = torch.randn(30, 16), torch.randn(100, 16)
+    targets = torch.randint(0, 100, (30,))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            linear_cross_entropy(hidden, weight, targets, block_rows=8),
+            linear_cross_entropy_reference(hidden, weight, targets),
+        )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _loss_and_grads(linear_cross_entropy, hidden, weight, targets, block_rows=8)
+        want = _loss_and_grads(linear_cross_entropy_reference, hidden, weight, targets)
+    assert got[0].dtype == torch.float32 and got[2].dtype == torch.float32
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_model_loss_equals_cross_entropy_of_its_logits():
+    """``model(ids, labels=...)``: the summed cross-entropy of ``model(ids)``, gradients included."""
+    model = memlab.build_model("baseline", "tiny", vocab_size=64, n_layers=1)
+    ids = torch.randint(0, 64, (2, 9))
+    labels = ids.roll(-1, 1)
+    labels[:, -1] = -100
+    loss = model(ids, labels=labels)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits = model(ids)
+    want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+    want.backward()
+    torch.testing.assert_close(loss, want)
+    for got, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-6)
