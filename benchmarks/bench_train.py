@@ -27,6 +27,7 @@ import tyro
 from common import emit, machine, matmul_peak_flops, peak_rss_mib, timed
 
 import memlab
+from memlab.train.optim import build_optimizer, no_decay_names
 
 
 @dataclass
@@ -46,9 +47,10 @@ class Args:
 
 
 def train_step(model, batch: int, seq_len: int, autocast_dtype=None) -> Callable[[], None]:
-    """One full training step (forward, backward, AdamW) on fixed random tokens, on the model's device."""
+    """One full training step (forward, backward, AdamW as ``memlab train`` builds it) on fixed random
+    tokens, on the model's device."""
     device = next(model.parameters()).device
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = build_optimizer(model, no_decay_names(model), lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95))  # memlab's
     x = torch.randint(0, model.config.vocab_size, (batch, seq_len + 1), device=device)
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
 

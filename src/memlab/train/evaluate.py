@@ -55,8 +55,7 @@ def validation_loss(
     for windows in shards.sequential_windows(rows, seq_len, max_windows=max(1, max_tokens // seq_len)):
         windows = windows.to(device)  # (b, T + 1)
         with autocast:
-            logits = model(windows[:, :-1])  # (b, T, V)
-        total += float(F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten(), reduction="sum"))
+            total += float(model(windows[:, :-1], labels=windows[:, 1:]))  # summed, no (b, T, V) logits
         count += windows[:, 1:].numel()
     return total / count
 
