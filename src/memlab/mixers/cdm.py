@@ -154,14 +154,13 @@ class CDM(Mixer):
             final, read_weighted, read_scores = scan.final_state, scan.weighted_read, scan.score_read
         if self.zeroed:
             return None, final
-        reads = []
+        weights = []  # (B, T, H, K) each: every head of the gate read has the same weights
         if c.readout in ("gate", "both"):
-            weights = gates if c.version == "v2" else routing
-            reads.append(read_weighted(weights[:, :, None]).flatten(2))  # (B, T, D)
+            weights.append((gates if c.version == "v2" else routing)[:, :, None].expand(-1, -1, self.n_heads, -1))
         if queries is not None:
-            attn = torch.softmax(read_scores(queries) * queries.shape[-1] ** -0.5, dim=-1)  # (B, T, H, K)
-            reads.append(read_weighted(attn).flatten(2))  # (B, T, D)
-        return torch.cat(reads, dim=-1), final
+            weights.append(torch.softmax(read_scores(queries) * queries.shape[-1] ** -0.5, dim=-1))
+        reads = read_weighted(torch.stack(weights, dim=3))  # (B, T, H, R, Dh), the reads together
+        return reads.transpose(2, 3).flatten(2), final  # (B, T, R * D): each read's heads in turn
 
     def _route(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Routing distribution, write gates and decays of each token: (B, T, K) each."""

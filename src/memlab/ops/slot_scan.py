@@ -9,7 +9,8 @@ with ``log_a, b: (B, T, K)``, ``w: (B, T, D)`` and ``S: (B, K, D)``.  This is ga
 attention with keys ``b``, values ``w`` and a per-key decay, so two reads cover every
 read-out a CDM layer needs (``H`` heads split ``D`` into ``H x Dh``; ``H = 1`` is allowed):
 
-* weighted read ``o_h(t) = sum_k r_hk(t) S_kh(t)``          ``r: (B, T, H, K) -> (B, T, H, Dh)``
+* weighted read ``o_hr(t) = sum_k r_hrk(t) S_kh(t)``        ``r: (B, T, H, R, K) -> (B, T, H, R, Dh)``
+  (R reads of each head at once: one pass over the write kernel serves them all)
 * score read    ``s_hk(t) = q_h(t) . S_kh(t)``               ``q: (B, T, H, Dh) -> (B, T, H, K)``
 
 Position ``t`` reads the state *after* its own write (like the delta rule).
@@ -52,10 +53,10 @@ def slot_states_naive(
 
 
 def weighted_read(states: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """``states (B, T, K, D)``, ``r (B, T, H, K)`` -> (B, T, H, D/H): per head, sum_k r_k S_k."""
+    """``states (B, T, K, D)``, ``r (B, T, H, R, K)`` -> (B, T, H, R, D/H): per head and read, sum_k r_k S_k."""
     B, T, K, D = states.shape
     H = r.shape[2]
-    return torch.einsum("bthk,btkhe->bthe", r, states.view(B, T, K, H, D // H))
+    return torch.einsum("bthrk,btkhe->bthre", r, states.view(B, T, K, H, D // H))
 
 
 def score_read(states: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -78,15 +79,15 @@ class SlotScan:
     final_state: torch.Tensor  # (B, K, D): the state after token T
 
     def weighted_read(self, r: torch.Tensor) -> torch.Tensor:
-        """``r (B, T, H, K)`` -> (B, T, H, Dh), equal to ``weighted_read(states, r)``."""
+        """``r (B, T, H, R, K)`` -> (B, T, H, R, Dh), equal to ``weighted_read(states, r)``."""
         B, N, C, K = self.log_decay.shape
         H = r.shape[2]
-        rr = _chunk(r, C)  # (B, N, C, H, K)
+        rr = _chunk(r, C)  # (B, N, C, H, R, K)
         Dh = self.values.shape[-1] // H
         starts = self.chunk_states.view(B, N, K, H, Dh)
-        inter = torch.einsum("bnchk,bnkhe->bnche", rr * _decay(self.log_decay)[:, :, :, None], starts)
-        mix = torch.einsum("bnchk,bncsk->bnhcs", rr, self.kernel)  # (B, N, H, C, C)
-        intra = torch.einsum("bnhcs,bnshe->bnche", mix, self.values.view(B, N, C, H, Dh))
+        inter = torch.einsum("bnchrk,bnkhe->bnchre", rr * _decay(self.log_decay)[:, :, :, None, None], starts)
+        mix = torch.einsum("bnchrk,bncsk->bnhrcs", rr, self.kernel)  # (B, N, H, R, C, C)
+        intra = torch.einsum("bnhrcs,bnshe->bnchre", mix, self.values.view(B, N, C, H, Dh))
         return (inter + intra).flatten(1, 2)[:, : self.length]
 
     def score_read(self, q: torch.Tensor) -> torch.Tensor:
