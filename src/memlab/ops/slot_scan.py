@@ -107,7 +107,7 @@ def slot_scan(
     b: torch.Tensor,
     w: torch.Tensor,
     initial_state: torch.Tensor,
-    chunk_size: int = 32,
+    chunk_size: int = 16,
 ) -> SlotScan:
     """Chunked form of the recurrence: ``log_a, b (B, T, K)``, ``w (B, T, D)``, ``initial_state (B, K, D)``.
 
