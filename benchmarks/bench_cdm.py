@@ -79,7 +79,7 @@ def layer_read(form: str, gates, values, initial, q) -> torch.Tensor:
             states = state[:, None]  # (B, 1, K, D)
             attn = torch.softmax(score_read(states, q[:, t : t + 1]) * scale, dim=-1)
             outs.append(weighted_read(states, read_weights(gates[:, t : t + 1], attn)))
-        return torch.cat(outs, dim=1).transpose(2, 3).flatten(2)
+        return torch.cat(outs, dim=1).flatten(2)
     if form == "reference":  # the op's naive reference: a loop for the states, reads batched
         states = slot_states_naive(log_decay, gates, values, initial)
         read_w, read_s = partial(weighted_read, states), partial(score_read, states)
@@ -87,12 +87,12 @@ def layer_read(form: str, gates, values, initial, q) -> torch.Tensor:
         scan = slot_scan(log_decay, gates, values, initial, CHUNK)
         read_w, read_s = scan.weighted_read, scan.score_read
     attn = torch.softmax(read_s(q) * scale, dim=-1)
-    return read_w(read_weights(gates, attn)).transpose(2, 3).flatten(2)
+    return read_w(read_weights(gates, attn)).flatten(2)
 
 
 def read_weights(gates: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    """The gate read's weights (the gates, for every head) and the attention's: (B, T, H, 2, K), as the mixer."""
-    return torch.stack([gates[:, :, None].expand_as(attn), attn], dim=3)
+    """The gate read's weights (the gates, for every head) and the attention's: (B, T, 2, H, K), as the mixer."""
+    return torch.stack([gates[:, :, None].expand_as(attn), attn], dim=2)
 
 
 def bench_scan(args: Args) -> dict:

@@ -16,7 +16,7 @@ def inputs(B=2, T=63, K=5, D=12, H=3, seed=0, dtype=torch.float64, max_gate=0.95
         b=torch.rand(B, T, K, generator=g, dtype=dtype),  # writes need not equal 1 - decay
         w=torch.randn(B, T, D, generator=g, dtype=dtype),
         initial=torch.randn(B, K, D, generator=g, dtype=dtype),
-        r=torch.rand(B, T, H, 2, K, generator=g, dtype=dtype),  # two reads per head
+        r=torch.rand(B, T, 2, H, K, generator=g, dtype=dtype),  # two reads of every head
         q=torch.randn(B, T, H, D // H, generator=g, dtype=dtype),
     )
 

@@ -159,8 +159,8 @@ class CDM(Mixer):
             weights.append((gates if c.version == "v2" else routing)[:, :, None].expand(-1, -1, self.n_heads, -1))
         if queries is not None:
             weights.append(torch.softmax(read_scores(queries) * queries.shape[-1] ** -0.5, dim=-1))
-        reads = read_weighted(torch.stack(weights, dim=3))  # (B, T, H, R, Dh), the reads together
-        return reads.transpose(2, 3).flatten(2), final  # (B, T, R * D): each read's heads in turn
+        reads = read_weighted(torch.stack(weights, dim=2))  # (B, T, R, H, Dh), the reads together
+        return reads.flatten(2), final  # (B, T, R * D): each read's heads in turn
 
     def _route(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Routing distribution, write gates and decays of each token: (B, T, K) each."""

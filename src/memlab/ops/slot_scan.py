@@ -9,7 +9,7 @@ with ``log_a, b: (B, T, K)``, ``w: (B, T, D)`` and ``S: (B, K, D)``.  This is ga
 attention with keys ``b``, values ``w`` and a per-key decay, so two reads cover every
 read-out a CDM layer needs (``H`` heads split ``D`` into ``H x Dh``; ``H = 1`` is allowed):
 
-* weighted read ``o_hr(t) = sum_k r_hrk(t) S_kh(t)``        ``r: (B, T, H, R, K) -> (B, T, H, R, Dh)``
+* weighted read ``o_rh(t) = sum_k r_rhk(t) S_kh(t)``        ``r: (B, T, R, H, K) -> (B, T, R, H, Dh)``
   (R reads of each head at once: one pass over the write kernel serves them all)
 * score read    ``s_hk(t) = q_h(t) . S_kh(t)``               ``q: (B, T, H, Dh) -> (B, T, H, K)``
 
@@ -26,7 +26,7 @@ kernel directly.  Cost per token ~ C (K H + D) + K D; memory ~ C K floats per to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +53,10 @@ def slot_states_naive(
 
 
 def weighted_read(states: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """``states (B, T, K, D)``, ``r (B, T, H, R, K)`` -> (B, T, H, R, D/H): per head and read, sum_k r_k S_k."""
+    """``states (B, T, K, D)``, ``r (B, T, R, H, K)`` -> (B, T, R, H, D/H): per read and head, sum_k r_k S_k."""
     B, T, K, D = states.shape
-    H = r.shape[2]
-    return torch.einsum("bthrk,btkhe->bthre", r, states.view(B, T, K, H, D // H))
+    H = r.shape[3]
+    return torch.einsum("btrhk,btkhe->btrhe", r, states.view(B, T, K, H, D // H))
 
 
 def score_read(states: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -77,18 +77,33 @@ class SlotScan:
     values: torch.Tensor  # (B, N, C, D): the write vectors w
     chunk_states: torch.Tensor  # (B, N, K, D): the state before each chunk
     final_state: torch.Tensor  # (B, K, D): the state after token T
+    _values_by_heads: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def _values_by_head(self, H: int) -> torch.Tensor:
+        """The write vectors split into H heads, head-major: (B, N, H, C, D/H), made once per H."""
+        if H not in self._values_by_heads:
+            B, N, C, D = self.values.shape
+            self._values_by_heads[H] = self.values.view(B, N, C, H, D // H).transpose(2, 3).contiguous()
+        return self._values_by_heads[H]
 
     def weighted_read(self, r: torch.Tensor) -> torch.Tensor:
-        """``r (B, T, H, R, K)`` -> (B, T, H, R, Dh), equal to ``weighted_read(states, r)``."""
+        """``r (B, T, R, H, K)`` -> (B, T, R, H, Dh), equal to ``weighted_read(states, r)``.
+
+        Computed head-major, (B, N, H, R * C, Dh), where every contraction is a plain batched
+        matmul; one permutation at the end gives the output its layout.
+        """
         B, N, C, K = self.log_decay.shape
-        H = r.shape[2]
-        rr = _chunk(r, C)  # (B, N, C, H, R, K)
-        Dh = self.values.shape[-1] // H
-        starts = self.chunk_states.view(B, N, K, H, Dh)
-        inter = torch.einsum("bnchrk,bnkhe->bnchre", rr * _decay(self.log_decay)[:, :, :, None, None], starts)
-        mix = torch.einsum("bnchrk,bncsk->bnhrcs", rr, self.kernel)  # (B, N, H, R, C, C)
-        intra = torch.einsum("bnhrcs,bnshe->bnchre", mix, self.values.view(B, N, C, H, Dh))
-        return (inter + intra).flatten(1, 2)[:, : self.length]
+        R, H = r.shape[2:4]
+        values = self._values_by_head(H)  # (B, N, H, C, Dh)
+        Dh = values.shape[-1]
+        rr = _chunk(r, C)  # (B, N, C, R, H, K)
+        starts = self.chunk_states.view(B, N, K, H, Dh).transpose(2, 3)  # (B, N, H, K, Dh)
+        decayed = rr * _decay(self.log_decay)[:, :, :, None, None]  # reads of the chunk's start state
+        inter = decayed.permute(0, 1, 4, 3, 2, 5).reshape(B, N, H, R * C, K) @ starts
+        mix = torch.einsum("bncrhk,bncsk->bnhrcs", rr, self.kernel).reshape(B, N, H, R * C, C)
+        out = torch.baddbmm(inter.flatten(0, 2), mix.flatten(0, 2), values.flatten(0, 2))  # (B N H, R C, Dh)
+        out = out.view(B, N, H, R, C, Dh).permute(0, 1, 4, 3, 2, 5).reshape(B, N * C, R, H, Dh)
+        return out[:, : self.length]
 
     def score_read(self, q: torch.Tensor) -> torch.Tensor:
         """``q (B, T, H, Dh)`` -> (B, T, H, K), equal to ``score_read(states, q)``."""
@@ -97,7 +112,7 @@ class SlotScan:
         qq = _chunk(q, C)  # (B, N, C, H, Dh)
         starts = self.chunk_states.view(B, N, K, H, Dh)
         inter = torch.einsum("bnche,bnkhe->bnchk", qq, starts) * _decay(self.log_decay)[:, :, :, None]
-        qw = torch.einsum("bnche,bnshe->bnhcs", qq, self.values.view(B, N, C, H, Dh))  # (B, N, H, C, C)
+        qw = qq.transpose(2, 3) @ self._values_by_head(H).transpose(-1, -2)  # (B, N, H, C, C)
         intra = torch.einsum("bnhcs,bncsk->bnchk", qw, self.kernel)
         return (inter + intra).flatten(1, 2)[:, : self.length]
 
