@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from memlab.ops import gated_delta_rule
 from memlab.ops.gated_delta import (
+    ChunkStates,
     UnitLowerInverse,
     chunk_gated_delta_rule,
     gated_delta_rule_step,
@@ -150,6 +151,34 @@ def test_low_precision_inputs_keep_a_float32_state():
 def test_unit_lower_inverse_gradient():
     A = (0.3 * torch.randn(3, 8, 8, dtype=torch.float64)).tril(-1).requires_grad_()
     assert torch.autograd.gradcheck(UnitLowerInverse.apply, (A,))
+
+
+def _chunk_states_loop(U0, W, k_end, decay, S):
+    """The chunk loop written plainly, for autograd: (B, H, N, ...) inputs as ChunkStates takes them."""
+    states, values = [], []
+    for n in range(U0.shape[2]):
+        states.append(S)
+        values.append(U0[:, :, n] - W[:, :, n] @ S)
+        S = decay[:, :, n, None, None] * S + k_end[:, :, n].transpose(-1, -2) @ values[-1]
+    return torch.stack(states, 2), torch.stack(values, 2), S
+
+
+def test_chunk_states_gradients_match_autograd_through_the_loop():
+    g = torch.Generator().manual_seed(0)
+    B, H, N, C, K, V = 2, 3, 4, 5, 3, 2
+    shapes = [(B, H, N, C, V), (B, H, N, C, K), (B, H, N, C, K), (B, H, N), (B, H, K, V)]
+    inputs = [torch.randn(*s, generator=g, dtype=torch.float64) * 0.5 for s in shapes]
+    inputs[3] = torch.rand(B, H, N, generator=g, dtype=torch.float64)  # decays in (0, 1)
+    inputs = [x.requires_grad_() for x in inputs]
+    assert torch.autograd.gradcheck(ChunkStates.apply, inputs)
+    outs, want = ChunkStates.apply(*inputs), _chunk_states_loop(*inputs)
+    for a, b in zip(outs, want):
+        torch.testing.assert_close(a, b)
+    # outputs left unused give no gradient (None cotangents): only U feeds the loss here
+    grads = torch.autograd.grad(ChunkStates.apply(*inputs)[1].sum(), inputs)
+    expected = torch.autograd.grad(_chunk_states_loop(*inputs)[1].sum(), inputs)
+    for a, b in zip(grads, expected):
+        torch.testing.assert_close(a, b)
 
 
 # --------------------------------------------------------------- flash-linear-attention
