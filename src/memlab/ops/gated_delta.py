@@ -145,46 +145,51 @@ class ChunkStates(torch.autograd.Function):
 
     (B, H, N, C, V) U0, (B, H, N, C, K) W and k_end, (B, H, N) chunk decays d, (B, H, K, V)
     initial S -> the states entering each chunk (B, H, N, K, V), the new values U (B, H, N, C, V)
-    and the final state (B, H, K, V).  Both loops are two fused matmul-adds per chunk
-    (``baddbmm``) on chunk-major copies; the backward loop carries only the state gradient and
-    the gradients of W, k_end and d come after it, one batched matmul each.  Autograd through
-    the loop recorded ~15 small ops per chunk.
+    and the final state (B, H, K, V).  Each loop is three in-place ops per chunk (two fused
+    matmul-adds) writing into chunk-major buffers; the backward loop carries only the state
+    gradient, and the gradients of W, k_end and d come after it, one batched op each.
+    Autograd through the loop recorded ~15 small ops per chunk.
     """
 
     @staticmethod
     def forward(ctx, U0, W, k_end, decay, S0):
         B, H, N, C, V = U0.shape
-        U0_, W_, k_ = (_chunk_major(x) for x in (U0, W, k_end))  # (N, B H, C, V|K)
+        W_, k_ = _chunk_major(W), _chunk_major(k_end)  # (N, B H, C, K)
         d = _chunk_major(decay[..., None, None])  # (N, B H, 1, 1)
-        S, states, values = S0.reshape(B * H, *S0.shape[2:]), [], []
+        U = _chunk_major(U0).clone()  # (N, B H, C, V), becomes U0 - W S chunk by chunk
+        states = U.new_empty(N + 1, B * H, *S0.shape[2:])  # states[n]: the state entering chunk n
+        states[0] = S0.reshape(B * H, *S0.shape[2:])
         for n in range(N):
-            states.append(S)
-            values.append(torch.baddbmm(U0_[n], W_[n], S, alpha=-1))
-            S = torch.baddbmm(d[n] * S, k_[n].transpose(1, 2), values[-1])
-        S_in, U = torch.stack(states), torch.stack(values)  # (N, B H, K, V), (N, B H, C, V)
-        ctx.save_for_backward(W_, k_, d, S_in, U)
+            U[n].baddbmm_(W_[n], states[n], alpha=-1)
+            torch.mul(states[n], d[n], out=states[n + 1]).baddbmm_(k_[n].transpose(1, 2), U[n])
+        ctx.save_for_backward(W_, k_, d, states, U)
         ctx.shape = (B, H)
-        return _batch_major(S_in, B), _batch_major(U, B), S.view_as(S0)
+        return _batch_major(states[:N], B), _batch_major(U, B), states[N].clone().view_as(S0)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dS_in, dU, dS_final):
-        W_, k_, d, S_in, U = ctx.saved_tensors
-        (B, H), N = ctx.shape, S_in.shape[0]
-        dS_in = _chunk_major(dS_in) if dS_in is not None else torch.zeros_like(S_in)
-        dU = _chunk_major(dU) if dU is not None else torch.zeros_like(U)
-        dS = dS_final.reshape(S_in.shape[1:]) if dS_final is not None else torch.zeros_like(S_in[0])
-        dS_after, dU_total = [None] * N, [None] * N  # gradients of the state after chunk n and of U[n]
+        W_, k_, d, states, U = ctx.saved_tensors
+        (B, H), N = ctx.shape, U.shape[0]
+        # grads[n]: of the state entering chunk n (grads[N]: of the final state), filled backwards
+        grads = torch.zeros_like(states) if dS_final is None else states.new_empty(states.shape)
+        if dS_final is not None:
+            grads[N] = dS_final.reshape(grads.shape[1:])
+        dU_total = torch.zeros_like(U) if dU is None else torch.empty_like(U)  # dU + k_end (dS after)
+        if dU is not None:
+            dU_total.view(N, B, H, *U.shape[2:]).copy_(dU.permute(2, 0, 1, 3, 4))
+        dS_in = torch.zeros_like(states[:N]) if dS_in is None else _chunk_major(dS_in)
         for n in reversed(range(N)):
-            dS_after[n] = dS
-            dU_total[n] = torch.baddbmm(dU[n], k_[n], dS)
-            dS = torch.baddbmm(torch.addcmul(dS_in[n], d[n], dS), W_[n].transpose(1, 2), dU_total[n], alpha=-1)
-        dS_after, dU_total = torch.stack(dS_after), torch.stack(dU_total)
-        dW = -(dU_total @ S_in.transpose(-1, -2))  # (N, B H, C, K)
+            dU_total[n].baddbmm_(k_[n], grads[n + 1])
+            torch.addcmul(dS_in[n], d[n], grads[n + 1], out=grads[n]).baddbmm_(
+                W_[n].transpose(1, 2), dU_total[n], alpha=-1
+            )
+        dS_after = grads[1:]
+        dW = -(dU_total @ states[:N].transpose(-1, -2))  # (N, B H, C, K)
         dk = U @ dS_after.transpose(-1, -2)
-        dd = (dS_after * S_in).sum((-1, -2))  # (N, B H)
-        dd = dd.view(N, B, H).permute(1, 2, 0)
-        return _batch_major(dU_total, B), _batch_major(dW, B), _batch_major(dk, B), dd, dS.view(B, H, *dS.shape[1:])
+        dd = (dS_after * states[:N]).sum((-1, -2)).view(N, B, H).permute(1, 2, 0)  # (B, H, N)
+        dS0 = grads[0].view(B, H, *grads.shape[2:])
+        return _batch_major(dU_total, B), _batch_major(dW, B), _batch_major(dk, B), dd, dS0
 
 
 def _chunk_major(x: torch.Tensor) -> torch.Tensor:
