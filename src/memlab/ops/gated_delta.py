@@ -156,7 +156,7 @@ class ChunkStates(torch.autograd.Function):
         B, H, N, C, V = U0.shape
         W_, k_ = _chunk_major(W), _chunk_major(k_end)  # (N, B H, C, K)
         d = _chunk_major(decay[..., None, None])  # (N, B H, 1, 1)
-        U = _chunk_major(U0).clone()  # (N, B H, C, V), becomes U0 - W S chunk by chunk
+        U = _chunk_major(U0)  # (N, B H, C, V), becomes U0 - W S chunk by chunk
         states = U.new_empty(N + 1, B * H, *S0.shape[2:])  # states[n]: the state entering chunk n
         states[0] = S0.reshape(B * H, *S0.shape[2:])
         for n in range(N):
@@ -175,9 +175,7 @@ class ChunkStates(torch.autograd.Function):
         grads = torch.zeros_like(states) if dS_final is None else states.new_empty(states.shape)
         if dS_final is not None:
             grads[N] = dS_final.reshape(grads.shape[1:])
-        dU_total = torch.zeros_like(U) if dU is None else torch.empty_like(U)  # dU + k_end (dS after)
-        if dU is not None:
-            dU_total.view(N, B, H, *U.shape[2:]).copy_(dU.permute(2, 0, 1, 3, 4))
+        dU_total = torch.zeros_like(U) if dU is None else _chunk_major(dU)  # dU + k_end (dS after)
         dS_in = torch.zeros_like(states[:N]) if dS_in is None else _chunk_major(dS_in)
         for n in reversed(range(N)):
             dU_total[n].baddbmm_(k_[n], grads[n + 1])
@@ -193,9 +191,11 @@ class ChunkStates(torch.autograd.Function):
 
 
 def _chunk_major(x: torch.Tensor) -> torch.Tensor:
-    """(B, H, N, ...) -> (N, B H, ...), contiguous."""
+    """(B, H, N, ...) -> (N, B H, ...): a new contiguous tensor (written in place by the loops)."""
     B, H, N = x.shape[:3]
-    return x.permute(2, 0, 1, *range(3, x.dim())).reshape(N, B * H, *x.shape[3:])
+    out = x.new_empty(N, B * H, *x.shape[3:])
+    out.view(N, B, H, *x.shape[3:]).copy_(x.permute(2, 0, 1, *range(3, x.dim())))
+    return out
 
 
 def _batch_major(x: torch.Tensor, B: int) -> torch.Tensor:
