@@ -73,3 +73,12 @@ def test_model_loss_equals_cross_entropy_of_its_logits():
     torch.testing.assert_close(loss, want)
     for got, p in zip(grads, model.parameters()):
         torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_second_backward_is_refused():
+    """The gradients are scaled in place, so retain_graph cannot reuse them."""
+    h = torch.randn(5, 4, requires_grad=True)
+    loss = linear_cross_entropy(h, torch.randn(7, 4), torch.randint(0, 7, (5,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward can run once"):
+        loss.backward()

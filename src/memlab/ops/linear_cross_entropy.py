@@ -52,7 +52,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         want_h, want_w = ctx.needs_input_grad[:2]
         grad_h = torch.empty_like(hidden) if want_h else None
         softmax_dtype = torch.promote_types(dtype, torch.float32)
-        grad_w = torch.zeros_like(weight, dtype=softmax_dtype) if want_w else None
+        grad_w = None  # (V, D) in the softmax dtype, from the first block's product on
         logits = torch.empty(min(block_rows, N), V, dtype=dtype, device=hidden.device)  # the reused block
         loss = torch.zeros((), dtype=softmax_dtype, device=hidden.device)
         for start in range(0, N, block_rows):
@@ -74,19 +74,27 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if want_h:
                 grad_h[rows] = grad_block @ w
             if want_w:
-                if dtype == softmax_dtype:
+                if grad_w is None:
+                    grad_w = (grad_block.t() @ h_block).to(softmax_dtype)
+                elif dtype == softmax_dtype:
                     grad_w.addmm_(grad_block.t(), h_block)
                 else:
                     grad_w += (grad_block.t() @ h_block).to(softmax_dtype)
+        if want_w and grad_w is None:  # no rows
+            grad_w = torch.zeros_like(weight, dtype=softmax_dtype)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
+        ctx.used = False
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss):
+        if ctx.used:  # the gradients below are scaled in place: a second pass would scale them twice
+            raise RuntimeError("linear_cross_entropy: backward can run once per forward (no retain_graph)")
+        ctx.used = True
         grad_h, grad_w = ctx.saved_tensors
-        # the forward's gradients, scaled (the weight's cast back from the softmax dtype)
-        dh = grad_h * grad_loss if grad_h is not None else None
-        dw = (grad_w * grad_loss).to(ctx.weight_dtype) if grad_w is not None else None
+        # the forward's gradients, scaled in place (the weight's cast back from the softmax dtype)
+        dh = grad_h.mul_(grad_loss) if grad_h is not None else None
+        dw = grad_w.mul_(grad_loss).to(ctx.weight_dtype) if grad_w is not None else None
         return dh, dw, None, None, None, None
