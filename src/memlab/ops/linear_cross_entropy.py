@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 BLOCK_BYTES = 128 * 2**20
-"""size of the reused logits buffer; rows per block = BLOCK_BYTES / (4 * V)"""
+"""largest size of the reused logits buffer: at most BLOCK_BYTES / (4 * V) rows per block, in equal blocks"""
 
 
 def linear_cross_entropy_reference(
@@ -39,7 +39,8 @@ def linear_cross_entropy(
     """
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
-    rows = block_rows or max(1, BLOCK_BYTES // (4 * weight.shape[0]))
+    most = block_rows or max(1, BLOCK_BYTES // (4 * weight.shape[0]))
+    rows = -(-hidden.shape[0] // -(-hidden.shape[0] // most))  # equal blocks: no small, slow tail block
     with torch.autocast(device_type, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, rows, dtype)
 
