@@ -52,7 +52,7 @@ class Args:
     decode_size: str = "d384l8"
     contexts: list[int] = field(default_factory=lambda: [256, 1024, 2048, 4096, 8192])
     new_tokens: int = 32
-    decode_rounds: int = 3
+    decode_rounds: int = 5
     """timed rounds per context, the contexts visited in turn; the median is reported"""
     skip: list[str] = field(default_factory=list)
     """parts to leave out: scan, train, decode"""
