@@ -16,7 +16,7 @@ def _loss_and_grads(fn, hidden, weight, targets, **kw):
     return loss, h.grad, w.grad
 
 
-@pytest.mark.parametrize("n_rows, block_rows", [(1, 4), (13, 4), (13, 13), (40, 7), (40, 64)])
+@pytest.mark.parametrize("n_rows, block_rows", [(0, 4), (1, 4), (13, 4), (13, 13), (40, 7), (40, 64)])
 def test_matches_reference_with_ignored_rows(n_rows, block_rows):
     g = torch.Generator().manual_seed(n_rows)
     hidden = torch.randn(n_rows, 12, generator=g, dtype=torch.float64)

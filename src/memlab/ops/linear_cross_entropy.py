@@ -40,7 +40,8 @@ def linear_cross_entropy(
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
     most = block_rows or max(1, BLOCK_BYTES // (4 * weight.shape[0]))
-    rows = -(-hidden.shape[0] // -(-hidden.shape[0] // most))  # equal blocks: no small, slow tail block
+    blocks = max(1, -(-hidden.shape[0] // most))
+    rows = max(1, -(-hidden.shape[0] // blocks))  # equal blocks: no small, slow tail block
     with torch.autocast(device_type, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, rows, dtype)
 
