@@ -101,7 +101,7 @@ class LanguageModel(nn.Module):
         """(B, T) token ids -> (B, T, vocab) logits; with ``state``, continue from it and update it.
 
         With ``labels`` (B, T), returns instead the cross-entropy summed over the positions whose
-        label is not ``IGNORE_INDEX`` (a float32 scalar), without materialising the logits.
+        label is not ``IGNORE_INDEX`` (a scalar, float32 at least), without materialising the logits.
         """
         B, T = input_ids.shape
         h = self.embed(input_ids)  # (B, T, D)
