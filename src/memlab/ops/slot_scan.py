@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from memlab.ops.chunk_recurrence import chunk_recurrence
+
 _MIN_LOG_DECAY = -60.0  # exp(-60) ~ 1e-26: smaller decays change no result
 
 
@@ -174,51 +176,14 @@ class _WriteKernel(torch.autograd.Function):
 def _chunk_starts(
     chunk_log_decay: torch.Tensor, chunk_writes: torch.Tensor, initial_state: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """States before each chunk and after the last, one step per chunk: ``S_{n+1} = a_n S_n + U_n``.
+    """States before each chunk and after the last: ``S_{n+1} = a_n S_n + U_n``.
 
     ``chunk_log_decay (B, N, K)`` is each chunk's total log-decay and ``chunk_writes (B, N, K, D)``
-    its writes as seen at its end.  N small elementwise steps (:class:`_ChunkStarts`): cheaper
-    than an (N x N) decay-weighted matmul, whose inner size N is too small to run fast.
+    its writes as seen at its end -> (B, N, K, D) (a view) and (B, K, D).
     """
-    return _ChunkStarts.apply(_decay(chunk_log_decay), chunk_writes, initial_state)
-
-
-class _ChunkStarts(torch.autograd.Function):
-    """The chunk-start recurrence with a hand-written backward: one fused op per chunk each way,
-    in chunk-major buffers, where autograd through the loop recorded ~5.  The backward carries
-    ``G_n = a_n G_{n+1} + dS_n`` (the gradient of the state entering chunk n); the gradients
-    of the writes (``G_{n+1}``) and decays (``sum_d G_{n+1} S_n``) are batched after it.
-
-    a (B, N, K), U (B, N, K, D), S_0 (B, K, D) -> starts (B, N, K, D) (a view), final (B, K, D).
-    """
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, U: torch.Tensor, S0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        N = U.shape[1]
-        a_, U_ = a.transpose(0, 1)[..., None], U.transpose(0, 1)  # (N, B, K, 1), (N, B, K, D) views
-        states = U.new_empty(N + 1, *S0.shape)  # states[n]: entering chunk n; states[N]: the final one
-        states[0] = S0
-        for n in range(N):
-            torch.addcmul(U_[n], states[n], a_[n], out=states[n + 1])
-        ctx.save_for_backward(a_, states)
-        return states[:N].transpose(0, 1), states[N].clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, d_starts: torch.Tensor | None, d_final: torch.Tensor | None):
-        a_, states = ctx.saved_tensors
-        N = a_.shape[0]
-        grads = torch.zeros_like(states)  # grads[n]: of the state entering chunk n; grads[N]: of the final
-        if d_final is not None:
-            grads[N] = d_final
-        if d_starts is None:
-            d_starts = torch.zeros_like(states[:N]).transpose(0, 1)
-        d_starts_ = d_starts.transpose(0, 1)  # (N, B, K, D)
-        for n in reversed(range(N)):
-            torch.addcmul(d_starts_[n], grads[n + 1], a_[n], out=grads[n])
-        d_writes = grads[1:]  # (N, B, K, D)
-        d_a = (d_writes * states[:N]).sum(-1)  # (N, B, K)
-        return d_a.transpose(0, 1), d_writes.transpose(0, 1), grads[0]
+    decay = _decay(chunk_log_decay).transpose(0, 1)[..., None]  # (N, B, K, 1)
+    starts, final = chunk_recurrence(decay, chunk_writes.transpose(0, 1), initial_state)
+    return starts.transpose(0, 1), final
 
 
 def _decay(log_decay: torch.Tensor) -> torch.Tensor:

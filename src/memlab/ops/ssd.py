@@ -20,6 +20,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from memlab.ops.chunk_recurrence import chunk_recurrence
 from memlab.ops.optional_kernels import optional_kernel
 
 
@@ -160,16 +161,12 @@ def ssd_chunked(
     xw = (xdt.view(Bsz, nc, L, H, P) * to_end).view(Bsz, nc, L, G, hg * P).permute(0, 3, 1, 4, 2)
     chunk_states = (xw @ Bg).view(Bsz, G, nc, hg, P * N).transpose(2, 3).reshape(Bsz, H, nc, P * N)
 
-    # 3. states entering each chunk: S_c = exp(sum of a over chunk c-1) S_{c-1} + chunk_states_{c-1},
-    #    one step per chunk (nc small steps beat an (nc x nc) decay matmul of tiny inner size)
-    S = x.new_zeros(Bsz, H, P * N) if initial_state is None else initial_state.reshape(Bsz, H, P * N)
-    chunk_decay = torch.exp(cum[..., -1:])  # (B, H, nc, 1)
-    entering = []
-    for own, decay_c in zip(chunk_states.unbind(2), chunk_decay.unbind(2)):  # unbind: one backward op
-        entering.append(S)
-        S = torch.addcmul(own, S, decay_c)
-    final = S.view(Bsz, H, P, N)
-    entering = torch.stack(entering, dim=2).view(Bsz, G, hg, nc, P, N).permute(0, 1, 3, 5, 2, 4)
+    # 3. states entering each chunk: S_c = exp(sum of a over chunk c-1) S_{c-1} + chunk_states_{c-1}
+    S0 = x.new_zeros(Bsz, H, P * N) if initial_state is None else initial_state.reshape(Bsz, H, P * N)
+    chunk_decay = torch.exp(cum[..., -1:]).movedim(2, 0)  # (nc, B, H, 1)
+    entering, final = chunk_recurrence(chunk_decay, chunk_states.movedim(2, 0), S0)  # (nc, B, H, P * N)
+    final = final.view(Bsz, H, P, N)
+    entering = entering.movedim(0, 2).view(Bsz, G, hg, nc, P, N).permute(0, 1, 3, 5, 2, 4)
     entering = entering.reshape(Bsz, G, nc, N, hg * P)
 
     # 4. the entering state read by every position of its chunk, decayed to that position
