@@ -74,7 +74,7 @@ class SlotScan:
     """The recurrence over a sequence in chunks, ready to be read (see :func:`slot_scan`)."""
 
     length: int  # T, the unpadded length
-    log_decay: torch.Tensor  # (B, N, C, K): L(t), cumulative log-decay within each chunk
+    start_decay: torch.Tensor  # (B, N, C, K): exp(L(t)), the chunk's start state decayed to position t
     kernel: torch.Tensor  # (B, N, C, C, K): weight of write s in state t, exp(L(t) - L(s)) b(s), s <= t
     values: torch.Tensor  # (B, N, C, D): the write vectors w
     chunk_states: torch.Tensor  # (B, N, K, D): the state before each chunk
@@ -94,13 +94,13 @@ class SlotScan:
         Computed head-major, (B, N, H, R * C, Dh), where every contraction is a plain batched
         matmul; one permutation at the end gives the output its layout.
         """
-        B, N, C, K = self.log_decay.shape
+        B, N, C, K = self.start_decay.shape
         R, H = r.shape[2:4]
         values = self._values_by_head(H)  # (B, N, H, C, Dh)
         Dh = values.shape[-1]
         rr = _chunk(r, C)  # (B, N, C, R, H, K)
         starts = self.chunk_states.view(B, N, K, H, Dh).transpose(2, 3)  # (B, N, H, K, Dh)
-        decayed = rr * _decay(self.log_decay)[:, :, :, None, None]  # reads of the chunk's start state
+        decayed = rr * self.start_decay[:, :, :, None, None]  # reads of the chunk's start state
         inter = decayed.permute(0, 1, 4, 3, 2, 5).reshape(B, N, H, R * C, K) @ starts
         mix = torch.einsum("bncrhk,bncsk->bnhrcs", rr, self.kernel).reshape(B, N, H, R * C, C)
         out = torch.baddbmm(inter.flatten(0, 2), mix.flatten(0, 2), values.flatten(0, 2))  # (B N H, R C, Dh)
@@ -109,11 +109,11 @@ class SlotScan:
 
     def score_read(self, q: torch.Tensor) -> torch.Tensor:
         """``q (B, T, H, Dh)`` -> (B, T, H, K), equal to ``score_read(states, q)``."""
-        B, N, C, K = self.log_decay.shape
+        B, N, C, K = self.start_decay.shape
         H, Dh = q.shape[2:]
         qq = _chunk(q, C)  # (B, N, C, H, Dh)
         starts = self.chunk_states.view(B, N, K, H, Dh)
-        inter = torch.einsum("bnche,bnkhe->bnchk", qq, starts) * _decay(self.log_decay)[:, :, :, None]
+        inter = torch.einsum("bnche,bnkhe->bnchk", qq, starts) * self.start_decay[:, :, :, None]
         qw = qq.transpose(2, 3) @ self._values_by_head(H).transpose(-1, -2)  # (B, N, H, C, C)
         intra = torch.einsum("bnhcs,bncsk->bnchk", qw, self.kernel)
         return (inter + intra).flatten(1, 2)[:, : self.length]
@@ -140,7 +140,7 @@ def slot_scan(
     to_end = _decay(L[:, :, -1:] - L) * bb  # (B, N, s, K): the kernel's last row, computed apart (no slice
     chunk_writes = torch.einsum("bnsk,bnsd->bnkd", to_end, ww)  # of the big kernel to backpropagate through)
     chunk_states, final_state = _chunk_starts(L[:, :, -1], chunk_writes, initial_state)
-    return SlotScan(T, L, kernel, ww, chunk_states, final_state)
+    return SlotScan(T, _decay(L), kernel, ww, chunk_states, final_state)
 
 
 class _WriteKernel(torch.autograd.Function):
