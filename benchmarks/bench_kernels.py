@@ -4,7 +4,8 @@ chunk reference (fwd + bwd), and the ``gdn`` model against ``baseline`` (trainin
 Prints JSON.  Reproduce the issue-6 targets (B=4, H=4, T=2048, K=V=64, fp32; nano, T=2048,
 decode after a 4k context, one sequence and a batch of 8):
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_kernels.py
+    python benchmarks/bench_kernels.py --repeats 5                     # both cores (torch's default)
+    OMP_NUM_THREADS=1 python benchmarks/bench_kernels.py --repeats 5   # one thread
 
 The two models' training steps (and decode rounds) are timed alternately; ratios compare medians.
 
