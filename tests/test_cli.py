@@ -24,6 +24,16 @@ def test_info_reports_measured_counts(capsys):
     assert "layer_pattern: AAAA" in out and "state_bytes_per_sequence: " in out
 
 
+def test_info_counts_with_another_vocabulary(capsys):
+    """--vocab-size gives the counts of the source cards' GPT-2 vocabulary (cdm_v3: 37.1M there)."""
+    import memlab
+
+    main(["info", "--variant", "cdm_v3", "--vocab-size", "50257"])
+    out = capsys.readouterr().out
+    assert f"params: {memlab.build_model('cdm_v3', 'tiny', vocab_size=50257).num_params()}" in out
+    assert "vocab_size: 50257" in out
+
+
 def test_info_all_is_a_markdown_table(capsys):
     main(["info", "--all"])
     out = capsys.readouterr().out.splitlines()
@@ -36,6 +46,7 @@ def test_info_all_is_a_markdown_table(capsys):
         (["info", "--variant", "nope"], "unknown variant 'nope'"),
         (["info", "--bogus", "1"], "Unrecognized options: --bogus"),
         (["info", "--context-len", "x"], "--context-len"),
+        (["info", "--vocab-size", "0"], "vocab_size, d_model, n_layers and max_seq_len must be positive"),
         (["frobnicate"], "unknown command 'frobnicate'"),
     ],
 )

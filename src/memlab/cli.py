@@ -39,6 +39,8 @@ class InfoArgs:
     model_size: str = "tiny"
     context_len: int = 2048
     """context length at which the recurrent state is measured"""
+    vocab_size: int | None = None
+    """vocabulary size (default: the preset's); 50257 gives the counts the source cards quote with GPT-2's"""
     all: bool = False
     """every registered variant (at --model-size), as a markdown table"""
 
@@ -47,11 +49,12 @@ def run_info(args: InfoArgs) -> None:
     from memlab.analysis.info import describe, variants_table
     from memlab.config import list_variants
 
+    overrides = {} if args.vocab_size is None else {"vocab_size": args.vocab_size}
     if args.all:
-        rows = [describe(v, args.model_size, args.context_len) for v in list_variants()]
+        rows = [describe(v, args.model_size, args.context_len, **overrides) for v in list_variants()]
         print(variants_table(rows))
         return
-    for key, value in describe(args.variant, args.model_size, args.context_len).items():
+    for key, value in describe(args.variant, args.model_size, args.context_len, **overrides).items():
         print(f"{key:>22}: {value}")
 
 
