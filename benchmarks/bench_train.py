@@ -27,6 +27,7 @@ import tyro
 from common import emit, machine, matmul_peak_flops, peak_rss_mib, timed
 
 import memlab
+from memlab.train.config import TrainConfig
 from memlab.train.optim import build_optimizer, no_decay_names
 
 
@@ -50,7 +51,8 @@ def train_step(model, batch: int, seq_len: int, autocast_dtype=None) -> Callable
     """One full training step (forward, backward, AdamW as ``memlab train`` builds it) on fixed random
     tokens, on the model's device."""
     device = next(model.parameters()).device
-    opt = build_optimizer(model, no_decay_names(model), lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95))  # memlab's
+    cfg = TrainConfig()  # memlab train's defaults
+    opt = build_optimizer(model, no_decay_names(model), cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     x = torch.randint(0, model.config.vocab_size, (batch, seq_len + 1), device=device)
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
 
@@ -71,7 +73,7 @@ def step_tokens_per_s(model, batch: int, seq_len: int, steps: int, autocast_dtyp
 
 def loop_throughput(args: Args, vocab_size: int) -> dict:
     """Run ``memlab.train.train`` for ``args.loop_steps`` steps; its summary's throughput and timings."""
-    from memlab.train import TrainConfig, train
+    from memlab.train import train
 
     tokens = args.loop_steps * args.batch * args.seq_len
     with tempfile.TemporaryDirectory() as out:

@@ -44,9 +44,8 @@ class _ChunkRecurrence(torch.autograd.Function):
     def backward(ctx, d_entering: torch.Tensor | None, d_final: torch.Tensor | None):
         decay, states = ctx.saved_tensors
         N = decay.shape[0]
-        grads = torch.zeros_like(states)  # grads[n]: of the state entering step n; grads[N]: of the final
-        if d_final is not None:
-            grads[N] = d_final
+        grads = states.new_empty(states.shape)  # grads[n]: of the state entering step n; grads[N]: of the final
+        grads[N] = 0 if d_final is None else d_final
         if d_entering is None:
             d_entering = torch.zeros_like(states[:N])
         for n in reversed(range(N)):

@@ -172,9 +172,8 @@ class ChunkStates(torch.autograd.Function):
         W_, k_, d, states, U = ctx.saved_tensors
         (B, H), N = ctx.shape, U.shape[0]
         # grads[n]: of the state entering chunk n (grads[N]: of the final state), filled backwards
-        grads = torch.zeros_like(states) if dS_final is None else states.new_empty(states.shape)
-        if dS_final is not None:
-            grads[N] = dS_final.reshape(grads.shape[1:])
+        grads = states.new_empty(states.shape)
+        grads[N] = 0 if dS_final is None else dS_final.reshape(grads.shape[1:])
         dU_total = torch.zeros_like(U) if dU is None else _chunk_major(dU)  # dU + k_end (dS after)
         dS_in = torch.zeros_like(states[:N]) if dS_in is None else _chunk_major(dS_in)
         for n in reversed(range(N)):
