@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from memlab.ops.ssd import ssd_chunked, ssd_naive, ssd_scan, ssd_step
+from memlab.ops.ssd import _chunk_length, ssd_chunked, ssd_naive, ssd_scan, ssd_step
 
 
 def inputs(batch=2, T=37, H=4, P=8, G=2, N=6, dtype=torch.float64, seed=0, dt_shift=-1.0):
@@ -26,10 +26,9 @@ def inputs(batch=2, T=37, H=4, P=8, G=2, N=6, dtype=torch.float64, seed=0, dt_sh
     )
 
 
-@pytest.mark.parametrize("T,chunk", [(1, 16), (17, 16), (63, 16), (64, 16), (65, 16), (150, 64)])
-@pytest.mark.parametrize("groups", [1, 2])
-def test_chunked_equals_naive_values_and_gradients(T, chunk, groups):
-    args = {k: v.requires_grad_() for k, v in inputs(T=T, G=groups).items()}
+def assert_chunked_matches_naive(args: dict, chunk: int) -> None:
+    """Outputs, final state and the gradients of every input agree with the per-token loop."""
+    args = {k: v.detach().clone().requires_grad_() for k, v in args.items()}
     y_ref, s_ref = ssd_naive(**args, output_final_state=True)
     y, s = ssd_chunked(**args, output_final_state=True, chunk_size=chunk)
     torch.testing.assert_close(y, y_ref)
@@ -41,6 +40,32 @@ def test_chunked_equals_naive_values_and_gradients(T, chunk, groups):
     grads = torch.autograd.grad((y * dy).sum() + (s * ds).sum(), [args[n] for n in names])
     for name, a, b in zip(names, grads, grads_ref):
         torch.testing.assert_close(a, b, msg=lambda m, name=name: f"gradient of {name}: {m}")
+
+
+@pytest.mark.parametrize("T,chunk", [(1, 16), (17, 16), (63, 16), (64, 16), (65, 16), (150, 64)])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_chunked_equals_naive_values_and_gradients(T, chunk, groups):
+    assert_chunked_matches_naive(inputs(T=T, G=groups), chunk)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_chunks_are_halved_where_the_decay_spans_too_far_and_stay_exact(groups):
+    """Log-decays of about -20 per token: a chunk of 64 would span ~1300, past the factorised
+    form's float range, so the scan works in shorter chunks; one token decaying by 1000 leaves
+    chunks of a single token."""
+    args = inputs(T=90, G=groups, dt_shift=3.0)
+    log_decay = args["dt"] * args["A"]
+    assert _chunk_length(log_decay, 64) < 16
+    assert_chunked_matches_naive(args, 64)
+    args["dt"][0, 40, 0] = 1000.0 / -args["A"][0]
+    assert _chunk_length(args["dt"] * args["A"], 64) == 1
+    assert_chunked_matches_naive(args, 64)
+
+
+def test_weak_decays_keep_the_whole_chunk():
+    args = inputs(T=200, dt_shift=-3.0)
+    assert _chunk_length(args["dt"] * args["A"], 64) == 64
+    assert _chunk_length(args["dt"] * args["A"], 256) == 200
 
 
 def test_prefill_in_two_halves_equals_one_call():

@@ -114,6 +114,22 @@ def ssd_step(
     return state.to(state_dtype), _skip(y, x, D).to(out_dtype)
 
 
+_HALF_SPAN = 60.0  # largest |log-decay| from a chunk's midpoint: e^60 ~ 1e26 keeps float32 far from overflow
+
+
+def _chunk_length(log_decay: torch.Tensor, chunk_size: int) -> int:
+    """The chunk length for :func:`ssd_chunked`: ``chunk_size`` (at most T), halved until no
+    chunk's summed log-decay ``(B, T, H)`` spans more than ``2 * _HALF_SPAN``."""
+    Bsz, T, H = log_decay.shape
+    L = max(1, min(chunk_size, T))
+    while L > 1:
+        span = -F.pad(log_decay, (0, 0, 0, (-T) % L)).view(Bsz, -1, L, H).sum(2).min().item()
+        if not span > 2 * _HALF_SPAN:  # (a NaN span keeps the chunk: the output is NaN anyway)
+            break
+        L //= 2
+    return L
+
+
 @_full_precision
 def ssd_chunked(
     x: torch.Tensor,
@@ -126,10 +142,18 @@ def ssd_chunked(
     output_final_state: bool = False,
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The chunked SSD scan: matmuls within chunks, a linear recurrence across chunk states.
+    """The chunked SSD scan: matmuls within chunks shared by the heads of a group, and a linear
+    recurrence across chunk states.
 
-    T is padded internally to a multiple of the chunk (padding has ``dt = 0``: no decay, no input),
-    so any length works and the final state is that after the last real token.
+    Within a chunk, with ``c_i`` the log-decay summed from the chunk's start to token ``i`` and
+    ``m`` its midpoint value, the decay between two tokens factorises as
+    ``exp(c_i - c_j) = exp(c_i - m) exp(m - c_j)``: each token's input is scaled by
+    ``exp(m - c_j)`` and each output by ``exp(c_i - m)``, so one causal ``C.B`` matrix per group
+    serves all its heads in a single matmul, and no (heads x L x L) decay tensor is built.
+    The factors stay below ``exp(_HALF_SPAN)`` because the chunk is halved wherever its decay
+    spans more (:func:`_chunk_length`).  States are carried scaled to each chunk's midpoint.
+    T is padded internally to a multiple of the chunk (padding has ``dt = 0``: no decay, no
+    input), so any length works and the final state is that after the last real token.
     """
     _check(x, dt, A, B, C)
     out_dtype = x.dtype
@@ -137,43 +161,44 @@ def ssd_chunked(
     x, dt, A, B, C, D, initial_state = _upcast(x, dt, A, B, C, D, initial_state)
     Bsz, T, H, P = x.shape
     G, N = B.shape[2:]
-    hg = H // G  # heads per group: they share B and C, so C.B and the B/C matmuls are per group
-    L = max(1, min(chunk_size, T))
+    hg = H // G  # heads per group: they share B and C
+    log_decay = dt * A  # (B, T, H)
+    L = _chunk_length(log_decay.detach(), chunk_size)
     pad = (-T) % L
+    x_padded = x
     if pad:
-        x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
-        dt = F.pad(dt, (0, 0, 0, pad))
+        x_padded, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+        dt, log_decay = (F.pad(t, (0, 0, 0, pad)) for t in (dt, log_decay))
     nc = (T + pad) // L
 
-    xdt = x * dt[..., None]  # (B, T', H, P)
-    cum = (dt * A).view(Bsz, nc, L, H).permute(0, 3, 1, 2).cumsum(dim=-1)  # (B, H, nc, L) log-decay sums
-    Bg = B.view(Bsz, nc, L, G, N).permute(0, 3, 1, 2, 4)  # (B, G, nc, L, N)
-    Cg = C.view(Bsz, nc, L, G, N).permute(0, 3, 1, 2, 4)
+    cum = log_decay.view(Bsz, nc, L, H).cumsum(2)  # (B, nc, L, H)
+    mid = (cum[:, :, :1] + cum[:, :, -1:]) / 2  # (B, nc, 1, H)
+    from_mid = cum - mid  # |from_mid| <= _HALF_SPAN
+    u = x_padded.view(Bsz, nc, L, H, P) * (dt.view(Bsz, nc, L, H) * torch.exp(-from_mid))[..., None]
+    u = u.view(Bsz, nc, L, G, hg * P).transpose(2, 3)  # (B, nc, G, L, hg * P)
+    Bg = B.view(Bsz, nc, L, G, N).transpose(2, 3)  # (B, nc, G, L, N)
+    Cg = C.view(Bsz, nc, L, G, N).transpose(2, 3)
 
-    # 1. within chunks: y_i = sum_{j <= i} (C_i . B_j) exp(cum_i - cum_j) dt_j x_j
-    causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
-    decay = (cum[..., :, None] - cum[..., None, :]).masked_fill_(~causal, float("-inf")).exp_()  # (B, H, nc, L, L)
-    scores = decay.view(Bsz, G, hg, nc, L, L) * (Cg @ Bg.transpose(-1, -2))[:, :, None]
-    y_diag = scores.view(Bsz, H, nc, L, L) @ xdt.view(Bsz, nc, L, H, P).permute(0, 3, 1, 2, 4)  # (B, H, nc, L, P)
+    # states entering each chunk, scaled to its midpoint: S'_c = exp(m_c) S_c, carried as
+    # S'_{c+1} = f_c (S'_c + B_c^T u_c) with f_c = exp(c_last - m_c + m_{c+1})  (m_nc = 0: S_final)
+    mid_next = F.pad(mid[:, 1:], (0, 0, 0, 0, 0, 1))
+    f = torch.exp(cum[:, :, -1:] - mid + mid_next).view(Bsz, nc, G, 1, hg, 1)
+    writes = (Bg.transpose(-1, -2) @ u).view(Bsz, nc, G, N, hg, P) * f
+    if initial_state is None:
+        S0 = x.new_zeros(Bsz, G, N, hg, P)
+    else:
+        S0 = initial_state.view(Bsz, G, hg, P, N).permute(0, 1, 4, 2, 3)  # (B, G, N, hg, P)
+        S0 = S0 * torch.exp(mid[:, 0, 0]).view(Bsz, G, 1, hg, 1)
+    entering, final = chunk_recurrence(f.movedim(1, 0), writes.movedim(1, 0), S0)  # (nc, B, G, N, hg, P)
+    final = final.permute(0, 1, 3, 4, 2).reshape(Bsz, H, P, N)
+    entering = entering.movedim(0, 1).reshape(Bsz * nc * G, N, hg * P)
 
-    # 2. each chunk's own contribution to the state at its end, all heads of a group in one matmul
-    to_end = torch.exp(cum[..., -1:] - cum).permute(0, 2, 3, 1)[..., None]  # (B, nc, L, H, 1)
-    xw = (xdt.view(Bsz, nc, L, H, P) * to_end).view(Bsz, nc, L, G, hg * P).permute(0, 3, 1, 4, 2)
-    chunk_states = (xw @ Bg).view(Bsz, G, nc, hg, P * N).transpose(2, 3).reshape(Bsz, H, nc, P * N)
-
-    # 3. states entering each chunk: S_c = exp(sum of a over chunk c-1) S_{c-1} + chunk_states_{c-1}
-    S0 = x.new_zeros(Bsz, H, P * N) if initial_state is None else initial_state.reshape(Bsz, H, P * N)
-    chunk_decay = torch.exp(cum[..., -1:]).movedim(2, 0)  # (nc, B, H, 1)
-    entering, final = chunk_recurrence(chunk_decay, chunk_states.movedim(2, 0), S0)  # (nc, B, H, P * N)
-    final = final.view(Bsz, H, P, N)
-    entering = entering.movedim(0, 2).view(Bsz, G, hg, nc, P, N).permute(0, 1, 3, 5, 2, 4)
-    entering = entering.reshape(Bsz, G, nc, N, hg * P)
-
-    # 4. the entering state read by every position of its chunk, decayed to that position
-    y_off = (Cg @ entering).view(Bsz, G, nc, L, hg, P).permute(0, 2, 3, 1, 4, 5).reshape(Bsz, nc, L, H, P)
-    y = torch.addcmul(y_diag.permute(0, 2, 3, 1, 4), y_off, torch.exp(cum).permute(0, 2, 3, 1)[..., None])
-    y = y.reshape(Bsz, nc * L, H, P)[:, :T]
-    return _skip(y, x[:, :T], D).to(out_dtype), final.to(state_dtype) if output_final_state else None
+    # y_i = exp(c_i - m) (sum_{j <= i} (C_i . B_j) u_j + C_i S'_c), then the D skip
+    CB = (Cg @ Bg.transpose(-1, -2)).tril_().reshape(-1, L, L)  # (B * nc * G, L, L)
+    y = torch.baddbmm(Cg.reshape(-1, L, N) @ entering, CB, u.reshape(-1, L, hg * P))
+    y = y.view(Bsz, nc, G, L, hg * P).transpose(2, 3).reshape(Bsz, nc * L, H, P)
+    y = (y * torch.exp(from_mid).view(Bsz, nc * L, H, 1))[:, :T]
+    return _skip(y, x, D).to(out_dtype), final.to(state_dtype) if output_final_state else None
 
 
 def ssd_scan(
