@@ -67,7 +67,7 @@ class SSMConfig:
     head_dim: int = 64
     n_groups: int = 1
     conv_size: int = 4
-    chunk_size: int = 64
+    chunk_size: int = 64  # SSD chunk; halved where a chunk's decay would overflow the factorised form
     dt_min: float = 0.001
     dt_max: float = 0.1
 
