@@ -197,7 +197,9 @@ def ssd_chunked(
     CB = (Cg @ Bg.transpose(-1, -2)).tril_().reshape(-1, L, L)  # (B * nc * G, L, L)
     y = torch.baddbmm(Cg.reshape(-1, L, N) @ entering, CB, u.reshape(-1, L, hg * P))
     y = y.view(Bsz, nc, G, L, hg * P).transpose(2, 3).reshape(Bsz, nc * L, H, P)
-    y = (y * torch.exp(from_mid).view(Bsz, nc * L, H, 1))[:, :T]
+    y = y * torch.exp(from_mid).view(Bsz, nc * L, H, 1)
+    if pad:  # (a full-length slice would still cost a zero-filled gradient)
+        y = y[:, :T]
     return _skip(y, x, D).to(out_dtype), final.to(state_dtype) if output_final_state else None
 
 
