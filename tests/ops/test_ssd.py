@@ -62,6 +62,26 @@ def test_chunks_are_halved_where_the_decay_spans_too_far_and_stay_exact(groups):
     assert_chunked_matches_naive(args, 64)
 
 
+def test_float32_at_the_largest_span_a_chunk_keeps_is_accurate():
+    """Decays of ~1.7 per token: chunks of 64 span ~110, just inside the limit, so the
+    factorised form's scalings reach ~e^55 either way; values and gradients in float32 must
+    still match the float64 loop."""
+    args = inputs(batch=2, T=256, H=4, P=8, G=2, N=6)
+    g = torch.Generator().manual_seed(2)
+    args["A"] = -torch.ones(4, dtype=torch.float64)
+    args["dt"] = 1.6 + 0.2 * torch.rand(args["dt"].shape, generator=g, dtype=torch.float64)
+    assert _chunk_length(args["dt"] * args["A"], 64) == 64
+    ref = {k: v.clone().requires_grad_() for k, v in args.items()}
+    f32 = {k: v.float().requires_grad_() for k, v in args.items()}
+    y_ref, s_ref = ssd_naive(**ref, output_final_state=True)
+    y, s = ssd_chunked(**f32, output_final_state=True, chunk_size=64)
+    dy = torch.randn(y_ref.shape, generator=g, dtype=torch.float64)
+    ((y_ref * dy).sum() + s_ref.sum()).backward()
+    ((y * dy.float()).sum() + s.sum()).backward()
+    for name, a, b in [("y", y, y_ref), ("state", s, s_ref)] + [(k, f32[k].grad, ref[k].grad) for k in args]:
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * b.abs().max().item(), msg=name)
+
+
 def test_weak_decays_keep_the_whole_chunk():
     args = inputs(T=200, dt_shift=-3.0)
     assert _chunk_length(args["dt"] * args["A"], 64) == 64

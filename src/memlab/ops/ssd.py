@@ -151,7 +151,8 @@ def ssd_chunked(
     ``exp(m - c_j)`` and each output by ``exp(c_i - m)``, so one causal ``C.B`` matrix per group
     serves all its heads in a single matmul, and no (heads x L x L) decay tensor is built.
     The factors stay below ``exp(_HALF_SPAN)`` because the chunk is halved wherever its decay
-    spans more (:func:`_chunk_length`).  States are carried scaled to each chunk's midpoint.
+    spans more (:func:`_chunk_length`).  The states entering each chunk are carried as in the
+    literal recurrence, one elementwise step per chunk.
     T is padded internally to a multiple of the chunk (padding has ``dt = 0``: no decay, no
     input), so any length works and the final state is that after the last real token.
     """
@@ -179,25 +180,25 @@ def ssd_chunked(
     Bg = B.view(Bsz, nc, L, G, N).transpose(2, 3)  # (B, nc, G, L, N)
     Cg = C.view(Bsz, nc, L, G, N).transpose(2, 3)
 
-    # states entering each chunk, scaled to its midpoint: S'_c = exp(m_c) S_c, carried as
-    # S'_{c+1} = f_c (S'_c + B_c^T u_c) with f_c = exp(c_last - m_c + m_{c+1})  (m_nc = 0: S_final)
-    mid_next = F.pad(mid[:, 1:], (0, 0, 0, 0, 0, 1))
-    f = torch.exp(cum[:, :, -1:] - mid + mid_next).view(Bsz, nc, G, 1, hg, 1)
-    writes = (Bg.transpose(-1, -2) @ u).view(Bsz, nc, G, N, hg, P) * f
+    # states entering each chunk: S_{c+1} = exp(c_last) S_c + exp(c_last - m) B_c^T u_c
+    to_end = torch.exp(cum[:, :, -1:] - mid).view(Bsz, nc, G, 1, hg, 1)  # in [exp(-_HALF_SPAN), 1]
+    writes = (Bg.transpose(-1, -2) @ u).view(Bsz, nc, G, N, hg, P) * to_end
     if initial_state is None:
         S0 = x.new_zeros(Bsz, G, N, hg, P)
     else:
         S0 = initial_state.view(Bsz, G, hg, P, N).permute(0, 1, 4, 2, 3)  # (B, G, N, hg, P)
-        S0 = S0 * torch.exp(mid[:, 0, 0]).view(Bsz, G, 1, hg, 1)
-    entering, final = chunk_recurrence(f.movedim(1, 0), writes.movedim(1, 0), S0)  # (nc, B, G, N, hg, P)
+    chunk_decay = torch.exp(cum[:, :, -1]).view(Bsz, nc, G, 1, hg, 1).movedim(1, 0)
+    entering, final = chunk_recurrence(chunk_decay, writes.movedim(1, 0), S0)  # (nc, B, G, N, hg, P)
     final = final.permute(0, 1, 3, 4, 2).reshape(Bsz, H, P, N)
     entering = entering.movedim(0, 1).reshape(Bsz * nc * G, N, hg * P)
 
-    # y_i = exp(c_i - m) (sum_{j <= i} (C_i . B_j) u_j + C_i S'_c), then the D skip
+    # y_i = exp(c_i - m) sum_{j <= i} (C_i . B_j) u_j + exp(c_i) C_i S_c, then the D skip.  (The two
+    # terms keep their own factors: exp(c_i) alone may be tiny where exp(c_i - m) is not.)
     CB = (Cg @ Bg.transpose(-1, -2)).tril_().reshape(-1, L, L)  # (B * nc * G, L, L)
-    y = torch.baddbmm(Cg.reshape(-1, L, N) @ entering, CB, u.reshape(-1, L, hg * P))
-    y = y.view(Bsz, nc, G, L, hg * P).transpose(2, 3).reshape(Bsz, nc * L, H, P)
-    y = y * torch.exp(from_mid).view(Bsz, nc * L, H, 1)
+    within = (CB @ u.reshape(-1, L, hg * P)).view(Bsz, nc, G, L, hg * P).transpose(2, 3)
+    carried = (Cg.reshape(-1, L, N) @ entering).view(Bsz, nc, G, L, hg * P).transpose(2, 3)
+    y = within.reshape(Bsz, nc * L, H, P) * torch.exp(from_mid).view(Bsz, nc * L, H, 1)
+    y = torch.addcmul(y, carried.reshape(Bsz, nc * L, H, P), torch.exp(cum).view(Bsz, nc * L, H, 1))
     if pad:  # (a full-length slice would still cost a zero-filled gradient)
         y = y[:, :T]
     return _skip(y, x, D).to(out_dtype), final.to(state_dtype) if output_final_state else None
