@@ -82,6 +82,12 @@ def test_float32_at_the_largest_span_a_chunk_keeps_is_accurate():
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * b.abs().max().item(), msg=name)
 
 
+def test_a_skip_weight_per_channel_matches_the_loop():
+    args = inputs(T=40)
+    args["D"] = torch.randn(4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))  # (H, P)
+    assert_chunked_matches_naive(args, 16)
+
+
 def test_weak_decays_keep_the_whole_chunk():
     args = inputs(T=200, dt_shift=-3.0)
     assert _chunk_length(args["dt"] * args["A"], 64) == 64
