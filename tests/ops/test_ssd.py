@@ -50,9 +50,9 @@ def test_chunked_equals_naive_values_and_gradients(T, chunk, groups):
 
 @pytest.mark.parametrize("groups", [1, 2])
 def test_chunks_are_halved_where_the_decay_spans_too_far_and_stay_exact(groups):
-    """Log-decays of about -20 per token: a chunk of 64 would span ~1300, past the factorised
-    form's float range, so the scan works in shorter chunks; one token decaying by 1000 leaves
-    chunks of a single token."""
+    """Log-decays of -8 per token on average (-19 at most): a chunk of 64 would span ~700, past
+    the factorised form's float range, so the scan works in chunks of 8; one token decaying by
+    1000 leaves chunks of a single token."""
     args = inputs(T=90, G=groups, dt_shift=3.0)
     log_decay = args["dt"] * args["A"]
     assert _chunk_length(log_decay, 64) < 16
