@@ -84,7 +84,7 @@ def layer_read(form: str, gates, values, initial, q) -> torch.Tensor:
         states = slot_states_naive(log_decay, gates, values, initial)
         read_w, read_s = partial(weighted_read, states), partial(score_read, states)
     else:
-        scan = slot_scan(log_decay, gates, values, initial, CHUNK)
+        scan = slot_scan(log_decay, gates, values, initial, CHUNK, q.shape[2])
         read_w, read_s = scan.weighted_read, scan.score_read
     attn = torch.softmax(read_s(q) * scale, dim=-1)
     return read_w(read_weights(gates, attn)).flatten(2)

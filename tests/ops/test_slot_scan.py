@@ -27,8 +27,17 @@ def reads_naive(x):
 
 
 def reads_chunked(x, chunk_size):
-    scan = slot_scan(x["log_a"], x["b"], x["w"], x["initial"], chunk_size)
+    scan = slot_scan(x["log_a"], x["b"], x["w"], x["initial"], chunk_size, heads=x["q"].shape[2])
     return scan.weighted_read(x["r"]), scan.score_read(x["q"]), scan.final_state
+
+
+def test_reads_must_have_the_scans_head_count():
+    x = inputs(T=10, H=3)
+    scan = slot_scan(x["log_a"], x["b"], x["w"], x["initial"], 4, heads=3)
+    with pytest.raises(ValueError, match="3"):
+        scan.weighted_read(x["r"][:, :, :, :1])
+    with pytest.raises(ValueError, match="3"):
+        scan.score_read(x["q"].reshape(2, 10, 1, 12))
 
 
 @pytest.mark.parametrize("T,chunk_size", [(1, 64), (7, 4), (63, 16), (64, 64), (200, 64), (500, 32)])

@@ -150,7 +150,7 @@ class CDM(Mixer):
             final = states[:, 0]
             read_weighted, read_scores = partial(weighted_read, states), partial(score_read, states)
         else:
-            scan = slot_scan(log_decay, gates, values, initial, c.chunk_size)
+            scan = slot_scan(log_decay, gates, values, initial, c.chunk_size, self.n_heads)
             final, read_weighted, read_scores = scan.final_state, scan.weighted_read, scan.score_read
         if self.zeroed:
             return None, final

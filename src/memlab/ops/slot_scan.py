@@ -26,7 +26,7 @@ kernel directly.  Cost per token ~ C (K H + D) + K D; memory ~ C K floats per to
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -76,17 +76,15 @@ class SlotScan:
     length: int  # T, the unpadded length
     start_decay: torch.Tensor  # (B, N, C, K): exp(L(t)), the chunk's start state decayed to position t
     kernel: torch.Tensor  # (B, N, C, C, K): weight of write s in state t, exp(L(t) - L(s)) b(s), s <= t
-    values: torch.Tensor  # (B, N, C, D): the write vectors w
+    values: torch.Tensor  # (B, N, H, C, Dh): the write vectors w, split into the reads' heads, head-major
     chunk_states: torch.Tensor  # (B, N, K, D): the state before each chunk
     final_state: torch.Tensor  # (B, K, D): the state after token T
-    _values_by_heads: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
-    def _values_by_head(self, H: int) -> torch.Tensor:
-        """The write vectors split into H heads, head-major: (B, N, H, C, D/H), made once per H."""
-        if H not in self._values_by_heads:
-            B, N, C, D = self.values.shape
-            self._values_by_heads[H] = self.values.view(B, N, C, H, D // H).transpose(2, 3).contiguous()
-        return self._values_by_heads[H]
+    def _heads(self, H: int) -> int:
+        """The scan's head count, which a read's ``H`` must equal."""
+        if H != self.values.shape[2]:
+            raise ValueError(f"a read with {H} heads from a slot scan made for {self.values.shape[2]}")
+        return H
 
     def weighted_read(self, r: torch.Tensor) -> torch.Tensor:
         """``r (B, T, R, H, K)`` -> (B, T, R, H, Dh), equal to ``weighted_read(states, r)``.
@@ -95,26 +93,25 @@ class SlotScan:
         matmul; one permutation at the end gives the output its layout.
         """
         B, N, C, K = self.start_decay.shape
-        R, H = r.shape[2:4]
-        values = self._values_by_head(H)  # (B, N, H, C, Dh)
-        Dh = values.shape[-1]
+        R, H = r.shape[2], self._heads(r.shape[3])
+        Dh = self.values.shape[-1]
         rr = _chunk(r, C)  # (B, N, C, R, H, K)
         starts = self.chunk_states.view(B, N, K, H, Dh).transpose(2, 3)  # (B, N, H, K, Dh)
         decayed = rr * self.start_decay[:, :, :, None, None]  # reads of the chunk's start state
         inter = decayed.permute(0, 1, 4, 3, 2, 5).reshape(B, N, H, R * C, K) @ starts
         mix = torch.einsum("bncrhk,bncsk->bnhrcs", rr, self.kernel).reshape(B, N, H, R * C, C)
-        out = torch.baddbmm(inter.flatten(0, 2), mix.flatten(0, 2), values.flatten(0, 2))  # (B N H, R C, Dh)
+        out = torch.baddbmm(inter.flatten(0, 2), mix.flatten(0, 2), self.values.flatten(0, 2))  # (B N H, R C, Dh)
         out = out.view(B, N, H, R, C, Dh).permute(0, 1, 4, 3, 2, 5).reshape(B, N * C, R, H, Dh)
         return out[:, : self.length]
 
     def score_read(self, q: torch.Tensor) -> torch.Tensor:
         """``q (B, T, H, Dh)`` -> (B, T, H, K), equal to ``score_read(states, q)``."""
         B, N, C, K = self.start_decay.shape
-        H, Dh = q.shape[2:]
+        H, Dh = self._heads(q.shape[2]), q.shape[3]
         qq = _chunk(q, C)  # (B, N, C, H, Dh)
         starts = self.chunk_states.view(B, N, K, H, Dh)
         inter = torch.einsum("bnche,bnkhe->bnchk", qq, starts) * self.start_decay[:, :, :, None]
-        qw = qq.transpose(2, 3) @ self._values_by_head(H).transpose(-1, -2)  # (B, N, H, C, C)
+        qw = qq.transpose(2, 3) @ self.values.transpose(-1, -2)  # (B, N, H, C, C)
         intra = torch.einsum("bnhcs,bncsk->bnchk", qw, self.kernel)
         return (inter + intra).flatten(1, 2)[:, : self.length]
 
@@ -125,12 +122,14 @@ def slot_scan(
     w: torch.Tensor,
     initial_state: torch.Tensor,
     chunk_size: int = 16,
+    heads: int = 1,
 ) -> SlotScan:
     """Chunked form of the recurrence: ``log_a, b (B, T, K)``, ``w (B, T, D)``, ``initial_state (B, K, D)``.
 
-    Returns a :class:`SlotScan` whose reads equal the reads of :func:`slot_states_naive`'s
-    states and whose ``final_state`` is the state after the last token.  The chunk is
-    ``min(chunk_size, T)``; a ragged tail is padded with no-op tokens (decay 1, no write).
+    Returns a :class:`SlotScan` whose reads (of ``heads`` heads each) equal the reads of
+    :func:`slot_states_naive`'s states and whose ``final_state`` is the state after the last
+    token.  The chunk is ``min(chunk_size, T)``; a ragged tail is padded with no-op tokens
+    (decay 1, no write).
     """
     T = w.shape[1]
     C = max(1, min(chunk_size, T))
@@ -140,7 +139,9 @@ def slot_scan(
     to_end = _decay(L[:, :, -1:] - L) * bb  # (B, N, s, K): the kernel's last row, computed apart (no slice
     chunk_writes = torch.einsum("bnsk,bnsd->bnkd", to_end, ww)  # of the big kernel to backpropagate through)
     chunk_states, final_state = _chunk_starts(L[:, :, -1], chunk_writes, initial_state)
-    return SlotScan(T, _decay(L), kernel, ww, chunk_states, final_state)
+    B, N, _, D = ww.shape
+    values = ww.view(B, N, C, heads, D // heads).transpose(2, 3).contiguous()  # (B, N, H, C, Dh)
+    return SlotScan(T, _decay(L), kernel, values, chunk_states, final_state)
 
 
 class _WriteKernel(torch.autograd.Function):
