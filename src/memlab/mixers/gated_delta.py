@@ -32,6 +32,7 @@ from memlab.errors import MemlabError
 from memlab.mixers import register_mixer
 from memlab.mixers.base import Mixer, MixerState
 from memlab.ops.gated_delta import gated_delta_rule, gated_delta_rule_step
+from memlab.ops.gated_rms_norm import gated_rms_norm
 from memlab.ops.l2norm import l2_normalize
 from memlab.ops.short_conv import causal_conv1d
 
@@ -163,7 +164,8 @@ class GatedDeltaNet(Mixer):
             self._stats["gate_mean"] = g.detach().exp().mean()  # mean retention exp(g)
         if self.zeroed:
             return torch.zeros_like(x)
-        o = self.o_norm(o) * F.silu(self.g_proj(x).view(B, T, self.dims.heads, self.dims.value))
+        gate = self.g_proj(x).view(B, T, self.dims.heads, self.dims.value)
+        o = gated_rms_norm(o, gate, self.o_norm.weight, self.o_norm.eps, gate_first=False)
         return self.out_proj(o.reshape(B, T, -1))
 
     def project(

@@ -25,6 +25,7 @@ from memlab.config import ModelConfig
 from memlab.errors import MemlabError
 from memlab.mixers import register_mixer
 from memlab.mixers.base import Mixer, MixerState
+from memlab.ops.gated_rms_norm import gated_rms_norm
 from memlab.ops.short_conv import causal_conv1d
 from memlab.ops.ssd import ssd_scan, ssd_step
 
@@ -101,9 +102,10 @@ class Mamba2(Mixer):
             if state is not None:
                 state.ssm = final
         self._record(dt)
-        y = y * F.silu(z).view(Bsz, T, H, P)  # gate, then normalise per group
-        y = self.norm(y.reshape(Bsz, T, G, -1)).reshape(Bsz, T, self.d_inner)
-        return self.out_proj(y)
+        y = gated_rms_norm(  # gate, then normalise per group
+            y.reshape(Bsz, T, G, -1), z.view(Bsz, T, G, -1), self.norm.weight, self.norm.eps, gate_first=True
+        )
+        return self.out_proj(y.reshape(Bsz, T, self.d_inner))
 
     def _conv(self, xBC: torch.Tensor, state: Mamba2State | None) -> torch.Tensor:
         """Causal depthwise convolution over time, ``(B, T, C) -> (B, T, C)``; with a state, it
