@@ -4,7 +4,9 @@ and ``ssm`` decode speed against the context length.  Prints JSON.
 * ``ssd``: forward + backward of :func:`memlab.ops.ssd.ssd_chunked` and of the per-token
   :func:`memlab.ops.ssd.ssd_naive` on the ``ssm`` variant's shapes (target: >= 10x at T=2048).
 * ``train``: tokens/s of full training steps (forward, backward, AdamW) of ``ssm`` and
-  ``baseline``, measured alternately in the same run (target: ssm >= baseline at nano, T=2048).
+  ``baseline``, measured alternately in the same run (target: ssm >= baseline at nano, T=2048);
+  both are built for ``--seq-len``, so the ratio can be followed over lengths
+  (``--parts train --seq-len 4096``).
 * ``decode``: single-token decode tokens/s after a prefill of each context length, for ``ssm``
   (target: flat within 20% from 256 to 8k) and ``baseline`` for reference; the contexts are
   timed in turn, ``decode_rounds`` times, and the median is reported.
@@ -83,7 +85,7 @@ def bench_train(args: Args) -> dict:
     models = {}
     for v in ("baseline", "ssm"):
         torch.manual_seed(0)
-        models[v] = memlab.build_model(v, args.size).train()
+        models[v] = memlab.build_model(v, args.size, max_seq_len=args.seq_len).train()
     seconds = interleaved_seconds({v: train_step(m, 1, args.seq_len) for v, m in models.items()}, args.train_steps)
     out = {
         v: {"params": models[v].num_params(), "step_s": seconds[v], "tokens_per_s": args.seq_len / seconds[v]}
