@@ -8,8 +8,8 @@ Two orders, as ``mamba_ssm``'s ``RMSNormGated`` (``norm_before_gate``) and flash
 
 with ``RMSNorm(h) = h / sqrt(mean(h^2) + eps)``.  :func:`gated_rms_norm_reference` composes
 the plain ops; :func:`gated_rms_norm` computes the same with a hand-written backward
-(the RMSNorm gradient ``r (dn - n <dn, n> / n)`` in two passes) that takes about half of
-the passes over the tensor autograd records through the composition.
+(the RMSNorm gradient ``r (d_normed - normed <d_normed, normed> / n)`` in two passes) that
+takes about half of the passes over the tensor autograd records through the composition.
 """
 
 from __future__ import annotations
