@@ -112,6 +112,17 @@ def test_single_step_is_one_token_of_the_recurrence():
     torch.testing.assert_close(o[0, 0], expected.T @ (q[0, 0, 0] * 8**-0.5))
 
 
+@pytest.mark.parametrize("gate", ["strong", "none"])
+@pytest.mark.parametrize("state_dtype", [torch.float64, torch.float32])
+def test_single_step_leaves_the_input_state_intact(gate, state_dtype):
+    q, k, v, g, beta, h0 = (None if t is None else t.detach() for t in inputs(T=1, gate=gate))
+    h0 = h0.to(state_dtype)
+    before = h0.clone()
+    _, s = gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], None if g is None else g[:, 0], beta[:, 0], h0)
+    torch.testing.assert_close(h0, before, rtol=0, atol=0)
+    assert not torch.equal(s.to(state_dtype), before)
+
+
 def test_delta_rule_stores_and_recalls_orthogonal_keys():
     """beta = 1 and no decay: writing (k_i, v_i) for orthonormal keys makes S^T k_i = v_i exactly."""
     T, K, V = 16, 16, 5

@@ -56,7 +56,7 @@ def gated_delta_rule_step(
     if g is not None:
         S = S * g.to(dt).exp()[..., None, None]
     error = v - torch.einsum("bhk,bhkv->bhv", k, S)  # what the memory gets wrong about v
-    S = S + k[..., :, None] * (beta[..., None] * error)[..., None, :]
+    S = torch.addcmul(S, k[..., :, None], (beta[..., None] * error)[..., None, :])  # + k (beta error)^T, one pass
     o = torch.einsum("bhk,bhkv->bhv", q * scale, S)
     return o.to(out_dtype), S
 
