@@ -103,4 +103,3 @@ def test_strong_decay_over_long_chunks_stays_finite():
     assert all(torch.isfinite(t).all() for t in (*outs, *grads))
     # with decay ~ 0 every state is just the latest write
     torch.testing.assert_close(outs[2], x["b"][:, -1, :, None] * x["w"][:, -1, None, :], atol=1e-5, rtol=1e-5)
-

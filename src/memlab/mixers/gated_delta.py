@@ -31,8 +31,8 @@ from memlab.config import ModelConfig
 from memlab.errors import MemlabError
 from memlab.mixers import register_mixer
 from memlab.mixers.base import Mixer, MixerState
+from memlab.mixers.gated_norm import GatedRMSNorm
 from memlab.ops.gated_delta import gated_delta_rule, gated_delta_rule_step
-from memlab.ops.gated_rms_norm import gated_rms_norm
 from memlab.ops.l2norm import l2_normalize
 from memlab.ops.short_conv import causal_conv1d
 
@@ -125,7 +125,7 @@ class GatedDeltaNet(Mixer):
                                         for _ in range(2))
         self.v_conv1d = nn.Conv1d(H * V, H * V, opts.conv_size, groups=H * V, bias=False)
         self.g_proj = nn.Linear(D, H * V, bias=False)
-        self.o_norm = nn.RMSNorm(V, eps=config.norm_eps)
+        self.o_norm = GatedRMSNorm(V, config.norm_eps, gate_first=False)
         self.out_proj = nn.Linear(H * V, D, bias=False)
         self._scratch: _ReaderScratch | None = None  # set when a reader binds to this layer
         self._stats: dict[str, torch.Tensor] = {}
@@ -164,8 +164,7 @@ class GatedDeltaNet(Mixer):
             self._stats["gate_mean"] = g.detach().exp().mean()  # mean retention exp(g)
         if self.zeroed:
             return torch.zeros_like(x)
-        gate = self.g_proj(x).view(B, T, self.dims.heads, self.dims.value)
-        o = gated_rms_norm(o, gate, self.o_norm.weight, self.o_norm.eps, gate_first=False)
+        o = self.o_norm(o, self.g_proj(x).view(B, T, self.dims.heads, self.dims.value))  # norm, then gate
         return self.out_proj(o.reshape(B, T, -1))
 
     def project(

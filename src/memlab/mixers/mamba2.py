@@ -25,7 +25,7 @@ from memlab.config import ModelConfig
 from memlab.errors import MemlabError
 from memlab.mixers import register_mixer
 from memlab.mixers.base import Mixer, MixerState
-from memlab.ops.gated_rms_norm import gated_rms_norm
+from memlab.mixers.gated_norm import GatedRMSNorm
 from memlab.ops.short_conv import causal_conv1d
 from memlab.ops.ssd import ssd_scan, ssd_step
 
@@ -62,7 +62,7 @@ class Mamba2(Mixer):
         self.dt_bias = nn.Parameter(torch.empty(self.n_heads))
         self.A_log = nn.Parameter(torch.empty(self.n_heads))
         self.D = nn.Parameter(torch.empty(self.n_heads))
-        self.norm = nn.RMSNorm(self.d_inner // c.n_groups, eps=config.norm_eps)
+        self.norm = GatedRMSNorm(self.d_inner // c.n_groups, config.norm_eps, gate_first=True)
         self.out_proj = nn.Linear(self.d_inner, config.d_model, bias=False)
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True
@@ -102,9 +102,7 @@ class Mamba2(Mixer):
             if state is not None:
                 state.ssm = final
         self._record(dt)
-        y = gated_rms_norm(  # gate, then normalise per group
-            y.reshape(Bsz, T, G, -1), z.view(Bsz, T, G, -1), self.norm.weight, self.norm.eps, gate_first=True
-        )
+        y = self.norm(y.reshape(Bsz, T, G, -1), z.view(Bsz, T, G, -1))  # gate, then normalise per group
         return self.out_proj(y.reshape(Bsz, T, self.d_inner))
 
     def _conv(self, xBC: torch.Tensor, state: Mamba2State | None) -> torch.Tensor:
