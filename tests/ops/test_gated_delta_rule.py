@@ -101,15 +101,33 @@ def test_split_sequence_continues_from_the_carried_state():
 
 def test_single_step_is_one_token_of_the_recurrence():
     q, k, v, g, beta, h0 = (t.detach() for t in inputs(T=1, gate="strong"))
-    o_seq, s_seq = naive_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True)
     o, s = gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], h0)
-    torch.testing.assert_close(o, o_seq[:, 0])
-    torch.testing.assert_close(s, s_seq)
     # the published update, written out: S = a (I - b k k^T) S0 + b k v^T
     a, b, kk = g[0, 0, 0].exp(), beta[0, 0, 0], k[0, 0, 0]
     expected = a * (torch.eye(8, dtype=kk.dtype) - b * torch.outer(kk, kk)) @ h0[0, 0] + b * torch.outer(kk, v[0, 0, 0])
     torch.testing.assert_close(s[0, 0], expected)
     torch.testing.assert_close(o[0, 0], expected.T @ (q[0, 0, 0] * 8**-0.5))
+
+
+def stepped(q, k, v, g, beta, initial_state, output_final_state=True):
+    """The decoding step applied token by token (the contract of :func:`naive_gated_delta_rule`)."""
+    outputs, state = [], initial_state
+    for t in range(q.shape[1]):
+        o, state = gated_delta_rule_step(q[:, t], k[:, t], v[:, t], None if g is None else g[:, t], beta[:, t], state)
+        outputs.append(o)
+    return torch.stack(outputs, dim=1), state
+
+
+@pytest.mark.parametrize("gate", ["mixed", "none"])
+def test_decoding_steps_equal_the_reference_values_and_gradients(gate):
+    tensors = inputs(B=3, T=40, gate=gate)
+    o_ref, s_ref, grads_ref = outputs_and_grads(naive_gated_delta_rule, tensors)
+    o, s, grads = outputs_and_grads(stepped, tensors)
+    torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(s, s_ref, rtol=1e-10, atol=1e-10)
+    names = [n for n, t in zip("q k v g beta h0".split(), tensors) if t is not None]
+    for name, a, b in zip(names, grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"d{name}")
 
 
 @pytest.mark.parametrize("gate", ["strong", "none"])

@@ -45,20 +45,30 @@ def gated_delta_rule_step(
     state: torch.Tensor,
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token: q, k (B, H, K); v (B, H, V); g, beta (B, H); state (B, H, K, V).
+    """One token, for decoding: q, k (B, H, K); v (B, H, V); g, beta (B, H); state (B, H, K, V).
 
-    Returns the output (B, H, V) in v's dtype and the new state (a new tensor).
+    Returns the output (B, H, V) in v's dtype and the new state (a new tensor).  The old state
+    is read once, for q and k together, and the new one written in one more pass (two with a
+    gate), using ``o = scale S_t^T q = scale (a S^T q + (q . k) w)`` with ``a = exp(g)``,
+    ``w = beta (v - a S^T k)`` and ``S_t = a S + k w^T``.
     """
     dt, out_dtype = _compute_dtype(state), v.dtype
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q, k, v, beta = (t.to(dt) for t in (q, k, v, beta))
     S = state.to(dt)
+    B, H, K, V = S.shape
+    read_q, read_k = (torch.stack([q, k], dim=2) @ S).unbind(2)  # S^T q, S^T k: (B, H, V) each
     if g is not None:
-        S = S * g.to(dt).exp()[..., None, None]
-    error = v - torch.einsum("bhk,bhkv->bhv", k, S)  # what the memory gets wrong about v
-    S = torch.addcmul(S, k[..., :, None], (beta[..., None] * error)[..., None, :])  # + k (beta error)^T, one pass
-    o = torch.einsum("bhk,bhkv->bhv", q * scale, S)
-    return o.to(out_dtype), S
+        decay = g.to(dt).exp()[..., None]  # (B, H, 1)
+        read_q, read_k = decay * read_q, decay * read_k
+    write = beta[..., None] * (v - read_k)  # (B, H, V): beta times what the memory gets wrong about v
+    o = scale * (read_q + (q * k).sum(-1, keepdim=True) * write)
+    rank_one = (k.reshape(B * H, K, 1), write.reshape(B * H, 1, V))
+    if g is None:
+        S = torch.baddbmm(S.reshape(B * H, K, V), *rank_one)
+    else:  # decay into a new tensor, then add the write in place: two passes
+        S = (S * decay[..., None]).view(B * H, K, V).baddbmm_(*rank_one)
+    return o.to(out_dtype), S.view(B, H, K, V)
 
 
 def naive_gated_delta_rule(
@@ -71,15 +81,19 @@ def naive_gated_delta_rule(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The reference: the recurrence applied token by token.  Same contract as :func:`gated_delta_rule`."""
+    """The reference: the recurrence written out, token by token.  Same contract as :func:`gated_delta_rule`."""
     B, T, H, K = k.shape
-    S = initial_state if initial_state is not None else k.new_zeros(B, H, K, v.shape[-1], dtype=_compute_dtype(k))
+    dt = _compute_dtype(k if initial_state is None else initial_state)
+    scale = K**-0.5 if scale is None else scale
+    S = k.new_zeros(B, H, K, v.shape[-1], dtype=dt) if initial_state is None else initial_state.to(dt)
     outputs = []
     for t in range(T):
-        o, S = gated_delta_rule_step(
-            q[:, t], k[:, t], v[:, t], None if g is None else g[:, t], beta[:, t], S, scale
-        )
-        outputs.append(o)
+        q_t, k_t, v_t, beta_t = (x[:, t].to(dt) for x in (q, k, v, beta))
+        if g is not None:
+            S = S * g[:, t].to(dt).exp()[..., None, None]
+        error = v_t - torch.einsum("bhk,bhkv->bhv", k_t, S)  # what the memory gets wrong about v
+        S = S + torch.einsum("bhk,bhv->bhkv", k_t, beta_t[..., None] * error)
+        outputs.append(torch.einsum("bhk,bhkv->bhv", q_t * scale, S))
     return torch.stack(outputs, dim=1).to(v.dtype), S if output_final_state else None
 
 
