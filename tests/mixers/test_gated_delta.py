@@ -56,6 +56,20 @@ def test_gate_and_beta_initialisation():
     assert abs(stats["gate_mean"] - torch.sigmoid(torch.tensor(2.0)).item()) < 0.02  # initial retention
 
 
+def test_diagnostics_describe_the_last_call():
+    layer = model("G").body.blocks[0].mixer
+    assert layer.diagnostics() == {}
+    state = layer.init_state(2)
+    with torch.no_grad():
+        layer(torch.randn(2, 30, 64), state)
+        first = layer.diagnostics()
+        layer(torch.randn(2, 1, 64), state)  # a decoding step
+    stats = layer.diagnostics()
+    expected = state.memory.norm(dim=(-2, -1)).mean().item()  # mean per-head norm of the state it left
+    assert stats["state_norm"] == pytest.approx(expected, rel=1e-6)
+    assert stats["beta_mean"] != first["beta_mean"] and 0 < stats["gate_mean"] < 1
+
+
 def test_beta_floor_and_negative_eigenvalues_bound_beta():
     layer = model("G", beta_floor=0.4, allow_neg_eigval=True).body.blocks[0].mixer
     beta = layer._beta(torch.randn(2, 50, 64) * 30)

@@ -128,7 +128,7 @@ class GatedDeltaNet(Mixer):
         self.o_norm = GatedRMSNorm(V, config.norm_eps, gate_first=False)
         self.out_proj = nn.Linear(H * V, D, bias=False)
         self._scratch: _ReaderScratch | None = None  # set when a reader binds to this layer
-        self._stats: dict[str, torch.Tensor] = {}
+        self._last: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None  # beta, g, final state
         self.init_special_parameters()
 
     def init_special_parameters(self) -> None:
@@ -159,9 +159,7 @@ class GatedDeltaNet(Mixer):
             state.memory = final  # a new tensor: a reader may still use the old one
         if self._scratch is not None:
             self._scratch.write = DeltaWrite(k, v, g, beta, initial)
-        self._stats = {"beta_mean": beta.detach().mean(), "state_norm": final.detach().norm(dim=(-2, -1)).mean()}
-        if g is not None:
-            self._stats["gate_mean"] = g.detach().exp().mean()  # mean retention exp(g)
+        self._last = (beta.detach(), None if g is None else g.detach(), final.detach())  # for diagnostics()
         if self.zeroed:
             return torch.zeros_like(x)
         o = self.o_norm(o, self.g_proj(x).view(B, T, self.dims.heads, self.dims.value))  # norm, then gate
@@ -274,8 +272,15 @@ class GatedDeltaNet(Mixer):
         return 3 * 2 * forward_macs * self.dims.heads  # forward + backward ~ 3 x forward
 
     def diagnostics(self) -> dict[str, float]:
-        """Mean beta, mean retention exp(g) (gated only) and mean per-head state norm of the last forward."""
-        return {name: float(value) for name, value in self._stats.items()}
+        """Mean beta, mean retention exp(g) (gated only) and mean per-head state norm of the last forward
+        (computed here, not in every forward: a decoding step would pay for them)."""
+        if self._last is None:
+            return {}
+        beta, g, final = self._last
+        stats = {"beta_mean": beta.mean(), "state_norm": final.norm(dim=(-2, -1)).mean()}
+        if g is not None:
+            stats["gate_mean"] = g.exp().mean()  # mean retention exp(g)
+        return {name: float(value) for name, value in stats.items()}
 
 
 @register_mixer
