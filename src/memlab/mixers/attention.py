@@ -163,8 +163,8 @@ class SlidingWindowAttention(Attention):
         positions = torch.cat([cached_pos, torch.arange(start, start + T, device=k.device)])
         keep = min(T, W)
         new_pos = torch.arange(start + T - keep, start + T, device=k.device)
-        state.k[:, :, new_pos % W] = k[:, :, T - keep :]
-        state.v[:, :, new_pos % W] = v[:, :, T - keep :]
+        state.k[:, :, new_pos % W] = k[:, :, T - keep :].to(state.k.dtype)  # (autocast: the cache keeps its dtype)
+        state.v[:, :, new_pos % W] = v[:, :, T - keep :].to(state.v.dtype)
         state.length = start + T
         return keys, values, positions
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from memlab.ops.optional_kernels import optional_kernel
+from memlab.ops.precision import full_precision
 
 Backend = Literal["auto", "torch", "fla"]
 
@@ -36,6 +37,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+@full_precision
 def gated_delta_rule_step(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -71,6 +73,7 @@ def gated_delta_rule_step(
     return o.to(out_dtype), S.view(B, H, K, V)
 
 
+@full_precision
 def naive_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -97,6 +100,7 @@ def naive_gated_delta_rule(
     return torch.stack(outputs, dim=1).to(v.dtype), S if output_final_state else None
 
 
+@full_precision
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

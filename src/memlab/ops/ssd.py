@@ -15,13 +15,12 @@ kernel of ``mamba_ssm`` when it is installed and the tensors are on CUDA, and to
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
 from memlab.ops.chunk_recurrence import chunk_recurrence
 from memlab.ops.optional_kernels import optional_kernel
+from memlab.ops.precision import full_precision
 
 
 def _heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -38,17 +37,6 @@ def _check(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, 
         raise ValueError(f"{H} heads are not divisible into {B.shape[2]} groups")
 
 
-def _full_precision(fn):
-    """Run ``fn`` with autocast off: the scan's matmuls combine decays that need float32."""
-
-    @functools.wraps(fn)
-    def wrapper(x: torch.Tensor, *args, **kwargs):
-        with torch.autocast(x.device.type, enabled=False):
-            return fn(x, *args, **kwargs)
-
-    return wrapper
-
-
 def _upcast(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
     """The scan runs in at least float32 (decays are exponentials of long sums); outputs are cast back."""
     return [t if t is None else t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors]
@@ -60,7 +48,7 @@ def _skip(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None) -> torch.Ten
     return torch.addcmul(y, x, D[:, None] if D.dim() == 1 else D)  # D: (H,) or (H, P)
 
 
-@_full_precision
+@full_precision
 def ssd_naive(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -89,7 +77,7 @@ def ssd_naive(
     return _skip(y, x, D).to(out_dtype), state.to(state_dtype) if output_final_state else None
 
 
-@_full_precision
+@full_precision
 def ssd_step(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -130,7 +118,7 @@ def _chunk_length(log_decay: torch.Tensor, chunk_size: int) -> int:
     return L
 
 
-@_full_precision
+@full_precision
 def ssd_chunked(
     x: torch.Tensor,
     dt: torch.Tensor,
