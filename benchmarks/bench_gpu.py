@@ -1,34 +1,57 @@
-"""GPU throughput of the main variants: training tokens/s (fp32, bf16 autocast, optionally
-``torch.compile``) and decode tokens/s, written as JSON and as a markdown table for
-``benchmarks/RESULTS.md`` with the device's name.  Delta-rule and SSD layers dispatch to
-flash-linear-attention / mamba_ssm kernels when those are installed.
+"""GPU throughput: the pure-PyTorch scans against the fused kernels they dispatch to, and the
+main variants' training tokens/s (fp32, bf16 autocast, optionally ``torch.compile``) and decode
+tokens/s, written as JSON and as markdown tables for ``benchmarks/RESULTS.md`` with the device's
+name.
 
-Reproduce on a CUDA machine (the issue's grid: five variants at nano and 125M):
+* ``kernels``: forward + backward tokens/s of the gated delta rule (ours against fla's Triton
+  kernel) and of the SSD scan (ours against mamba_ssm's), in fp32 and bf16, each fused kernel
+  where it is installed;
+* ``models``: every variant at every size; delta-rule and SSD layers use the fused kernels
+  when installed.
+
+Reproduce on a CUDA machine (the issues' grid: five variants at nano and 125M):
     python benchmarks/bench_gpu.py --out benchmarks/gpu.json --markdown benchmarks/RESULTS.md
-A CPU smoke run of the same code: ``--device cpu --sizes tiny --seq-len 128 --batch 2``.
+On the device tool's machine (no network), ``benchmarks/gpu/device_checks.sh`` runs it after the
+CUDA tests.  A CPU smoke run of the same code: ``--device cpu --sizes tiny --seq-len 128 --batch 2``.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 import tyro
 from bench_decode import decode_tokens_per_s
+from bench_kernels import fwd_bwd_seconds, kernel_inputs
+from bench_ssm import ssd_inputs
 from bench_train import step_tokens_per_s
 from common import emit, machine
 
 import memlab
+from memlab.ops.gated_delta import gated_delta_rule
+from memlab.ops.optional_kernels import optional_kernel
+from memlab.ops.ssd import ssd_chunked, ssd_scan
+
+FUSED_KERNELS = {  # the kernel each scan dispatches to on CUDA, when its package is installed
+    "gated_delta_rule": ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"),
+    "ssd": ("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined"),
+}
 
 
 @dataclass
 class Args:
+    parts: list[str] = field(default_factory=lambda: ["kernels", "models"])
     variants: list[str] = field(default_factory=lambda: ["baseline", "gdn", "gdn_hybrid", "cdm_v3", "ssm"])
     sizes: list[str] = field(default_factory=lambda: ["nano", "125M"])
     seq_len: int = 2048
     batch: int = 8
     steps: int = 5
+    kernel_batch: int = 8
+    kernel_heads: int = 8
+    """gated delta rule heads (K = V = 64); the SSD scan has the ``ssm`` layer's shape at the first size"""
     compile: bool = False
     """also time the torch.compile'd model (bf16)"""
     decode_context: int = 4096
@@ -80,14 +103,56 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kernel_rows(args: Args) -> list[dict]:
+    """Forward + backward tokens/s of each scan's pure-PyTorch path and, on CUDA where installed,
+    of the fused kernel it dispatches to, in fp32 and bf16."""
+    tokens = args.kernel_batch * args.seq_len
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        gdn = kernel_inputs(args.kernel_batch, args.seq_len, args.kernel_heads, 64, args.device, dtype)
+        ssd = ssd_inputs(args.sizes[0], args.seq_len, args.kernel_batch, args.device, dtype)
+        cases = {  # name: (inputs, our path, the dispatching entry point)
+            "gated_delta_rule": (
+                gdn, partial(gated_delta_rule, backend="torch"), partial(gated_delta_rule, backend="fla")
+            ),
+            "ssd": (ssd, ssd_chunked, ssd_scan),
+        }
+        for name, (inputs, ours, fused) in cases.items():
+            row = {"kernel": name, "dtype": str(dtype).removeprefix("torch."),
+                   "shape": {k: list(v.shape) for k, v in inputs.items()},
+                   "torch_tokens_per_s": tokens / fwd_bwd_seconds(ours, inputs, args.steps)}
+            if args.device.startswith("cuda") and optional_kernel(*FUSED_KERNELS[name]) is not None:
+                row["fused_tokens_per_s"] = tokens / fwd_bwd_seconds(fused, inputs, args.steps)
+                row["fused_over_torch"] = row["fused_tokens_per_s"] / row["torch_tokens_per_s"]
+            rows.append(row)
+    return rows
+
+
+def kernel_table(result: dict) -> str:
+    lines = ["| kernel | dtype | ours, tokens/s | fused, tokens/s | fused / ours |", "|---|---|---|---|---|"]
+    for r in result["kernels"]:
+        fused = "not installed | "
+        if "fused_tokens_per_s" in r:
+            fused = f"{r['fused_tokens_per_s']:,.0f} | {r['fused_over_torch']:.2f}x"
+        lines.append(f"| {r['kernel']} | {r['dtype']} | {r['torch_tokens_per_s']:,.0f} | {fused} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(args: Args) -> dict:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("bench_gpu: no CUDA device here; pass --device cpu for a smoke run")
-    rows = [measure(args, variant, size) for size in args.sizes for variant in args.variants]
-    result = {"benchmark": "gpu_throughput", "machine": machine(), "batch": args.batch, "rows": rows}
+        print("bench_gpu: no CUDA device here; pass --device cpu for a smoke run", file=sys.stderr)
+        raise SystemExit(2)
+    result = {"benchmark": "gpu_throughput", "machine": machine(), "batch": args.batch, "seq_len": args.seq_len}
+    tables = []
+    if "kernels" in args.parts:
+        result["kernels"] = kernel_rows(args)
+        tables.append(kernel_table(result))
+    if "models" in args.parts:
+        result["rows"] = [measure(args, variant, size) for size in args.sizes for variant in args.variants]
+        tables.append(markdown_table(result))
     if args.markdown:
         with Path(args.markdown).open("a") as f:
-            f.write("\n" + markdown_table(result))
+            f.write("\n" + "\n".join(tables))
     return result
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -48,19 +49,24 @@ class Args:
     out: str | None = None
 
 
-def kernel_inputs(args: Args) -> list[torch.Tensor]:
-    B, T, H, K = args.batch, args.seq_len, args.heads, args.head_dim
+def kernel_inputs(
+    batch: int, seq_len: int, heads: int, head_dim: int, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """Random q, k (unit), v (B, T, H, K), log-gates g and beta (B, T, H), all requiring grad."""
+    B, T, H, K = batch, seq_len, heads, head_dim
     q, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K)
     k = F.normalize(torch.randn(B, T, H, K), dim=-1)
     g, beta = F.logsigmoid(torch.randn(B, T, H) + 3), torch.rand(B, T, H)
-    return [t.requires_grad_() for t in (q, k, v, g, beta)]
+    return {name: t.to(device, dtype).requires_grad_() for name, t in zip("q k v g beta".split(), (q, k, v, g, beta))}
 
 
-def fwd_bwd_seconds(fn, tensors: list[torch.Tensor], repeats: int) -> float:
+def fwd_bwd_seconds(fn, inputs: dict[str, torch.Tensor], repeats: int) -> float:
+    """Median seconds of ``fn(**inputs)`` (returning the output first) and a backward through it."""
+
     def step():
-        o, _ = fn(*tensors)
-        o.sum().backward()
-        for t in tensors:
+        out, _ = fn(**inputs)
+        out.float().sum().backward()
+        for t in inputs.values():
             t.grad = None
 
     return timed(step, repeats, warmup=1 if repeats > 1 else 0)
@@ -77,9 +83,9 @@ def fla_chunk_reference():
 
 
 def kernel_results(args: Args) -> dict:
-    tensors = kernel_inputs(args)
+    tensors = kernel_inputs(args.batch, args.seq_len, args.heads, args.head_dim)
     tokens = args.batch * args.seq_len
-    ours = fwd_bwd_seconds(lambda *t: chunk_gated_delta_rule(*t, chunk_size=args.chunk_size), tensors, args.repeats)
+    ours = fwd_bwd_seconds(partial(chunk_gated_delta_rule, chunk_size=args.chunk_size), tensors, args.repeats)
     out = {"shape": {"B": args.batch, "H": args.heads, "T": args.seq_len, "K": args.head_dim, "V": args.head_dim},
            "chunk_fwd_bwd_s": ours, "chunk_tokens_per_s": tokens / ours}
     if args.loop_repeats > 0:
@@ -87,7 +93,7 @@ def kernel_results(args: Args) -> dict:
         out.update(loop_fwd_bwd_s=loop, speedup_vs_loop=loop / ours)
     fla = fla_chunk_reference()
     if fla is not None:
-        ref = fwd_bwd_seconds(lambda *t: fla(*t, chunk_size=args.chunk_size), tensors, args.repeats)
+        ref = fwd_bwd_seconds(partial(fla, chunk_size=args.chunk_size), tensors, args.repeats)
         out.update(fla_chunk_reference_fwd_bwd_s=ref, speedup_vs_fla_chunk_reference=ref / ours)
     return out
 

@@ -45,20 +45,23 @@ class Args:
     out: str | None = None
 
 
-def ssd_inputs(size: str, seq_len: int) -> dict[str, torch.Tensor]:
-    """Random SSD inputs with the head count, head width and state size of ``ssm`` at ``size``."""
+def ssd_inputs(
+    size: str, seq_len: int, batch: int = 1, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """Random SSD inputs with the head count, head width and state size of ``ssm`` at ``size``
+    (x, B, C in ``dtype``; dt, A, D in float32, as the ssm layer passes them)."""
     cfg = build_config("ssm", size)
     H = cfg.ssm.expand * cfg.d_model // cfg.ssm.head_dim
     g = torch.Generator().manual_seed(0)
     shapes = dict(
-        x=(1, seq_len, H, cfg.ssm.head_dim),
-        B=(1, seq_len, cfg.ssm.n_groups, cfg.ssm.d_state),
-        C=(1, seq_len, cfg.ssm.n_groups, cfg.ssm.d_state),
+        x=(batch, seq_len, H, cfg.ssm.head_dim),
+        B=(batch, seq_len, cfg.ssm.n_groups, cfg.ssm.d_state),
+        C=(batch, seq_len, cfg.ssm.n_groups, cfg.ssm.d_state),
     )
-    args = {k: torch.randn(*s, generator=g) for k, s in shapes.items()}
-    args["dt"] = F.softplus(torch.randn(1, seq_len, H, generator=g) - 3)
-    args["A"] = -torch.rand(H, generator=g) * 15 - 1
-    args["D"] = torch.ones(H)
+    args = {k: torch.randn(*s, generator=g).to(device, dtype) for k, s in shapes.items()}
+    args["dt"] = F.softplus(torch.randn(batch, seq_len, H, generator=g) - 3).to(device)
+    args["A"] = (-torch.rand(H, generator=g) * 15 - 1).to(device)
+    args["D"] = torch.ones(H, device=device)
     return {k: v.requires_grad_() for k, v in args.items()}
 
 

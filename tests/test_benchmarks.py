@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench_cdm  # noqa: E402
 import bench_decode  # noqa: E402
+import bench_gpu  # noqa: E402
 import bench_kernels  # noqa: E402
 import bench_ssm  # noqa: E402
 import bench_train  # noqa: E402
@@ -58,3 +59,17 @@ def test_ssm_and_cdm_benchmarks_run_all_parts():
 def test_training_benchmark_reports_mfu_against_the_measured_peak():
     result = bench_train.main(bench_train.Args(size="tiny", seq_len=16, batch=2, steps=1, bf16=False))
     assert 0 < result["fp32_mfu"] < 1.5
+
+
+def test_gpu_benchmark_runs_on_cpu_and_writes_both_tables(tmp_path):
+    markdown = tmp_path / "results.md"
+    args = bench_gpu.Args(device="cpu", variants=["gdn", "ssm"], sizes=["tiny"], seq_len=32, batch=2, steps=1,
+                          kernel_batch=2, kernel_heads=2, decode_context=16, decode_tokens=2, markdown=str(markdown))
+    result = bench_gpu.main(args)
+    kernels = {(r["kernel"], r["dtype"]) for r in result["kernels"]}
+    assert kernels == {(k, d) for k in ("gated_delta_rule", "ssd") for d in ("float32", "bfloat16")}
+    assert all(r["torch_tokens_per_s"] > 0 and "fused_tokens_per_s" not in r for r in result["kernels"])  # CPU
+    assert [(r["variant"], r["size"]) for r in result["rows"]] == [("gdn", "tiny"), ("ssm", "tiny")]
+    assert all(r["bf16_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0 for r in result["rows"])
+    text = markdown.read_text()
+    assert "| ssd | bfloat16 |" in text and "not installed" in text and "| gdn | tiny |" in text
