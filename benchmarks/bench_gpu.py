@@ -86,12 +86,16 @@ def measure(args: Args, variant: str, size: str) -> dict:
     return row
 
 
-def markdown_table(result: dict) -> str:
+def heading(result: dict, what: str, batch: int) -> str:
     device = result["machine"]["cuda"] or result["machine"]["cpu"]
+    return f"### {device}: {what} (torch {result['machine']['torch']}, batch {batch}, T={result['seq_len']})"
+
+
+def markdown_table(result: dict) -> str:
     keys = ["fp32_tokens_per_s", "bf16_tokens_per_s", "bf16_compiled_tokens_per_s", "decode_tokens_per_s"]
     keys = [k for k in keys if any(k in r for r in result["rows"])]
     lines = [
-        f"### {device} (torch {result['machine']['torch']}, batch {result['batch']})",
+        heading(result, "the variants", result["batch"]),
         "",
         "| variant | size | params | train T | " + " | ".join(k.removesuffix("_tokens_per_s") for k in keys) + " |",
         "|---|---|---|---|" + "---|" * len(keys),
@@ -128,10 +132,15 @@ def kernel_rows(args: Args) -> list[dict]:
     return rows
 
 
-def kernel_table(result: dict) -> str:
-    lines = ["| kernel | dtype | ours, tokens/s | fused, tokens/s | fused / ours |", "|---|---|---|---|---|"]
+def kernel_table(result: dict, batch: int) -> str:
+    lines = [
+        heading(result, "our scans against the fused kernels, forward + backward", batch),
+        "",
+        "| kernel | dtype | ours, tokens/s | fused, tokens/s | fused / ours |",
+        "|---|---|---|---|---|",
+    ]
     for r in result["kernels"]:
-        fused = "not installed | "
+        fused = "not run (no CUDA, or not installed) | "
         if "fused_tokens_per_s" in r:
             fused = f"{r['fused_tokens_per_s']:,.0f} | {r['fused_over_torch']:.2f}x"
         lines.append(f"| {r['kernel']} | {r['dtype']} | {r['torch_tokens_per_s']:,.0f} | {fused} |")
@@ -146,7 +155,7 @@ def main(args: Args) -> dict:
     tables = []
     if "kernels" in args.parts:
         result["kernels"] = kernel_rows(args)
-        tables.append(kernel_table(result))
+        tables.append(kernel_table(result, args.kernel_batch))
     if "models" in args.parts:
         result["rows"] = [measure(args, variant, size) for size in args.sizes for variant in args.variants]
         tables.append(markdown_table(result))
