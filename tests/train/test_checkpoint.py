@@ -108,6 +108,16 @@ def test_rng_state_is_json_and_restores_every_generator():
     assert torch.equal(first[0], again[0]) and first[1] == again[1] and np.array_equal(first[2], again[2])
 
 
+def test_rng_state_from_more_gpus_restores_the_devices_this_machine_has(monkeypatch):
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((device, s.tolist())))
+    state = {**json.loads(json.dumps(ckpt.rng_state())), "cuda": [[1, 2], [3, 4]]}  # saved on two GPUs
+    ckpt.set_rng_state(state)
+    assert restored == [(0, [1, 2])]
+
+
 def test_optimizer_state_needs_no_pickled_code(tmp_path):
     model = memlab.build_model("baseline", "tiny", n_layers=1)
     opt = torch.optim.AdamW(model.parameters())
