@@ -54,4 +54,5 @@ def test_recurrent_decoding_on_cuda_equals_the_parallel_form(variant):
         parallel = model(ids)
         state = model.init_state(2)
         steps = torch.cat([model(ids[:, t : t + 1], state) for t in range(ids.shape[1])], dim=1)
-    torch.testing.assert_close(steps, parallel, rtol=2e-3, atol=2e-3)
+    # relative RMS error: the parallel form may run fla's kernels (TF32 matmuls), the steps run ours
+    assert (steps - parallel).norm() / parallel.norm() < 5e-3

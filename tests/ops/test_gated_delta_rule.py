@@ -254,5 +254,5 @@ def test_cuda_dispatch_to_fla_matches_the_torch_path():
     q, k, v, g, beta, h0 = tensors
     o_fla, s_fla = gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, backend="fla")
     o, s = gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, backend="torch")
-    torch.testing.assert_close(o_fla, o, rtol=2e-3, atol=2e-3)
-    torch.testing.assert_close(s_fla, s, rtol=2e-3, atol=2e-3)
+    for fused, ours in ((o_fla, o), (s_fla, s)):  # relative RMS error, as fla's own tests (TF32 matmuls)
+        assert (fused - ours).norm() / ours.norm() < 5e-3

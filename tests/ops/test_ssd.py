@@ -158,5 +158,5 @@ def test_mamba_ssm_kernel_matches_the_pure_path():
     args = {k: v.float().cuda() for k, v in inputs(batch=2, T=300, H=4, P=64, G=1, N=64).items()}
     y, s = ssd_scan(**args, output_final_state=True, chunk_size=64)
     y_ref, s_ref = ssd_chunked(**args, output_final_state=True, chunk_size=64)
-    torch.testing.assert_close(y, y_ref, atol=2e-3, rtol=2e-3)
-    torch.testing.assert_close(s, s_ref, atol=2e-3, rtol=2e-3)
+    for fused, ours in ((y, y_ref), (s, s_ref)):  # relative RMS error: the Triton kernel may use TF32 matmuls
+        assert (fused - ours).norm() / ours.norm() < 5e-3
