@@ -38,9 +38,10 @@ def test_causality(variant):
     assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-10)])  # float64: no float32 inside
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_parallel_equals_prefill_then_decode(variant):
-    model = build(variant)
+def test_parallel_equals_prefill_then_decode(variant, dtype, tolerance):
+    model = build(variant).to(dtype)
     x = tokens(model, 2, T_LONG)
     prefix = 67
     with torch.no_grad():
@@ -48,8 +49,8 @@ def test_parallel_equals_prefill_then_decode(variant):
         state = model.init_state(batch_size=2)
         steps = [model(x[:, :prefix], state)]
         steps += [model(x[:, t : t + 1], state) for t in range(prefix, T_LONG)]
-    assert state.position == T_LONG
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+    assert state.position == T_LONG and full.dtype == dtype
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=tolerance, rtol=tolerance)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -87,8 +87,9 @@ class Mamba2(Mixer):
         xBC = F.silu(self._conv(xBC, state))  # (B, T, conv_dim)
         xs, B, C = xBC.split([self.d_inner, G * N, G * N], dim=-1)
         xs, B, C = xs.view(Bsz, T, H, P), B.view(Bsz, T, G, N), C.view(Bsz, T, G, N)
-        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, T, H), float32 like A
-        A = -torch.exp(self.A_log.float())
+        decay_dtype = torch.promote_types(x.dtype, torch.float32)  # float32 under bf16, float64 stays
+        dt = F.softplus(dt.to(decay_dtype) + self.dt_bias.to(decay_dtype))  # (B, T, H)
+        A = -torch.exp(self.A_log.to(decay_dtype))
         if self.zeroed:  # no state read-out: only the D skip remains of the SSM
             y = xs * self.D[:, None]
             if state is not None:
