@@ -70,6 +70,15 @@ def test_diagnostics_describe_the_last_call():
     assert stats["beta_mean"] != first["beta_mean"] and 0 < stats["gate_mean"] < 1
 
 
+def test_log_gates_keep_float64_and_at_least_float32():
+    layer = model("G").body.blocks[0].mixer.double()
+    x = torch.randn(2, 5, 64, dtype=torch.float64)
+    expected = -layer.A_log.exp() * torch.nn.functional.softplus(layer.a_proj(x) + layer.dt_bias)
+    torch.testing.assert_close(layer._gate(x), expected, rtol=1e-13, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model("G").body.blocks[0].mixer._gate(x.float()).dtype == torch.float32
+
+
 def test_beta_floor_and_negative_eigenvalues_bound_beta():
     layer = model("G", beta_floor=0.4, allow_neg_eigval=True).body.blocks[0].mixer
     beta = layer._beta(torch.randn(2, 50, 64) * 30)

@@ -203,7 +203,8 @@ class GatedDeltaNet(Mixer):
     def _gate(self, x: torch.Tensor) -> torch.Tensor | None:  # (B, T, D) -> (B, T, H) log-gates, float32
         if not self.gated:
             return None
-        return -self.A_log.exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)
+        a = self.a_proj(x).to(torch.promote_types(x.dtype, torch.float32))  # float32 under bf16, float64 stays
+        return -self.A_log.exp() * F.softplus(a + self.dt_bias)
 
     def delta_rule(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None, beta: torch.Tensor,
