@@ -3,7 +3,8 @@
 # fetch_wheels.sh): the CUDA tests, then the GPU benchmark, everything written under $OUT as it ends.
 # Device tool: carry [".whl"], command "bash benchmarks/gpu/device_checks.sh", timeout_s 600.
 # Stages, all by default, or any of them named: tests, kernels, nano, 125M (the last two: the variants
-# at that size). Each is bounded by STAGE_SECONDS (150); a stage cut by the call's limit loses only itself.
+# at that size). Each is bounded by STAGE_SECONDS (150; the tests by TEST_SECONDS, 240); a stage cut by the
+# call's limit loses only itself (the kernel tests run first, compiling last).
 # At most 7 files come back: gpu.txt, pytest_cuda.log, bench.log, bench_gpu.md and a JSON per benchmark stage.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,8 +20,8 @@ bounded() { timeout "${STAGE_SECONDS:-150}" "$@"; }
 for stage in $stages; do
     case $stage in
         tests)  # dispatch to fla (and mamba_ssm where installed), bf16 training, compile, decoding
-            bounded python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py tests/ops/test_gated_delta_rule.py \
-                tests/ops/test_ssd.py > "$out/pytest_cuda.log" 2>&1 ;;
+            STAGE_SECONDS=${TEST_SECONDS:-240} bounded python3 -m pytest -q -m cuda -p no:cacheprovider \
+                tests/ops/test_gated_delta_rule.py tests/ops/test_ssd.py tests/test_cuda.py > "$out/pytest_cuda.log" 2>&1 ;;
         kernels)
             (cd benchmarks && bounded python3 bench_gpu.py --parts kernels --sizes nano --out "$out/bench_kernels.json" \
                 --markdown "$out/bench_gpu.md") >> "$out/bench.log" 2>&1 ;;
@@ -31,5 +32,5 @@ for stage in $stages; do
     esac
     echo "== $stage: exit $?"
 done
-tail -n 3 "$out"/pytest_cuda.log "$out"/bench.log
+tail -n 3 "$out"/*.log
 cat "$out/bench_gpu.md" 2>/dev/null
