@@ -109,11 +109,11 @@ def test_rng_state_is_json_and_restores_every_generator():
 
 
 def test_rng_state_from_more_gpus_restores_the_devices_this_machine_has(monkeypatch):
+    state = {**json.loads(json.dumps(ckpt.rng_state())), "cuda": [[1, 2], [3, 4]]}  # saved on two GPUs
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((device, s.tolist())))
-    state = {**json.loads(json.dumps(ckpt.rng_state())), "cuda": [[1, 2], [3, 4]]}  # saved on two GPUs
     ckpt.set_rng_state(state)
     assert restored == [(0, [1, 2])]
 
