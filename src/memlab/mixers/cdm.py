@@ -46,6 +46,7 @@ from memlab.errors import choose
 from memlab.mixers import register_mixer
 from memlab.mixers.attention import Attention, KVCache
 from memlab.mixers.base import Mixer, MixerState
+from memlab.ops.precision import at_least_float32
 from memlab.ops.slot_scan import score_read, slot_scan, slot_step, weighted_read
 
 READOUTS = ("gate", "xattn", "both")
@@ -119,7 +120,7 @@ class CDM(Mixer):
     # ------------------------------------------------------------------ forward
     def mix(self, x: torch.Tensor, state: SlotState | None) -> torch.Tensor:
         B, T, D = x.shape  # x: (B, T, D)
-        dtype = torch.promote_types(x.dtype, torch.float32)  # the recurrence runs in float32 (or float64)
+        dtype = at_least_float32(x.dtype)  # the recurrence runs in float32 (or float64)
         routing, gates, alphas = self._route(x, dtype)  # (B, T, K) each
         self._activity = SlotActivity(routing, gates, alphas)
         values = self.write_proj(x).to(dtype)  # (B, T, D)

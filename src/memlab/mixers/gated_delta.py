@@ -34,6 +34,7 @@ from memlab.mixers.base import Mixer, MixerState
 from memlab.mixers.gated_norm import GatedRMSNorm
 from memlab.ops.gated_delta import gated_delta_rule, gated_delta_rule_step
 from memlab.ops.l2norm import l2_normalize
+from memlab.ops.precision import at_least_float32
 from memlab.ops.short_conv import causal_conv1d
 
 
@@ -55,11 +56,6 @@ def delta_dims(config: ModelConfig) -> DeltaDims:
             f"gdn.n_heads={heads}, gdn.head_dim={key}, gdn.expand_v={gdn.expand_v} give no integer value width"
         )
     return DeltaDims(heads, key, int(value))
-
-
-def _state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The delta matrix accumulates: at least float32 whatever the model's dtype."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 @dataclass
@@ -203,7 +199,7 @@ class GatedDeltaNet(Mixer):
     def _gate(self, x: torch.Tensor) -> torch.Tensor | None:  # (B, T, D) -> (B, T, H) log-gates, float32
         if not self.gated:
             return None
-        a = self.a_proj(x).to(torch.promote_types(x.dtype, torch.float32))  # float32 under bf16, float64 stays
+        a = self.a_proj(x).to(at_least_float32(x.dtype))
         return -self.A_log.exp() * F.softplus(a + self.dt_bias)
 
     def delta_rule(
@@ -253,7 +249,7 @@ class GatedDeltaNet(Mixer):
         H, K, V, W = self.dims.heads, self.dims.key, self.dims.value, self.options.conv_size
         shifted = self.options.shifted_pairing
         return DeltaState(
-            memory=torch.zeros(batch_size, H, K, V, device=device, dtype=_state_dtype(dtype)),
+            memory=torch.zeros(batch_size, H, K, V, device=device, dtype=at_least_float32(dtype)),
             conv=torch.zeros(batch_size, W - 1, H * (2 * K + V), device=device, dtype=dtype),
             last_key=torch.zeros(batch_size, H, K, device=device, dtype=dtype) if shifted else None,
         )
@@ -261,7 +257,7 @@ class GatedDeltaNet(Mixer):
     def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
         H, K, V, W = self.dims.heads, self.dims.key, self.dims.value, self.options.conv_size
         elem = torch.empty((), dtype=dtype).element_size()
-        memory = H * K * V * torch.empty((), dtype=_state_dtype(dtype)).element_size()
+        memory = H * K * V * torch.empty((), dtype=at_least_float32(dtype)).element_size()
         conv = (W - 1) * H * (2 * K + V) * elem
         last_key = H * K * elem if self.options.shifted_pairing else 0
         return batch_size * (memory + conv + last_key)

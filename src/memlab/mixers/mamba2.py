@@ -26,6 +26,7 @@ from memlab.errors import MemlabError
 from memlab.mixers import register_mixer
 from memlab.mixers.base import Mixer, MixerState
 from memlab.mixers.gated_norm import GatedRMSNorm
+from memlab.ops.precision import at_least_float32
 from memlab.ops.short_conv import causal_conv1d
 from memlab.ops.ssd import ssd_scan, ssd_step
 
@@ -87,7 +88,7 @@ class Mamba2(Mixer):
         xBC = F.silu(self._conv(xBC, state))  # (B, T, conv_dim)
         xs, B, C = xBC.split([self.d_inner, G * N, G * N], dim=-1)
         xs, B, C = xs.view(Bsz, T, H, P), B.view(Bsz, T, G, N), C.view(Bsz, T, G, N)
-        decay_dtype = torch.promote_types(x.dtype, torch.float32)  # float32 under bf16, float64 stays
+        decay_dtype = at_least_float32(x.dtype)
         dt = F.softplus(dt.to(decay_dtype) + self.dt_bias.to(decay_dtype))  # (B, T, H)
         A = -torch.exp(self.A_log.to(decay_dtype))
         if self.zeroed:  # no state read-out: only the D skip remains of the SSM

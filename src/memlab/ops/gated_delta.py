@@ -27,14 +27,9 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from memlab.ops.optional_kernels import optional_kernel
-from memlab.ops.precision import full_precision
+from memlab.ops.precision import at_least_float32, full_precision
 
 Backend = Literal["auto", "torch", "fla"]
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """At least float32 (float64 stays float64, for exact tests)."""
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 @full_precision
@@ -54,7 +49,7 @@ def gated_delta_rule_step(
     gate), using ``o = scale S_t^T q = scale (a S^T q + (q . k) w)`` with ``a = exp(g)``,
     ``w = beta (v - a S^T k)`` and ``S_t = a S + k w^T``.
     """
-    dt, out_dtype = _compute_dtype(state), v.dtype
+    dt, out_dtype = at_least_float32(state.dtype), v.dtype
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q, k, v, beta = (t.to(dt) for t in (q, k, v, beta))
     S = state.to(dt)
@@ -86,7 +81,7 @@ def naive_gated_delta_rule(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The reference: the recurrence written out, token by token.  Same contract as :func:`gated_delta_rule`."""
     B, T, H, K = k.shape
-    dt = _compute_dtype(k if initial_state is None else initial_state)
+    dt = at_least_float32((k if initial_state is None else initial_state).dtype)
     scale = K**-0.5 if scale is None else scale
     S = k.new_zeros(B, H, K, v.shape[-1], dtype=dt) if initial_state is None else initial_state.to(dt)
     outputs = []
@@ -127,7 +122,7 @@ def chunk_gated_delta_rule(
     """
     B, T, H, K = k.shape
     V, out_dtype = v.shape[-1], v.dtype
-    dt = _compute_dtype(v)
+    dt = at_least_float32(v.dtype)
     scale = K**-0.5 if scale is None else scale
     C = min(chunk_size, T)
     pad = (-T) % C

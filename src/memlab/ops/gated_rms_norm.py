@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from memlab.ops.precision import at_least_float32
+
 
 def gated_rms_norm_reference(
     x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float, gate_first: bool
@@ -35,7 +37,7 @@ def gated_rms_norm(
 
     Inputs below float32 are normalised in float32 and the output cast back to ``x``'s dtype.
     """
-    dtype = torch.promote_types(x.dtype, torch.float32)
+    dtype = at_least_float32(x.dtype)
     with torch.autocast(x.device.type, enabled=False):
         out = _GatedRMSNorm.apply(x.to(dtype), z.to(dtype), weight.to(dtype), eps, gate_first)
     return out.to(x.dtype)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from memlab.ops.precision import at_least_float32
+
 BLOCK_BYTES = 128 * 2**20
 """largest size of the reused logits buffer: at most BLOCK_BYTES / (4 * V) rows per block, in equal blocks"""
 
@@ -24,7 +26,7 @@ def linear_cross_entropy_reference(
 ) -> torch.Tensor:
     """Summed cross-entropy of ``hidden @ weight.T``, through the full logits (softmax in float32 at least)."""
     logits = hidden @ weight.t()  # (N, V)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    logits = logits.to(at_least_float32(logits.dtype))
     return F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
 
 
@@ -53,7 +55,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h, w = hidden.to(dtype), weight.to(dtype)
         want_h, want_w = ctx.needs_input_grad[:2]
         grad_h = torch.empty_like(hidden) if want_h else None
-        softmax_dtype = torch.promote_types(dtype, torch.float32)
+        softmax_dtype = at_least_float32(dtype)
         grad_w = None  # (V, D) in the softmax dtype, from the first block's product on
         logits = torch.empty(min(block_rows, N), V, dtype=dtype, device=hidden.device)  # the reused block
         loss = torch.zeros((), dtype=softmax_dtype, device=hidden.device)

@@ -1,5 +1,5 @@
-"""Autocast off inside the recurrent kernels, whose matmuls combine decays and states that need
-at least float32 (the kernels cast their inputs up themselves and their outputs back)."""
+"""Precision of the recurrent kernels: decays, states and normalisers need at least float32
+(float64 stays float64, for exact tests), under autocast too."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import functools
 import torch
 
 
+def at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """The dtype to compute in for inputs of ``dtype``: float32 for 16-bit floats, else ``dtype``."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def full_precision(fn):
-    """Run ``fn`` with autocast disabled on the device of its first tensor argument."""
+    """Run ``fn`` with autocast disabled on the device of its first tensor argument (the kernels cast
+    their inputs up themselves, :func:`at_least_float32`, and their outputs back)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from memlab.ops.chunk_recurrence import chunk_recurrence
 from memlab.ops.optional_kernels import optional_kernel
-from memlab.ops.precision import full_precision
+from memlab.ops.precision import at_least_float32, full_precision
 
 
 def _heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -39,7 +39,7 @@ def _check(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, 
 
 def _upcast(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
     """The scan runs in at least float32 (decays are exponentials of long sums); outputs are cast back."""
-    return [t if t is None else t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors]
+    return [t if t is None else t.to(at_least_float32(t.dtype)) for t in tensors]
 
 
 def _skip(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
