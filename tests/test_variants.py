@@ -25,6 +25,11 @@ def tokens(model: LanguageModel, batch: int, length: int, seed: int = 1) -> torc
     return torch.randint(0, model.config.vocab_size, (batch, length), generator=g)
 
 
+def parameters_without_gradient(model: LanguageModel) -> list[str]:
+    """Names of the trainable parameters that the last backward left without a non-zero gradient."""
+    return [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_causality(variant):
     model = build(variant)
@@ -61,8 +66,7 @@ def test_every_parameter_gets_a_gradient(variant):
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten())
     loss = loss + sum(model.aux_losses().values(), torch.zeros(()))
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
-    assert not missing, f"no gradient for {missing}"
+    assert not (missing := parameters_without_gradient(model)), f"no gradient for {missing}"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -102,8 +106,7 @@ def test_bf16_autocast_trains_and_decodes_on_cpu(variant):
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten())
     loss.backward()
     assert torch.isfinite(loss)
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
-    assert not missing, f"no gradient for {missing}"
+    assert not (missing := parameters_without_gradient(model)), f"no gradient for {missing}"
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         full = model(x).float()
