@@ -31,14 +31,8 @@ from bench_train import step_tokens_per_s
 from common import emit, machine
 
 import memlab
-from memlab.ops.gated_delta import gated_delta_rule
-from memlab.ops.optional_kernels import optional_kernel
-from memlab.ops.ssd import ssd_chunked, ssd_scan
-
-FUSED_KERNELS = {  # the kernel each scan dispatches to on CUDA, when its package is installed
-    "gated_delta_rule": ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"),
-    "ssd": ("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined"),
-}
+from memlab.ops.gated_delta import fla_chunk_kernel, gated_delta_rule
+from memlab.ops.ssd import mamba_chunk_kernel, ssd_chunked, ssd_scan
 
 
 @dataclass
@@ -115,17 +109,18 @@ def kernel_rows(args: Args) -> list[dict]:
     for dtype in (torch.float32, torch.bfloat16):
         gdn = kernel_inputs(args.kernel_batch, args.seq_len, args.kernel_heads, 64, args.device, dtype)
         ssd = ssd_inputs(args.sizes[0], args.seq_len, args.kernel_batch, args.device, dtype)
-        cases = {  # name: (inputs, our path, the dispatching entry point)
+        cases = {  # name: (inputs, our path, the entry point that dispatches to the fused kernel, that kernel)
             "gated_delta_rule": (
-                gdn, partial(gated_delta_rule, backend="torch"), partial(gated_delta_rule, backend="fla")
+                gdn, partial(gated_delta_rule, backend="torch"), partial(gated_delta_rule, backend="fla"),
+                fla_chunk_kernel(),
             ),
-            "ssd": (ssd, ssd_chunked, ssd_scan),
+            "ssd": (ssd, ssd_chunked, ssd_scan, mamba_chunk_kernel()),
         }
-        for name, (inputs, ours, fused) in cases.items():
+        for name, (inputs, ours, fused, kernel) in cases.items():
             row = {"kernel": name, "dtype": str(dtype).removeprefix("torch."),
                    "shape": {k: list(v.shape) for k, v in inputs.items()},
                    "torch_tokens_per_s": tokens / fwd_bwd_seconds(ours, inputs, args.steps)}
-            if args.device.startswith("cuda") and optional_kernel(*FUSED_KERNELS[name]) is not None:
+            if args.device.startswith("cuda") and kernel is not None:
                 row["fused_tokens_per_s"] = tokens / fwd_bwd_seconds(fused, inputs, args.steps)
                 row["fused_over_torch"] = row["fused_tokens_per_s"] / row["torch_tokens_per_s"]
             rows.append(row)

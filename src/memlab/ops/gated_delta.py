@@ -237,7 +237,7 @@ class UnitLowerInverse(torch.autograd.Function):
         return -(Xt @ dX @ Xt).tril(-1)
 
 
-def _fla_chunk():
+def fla_chunk_kernel():
     """fla's Triton chunk kernel, or None when fla is not installed."""
     return optional_kernel("fla.ops.gated_delta_rule", "chunk_gated_delta_rule")
 
@@ -262,10 +262,10 @@ def gated_delta_rule(
     ``backend="auto"`` uses fla's kernel for CUDA tensors when fla is installed, else the
     pure-PyTorch chunked form; ``"torch"`` / ``"fla"`` force one.
     """
-    use_fla = backend == "fla" or (backend == "auto" and q.is_cuda and _fla_chunk() is not None)
+    use_fla = backend == "fla" or (backend == "auto" and q.is_cuda and fla_chunk_kernel() is not None)
     if not use_fla:
         return chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size)
-    fla_chunk = _fla_chunk()
+    fla_chunk = fla_chunk_kernel()
     if fla_chunk is None:
         raise RuntimeError("backend='fla' needs flash-linear-attention (pip install fla-core)")
     if g is None:

@@ -192,6 +192,11 @@ def ssd_chunked(
     return _skip(y, x, D).to(out_dtype), final.to(state_dtype) if output_final_state else None
 
 
+def mamba_chunk_kernel():
+    """mamba_ssm's Triton SSD kernel, or None when mamba_ssm is not installed."""
+    return optional_kernel("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined")
+
+
 def ssd_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -204,7 +209,7 @@ def ssd_scan(
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The SSD scan: ``mamba_ssm``'s Triton kernel on CUDA when installed, else :func:`ssd_chunked`."""
-    kernel = optional_kernel("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined") if x.is_cuda else None
+    kernel = mamba_chunk_kernel() if x.is_cuda else None
     if kernel is None:
         return ssd_chunked(x, dt, A, B, C, D, initial_state, output_final_state, chunk_size)
     y, final = kernel(x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state, return_final_states=True)
