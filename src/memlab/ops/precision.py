@@ -19,7 +19,10 @@ def full_precision(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        device = next(t.device.type for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor))
+        first = args[0] if args else next(t for t in kwargs.values() if isinstance(t, torch.Tensor))
+        device = first.device.type
+        if not torch.is_autocast_enabled(device):  # the common case, a decoding step's too: no context to enter
+            return fn(*args, **kwargs)
         with torch.autocast(device, enabled=False):
             return fn(*args, **kwargs)
 
