@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from memlab.cli import main
 from memlab.eval import schema
@@ -69,6 +70,27 @@ def test_eval_bad_input(model_dir, tmp_path, capsys):
     err = fail(capsys, "eval", "--checkpoint", str(model_dir), "--suite", "longctx", "--context-lengths", "4096")
     assert "max_seq_len=1024" in err
     assert "unknown device 'gpu'" in fail(capsys, "eval", "--checkpoint", str(model_dir), "--device", "gpu")
+
+
+def test_eval_fixes_the_act_steps_of_an_act_model(model_dir, tmp_path, byte_tok, shards, capsys):
+    import memlab
+
+    torch.manual_seed(0)
+    act = memlab.build_model("act", "tiny", vocab_size=byte_tok.vocab_size, d_model=32, n_layers=1, n_heads=2,
+                             max_seq_len=256, **{"recursion.act_min_steps": 1, "recursion.act_max_steps": 4})
+    act.save(tmp_path)
+    byte_tok.save(tmp_path)
+    lm = ["--suite", "lm", "--corpus", str(shards), "--lm-tokens", "256", "--lm-context", "64"]
+    main(["eval", "--checkpoint", str(tmp_path), *lm])
+    adaptive = schema.read_results(tmp_path / "eval" / "results_lm.json")
+    main(["eval", "--checkpoint", str(tmp_path), *lm, "--act-steps", "3"])
+    fixed = schema.read_results(tmp_path / "eval" / "act_steps_3" / "results_lm.json")  # beside the first, not over it
+    assert adaptive["metadata"]["config"]["recursion"]["act_fixed_steps"] is None
+    assert fixed["metadata"]["config"]["recursion"]["act_fixed_steps"] == 3
+    assert fixed["results"]["loss"] != adaptive["results"]["loss"]  # h^3, not the halting-weighted mixture
+    capsys.readouterr()
+    assert "needs an act model, not 'baseline'" in fail(capsys, "eval", "--checkpoint", str(model_dir), "--act-steps", "3")
+    assert "act_fixed_steps must be >= 1, not 0" in fail(capsys, "eval", "--checkpoint", str(tmp_path), "--act-steps", "0")
 
 
 def test_compare_refuses_a_newer_results_schema_in_a_real_process(model_dir, tmp_path):

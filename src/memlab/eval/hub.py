@@ -33,6 +33,7 @@ from memlab.errors import MemlabError, choose
 from memlab.eval import schema
 from memlab.eval.exact_match import exact_match
 from memlab.eval.options import EvalOptions
+from memlab.models.recursion import fix_act_steps
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,12 @@ def evaluate(
     options = options or EvalOptions()
     choose("suite", suite, suite_names())
     model, tokenizer, model_dir = load_checkpoint(checkpoint, options.device)
+    default_out = "eval"
+    if options.act_steps is not None:
+        fix_act_steps(model, options.act_steps)
+        default_out = f"eval/act_steps_{options.act_steps}"
     run_dir = run_dir_of(model_dir)
-    out = Path(out_dir) if out_dir is not None else (run_dir or model_dir) / "eval"
+    out = Path(out_dir) if out_dir is not None else (run_dir or model_dir) / default_out
     ctx = EvalContext(model, tokenizer, options, out, run_dir, progress)
     doc = evaluate_model(ctx, suite, checkpoint=str(checkpoint), model_dir=str(model_dir))
     schema.write_results(out / schema.results_filename(suite), doc)

@@ -43,6 +43,9 @@ class EvalOptions:
     """ablation: horizons h of the sweep (default: 1, 4, 16, ... and the whole context)"""
     horizon_samples: int = 50
     """ablation: examples per horizon (a horizon ablation recomputes windows: slow for recurrent mixers)"""
+    act_steps: int | None = None
+    """act models: run exactly this many steps at every position instead of halting adaptively,
+    to compare with shared_loop at the same depth (default: adaptive; results go to eval/act_steps_K/)"""
     seed: int = 0
     batch_tokens: int = 16384
     """tokens per forward batch"""

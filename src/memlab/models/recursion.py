@@ -114,8 +114,8 @@ class AdaptiveComputationTime(LoopBody):
         rc = config.recursion
         if not 1 <= rc.act_min_steps <= rc.act_max_steps or not 0 < rc.act_threshold <= 1:
             raise MemlabError("act needs 1 <= act_min_steps <= act_max_steps and 0 < act_threshold <= 1")
-        if rc.act_fixed_steps is not None and rc.act_fixed_steps < 1:
-            raise MemlabError("act_fixed_steps must be >= 1")
+        if rc.act_fixed_steps is not None:
+            _check_fixed_steps(rc.act_fixed_steps)
         super().__init__(config)
         self.halt = nn.Linear(config.d_model, 1)
         self._ponder: torch.Tensor | None = None  # (B, T) N + R of the last forward
@@ -181,6 +181,21 @@ class AdaptiveComputationTime(LoopBody):
     def flops_per_token(self, seq_len: int) -> float:
         """Upper bound: every position runs all steps (measured steps are in :meth:`diagnostics`)."""
         return super().flops_per_token(seq_len) + self.n_steps * 6.0 * self.halt.weight.numel()
+
+
+def _check_fixed_steps(steps: int) -> None:
+    if steps < 1:
+        raise MemlabError(f"act_fixed_steps must be >= 1, not {steps}")
+
+
+def fix_act_steps(model: nn.Module, steps: int) -> None:
+    """Make a built ``act`` model run exactly ``steps`` steps at every position (before its
+    states are made); any other model is refused."""
+    if not isinstance(model.body, AdaptiveComputationTime):
+        raise MemlabError(f"a fixed number of ACT steps needs an act model, not {model.config.variant!r} "
+                          f"(recursion {model.config.recursion.kind!r})")
+    _check_fixed_steps(steps)
+    model.config.recursion.act_fixed_steps = steps
 
 
 class LatentThoughtStack(Stack):
