@@ -39,7 +39,8 @@ class GDNConfig:
     shifted_pairing: bool = False  # write k_{t-1} with v_t
     state_read: bool = True  # 'W' layers read the nearest preceding G/D layer's state
     local_drop_prob: float = 0.0  # 'W' layers: per-sequence drop of the window branch in training
-    local_scale: float = 1.0  # 'W' layers: window-branch scale at evaluation
+    local_scale: float | None = None  # 'W' layers: window-branch scale at evaluation (None: 1 - local_drop_prob,
+    # the branch's mean weight in training; the source paired a 0.7 drop with 0.3)
 
 
 @dataclass

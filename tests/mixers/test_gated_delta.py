@@ -149,6 +149,19 @@ def test_local_branch_scale_and_drop():
     torch.manual_seed(0)
     keep = torch.stack([reader._local_multiplier(torch.zeros(1000, 1, 1)) for _ in range(4)])
     assert set(keep.unique().tolist()) == {0.0, 1.0} and abs(keep.mean().item() - 0.3) < 0.03
+    assert reader.eval()._local_multiplier(None) == 0.0  # a scale that is set wins
+
+
+def test_evaluation_scales_the_window_by_its_training_mean_unless_told_otherwise():
+    m = model("GW", local_drop_prob=0.7)
+    assert m.config.gdn.local_scale is None
+    reader = m.body.blocks[1].mixer
+    x = torch.randint(0, 512, (2, 30))
+    with torch.no_grad():
+        full = m(x)
+        reader.v_proj.weight.mul_(0.3)  # the window branch, by 0.3 = 1 - 0.7 at evaluation: the same output
+        reader.options.local_drop_prob = 0.0
+        torch.testing.assert_close(m(x), full)
 
 
 def test_without_state_read_the_window_layer_is_sliding_window_attention():

@@ -9,7 +9,8 @@ the nearest preceding delta-rule layer (``G`` or ``D``), causally.
 * ``k_shared`` is the source's own key path (projection, short conv, SiLU, L2 norm) applied to
   this layer's input, so reads and writes share one key space (the source's "shared key projection").
 * ``m`` is a per-sequence keep mask, Bernoulli(1 - ``gdn.local_drop_prob``), in training and
-  ``gdn.local_scale`` in evaluation (the source's stochastic local drop).
+  ``gdn.local_scale`` in evaluation (the source's stochastic local drop); without a
+  ``local_scale``, evaluation uses the mask's training mean, 1 - ``local_drop_prob``.
 * ``zero`` ablation zeroes the read; ``horizon=h`` limits both the window and the read to the last
   h tokens, recomputed exactly per position (reads included), so it equals a truncated context.
 
@@ -114,9 +115,11 @@ class StateReadWindowAttention(SlidingWindowAttention):
         return local + retrieved
 
     def _local_multiplier(self, x: torch.Tensor) -> torch.Tensor | float:
-        """Training: keep each sequence's window branch with probability 1 - p; evaluation: local_scale."""
+        """Training: keep each sequence's window branch with probability 1 - p; evaluation:
+        local_scale, by default 1 - p."""
         if not self.training:
-            return self.options.local_scale
+            scale = self.options.local_scale
+            return 1.0 - self.options.local_drop_prob if scale is None else scale
         if self.options.local_drop_prob == 0:
             return 1.0
         keep = torch.rand(x.shape[0], 1, 1, device=x.device) >= self.options.local_drop_prob
