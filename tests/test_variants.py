@@ -98,7 +98,8 @@ def test_gradient_matches_finite_differences(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_bf16_autocast_trains_and_decodes_on_cpu(variant):
     """Mixed precision (``memlab train --precision bf16``, the default on a GPU with bf16) runs the same code
-    paths: a training step gives a finite loss and every gradient; decoding continues the prefill."""
+    paths: a training step gives a finite loss and every gradient; decoding continues the prefill, and the
+    state keeps its dtypes (its bytes stay those ``state_nbytes`` promises)."""
     model = build(variant).train()
     x = tokens(model, 2, T_LONG)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -113,6 +114,7 @@ def test_bf16_autocast_trains_and_decodes_on_cpu(variant):
         state = model.init_state(batch_size=2)
         steps = [model(x[:, :67], state)] + [model(x[:, t : t + 1], state) for t in range(67, T_LONG)]
     torch.testing.assert_close(torch.cat(steps, dim=1).float(), full, atol=0.1, rtol=0.02)
+    assert state.nbytes == model.state_nbytes(T_LONG, batch_size=2)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

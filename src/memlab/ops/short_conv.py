@@ -15,16 +15,18 @@ def causal_conv1d(
 
     x: (B, T, C); weight: (C, W), tap ``W - 1`` multiplies the current token;
     tail: (B, W - 1, C), the inputs just before ``x`` (None = zeros, a sequence start).
-    Returns y: (B, T, C) and the new tail (B, W - 1, C) for the next call.
+    Returns y: (B, T, C) and the new tail (B, W - 1, C) for the next call, in the given tail's
+    dtype (a decoding state keeps its dtype under autocast).
     """
     B, T, C = x.shape
     W = weight.shape[-1]
+    tail_dtype = x.dtype if tail is None else tail.dtype
     if T == 1 and tail is not None:  # a decoding step: the window's product with the taps, three small ops
         window = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, W, C)
-        return (window * weight.t()).sum(1, keepdim=True), window[:, 1:]
+        return (window * weight.t()).sum(1, keepdim=True), window[:, 1:].to(tail_dtype)
     tail = x.new_zeros(B, W - 1, C) if tail is None else tail.to(x.dtype)
     new_tail = torch.cat([tail, x[:, -(W - 1) :]], dim=1)[:, -(W - 1) :] if W > 1 else tail
-    return _ShiftedMultiplyAdd.apply(x, tail, weight), new_tail
+    return _ShiftedMultiplyAdd.apply(x, tail, weight), new_tail.to(tail_dtype)
 
 
 def _shifted_pairs(T: int, W: int) -> list[tuple[int, int, int]]:
