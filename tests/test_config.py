@@ -34,6 +34,13 @@ def test_width_depth_pair_and_dotted_overrides():
     assert (cfg.d_model, cfg.n_layers, cfg.attention.window, cfg.kv_heads) == (192, 3, 16, 1)
 
 
+def test_a_variant_builds_on_the_overridden_size_and_overrides_win_over_the_variant():
+    assert build_config("gdn_hybrid", "tiny", n_layers=12).pattern == build_config("gdn_hybrid", "d128l12").pattern
+    assert build_config("gdn_hybrid", "d128l12").pattern == "GGGGGW" * 2  # not tiny's GGGW tiled
+    assert build_config("gdn_hybrid", "tiny", layer_pattern="GGW").pattern == "GGWG"
+    assert build_config("cdm_v3", "tiny", n_layers=2).n_layers == 2  # the variant fixes 8 layers; asked for 2
+
+
 @pytest.mark.parametrize(
     "call, message",
     [

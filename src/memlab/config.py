@@ -244,8 +244,9 @@ def build_config(variant: str = "baseline", size: str = "tiny", **overrides: Any
     _load_variant_modules()
     choose("variant", variant, VARIANTS)
     cfg = ModelConfig(**size_fields(size), variant=variant, size=size)
+    apply_overrides(cfg, overrides)  # first, so that the variant builds on the overridden size (n_layers, ...)
     VARIANTS[variant](cfg)
-    apply_overrides(cfg, overrides)
+    apply_overrides(cfg, overrides)  # again, so that an override also wins over what the variant sets
     return cfg.validate()
 
 
