@@ -256,3 +256,7 @@ def test_cuda_dispatch_to_fla_matches_the_torch_path():
     o, s = gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, backend="torch")
     for fused, ours in ((o_fla, o), (s_fla, s)):  # relative RMS error, as fla's own tests (TF32 matmuls)
         assert (fused - ours).norm() / ours.norm() < 5e-3
+    exact = [t.double() for t in tensors]  # float64 stays on the pure path, exact (fla computes in float32)
+    o64, s64 = gated_delta_rule(*exact[:5], initial_state=exact[5], output_final_state=True)
+    o_ref, s_ref = naive_gated_delta_rule(*exact[:5], initial_state=exact[5], output_final_state=True)
+    torch.testing.assert_close((o64, s64), (o_ref, s_ref), atol=1e-10, rtol=1e-10)

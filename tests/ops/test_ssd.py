@@ -160,3 +160,6 @@ def test_mamba_ssm_kernel_matches_the_pure_path():
     y_ref, s_ref = ssd_chunked(**args, output_final_state=True, chunk_size=64)
     for fused, ours in ((y, y_ref), (s, s_ref)):  # relative RMS error: the Triton kernel may use TF32 matmuls
         assert (fused - ours).norm() / ours.norm() < 5e-3
+    exact = {k: v.double() for k, v in args.items()}  # float64 stays on the pure path, exact
+    y64, s64 = ssd_scan(**exact, output_final_state=True, chunk_size=64)
+    torch.testing.assert_close((y64, s64), ssd_naive(**exact, output_final_state=True), atol=1e-10, rtol=1e-10)

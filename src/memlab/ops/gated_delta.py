@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from memlab.ops.optional_kernels import optional_kernel
+from memlab.ops.optional_kernels import fused_kernel_takes, optional_kernel
 from memlab.ops.precision import at_least_float32, full_precision
 
 Backend = Literal["auto", "torch", "fla"]
@@ -259,10 +259,10 @@ def gated_delta_rule(
     q, k: (B, T, H, K); v: (B, T, H, V); g, beta: (B, T, H); initial_state: (B, H, K, V).
     Returns o: (B, T, H, V) and, if ``output_final_state``, the final state (B, H, K, V),
     kept in float32 (or float64) whatever the inputs' dtype.
-    ``backend="auto"`` uses fla's kernel for CUDA tensors when fla is installed, else the
-    pure-PyTorch chunked form; ``"torch"`` / ``"fla"`` force one.
+    ``backend="auto"`` uses fla's kernel for CUDA tensors (not float64) when fla is installed,
+    else the pure-PyTorch chunked form; ``"torch"`` / ``"fla"`` force one.
     """
-    use_fla = backend == "fla" or (backend == "auto" and q.is_cuda and fla_chunk_kernel() is not None)
+    use_fla = backend == "fla" or (backend == "auto" and fused_kernel_takes(q) and fla_chunk_kernel() is not None)
     if not use_fla:
         return chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size)
     fla_chunk = fla_chunk_kernel()

@@ -6,6 +6,8 @@ import functools
 import importlib
 from collections.abc import Callable
 
+import torch
+
 
 @functools.cache
 def optional_kernel(module: str, name: str) -> Callable | None:
@@ -14,3 +16,9 @@ def optional_kernel(module: str, name: str) -> Callable | None:
         return getattr(importlib.import_module(module), name)
     except Exception:  # ImportError, or the package's own import-time errors
         return None
+
+
+def fused_kernel_takes(t: torch.Tensor) -> bool:
+    """Whether the fused kernels may take ``t``: a CUDA tensor in a precision they compute in
+    (float32 / bf16 / fp16).  A float64 model runs the pure-PyTorch forms on the GPU too."""
+    return t.is_cuda and t.dtype != torch.float64

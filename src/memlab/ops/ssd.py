@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from memlab.ops.chunk_recurrence import chunk_recurrence
-from memlab.ops.optional_kernels import optional_kernel
+from memlab.ops.optional_kernels import fused_kernel_takes, optional_kernel
 from memlab.ops.precision import at_least_float32, full_precision
 
 
@@ -208,8 +208,8 @@ def ssd_scan(
     output_final_state: bool = False,
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The SSD scan: ``mamba_ssm``'s Triton kernel on CUDA when installed, else :func:`ssd_chunked`."""
-    kernel = mamba_chunk_kernel() if x.is_cuda else None
+    """The SSD scan: ``mamba_ssm``'s Triton kernel on CUDA (not float64) when installed, else :func:`ssd_chunked`."""
+    kernel = mamba_chunk_kernel() if fused_kernel_takes(x) else None
     if kernel is None:
         return ssd_chunked(x, dt, A, B, C, D, initial_state, output_final_state, chunk_size)
     y, final = kernel(x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state, return_final_states=True)
