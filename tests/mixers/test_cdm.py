@@ -73,6 +73,37 @@ def test_hard_routing_writes_one_slot_and_trains_the_router():
     assert mixer.router.weight.grad.abs().sum() > 0  # straight-through gradient of the soft routing
 
 
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_a_write_gate_of_one_keeps_the_scan_finite(version):
+    """float32 rounds sigmoid(17) to 1: a winner's gate is then exactly 1, and log(1 - gate) must not be -inf."""
+    torch.manual_seed(0)
+    config = build_config("cdm", "tiny", layer_pattern="C", cdm={"version": version, "hard_routing": True,
+                                                                  "chunk_size": 4})
+    mixer = CDM(config, 0)
+    with torch.no_grad():
+        (mixer.log_alpha if version == "v3" else mixer.eta[-1].bias).fill_(20.0)
+    x = torch.randn(2, 11, config.d_model)
+    y = mixer(x)
+    assert mixer.slot_activity().gates.amax() == 1.0
+    y.square().mean().backward()
+    assert torch.isfinite(y).all() and all(torch.isfinite(p.grad).all() for p in mixer.parameters() if p.grad is not None)
+    with torch.no_grad():
+        state = mixer.init_state(2)
+        steps = torch.cat([mixer(x[:, t : t + 1], state) for t in range(11)], dim=1)
+    torch.testing.assert_close(steps, y.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_log_retention_is_exact_near_a_full_write():
+    mixer = layer("C", version="v3", hard_routing=True).float()
+    with torch.no_grad():
+        mixer.log_alpha.copy_(torch.linspace(5, 15, mixer.n_slots))
+    x = inputs().float()
+    routing, gates, _, log_decay = mixer._route(x, torch.float32)
+    winner = gates.argmax(-1, keepdim=True)
+    expected = torch.nn.functional.logsigmoid(-mixer.log_alpha.double())[winner]  # log(1 - alpha), exactly
+    torch.testing.assert_close(log_decay.gather(-1, winner).double(), expected, atol=0, rtol=1e-6)
+
+
 def test_aux_losses_at_uniform_routing():
     mixer = layer("C", version="v3", hard_routing=True, load_balance=0.01, entropy_reg=0.02)
     with torch.no_grad():

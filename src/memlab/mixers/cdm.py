@@ -121,13 +121,15 @@ class CDM(Mixer):
     def mix(self, x: torch.Tensor, state: SlotState | None) -> torch.Tensor:
         B, T, D = x.shape  # x: (B, T, D)
         dtype = at_least_float32(x.dtype)  # the recurrence runs in float32 (or float64)
-        routing, gates, alphas = self._route(x, dtype)  # (B, T, K) each
+        routing, gates, alphas, log_decay = self._route(x, dtype)  # (B, T, K) each
         self._activity = SlotActivity(routing, gates, alphas)
         values = self.write_proj(x).to(dtype)  # (B, T, D)
         queries = None if self.query_proj is None else self.query_proj(x).view(B, T, self.n_heads, -1).to(dtype)
         initial = (self.initial_slots.expand(B, -1, -1) if state is None else state.slots).to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            read, final = self._read_slots(routing, gates, values, queries, initial, state is not None and T == 1)
+            read, final = self._read_slots(
+                routing, gates, log_decay, values, queries, initial, single_step=state is not None and T == 1
+            )
         if state is not None:
             state.slots = final.to(state.slots.dtype)
         if read is None:
@@ -138,6 +140,7 @@ class CDM(Mixer):
         self,
         routing: torch.Tensor,
         gates: torch.Tensor,
+        log_decay: torch.Tensor,
         values: torch.Tensor,
         queries: torch.Tensor | None,
         initial: torch.Tensor,
@@ -145,7 +148,6 @@ class CDM(Mixer):
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Run the recurrence; return the read-outs (B, T, reads * D), None when zeroed, and the final slots."""
         c = self.config.cdm
-        log_decay = torch.log1p(-gates)  # (B, T, K)
         if single_step:  # decode: one step of the recurrence
             states = slot_step(initial, log_decay[:, 0], gates[:, 0], values[:, 0])[:, None]  # (B, 1, K, D)
             final = states[:, 0]
@@ -163,19 +165,26 @@ class CDM(Mixer):
         reads = read_weighted(torch.stack(weights, dim=2))  # (B, T, R, H, Dh), the reads together
         return reads.flatten(2), final  # (B, T, R * D): each read's heads in turn
 
-    def _route(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Routing distribution, write gates and decays of each token: (B, T, K) each."""
+    def _route(
+        self, x: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Routing distribution, write gates, alphas and log(1 - gate) of each token: (B, T, K) each.
+
+        ``log(1 - gate)`` is computed as ``log((1 - route) + route * sigmoid(-z))`` with ``alpha =
+        sigmoid(z)``: exact where a gate nears 1, where ``log1p(-gate)`` would lose 1 - alpha to float32
+        rounding and reach -inf (NaN in the scan) at a gate of exactly 1.
+        """
         c = self.config.cdm
         routing = torch.softmax(self.router(x).to(dtype), dim=-1)
         route = routing
         if c.hard_routing:  # winner-take-all forward, gradient of the soft distribution
             winner = F.one_hot(routing.argmax(dim=-1), self.n_slots).to(routing.dtype)
             route = winner + (routing - routing.detach())  # exactly one_hot forward
-        if c.version == "v2":
-            alphas = torch.sigmoid(self.eta(x).to(dtype))
-        else:
-            alphas = torch.sigmoid(self.log_alpha.to(dtype)).expand_as(routing)
-        return routing, route * alphas, alphas
+        z = self.eta(x).to(dtype) if c.version == "v2" else self.log_alpha.to(dtype).expand_as(routing)
+        alphas = torch.sigmoid(z)
+        retained = (1 - route) + route * torch.sigmoid(-z)  # 1 - gate
+        log_decay = retained.clamp_min(torch.finfo(dtype).tiny).log()
+        return routing, route * alphas, alphas, log_decay
 
     # ------------------------------------------------------------- statistics
     def slot_activity(self) -> SlotActivity | None:
