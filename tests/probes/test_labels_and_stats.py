@@ -33,6 +33,16 @@ def test_python_depths_and_roles():
     assert label_at(CODE, "'é'") == (0, 1, "string")
 
 
+def test_comment_lines_take_the_depth_of_the_code_line_after_them():
+    """tokenize emits a block's INDENT / DEDENT only before its first code token, after comment lines."""
+    code = "def f():\n    # opens the body\n    x = (1,\n         # in brackets\n         2)  # trailing\n# after\ny = 1\n"
+    assert label_at(code, "# opens") == (1, 0, "comment")
+    assert label_at(code, "# in brackets") == (1, 1, "comment")
+    assert label_at(code, "# trailing") == (1, 0, "comment")
+    assert label_at(code, "# after") == (0, 0, "comment")
+    assert label_at(code, "y =") == (0, 0, "identifier")
+
+
 def test_prose_has_no_depth_and_word_roles():
     text = "The cat sat on 3 mats, didn't it?"
     labels = char_labels(text)

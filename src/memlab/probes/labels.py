@@ -71,7 +71,8 @@ def python_labels(text: str) -> CharLabels | None:
     space = np.array([c.isspace() for c in text], dtype=bool)
     role = np.where(space, ROLE_INDEX["space"], ROLE_INDEX["other"]).astype(np.int16)
     line_starts = np.concatenate([[0], np.flatnonzero(np.frombuffer(text.encode("utf-32-le"), np.uint32) == 10) + 1])
-    level = depth = done = 0
+    level = depth = done = indent_done = 0
+    line_has_code = False
     try:
         for tok in tokenize.generate_tokens(io.StringIO(text).readline):
             if tok.type == tokenize.INDENT:
@@ -83,14 +84,22 @@ def python_labels(text: str) -> CharLabels | None:
                 end = int(line_starts[tok.end[0] - 1]) + tok.end[1]
                 if tok.type == tokenize.OP and tok.string in ")]}":
                     depth -= 1
-                indent[done:end], bracket[done:end] = level, depth  # the gap before the token, and the token
+                bracket[done:end] = depth  # the gap before the token, and the token
                 role[start:end] = ROLE_INDEX[_code_role(tok)]
                 if tok.type == tokenize.OP and tok.string in "([{":
                     depth += 1
                 done = max(done, end)
+                # a comment or blank line is labelled with the next code line: tokenize emits the
+                # INDENT / DEDENT of a block only just before that line's first token
+                if line_has_code or tok.type not in (tokenize.COMMENT, tokenize.NL):
+                    indent[indent_done:end] = level
+                    indent_done = max(indent_done, end)
+                line_has_code = tok.type not in (tokenize.NEWLINE, tokenize.NL) and (
+                    line_has_code or tok.type != tokenize.COMMENT
+                )
     except (tokenize.TokenError, SyntaxError):
         return None
-    indent[done:], bracket[done:] = level, depth
+    indent[indent_done:], bracket[done:] = level, depth
     return CharLabels(indent, bracket, role)
 
 
