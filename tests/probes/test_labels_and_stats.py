@@ -67,6 +67,20 @@ def test_token_spans_join_back_and_share_split_characters():
     assert token_spans(bpe, CODE + "x", ids) is None  # ids that do not decode to the text
 
 
+def test_a_literal_replacement_character_in_the_text_is_a_character_of_its_own():
+    text = 'x = "\ufffd"\nif x:\n    y = "\u00e9"\n'
+    bpe = build_tokenizer("bpe", texts=[text * 20], vocab_size=300)
+    for tokenizer in (build_tokenizer("byte"), bpe):
+        ids = tokenizer.encode(text)
+        spans = token_spans(tokenizer, text, ids)
+        assert spans is not None, tokenizer
+        for i, (a, b) in enumerate(spans):  # a token that decodes whole spans exactly its own text
+            piece = tokenizer.decode([ids[i]])
+            if "\ufffd" not in piece or text[a:b] == piece:
+                assert text[a:b] == piece, (tokenizer, i, text[a:b], piece)
+        assert label_at(text, "y") == (1, 0, "identifier")
+
+
 def test_token_labels_come_from_the_first_non_space_character():
     byte = build_tokenizer("bpe", texts=[CODE * 20], vocab_size=300)
     ids = byte.encode(CODE)

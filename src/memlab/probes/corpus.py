@@ -99,14 +99,25 @@ def token_spans(tokenizer: Tokenizer, text: str, ids: list[int]) -> np.ndarray |
         j, piece = i + 1, cache.get(ids[i])
         if piece is None:
             piece = cache[ids[i]] = tokenizer.decode([ids[i]])
-        while "\ufffd" in piece and j < len(ids) and j - i < 8:  # a character split across ids
-            j += 1
+        while _ends_in_a_split_character(tokenizer, text, pos, piece, ids, i, j):
+            j += 1  # the next id completes the character: it joins this span
             piece = tokenizer.decode(ids[i:j])
         if not text.startswith(piece, pos):
             return None
         spans[i:j] = (pos, pos + len(piece))
         pos, i = pos + len(piece), j
     return spans if pos == len(text) else None
+
+
+def _ends_in_a_split_character(
+    tokenizer: Tokenizer, text: str, pos: int, piece: str, ids: list[int], i: int, j: int
+) -> bool:
+    """Whether ``piece`` (``ids[i:j]`` decoded, at ``pos`` of ``text``) ends in part of a character: it
+    holds U+FFFD and does not match the text, or the next id adds nothing to it (a literal U+FFFD of
+    the text matches and is followed).  At most 8 ids make one character."""
+    if "\ufffd" not in piece or j >= len(ids) or j - i >= 8:
+        return False
+    return not text.startswith(piece, pos) or len(tokenizer.decode(ids[i : j + 1])) <= len(piece)
 
 
 def _add_document(out: ProbeText, text: str, ids: np.ndarray, spans: np.ndarray, seq_len: int) -> None:
