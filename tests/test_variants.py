@@ -43,6 +43,24 @@ def test_causality(variant):
     assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_aux_losses_leave_out_padding(variant):
+    """Packed task batches end in padding; the losses over the real positions are those of the unpadded rows."""
+    model = build(variant)
+    x = tokens(model, 2, 40)
+    padded = torch.cat([x, torch.zeros(2, 24, dtype=x.dtype)], dim=1)  # causal: the padding changes no real position
+    valid = torch.arange(64) < 40
+    with torch.no_grad():
+        model(x)
+        plain = model.aux_losses()
+        model(padded)
+        masked, unmasked = model.aux_losses(valid.expand(2, -1)), model.aux_losses()
+    assert masked.keys() == plain.keys()
+    for name in plain:
+        torch.testing.assert_close(masked[name], plain[name], atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(unmasked[name], plain[name], atol=1e-6, rtol=1e-5)  # padding would have counted
+
+
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-10)])  # float64: no float32 inside
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_parallel_equals_prefill_then_decode(variant, dtype, tolerance):

@@ -10,7 +10,8 @@
   ``horizon=h`` limits every position to the last ``h`` tokens (itself included).
   Mixers without a native horizon form get the exact generic one: each position is
   recomputed from its own window of ``h`` tokens.
-* ``aux_loss()`` returns named auxiliary losses (already weighted) of the last forward;
+* ``aux_loss(valid)`` returns named auxiliary losses (already weighted) of the last forward,
+  averaged over the positions ``valid`` (B, T) marks as real tokens (None: all; padding is not);
   ``diagnostics()`` returns named float statistics of the last forward.
 """
 
@@ -86,7 +87,7 @@ class Mixer(nn.Module):
         """Training FLOPs per token beyond the 6 x parameters of the matmuls (e.g. attention scores)."""
         return 0.0
 
-    def aux_loss(self) -> dict[str, torch.Tensor]:
+    def aux_loss(self, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return {}
 
     def diagnostics(self) -> dict[str, float]:

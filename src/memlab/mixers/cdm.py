@@ -192,11 +192,12 @@ class CDM(Mixer):
         a = self._activity
         return None if a is None else SlotActivity(a.routing.detach(), a.gates.detach(), a.alphas.detach())
 
-    def aux_loss(self) -> dict[str, torch.Tensor]:
+    def aux_loss(self, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         c = self.config.cdm
         if self._activity is None:
             return {}
-        routing = self._activity.routing.flatten(0, 1)  # (N, K)
+        routing = self._activity.routing
+        routing = routing.flatten(0, 1) if valid is None else routing[valid]  # (N, K) over the real tokens
         mean = routing.mean(dim=0)  # P_k
         out = {}
         if c.entropy_reg:

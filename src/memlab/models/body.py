@@ -44,7 +44,7 @@ class Stack(nn.Module):
     def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
         return sum(b.mixer.state_nbytes(context_len, batch_size, dtype) for b in self.blocks)
 
-    def aux_loss(self) -> dict[str, torch.Tensor]:
+    def aux_loss(self, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return {}
 
     def diagnostics(self) -> dict[str, float]:

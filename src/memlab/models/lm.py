@@ -128,11 +128,13 @@ class LanguageModel(nn.Module):
         """Bytes of recurrent state per ``batch_size`` sequences after ``context_len`` tokens."""
         return self.body.state_nbytes(context_len, batch_size, dtype)
 
-    def aux_losses(self) -> dict[str, torch.Tensor]:
-        """Auxiliary losses of the last forward, summed over layers by name (already weighted)."""
+    def aux_losses(self, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Auxiliary losses of the last forward, summed over layers by name (already weighted);
+        ``valid`` (B, T) marks the positions whose input is a real token (None: all), so that
+        padding does not enter routing balance or ponder costs."""
         out: dict[str, torch.Tensor] = {}
         for source in [*self.mixers, self.body]:
-            for name, value in source.aux_loss().items():
+            for name, value in source.aux_loss(valid).items():
                 out[name] = out[name] + value if name in out else value
         return out
 

@@ -64,7 +64,7 @@ class LoopBody(nn.Module):
         """Training FLOPs per token when all ``n_steps`` steps run (an upper bound for ACT)."""
         return self.n_steps * sum(block_flops_per_token(b, seq_len) for b in self.blocks)
 
-    def aux_loss(self) -> dict[str, torch.Tensor]:
+    def aux_loss(self, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return {}
 
 
@@ -159,10 +159,11 @@ class AdaptiveComputationTime(LoopBody):
         self._steps, self._ponder = steps, steps + remainder
         return out
 
-    def aux_loss(self) -> dict[str, torch.Tensor]:
+    def aux_loss(self, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self._ponder is None:
             return {}
-        return {"ponder": self.config.recursion.lambda_ponder * self._ponder.mean()}
+        ponder = self._ponder if valid is None else self._ponder[valid]
+        return {"ponder": self.config.recursion.lambda_ponder * ponder.mean()}
 
     def diagnostics(self) -> dict[str, float]:
         """Mean steps per token, the fraction of tokens at each step count, mean ponder cost N + R."""

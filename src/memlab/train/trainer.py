@@ -354,7 +354,8 @@ class Trainer:
             with distributed.no_sync(self.model, sync=micro == cfg.grad_accum - 1):
                 with self.autocast:
                     ce = self.model(x, labels=y)  # summed over labelled positions, no (B, T, V) logits kept
-                    aux = {name: value / cfg.grad_accum for name, value in self.raw_model.aux_losses().items()}
+                    valid = None if kind == "lm" else x != self.tokenizer.pad_id  # packed tasks end in padding
+                    aux = {name: value / cfg.grad_accum for name, value in self.raw_model.aux_losses(valid).items()}
                 # gradients are averaged over processes: this scaling makes them those of the global mean
                 loss = ce * (d.world_size / n_labels) + sum(aux.values(), torch.zeros((), device=d.device))
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
