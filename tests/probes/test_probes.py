@@ -126,6 +126,30 @@ def test_model_without_slots_is_refused(tmp_path, corpora, capsys):
         run_probe(model_dir, "depth", tmp_path)
 
 
+def test_probes_select_the_held_out_documents_of_the_run(tmp_path, corpora):
+    """A run's split comes from its prepared data (else its config): another split would probe training text."""
+    import yaml
+
+    from memlab.data.text import prepare_shards
+
+    data = prepare_shards(corpora["prose"], "byte", tmp_path / "data", val_fraction=0.25, split_seed=3).directory
+    run = tmp_path / "run"
+    save_model(run / "checkpoints" / "step_10")
+    config = {"train": {"val_fraction": 0.3}, "data": {"data_dir": str(data)}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+    def split(checkpoint, **given):
+        doc = json.loads(run_probe(checkpoint, "routing", tmp_path / "out", options(corpora, **given)).read_text())
+        return doc["metadata"]["options"]["val_fraction"], doc["metadata"]["options"]["split_seed"]
+
+    assert split(run) == split(run / "checkpoints" / "step_10") == (0.25, 3)  # the prepared data's
+    assert split(run, val_fraction=0.5) == (0.5, 3)  # what is given wins
+    config["data"]["data_dir"] = str(tmp_path / "gone")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert split(run) == (0.3, 0)  # the run's config
+    assert split(save_model(tmp_path / "alone")) == (0.01, 0)  # outside a run
+
+
 def test_checkpoint_step_reads_trainer_state_best_json_or_the_name(tmp_path):
     from memlab.probes.runner import checkpoint_step
 

@@ -23,9 +23,11 @@ class ProbeOptions:
     batch_size: int = 8
     documents: Literal["val", "all"] = "val"
     """val: only documents of the validation split (held out from training); all: every document"""
-    val_fraction: float = 0.01
-    """the validation fraction the run was trained with (selects the held-out documents)"""
-    split_seed: int = 0
+    val_fraction: float | None = None
+    """the validation fraction that selects the held-out documents (default: the run's, from its
+    prepared data or its config; 0.01 for a model outside a run)"""
+    split_seed: int | None = None
+    """the split seed of that selection (default: the run's, else 0)"""
     max_depth: int = 4
     """nesting depths >= this are pooled into one class"""
     permutations: int = 200

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from memlab.data.shards import HEADER_FILE, read_header
 from memlab.errors import choose
 from memlab.eval import schema
 from memlab.eval.hub import load_checkpoint, run_dir_of
@@ -23,6 +24,7 @@ from memlab.models.paths import BEST_FILE
 from memlab.probes.activity import LayerActivity, record_activity, slot_layers
 from memlab.probes.corpus import ProbeText, read_probe_text
 from memlab.probes.options import PROBES, ProbeOptions
+from memlab.train.config import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,8 @@ def run_probe(
     checkpoint: str | Path, probe: str, out_dir: str | Path | None = None, options: ProbeOptions | None = None
 ) -> Path:
     """Run ``probe`` on ``checkpoint`` (a run, checkpoint or model directory); returns the JSON written."""
-    options = options or ProbeOptions()
     choose("probe", probe, PROBES)
+    options = with_held_out_split(options or ProbeOptions(), Path(checkpoint))
     torch.manual_seed(options.seed)
     if probe == "trajectory":
         from memlab.probes.trajectory import trajectory_probe
@@ -83,6 +85,28 @@ def run_probe(
     ctx = ProbeContext(model, tokenizer, options, checkpoint_step(model_dir), default_out_dir(model_dir, out_dir))
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     return write_document(ctx, probe, probe_functions()[probe](ctx), str(checkpoint), model_dir)
+
+
+def with_held_out_split(options: ProbeOptions, checkpoint: Path) -> ProbeOptions:
+    """``options`` with the validation split filled in where it is not given: that of the run
+    holding ``checkpoint`` (its prepared data's, else its config's fraction), else 0.01 and seed 0.
+    Probing with another split than training's would read training documents as held out."""
+    if options.val_fraction is not None and options.split_seed is not None:
+        return options
+    fraction, seed = 0.01, 0
+    run = run_dir_of(checkpoint)  # a run directory itself, or a checkpoint or best_model/ in one
+    if run is not None:
+        config = read_yaml(run / "config.yaml")
+        fraction = (config.get("train") or {}).get("val_fraction", fraction)
+        data_dir = (config.get("data") or {}).get("data_dir")
+        if data_dir and (Path(data_dir) / HEADER_FILE).is_file():
+            request = read_header(data_dir)["request"]
+            fraction, seed = request["val_fraction"], request["split_seed"]
+    return replace(
+        options,
+        val_fraction=fraction if options.val_fraction is None else options.val_fraction,
+        split_seed=seed if options.split_seed is None else options.split_seed,
+    )
 
 
 def default_out_dir(model_dir: Path, out_dir: str | Path | None) -> Path:
