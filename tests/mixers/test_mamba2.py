@@ -10,6 +10,7 @@ from memlab.errors import MemlabError
 from memlab.mixers import Ablation
 from memlab.mixers.mamba2 import Mamba2
 from memlab.mixers.memory_tokens import MemoryTokenReader
+from memlab.ops.gated_rms_norm import gated_rms_norm_reference
 
 
 def mamba(**overrides) -> Mamba2:
@@ -38,6 +39,20 @@ def test_groups_and_other_chunk_sizes_agree():
     x = torch.randn(1, 50, a.config.d_model)
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_norm_has_a_weight_per_channel_and_normalises_each_group_alone():
+    """As mamba_ssm's RMSNormGated(d_inner, group_size=d_inner // n_groups): weights interchange."""
+    m = mamba(**{"ssm.n_groups": 2})
+    assert m.norm.weight.shape == (m.d_inner,)
+    torch.nn.init.normal_(m.norm.weight)
+    x, z = torch.randn(2, 5, m.d_inner, dtype=torch.float64), torch.randn(2, 5, m.d_inner, dtype=torch.float64)
+    w = m.norm.weight.detach().double()
+    half = m.d_inner // 2
+    expected = torch.cat([gated_rms_norm_reference(x[..., p], z[..., p], w[p], m.norm.eps, gate_first=True)
+                          for p in (slice(0, half), slice(half, None))], dim=-1)  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(m.norm.double()(x, z), expected)
 
 
 def test_special_parameters_are_initialised_and_excluded_from_weight_decay():

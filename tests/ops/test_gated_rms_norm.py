@@ -19,13 +19,14 @@ def written_out(x, z, w, gate_first):
     return out if gate_first else out * F.silu(z)
 
 
+@pytest.mark.parametrize("weight_shape", [(37,), (3, 37)], ids=["shared", "per-group"])
 @pytest.mark.parametrize("gate_first", [True, False])
-def test_values_and_gradients_match_the_reference(gate_first):
+def test_values_and_gradients_match_the_reference(gate_first, weight_shape):
     torch.manual_seed(0)
     x = torch.randn(2, 9, 3, 37, dtype=torch.float64)
     z = torch.randn(2, 9, 3, 80, dtype=torch.float64)[..., 5:42]  # strided, as a slice of a projection
     x[0, 0, 0] = 0.0  # an all-zero row: the norm is eps alone
-    w = torch.randn(37, dtype=torch.float64)
+    w = torch.randn(weight_shape, dtype=torch.float64)
     d_out = torch.randn_like(x)
     fused_inputs = [t.clone().requires_grad_() for t in (x, z, w)]
     reference_inputs = [t.clone().requires_grad_() for t in (x, z, w)]

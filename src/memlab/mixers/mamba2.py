@@ -9,7 +9,7 @@
 The ``zero`` ablation removes the state read-out ``C . S`` (the memory); the D skip and the
 local convolution stay.  A horizon ablation uses the exact generic windowed form.  Parameter
 names and shapes follow ``mamba_ssm``'s ``Mamba2`` layer (in_proj, conv1d, dt_bias, A_log, D,
-norm, out_proj; for ``n_groups = 1`` the norm weight too).
+norm, out_proj), the norm's weight too: one per channel, normalised per group.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class Mamba2(Mixer):
         self.dt_bias = nn.Parameter(torch.empty(self.n_heads))
         self.A_log = nn.Parameter(torch.empty(self.n_heads))
         self.D = nn.Parameter(torch.empty(self.n_heads))
-        self.norm = GatedRMSNorm(self.d_inner // c.n_groups, config.norm_eps, gate_first=True)
+        self.norm = GatedRMSNorm(self.d_inner, config.norm_eps, gate_first=True, groups=c.n_groups)
         self.out_proj = nn.Linear(self.d_inner, config.d_model, bias=False)
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True
@@ -104,8 +104,8 @@ class Mamba2(Mixer):
             if state is not None:
                 state.ssm = final
         self._record(dt)
-        y = self.norm(y.reshape(Bsz, T, G, -1), z.view(Bsz, T, G, -1))  # gate, then normalise per group
-        return self.out_proj(y.reshape(Bsz, T, self.d_inner))
+        y = self.norm(y.reshape(Bsz, T, self.d_inner), z)  # gate, then normalise per group
+        return self.out_proj(y)
 
     def _conv(self, xBC: torch.Tensor, state: Mamba2State | None) -> torch.Tensor:
         """Causal depthwise convolution over time, ``(B, T, C) -> (B, T, C)``; with a state, it

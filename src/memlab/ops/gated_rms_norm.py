@@ -25,15 +25,17 @@ def gated_rms_norm_reference(
     x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float, gate_first: bool
 ) -> torch.Tensor:
     """The composition of plain ops (autograd through it): the reference."""
+    width = (x.shape[-1],)
     if gate_first:
-        return F.rms_norm(x * F.silu(z), weight.shape, weight, eps)
-    return F.rms_norm(x, weight.shape, weight, eps) * F.silu(z)
+        return F.rms_norm(x * F.silu(z), width, eps=eps) * weight
+    return F.rms_norm(x, width, eps=eps) * weight * F.silu(z)
 
 
 def gated_rms_norm(
     x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float, gate_first: bool
 ) -> torch.Tensor:
-    """``x, z: (..., n)``, ``weight: (n,)`` -> (..., n); equals :func:`gated_rms_norm_reference`.
+    """``x, z: (..., n)``, ``weight: (n,)`` or one row per group, e.g. ``(G, n)`` for ``x: (..., G, n)``
+    -> (..., n); equals :func:`gated_rms_norm_reference`.
 
     Inputs below float32 are normalised in float32 and the output cast back to ``x``'s dtype.
     """
@@ -66,13 +68,12 @@ class _GatedRMSNorm(torch.autograd.Function):
     def backward(ctx, d_out: torch.Tensor):
         x, z, weight, gate, normed, r = ctx.saved_tensors
         width = normed.shape[-1]
-        rows = tuple(range(normed.dim() - 1))
         if ctx.gate_first:  # out = normed * w
-            d_weight = (d_out * normed).sum(rows)
+            d_weight = (d_out * normed).sum_to_size(weight.shape)
             d_normed = d_out * weight
         else:  # out = normed * w * gate
             d_out_gated = d_out * gate
-            d_weight = (d_out_gated * normed).sum(rows)
+            d_weight = (d_out_gated * normed).sum_to_size(weight.shape)
             d_normed = d_out_gated.mul_(weight)
         along = (d_normed * normed).sum(-1, keepdim=True).div_(-width)  # the RMS's share, removed below
         d_h = torch.addcmul(d_normed, normed, along).mul_(r)
