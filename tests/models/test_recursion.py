@@ -223,6 +223,19 @@ def test_thoughts_state_refines_at_the_same_segment_boundaries():
     assert state.filled == 37 % 8 and state.nbytes == m.state_nbytes(37, batch_size=2)
 
 
+def test_thoughts_are_refined_only_where_something_reads_or_keeps_them():
+    m = thoughts_mixer(8)
+    calls = []
+    m.core.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(1, 24, m.config.d_model)
+    with torch.no_grad():
+        m(x)  # segments 0 and 1 feed the readers of 1 and 2; segment 2's refinement has no reader
+        assert len(calls) == 2 * m.n_iters
+        calls.clear()
+        m(x, m.init_state(1))  # a state keeps the thoughts after the last segment for what comes next
+        assert len(calls) == 3 * m.n_iters
+
+
 def test_latent_model_decodes_across_segment_boundaries():
     model = build("latent")
     L = model.config.recursion.segment_len

@@ -101,8 +101,8 @@ class LatentThoughts(Mixer):
             readable.append(z)
             buffer = torch.cat([buffer, x[:, start : start + n]], dim=1)
             filled, start = filled + n, start + n
-            if filled == L:  # the segment is complete: its thoughts exist for the next one
-                z, buffer, filled = self.refine(z, buffer), x[:, :0], 0
+            if filled == L and (start < T or state is not None):  # complete: its thoughts exist for the next
+                z, buffer, filled = self.refine(z, buffer), x[:, :0], 0  # (unless nothing reads or keeps them)
         if state is not None:
             state.thoughts = z
             state.segment[:, :filled] = buffer
