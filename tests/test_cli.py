@@ -48,6 +48,8 @@ def test_info_all_is_a_markdown_table(capsys):
         (["info", "--context-len", "x"], "--context-len"),
         (["info", "--vocab-size", "0"], "vocab_size, d_model, n_layers and max_seq_len must be positive"),
         (["frobnicate"], "unknown command 'frobnicate'"),
+        (["probe"], "Missing from memlab probe: --checkpoint"),
+        (["train", "--variant", "gdn", "--bogus"], "Unrecognized options: --bogus"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(args, fragment):

@@ -351,12 +351,19 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], None]]] = {
 
 
 def _one_line(tyro_message: str) -> str:
-    """The first content line of tyro's boxed error message."""
+    """The first content line of tyro's boxed error message, with the flags it lists when it is a
+    heading ("Missing from memlab probe: --checkpoint")."""
+    lines = []
     for line in tyro_message.splitlines():
         text = line.strip().strip("│").strip()
+        if text.startswith("For full helptext"):
+            break
         if text and not text.startswith(("╭", "╰", "─")):
-            return text
-    return "invalid arguments"
+            lines.append(text)
+    if not lines:
+        return "invalid arguments"
+    flags = [text.split()[0] for text in lines[1:] if text.startswith("--")]
+    return f"{lines[0]} {', '.join(flags)}" if lines[0].endswith(":") and flags else lines[0]
 
 
 def main(argv: list[str] | None = None) -> None:

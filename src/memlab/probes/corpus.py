@@ -61,6 +61,8 @@ def read_probe_text(
     """
     if documents not in ("val", "all"):
         raise MemlabError(f"unknown document selection {documents!r}; valid choices: all, val")
+    if max_tokens < 1:
+        raise MemlabError(f"max_tokens must be positive, got {max_tokens}")
     out = ProbeText()
     for text in _documents(spec, documents, val_fraction, split_seed):
         ids = tokenizer.encode(text)
