@@ -125,7 +125,7 @@ def test_model_without_slots_is_refused(tmp_path, corpora, capsys):
     with pytest.raises(MemlabError, match="valid choices: alphas, domains, gates, routing, trajectory"):
         run_probe(model_dir, "depth", tmp_path)
     with pytest.raises(MemlabError, match="max_tokens must be positive, got 0"):
-        run_probe(save_model(tmp_path / "slots"), "routing", tmp_path, options(corpora, max_tokens=0))
+        run_probe(save_model(tmp_path / "slots"), "routing", tmp_path, ProbeOptions(corpus=corpora["code"], max_tokens=0))
 
 
 def test_probes_select_the_held_out_documents_of_the_run(tmp_path, corpora):
