@@ -198,6 +198,7 @@ def test_low_precision_models_run_the_recurrence_in_float32():
         model.to(torch.bfloat16)
         state = model.init_state(2, dtype=torch.bfloat16)
         decoded = torch.cat([model(x[:, :12], state), *(model(x[:, t : t + 1], state) for t in range(12, 20))], 1)
-    assert state.layers[0].slots.slots.dtype == torch.bfloat16
+    assert state.layers[0].slots.slots.dtype == torch.float32  # the slots accumulate in float32
+    assert state.nbytes == model.state_nbytes(20, batch_size=2, dtype=torch.bfloat16)
     for out in (mixed, decoded):
         assert (out.float() - reference).abs().max() < 0.1 * reference.abs().max()

@@ -93,7 +93,9 @@ def test_low_precision_runs_the_scan_in_float32():
         m.to(torch.bfloat16)
         state = m.init_state(1)
         half = torch.cat([m(x[:, :39].bfloat16(), state), m(x[:, 39:].bfloat16(), state)], dim=1)
-    assert mixed.dtype == half.dtype == torch.bfloat16 and state.ssm.dtype == torch.bfloat16
+    assert mixed.dtype == half.dtype == torch.bfloat16  # the state accumulates in float32, its inputs stay bf16
+    assert (state.ssm.dtype, state.conv.dtype) == (torch.float32, torch.bfloat16)
+    assert state.nbytes == m.state_nbytes(40, dtype=torch.bfloat16)
     torch.testing.assert_close(mixed.float(), reference, atol=0.05, rtol=0.05)
     torch.testing.assert_close(half.float(), reference, atol=0.05, rtol=0.05)
 

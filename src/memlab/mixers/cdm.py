@@ -237,11 +237,14 @@ class CDM(Mixer):
 
     # -------------------------------------------------------------------- state
     def init_state(self, batch_size: int, device=None, dtype=None) -> SlotState:
-        slots = self.initial_slots.detach().to(device=device, dtype=dtype or self.initial_slots.dtype)
+        """The slots are kept in float32 at least (a bf16 model's too): they accumulate over the whole context."""
+        dtype = at_least_float32(dtype or self.initial_slots.dtype)
+        slots = self.initial_slots.detach().to(device=device, dtype=dtype)
         return SlotState(slots.expand(batch_size, -1, -1).clone())
 
     def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
-        return batch_size * self.n_slots * self.config.d_model * torch.empty((), dtype=dtype).element_size()
+        elem = torch.empty((), dtype=at_least_float32(dtype)).element_size()
+        return batch_size * self.n_slots * self.config.d_model * elem
 
 
 @register_mixer

@@ -121,15 +121,21 @@ class Mamba2(Mixer):
 
     # -------------------------------------------------------------------- state
     def init_state(self, batch_size: int, device=None, dtype=None) -> Mamba2State:
+        """The SSM state is kept in float32 at least (a bf16 model's too): it accumulates over the
+        whole context; the conv tail holds inputs, in the model's dtype."""
         dtype = dtype or self.in_proj.weight.dtype
         conv = torch.zeros(batch_size, self.conv1d.kernel_size[0] - 1, self.conv_dim, device=device, dtype=dtype)
-        ssm = torch.zeros(batch_size, self.n_heads, self.head_dim, self.d_state, device=device, dtype=dtype)
+        ssm = torch.zeros(batch_size, self.n_heads, self.head_dim, self.d_state, device=device,
+                          dtype=at_least_float32(dtype))  # fmt: skip
         return Mamba2State(conv, ssm)
 
     def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
-        elem = torch.empty((), dtype=dtype).element_size()
-        per_seq = self.conv_dim * (self.conv1d.kernel_size[0] - 1) + self.n_heads * self.head_dim * self.d_state
-        return batch_size * per_seq * elem
+        def elem(t: torch.dtype) -> int:
+            return torch.empty((), dtype=t).element_size()
+
+        conv = self.conv_dim * (self.conv1d.kernel_size[0] - 1) * elem(dtype)
+        ssm = self.n_heads * self.head_dim * self.d_state * elem(at_least_float32(dtype))
+        return batch_size * (conv + ssm)
 
     def extra_flops_per_token(self, seq_len: int) -> float:
         """The SSD scan beyond the projections (2 FLOPs per multiply-add, x3 for forward + backward):
