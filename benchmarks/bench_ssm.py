@@ -6,7 +6,7 @@ and ``ssm`` decode speed against the context length.  Prints JSON.
 * ``train``: tokens/s of full training steps (forward, backward, AdamW) of ``ssm`` and
   ``baseline``, measured alternately in the same run (target: ssm >= baseline at nano, T=2048);
   both are built for ``--seq-len``, so the ratio can be followed over lengths
-  (``--parts train --seq-len 4096``).
+  (``--parts train --seq-len 4096``) and batch sizes (``--train-batch 4``).
 * ``decode``: single-token decode tokens/s after a prefill of each context length, for ``ssm``
   (target: flat within 20% from 256 to 8k) and ``baseline`` for reference; the contexts are
   timed in turn, ``decode_rounds`` times, and the median is reported.
@@ -37,6 +37,8 @@ class Args:
     parts: list[str] = field(default_factory=lambda: ["ssd", "train", "decode"])
     size: str = "nano"
     seq_len: int = 2048
+    train_batch: int = 1
+    """sequences per training step"""
     train_steps: int = 5
     """measured steps per variant (after one warm-up step each)"""
     contexts: list[int] = field(default_factory=lambda: [256, 1024, 2048, 4096, 8192])
@@ -89,13 +91,16 @@ def bench_train(args: Args) -> dict:
     for v in ("baseline", "ssm"):
         torch.manual_seed(0)
         models[v] = memlab.build_model(v, args.size, max_seq_len=args.seq_len).train()
-    seconds = interleaved_seconds({v: train_step(m, 1, args.seq_len) for v, m in models.items()}, args.train_steps)
+    steps = {v: train_step(m, args.train_batch, args.seq_len) for v, m in models.items()}
+    seconds = interleaved_seconds(steps, args.train_steps)
+    tokens = args.train_batch * args.seq_len
     out = {
-        v: {"params": models[v].num_params(), "step_s": seconds[v], "tokens_per_s": args.seq_len / seconds[v]}
+        v: {"params": models[v].num_params(), "step_s": seconds[v], "tokens_per_s": tokens / seconds[v]}
         for v in models
     }
     out["ssm_over_baseline"] = seconds["baseline"] / seconds["ssm"]
     out["seq_len"] = args.seq_len
+    out["batch"] = args.train_batch
     return out
 
 
