@@ -243,8 +243,7 @@ class CDM(Mixer):
         return SlotState(slots.expand(batch_size, -1, -1).clone())
 
     def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
-        elem = torch.empty((), dtype=at_least_float32(dtype)).element_size()
-        return batch_size * self.n_slots * self.config.d_model * elem
+        return batch_size * self.n_slots * self.config.d_model * at_least_float32(dtype).itemsize
 
 
 @register_mixer

@@ -130,11 +130,8 @@ class Mamba2(Mixer):
         return Mamba2State(conv, ssm)
 
     def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
-        def elem(t: torch.dtype) -> int:
-            return torch.empty((), dtype=t).element_size()
-
-        conv = self.conv_dim * (self.conv1d.kernel_size[0] - 1) * elem(dtype)
-        ssm = self.n_heads * self.head_dim * self.d_state * elem(at_least_float32(dtype))
+        conv = self.conv_dim * (self.conv1d.kernel_size[0] - 1) * dtype.itemsize
+        ssm = self.n_heads * self.head_dim * self.d_state * at_least_float32(dtype).itemsize
         return batch_size * (conv + ssm)
 
     def extra_flops_per_token(self, seq_len: int) -> float:
