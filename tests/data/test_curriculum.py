@@ -50,9 +50,11 @@ def test_split_curriculum_then_language(byte_tok, byte_shards):
         assert x.shape == y.shape == (2, 32) and x.dtype == y.dtype == torch.int64
         kinds.append(c.last_kind)
         if c.last_kind == "lm":
-            assert (y[:, :-1] == x[:, 1:]).all() and (y != IGNORE_INDEX).all()
+            assert (y[:, :-1] == x[:, 1:]).all() and (y != IGNORE_INDEX).all() and c.last_lengths is None
         else:
             assert (y == IGNORE_INDEX).any() and byte_tok.decode(x[0].tolist()).startswith("<|bos|>")
+            padding = torch.arange(32) >= c.last_lengths[:, None]  # the packed rows' tails, and only them
+            assert (x[padding] == byte_tok.pad_id).all() and (y[padding] == IGNORE_INDEX).all()
     assert kinds == ["alg"] * 3 + ["lm"] * 5 and c.tokens_seen == 8 * 64
 
 

@@ -107,8 +107,13 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5) and x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
 
 
-def test_auxiliary_losses_are_logged_separately_and_added(tmp_path):
+def test_auxiliary_losses_are_logged_separately_and_added(tmp_path, monkeypatch):
+    masks = []
+    aux_losses = LanguageModel.aux_losses
+    monkeypatch.setattr(LanguageModel, "aux_losses", lambda self, valid=None: masks.append(valid) or aux_losses(self, valid))
     run_dir = train(tiny_config(tmp_path / "cdm", steps=2, variant="cdm", model={**tiny_config(tmp_path, 1).model}))
+    assert len(masks) == 2 and all(m.dtype == torch.bool and m.any() for m in masks)  # task rows: padding left out
+    assert any((~m).any() for m in masks)
     lines = records(run_dir)
     assert all(r["aux"] for r in lines)
     for r in lines:

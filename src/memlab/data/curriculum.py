@@ -154,6 +154,7 @@ class Curriculum:
         self.state = {s: TaskState(unlocked=not self._prereqs.get(s)) for s in self.task_specs}
         self.step = self.tokens_seen = self._since_unlock = 0
         self.last_kind = ""
+        self.last_lengths: torch.Tensor | None = None  # (B,) real input length of each row; None: no padding
         self._rng = random.Random(f"memlab-curriculum:{c.seed}:{rank}")
         self._eval_rng = random.Random(f"memlab-eval:{c.seed}:{rank}")
         self._lm_rng = np.random.default_rng([c.seed, rank])
@@ -270,15 +271,17 @@ class Curriculum:
         return "alg" if u < c.replay_fraction else "retrieval" if u < c.replay_fraction + c.retrieval_ratio else "lm"
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """input_ids (B, T) and shifted labels (B, T) with -100 where there is no loss."""
+        """input_ids (B, T) and shifted labels (B, T) with -100 where there is no loss; ``last_kind`` and
+        ``last_lengths`` (the real input length of each packed row, None for language windows) describe it."""
         c = self.config
         kind = self._kind()
         if kind == "lm":
             windows = self.lm.random_windows(c.batch_size, c.seq_len, self._lm_rng)  # (B, T + 1)
             input_ids, labels = windows[:, :-1], windows[:, 1:]
+            self.last_lengths = None
         else:
             batch = pack_examples(self._examples(kind), c.seq_len, self.tokenizer.pad_id, n_rows=c.batch_size)
-            input_ids, labels = batch.input_ids, batch.labels
+            input_ids, labels, self.last_lengths = batch
         self.step += 1
         self.tokens_seen += c.batch_size * c.seq_len
         self.last_kind = kind

@@ -342,19 +342,20 @@ class Trainer:
     def _train_step(self) -> None:
         cfg, d = self.cfg, self.d
         input_ids, labels = self.data.curriculum.next_batch()  # (R, T) the global batch
-        kind = self.data.curriculum.last_kind
+        kind, lengths = self.data.curriculum.last_kind, self.data.curriculum.last_lengths  # lengths: (R,) or None
         n_labels = max(1, int((labels != IGNORE_INDEX).sum()))  # labelled positions of the global batch
         rows = slice(d.rank * cfg.batch_size * cfg.grad_accum, (d.rank + 1) * cfg.batch_size * cfg.grad_accum)
         input_ids, labels = input_ids[rows], labels[rows]  # (A * B, T) this process's rows
+        real = None if lengths is None else torch.arange(input_ids.shape[1]) < lengths[rows, None]  # not padding
         ce_sum = torch.zeros((), device=d.device)
         aux_sums: dict[str, torch.Tensor] = {}
         for micro in range(cfg.grad_accum):
-            x = input_ids[micro * cfg.batch_size : (micro + 1) * cfg.batch_size].to(d.device, non_blocking=True)
-            y = labels[micro * cfg.batch_size : (micro + 1) * cfg.batch_size].to(d.device, non_blocking=True)
+            part = slice(micro * cfg.batch_size, (micro + 1) * cfg.batch_size)
+            x, y = (t[part].to(d.device, non_blocking=True) for t in (input_ids, labels))
+            valid = None if real is None else real[part].to(d.device, non_blocking=True)
             with distributed.no_sync(self.model, sync=micro == cfg.grad_accum - 1):
                 with self.autocast:
                     ce = self.model(x, labels=y)  # summed over labelled positions, no (B, T, V) logits kept
-                    valid = None if kind == "lm" else x != self.tokenizer.pad_id  # packed tasks end in padding
                     aux = {name: value / cfg.grad_accum for name, value in self.raw_model.aux_losses(valid).items()}
                 # gradients are averaged over processes: this scaling makes them those of the global mean
                 loss = ce * (d.world_size / n_labels) + sum(aux.values(), torch.zeros((), device=d.device))
