@@ -143,6 +143,17 @@ def test_mqar_structure():
         assert all(ex.ids[i] == table[ex.ids[i - 1]] for i in scored)
 
 
+def test_mqar_draws_no_special_token(byte_tok):
+    task = get_task("mqar", tokenizer=byte_tok, seq_len=128)  # byte ids 256..260 are pad, bos, eos, sep, query
+    assert task.reserved_ids == frozenset(byte_tok.specials.values())
+    rng = random.Random(0)
+    ids = {t for _ in range(200) for t in task(rng, 8).ids}
+    assert ids.isdisjoint(task.reserved_ids) and max(ids) < 256
+    quiet = MQAR(vocab_size=64, seq_len=64, random_non_queries=False, reserved_ids=frozenset({0, 1}))
+    ex = quiet(rng, 4)
+    assert ex.ids.count(2) == 64 + 1 - 4 * 2 - 4 * 2  # the filler is the first free id, and no key or value
+
+
 def test_mqar_gaps_follow_a_power_law():
     rng = random.Random(6)
     task = MQAR(vocab_size=512, seq_len=512)

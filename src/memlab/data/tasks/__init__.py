@@ -107,6 +107,8 @@ def get_task(spec: str, tokenizer=None, seq_len: int | None = None, **params: An
         params.setdefault("count_tokens", lambda text: len(tokenizer.encode(text)))
     if tokenizer is not None and "vocab_size" in fields:
         params.setdefault("vocab_size", tokenizer.vocab_size)
+    if tokenizer is not None and "reserved_ids" in fields:
+        params.setdefault("reserved_ids", frozenset(tokenizer.specials.values()))
     if seq_len is not None and "seq_len" in fields:
         params.setdefault("seq_len", seq_len)
     try:

@@ -17,7 +17,8 @@ Each is a small frozen dataclass of parameters whose instances are tasks
 - :class:`MQAR` (``mqar``, as in Zoology): ``difficulty`` key-value pairs of token ids, then
   queries of the keys at power-law distributed gaps, each followed by its value, in sequences of
   ``seq_len`` tokens.  Token-level: it returns a :class:`TokenizedExample` whose ids lie in
-  ``[0, vocab_size)``; every value after a query is scored.
+  ``[0, vocab_size)`` outside ``reserved_ids`` (a tokenizer's special tokens); every value after a
+  query is scored.
 """
 
 from __future__ import annotations
@@ -205,28 +206,37 @@ class MQAR:
     vocab_size: int = 8192
     seq_len: int = 256
     power_a: float = 0.01  # gap distribution p(g) ~ g^(a - 1): most queries come soon after the context
-    random_non_queries: bool = True  # fill the gaps with random tokens (else 0)
+    random_non_queries: bool = True  # fill the gaps with random tokens (else the filler id)
+    reserved_ids: frozenset[int] = frozenset()  # ids never drawn: a tokenizer's special tokens
+
+    @functools.cached_property
+    def _ids(self) -> list[int]:
+        """The ids the task draws from; the first is the filler (Zoology's 0), used by no key or value."""
+        return [i for i in range(self.vocab_size) if i not in self.reserved_ids]
 
     def __call__(self, rng: random.Random, difficulty: int) -> TokenizedExample:
         n, T, V = difficulty, self.seq_len, self.vocab_size
         check_difficulty("mqar", n, 1)
         if T % 2 or 4 * n > T:
             raise MemlabError(f"MQAR needs an even seq_len >= 4 * pairs; got seq_len={T} for {n} pairs")
-        if V // 2 - 1 < n:
-            raise MemlabError(f"MQAR vocab_size={V} has too few keys for {n} pairs (needs vocab_size >= {2 * n + 2})")
-        keys = rng.sample(range(1, V // 2), n)
-        values = rng.sample(range(V // 2, V), n)
+        filler, *drawn = self._ids
+        key_ids, value_ids = [i for i in drawn if i < V // 2], [i for i in drawn if i >= V // 2]
+        if min(len(key_ids), len(value_ids)) < n:
+            raise MemlabError(f"MQAR vocab_size={V} has too few keys for {n} pairs (needs vocab_size >= {2 * n + 2}"
+                              f" besides {len(self.reserved_ids)} reserved ids)")  # fmt: skip
+        keys = rng.sample(key_ids, n)
+        values = rng.sample(value_ids, n)
         context = [t for kv in zip(keys, values) for t in kv]  # k1 v1 k2 v2 ...
         space = (T - 2 * n) // 2  # query slots: a key at 2g, its value at 2g + 1
         # n distinct gaps, weighted p(g) ~ g^(a-1) (Efraimidis-Spirakis weighted sampling without replacement)
         weights = [(g + 1) ** (self.power_a - 1) for g in range(space)]
         gaps = sorted(range(space), key=lambda g: rng.random() ** (1 / weights[g]), reverse=True)[:n]
-        tail = [0] * (T - 2 * n + 1)
+        tail = [filler] * (T - 2 * n + 1)
         mask = [False] * (T + 1)
         for key, value, g in zip(keys, values, gaps):
             tail[2 * g], tail[2 * g + 1] = key, value
             mask[2 * n + 2 * g + 1] = True
         if self.random_non_queries:
-            tail = [t or rng.randrange(1, V) for t in tail]
+            tail = [rng.choice(drawn) if t == filler else t for t in tail]
         meta = {"task": "mqar", "difficulty": n, "pairs": n}
         return TokenizedExample(context + tail, mask, meta)
