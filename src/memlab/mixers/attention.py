@@ -102,8 +102,7 @@ class Attention(Mixer):
         return KVCache(empty, empty.clone())
 
     def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
-        elem = torch.empty((), dtype=dtype).element_size()
-        return 2 * batch_size * self.n_kv_heads * context_len * self.head_dim * elem
+        return 2 * batch_size * self.n_kv_heads * context_len * self.head_dim * dtype.itemsize
 
     def _cache_update(self, state: KVCache, k: torch.Tensor, v: torch.Tensor):
         """Append new keys/values (B, Hkv, T, Dh); return all keys, values and their positions."""

@@ -256,8 +256,8 @@ class GatedDeltaNet(Mixer):
 
     def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
         H, K, V, W = self.dims.heads, self.dims.key, self.dims.value, self.options.conv_size
-        elem = torch.empty((), dtype=dtype).element_size()
-        memory = H * K * V * torch.empty((), dtype=at_least_float32(dtype)).element_size()
+        elem = dtype.itemsize
+        memory = H * K * V * at_least_float32(dtype).itemsize
         conv = (W - 1) * H * (2 * K + V) * elem
         last_key = H * K * elem if self.options.shifted_pairing else 0
         return batch_size * (memory + conv + last_key)

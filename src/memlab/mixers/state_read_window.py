@@ -153,8 +153,7 @@ class StateReadWindowAttention(SlidingWindowAttention):
         n = super().state_nbytes(context_len, batch_size, dtype)
         if self.reads_state:
             dims = delta_dims(self.config)
-            elem = torch.empty((), dtype=dtype).element_size()
-            n += batch_size * (self.options.conv_size - 1) * dims.heads * dims.key * elem
+            n += batch_size * (self.options.conv_size - 1) * dims.heads * dims.key * dtype.itemsize
         return n
 
     def extra_flops_per_token(self, seq_len: int) -> float:

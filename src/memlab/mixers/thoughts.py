@@ -128,8 +128,7 @@ class LatentThoughts(Mixer):
         return ThoughtState(thoughts, segment)
 
     def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
-        elem = torch.empty((), dtype=dtype).element_size()
-        return batch_size * (self.init_thoughts.shape[0] + self.segment_len) * self.config.d_model * elem
+        return batch_size * (self.init_thoughts.shape[0] + self.segment_len) * self.config.d_model * dtype.itemsize
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: the read (projections + attention over Z thoughts) and the
