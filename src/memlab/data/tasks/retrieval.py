@@ -210,17 +210,18 @@ class MQAR:
     reserved_ids: frozenset[int] = frozenset()  # ids never drawn: a tokenizer's special tokens
 
     @functools.cached_property
-    def _ids(self) -> list[int]:
-        """The ids the task draws from; the first is the filler (Zoology's 0), used by no key or value."""
-        return [i for i in range(self.vocab_size) if i not in self.reserved_ids]
+    def _ids(self) -> tuple[int, list[int], list[int], list[int]]:
+        """The filler (the first free id, Zoology's 0), then the ids of keys, of values and of random filler."""
+        filler, *drawn = (i for i in range(self.vocab_size) if i not in self.reserved_ids)
+        half = self.vocab_size // 2
+        return filler, [i for i in drawn if i < half], [i for i in drawn if i >= half], drawn
 
     def __call__(self, rng: random.Random, difficulty: int) -> TokenizedExample:
         n, T, V = difficulty, self.seq_len, self.vocab_size
         check_difficulty("mqar", n, 1)
         if T % 2 or 4 * n > T:
             raise MemlabError(f"MQAR needs an even seq_len >= 4 * pairs; got seq_len={T} for {n} pairs")
-        filler, *drawn = self._ids
-        key_ids, value_ids = [i for i in drawn if i < V // 2], [i for i in drawn if i >= V // 2]
+        filler, key_ids, value_ids, drawn = self._ids
         if min(len(key_ids), len(value_ids)) < n:
             raise MemlabError(f"MQAR vocab_size={V} has too few keys for {n} pairs (needs vocab_size >= {2 * n + 2}"
                               f" besides {len(self.reserved_ids)} reserved ids)")  # fmt: skip
