@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 import tyro
 from bench_decode import decode_tokens_per_s
-from bench_kernels import fwd_bwd_seconds, kernel_inputs
+from bench_kernels import kernel_inputs
 from bench_ssm import ssd_inputs
 from bench_train import step_tokens_per_s
-from common import emit, machine
+from common import emit, fwd_bwd_seconds, machine
 
 import memlab
 from memlab.ops.gated_delta import fla_chunk_kernel, gated_delta_rule

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import tyro
 from bench_decode import decode_length, decode_steps
 from bench_train import train_step
-from common import emit, interleaved_seconds, machine, peak_rss_mib, timed
+from common import emit, fwd_bwd_seconds, interleaved_seconds, machine, peak_rss_mib
 
 import memlab
 from memlab.ops.gated_delta import chunk_gated_delta_rule, naive_gated_delta_rule
@@ -58,18 +58,6 @@ def kernel_inputs(
     k = F.normalize(torch.randn(B, T, H, K), dim=-1)
     g, beta = F.logsigmoid(torch.randn(B, T, H) + 3), torch.rand(B, T, H)
     return {name: t.to(device, dtype).requires_grad_() for name, t in zip("q k v g beta".split(), (q, k, v, g, beta))}
-
-
-def fwd_bwd_seconds(fn, inputs: dict[str, torch.Tensor], repeats: int) -> float:
-    """Median seconds of ``fn(**inputs)`` (returning the output first) and a backward through it."""
-
-    def step():
-        out, _ = fn(**inputs)
-        out.float().sum().backward()
-        for t in inputs.values():
-            t.grad = None
-
-    return timed(step, repeats, warmup=1 if repeats > 1 else 0)
 
 
 def fla_chunk_reference():

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import tyro
 from bench_decode import decode_by_context, decode_length
 from bench_train import train_step
-from common import emit, interleaved_seconds, machine, peak_rss_mib, timed
+from common import emit, fwd_bwd_seconds, interleaved_seconds, machine, peak_rss_mib
 
 import memlab
 from memlab.config import build_config
@@ -70,12 +70,8 @@ def ssd_inputs(
 def bench_ssd(args: Args) -> dict:
     inputs = ssd_inputs(args.size, args.seq_len)
 
-    def run(fn):
-        y, _ = fn(**inputs)
-        y.sum().backward()
-
-    chunked = timed(lambda: run(ssd_chunked), repeats=3)
-    naive = timed(lambda: run(ssd_naive), repeats=1, warmup=0)
+    chunked = fwd_bwd_seconds(ssd_chunked, inputs, repeats=3)
+    naive = fwd_bwd_seconds(ssd_naive, inputs, repeats=1)
     return {
         "seq_len": args.seq_len,
         "shapes": {k: list(v.shape) for k, v in inputs.items()},

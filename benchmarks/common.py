@@ -35,6 +35,18 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def fwd_bwd_seconds(fn, inputs: dict[str, torch.Tensor], repeats: int) -> float:
+    """Median seconds of ``fn(**inputs)`` (returning the output first) and a backward through it."""
+
+    def step():
+        out, _ = fn(**inputs)
+        out.float().sum().backward()
+        for t in inputs.values():
+            t.grad = None
+
+    return timed(step, repeats, warmup=1 if repeats > 1 else 0)
+
+
 def interleaved_seconds(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds of each ``fns[name]()``, timed in alternating rounds so that load changes on a
     shared machine hit every contender alike (the ratios are what the benchmarks report)."""
