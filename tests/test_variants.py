@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import memlab
-from memlab.models.lm import LanguageModel
+from memlab.models.lm import LanguageModel, ModelState
 
 VARIANTS = memlab.list_variants()
 T_LONG = 80  # crosses a 64-token chunk boundary
@@ -23,6 +23,13 @@ def build(variant: str, seed: int = 0) -> LanguageModel:
 def tokens(model: LanguageModel, batch: int, length: int, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, model.config.vocab_size, (batch, length), generator=g)
+
+
+def prefill_then_decode(model: LanguageModel, x: torch.Tensor, prefix: int) -> tuple[torch.Tensor, ModelState]:
+    """Logits of ``x`` from one prefill of ``prefix`` tokens then single-token steps, and the state left."""
+    state = model.init_state(batch_size=x.shape[0])
+    steps = [model(x[:, :prefix], state)] + [model(x[:, t : t + 1], state) for t in range(prefix, x.shape[1])]
+    return torch.cat(steps, dim=1), state
 
 
 def parameters_without_gradient(model: LanguageModel) -> list[str]:
@@ -66,14 +73,11 @@ def test_aux_losses_leave_out_padding(variant):
 def test_parallel_equals_prefill_then_decode(variant, dtype, tolerance):
     model = build(variant).to(dtype)
     x = tokens(model, 2, T_LONG)
-    prefix = 67
     with torch.no_grad():
         full = model(x)
-        state = model.init_state(batch_size=2)
-        steps = [model(x[:, :prefix], state)]
-        steps += [model(x[:, t : t + 1], state) for t in range(prefix, T_LONG)]
+        decoded, state = prefill_then_decode(model, x, prefix=67)
     assert state.position == T_LONG and full.dtype == dtype
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(decoded, full, atol=tolerance, rtol=tolerance)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -129,9 +133,8 @@ def test_bf16_autocast_trains_and_decodes_on_cpu(variant):
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         full = model(x).float()
-        state = model.init_state(batch_size=2)
-        steps = [model(x[:, :67], state)] + [model(x[:, t : t + 1], state) for t in range(67, T_LONG)]
-    torch.testing.assert_close(torch.cat(steps, dim=1).float(), full, atol=0.1, rtol=0.02)
+        decoded, state = prefill_then_decode(model, x, prefix=67)
+    torch.testing.assert_close(decoded.float(), full, atol=0.1, rtol=0.02)
     assert state.nbytes == model.state_nbytes(T_LONG, batch_size=2)
 
 
