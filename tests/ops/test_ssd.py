@@ -26,18 +26,23 @@ def inputs(batch=2, T=37, H=4, P=8, G=2, N=6, dtype=torch.float64, seed=0, dt_sh
     )
 
 
-def assert_chunked_matches_naive(args: dict, chunk: int) -> None:
-    """Outputs, final state and the gradients of every input agree with the per-token loop."""
-    args = {k: v.detach().clone().requires_grad_() for k, v in args.items()}
+def assert_chunked_matches_naive(args: dict, chunk: int, use_final_state: bool = True) -> None:
+    """Outputs, final state and the gradients of every input agree with the per-token loop
+    (inputs given as None are left out; without ``use_final_state`` only the outputs are used)."""
+    args = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in args.items()}
     y_ref, s_ref = ssd_naive(**args, output_final_state=True)
-    y, s = ssd_chunked(**args, output_final_state=True, chunk_size=chunk)
+    y, s = ssd_chunked(**args, output_final_state=use_final_state, chunk_size=chunk)
     torch.testing.assert_close(y, y_ref)
-    torch.testing.assert_close(s, s_ref)
+    if use_final_state:
+        torch.testing.assert_close(s, s_ref)
     g = torch.Generator().manual_seed(1)
-    dy, ds = torch.randn(y.shape, generator=g, dtype=y.dtype), torch.randn(s.shape, generator=g, dtype=s.dtype)
-    names = list(args)
-    grads_ref = torch.autograd.grad((y_ref * dy).sum() + (s_ref * ds).sum(), [args[n] for n in names])
-    grads = torch.autograd.grad((y * dy).sum() + (s * ds).sum(), [args[n] for n in names])
+    dy, ds = torch.randn(y.shape, generator=g, dtype=y.dtype), torch.randn(s_ref.shape, generator=g, dtype=y.dtype)
+    names = [n for n, v in args.items() if v is not None]
+    loss_ref, loss = (y_ref * dy).sum(), (y * dy).sum()
+    if use_final_state:
+        loss_ref, loss = loss_ref + (s_ref * ds).sum(), loss + (s * ds).sum()
+    grads_ref = torch.autograd.grad(loss_ref, [args[n] for n in names])
+    grads = torch.autograd.grad(loss, [args[n] for n in names])
     for name, a, b in zip(names, grads, grads_ref):
         torch.testing.assert_close(a, b, msg=lambda m, name=name: f"gradient of {name}: {m}")
 
@@ -46,6 +51,16 @@ def assert_chunked_matches_naive(args: dict, chunk: int) -> None:
 @pytest.mark.parametrize("groups", [1, 2])
 def test_chunked_equals_naive_values_and_gradients(T, chunk, groups):
     assert_chunked_matches_naive(inputs(T=T, G=groups), chunk)
+
+
+@pytest.mark.parametrize("left_out", ["initial_state", "D", "final_state"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_gradients_without_an_initial_state_a_skip_or_the_final_state(left_out, groups):
+    args = inputs(T=70, G=groups)
+    if left_out == "final_state":
+        assert_chunked_matches_naive(args, 16, use_final_state=False)
+    else:
+        assert_chunked_matches_naive({**args, left_out: None}, 16)
 
 
 @pytest.mark.parametrize("groups", [1, 2])

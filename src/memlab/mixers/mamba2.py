@@ -110,10 +110,11 @@ class Mamba2(Mixer):
     def _conv(self, xBC: torch.Tensor, state: Mamba2State | None) -> torch.Tensor:
         """Causal depthwise convolution over time, ``(B, T, C) -> (B, T, C)``; with a state, it
         continues from the state's last ``conv_size - 1`` inputs and keeps the new ones."""
-        y, tail = causal_conv1d(xBC, self.conv1d.weight[:, 0], None if state is None else state.conv)
+        tail = None if state is None else state.conv
+        y, tail = causal_conv1d(xBC, self.conv1d.weight[:, 0], tail, self.conv1d.bias)
         if state is not None:
             state.conv = tail
-        return y + self.conv1d.bias
+        return y
 
     def _record(self, dt: torch.Tensor) -> None:
         """Keep the step sizes of the last forward (detached) for :meth:`diagnostics`."""

@@ -24,32 +24,46 @@ def chunk_recurrence(
     return _ChunkRecurrence.apply(decay, writes, initial)
 
 
+def carry_states(decay: torch.Tensor, writes: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+    """The recurrence's states without autograd: ``(N + 1, *S)``, ``[n]`` entering step n, ``[N]`` the final one."""
+    N = writes.shape[0]
+    states = writes.new_empty(N + 1, *initial.shape)
+    states[0] = initial
+    for n in range(N):
+        torch.addcmul(writes[n], states[n], decay[n], out=states[n + 1])
+    return states
+
+
+def carry_gradients(
+    decay: torch.Tensor, states: torch.Tensor, d_entering: torch.Tensor | None, d_final: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of decay, writes and initial state from those of the states of
+    :func:`carry_states`: the backward carries ``G_n = a_n G_{n+1} + dS_n`` (the gradient of the
+    state entering step n); the writes' gradients are ``G_{n+1}`` and the decays' ``G_{n+1} S_n``,
+    summed to the decay's shape after the loop."""
+    N = decay.shape[0]
+    grads = states.new_empty(states.shape)  # grads[n]: of the state entering step n; grads[N]: of the final
+    grads[N] = 0 if d_final is None else d_final
+    if d_entering is None:
+        d_entering = torch.zeros_like(states[:N])
+    for n in reversed(range(N)):
+        torch.addcmul(d_entering[n], grads[n + 1], decay[n], out=grads[n])
+    d_writes = grads[1:]
+    d_decay = (d_writes * states[:N]).sum_to_size(decay.shape)
+    return d_decay, d_writes, grads[0]
+
+
 class _ChunkRecurrence(torch.autograd.Function):
-    """The backward carries ``G_n = a_n G_{n+1} + dS_n`` (the gradient of the state entering
-    step n); the gradients of the writes (``G_{n+1}``) and decays (``G_{n+1} S_n``, summed to
-    the decay's shape) are batched after the loop."""
+    """:func:`carry_states` forward, :func:`carry_gradients` backward."""
 
     @staticmethod
     def forward(ctx, decay: torch.Tensor, writes: torch.Tensor, initial: torch.Tensor):
-        N = writes.shape[0]
-        states = writes.new_empty(N + 1, *initial.shape)  # states[n]: entering step n; states[N]: final
-        states[0] = initial
-        for n in range(N):
-            torch.addcmul(writes[n], states[n], decay[n], out=states[n + 1])
+        states = carry_states(decay, writes, initial)
         ctx.save_for_backward(decay, states)
-        return states[:N], states[N].clone()
+        return states[:-1], states[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_entering: torch.Tensor | None, d_final: torch.Tensor | None):
         decay, states = ctx.saved_tensors
-        N = decay.shape[0]
-        grads = states.new_empty(states.shape)  # grads[n]: of the state entering step n; grads[N]: of the final
-        grads[N] = 0 if d_final is None else d_final
-        if d_entering is None:
-            d_entering = torch.zeros_like(states[:N])
-        for n in reversed(range(N)):
-            torch.addcmul(d_entering[n], grads[n + 1], decay[n], out=grads[n])
-        d_writes = grads[1:]
-        d_decay = (d_writes * states[:N]).sum_to_size(decay.shape)
-        return d_decay, d_writes, grads[0]
+        return carry_gradients(decay, states, d_entering, d_final)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-from memlab.ops.chunk_recurrence import chunk_recurrence
+from memlab.ops.chunk_recurrence import carry_gradients, carry_states
 from memlab.ops.optional_kernels import fused_kernel_takes, optional_kernel
 from memlab.ops.precision import at_least_float32, full_precision
 
@@ -143,6 +144,9 @@ def ssd_chunked(
     literal recurrence, one elementwise step per chunk.
     T is padded internally to a multiple of the chunk (padding has ``dt = 0``: no decay, no
     input), so any length works and the final state is that after the last real token.
+
+    These per-token and per-chunk factors are computed here, under autograd; the work on
+    full-size tensors is :class:`_ChunkedSSD`, with a hand-written backward.
     """
     _check(x, dt, A, B, C)
     out_dtype = x.dtype
@@ -163,33 +167,125 @@ def ssd_chunked(
     cum = log_decay.view(Bsz, nc, L, H).cumsum(2)  # (B, nc, L, H)
     mid = (cum[:, :, :1] + cum[:, :, -1:]) / 2  # (B, nc, 1, H)
     from_mid = cum - mid  # |from_mid| <= _HALF_SPAN
-    u = x_padded.view(Bsz, nc, L, H, P) * (dt.view(Bsz, nc, L, H) * torch.exp(-from_mid))[..., None]
-    u = u.view(Bsz, nc, L, G, hg * P).transpose(2, 3)  # (B, nc, G, L, hg * P)
-    Bg = B.view(Bsz, nc, L, G, N).transpose(2, 3)  # (B, nc, G, L, N)
-    Cg = C.view(Bsz, nc, L, G, N).transpose(2, 3)
-
-    # states entering each chunk: S_{c+1} = exp(c_last) S_c + exp(c_last - m) B_c^T u_c
-    to_end = torch.exp(cum[:, :, -1:] - mid).view(Bsz, nc, G, 1, hg, 1)  # in [exp(-_HALF_SPAN), 1]
-    writes = (Bg.transpose(-1, -2) @ u).view(Bsz, nc, G, N, hg, P) * to_end
-    if initial_state is None:
-        S0 = x.new_zeros(Bsz, G, N, hg, P)
-    else:
-        S0 = initial_state.view(Bsz, G, hg, P, N).permute(0, 1, 4, 2, 3)  # (B, G, N, hg, P)
-    chunk_decay = torch.exp(cum[:, :, -1]).view(Bsz, nc, G, 1, hg, 1).movedim(1, 0)
-    entering, final = chunk_recurrence(chunk_decay, writes.movedim(1, 0), S0)  # (nc, B, G, N, hg, P)
-    final = final.permute(0, 1, 3, 4, 2).reshape(Bsz, H, P, N)
-    entering = entering.movedim(0, 1).reshape(Bsz * nc * G, N, hg * P)
-
-    # y_i = exp(c_i - m) sum_{j <= i} (C_i . B_j) u_j + exp(c_i) C_i S_c, then the D skip.  (The two
-    # terms keep their own factors: exp(c_i) alone may be tiny where exp(c_i - m) is not.)
-    CB = (Cg @ Bg.transpose(-1, -2)).tril_().reshape(-1, L, L)  # (B * nc * G, L, L)
-    within = (CB @ u.reshape(-1, L, hg * P)).view(Bsz, nc, G, L, hg * P).transpose(2, 3)
-    carried = (Cg.reshape(-1, L, N) @ entering).view(Bsz, nc, G, L, hg * P).transpose(2, 3)
-    y = within.reshape(Bsz, nc * L, H, P) * torch.exp(from_mid).view(Bsz, nc * L, H, 1)
-    y = torch.addcmul(y, carried.reshape(Bsz, nc * L, H, P), torch.exp(cum).view(Bsz, nc * L, H, 1))
+    factors = (
+        dt.view(Bsz, nc, L, H) * torch.exp(-from_mid),  # each input's scale
+        torch.exp(from_mid),  # each within-chunk output's scale
+        torch.exp(cum),  # each carried-state output's scale: exp(c_i) alone may be tiny where exp(c_i - m) is not
+        torch.exp(cum[:, :, -1] - mid[:, :, 0]),  # (B, nc, H) a chunk's writes to its end, in [exp(-_HALF_SPAN), 1]
+        torch.exp(cum[:, :, -1]),  # (B, nc, H) the decay over a whole chunk
+    )
+    S0 = None if initial_state is None else initial_state.view(Bsz, G, hg, P, N).permute(0, 1, 4, 2, 3)
+    y, final = _ChunkedSSD.apply(x_padded, B, C, D, S0, *factors)  # y: (B, T + pad, H, P); final: (B, G, N, hg, P)
     if pad:  # (a full-length slice would still cost a zero-filled gradient)
         y = y[:, :T]
-    return _skip(y, x, D).to(out_dtype), final.to(state_dtype) if output_final_state else None
+    final = final.permute(0, 1, 3, 4, 2).reshape(Bsz, H, P, N)
+    return y.to(out_dtype), final.to(state_dtype) if output_final_state else None
+
+
+class _ChunkedSSD(torch.autograd.Function):
+    """The full-size work of :func:`ssd_chunked`, with ``u = x * input_scale`` per chunk::
+
+        writes = B^T u,   within = tril(C B^T) u      (one matmul: [B^T; tril(C B^T)] u)
+        S_{c+1} = chunk_decay S_c + to_end * writes    (:func:`carry_states`)
+        y = within_scale * within + carried_scale * (C S_c) + D * x
+
+    Forward and backward each make one matmul of the stacked ``[B^T; CB]`` where autograd would
+    make two and add their results; the backward writes the gradients of the matmuls' outputs in
+    place and makes none of autograd's extra passes (the scaling by ``addcmul``'s value, the
+    sums of gradients that reach a tensor by two paths).
+    Shapes: x (B, T, H, P), B and C (B, T, G, N), D (H,) or (H, P), S0 (B, G, N, hg, P), the
+    per-token factors (B, nc, L, H), the per-chunk ones (B, nc, H).
+    """
+
+    @staticmethod
+    def forward(ctx, x, B, C, D, S0, input_scale, within_scale, carried_scale, to_end, chunk_decay):
+        Bsz, nc, L, H = input_scale.shape
+        G, N = B.shape[2:]
+        P = x.shape[-1]
+        hg = H // G
+        u = x.view(Bsz, nc, L, H, P) * input_scale[..., None]
+        u = u.view(Bsz, nc, L, G, hg * P).transpose(2, 3).reshape(-1, L, hg * P)  # (B nc G, L, hg P)
+        Bg = B.view(Bsz, nc, L, G, N).transpose(2, 3).reshape(-1, L, N)  # (B nc G, L, N)
+        Cg = C.view(Bsz, nc, L, G, N).transpose(2, 3).reshape(-1, L, N)
+        left = torch.cat([Bg.transpose(1, 2), (Cg @ Bg.transpose(1, 2)).tril_()], dim=1)  # (B nc G, N + L, L)
+        out = left @ u  # (B nc G, N + L, hg P): the chunk's writes, then its within-chunk outputs
+        writes = out[:, :N].view(Bsz, nc, G, N, hg, P) * to_end.view(Bsz, nc, G, 1, hg, 1)
+        ctx.has_initial_state = S0 is not None
+        if S0 is None:
+            S0 = x.new_zeros(Bsz, G, N, hg, P)
+        decay = chunk_decay.view(Bsz, nc, G, 1, hg, 1).movedim(1, 0)
+        states = carry_states(decay, writes.movedim(1, 0), S0)  # (nc + 1, B, G, N, hg, P)
+        entering = states[:-1].movedim(0, 1).reshape(-1, N, hg * P)
+        carried = Cg @ entering  # (B nc G, L, hg P)
+        y = x.new_empty(Bsz, nc, L, G, hg, P)
+        torch.mul(_by_token(out[:, N:], Bsz, nc, G, hg, P), _per_head(within_scale, G, hg), out=y)
+        y.addcmul_(_by_token(carried, Bsz, nc, G, hg, P), _per_head(carried_scale, G, hg))
+        y = y.view_as(x)
+        if D is not None:
+            y.addcmul_(x, D[:, None] if D.dim() == 1 else D)
+        ctx.save_for_backward(x, D, input_scale, within_scale, carried_scale, to_end, chunk_decay, u, Bg, Cg, left,
+                              out, states, carried)  # fmt: skip
+        return y, states[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor, d_final: torch.Tensor | None):
+        (x, D, input_scale, within_scale, carried_scale, to_end, chunk_decay, u, Bg, Cg, left, out, states,
+         carried) = ctx.saved_tensors  # fmt: skip
+        Bsz, nc, L, H = input_scale.shape
+        N, P, G = Bg.shape[-1], x.shape[-1], Bg.shape[0] // (Bsz * nc)
+        hg = H // G
+        dy = dy.contiguous()
+        dy_tokens = dy.view(Bsz, nc, L, G, hg, P)
+
+        # y = within_scale * within + carried_scale * carried (+ D x): the scales' gradients, and
+        # the stacked matmul's output gradient written in place: [d writes; d within]
+        d_within_scale = torch.linalg.vecdot(dy_tokens, _by_token(out[:, N:], Bsz, nc, G, hg, P)).view_as(input_scale)
+        d_carried_scale = torch.linalg.vecdot(dy_tokens, _by_token(carried, Bsz, nc, G, hg, P)).view_as(input_scale)
+        d_out = torch.empty_like(out)
+        torch.mul(dy_tokens, _per_head(within_scale, G, hg), out=_by_token(d_out[:, N:], Bsz, nc, G, hg, P))
+        d_carried = torch.empty_like(carried)
+        torch.mul(dy_tokens, _per_head(carried_scale, G, hg), out=_by_token(d_carried, Bsz, nc, G, hg, P))
+
+        # carried = C S_c, then the recurrence across chunks and its writes = to_end * B^T u
+        entering = states[:-1].movedim(0, 1).reshape(-1, N, hg * P)
+        d_entering = (Cg.transpose(1, 2) @ d_carried).view(Bsz, nc, G, N, hg, P).movedim(1, 0)
+        dC = d_carried @ entering.transpose(1, 2)  # (B nc G, L, N)
+        decay = chunk_decay.view(Bsz, nc, G, 1, hg, 1).movedim(1, 0)
+        d_decay, d_writes, d_S0 = carry_gradients(decay, states, d_entering, d_final)
+        d_writes = d_writes.movedim(0, 1)  # (B, nc, G, N, hg, P)
+        d_to_end = torch.linalg.vecdot(d_writes, out[:, :N].view_as(d_writes)).sum(3).view(Bsz, nc, H)
+        torch.mul(d_writes, to_end.view(Bsz, nc, G, 1, hg, 1), out=d_out[:, :N].view_as(d_writes))
+
+        # out = [B^T; tril(C B^T)] u
+        d_left = d_out @ u.transpose(1, 2)  # (B nc G, N + L, L)
+        du = _by_token(left.transpose(1, 2) @ d_out, Bsz, nc, G, hg, P)
+        d_CB = d_left[:, N:].tril_()
+        dC.baddbmm_(d_CB, Bg)
+        dB = torch.baddbmm(d_left[:, :N].transpose(1, 2), d_CB.transpose(1, 2), Cg)
+
+        # u = input_scale * x, and the skip
+        d_input_scale = torch.linalg.vecdot(du, x.view(Bsz, nc, L, G, hg, P)).view_as(input_scale)
+        dx = x.new_empty(Bsz, nc, L, G, hg, P)
+        torch.mul(du, _per_head(input_scale, G, hg), out=dx)
+        dx, dD = dx.view_as(x), None
+        if D is not None:
+            dx.addcmul_(dy, D[:, None] if D.dim() == 1 else D)
+            dD = torch.linalg.vecdot(dy, x).sum((0, 1)) if D.dim() == 1 else (dy * x).sum((0, 1))
+        dB, dC = (t.view(Bsz, nc, G, L, N).transpose(2, 3).reshape(Bsz, nc * L, G, N) for t in (dB, dC))
+        d_chunk_decay = d_decay.movedim(0, 1).reshape(Bsz, nc, H)
+        return (dx, dB, dC, dD, d_S0 if ctx.has_initial_state else None, d_input_scale, d_within_scale,
+                d_carried_scale, d_to_end, d_chunk_decay)  # fmt: skip
+
+
+def _by_token(t: torch.Tensor, Bsz: int, nc: int, G: int, hg: int, P: int) -> torch.Tensor:
+    """``(B nc G, L, hg P)`` chunk-major matmul operand -> its ``(B, nc, L, G, hg, P)`` token-major view."""
+    return t.view(Bsz, nc, G, -1, hg, P).transpose(2, 3)
+
+
+def _per_head(scale: torch.Tensor, G: int, hg: int) -> torch.Tensor:
+    """A per-token, per-head factor ``(B, nc, L, H)`` -> ``(B, nc, L, G, hg, 1)``."""
+    return scale.unflatten(-1, (G, hg))[..., None]
 
 
 def mamba_chunk_kernel():
