@@ -139,6 +139,18 @@ def test_bf16_autocast_trains_and_decodes_on_cpu(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_backward_inside_an_autocast_region(variant):
+    """Custom autograd Functions keep their backward in full precision when the caller runs it
+    under autocast too (as some training loops do)."""
+    model = build(variant).train()
+    x = tokens(model, 2, T_LONG)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x[:, :-1], labels=x[:, 1:]).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert not (missing := parameters_without_gradient(model)), f"no gradient for {missing}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_deterministic_and_save_load_round_trip(variant, tmp_path):
     a, b = build(variant, seed=3), build(variant, seed=3)
     x = tokens(a, 2, 24)

@@ -103,6 +103,30 @@ def test_a_skip_weight_per_channel_matches_the_loop():
     assert_chunked_matches_naive(args, 16)
 
 
+def test_an_empty_sequence_keeps_the_state():
+    args = inputs(T=0)
+    args["initial_state"].requires_grad_()
+    y, final = ssd_chunked(**args, output_final_state=True, chunk_size=16)
+    assert y.shape == args["x"].shape
+    torch.testing.assert_close(final, args["initial_state"])
+    final.sum().backward()
+    torch.testing.assert_close(args["initial_state"].grad, torch.ones_like(final))
+
+
+def test_head_major_inputs_and_an_output_changed_in_place():
+    """x stored (B, H, T, P) and seen through a transposed view; the output multiplied in place
+    before the backward (it is not a view made inside the autograd Function)."""
+    args = inputs(T=32)
+    x = args["x"].transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    y, _ = ssd_chunked(**{**args, "x": x}, chunk_size=16)
+    x_ref = args["x"].clone().requires_grad_()
+    y_ref, _ = ssd_naive(**{**args, "x": x_ref})
+    torch.testing.assert_close(y, y_ref)
+    y.mul_(2).sum().backward()
+    (2 * y_ref).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+
+
 def test_weak_decays_keep_the_whole_chunk():
     args = inputs(T=200, dt_shift=-3.0)
     assert _chunk_length(args["dt"] * args["A"], 64) == 64

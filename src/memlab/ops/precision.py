@@ -15,12 +15,12 @@ def at_least_float32(dtype: torch.dtype) -> torch.dtype:
 
 def full_precision(fn):
     """Run ``fn`` with autocast disabled on the device of its first tensor argument (the kernels cast
-    their inputs up themselves, :func:`at_least_float32`, and their outputs back)."""
+    their inputs up themselves, :func:`at_least_float32`, and their outputs back).  It also wraps an
+    autograd Function's ``backward``, which a caller may run inside an autocast region."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        first = args[0] if args else next(t for t in kwargs.values() if isinstance(t, torch.Tensor))
-        device = first.device.type
+        device = next(a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)).device.type
         if not torch.is_autocast_enabled(device):  # the common case, a decoding step's too: no context to enter
             return fn(*args, **kwargs)
         with torch.autocast(device, enabled=False):

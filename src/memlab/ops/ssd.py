@@ -203,24 +203,24 @@ class _ChunkedSSD(torch.autograd.Function):
         G, N = B.shape[2:]
         P = x.shape[-1]
         hg = H // G
-        u = x.view(Bsz, nc, L, H, P) * input_scale[..., None]
-        u = u.view(Bsz, nc, L, G, hg * P).transpose(2, 3).reshape(-1, L, hg * P)  # (B nc G, L, hg P)
+        u = x.reshape(Bsz, nc, L, H, P) * input_scale[..., None]
+        u = u.reshape(Bsz, nc, L, G, hg * P).transpose(2, 3).reshape(-1, L, hg * P)  # (B nc G, L, hg P)
         Bg = B.view(Bsz, nc, L, G, N).transpose(2, 3).reshape(-1, L, N)  # (B nc G, L, N)
         Cg = C.view(Bsz, nc, L, G, N).transpose(2, 3).reshape(-1, L, N)
         left = torch.cat([Bg.transpose(1, 2), (Cg @ Bg.transpose(1, 2)).tril_()], dim=1)  # (B nc G, N + L, L)
         out = left @ u  # (B nc G, N + L, hg P): the chunk's writes, then its within-chunk outputs
         writes = out[:, :N].view(Bsz, nc, G, N, hg, P) * to_end.view(Bsz, nc, G, 1, hg, 1)
-        ctx.has_initial_state = S0 is not None
+        ctx.has_initial_state, ctx.groups = S0 is not None, G
         if S0 is None:
             S0 = x.new_zeros(Bsz, G, N, hg, P)
         decay = chunk_decay.view(Bsz, nc, G, 1, hg, 1).movedim(1, 0)
         states = carry_states(decay, writes.movedim(1, 0), S0)  # (nc + 1, B, G, N, hg, P)
         entering = states[:-1].movedim(0, 1).reshape(-1, N, hg * P)
         carried = Cg @ entering  # (B nc G, L, hg P)
-        y = x.new_empty(Bsz, nc, L, G, hg, P)
-        torch.mul(_by_token(out[:, N:], Bsz, nc, G, hg, P), _per_head(within_scale, G, hg), out=y)
-        y.addcmul_(_by_token(carried, Bsz, nc, G, hg, P), _per_head(carried_scale, G, hg))
-        y = y.view_as(x)
+        y = x.new_empty(x.shape)  # not a view made here: a caller may modify it in place
+        y_tokens = y.view(Bsz, nc, L, G, hg, P)
+        torch.mul(_by_token(out[:, N:], Bsz, nc, G, hg, P), _per_head(within_scale, G, hg), out=y_tokens)
+        y_tokens.addcmul_(_by_token(carried, Bsz, nc, G, hg, P), _per_head(carried_scale, G, hg))
         if D is not None:
             y.addcmul_(x, D[:, None] if D.dim() == 1 else D)
         ctx.save_for_backward(x, D, input_scale, within_scale, carried_scale, to_end, chunk_decay, u, Bg, Cg, left,
@@ -229,11 +229,12 @@ class _ChunkedSSD(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @full_precision
     def backward(ctx, dy: torch.Tensor, d_final: torch.Tensor | None):
         (x, D, input_scale, within_scale, carried_scale, to_end, chunk_decay, u, Bg, Cg, left, out, states,
          carried) = ctx.saved_tensors  # fmt: skip
         Bsz, nc, L, H = input_scale.shape
-        N, P, G = Bg.shape[-1], x.shape[-1], Bg.shape[0] // (Bsz * nc)
+        N, P, G = Bg.shape[-1], x.shape[-1], ctx.groups
         hg = H // G
         dy = dy.contiguous()
         dy_tokens = dy.view(Bsz, nc, L, G, hg, P)
@@ -265,7 +266,7 @@ class _ChunkedSSD(torch.autograd.Function):
         dB = torch.baddbmm(d_left[:, :N].transpose(1, 2), d_CB.transpose(1, 2), Cg)
 
         # u = input_scale * x, and the skip
-        d_input_scale = torch.linalg.vecdot(du, x.view(Bsz, nc, L, G, hg, P)).view_as(input_scale)
+        d_input_scale = torch.linalg.vecdot(du, x.reshape(Bsz, nc, L, G, hg, P)).view_as(input_scale)
         dx = x.new_empty(Bsz, nc, L, G, hg, P)
         torch.mul(du, _per_head(input_scale, G, hg), out=dx)
         dx, dD = dx.view_as(x), None
@@ -280,7 +281,7 @@ class _ChunkedSSD(torch.autograd.Function):
 
 def _by_token(t: torch.Tensor, Bsz: int, nc: int, G: int, hg: int, P: int) -> torch.Tensor:
     """``(B nc G, L, hg P)`` chunk-major matmul operand -> its ``(B, nc, L, G, hg, P)`` token-major view."""
-    return t.view(Bsz, nc, G, -1, hg, P).transpose(2, 3)
+    return t.view(Bsz, nc, G, t.shape[-2], hg, P).transpose(2, 3)
 
 
 def _per_head(scale: torch.Tensor, G: int, hg: int) -> torch.Tensor:
