@@ -8,6 +8,7 @@ import json
 import pytest
 
 from memlab.analysis.compare import Criteria, compare
+from memlab.analysis.report import ablation_markdown
 from memlab.errors import MemlabError
 from memlab.eval import schema
 from memlab.eval.stats import accuracy_record
@@ -119,6 +120,42 @@ def test_seeds_aggregate_to_mean_and_interval(tmp_path):
     lo, hi = gdn.algorithmic.ci95
     assert lo < 0.55 and hi > 0.65  # a t interval over two seeds is wide
     assert result.verdicts["gdn"]["criteria"]["algorithmic"]["passed"] is True  # 0.60 vs 0.45
+
+
+def test_a_collapsed_seed_fails_the_perplexity_criterion(tmp_path):
+    runs = [make_run(tmp_path, f"baseline-s{s}", variant="baseline") for s in range(3)]
+    runs += [make_run(tmp_path, f"gdn-s{s}", alg=0.6, ood=0.3, ppl=p)  # NaN loss: perplexity written as null
+             for s, p in enumerate([21.0, 22.0, float("nan")])]
+    result = compare(runs, aggregate_seeds=True)
+    gdn = result.rows[1]
+    assert gdn.perplexity.value is None and gdn.perplexity.collapsed == 1 and gdn.perplexity.n == 3
+    criterion = result.verdicts["gdn"]["criteria"]["perplexity"]
+    assert criterion["passed"] is False and "1 of 3 seeds" in criterion["detail"]
+    assert result.verdicts["gdn"]["verdict"] == "does not win" and "collapsed (1/3)" in result.terminal
+    single = compare([runs[0], runs[-1]])  # one diverged run
+    assert single.verdicts["gdn-s2"]["verdict"] == "does not win"
+    assert single.verdicts["gdn-s2"]["criteria"]["perplexity"]["detail"] == "collapsed (non-finite loss)"
+
+
+def test_a_seed_without_a_metric_is_not_dropped_from_the_mean(tmp_path):
+    runs = [make_run(tmp_path, f"baseline-s{s}", variant="baseline") for s in range(2)]
+    runs += [make_run(tmp_path, "gdn-s0", alg=0.6, ood=0.3),
+             make_run(tmp_path, "gdn-s1", alg=0.6, ood=0.3, suites=("algorithmic", "longctx", "ablation"))]
+    result = compare(runs, aggregate_seeds=True)
+    assert result.rows[1].perplexity.value is None and result.rows[1].perplexity.collapsed == 0
+    assert result.verdicts["gdn"]["verdict"] == "incomplete"
+
+
+def test_seeds_keep_their_own_ablation_rows_and_intervals_stay_in_range(tmp_path):
+    runs = [make_run(tmp_path, f"baseline-s{s}", variant="baseline", delta=0.0) for s in range(2)]
+    runs += [make_run(tmp_path, "gdn-s0", alg=0.9, delta=0.75), make_run(tmp_path, "gdn-s1", alg=0.1, delta=0.0)]
+    result = compare(runs, aggregate_seeds=True)
+    gdn = result.rows[1]
+    assert gdn.algorithmic.value == pytest.approx(0.5) and gdn.algorithmic.ci95 == [0.0, 1.0]  # t interval clipped
+    assert gdn.delta.value == pytest.approx(0.375) and gdn.delta.ci95 == [-1.0, 1.0]
+    table = ablation_markdown(result)  # every seed under its own name, not the first under the variant's
+    assert "| gdn-s0 |" in table and "| gdn-s1 |" in table and "| gdn |" not in table
+    assert "| +75 [+70, +80] |" in table and "| +0 [-5, +5] |" in table
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "newer", "corrupt", "baseline"])

@@ -43,6 +43,39 @@ def test_batch_bootstrap_intervals_cover_the_true_exponent():
     assert covered >= 14 and 0 < np.median(widths) < 0.05
 
 
+def test_batch_bootstrap_resamples_shared_windows_jointly():
+    alpha, a, c = 0.3, 50.0, 1.5
+    sizes = np.array([1e6, 3e6, 1e7, 3e7, 1e8])
+    true = a * sizes ** (-alpha) + c
+    for seed in range(3):  # every rung scored on the same 32 windows, whose difficulty varies a lot
+        rng = np.random.default_rng(seed)
+        batches = true[:, None] + 0.4 * rng.standard_normal(32)[None, :] + 0.01 * rng.standard_normal((5, 32))
+        fit = fit_power_law(sizes, batches.mean(1), batches, n_bootstrap=400, seed=seed)
+        assert fit.alpha_ci[0] < alpha < fit.alpha_ci[1] and fit.alpha_ci[1] - fit.alpha_ci[0] < 0.1
+        assert fit.noise < 0.005  # the windows' shared difficulty is not noise between the points
+
+
+def test_residual_bootstrap_coverage():
+    rng = np.random.default_rng(0)
+    sizes, alpha = np.array([1e6, 3e6, 1e7, 3e7, 1e8]), 0.3
+    covered = 0
+    for seed in range(100):
+        fit = fit_power_law(sizes, 50 * sizes ** (-alpha) + 1.5 + 0.01 * rng.standard_normal(5), n_bootstrap=200,
+                            seed=seed)
+        covered += fit.alpha_ci[0] <= alpha <= fit.alpha_ci[1]
+    assert covered >= 75  # residuals inflated for the fitted parameters (without: about 60)
+
+
+def test_a_fit_at_a_bound_is_flagged_and_never_decisive():
+    sizes = np.array([1e6, 2e6, 4e6, 8e6, 1.6e7])
+    loss = 1 + 2 * (sizes / 1e6) ** -5.0 + 0.001 * np.random.default_rng(0).standard_normal(5)  # steeper than 3
+    fit = fit_power_law(sizes, loss, n_bootstrap=300)
+    assert fit.alpha == 3.0 and "edge of its range" in fit.at_bound
+    v = verdict(fit)
+    assert v.decision == "proceed" and not v.decisive and "bound" in v.text
+    assert fit_power_law(SIZES_N, 60 * SIZES_N ** (-0.2) + 1.7, n_bootstrap=0).at_bound is None
+
+
 def test_residual_bootstrap_and_no_interval_with_three_exact_points():
     rng = np.random.default_rng(2)
     loss = 60 * SIZES_N ** (-0.2) + 1.7 + rng.normal(0, 0.003, len(SIZES_N))

@@ -99,6 +99,23 @@ def test_sniah_depth_places_the_needle():
         assert abs(at - depth / 100) < 0.12 and abs(ex.meta["depth"] - depth / 100) < 0.05
 
 
+@pytest.mark.parametrize("variant", [1, 2, 3])
+def test_sniah_depth_is_the_nearest_sentence_boundary_in_tokens(variant):
+    pool = [f"Filler {'word ' * (1 + 12 * (i % 3))}ends here." for i in range(6)]  # of very different lengths
+    rng = random.Random(5)
+    for depth in (0, 10, 25, 50, 75, 90, 100):
+        for length in (512, 1024):
+            ex = SNIAH(variant=variant, depth=depth, haystack=pool)(rng, length)
+            body = ex.prompt.split("\n", 1)[1]
+            needle = r"One of the special magic \w+ for [\w-]+ is: [\w-]+\."
+            at = re.search(needle, body).start()
+            hay = re.sub(" ?" + needle, "", body).strip()
+            total = len(hay) + 1  # tokens (bytes) of the haystack, each sentence with its separating space
+            boundaries = [0, *(m.end() for m in re.finditer(r"\. ", hay)), total]
+            nearest = min(boundaries, key=lambda b: (abs(b - depth / 100 * total), -b))  # ties: the later one
+            assert at == nearest and ex.meta["depth"] == pytest.approx(at / total), (depth, length)
+
+
 def test_sniah_counts_with_a_given_tokenizer(byte_tok):
     calls = []
 

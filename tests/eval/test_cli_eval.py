@@ -72,6 +72,16 @@ def test_eval_bad_input(model_dir, tmp_path, capsys):
     assert "unknown device 'gpu'" in fail(capsys, "eval", "--checkpoint", str(model_dir), "--device", "gpu")
 
 
+@pytest.mark.parametrize("flag, value", [("--ablation-samples", "0"), ("--needle-samples", "0"),
+                                         ("--needle-samples", "-1"), ("--lm-context", "0"), ("--lm-tokens", "0"),
+                                         ("--horizon-samples", "-2"), ("--horizons", "0"), ("--batch-tokens", "0")])
+def test_eval_refuses_counts_below_one_before_any_work(model_dir, tmp_path, capsys, flag, value):
+    err = fail(capsys, "eval", "--checkpoint", str(model_dir), "--suite", "selftest", "--out_dir", str(tmp_path),
+               flag, value)
+    assert f"{flag} must be >= 1, got {value}" in err
+    assert not any(tmp_path.iterdir())  # no results file
+
+
 def test_eval_fixes_the_act_steps_of_an_act_model(model_dir, tmp_path, byte_tok, shards, capsys):
     import memlab
 

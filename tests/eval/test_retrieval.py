@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -22,13 +23,17 @@ def test_examples_fill_but_never_exceed_the_context(ctx, task, unit):
         assert all(length - unit < len(e) <= length for e in examples), [len(e) for e in examples]
 
 
-@pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
-def test_the_needle_is_at_the_requested_depth(ctx, byte_tok, depth):
-    for task, needle in (("niah", " has a "), ("sniah1", "One of the special magic")):
-        (example,) = retrieval_examples(ctx, task, 600, 1, random.Random(1), depth=depth)
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
+@pytest.mark.parametrize("task", ["niah", "sniah1", "sniah2", "sniah3"])
+def test_the_needle_is_at_the_requested_depth(ctx, byte_tok, task, depth):
+    for example in retrieval_examples(ctx, task, 2048, 3, random.Random(1), depth=depth):
         text = byte_tok.decode(example.ids)
         haystack = text[text.find("\n") + 1 : text.index("<|query|>")]  # S-NIAH: after its one-line intro
-        start = haystack.rfind(".", 0, haystack.index(needle)) + 1  # the needle sentence's first character
-        end = haystack.index(".", haystack.index(needle)) + 1
-        where = start / (len(haystack) - (end - start))  # 0: first sentence, 1: last
-        assert abs(where - depth) < 0.1, (task, where)
+        if task == "niah":
+            start = haystack.rfind(".", 0, haystack.index(" has a ")) + 1  # the fact sentence's first character
+            end = haystack.index(".", start) + 1
+        else:
+            start, end = re.search(r"One of the special magic \w+ for [\w-]+ is: [\w-]+\.", haystack).span()
+        where = start / (len(haystack) - (end - start))  # 0: before the first sentence, 1: after the last
+        assert abs(where - example.meta["depth"]) < 0.02, (task, where, example.meta["depth"])  # the recorded depth
+        assert abs(where - depth) < 0.12, (task, where)  # at most half a (prose) sentence away

@@ -77,5 +77,10 @@ def test_mean_interval_is_a_t_interval():
     r = mean_interval([1.0, 2.0, 3.0])
     half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t(0.975, df=2) * s / sqrt(n)
     assert r["mean"] == 2.0 and r["n"] == 3 and r["ci95"] == pytest.approx([2 - half, 2 + half])
-    assert mean_interval([5.0])["ci95"] == [5.0, 5.0]
-    assert mean_interval([float("nan"), None])["mean"] is None
+    assert mean_interval([5.0]) == {"mean": 5.0, "ci95": [None, None], "n": 1, "std": None}  # no spread from one
+
+
+def test_mean_interval_keeps_non_finite_values():
+    r = mean_interval([11.0, 12.0, float("nan")])  # a collapsed member: no mean, not the mean of the rest
+    assert r == {"mean": None, "ci95": [None, None], "n": 3, "std": None}
+    assert mean_interval([1.0, float("inf")])["mean"] is None and mean_interval([None])["n"] == 1

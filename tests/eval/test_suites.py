@@ -6,10 +6,11 @@ import json
 import math
 
 import pytest
+import torch
 
 from memlab.errors import MemlabError
 from memlab.eval import schema
-from memlab.eval.hub import SUITE_ORDER, EvalContext, EvalOptions, evaluate_model
+from memlab.eval.hub import SUITE_ORDER, EvalContext, EvalOptions, evaluate_model, summary_lines
 
 
 def accuracy_records(obj):
@@ -70,6 +71,33 @@ def test_the_same_examples_every_time(trained_baseline, byte_tok):
     a, b = evaluate_model(ctx, "algorithmic"), evaluate_model(ctx, "algorithmic")
     assert a["results"]["tasks"] == b["results"]["tasks"]
     assert list(a["results"]["grids"]) == ["iid"]
+
+
+def small_model(byte_tok, **overrides):
+    import memlab
+
+    torch.manual_seed(0)
+    return memlab.build_model("baseline", "tiny", vocab_size=byte_tok.vocab_size, d_model=32, n_layers=1, n_heads=1,
+                              d_ff=64, max_seq_len=128, **overrides).eval()
+
+
+def test_a_diverged_model_has_infinite_perplexity(byte_tok, shards):
+    model = small_model(byte_tok)
+    with torch.no_grad():
+        model.head.weight.mul_(3000.0)  # a blown-up output layer, as after a divergence
+    ctx = EvalContext(model, byte_tok, EvalOptions(corpus=str(shards), lm_tokens=128, lm_context=64))
+    doc = evaluate_model(ctx, "lm")
+    r = doc["results"]
+    assert r["loss"] > 710 and r["perplexity"] is None  # exp(loss) overflows: inf, written as null
+    assert r["perplexity_ci95"][1] is None
+    assert summary_lines(doc)[0].startswith("lm: perplexity non-finite (loss ")
+
+
+def test_one_lm_window_has_no_interval(byte_tok, shards):
+    ctx = EvalContext(small_model(byte_tok), byte_tok, EvalOptions(corpus=str(shards), lm_tokens=64, lm_context=64))
+    r = evaluate_model(ctx, "lm")["results"]
+    assert r["windows"] == 1 and math.isfinite(r["loss"])
+    assert r["loss_ci95"] == [None, None] and r["perplexity_ci95"] == [None, None]
 
 
 @pytest.mark.parametrize(

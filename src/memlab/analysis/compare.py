@@ -5,7 +5,8 @@ A variant *wins* against the baseline when all four criteria hold (``Criteria``)
 1. algorithmic accuracy (IID grid) at least ``min_alg_gain`` (5 points) above the baseline's;
 2. better out-of-distribution accuracy (OOD grid) than the baseline;
 3. training time at most ``max_time_ratio`` (2x) the baseline's;
-4. no perplexity collapse: perplexity at most ``max_ppl_ratio`` (1.5x) the baseline's.
+4. no perplexity collapse: perplexity at most ``max_ppl_ratio`` (1.5x) the baseline's; a
+   non-finite loss (perplexity written as null) in any seed is a collapse and fails it.
 
 A criterion whose numbers are missing is ``None`` (not evaluated) and the verdict is
 ``incomplete``.  Verdicts compare point estimates; the table prints every interval so a
@@ -22,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from memlab.errors import MemlabError
 from memlab.eval.schema import read_results
 from memlab.eval.stats import mean_interval
@@ -30,11 +33,16 @@ from memlab.markdown import markdown_table
 
 @dataclass
 class Metric:
-    """A number with its 95% interval and what it rests on (examples, windows or seeds)."""
+    """A number with its 95% interval and what it rests on (examples, windows or seeds).
+
+    ``collapsed`` counts the runs whose number was measured but is not finite (a diverged loss);
+    a collapsed metric has no value and its ``n`` counts runs.
+    """
 
     value: float | None = None
     ci95: list[float] | None = None
     n: int = 0
+    collapsed: int = 0
 
     @classmethod
     def of_accuracy(cls, record: dict[str, Any] | None) -> Metric:
@@ -60,9 +68,12 @@ class Row:
     train_time_s: Metric = field(default_factory=Metric)
     runs: int = 1
     results: dict[str, Any] = field(default_factory=dict, repr=False)  # suite -> payload, for plots
+    members: list[Row] = field(default_factory=list, repr=False)  # the runs an aggregated row averages
 
 
 METRICS = ("algorithmic", "ood", "needle", "perplexity", "delta", "train_time_s")
+RANGES = {"algorithmic": (0.0, 1.0), "ood": (0.0, 1.0), "needle": (0.0, 1.0), "delta": (-1.0, 1.0),
+          "perplexity": (0.0, math.inf), "train_time_s": (0.0, math.inf)}  # where each metric can lie
 
 
 @dataclass
@@ -133,7 +144,11 @@ def load_run(run_dir: str | Path) -> Row:
         row.needle = Metric.of_accuracy(payloads["longctx"]["overall"])
     if "lm" in payloads:
         lm = payloads["lm"]
-        row.perplexity = Metric(lm["perplexity"], lm.get("perplexity_ci95"), lm.get("windows", 0))
+        ppl = lm["perplexity"]
+        if ppl is None or not math.isfinite(ppl):  # a non-finite loss: the run collapsed
+            row.perplexity = Metric(n=1, collapsed=1)
+        else:
+            row.perplexity = Metric(ppl, lm.get("perplexity_ci95"), lm.get("windows", 0))
     if "ablation" in payloads:
         d = payloads["ablation"]["delta"]
         row.delta = Metric(d["delta"], d["ci95"], d["n"])
@@ -146,6 +161,8 @@ def load_run(run_dir: str | Path) -> Row:
 def aggregate(rows: Sequence[Row]) -> list[Row]:
     """One row per (variant, size): each metric's mean over the runs with a t interval over runs.
 
+    A metric that any run lacks is missing, and one that any run collapsed is collapsed (with the
+    count): no run is left out of a mean.  Intervals are clipped to the range a metric can take.
     The per-length and needle plots of an aggregated row show its first run's curves.
     """
     groups: dict[tuple[str, str], list[Row]] = {}
@@ -157,11 +174,17 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
             out.append(members[0])
             continue
         agg = Row(name=variant, variant=variant, size=size, params=members[0].params,
-                  state_bytes=members[0].state_bytes, runs=len(members), results=members[0].results)
+                  state_bytes=members[0].state_bytes, runs=len(members), results=members[0].results,
+                  members=members)
         for name in METRICS:
-            values = [getattr(m, name).value for m in members if getattr(m, name).value is not None]
-            stat = mean_interval(values)
-            setattr(agg, name, Metric(stat["mean"], stat["ci95"] if stat["n"] else None, stat["n"]))
+            metrics = [getattr(m, name) for m in members]
+            collapsed = sum(m.collapsed for m in metrics)
+            if collapsed or any(m.value is None for m in metrics):
+                setattr(agg, name, Metric(None, None, len(members) if collapsed else 0, collapsed))
+                continue
+            stat = mean_interval([m.value for m in metrics])
+            ci = [float(np.clip(v, *RANGES[name])) for v in stat["ci95"]] if stat["ci95"][0] is not None else None
+            setattr(agg, name, Metric(stat["mean"], ci, stat["n"]))
         out.append(agg)
     return out
 
@@ -193,8 +216,13 @@ def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
                             f"{a.value / b.value:.2f}x vs <= {criteria.max_time_ratio:g}x" if ok else "missing")
     a, b = row.perplexity, base.perplexity
     ok = both(a, b) and b.value > 0
-    c["perplexity"] = check(a.value / b.value <= criteria.max_ppl_ratio if ok else None,
-                            f"{a.value / b.value:.2f}x vs <= {criteria.max_ppl_ratio:g}x" if ok else "missing")
+    if a.collapsed:
+        seeds = f" in {a.collapsed} of {a.n} seeds" if a.n > 1 else ""
+        c["perplexity"] = check(False, f"collapsed (non-finite loss{seeds})")
+    else:
+        c["perplexity"] = check(a.value / b.value <= criteria.max_ppl_ratio if ok else None,
+                                f"{a.value / b.value:.2f}x vs <= {criteria.max_ppl_ratio:g}x" if ok
+                                else "baseline collapsed" if b.collapsed else "missing")
     passed = [v["passed"] for v in c.values()]
     if any(p is False for p in passed):
         overall = "does not win"
@@ -226,6 +254,8 @@ def _pts(x: float) -> str:
 
 
 def _fmt(m: Metric, scale: float = 1.0, digits: int = 1) -> str:
+    if m.collapsed:
+        return "collapsed" + (f" ({m.collapsed}/{m.n})" if m.n > 1 else "")
     if m.value is None:
         return "-"
     text = f"{scale * m.value:.{digits}f}"
@@ -282,7 +312,7 @@ def criteria_markdown(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]], 
 def write_csv(path: Path, rows: Sequence[Row], verdicts: dict[str, dict[str, Any]]) -> None:
     header = ["run", "variant", "size", "runs", "params", "state_bytes_2048"]
     for name in METRICS:
-        header += [name, f"{name}_ci_low", f"{name}_ci_high", f"{name}_n"]
+        header += [name, f"{name}_ci_low", f"{name}_ci_high", f"{name}_n", f"{name}_collapsed"]
     header += ["verdict"]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -291,7 +321,7 @@ def write_csv(path: Path, rows: Sequence[Row], verdicts: dict[str, dict[str, Any
             line: list[Any] = [r.name, r.variant, r.size, r.runs, r.params, r.state_bytes]
             for name in METRICS:
                 m: Metric = getattr(r, name)
-                line += [m.value, *(m.ci95 or [None, None]), m.n]
+                line += [m.value, *(m.ci95 or [None, None]), m.n, m.collapsed]
             writer.writerow([*line, verdicts[r.name]["verdict"]])
 
 
@@ -331,7 +361,7 @@ def compare_rows(
         )
         write_csv(out / "compare.csv", rows, verdicts)
         data = {"baseline": base.name, "criteria": asdict(criteria), "verdicts": verdicts,
-                "rows": [{k: v for k, v in asdict(r).items() if k != "results"} for r in rows]}
+                "rows": [{k: v for k, v in asdict(r).items() if k not in ("results", "members")} for r in rows]}
         (out / "compare.json").write_text(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
         files += [out / "compare.md", out / "compare.csv", out / "compare.json"]
         if plots:

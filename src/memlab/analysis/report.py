@@ -19,8 +19,9 @@ def _pct(record: dict[str, Any] | None) -> str:
 
 
 def ablation_markdown(comparison: Comparison) -> str:
+    """The ablation table: one line per run (each seed of an aggregated row under its own name)."""
     cells = []
-    for row in comparison.rows:
+    for row in (member for r in comparison.rows for member in r.members or [r]):
         p = row.results.get("ablation")
         if p is None:
             continue
@@ -61,9 +62,9 @@ def write_report(path: Path, plan: dict[str, Any], preset, comparison: Compariso
         f"memlab {__version__} (commit {git_commit() or 'unknown'}); written {utc_timestamp()}",
         f"- this session of the study took {plan.get('session_s', 0):.0f} s\n",
         "## Comparison\n",
-        "Accuracies in % with 95% intervals (Wilson over examples for one run; Student t over seeds for "
-        "several); perplexity on the validation split of the training corpus; Delta is the memory ablation "
-        "below; training time is the run's wall time.\n",
+        "Accuracies in % with 95% intervals (Wilson over examples for one run; Student t over seeds, clipped "
+        "to the possible range, for several); perplexity on the validation split of the training corpus; Delta "
+        "is the memory ablation below (its seeds one by one); training time is the run's wall time.\n",
         markdown(comparison.rows, comparison.verdicts) + "\n",
         criteria_markdown(comparison.rows, comparison.verdicts, base, comparison.criteria) + "\n",
         "## Memory ablation\n",

@@ -13,11 +13,21 @@ divided by their geometric mean while fitting; ``a`` is reported in the original
 The interval for alpha is a bootstrap:
 
 * ``batches``: when each point carries its per-batch validation losses, every replicate
-  resamples each point's batches with replacement and refits (evaluation noise);
+  resamples the batches with replacement and refits (evaluation noise).  Points with as many
+  batches are taken to be scored on the same windows (a ladder's rungs are): one draw of
+  window indices serves every point, so a window's shared difficulty moves all points
+  together, as it does in the data (this is also valid for independent windows).  Points
+  with different counts are resampled independently;
 * ``residuals``: otherwise, with more points than parameters, every replicate adds
-  resampled residuals to the fitted curve and refits;
+  resampled residuals, inflated by sqrt(n / (n - 3)) for the three fitted parameters, to the
+  fitted curve and refits.  With a handful of points this interval still under-covers (about
+  80% for a nominal 95% with five sizes): read it as a lower bound on the uncertainty;
 * ``none``: with exactly three points and no batches the curve interpolates the points and
   no interval can be had; the verdict says so.
+
+A fit that rests on a bound of the search (alpha at 0 or 3, c at 0 or at the smallest loss,
+or a = 0, where alpha is undetermined) is not a free least-squares optimum; ``at_bound`` says
+which, and its verdict is never decisive.
 
 The verdict is the source experiment's go/no-go rule on the point estimate: alpha > 0.3
 proceed to the next scale, alpha < 0.1 will not scale, otherwise inconclusive; it is
@@ -57,6 +67,7 @@ class PowerLawFit:
     alpha_ci: tuple[float, float] | None  # 95% bootstrap interval; None when it cannot be had
     ci_method: str  # "batches", "residuals" or "none"
     n_bootstrap: int  # replicates that converged
+    at_bound: str | None = None  # the bound of the search the fit rests on, if any
 
     def predict(self, x: np.ndarray | float) -> np.ndarray:
         return self.a * np.asarray(x, dtype=float) ** (-self.alpha) + self.c
@@ -147,14 +158,25 @@ def fit_power_law(
     noise = None
     if batch_losses is not None and all(len(b) >= 2 for b in batch_losses):
         method = "batches"
-        noise = float(np.sqrt(np.mean([np.var(b, ddof=1) / len(b) for b in batch_losses])))
-        replicates = np.stack(  # (R, n): each point's batches resampled with replacement
-            [np.asarray(b, dtype=float)[rng.integers(0, len(b), (n_bootstrap, len(b)))].mean(-1) for b in batch_losses],
-            axis=-1,
-        )
+        if len({len(b) for b in batch_losses}) == 1:  # the same windows: resample their indices jointly
+            b = np.asarray(batch_losses, dtype=float)  # (n, W)
+            W = b.shape[1]
+            weights = rng.multinomial(W, np.full(W, 1 / W), size=n_bootstrap) / W  # (R, W) resampling counts
+            replicates = weights @ b.T  # (R, n)
+            # the noise a fit can show: each window's losses relative to their mean over the points
+            # (a window's shared difficulty moves every point alike)
+            noise = float(np.sqrt(np.mean(np.var(b - b.mean(0), axis=1, ddof=1) / W)))
+        else:
+            noise = float(np.sqrt(np.mean([np.var(b, ddof=1) / len(b) for b in batch_losses])))
+            replicates = np.stack(  # (R, n): each point's batches resampled with replacement
+                [np.asarray(b, dtype=float)[rng.integers(0, len(b), (n_bootstrap, len(b)))].mean(-1)
+                 for b in batch_losses],
+                axis=-1,
+            )
     elif len(y) > 3:
         method = "residuals"
-        replicates = fitted + residuals[rng.integers(0, len(y), (n_bootstrap, len(y)))]
+        inflated = residuals * np.sqrt(len(y) / (len(y) - 3))  # least-squares residuals are too small
+        replicates = fitted + inflated[rng.integers(0, len(y), (n_bootstrap, len(y)))]
     else:
         method, replicates = "none", np.empty((0, len(y)))
     replicates = replicates[(replicates > 0).all(-1)]
@@ -170,7 +192,22 @@ def fit_power_law(
         alpha_ci=ci,
         ci_method=method if ci is not None else "none",
         n_bootstrap=len(alphas),
+        at_bound=_at_bound(a, alpha, c, float(y.min())),
     )
+
+
+def _at_bound(a: float, alpha: float, c: float, min_loss: float) -> str | None:
+    """Which bound of the search a fit rests on, or None for a free optimum."""
+    lo, hi = ALPHA_BOUNDS
+    if a <= 0:
+        return "a = 0: a flat curve, alpha undetermined"
+    if alpha <= lo + 1e-5 or alpha >= hi - 1e-5:
+        return f"alpha = {alpha:g}, the edge of its range [{lo:g}, {hi:g}]"
+    if c <= 1e-6 * min_loss:
+        return "c = 0"
+    if c >= (1 - 1e-6) * min_loss:
+        return "c = the smallest loss"
+    return None
 
 
 @dataclass
@@ -192,13 +229,16 @@ def verdict(fit: PowerLawFit) -> Verdict:
     )
     poor_fit = fit.noise is not None and fit.rmse > POOR_FIT * fit.noise
     decisive = (
-        fit.alpha_ci is not None and not poor_fit and _region(fit.alpha_ci[0]) == _region(fit.alpha_ci[1]) == decision
+        fit.alpha_ci is not None and not poor_fit and fit.at_bound is None
+        and _region(fit.alpha_ci[0]) == _region(fit.alpha_ci[1]) == decision
     )
     if decisive:
         support = "the whole interval agrees"
     elif poor_fit:
         support = (f"tentative: a poor fit (rmse {fit.rmse:.3g} > {POOR_FIT:g} x evaluation noise {fit.noise:.3g}), "
                    "the interval reflects evaluation noise only")
+    elif fit.at_bound is not None:
+        support = f"tentative: the fit rests on a bound ({fit.at_bound})"
     elif fit.alpha_ci is None:
         support = "tentative"
     else:

@@ -32,8 +32,6 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     options = ctx.options
     tasks = check_tasks(options.tasks)
     splits = ("iid", "ood") if options.grid == "all" else (options.grid,)
-    if options.samples < 1:
-        raise MemlabError(f"--samples must be >= 1, got {options.samples}")
     grids = {split: {t: list(getattr(GRIDS[t], split)) for t in tasks} for split in splits}
     payload: dict[str, Any] = {"grids": grids, "tasks": {}}
     cells = [(task, split, d) for task in tasks for split in splits for d in grids[split][task]]

@@ -155,6 +155,7 @@ def evaluate(
     ``out_dir`` defaults to ``eval/`` of the run (or of the model directory).  Returns the document.
     """
     options = options or EvalOptions()
+    options.check()
     choose("suite", suite, suite_names())
     model, tokenizer, model_dir = load_checkpoint(checkpoint, options.device)
     default_out = "eval"
@@ -172,6 +173,7 @@ def evaluate(
 def evaluate_model(ctx: EvalContext, suite: str = "all", checkpoint: str = "", model_dir: str = "") -> dict[str, Any]:
     """Run ``suite`` on the model of ``ctx``; returns the results document (nothing is written but plots)."""
     names = list(SUITE_ORDER) if suite == "all" else [suite]
+    ctx.options.check()
     choose("suite", suite, suite_names())
     torch.manual_seed(ctx.options.seed)
     payloads = {}
@@ -209,6 +211,10 @@ def _acc(record: dict[str, Any] | None) -> str:
     return f"{100 * record['accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={record['n']})"
 
 
+def _number(x: float | None, digits: int) -> str:
+    return "non-finite" if x is None else f"{x:.{digits}f}"  # null: a non-finite number (a diverged model)
+
+
 def summary_lines(doc: dict[str, Any]) -> list[str]:
     """A few human lines of a results document (what ``memlab eval`` prints)."""
     payloads = doc["results"] if doc["suite"] == "all" else {doc["suite"]: doc["results"]}
@@ -221,8 +227,8 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
             lines.append(f"longctx: {_acc(p['overall'])}")
             lines += [f"  {task:<8} {_acc(r['overall'])}" for task, r in p["tasks"].items()]
         elif suite == "lm":
-            lines.append(f"lm: perplexity {p['perplexity']:.2f} (loss {p['loss']:.4f}) on {p['tokens']} tokens "
-                         f"of {p['corpus']}, {p['tokens_per_s']:.0f} tokens/s")
+            lines.append(f"lm: perplexity {_number(p['perplexity'], 2)} (loss {_number(p['loss'], 4)}) on "
+                         f"{p['tokens']} tokens of {p['corpus']}, {p['tokens_per_s']:.0f} tokens/s")
         elif suite == "ablation":
             d = p["delta"]
             lines.append(f"ablation ({p['task']} @ {p['context_len']} tokens, memory layers {p['memory_layers']}): "

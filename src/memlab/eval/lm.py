@@ -51,12 +51,20 @@ def run_data_dir(run_dir: Path | None) -> str | None:
     return str(value) if value and (Path(value) / HEADER_FILE).is_file() else None
 
 
+def _exp(x: float) -> float:
+    """exp(x), inf where it overflows (a diverged model's perplexity, written as null)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
 @register_suite("lm")
 @torch.no_grad()
 def run(ctx: EvalContext) -> dict[str, Any]:
     model, options = ctx.model, ctx.options
     name, shards = open_corpus(ctx)
-    seq_len = options.lm_context or min(model.config.max_seq_len, 512)
+    seq_len = min(model.config.max_seq_len, 512) if options.lm_context is None else options.lm_context
     check_context(model, seq_len, "the lm window (--lm-context)")
     device = next(model.parameters()).device
     batch = max(1, options.batch_tokens // seq_len)
@@ -81,8 +89,8 @@ def run(ctx: EvalContext) -> dict[str, Any]:
         "tokens": total_tokens,
         "windows": len(window_losses),
         "loss": loss,
-        "perplexity": math.exp(loss),
+        "perplexity": _exp(loss),
         "loss_ci95": interval,
-        "perplexity_ci95": [math.exp(v) for v in interval],
+        "perplexity_ci95": [None if v is None else _exp(v) for v in interval],
         "tokens_per_s": total_tokens / seconds,
     }

@@ -4,7 +4,8 @@
 named tasks (or task YAML files) through :class:`memlab.eval.lm_eval_adapter.MemlabLM`,
 with ``--samples`` examples per task (lm-eval's ``limit``).  Task data comes from wherever
 lm-eval finds it (the Hugging Face cache, or local files a task YAML names).  Every metric is
-reported with lm-eval's standard error, its 95% interval and the sample count.
+reported with lm-eval's standard error, its 95% interval (Wilson for the 0/1 metrics of
+:data:`BINARY_METRICS`, value +- 1.96 stderr for the others) and the sample count.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any
 
 from memlab.errors import MemlabError
 from memlab.eval.hub import EvalContext, register_suite
+from memlab.eval.stats import wilson_interval
 
 log = logging.getLogger(__name__)
+BINARY_METRICS = ("acc", "acc_norm", "exact_match")  # means of per-example 0/1 outcomes
 INSTALL_HINT = "the lm-eval suite needs EleutherAI's lm-evaluation-harness: pip install 'memlab[lm-eval]'"
 
 
@@ -79,12 +82,16 @@ def run(ctx: EvalContext) -> dict[str, Any]:
 def _task_record(metrics: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
     """``{"n", "metrics": {name: {"value", "stderr", "ci95", "n"}}}`` from lm-eval's ``metric,filter`` keys."""
     record: dict[str, Any] = {}
+    n = counts.get("effective")
     for key, value in metrics.items():
         name, _, _filter = key.partition(",")
         if name.endswith("_stderr") or not isinstance(value, (int, float)):
             continue
         stderr = metrics.get(f"{name}_stderr,{_filter}" if _filter else f"{name}_stderr")
         stderr = stderr if isinstance(stderr, (int, float)) else None
-        ci = [value - 1.96 * stderr, value + 1.96 * stderr] if stderr is not None else None
-        record[name] = {"value": value, "stderr": stderr, "ci95": ci, "n": counts.get("effective")}
-    return {"n": counts.get("effective"), "metrics": record}
+        if name in BINARY_METRICS and n:
+            ci = list(wilson_interval(round(value * n), n))
+        else:
+            ci = [value - 1.96 * stderr, value + 1.96 * stderr] if stderr is not None else None
+        record[name] = {"value": value, "stderr": stderr, "ci95": ci, "n": n}
+    return {"n": n, "metrics": record}

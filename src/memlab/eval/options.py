@@ -8,6 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from memlab.errors import MemlabError
+
+# options that count something: each must be >= 1 (None where allowed: the default)
+COUNTS = ("samples", "needle_samples", "lm_tokens", "lm_context", "ablation_context", "ablation_samples",
+          "horizon_samples", "batch_tokens")
+
 
 @dataclass
 class EvalOptions:
@@ -51,3 +57,12 @@ class EvalOptions:
     """tokens per forward batch"""
     device: str = "auto"
     """auto (cuda when available), cpu, cuda, cuda:N"""
+
+    def check(self) -> None:
+        """Refuse a count below 1 with one line naming its flag (run before any work)."""
+        for name in COUNTS:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise MemlabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.horizons and min(self.horizons) < 1:
+            raise MemlabError(f"--horizons must be >= 1, got {min(self.horizons)}")

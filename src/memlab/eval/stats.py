@@ -5,7 +5,8 @@
   bootstrap interval: examples are resampled and both conditions use the same draw.  When every
   pair differs the same way the bootstrap has nothing to resample (a zero-width interval would
   overstate certainty), so Newcombe's hybrid score interval for paired proportions is used;
-* a mean over seeds or windows carries a Student-t interval.
+* a mean over seeds or windows carries a Student-t interval (none from a single value); a
+  non-finite or missing value leaves the mean undefined rather than being dropped.
 """
 
 from __future__ import annotations
@@ -95,14 +96,18 @@ def newcombe_paired_interval(
 
 
 def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
-    """``{"mean", "ci95", "n", "std"}``: the mean of ``values`` with a Student-t interval."""
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    """``{"mean", "ci95", "n", "std"}``: the mean of ``values`` with a Student-t interval.
+
+    ``n`` counts every value; a None or non-finite one makes mean, interval and std None, and
+    a single value has no interval.
+    """
+    x = np.asarray([math.nan if v is None else v for v in values], dtype=float)
     n = int(x.size)
-    if n == 0:
-        return {"mean": None, "ci95": [None, None], "n": 0, "std": None}
+    if n == 0 or not np.isfinite(x).all():
+        return {"mean": None, "ci95": [None, None], "n": n, "std": None}
     mean = float(x.mean())
     if n == 1:
-        return {"mean": mean, "ci95": [mean, mean], "n": 1, "std": 0.0}
+        return {"mean": mean, "ci95": [None, None], "n": 1, "std": None}
     std = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * std / math.sqrt(n)
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": n, "std": std}

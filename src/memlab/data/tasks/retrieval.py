@@ -8,12 +8,14 @@ Each is a small frozen dataclass of parameters whose instances are tasks
   random; ``meta`` records the fact's sentence index, its depth (0..1) and bucket (early/middle/late).
   The distractor curriculum of the source experiments is ``NIAH_LEVELS`` = 0, 10, 30, 50, 100.
 - :class:`SNIAH` (``sniah1/2/3``, as in RULER): "One of the special magic numbers for
-  ambitious-kettle is: 4827151." hidden at ``depth`` percent of a haystack of ``difficulty``
-  tokens.  Variant 1: a 7-digit number in repeated noise; 2: a number in real prose; 3: a UUID in
-  prose.  ``n_keys`` > 1 adds needles with other keys (multi-key), ``n_values`` > 1 gives the key
-  several values (multi-value: all are answered, in text order), ``n_queries`` > 1 asks for several
-  keys (multi-query: answered in query order).  Token counts use ``count_tokens`` (default: UTF-8
-  bytes, i.e. the byte tokenizer; pass the run's tokenizer for exact lengths).
+  ambitious-kettle is: 4827151." hidden in a haystack of ``difficulty`` tokens at the sentence
+  boundary nearest ``depth`` percent of its tokens (``meta["depth"]``: where it is, a coarse
+  place when a few long prose sentences fill a short haystack).  Variant 1: a 7-digit number in
+  repeated noise; 2: a number in real prose; 3: a UUID in prose.  ``n_keys`` > 1 adds needles
+  with other keys (multi-key), ``n_values`` > 1 gives the key several values (multi-value: all are
+  answered, in text order), ``n_queries`` > 1 asks for several keys (multi-query: answered in
+  query order).  Token counts use ``count_tokens`` (default: UTF-8 bytes, i.e. the byte
+  tokenizer; pass the run's tokenizer for exact lengths).
 - :class:`MQAR` (``mqar``, as in Zoology): ``difficulty`` key-value pairs of token ids, then
   queries of the keys at power-law distributed gaps, each followed by its value, in sequences of
   ``seq_len`` tokens.  Token-level: it returns a :class:`TokenizedExample` whose ids lie in
@@ -23,7 +25,9 @@ Each is a small frozen dataclass of parameters whose instances are tasks
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import random
 import re
 import uuid
@@ -100,6 +104,14 @@ def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
+def _nearest(offsets: list[int], target: float) -> int:
+    """The index of the (sorted) offset nearest ``target``; of two equally near, the later (round half up)."""
+    k = bisect.bisect_left(offsets, target)  # offsets[k - 1] < target <= offsets[k]
+    if k == len(offsets) or (k > 0 and target - offsets[k - 1] < offsets[k] - target):
+        return k - 1
+    return k
+
+
 @dataclass(frozen=True)
 class SNIAH:
     """RULER single-needle NIAH; ``difficulty`` is the context length in tokens."""
@@ -153,9 +165,11 @@ class SNIAH:
                 f"and question ({fixed} tokens)"
             )
         hay = self._haystack(rng, budget)
-        # the first needle at `depth`, the others at random places; inserting from the back keeps indices valid
+        # the first needle at `depth` of the haystack's tokens (offsets: tokens before each sentence boundary),
+        # the others at random boundaries; inserting from the back keeps indices valid
+        offsets = list(itertools.accumulate((self.count_tokens(" " + s) for s in hay), initial=0))
         n_hay = len(hay)
-        first = round(n_hay * self.depth / 100) if self.depth is not None else rng.randint(0, n_hay)
+        first = _nearest(offsets, offsets[-1] * self.depth / 100) if self.depth is not None else rng.randint(0, n_hay)
         places = [first] + [rng.randint(0, n_hay) for _ in needle_text[1:]]
         order = sorted(range(len(needles)), key=lambda i: (places[i], i))
         for i in sorted(range(len(needles)), key=lambda i: (places[i], i), reverse=True):
@@ -163,7 +177,7 @@ class SNIAH:
         in_text_order = [needles[i] for i in order]
         answer = ", ".join(v for q in queried for k, v in in_text_order if k == q)
         prompt = intro + "\n" + " ".join(hay)
-        depth = first / n_hay if n_hay else 0.0
+        depth = offsets[first] / offsets[-1] if offsets[-1] else 0.0
         meta = {
             "task": f"sniah{self.variant}",
             "difficulty": difficulty,
