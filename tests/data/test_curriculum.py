@@ -236,6 +236,24 @@ def test_bad_configurations(byte_tok, kw, fragment):
         Curriculum(tasks_only(**kw), byte_tok)
 
 
+def test_a_level_fits_only_if_its_longest_examples_do(byte_tok):
+    # niah with 10 distractors needs 224 to 230 tokens, by the names, objects and colours drawn
+    niah = dict(tasks=[], retrieval_tasks=["niah"], retrieval_ratio=1.0, batch_size=4, total_tokens=10**9)
+    assert Curriculum(CurriculumConfig(seq_len=230, **niah), byte_tok)._levels["niah"] == (0, 10)
+    c = Curriculum(CurriculumConfig(seq_len=226, **niah), byte_tok)
+    assert c._levels["niah"] == (0,)
+    with pytest.raises(MemlabError, match=r"task niah does not fit in seq_len=226 \(difficulty 10 needs 2(2[7-9]|30) "):
+        Curriculum(CurriculumConfig(seq_len=226, levels={"niah": [0, 10]}, **niah), byte_tok)
+
+
+def test_an_example_longer_than_the_checked_ones_is_a_clear_error(byte_tok):
+    c = Curriculum(tasks_only(tasks=["copy"], levels={"copy": [4]}, seq_len=32), byte_tok)
+    copy = c._tasks["copy"]
+    c._tasks["copy"] = lambda rng, level: copy(rng, 40)  # a rare example the start-up check did not draw
+    with pytest.raises(MemlabError, match=r"task copy at difficulty 4 drew an example of 88 tokens, more than seq_len=32"):
+        c.next_batch()
+
+
 def test_mismatched_inputs(byte_tok, byte_shards):
     other = build_tokenizer("bpe", texts=["some text 123"] * 10, vocab_size=300)
     with pytest.raises(MemlabError, match="different tokenizer"):

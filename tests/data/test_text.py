@@ -44,6 +44,16 @@ def test_files_source_reads_txt_and_jsonl_in_order(tmp_path):
         list(open_source(f"files:{tmp_path}/c.jsonl").documents())
 
 
+def test_jsonl_null_text_is_no_document_and_other_non_text_is_an_error(tmp_path, byte_tok):
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\n{"text": null}\n{"text": "two"}\n')
+    assert list(open_source(f"files:{tmp_path}/a.jsonl").documents()) == ["one", "two"]
+    header = prepare_shards(f"files:{tmp_path}/a.jsonl", byte_tok, tmp_path / "shards", val_fraction=0).header
+    assert header["splits"]["train"]["documents"] == 2
+    (tmp_path / "b.jsonl").write_text('{"text": "one"}\n{"text": 7}\n')
+    with pytest.raises(MemlabError, match=r"b\.jsonl:2: field 'text' is not a string but int$"):
+        list(open_source(f"files:{tmp_path}/b.jsonl").documents())
+
+
 def test_files_source_reads_parquet(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

@@ -1,13 +1,24 @@
-"""Crash safety: a run killed with SIGKILL and resumed logs exactly what an uninterrupted run logs."""
+"""Crash safety: a run killed with SIGKILL and resumed logs exactly what an uninterrupted run logs;
+what a resume with other settings keeps, takes from the command line, or refuses."""
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
+import torch
 from conftest import cli_args, curve, subprocess_env, tiny_config
+
+from memlab.errors import MemlabError
+from memlab.models.paths import resolve_model_dir, write_manifest
+from memlab.train import train
+from memlab.train.checkpoint import TRAINER_STATE_FILE, read_optimizer_state
 
 
 def _command(cfg) -> list[str]:
@@ -46,3 +57,42 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_pa
     assert (crashed.run_dir / "best_model" / "model.safetensors").read_bytes() == (
         whole.run_dir / "best_model" / "model.safetensors"
     ).read_bytes()
+
+
+def test_resume_refuses_another_global_batch(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=2, batch_size=4))  # 48 x 4 = 192 tokens per step
+    with pytest.raises(MemlabError, match=r"trained with 192 tokens per step \(seq_len x batch_size x grad_accum x "
+                                          r"world_size\), this run has 384 = 48 x 8 x 1 x 1; resume with the same"):
+        train(tiny_config(run, steps=2, batch_size=8, resume=True))
+    train(tiny_config(run, steps=3, batch_size=2, grad_accum=2, resume=True))  # the same global batch
+    assert json.loads((run / "summary.json").read_text())["tokens_seen"] == 3 * 192
+
+    # a checkpoint written before the global batch was recorded is resumed as before
+    step_3 = run / "checkpoints" / "step_3"
+    state = json.loads((step_3 / TRAINER_STATE_FILE).read_text())
+    del state["tokens_per_step"]
+    (step_3 / TRAINER_STATE_FILE).write_text(json.dumps(state))
+    write_manifest(step_3)
+    train(tiny_config(run, steps=4, resume=True))
+    assert json.loads((run / "summary.json").read_text())["steps"] == 4
+
+
+def test_resume_takes_weight_decay_and_betas_from_the_command_line(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=2, weight_decay=0.1, beta1=0.9, beta2=0.95))
+    train(tiny_config(run, steps=3, weight_decay=0.05, beta1=0.8, beta2=0.999, resume=True))
+    groups = read_optimizer_state(run / "checkpoints" / "step_3", torch.device("cpu"))["param_groups"]
+    assert [(g["weight_decay"], tuple(g["betas"])) for g in groups] == [(0.05, (0.8, 0.999)), (0.0, (0.8, 0.999))]
+
+
+def test_resume_sets_aside_a_best_model_saved_after_the_resumed_step(tmp_path, caplog):
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=4, eval_interval=4, save_interval=2, keep_last=0))  # best_model/ of step 4
+    shutil.rmtree(run / "checkpoints" / "step_4")  # as if killed before its checkpoint was written
+    with caplog.at_level(logging.WARNING, logger="memlab"):
+        train(tiny_config(run, steps=2, eval_interval=4, save_interval=2, keep_last=0, resume=True))  # ends at step 2
+    aside = run / "best_model.abandoned-step_4"
+    assert json.loads((aside / "best.json").read_text())["step"] == 4 and str(aside) in caplog.text
+    assert not (run / "best_model").exists()
+    assert resolve_model_dir(run) == run / "checkpoints" / "step_2"  # what `memlab eval RUN` loads

@@ -123,3 +123,12 @@ def test_tokenizer_mismatch_with_existing_shards(tmp_path, text_corpus, capsys):
     assert "tokenizer mismatch" in err and str(data) in err
     err = _error(["--data_dir", str(data), "--corpus", "stdlib-docs", "--output_dir", str(tmp_path / "run")], capsys)
     assert "holds shards of files:" in err
+
+
+@pytest.mark.parametrize("flag, value, used", [("val_fraction", "0.5", "0.2"), ("corpus_max_docs", "5", "None")])
+def test_prepared_data_dir_refuses_other_split_options(tmp_path, text_corpus, capsys, flag, value, used):
+    data = tmp_path / "data"
+    prepare_shards(text_corpus, "byte", data, val_fraction=0.2)
+    err = _error(["--data_dir", str(data), f"--{flag}", value, "--output_dir", str(tmp_path / "run")], capsys)
+    assert f"the shards in {data} were prepared with {flag}={used}, not --{flag} {value}" in err
+    assert "new --data-dir" in err

@@ -56,6 +56,7 @@ from memlab.data.tokenizer import Tokenizer
 from memlab.errors import MemlabError
 
 STATE_VERSION = 1
+FIT_SAMPLES = 128  # examples per level the start-up length check draws: lengths vary within a level
 DEFAULT_DAG: dict[str, list[str]] = {
     "copy": [],
     "parity": [],
@@ -174,31 +175,36 @@ class Curriculum:
             )
 
     def _fitting_levels(self, spec: str) -> tuple[int, ...]:
-        """The task's levels (configured, else its defaults that fit in seq_len); fail now, not mid-run."""
+        """The task's levels (configured, else its defaults that fit in seq_len); fail now, not mid-run.
+
+        A level fits when the longest of ``FIT_SAMPLES`` examples drawn with a fixed seed does.
+        """
         configured = self.config.levels.get(spec)
         problems = []
 
         def fits(level: int) -> bool:
+            rng = random.Random(0)
             try:
-                example = self._encode(spec, random.Random(0), level)
+                for _ in range(FIT_SAMPLES):
+                    needed = len(self._encode(spec, rng, level)) - 1
+                    if needed > self.config.seq_len:
+                        problems.append(f"difficulty {level} needs {needed} tokens")
+                        return False
             except MemlabError as e:  # impossible at this level: an error for configured levels only
                 if configured:
                     raise
                 problems.append(str(e))
                 return False
-            if len(example) - 1 > self.config.seq_len:
-                problems.append(f"difficulty {level} needs {len(example) - 1} tokens")
-                return False
             return True
 
         levels = tuple(configured or task_levels(spec))
-        levels = tuple(level for level in levels if fits(level)) if not configured else levels
-        if not levels or not fits(levels[-1]):
+        fitting = tuple(level for level in levels if fits(level))
+        if not fitting or (configured and fitting != levels):
             raise MemlabError(
                 f"task {spec} does not fit in seq_len={self.config.seq_len} ({problems[0]}); "
                 f"raise seq_len or set easier levels for {spec}"
             )
-        return levels
+        return fitting
 
     def _dag(self) -> dict[str, list[str]]:
         dag = self.config.dag or DEFAULT_DAG
@@ -261,7 +267,15 @@ class Curriculum:
     def _examples(self, group: str) -> Iterator[TokenizedExample]:
         while True:
             spec = self._sample_task(group)
-            yield self._encode(spec, self._rng, self._sample_difficulty(spec))
+            level = self._sample_difficulty(spec)
+            example = self._encode(spec, self._rng, level)
+            if len(example) - 1 > self.config.seq_len:  # longer than all the start-up check saw
+                raise MemlabError(
+                    f"task {spec} at difficulty {level} drew an example of {len(example) - 1} tokens, more than "
+                    f"seq_len={self.config.seq_len} and than the {FIT_SAMPLES} examples checked at start-up; "
+                    f"raise seq_len or set easier levels for {spec}"
+                )
+            yield example
 
     def _kind(self) -> str:
         c = self.config

@@ -181,7 +181,12 @@ class Files(Source):
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     raise MemlabError(f"{path}:{line_no} is not a JSON object (files: reads JSON lines)") from None
-                yield row[_text_field(row, self.text_field, f"{path}:{line_no}")]
+                field = _text_field(row, self.text_field, f"{path}:{line_no}")
+                text = row[field]
+                if isinstance(text, str):
+                    yield text
+                elif text is not None:  # null: no document, as in the parquet and hf readers
+                    raise MemlabError(f"{path}:{line_no}: field {field!r} is not a string but {type(text).__name__}")
 
     def _parquet(self, path: Path) -> Iterator[str]:
         try:

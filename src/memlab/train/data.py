@@ -59,6 +59,18 @@ def _check_tokenizer_request(spec: str, tokenizer: Tokenizer, where: Path) -> No
         )
 
 
+def _check_prepared_request(cfg: TrainConfig, request: dict, where: Path) -> None:
+    """A MemlabError if --val_fraction or --corpus_max_docs, when set, differ from how ``where`` was prepared."""
+    options = (("val_fraction", "val_fraction", TrainConfig.val_fraction), ("corpus_max_docs", "max_docs", None))
+    for option, key, unset in options:  # (the option, its name in the request, its value when not set)
+        value, used = getattr(cfg, option), request[key]
+        if value != unset and value != used:
+            raise MemlabError(
+                f"the shards in {where} were prepared with {option}={used}, not --{option} {value}; "
+                f"drop --{option} to use them, or name a new --data-dir to prepare the corpus with it"
+            )
+
+
 def _prepared(cfg: TrainConfig, d: Dist) -> tuple[Tokenizer, Path | None, str]:
     """(tokenizer, shard directory or None, corpus name), preparing the shards if needed (main process first)."""
     explicit = Path(cfg.data_dir) if cfg.data_dir else None
@@ -82,6 +94,7 @@ def _prepared(cfg: TrainConfig, d: Dist) -> tuple[Tokenizer, Path | None, str]:
                 f"{explicit} holds shards of {header['source']}, not --corpus {cfg.corpus}; "
                 "drop --corpus or choose another --data-dir"
             )
+        _check_prepared_request(cfg, header["request"], explicit)
         tokenizer = load_tokenizer(explicit)
         if cfg.tokenizer is not None:
             _check_tokenizer_request(cfg.tokenizer, tokenizer, explicit)

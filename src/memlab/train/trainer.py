@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -210,6 +211,7 @@ class Trainer:
     def _trainer_state(self) -> dict[str, Any]:
         return {
             "step": self.step,
+            "tokens_per_step": self.tokens_per_step,
             "tokens_seen": self.step * self.tokens_per_step,
             "skipped_steps": self.skipped,
             "bad_in_row": self.bad_in_row,
@@ -226,9 +228,13 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
         state = ckpt.read_trainer_state(checkpoint)
+        self._check_global_batch(checkpoint, state.get("tokens_per_step"))  # absent from older checkpoints
+        configured = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in self.optimizer.param_groups]
         set_optimizer_state_dict(
             self.model, self.optimizer, ckpt.read_optimizer_state(checkpoint, self.d.device), options=_sd_options(self)
         )
+        for group, hyperparameters in zip(self.optimizer.param_groups, configured):
+            group.update(hyperparameters)  # the moments are the checkpoint's, weight decay and betas this run's
         self.step, self.skipped, self.bad_in_row = state["step"], state["skipped_steps"], state["bad_in_row"]
         self.best, self.wall_before = state["best"], state["wall_time_s"]
         self.window.load_state_dict(state["window"])
@@ -236,6 +242,30 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.data.curriculum.load_state_dict(state["curriculum"])
         ckpt.set_rng_state(state["rng"])
+        if self.d.is_main:
+            self._set_aside_later_best()
+
+    def _check_global_batch(self, checkpoint: Path, saved: int | None) -> None:
+        """Refuse to resume with another global batch: step counts, the schedule and the data stream assume it."""
+        if saved is not None and saved != self.tokens_per_step:
+            c = self.cfg
+            raise MemlabError(
+                f"{checkpoint} was trained with {saved} tokens per step (seq_len x batch_size x grad_accum x "
+                f"world_size), this run has {self.tokens_per_step} = {c.seq_len} x {c.batch_size} x {c.grad_accum} x "
+                f"{self.d.world_size}; resume with the same product or start again with --overwrite"
+            )
+
+    def _set_aside_later_best(self) -> None:
+        """Move a best_model/ saved after the resumed step (an abandoned continuation) out of the way."""
+        best = self.run_dir / "best_model"
+        if not (best / BEST_FILE).is_file():
+            return
+        saved_at = json.loads((best / BEST_FILE).read_text())["step"]
+        if saved_at > self.step:
+            names = (f"best_model.abandoned-step_{saved_at}" + (f".{i}" if i > 1 else "") for i in itertools.count(1))
+            aside = next(self.run_dir / name for name in names if not (self.run_dir / name).exists())
+            best.rename(aside)
+            log.warning("best_model/ is of step %d, after the resumed step %d: moved to %s", saved_at, self.step, aside)
 
     def _write_model_files(self, path: Path, model_state: dict | None) -> None:
         if model_state is None:
