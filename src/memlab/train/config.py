@@ -135,7 +135,7 @@ class TrainConfig:
     output_dir: str | None = None
     """the run directory; default runs/<variant>_<model_size>"""
     resume: bool = False
-    """continue the run in --output-dir even if its configuration differs"""
+    """continue the run in --output-dir from its last checkpoint (other options may differ, not the global batch)"""
     overwrite: bool = False
     """delete the run in --output-dir and start again"""
     progress: bool = True
