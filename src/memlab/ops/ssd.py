@@ -94,13 +94,13 @@ def ssd_step(
     """
     out_dtype, state_dtype = x.dtype, state.dtype
     x, dt, A, B, C, D, state = _upcast(x, dt, A, B, C, D, state)
-    H = x.shape[1]
-    Bh = B.repeat_interleave(H // B.shape[1], dim=1) if B.shape[1] != H else B  # (B, H, N)
-    Ch = C.repeat_interleave(H // C.shape[1], dim=1) if C.shape[1] != H else C
-    decay = torch.exp(dt * A)[..., None, None]  # (B, H, 1, 1)
-    state = torch.addcmul(state * decay, (dt[..., None] * x)[..., None], Bh[:, :, None, :])
-    y = torch.einsum("bhpn,bhn->bhp", state, Ch)  # (B, H, P)
-    return state.to(state_dtype), _skip(y, x, D).to(out_dtype)
+    (Bsz, H, P), G = x.shape, B.shape[1]
+    grouped = state.reshape(Bsz, G, H // G, P, -1)  # (B, G, hg, P, N): a group's heads share its B and C
+    decay = torch.exp(dt * A).view(Bsz, G, -1, 1, 1)
+    written = (dt[..., None] * x).view(Bsz, G, -1, P, 1)
+    grouped = torch.addcmul(grouped * decay, written, B[:, :, None, None, :])
+    y = (grouped @ C[:, :, None, :, None]).view(Bsz, H, P)  # the state read by C
+    return grouped.view_as(state).to(state_dtype), _skip(y, x, D).to(out_dtype)
 
 
 _HALF_SPAN = 60.0  # largest |log-decay| from a chunk's midpoint: e^60 ~ 1e26 keeps float32 far from overflow
