@@ -47,6 +47,8 @@ def test_info_all_is_a_markdown_table(capsys):
         (["info", "--bogus", "1"], "Unrecognized options: --bogus"),
         (["info", "--context-len", "x"], "--context-len"),
         (["info", "--vocab-size", "0"], "vocab_size, d_model, n_layers and max_seq_len must be positive"),
+        (["info", "--context-len", "0"], "--context-len must be >= 1, got 0"),
+        ([], "give a command: compare, data prepare, eval"),
         (["frobnicate"], "unknown command 'frobnicate'"),
         (["probe"], "Missing from memlab probe: --checkpoint"),
         (["train", "--variant", "gdn", "--bogus"], "Unrecognized options: --bogus"),
@@ -56,3 +58,35 @@ def test_user_errors_are_one_line_and_exit_2(args, fragment):
     code, out, err = run_cli(*args)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("memlab: error:") and fragment in err
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+        (["--max-new-tokens", "-5"], "--max-new-tokens must be >= 1, got -5"),
+        (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+        (["--temperature", "nan"], "--temperature must be a finite number >= 0"),
+        (["--temperature", "1", "--top-k", "0"], "--top-k must be >= 1, got 0"),
+        (["--temperature", "1", "--top-k", "-3"], "--top-k must be >= 1, got -3"),
+    ],
+)
+def test_generate_refuses_bad_sampling_options(flags, fragment, capsys):
+    """They had run (a negative count, a negative temperature) or crashed in torch (top-k 0, nan)."""
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--init", "--prompt", "hi", *flags])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("memlab: error: ") and fragment in err
+
+
+def test_generate_refuses_a_tokenizer_of_another_model(tmp_path, capsys):
+    """A prompt id beyond the model's vocabulary had been an IndexError in the embedding."""
+    import memlab
+    from memlab.data.tokenizer import build_tokenizer
+
+    memlab.build_model("baseline", "tiny", vocab_size=100).save(tmp_path)
+    build_tokenizer("byte").save(tmp_path)  # 261 ids
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--checkpoint", str(tmp_path), "--prompt", "zzz", "--max-new-tokens", "2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "has 261 ids but the model only 100" in err

@@ -91,6 +91,34 @@ def test_export_refuses_to_clobber_unless_asked(run_dir, tmp_path):
         export(tmp_path / "missing", tmp_path / "x")
 
 
+def test_overwrite_never_deletes_a_run_or_its_checkpoints(run_dir, tmp_path):
+    """`--out RUN --overwrite` had replaced the whole run (checkpoints, eval results) with the export."""
+    before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    with pytest.raises(MemlabError, match="holds the checkpoint"):
+        export(run_dir, run_dir, overwrite=True)
+    other = tmp_path / "other"
+    for sub in ("best_model", "checkpoints/step_4"):
+        (other / sub).mkdir(parents=True)
+        (other / sub / "manifest.json").write_text("{}")
+    (other / "config.yaml").write_text("format: memlab-train-v1\n")
+    for out in (other, other / "checkpoints", other / "checkpoints" / "step_4"):
+        with pytest.raises(MemlabError, match="holds a training run or checkpoints"):
+            export(run_dir, out, overwrite=True)
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before
+    assert (other / "checkpoints" / "step_4" / "manifest.json").is_file()
+    export(run_dir, tmp_path / "e")
+    export(run_dir, tmp_path / "e", overwrite=True)  # an earlier export is still replaced
+
+
+def test_export_refuses_a_tokenizer_of_another_model(tmp_path):
+    """It had exported the mismatched pair (a later generate crashed on ids beyond the vocabulary)."""
+    memlab.build_model("baseline", "tiny", vocab_size=100).save(tmp_path / "m")
+    build_tokenizer("byte").save(tmp_path / "m")
+    with pytest.raises(MemlabError, match="has 261 ids but the model only 100"):
+        export(tmp_path / "m", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_export(run_dir, tmp_path, capsys):
     main(["export", "--checkpoint", str(run_dir), "--out", str(tmp_path / "cli")])
     assert "model.safetensors" in capsys.readouterr().out

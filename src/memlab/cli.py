@@ -81,18 +81,23 @@ def run_generate(args: GenerateArgs) -> None:
     import torch
 
     import memlab
-    from memlab.data.tokenizer import build_tokenizer, load_tokenizer
-    from memlab.models.paths import resolve_model_dir
+    from memlab.data.tokenizer import build_tokenizer
+    from memlab.eval.hub import load_checkpoint
 
     torch.manual_seed(args.seed)
     if args.init == (args.checkpoint is not None):
         raise MemlabError("give exactly one of --checkpoint DIR or --init")
+    if args.max_new_tokens < 1:
+        raise MemlabError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 0 <= args.temperature < float("inf"):  # also refuses nan
+        raise MemlabError(f"--temperature must be a finite number >= 0 (0: greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise MemlabError(f"--top-k must be >= 1, got {args.top_k}")
     if args.init:
         tokenizer = build_tokenizer("byte")
         model = memlab.build_model(args.variant, args.model_size, vocab_size=tokenizer.vocab_size)
     else:
-        model_dir = resolve_model_dir(args.checkpoint)
-        model, tokenizer = memlab.load(model_dir), load_tokenizer(model_dir)
+        model, tokenizer, _ = load_checkpoint(args.checkpoint, "cpu")  # refuses a tokenizer of another model
     ids = torch.tensor([tokenizer.encode(args.prompt)])
     if ids.shape[1] == 0:
         raise MemlabError("the prompt is empty")
@@ -369,10 +374,12 @@ def _one_line(tyro_message: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = sorted(COMMANDS)
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: memlab {" + ",".join(n.replace(" ", "-") for n in names) + "} [--help]")
+    if not argv:
+        _fail(f"give a command: {', '.join(names)} (memlab --help describes them)")
+    if argv[0] in ("-h", "--help"):
+        print("usage: memlab {" + ",".join(names) + "} [--help]")
         print("\n".join(f"  {n:<14} {(COMMANDS[n][0].__doc__ or '').strip()}" for n in names))
-        sys.exit(0 if argv else 2)
+        sys.exit(0)
     command = argv[0]
     if len(argv) > 1 and f"{argv[0]} {argv[1]}" in COMMANDS:  # two-word commands: memlab data prepare
         command, argv = f"{argv[0]} {argv[1]}", argv[1:]

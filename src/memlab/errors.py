@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class MemlabError(Exception):
     """An error the user can cause and fix (bad flag, unknown name, missing or corrupt file)."""
@@ -12,3 +14,15 @@ def choose(kind: str, name: str, choices) -> None:
     choices = sorted(choices)
     if name not in choices:
         raise MemlabError(f"unknown {kind} {name!r}; valid choices: {', '.join(choices)}")
+
+
+def check_dir_target(path: str | Path, flag: str) -> None:
+    """Raise a MemlabError if directory ``path`` cannot be created because it, or the nearest of
+    its parents that exists, is not a directory (call it before any work that ends in writing there)."""
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                what = "is a file" if existing == path else f"is inside {existing}, which is a file"
+                raise MemlabError(f"{flag} {path} {what}, not a directory")
+            return

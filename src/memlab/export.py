@@ -23,10 +23,10 @@ from typing import Any
 import memlab
 from memlab.analysis.info import human
 from memlab.errors import MemlabError
-from memlab.eval.hub import find_tokenizer, run_dir_of
+from memlab.eval.hub import load_checkpoint, run_dir_of
 from memlab.eval.schema import read_results
 from memlab.markdown import markdown_table
-from memlab.models.paths import resolve_model_dir
+from memlab.models.paths import MANIFEST_FILE, resolve_model_dir
 
 SUMMARY_FILE, CARD_FILE = "summary.json", "README.md"
 
@@ -37,9 +37,15 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
     out = Path(out)
     if out.resolve() == model_dir.resolve():
         raise MemlabError(f"--out {out} is the checkpoint itself; choose another directory")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise MemlabError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    model, tokenizer = memlab.load(model_dir), find_tokenizer(model_dir)
+    if model_dir.resolve().is_relative_to(out.resolve()):
+        raise MemlabError(f"--out {out} holds the checkpoint {model_dir}; choose another directory")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise MemlabError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+        if out.is_dir() and _holds_training_output(out):
+            raise MemlabError(f"--out {out} holds a training run or checkpoints, which --overwrite does not "
+                              "delete; choose another directory")
+    model, tokenizer, _ = load_checkpoint(model_dir, "cpu")  # refuses a tokenizer of another model
     run_dir = run_dir_of(model_dir)
     sources = [d for d in dict.fromkeys([model_dir, run_dir]) if d is not None]
     summary_file = next((d / SUMMARY_FILE for d in sources if (d / SUMMARY_FILE).is_file()), None)
@@ -71,6 +77,13 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _holds_training_output(directory: Path) -> bool:
+    """Whether ``directory`` is a run (its config.yaml), a checkpoint, or holds checkpoints (their manifest.json)."""
+    return (directory / "config.yaml").is_file() or any(
+        next(directory.glob(pattern), None) for pattern in (MANIFEST_FILE, f"*/{MANIFEST_FILE}", f"*/*/{MANIFEST_FILE}")
+    )
 
 
 def _same_dir(recorded: str, model_dir: Path) -> bool:

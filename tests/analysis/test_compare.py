@@ -158,6 +158,33 @@ def test_seeds_keep_their_own_ablation_rows_and_intervals_stay_in_range(tmp_path
     assert "| +75 [+70, +80] |" in table and "| +0 [-5, +5] |" in table
 
 
+@pytest.mark.parametrize(
+    "criteria, fragment",
+    [(Criteria(max_time_ratio=-1), "--max-time-ratio must be > 0, got -1"),
+     (Criteria(max_ppl_ratio=0), "--max-ppl-ratio must be > 0, got 0"),
+     (Criteria(max_ppl_ratio=float("nan")), "--max-ppl-ratio must be > 0, got nan")],
+)
+def test_criteria_out_of_range_are_refused(tmp_path, base, criteria, fragment):
+    """A ratio <= 0 had made every run fail (or, nan, pass) its criterion without a word."""
+    with pytest.raises(MemlabError, match=fragment):
+        compare([base, make_run(tmp_path, "gdn")], tmp_path / "out", criteria=criteria)
+
+
+def test_an_out_dir_that_is_a_file_is_refused(tmp_path, base):
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(MemlabError, match="is a file, not a directory"):  # had been a FileExistsError
+        compare([base], tmp_path / "taken")
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_runs_without_perplexity_plot_without_a_warning(tmp_path, recwarn):
+    """The perplexity panel's log scale had warned 'Data has no positive values' on stderr."""
+    run = make_run(tmp_path, "alg-only", variant="baseline", suites=("algorithmic",))
+    compare([run], tmp_path / "out")
+    assert (tmp_path / "out" / "compare.png").is_file()
+    assert not [w for w in recwarn if "log-scaled" in str(w.message)]
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "newer", "corrupt", "baseline"])
 def test_bad_input_is_one_clear_error(tmp_path, base, case):
     runs, kwargs = [base], {}

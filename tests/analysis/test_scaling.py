@@ -238,6 +238,9 @@ def write_recipe(tmp_path):
         (["--variant", "nope", "--sizes", "d64l1,d64l2,d128l1", "--tokens", "100"], "unknown variant 'nope'"),
         (["--sizes", "d64l1,d64l2,d128l1"], "exactly one of --tokens"),
         (["--sizes", "d64l1,huge,d128l1", "--tokens", "100"], "unknown size 'huge'"),
+        # these two had been tracebacks (a division by zero, numpy's negative dimensions)
+        (["--sizes", "1M,2M,3M", "--tokens", "100", "--aspect", "0"], "--aspect (the width/depth ratio"),
+        (["--sizes", "d64l1,d64l2,d128l1", "--tokens", "100", "--bootstrap", "-1"], "--bootstrap must be >= 0"),
     ],
 )
 def test_scale_user_errors_are_one_line_exit_2(args, fragment, tmp_path, capsys):
@@ -245,3 +248,11 @@ def test_scale_user_errors_are_one_line_exit_2(args, fragment, tmp_path, capsys)
         main(["scale", "--out-dir", str(tmp_path / "s"), *args])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and fragment in err
+
+
+def test_scale_out_dir_that_is_a_file_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["scale", "--out-dir", str(tmp_path / "taken"), "--sizes", "d64l1,d64l2,d128l1", "--tokens", "100"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "is a file, not a directory" in err

@@ -95,6 +95,7 @@ def test_study_trains_evaluates_reports_and_resumes(toy_preset, tmp_path, monkey
         (dict(variants=["baseline", "transformer++"]), "unknown variant 'transformer++'"),
         (dict(seeds=0), "--seeds must be >= 1"),
         (dict(variants=["gdn"]), "the baseline 'baseline' is not among the variants"),
+        (dict(variants=["baseline", "baseline"]), "--variants lists a variant twice"),  # had failed after training
     ],
 )
 def test_bad_input(tmp_path, changes, message):
@@ -107,6 +108,19 @@ def test_a_study_directory_keeps_its_budget(toy_preset, tmp_path):
     (tmp_path / "study.json").write_text(json.dumps({"preset": "quick", "budget": {"size": "tiny"}}))
     with pytest.raises(MemlabError, match="holds a study with preset 'quick'"):
         run_study(StudyConfig(preset=toy_preset, out_dir=str(tmp_path), variants=["baseline"]))
+
+
+@pytest.mark.parametrize("plan", ["{not json", "[1, 2]"])
+def test_a_corrupt_study_plan_is_one_clear_error(tmp_path, plan):
+    (tmp_path / "study.json").write_text(plan)
+    with pytest.raises(MemlabError, match="corrupt study plan .*study.json"):
+        run_study(StudyConfig(out_dir=str(tmp_path), variants=["baseline"]))
+
+
+def test_an_out_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(MemlabError, match="is a file, not a directory"):
+        run_study(StudyConfig(out_dir=str(tmp_path / "taken"), variants=["baseline"]))
 
 
 def test_evaluation_contexts_are_capped_by_the_shortest_model():

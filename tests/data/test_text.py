@@ -172,6 +172,48 @@ def test_empty_corpus_is_an_error(tmp_path, byte_tok):
         prepare_shards(f"files:{tmp_path}/*.txt", byte_tok, tmp_path / "out")
 
 
+def test_a_failed_rebuild_keeps_the_shards_already_there(corpus_dir, tmp_path, byte_tok):
+    """The old shards used to be deleted before the new ones were written: an empty corpus, a bad
+    document or an interrupt then left a directory without data."""
+    out = tmp_path / "data"
+    good = prepare_shards(f"files:{corpus_dir}/*.txt", byte_tok, out, val_fraction=0.2, shard_tokens=1000)
+    before = stream(out, "train")
+    (tmp_path / "blank.txt").write_text("  \n\n ")
+    with pytest.raises(MemlabError, match="no documents"):
+        prepare_shards(f"files:{tmp_path}/blank.txt", byte_tok, out)
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": 3}\n')
+    with pytest.raises(MemlabError, match="is not a string"):
+        prepare_shards(f"files:{tmp_path}/bad.jsonl", byte_tok, out)
+    again = prepare_shards(f"files:{corpus_dir}/*.txt", byte_tok, out, val_fraction=0.2, shard_tokens=1000)
+    assert again.reused and again.header == good.header and np.array_equal(stream(out, "train"), before)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no staging directory left
+    with pytest.raises(MemlabError, match="no documents"):
+        prepare_shards(f"files:{tmp_path}/blank.txt", byte_tok, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()  # nor an empty directory where there was none
+
+
+def test_an_out_path_that_is_a_file_is_one_clear_error(corpus_dir, tmp_path, byte_tok):
+    (tmp_path / "taken").write_text("mine")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "data"):
+        with pytest.raises(MemlabError, match="is a file, not a directory|which is a file, not a directory"):
+            prepare_shards(f"files:{corpus_dir}/*.txt", byte_tok, out)
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_a_header_that_is_json_but_not_a_header_is_corrupt(byte_shards, tmp_path):
+    for text in ("[1, 2]", json.dumps({"format": read_header(byte_shards)["format"]})):
+        (tmp_path / HEADER_FILE).write_text(text)
+        with pytest.raises(MemlabError, match="is corrupt"):
+            TokenShards(tmp_path, "train")
+
+
+def test_a_corrupt_parquet_file_is_one_clear_error(tmp_path, byte_tok):
+    pytest.importorskip("pyarrow")
+    (tmp_path / "a.parquet").write_text("not parquet")
+    with pytest.raises(MemlabError, match="cannot read .*a.parquet as parquet: Parquet magic bytes"):
+        prepare_shards(f"files:{tmp_path}/*.parquet", byte_tok, tmp_path / "out")
+
+
 def test_bpe_on_stdlib_code(tmp_path):
     result = prepare_shards("stdlib-code", "bpe", tmp_path, vocab_size=300, max_docs=8, val_fraction=0)
     tok = load_tokenizer(tmp_path)
@@ -260,3 +302,14 @@ def test_cli_data_prepare(documents, corpus_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["data", "prepare", "--source", "bogus", "--out", str(tmp_path)])
     assert e.value.code == 2 and "unknown corpus source 'bogus'" in capsys.readouterr().err
+
+
+def test_cli_error_is_the_last_line_after_the_progress_bar(tmp_path, capsys):
+    """The progress bar was closed after the error was printed: its last refresh ended stderr."""
+    (tmp_path / "a.jsonl").write_text('{"text": "hello"}\n{bad json\n')
+    with pytest.raises(SystemExit) as e:
+        main(["data", "prepare", "--source", f"files:{tmp_path}/*.jsonl", "--tokenizer", "byte",
+              "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.endswith("\n")
+    assert err.splitlines()[-1] == f"memlab: error: {tmp_path}/a.jsonl:2 is not a JSON object (files: reads JSON lines)"

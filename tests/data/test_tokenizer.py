@@ -8,6 +8,7 @@ import pytest
 
 from memlab.data.tokenizer import (
     BPE_FILE,
+    META_FILE,
     SPECIAL_TOKENS,
     BPETokenizer,
     HFTokenizer,
@@ -68,6 +69,24 @@ def test_edited_tokenizer_is_rejected(bpe, tmp_path):
     vocab[a], vocab[b] = vocab[b], vocab[a]  # swap two ids: a different mapping
     (tmp_path / BPE_FILE).write_text(json.dumps(data))
     with pytest.raises(MemlabError, match="does not match its recorded hash"):
+        load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda d: (d / META_FILE).write_text("XXXXX not json"), "corrupt tokenizer file .*tokenizer.memlab.json"),
+        (lambda d: (d / META_FILE).write_text("[1, 2]"), "corrupt tokenizer file .*not a JSON object"),
+        (lambda d: (d / BPE_FILE).write_text("XXXXX not json"), "corrupt tokenizer file .*tokenizer.json"),
+        (lambda d: (d / BPE_FILE).unlink(), "tokenizer.json is missing"),
+    ],
+)
+def test_a_damaged_saved_tokenizer_is_one_clear_error(bpe, tmp_path, damage, fragment):
+    """A garbled file of the same size passes a checkpoint's size check: it had raised JSONDecodeError or
+    the `tokenizers` library's bare Exception."""
+    bpe.save(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(MemlabError, match=fragment):
         load_tokenizer(tmp_path)
 
 

@@ -82,6 +82,26 @@ def test_eval_refuses_counts_below_one_before_any_work(model_dir, tmp_path, caps
     assert not any(tmp_path.iterdir())  # no results file
 
 
+def test_eval_refuses_an_out_dir_that_is_a_file_before_any_work(model_dir, tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    err = fail(capsys, "eval", "--checkpoint", str(model_dir), "--suite", "selftest", "--out_dir", str(tmp_path / "taken"))
+    assert f"--out-dir {tmp_path / 'taken'} is a file, not a directory" in err  # had been a FileExistsError
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+@pytest.mark.parametrize("config", ["train: [unclosed\n", "- a list\n"])
+def test_eval_lm_names_a_garbled_config_of_the_run(model_dir, tmp_path, capsys, config):
+    """The lm suite reads the run's config.yaml for its data: a garbled one had been a YAML traceback."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "best_model").mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.memlab.json"):
+        (run / "best_model" / name).write_bytes((model_dir / name).read_bytes())
+    (run / "config.yaml").write_text(config)
+    err = fail(capsys, "eval", "--checkpoint", str(run), "--suite", "lm", "--lm-tokens", "64")
+    assert str(run / "config.yaml") in err and ("is not valid YAML" in err or "must hold a mapping" in err)
+
+
 def test_eval_fixes_the_act_steps_of_an_act_model(model_dir, tmp_path, byte_tok, shards, capsys):
     import memlab
 

@@ -228,3 +228,16 @@ def test_lm_eval_command_line_with_memlab_registered(model_dir, tmp_path, monkey
     main()
     (written,) = out.rglob("results_*.json")
     assert json.loads(written.read_text())["results"]["tiny_choice"]["acc,none"] in (0.0, 0.5, 1.0)
+
+
+def test_lm_eval_command_line_names_a_missing_checkpoint_in_one_line(tmp_path, monkeypatch, capsys):
+    """A MemlabError raised inside lm-eval's CLI had ended in a traceback."""
+    from memlab.eval.lm_eval_adapter import main
+
+    paths, _ = write_tasks(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["lm_eval", "--model", "memlab", "--model_args", f"checkpoint={tmp_path / 'nope'}",
+                                      "--tasks", paths[0], "--device", "cpu"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"memlab: error: no such checkpoint or model directory: {tmp_path / 'nope'}"

@@ -128,6 +128,30 @@ def test_model_without_slots_is_refused(tmp_path, corpora, capsys):
         run_probe(save_model(tmp_path / "slots"), "routing", tmp_path, ProbeOptions(corpus=corpora["code"], max_tokens=0))
 
 
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--seq-len", "0", "--seq-len must be >= 1, got 0"),  # had been a ValueError from range()
+    ("--batch-size", "0", "--batch-size must be >= 1, got 0"),
+    ("--max-depth", "0", "--max-depth must be >= 1, got 0"),  # these had run and written results
+    ("--permutations", "-1", "--permutations must be >= 0, got -1"),
+    ("--top-tokens", "0", "--top-tokens must be >= 1, got 0"),
+    ("--min-token-count", "-1", "--min-token-count must be >= 1, got -1"),
+    ("--val-fraction", "2", "--val-fraction must be in [0, 1), got 2.0"),
+])
+def test_probe_options_out_of_range_are_refused_before_any_work(tmp_path, capsys, flag, value, fragment):
+    model_dir = save_model(tmp_path / "m")
+    with pytest.raises(SystemExit) as e:
+        main(["probe", "--checkpoint", str(model_dir), "--out-dir", str(tmp_path / "out"), flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and fragment in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_probe_out_dir_that_is_a_file_is_refused(tmp_path, corpora):
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(MemlabError, match="is a file, not a directory"):  # had been a FileExistsError
+        run_probe(save_model(tmp_path / "m"), "routing", tmp_path / "taken", options(corpora))
+
+
 def test_probes_select_the_held_out_documents_of_the_run(tmp_path, corpora):
     """A run's split comes from its prepared data (else its config): another split would probe training text."""
     import yaml

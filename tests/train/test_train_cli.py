@@ -80,6 +80,19 @@ def _error(argv, capsys) -> str:
         (["--corpus", "none", "--alg_tokens", "64", "--total_tokens", "64", "--alg_tasks", "nope"], "unknown task"),
         (["--config", "/nonexistent/run.yaml"], "no such config file"),
         (["--resume", "--overwrite"], "exclude each other"),
+        # each had been accepted (and trained) or had failed after the data was prepared, or in torch
+        (["--beta1", "1.5"], "--beta1 must be in [0, 1), got 1.5"),
+        (["--beta2", "-1"], "--beta2 must be in [0, 1), got -1.0"),
+        (["--val_fraction", "1.5"], "--val_fraction must be in [0, 1), got 1.5"),
+        (["--replay_fraction", "-1"], "--replay_fraction must be in [0, 1], got -1.0"),
+        (["--retrieval_tasks", "niah", "--retrieval_ratio", "1.5"], "--retrieval_ratio must be in [0, 1], got 1.5"),
+        (["--replay_fraction", "0.6", "--retrieval_tasks", "niah", "--retrieval_ratio", "0.6"], "at most 1, got 0.6 + 0.6"),
+        (["--curriculum_jitter", "2"], "--curriculum_jitter must be in [0, 1], got 2.0"),
+        (["--curriculum_threshold", "2"], "--curriculum_threshold must be in [0, 1], got 2.0"),
+        (["--curriculum_cooldown", "-1"], "--curriculum_cooldown must be >= 0, got -1"),
+        (["--eval_max_new_tokens", "0"], "--eval_max_new_tokens must be positive, got 0"),
+        (["--corpus_max_docs", "0"], "--corpus_max_docs must be positive, got 0"),
+        (["--device", "tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda, cuda:N"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(argv, fragment, capsys, tmp_path):
@@ -98,6 +111,42 @@ def test_parse_errors_are_one_line_and_exit_2(argv, fragment):
 def test_yaml_with_unknown_keys_is_refused(tmp_path, capsys):
     (tmp_path / "run.yaml").write_text("learning_rate: 1\n")
     assert "unknown TrainConfig fields ['learning_rate']" in _error(["--config", str(tmp_path / "run.yaml")], capsys)
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("lr: fast\n", "lr must be of type float, got 'fast'"),
+        ("alg_tasks: copy\n", "alg_tasks must be of type list[str], got 'copy'"),  # had trained on tasks c, o, p, y
+        ("model: 3\n", "model must be of type dict[str, Any], got 3"),
+        ("model:\n  d_model: big\n", "model.d_model must be of type int, got 'big'"),
+        ("model:\n  gdn: {chunk_size: [32]}\n", "model.gdn.chunk_size must be of type int, got [32]"),
+        ("format: memlab-train-v1\n", "holds no `train:` mapping"),
+    ],
+)
+def test_yaml_values_of_the_wrong_type_are_refused(tmp_path, capsys, text, fragment):
+    (tmp_path / "run.yaml").write_text(text)
+    assert fragment in _error(["--config", str(tmp_path / "run.yaml")], capsys)
+
+
+def test_a_yaml_file_that_is_not_text_is_refused(tmp_path, capsys):
+    (tmp_path / "run.yaml").write_bytes(b"\xff\xfe\x00binary")
+    assert "is not a text (UTF-8) YAML file" in _error(["--config", str(tmp_path / "run.yaml")], capsys)
+
+
+def test_a_run_whose_every_checkpoint_is_broken_is_kept_not_restarted(tmp_path, capsys):
+    """It had started afresh (after warnings) and pruned the broken checkpoints once it saved its own."""
+    run = tmp_path / "run"
+    cfg = tiny_config(run, steps=2, eval_samples=2, save_interval=1, keep_last=0)
+    train(cfg)
+    steps = sorted(p.name for p in (run / "checkpoints").iterdir())
+    for step in steps:
+        weights = run / "checkpoints" / step / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    for extra in ([], ["--resume"]):
+        err = _error([*cli_args(cfg), *extra], capsys).splitlines()[-1]
+        assert "no checkpoint in" in err and "is whole" in err and "--overwrite" in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == steps
 
 
 def test_a_directory_of_another_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from memlab.errors import MemlabError
+from memlab.errors import MemlabError, check_dir_target
 from memlab.eval.schema import read_results
 from memlab.eval.stats import mean_interval
 from memlab.markdown import markdown_table
@@ -349,6 +349,11 @@ def compare_rows(
     if len(set(names)) != len(names):
         raise MemlabError(f"run names must be unique, got {names}")
     criteria = criteria or Criteria()
+    for name in ("max_time_ratio", "max_ppl_ratio"):
+        if not getattr(criteria, name) > 0:
+            raise MemlabError(f"--{name.replace('_', '-')} must be > 0, got {getattr(criteria, name)}")
+    if out_dir is not None:
+        check_dir_target(out_dir, "--out-dir")
     base = pick_baseline(rows, baseline)
     verdicts = {r.name: verdict(r, base, criteria) for r in rows}
     verdicts[base.name] = {"criteria": {}, "verdict": "baseline"}

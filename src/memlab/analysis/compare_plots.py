@@ -48,7 +48,8 @@ def _headline(rows: Sequence[Row], path: Path) -> Path:
     _bars(axes[0], rows, accuracy, "algorithmic accuracy %", 100)
     _bars(axes[1], rows, "needle", "needle accuracy %", 100)
     _bars(axes[2], rows, "perplexity", "validation perplexity (log scale)")
-    axes[2].set_yscale("log")
+    if any(r.perplexity.value is not None and r.perplexity.value > 0 for r in rows):  # else no data to scale
+        axes[2].set_yscale("log")
     _bars(axes[3], rows, "delta", "memory ablation Delta (pts)", 100)
     _bars(axes[4], rows, "train_time_s", "training time (s)")
     save_figure(fig, path)

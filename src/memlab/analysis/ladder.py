@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from memlab.config import SIZES, build_config, size_fields
-from memlab.errors import MemlabError
+from memlab.errors import MemlabError, check_dir_target
 from memlab.markdown import markdown_table
 from memlab.models.lm import LanguageModel
 
@@ -239,6 +239,11 @@ def run_ladder(
         raise MemlabError("--tokens and --tokens-per-param must be positive")
     if recipe.corpus == "none":
         raise MemlabError("a scaling ladder is fitted to validation loss: the recipe needs a corpus, not --corpus none")
+    if not aspect > 0:
+        raise MemlabError(f"--aspect (the width/depth ratio of the size rule) must be > 0, got {aspect}")
+    if n_bootstrap < 0:
+        raise MemlabError(f"--bootstrap must be >= 0 (0: no interval), got {n_bootstrap}")
+    check_dir_target(out_dir, "--out-dir")
     out_dir = Path(out_dir)
     plans = plan(variants, labels, aspect)
     recipe = dataclasses.replace(recipe, data_dir=recipe.data_dir or str(out_dir / "data"))  # one tokenizer

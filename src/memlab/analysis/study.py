@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memlab.errors import MemlabError, choose
+from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval.options import EvalOptions
 
 if TYPE_CHECKING:
@@ -118,6 +118,8 @@ def check_plan(cfg: StudyConfig, out: Path) -> dict[str, Any]:
     variants = cfg.variants or memlab.list_variants()
     for v in variants:
         choose("variant", v, memlab.list_variants())
+    if len(set(variants)) != len(variants):
+        raise MemlabError(f"--variants lists a variant twice: {' '.join(variants)}")
     if cfg.seeds < 1:
         raise MemlabError(f"--seeds must be >= 1, got {cfg.seeds}")
     if cfg.baseline not in variants:
@@ -125,9 +127,15 @@ def check_plan(cfg: StudyConfig, out: Path) -> dict[str, Any]:
     preset = PRESETS[cfg.preset]
     plan = {"preset": cfg.preset, "budget": {"size": preset.size, "train": preset.train}, "variants": list(variants),
             "seeds": list(range(cfg.seed, cfg.seed + cfg.seeds)), "baseline": cfg.baseline, "runs": {}}
+    check_dir_target(out, "--out-dir")
     previous = out / PLAN_FILE
     if previous.is_file():  # the evaluation may change (runs are then re-evaluated), the training may not
-        old = json.loads(previous.read_text())
+        try:
+            old = json.loads(previous.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise MemlabError(f"corrupt study plan {previous}: {e}; choose another --out_dir") from None
+        if not isinstance(old, dict):
+            raise MemlabError(f"corrupt study plan {previous}: not a JSON object; choose another --out_dir")
         if old.get("budget") != json.loads(json.dumps(plan["budget"])):
             raise MemlabError(f"{out} holds a study with preset {old.get('preset')!r} (another budget); "
                               "choose another --out_dir")

@@ -41,16 +41,25 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
+HEADER_KEYS = ("source", "tokenizer_hash", "vocab_size", "eos_id", "dtype", "text_bytes", "request", "splits")
+
+
 def read_header(directory: str | Path) -> dict:
     path = Path(directory) / HEADER_FILE
     if not path.is_file():
         raise MemlabError(f"{directory} holds no prepared data ({HEADER_FILE}); run `memlab data prepare` first")
     try:
         header = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise MemlabError(f"{path} is corrupt (not JSON); prepare the data again") from None
+    if not isinstance(header, dict):
+        raise MemlabError(f"{path} is corrupt (not a JSON object); prepare the data again")
     if header.get("format") != FORMAT:
         raise MemlabError(f"{path} has format {header.get('format')!r}, expected {FORMAT!r}; prepare the data again")
+    missing = [key for key in HEADER_KEYS if key not in header]
+    if missing or not isinstance(header["request"], dict) or not isinstance(header["splits"], dict):
+        raise MemlabError(f"{path} is corrupt (missing or malformed {', '.join(missing) or 'request/splits'}); "
+                          "prepare the data again")
     return header
 
 

@@ -190,13 +190,18 @@ class Files(Source):
 
     def _parquet(self, path: Path) -> Iterator[str]:
         try:
+            import pyarrow
             import pyarrow.parquet as pq
         except ImportError:
             raise MemlabError(f"reading {path} needs pyarrow: pip install 'memlab[hf]'") from None
-        table = pq.ParquetFile(path)
-        column = _text_field(dict.fromkeys(table.schema_arrow.names, ""), self.text_field, str(path))
-        for batch in table.iter_batches(columns=[column]):
-            yield from (t for t in batch.column(0).to_pylist() if t is not None)
+        try:
+            table = pq.ParquetFile(path)
+            column = _text_field(dict.fromkeys(table.schema_arrow.names, ""), self.text_field, str(path))
+            batches = table.iter_batches(columns=[column])
+            for batch in batches:
+                yield from (t for t in batch.column(0).to_pylist() if t is not None)
+        except pyarrow.ArrowException as e:  # not a parquet file, or a truncated one
+            raise MemlabError(f"cannot read {path} as parquet: {str(e).splitlines()[0]}") from None
 
     @property
     def fingerprint(self) -> str:

@@ -20,6 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -40,7 +43,7 @@ from memlab.data.shards import (
 )
 from memlab.data.sources import Source, open_source
 from memlab.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
-from memlab.errors import MemlabError
+from memlab.errors import MemlabError, check_dir_target
 
 __all__ = ["PrepareResult", "TokenShards", "is_validation", "open_source", "prepare_shards"]
 log = logging.getLogger(__name__)
@@ -131,8 +134,9 @@ def prepare_shards(
         raise MemlabError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if max_docs is not None and max_docs < 1:
         raise MemlabError(f"max_docs must be positive, got {max_docs}")
-    src = open_source(source) if isinstance(source, str) else source
     out = Path(out_dir)
+    check_dir_target(out, "the shard directory")
+    src = open_source(source) if isinstance(source, str) else source
     if tokenizer == "bpe":
         tok_request = {"kind": "bpe", "vocab_size": vocab_size, "train_bytes": bpe_train_bytes}
     else:
@@ -153,10 +157,25 @@ def prepare_shards(
         texts = _bpe_training_text(src, max_docs, val_fraction, split_seed, bpe_train_bytes)
         tokenizer = build_tokenizer("bpe", texts=texts, vocab_size=vocab_size)
     assert isinstance(tokenizer, Tokenizer)
-    if out.exists():
-        _remove_shards(out)
+    # the shards are written into a staging directory inside ``out`` (the same file system) and moved
+    # in once whole: a preparation that fails (an empty corpus, a bad document, an interrupt) leaves
+    # the shards already there intact
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    header = _write_shards(src, tokenizer, out, request, max_docs, shard_tokens, progress)
+    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
+    try:
+        header = _write_shards(src, tokenizer, staging, request, max_docs, shard_tokens, progress)
+        _remove_shards(out)
+        for split in header["splits"].values():
+            for shard in split["shards"]:
+                os.replace(staging / shard["file"], out / shard["file"])
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()  # leave no empty directory behind
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     tokenizer.save(out)
     (out / HEADER_FILE).write_text(json.dumps(header, indent=2) + "\n")  # written last: marks completion
     return PrepareResult(out, header, tokenizer, False, time.perf_counter() - t0)
@@ -209,16 +228,16 @@ def _write_shards(
     writers = {s: ShardWriter(out, s, dtype, shard_tokens) for s in SPLITS}
     eos = np.array([tokenizer.eos_id], dtype=np.int64)
     text_bytes = 0
-    bar = tqdm(desc=f"tokenising {src.spec}", unit="B", unit_scale=True, disable=not progress)
-    for batch in _batches(_documents(src, max_docs)):
-        for doc, ids in zip(batch, tokenizer.encode_batch(batch)):
-            split = "val" if is_validation(doc, request["val_fraction"], request["split_seed"]) else "train"
-            writers[split].write(np.concatenate([np.asarray(ids, dtype=np.int64), eos]))
-            writers[split].documents += 1
-        n = sum(len(d.encode("utf-8", errors="replace")) for d in batch)
-        text_bytes += n
-        bar.update(n)
-    bar.close()
+    # closed on the way out of an error too: its last refresh must not follow the error message
+    with tqdm(desc=f"tokenising {src.spec}", unit="B", unit_scale=True, disable=not progress) as bar:
+        for batch in _batches(_documents(src, max_docs)):
+            for doc, ids in zip(batch, tokenizer.encode_batch(batch)):
+                split = "val" if is_validation(doc, request["val_fraction"], request["split_seed"]) else "train"
+                writers[split].write(np.concatenate([np.asarray(ids, dtype=np.int64), eos]))
+                writers[split].documents += 1
+            n = sum(len(d.encode("utf-8", errors="replace")) for d in batch)
+            text_bytes += n
+            bar.update(n)
     splits = {s: w.finish() for s, w in writers.items()}
     if not any(s["documents"] for s in splits.values()):
         _remove_shards(out)

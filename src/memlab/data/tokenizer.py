@@ -219,7 +219,14 @@ class BPETokenizer(Tokenizer):
     def load(cls, directory: Path) -> BPETokenizer:
         from tokenizers import Tokenizer as HFTok
 
-        return cls(HFTok.from_file(str(directory / BPE_FILE)))
+        path = directory / BPE_FILE
+        if not path.is_file():
+            raise MemlabError(f"{path} is missing: the BPE tokenizer of {directory} is incomplete")
+        try:
+            backend = HFTok.from_file(str(path))
+        except Exception as e:  # `tokenizers` raises a bare Exception for a file it cannot parse
+            raise MemlabError(f"corrupt tokenizer file {path}: {str(e).splitlines()[0]}") from None
+        return cls(backend)
 
 
 # ------------------------------------------------------------------ Hugging Face
@@ -306,7 +313,13 @@ def load_tokenizer(dir_or_spec: str | Path) -> Tokenizer:
     path = Path(dir_or_spec)
     meta_file = path / META_FILE
     if meta_file.is_file():
-        return _load_saved(path, json.loads(meta_file.read_text()))
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise MemlabError(f"corrupt tokenizer file {meta_file}: {e}") from None
+        if not isinstance(meta, dict):
+            raise MemlabError(f"corrupt tokenizer file {meta_file}: not a JSON object")
+        return _load_saved(path, meta)
     if str(dir_or_spec) == "bpe":
         raise MemlabError("'bpe' names a tokenizer to train; give the directory of a saved one instead")
     if path.is_dir() and not (path / "tokenizer_config.json").is_file():

@@ -29,7 +29,7 @@ from torch import nn
 from memlab.data.tasks import TokenizedExample
 from memlab.data.tokenizer import META_FILE as TOKENIZER_FILE
 from memlab.data.tokenizer import Tokenizer, load_tokenizer
-from memlab.errors import MemlabError, choose
+from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval import schema
 from memlab.eval.exact_match import exact_match
 from memlab.eval.options import EvalOptions
@@ -164,6 +164,7 @@ def evaluate(
         default_out = f"eval/act_steps_{options.act_steps}"
     run_dir = run_dir_of(model_dir)
     out = Path(out_dir) if out_dir is not None else (run_dir or model_dir) / default_out
+    check_dir_target(out, "--out-dir")  # before the suites run, not when their results are written
     ctx = EvalContext(model, tokenizer, options, out, run_dir, progress)
     doc = evaluate_model(ctx, suite, checkpoint=str(checkpoint), model_dir=str(model_dir))
     schema.write_results(out / schema.results_filename(suite), doc)

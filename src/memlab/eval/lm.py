@@ -44,10 +44,11 @@ def run_data_dir(run_dir: Path | None) -> str | None:
     """The shard directory a training run read its language data from (recorded in its config.yaml)."""
     if run_dir is None:
         return None
-    import yaml
+    from memlab.train.config import read_yaml
 
-    data = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data") or {}
-    value = data.get("data_dir")  # as memlab train recorded it (relative paths: to its working directory)
+    data = read_yaml(run_dir / "config.yaml").get("data") or {}
+    # as memlab train recorded it (relative paths: to its working directory)
+    value = data.get("data_dir") if isinstance(data, dict) else None
     return str(value) if value and (Path(value) / HEADER_FILE).is_file() else None
 
 

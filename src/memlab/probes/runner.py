@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from memlab.data.shards import HEADER_FILE, read_header
-from memlab.errors import choose
+from memlab.errors import check_dir_target, choose
 from memlab.eval import schema
 from memlab.eval.hub import load_checkpoint, run_dir_of
 from memlab.models.paths import BEST_FILE
@@ -74,6 +74,9 @@ def run_probe(
 ) -> Path:
     """Run ``probe`` on ``checkpoint`` (a run, checkpoint or model directory); returns the JSON written."""
     choose("probe", probe, PROBES)
+    (options or ProbeOptions()).check()
+    if out_dir is not None:
+        check_dir_target(out_dir, "--out-dir")
     options = with_held_out_split(options or ProbeOptions(), Path(checkpoint))
     torch.manual_seed(options.seed)
     if probe == "trajectory":

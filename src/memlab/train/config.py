@@ -10,6 +10,7 @@ the dataclasses.  Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 import yaml
+from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
 
 from memlab.config import ModelConfig, from_dict
 from memlab.errors import MemlabError, choose
@@ -159,7 +161,13 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         """Options from a YAML file: a mapping of fields, or a run's own config.yaml."""
         data = read_yaml(path)
-        return cls.from_dict(data["train"] if data.get("format") == RUN_FORMAT else data)
+        if data.get("format") == RUN_FORMAT:
+            data = data.get("train")
+            if not isinstance(data, dict):
+                raise MemlabError(f"{path} holds no `train:` mapping of training options")
+        check_types(cls, data, path)
+        check_types(ModelConfig, data.get("model") or {}, path, prefix="model.")
+        return cls.from_dict(data)
 
     def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """Fields (other than the operational ones) whose values differ: name -> (self's, other's)."""
@@ -180,6 +188,26 @@ class TrainConfig:
             raise MemlabError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr} and {self.min_lr_ratio}")
         if self.log_interval < 1:
             raise MemlabError(f"--log_interval must be positive, got {self.log_interval}")
+        for name in ("eval_max_new_tokens", "curriculum_min_task_evals"):
+            if getattr(self, name) < 1:
+                raise MemlabError(f"--{name} must be positive, got {getattr(self, name)}")
+        for name in ("curriculum_cooldown", "curriculum_dag_patience"):
+            if getattr(self, name) < 0:
+                raise MemlabError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.corpus_max_docs is not None and self.corpus_max_docs < 1:
+            raise MemlabError(f"--corpus_max_docs must be positive, got {self.corpus_max_docs}")
+        for name, low, high in (("val_fraction", 0, 1), ("beta1", 0, 1), ("beta2", 0, 1),
+                                ("curriculum_ema_decay", 0, 1)):
+            if not low <= getattr(self, name) < high:
+                raise MemlabError(f"--{name} must be in [{low}, {high}), got {getattr(self, name)}")
+        for name in ("replay_fraction", "retrieval_ratio", "curriculum_jitter", "curriculum_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise MemlabError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.replay_fraction + self.retrieval_ratio > 1:
+            raise MemlabError(f"--replay_fraction + --retrieval_ratio must be at most 1, got "
+                              f"{self.replay_fraction} + {self.retrieval_ratio}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise MemlabError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
         if self.resume and self.overwrite:
             raise MemlabError("--resume and --overwrite exclude each other")
         choose("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
@@ -195,9 +223,38 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise MemlabError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise MemlabError(f"{path} is not a text (UTF-8) YAML file") from None
     if not isinstance(data, dict):
         raise MemlabError(f"{path} must hold a mapping of training options")
     return data
+
+
+def check_types(cls: type, data: dict[str, Any], path: str | Path, prefix: str = "") -> None:
+    """Refuse a value of ``data`` (read from the YAML file ``path``) whose type does not fit its field of
+    dataclass ``cls`` (dotted names for sub-dataclasses: ``gdn.chunk_size``); unknown names are left
+    to the caller, which reports them with the valid ones."""
+    if not isinstance(data, dict):
+        raise MemlabError(f"{path}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {data!r}")
+    for name, value in data.items():
+        field_type: Any = cls
+        for part in str(name).split("."):
+            hints = typing.get_type_hints(field_type) if dataclasses.is_dataclass(field_type) else {}
+            if part not in hints:
+                field_type = None
+                break
+            field_type = hints[part]
+        if field_type is None:
+            continue
+        if dataclasses.is_dataclass(field_type) and isinstance(value, dict):
+            check_types(field_type, value, path, f"{prefix}{name}.")
+        else:
+            try:
+                check_type(value, field_type, collection_check_strategy=CollectionCheckStrategy.ALL_ITEMS)
+            except TypeCheckError:
+                expected = field_type.__name__ if isinstance(field_type, type) else str(field_type)
+                expected = expected.replace("typing.", "")
+                raise MemlabError(f"{path}: {prefix}{name} must be of type {expected}, got {value!r}") from None
 
 
 # ---------------------------------------------------------------- command line

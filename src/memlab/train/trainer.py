@@ -34,7 +34,7 @@ from memlab.data.tasks import GRID_VERSION, IGNORE_INDEX
 from memlab.data.tokenizer import load_tokenizer
 from memlab.errors import MemlabError
 from memlab.models.lm import WEIGHTS_FILE, LanguageModel
-from memlab.models.paths import BEST_FILE, latest_whole_checkpoint
+from memlab.models.paths import BEST_FILE, checkpoint_dirs, latest_whole_checkpoint
 from memlab.train import checkpoint as ckpt
 from memlab.train import distributed
 from memlab.train.allocator import keep_freed_memory
@@ -79,7 +79,7 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     data = read_yaml(run_dir / CONFIG_FILE)
     if data.get("format") != RUN_FORMAT:
         raise MemlabError(f"{run_dir / CONFIG_FILE} is not the config of a memlab training run")
-    return TrainConfig.from_dict(data["train"])
+    return TrainConfig.from_yaml(run_dir / CONFIG_FILE)
 
 
 def plan_start(cfg: TrainConfig) -> Path | None:
@@ -103,7 +103,13 @@ def plan_start(cfg: TrainConfig) -> Path | None:
             f"{run} holds a different run ({shown}); pass --resume to continue it with these settings "
             "or --overwrite to start again"
         )
-    return latest_whole_checkpoint(run)
+    latest = latest_whole_checkpoint(run)
+    if latest is None and checkpoint_dirs(run):  # starting afresh would prune them: refuse, keep them
+        raise MemlabError(
+            f"no checkpoint in {run / 'checkpoints'} is whole (see the warnings above), so the run cannot be "
+            "continued; start again with --overwrite"
+        )
+    return latest
 
 
 def _autocast(precision: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
