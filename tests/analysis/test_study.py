@@ -113,7 +113,7 @@ def test_a_study_directory_keeps_its_budget(toy_preset, tmp_path):
 @pytest.mark.parametrize("plan", ["{not json", "[1, 2]"])
 def test_a_corrupt_study_plan_is_one_clear_error(tmp_path, plan):
     (tmp_path / "study.json").write_text(plan)
-    with pytest.raises(MemlabError, match="corrupt study plan .*study.json"):
+    with pytest.raises(MemlabError, match="study.json is corrupt .*choose another --out_dir"):
         run_study(StudyConfig(out_dir=str(tmp_path), variants=["baseline"]))
 
 

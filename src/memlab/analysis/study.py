@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval.options import EvalOptions
+from memlab.jsonfile import read_json_object
 
 if TYPE_CHECKING:
     from memlab.analysis.compare import Comparison
@@ -130,12 +131,7 @@ def check_plan(cfg: StudyConfig, out: Path) -> dict[str, Any]:
     check_dir_target(out, "--out-dir")
     previous = out / PLAN_FILE
     if previous.is_file():  # the evaluation may change (runs are then re-evaluated), the training may not
-        try:
-            old = json.loads(previous.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MemlabError(f"corrupt study plan {previous}: {e}; choose another --out_dir") from None
-        if not isinstance(old, dict):
-            raise MemlabError(f"corrupt study plan {previous}: not a JSON object; choose another --out_dir")
+        old = read_json_object(previous, "; choose another --out_dir")
         if old.get("budget") != json.loads(json.dumps(plan["budget"])):
             raise MemlabError(f"{out} holds a study with preset {old.get('preset')!r} (another budget); "
                               "choose another --out_dir")

@@ -21,7 +21,6 @@ With ``rank``/``world_size`` each rank sees a disjoint, contiguous slice of the 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 
 from memlab.data.tokenizer import Tokenizer, check_tokenizer
 from memlab.errors import MemlabError
+from memlab.jsonfile import read_json_object
 
 FORMAT = "memlab-shards-v1"
 HEADER_FILE = "shards.json"
@@ -48,12 +48,7 @@ def read_header(directory: str | Path) -> dict:
     path = Path(directory) / HEADER_FILE
     if not path.is_file():
         raise MemlabError(f"{directory} holds no prepared data ({HEADER_FILE}); run `memlab data prepare` first")
-    try:
-        header = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise MemlabError(f"{path} is corrupt (not JSON); prepare the data again") from None
-    if not isinstance(header, dict):
-        raise MemlabError(f"{path} is corrupt (not a JSON object); prepare the data again")
+    header = read_json_object(path, "; prepare the data again")
     if header.get("format") != FORMAT:
         raise MemlabError(f"{path} has format {header.get('format')!r}, expected {FORMAT!r}; prepare the data again")
     missing = [key for key in HEADER_KEYS if key not in header]

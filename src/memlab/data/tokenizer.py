@@ -25,6 +25,7 @@ from functools import cached_property
 from pathlib import Path
 
 from memlab.errors import MemlabError
+from memlab.jsonfile import read_json_object
 
 META_FILE = "tokenizer.memlab.json"
 BPE_FILE = "tokenizer.json"  # the `tokenizers` format (also loadable by transformers)
@@ -313,13 +314,7 @@ def load_tokenizer(dir_or_spec: str | Path) -> Tokenizer:
     path = Path(dir_or_spec)
     meta_file = path / META_FILE
     if meta_file.is_file():
-        try:
-            meta = json.loads(meta_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MemlabError(f"corrupt tokenizer file {meta_file}: {e}") from None
-        if not isinstance(meta, dict):
-            raise MemlabError(f"corrupt tokenizer file {meta_file}: not a JSON object")
-        return _load_saved(path, meta)
+        return _load_saved(path, read_json_object(meta_file))
     if str(dir_or_spec) == "bpe":
         raise MemlabError("'bpe' names a tokenizer to train; give the directory of a saved one instead")
     if path.is_dir() and not (path / "tokenizer_config.json").is_file():
