@@ -70,6 +70,17 @@ def test_manifest_detects_damage(tmp_path, damage):
         assert manifest_problem(d, checksums=False) is None and "sha256" in problem
 
 
+@pytest.mark.parametrize(
+    "manifest", ['[1, 2]', '{"files": [1]}', '{"files": {"a.txt": 3}}', '{"files": {"a.txt": {"bytes": "x"}}}', "\udcff"]
+)
+def test_a_manifest_of_the_wrong_shape_is_corrupt(tmp_path, manifest):
+    """A hand-edited manifest is a broken checkpoint, not a TypeError."""
+    d = tmp_path / "ckpt"
+    _write(d)
+    (d / "manifest.json").write_bytes(manifest.encode("utf-8", "surrogateescape"))
+    assert manifest_problem(d) == "manifest.json is corrupt"
+
+
 def test_newest_whole_checkpoint_skips_broken_ones_with_a_warning(tmp_path, caplog):
     for step in (2, 4, 6):
         _write(tmp_path / "checkpoints" / f"step_{step}", text=str(step))

@@ -39,15 +39,16 @@ def manifest_problem(directory: Path, checksums: bool = True) -> str | None:
         return None if (directory / WEIGHTS_FILE).is_file() else f"{WEIGHTS_FILE} is missing"
     try:
         entries = json.loads(manifest.read_text())["files"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        expected = {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in entries.items()}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError):
         return f"{MANIFEST_FILE} is corrupt"
-    for name, entry in entries.items():
+    for name, (size, sha256) in expected.items():
         path = directory / name
         if not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != entry["bytes"]:
-            return f"{name} has {path.stat().st_size} bytes, expected {entry['bytes']}"
-        if checksums and file_sha256(path) != entry["sha256"]:
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, expected {size}"
+        if checksums and file_sha256(path) != sha256:
             return f"{name} fails its sha256 checksum"
     return None
 
