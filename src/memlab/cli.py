@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = sorted(COMMANDS)
     if not argv:
-        _fail(f"give a command: {', '.join(names)} (memlab --help describes them)")
+        fail(f"give a command: {', '.join(names)} (memlab --help describes them)")
     if argv[0] in ("-h", "--help"):
         print("usage: memlab {" + ",".join(names) + "} [--help]")
         print("\n".join(f"  {n:<14} {(COMMANDS[n][0].__doc__ or '').strip()}" for n in names))
@@ -384,27 +384,28 @@ def main(argv: list[str] | None = None) -> None:
     if len(argv) > 1 and f"{argv[0]} {argv[1]}" in COMMANDS:  # two-word commands: memlab data prepare
         command, argv = f"{argv[0]} {argv[1]}", argv[1:]
     if command not in COMMANDS:
-        _fail(f"unknown command {command!r}; valid choices: {', '.join(names)}")
+        fail(f"unknown command {command!r}; valid choices: {', '.join(names)}")
     args_type, run = COMMANDS[command]
     try:  # a command may take its defaults from a file (--config run.yaml)
         default = args_type.defaults_from(argv[1:]) if hasattr(args_type, "defaults_from") else None
     except MemlabError as e:
-        _fail(str(e))
+        fail(str(e))
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
             args = tyro.cli(args_type, args=argv[1:], default=default, prog=f"memlab {command}")
     except SystemExit as e:
         if e.code not in (0, None):
-            _fail(f"{_one_line(stderr.getvalue())} (see memlab {command} --help)")
+            fail(f"{_one_line(stderr.getvalue())} (see memlab {command} --help)")
         raise
     try:
         run(args)
     except MemlabError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
+    """The end of every user-facing error: one line on stderr, exit code 2."""
     print(f"memlab: error: {message}", file=sys.stderr)
     sys.exit(2)
 

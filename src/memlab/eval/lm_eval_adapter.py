@@ -201,17 +201,15 @@ class MemlabLM(TemplateLM):
 
 def main() -> None:
     """lm-eval's command line, with the ``memlab`` model registered."""
-    import sys
-
     from lm_eval.__main__ import cli_evaluate
 
+    from memlab.cli import fail
     from memlab.errors import MemlabError
 
     try:
         cli_evaluate()
     except MemlabError as e:  # a missing or corrupt checkpoint: one line, as memlab's own commands say it
-        print(f"memlab: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
 
 
 if __name__ == "__main__":
