@@ -29,6 +29,7 @@ from torch import nn
 from memlab.data.tasks import TokenizedExample
 from memlab.data.tokenizer import META_FILE as TOKENIZER_FILE
 from memlab.data.tokenizer import Tokenizer, load_tokenizer
+from memlab.devices import resolve_device
 from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval import schema
 from memlab.eval.exact_match import exact_match
@@ -105,13 +106,7 @@ def load_checkpoint(path: str | Path, device: str = "auto") -> tuple[nn.Module, 
     from memlab.models.paths import resolve_model_dir
 
     model_dir = resolve_model_dir(path)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            raise MemlabError(f"--device {device}: no CUDA device is available; use --device cpu")
-    except RuntimeError:
-        raise MemlabError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from None
+    device = resolve_device(device)
     try:
         model = memlab.load(model_dir, device=device).eval()
     except MemlabError as e:

@@ -10,7 +10,6 @@ the dataclasses.  Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,8 +205,6 @@ class TrainConfig:
         if self.replay_fraction + self.retrieval_ratio > 1:
             raise MemlabError(f"--replay_fraction + --retrieval_ratio must be at most 1, got "
                               f"{self.replay_fraction} + {self.retrieval_ratio}")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise MemlabError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
         if self.resume and self.overwrite:
             raise MemlabError("--resume and --overwrite exclude each other")
         choose("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))

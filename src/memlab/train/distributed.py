@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from memlab.devices import resolve_device
 from memlab.errors import MemlabError
 
 
@@ -50,14 +51,11 @@ def setup(device: str = "auto") -> Dist:
     """Join the torchrun process group if there is one and pick this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        raise MemlabError(f"--device {device}: CUDA is not available on this machine; valid choices: auto, cpu")
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
     if cuda:
-        dev = torch.device(device if ":" in device else f"cuda:{local}")
+        dev = dev if dev.index is not None else torch.device(f"cuda:{local}")  # torchrun: one GPU per process
         torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", device_id=dev if cuda else None)
     return Dist(rank, world, local, dev)

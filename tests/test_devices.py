@@ -1,0 +1,26 @@
+"""The --device option shared by train, eval, probe and generate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memlab.devices import resolve_device
+from memlab.errors import MemlabError
+
+
+def test_auto_and_cpu():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("name", ["tpu", "gpu", "mps", "cuda:x"])
+def test_other_names_are_refused(name):
+    with pytest.raises(MemlabError, match=f"unknown device '{name}'; valid: auto, cpu, cuda, cuda:N"):
+        resolve_device(name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_refused():
+    with pytest.raises(MemlabError, match="no CUDA device is available"):
+        resolve_device("cuda:1")
