@@ -23,8 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from memlab.errors import MemlabError, check_dir_target
 from memlab.eval.schema import read_results
 from memlab.eval.stats import mean_interval
@@ -183,7 +181,8 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
                 setattr(agg, name, Metric(None, None, len(members) if collapsed else 0, collapsed))
                 continue
             stat = mean_interval([m.value for m in metrics])
-            ci = [float(np.clip(v, *RANGES[name])) for v in stat["ci95"]] if stat["ci95"][0] is not None else None
+            lo, hi = RANGES[name]
+            ci = [min(max(v, lo), hi) for v in stat["ci95"]] if stat["ci95"][0] is not None else None
             setattr(agg, name, Metric(stat["mean"], ci, stat["n"]))
         out.append(agg)
     return out

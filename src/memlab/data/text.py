@@ -169,13 +169,10 @@ def prepare_shards(
         for split in header["splits"].values():
             for shard in split["shards"]:
                 os.replace(staging / shard["file"], out / shard["file"])
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()  # leave no empty directory behind
-        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(out.iterdir()):  # a failed first preparation leaves no empty directory
+            out.rmdir()
     tokenizer.save(out)
     (out / HEADER_FILE).write_text(json.dumps(header, indent=2) + "\n")  # written last: marks completion
     return PrepareResult(out, header, tokenizer, False, time.perf_counter() - t0)
