@@ -74,10 +74,11 @@ def run_probe(
 ) -> Path:
     """Run ``probe`` on ``checkpoint`` (a run, checkpoint or model directory); returns the JSON written."""
     choose("probe", probe, PROBES)
-    (options or ProbeOptions()).check()
+    options = options or ProbeOptions()
+    options.check()
     if out_dir is not None:
         check_dir_target(out_dir, "--out-dir")
-    options = with_held_out_split(options or ProbeOptions(), Path(checkpoint))
+    options = with_held_out_split(options, Path(checkpoint))
     torch.manual_seed(options.seed)
     if probe == "trajectory":
         from memlab.probes.trajectory import trajectory_probe

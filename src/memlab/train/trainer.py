@@ -33,6 +33,7 @@ from memlab.config import build_config
 from memlab.data.tasks import GRID_VERSION, IGNORE_INDEX
 from memlab.data.tokenizer import load_tokenizer
 from memlab.errors import MemlabError
+from memlab.jsonfile import read_json_object
 from memlab.models.lm import WEIGHTS_FILE, LanguageModel
 from memlab.models.paths import BEST_FILE, checkpoint_dirs, latest_whole_checkpoint
 from memlab.train import checkpoint as ckpt
@@ -266,7 +267,7 @@ class Trainer:
         best = self.run_dir / "best_model"
         if not (best / BEST_FILE).is_file():
             return
-        saved_at = json.loads((best / BEST_FILE).read_text())["step"]
+        saved_at = read_json_object(best / BEST_FILE, "; move best_model/ away to resume").get("step") or 0
         if saved_at > self.step:
             names = (f"best_model.abandoned-step_{saved_at}" + (f".{i}" if i > 1 else "") for i in itertools.count(1))
             aside = next(self.run_dir / name for name in names if not (self.run_dir / name).exists())
