@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import memlab
+from memlab.errors import MemlabError
 from memlab.models.lm import LanguageModel, ModelState
 
 VARIANTS = memlab.list_variants()
@@ -195,6 +196,18 @@ def test_zero_ablation_changes_only_memory_models(variant):
         assert not torch.allclose(ablated, normal, atol=1e-4)
     else:
         torch.testing.assert_close(ablated, normal, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_an_empty_sequence_is_one_clear_error(variant):
+    model = build(variant)
+    empty = tokens(model, 2, 0)
+    with pytest.raises(MemlabError, match="no positions"):
+        model(empty)
+    state = model.init_state(batch_size=2)
+    with pytest.raises(MemlabError, match="no positions"):
+        model(empty, state)
+    assert state.position == 0
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -104,6 +104,8 @@ class LanguageModel(nn.Module):
         label is not ``IGNORE_INDEX`` (a scalar, float32 at least), without materialising the logits.
         """
         B, T = input_ids.shape
+        if T == 0:  # one clear error for every variant, not a mixer's reshape of nothing
+            raise MemlabError(f"input_ids of shape {tuple(input_ids.shape)} has no positions: a forward needs a token")
         h = self.embed(input_ids)  # (B, T, D)
         start = 0 if state is None else state.position
         if self.pos_embed is not None:
