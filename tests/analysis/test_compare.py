@@ -214,3 +214,51 @@ def test_bad_input_is_one_clear_error(tmp_path, base, case):
     with pytest.raises(MemlabError) as e:
         compare(runs, **kwargs)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+
+def _edit(run, suite=None, metadata=None, **changes):
+    """Change a hand-made run's results file: fields of one suite's payload, or of the metadata."""
+    path = run / "eval" / "results_all.json"
+    doc = json.loads(path.read_text())
+    doc["metadata"].update(metadata or {})
+    if suite:
+        doc["results"][suite].update(changes)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    "suite, change, fragment",
+    [
+        ("longctx", dict(context_lengths=[512]), "longctx results of base and gdn were measured on different "
+                                                  "context_lengths ([256] vs [512])"),
+        ("lm", dict(context_len=128), "different context_len (64 vs 128)"),
+        ("lm", dict(corpus_request={"source": "stdlib-docs"}), 'different corpus_request ({"source": "stdlib-code"}'),
+        ("ablation", dict(task="mqar"), 'different task ("niah" vs "mqar")'),
+        ("algorithmic", dict(grids={"iid": {"copy": [8]}}), "different grids"),
+    ],
+)
+def test_runs_evaluated_on_different_things_are_refused(tmp_path, base, suite, change, fragment):
+    other = make_run(tmp_path, "gdn")
+    for run in (base, other):
+        _edit(run, "lm", corpus_request={"source": "stdlib-code"})
+    compare([base, other])  # alike: compared
+    _edit(other, suite, **change)
+    with pytest.raises(MemlabError) as e:
+        compare([base, other])
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sample_counts_may_differ_and_a_fact_an_older_file_lacks_is_not_compared(tmp_path, base):
+    other = make_run(tmp_path, "gdn", ppl=25.0)
+    _edit(other, "lm", tokens=8192, corpus_request={"source": "stdlib-code"})  # base records no request
+    rows = compare([base, other]).rows
+    assert [r.perplexity.value for r in rows] == [20.0, 25.0]
+
+
+def test_seeds_evaluated_with_different_tokenizers_are_refused_for_perplexity(tmp_path):
+    runs = [make_run(tmp_path, f"gdn-s{seed}") for seed in range(2)]
+    for run, tokenizer in zip(runs, ("byte", "bpe-8192")):
+        _edit(run, metadata={"tokenizer_hash": tokenizer})
+    with pytest.raises(MemlabError, match="lm results of gdn-s0 and gdn-s1 were measured on different tokenizer_hash"):
+        compare(runs, aggregate_seeds=True)

@@ -97,6 +97,7 @@ def test_one_lm_window_has_no_interval(byte_tok, shards):
     ctx = EvalContext(small_model(byte_tok), byte_tok, EvalOptions(corpus=str(shards), lm_tokens=64, lm_context=64))
     r = evaluate_model(ctx, "lm")["results"]
     assert r["windows"] == 1 and math.isfinite(r["loss"])
+    assert r["corpus_request"] == json.loads((shards / "shards.json").read_text())["request"]  # what compare checks
     assert r["loss_ci95"] == [None, None] and r["perplexity_ci95"] == [None, None]
 
 

@@ -67,6 +67,7 @@ class Row:
     runs: int = 1
     results: dict[str, Any] = field(default_factory=dict, repr=False)  # suite -> payload, for plots
     members: list[Row] = field(default_factory=list, repr=False)  # the runs an aggregated row averages
+    measured_on: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # see check_comparable
 
 
 METRICS = ("algorithmic", "ood", "needle", "perplexity", "delta", "train_time_s")
@@ -88,12 +89,13 @@ def eval_dir(run_dir: Path) -> Path:
     return run_dir / "eval" if (run_dir / "eval").is_dir() else run_dir
 
 
-def load_payloads(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(suite -> newest payload, metadata of the newest file) from the run's results files."""
+def load_payloads(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+    """(suite -> newest payload, metadata of the newest file, suite -> what that payload was
+    measured on) from the run's results files."""
     files = sorted(eval_dir(run_dir).glob("results_*.json"))
     if not files:
         raise MemlabError(f"{run_dir} holds no results files (run `memlab eval --checkpoint {run_dir}` first)")
-    newest: dict[str, tuple[str, Any]] = {}
+    newest: dict[str, tuple[str, Any, dict[str, Any]]] = {}
     meta: dict[str, Any] = {}
     for path in files:
         doc = read_results(path)
@@ -101,10 +103,55 @@ def load_payloads(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         payloads = doc["results"] if doc["suite"] == "all" else {doc["suite"]: doc["results"]}
         for suite, payload in payloads.items():
             if suite not in newest or stamp >= newest[suite][0]:
-                newest[suite] = (stamp, payload)
+                newest[suite] = (stamp, payload, doc["metadata"])
         if not meta or stamp >= meta["timestamp"]:
             meta = doc["metadata"]
-    return {s: p for s, (_, p) in newest.items()}, meta
+    measured = {s: measured_on(s, p, m) for s, (_, p, m) in newest.items() if s in MEASURED_ON}
+    return {s: p for s, (_, p, _) in newest.items()}, meta, measured
+
+
+# What each compared suite's numbers were measured on, from its payload: runs compared must agree
+# on these (sample counts and seeds may differ: they change an interval, not what it estimates).
+MEASURED_ON = {
+    "algorithmic": ("grids",),
+    "longctx": ("tasks", "context_lengths", "depths"),
+    "lm": ("corpus_request", "context_len"),
+    "ablation": ("task", "context_len"),
+}
+
+
+def measured_on(suite: str, payload: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The facts of :data:`MEASURED_ON` for one payload, with the task grids' version, the
+    tokenizer (for perplexity) and a fixed ACT depth."""
+    facts = {key: payload.get(key) for key in MEASURED_ON[suite]}
+    if isinstance(facts.get("tasks"), dict):  # longctx's results by task: compared by name
+        facts["tasks"] = sorted(facts["tasks"])
+    if suite in ("algorithmic", "longctx"):
+        facts["grid_version"] = meta.get("grid_version")
+    if suite == "lm":
+        facts["tokenizer_hash"] = meta.get("tokenizer_hash")
+    facts["act_steps"] = (meta.get("options") or {}).get("act_steps")
+    return facts
+
+
+def check_comparable(rows: Sequence[Row]) -> None:
+    """Refuse runs whose suites were measured on different things, in one line naming the first
+    difference; a fact a run's (older) results file does not record is not compared."""
+    first: dict[str, tuple[str, dict[str, Any]]] = {}
+    for row in (m for r in rows for m in (r.members or [r])):
+        for suite, facts in row.measured_on.items():
+            name, reference = first.setdefault(suite, (row.name, facts))
+            for key, value in facts.items():
+                if value is not None and reference.get(key) is not None and value != reference[key]:
+                    raise MemlabError(
+                        f"the {suite} results of {name} and {row.name} were measured on different {key} "
+                        f"({_brief(reference[key])} vs {_brief(value)}): evaluate them with the same options"
+                    )
+
+
+def _brief(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def training_seconds(run_dir: Path) -> float | None:
@@ -125,7 +172,7 @@ def load_run(run_dir: str | Path) -> Row:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MemlabError(f"no such run directory: {run_dir}")
-    payloads, meta = load_payloads(run_dir)
+    payloads, meta, measured = load_payloads(run_dir)
     model = meta["model"]
     row = Row(
         name=run_dir.name,
@@ -134,6 +181,7 @@ def load_run(run_dir: str | Path) -> Row:
         params=model["params"],
         state_bytes=model["state_bytes"].get("2048"),
         results=payloads,
+        measured_on=measured,
     )
     if "algorithmic" in payloads:
         summary = payloads["algorithmic"]["summary"]
@@ -347,6 +395,7 @@ def compare_rows(
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
         raise MemlabError(f"run names must be unique, got {names}")
+    check_comparable(rows)
     criteria = criteria or Criteria()
     for name in ("max_time_ratio", "max_ppl_ratio"):
         if not getattr(criteria, name) > 0:
@@ -365,7 +414,8 @@ def compare_rows(
         )
         write_csv(out / "compare.csv", rows, verdicts)
         data = {"baseline": base.name, "criteria": asdict(criteria), "verdicts": verdicts,
-                "rows": [{k: v for k, v in asdict(r).items() if k not in ("results", "members")} for r in rows]}
+                "rows": [{k: v for k, v in asdict(r).items() if k not in ("results", "members", "measured_on")}
+                         for r in rows]}
         (out / "compare.json").write_text(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
         files += [out / "compare.md", out / "compare.csv", out / "compare.json"]
         if plots:

@@ -86,6 +86,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     interval = mean_interval(window_losses)["ci95"]
     return {
         "corpus": name,
+        "corpus_request": shards.header["request"],
         "context_len": seq_len,
         "tokens": total_tokens,
         "windows": len(window_losses),
