@@ -120,7 +120,7 @@ class DataPrepareArgs:
     out: str
     """output directory: shards.json, {train,val}_NNN.bin and the tokenizer"""
     tokenizer: str = "bpe"
-    """bpe (trained on the corpus), byte, or a local Hugging Face tokenizer name/path"""
+    """bpe (trained on the corpus), byte, a run/checkpoint/export directory (its tokenizer), or a local HF name/path"""
     vocab_size: int = 8192
     """BPE vocabulary size"""
     val_fraction: float = 0.01

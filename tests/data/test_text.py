@@ -224,6 +224,17 @@ def test_bpe_on_stdlib_code(tmp_path):
     assert prepare_shards("stdlib-code", "bpe", tmp_path, vocab_size=300, max_docs=8, val_fraction=0).reused
 
 
+def test_another_corpus_in_a_saved_tokenizer(corpus_dir, tmp_path):
+    """--tokenizer DIR reads the tokenizer saved there (a run's trained BPE), not a Hugging Face one."""
+    first = prepare_shards(f"files:{corpus_dir}/*.txt", "bpe", tmp_path / "a", vocab_size=300)
+    run_dir = tmp_path / "run"
+    first.tokenizer.save(run_dir)  # as memlab train saves it in a run
+    second = prepare_shards("stdlib-docs", str(run_dir), tmp_path / "b", max_docs=4)
+    assert second.header["tokenizer_hash"] == first.tokenizer.hash == load_tokenizer(tmp_path / "b").hash
+    with pytest.raises(MemlabError, match="holds no tokenizer"):
+        prepare_shards("stdlib-docs", str(corpus_dir), tmp_path / "c", max_docs=4)
+
+
 # ------------------------------------------------------------------ windows
 
 

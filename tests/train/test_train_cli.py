@@ -7,10 +7,11 @@ import sys
 
 import pytest
 import tyro
-from conftest import cli_args, tiny_config
+from conftest import TINY_MODEL, cli_args, tiny_config
 
 from memlab.cli import main
 from memlab.data.text import prepare_shards
+from memlab.data.tokenizer import build_tokenizer, load_tokenizer
 from memlab.train import train
 from memlab.train.config import TrainArgs
 
@@ -172,6 +173,15 @@ def test_tokenizer_mismatch_with_existing_shards(tmp_path, text_corpus, capsys):
     assert "tokenizer mismatch" in err and str(data) in err
     err = _error(["--data_dir", str(data), "--corpus", "stdlib-docs", "--output_dir", str(tmp_path / "run")], capsys)
     assert "holds shards of files:" in err
+
+
+def test_tokenizer_of_a_saved_run(tmp_path):
+    """--tokenizer DIR takes the tokenizer a run saved (here a BPE), not a Hugging Face one of that name."""
+    saved = tmp_path / "other_run"
+    bpe = build_tokenizer("bpe", texts=["def f(x): return x * 2\n"] * 20, vocab_size=280)
+    bpe.save(saved)
+    run = train(tiny_config(tmp_path / "run", steps=1, tokenizer=str(saved), model=dict(TINY_MODEL, vocab_size=280)))
+    assert load_tokenizer(run).hash == bpe.hash
 
 
 @pytest.mark.parametrize("flag, value, used", [("val_fraction", "0.5", "0.2"), ("corpus_max_docs", "5", "None")])

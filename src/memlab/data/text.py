@@ -126,8 +126,9 @@ def prepare_shards(
 ) -> PrepareResult:
     """Tokenise ``source`` into train/val shards in ``out_dir`` (or reuse them when up to date).
 
-    ``tokenizer`` is a Tokenizer, ``"byte"``, ``"bpe"`` (trained here with ``vocab_size``) or a
-    local Hugging Face name/path.
+    ``tokenizer`` is a Tokenizer, ``"byte"``, ``"bpe"`` (trained here with ``vocab_size``), the
+    directory of a saved one (a run, checkpoint, export or shard directory) or a local Hugging
+    Face name/path.
     """
     t0 = time.perf_counter()
     if not 0 <= val_fraction < 1:
@@ -140,7 +141,7 @@ def prepare_shards(
     if tokenizer == "bpe":
         tok_request = {"kind": "bpe", "vocab_size": vocab_size, "train_bytes": bpe_train_bytes}
     else:
-        tokenizer = build_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
         tok_request = {"hash": tokenizer.hash}
     request = {
         "source": src.spec,

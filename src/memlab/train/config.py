@@ -49,8 +49,8 @@ class TrainConfig:
 
     # ------------------------------------------------------------------- data
     tokenizer: str | None = None
-    """byte, bpe (trained on the corpus; vocab_size of the size preset) or a local Hugging Face tokenizer;
-    default: the tokenizer of a prepared --data-dir, else bpe"""
+    """byte, bpe (trained on the corpus; vocab_size of the size preset), the directory of a saved one (a run,
+    checkpoint or export) or a local Hugging Face tokenizer; default: a prepared --data-dir's, else bpe"""
     corpus: str | None = None
     """text source: stdlib-code, stdlib-docs, hf:NAME[:SPLIT], files:GLOB, or none (tasks only);
     default: the shards of a prepared --data-dir, else stdlib-code"""

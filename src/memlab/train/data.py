@@ -22,7 +22,7 @@ from memlab.config import size_fields
 from memlab.data.curriculum import Curriculum, CurriculumConfig
 from memlab.data.shards import HEADER_FILE, TokenShards, read_header
 from memlab.data.text import prepare_shards
-from memlab.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
+from memlab.data.tokenizer import Tokenizer, load_tokenizer
 from memlab.errors import MemlabError
 from memlab.train.config import TrainConfig
 from memlab.train.distributed import Dist
@@ -51,7 +51,7 @@ def bpe_vocab_size(cfg: TrainConfig) -> int:
 
 def _check_tokenizer_request(spec: str, tokenizer: Tokenizer, where: Path) -> None:
     """A MemlabError unless tokenizer ``spec`` names the tokenizer that the shards in ``where`` use."""
-    same = tokenizer.kind == "bpe" if spec == "bpe" else build_tokenizer(spec).hash == tokenizer.hash
+    same = tokenizer.kind == "bpe" if spec == "bpe" else load_tokenizer(spec).hash == tokenizer.hash
     if not same:
         raise MemlabError(
             f"tokenizer mismatch: the shards in {where} were made with a {tokenizer.kind} tokenizer "
@@ -86,7 +86,7 @@ def _prepared(cfg: TrainConfig, d: Dist) -> tuple[Tokenizer, Path | None, str]:
         spec = cfg.tokenizer or "byte"
         if spec == "bpe":
             raise MemlabError("a bpe tokenizer is trained on a corpus; with --corpus none use --tokenizer byte")
-        return build_tokenizer(spec), None, NO_CORPUS
+        return load_tokenizer(spec), None, NO_CORPUS
     if explicit is not None and (explicit / HEADER_FILE).is_file():
         header = read_header(explicit)
         if cfg.corpus is not None and cfg.corpus != header["source"]:
