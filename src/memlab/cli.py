@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import tyro
 
 from memlab.analysis.study import StudyConfig
-from memlab.errors import MemlabError
+from memlab.errors import MemlabError, check_at_least
 from memlab.eval.options import EvalOptions
 from memlab.probes.options import ProbeOptions
 from memlab.train.config import TrainArgs
@@ -87,12 +87,9 @@ def run_generate(args: GenerateArgs) -> None:
     torch.manual_seed(args.seed)
     if args.init == (args.checkpoint is not None):
         raise MemlabError("give exactly one of --checkpoint DIR or --init")
-    if args.max_new_tokens < 1:
-        raise MemlabError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    check_at_least(args, ("max_new_tokens", "top_k"), 1)
     if not 0 <= args.temperature < float("inf"):  # also refuses nan
         raise MemlabError(f"--temperature must be a finite number >= 0 (0: greedy), got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise MemlabError(f"--top-k must be >= 1, got {args.top_k}")
     if args.init:
         tokenizer = build_tokenizer("byte")
         model = memlab.build_model(args.variant, args.model_size, vocab_size=tokenizer.vocab_size)

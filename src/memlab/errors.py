@@ -16,6 +16,16 @@ def choose(kind: str, name: str, choices) -> None:
         raise MemlabError(f"unknown {kind} {name!r}; valid choices: {', '.join(choices)}")
 
 
+def check_at_least(options: object, names: tuple[str, ...], low: int, flag_separator: str = "-") -> None:
+    """Raise a MemlabError naming the first flag among ``names`` (fields of ``options``) whose value
+    is below ``low``; None (an unset optional count) passes.  ``flag_separator`` joins the words of
+    the flag as its command spells it (``--lm-tokens``; ``--seq_len`` for ``memlab train``)."""
+    for name in names:
+        value = getattr(options, name)
+        if value is not None and value < low:
+            raise MemlabError(f"--{name.replace('_', flag_separator)} must be >= {low}, got {value}")
+
+
 def check_dir_target(path: str | Path, flag: str) -> None:
     """Raise a MemlabError if directory ``path`` cannot be created because it, or the nearest of
     its parents that exists, is not a directory (call it before any work that ends in writing there)."""

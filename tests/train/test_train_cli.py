@@ -91,8 +91,8 @@ def _error(argv, capsys) -> str:
         (["--curriculum_jitter", "2"], "--curriculum_jitter must be in [0, 1], got 2.0"),
         (["--curriculum_threshold", "2"], "--curriculum_threshold must be in [0, 1], got 2.0"),
         (["--curriculum_cooldown", "-1"], "--curriculum_cooldown must be >= 0, got -1"),
-        (["--eval_max_new_tokens", "0"], "--eval_max_new_tokens must be positive, got 0"),
-        (["--corpus_max_docs", "0"], "--corpus_max_docs must be positive, got 0"),
+        (["--eval_max_new_tokens", "0"], "--eval_max_new_tokens must be >= 1, got 0"),
+        (["--corpus_max_docs", "0"], "--corpus_max_docs must be >= 1, got 0"),
         (["--device", "tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda, cuda:N"),
     ],
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from memlab.errors import MemlabError
+from memlab.errors import MemlabError, check_at_least
 
 # options that count something: each must be >= 1 (None where allowed: the default)
 COUNTS = ("samples", "needle_samples", "lm_tokens", "lm_context", "ablation_context", "ablation_samples",
@@ -60,9 +60,6 @@ class EvalOptions:
 
     def check(self) -> None:
         """Refuse a count below 1 with one line naming its flag (run before any work)."""
-        for name in COUNTS:
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise MemlabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        check_at_least(self, COUNTS, 1)
         if self.horizons and min(self.horizons) < 1:
             raise MemlabError(f"--horizons must be >= 1, got {min(self.horizons)}")

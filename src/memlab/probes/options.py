@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from memlab.errors import MemlabError
+from memlab.errors import MemlabError, check_at_least
 
 PROBES = ("routing", "gates", "alphas", "domains", "trajectory")
 
@@ -43,10 +43,8 @@ class ProbeOptions:
 
     def check(self) -> None:
         """Refuse a count out of range or a fraction outside [0, 1) with one line naming its flag (before any work)."""
-        for name in ("seq_len", "batch_size", "max_depth", "top_tokens", "min_token_count"):  # max_tokens: corpus.py
-            if getattr(self, name) < 1:
-                raise MemlabError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.permutations < 0:  # 0: no permutation test (no p-values)
-            raise MemlabError(f"--permutations must be >= 0, got {self.permutations}")
+        # (max_tokens is checked where the corpus is read: corpus.py)
+        check_at_least(self, ("seq_len", "batch_size", "max_depth", "top_tokens", "min_token_count"), 1)
+        check_at_least(self, ("permutations",), 0)  # 0: no permutation test (no p-values)
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise MemlabError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")

@@ -20,7 +20,7 @@ import yaml
 from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
 
 from memlab.config import ModelConfig, from_dict
-from memlab.errors import MemlabError, choose
+from memlab.errors import MemlabError, check_at_least, choose
 
 ALG_TASKS = [
     "mod_add", "parity", "addition", "multiplication", "copy", "reverse", "dyck", "chain", "compare", "successor"
@@ -174,27 +174,14 @@ class TrainConfig:
         return {k: (a[k], b[k]) for k in a if k not in OPERATIONAL_FIELDS and a[k] != b.get(k)}
 
     def validate(self) -> TrainConfig:
-        positive = ("seq_len", "batch_size", "grad_accum", "total_tokens", "eval_samples", "max_bad_steps")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise MemlabError(f"--{name} must be positive, got {getattr(self, name)}")
-        non_negative = ("alg_tokens", "warmup", "eval_interval", "save_interval", "keep_last", "grad_clip",
-                        "weight_decay", "eval_tokens")
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise MemlabError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        check_at_least(self, ("seq_len", "batch_size", "grad_accum", "total_tokens", "eval_samples", "max_bad_steps",
+                              "log_interval", "eval_max_new_tokens", "curriculum_min_task_evals", "corpus_max_docs"),
+                       1, flag_separator="_")  # fmt: skip
+        check_at_least(self, ("alg_tokens", "warmup", "eval_interval", "save_interval", "keep_last", "grad_clip",
+                              "weight_decay", "eval_tokens", "curriculum_cooldown", "curriculum_dag_patience"),
+                       0, flag_separator="_")  # fmt: skip
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             raise MemlabError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr} and {self.min_lr_ratio}")
-        if self.log_interval < 1:
-            raise MemlabError(f"--log_interval must be positive, got {self.log_interval}")
-        for name in ("eval_max_new_tokens", "curriculum_min_task_evals"):
-            if getattr(self, name) < 1:
-                raise MemlabError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("curriculum_cooldown", "curriculum_dag_patience"):
-            if getattr(self, name) < 0:
-                raise MemlabError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        if self.corpus_max_docs is not None and self.corpus_max_docs < 1:
-            raise MemlabError(f"--corpus_max_docs must be positive, got {self.corpus_max_docs}")
         for name, low, high in (("val_fraction", 0, 1), ("beta1", 0, 1), ("beta2", 0, 1),
                                 ("curriculum_ema_decay", 0, 1)):
             if not low <= getattr(self, name) < high:
