@@ -49,7 +49,8 @@ def corpora(tmp_path_factory):
 
 
 def options(corpora, **kw):
-    return ProbeOptions(corpus=corpora["code"], documents="all", max_tokens=700, seq_len=64, permutations=10, **kw)
+    return ProbeOptions(**{"corpus": corpora["code"], "documents": "all", "max_tokens": 700, "seq_len": 64,
+                           "permutations": 10, **kw})
 
 
 def results(path):
@@ -153,7 +154,8 @@ def test_probe_out_dir_that_is_a_file_is_refused(tmp_path, corpora):
 
 
 def test_probes_select_the_held_out_documents_of_the_run(tmp_path, corpora):
-    """A run's split comes from its prepared data (else its config): another split would probe training text."""
+    """A run's split is the one its config records, else its prepared data's; an unknown one is
+    refused: another split would probe training text as held out."""
     import yaml
 
     from memlab.data.text import prepare_shards
@@ -161,7 +163,7 @@ def test_probes_select_the_held_out_documents_of_the_run(tmp_path, corpora):
     data = prepare_shards(corpora["prose"], "byte", tmp_path / "data", val_fraction=0.25, split_seed=3).directory
     run = tmp_path / "run"
     save_model(run / "checkpoints" / "step_10")
-    config = {"train": {"val_fraction": 0.3}, "data": {"data_dir": str(data)}}
+    config = {"train": {"val_fraction": 0.3}, "data": {"data_dir": str(data)}}  # as an older run recorded it
     (run / "config.yaml").write_text(yaml.safe_dump(config))
 
     def split(checkpoint, **given):
@@ -172,7 +174,13 @@ def test_probes_select_the_held_out_documents_of_the_run(tmp_path, corpora):
     assert split(run, val_fraction=0.5) == (0.5, 3)  # what is given wins
     config["data"]["data_dir"] = str(tmp_path / "gone")
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    assert split(run) == (0.3, 0)  # the run's config
+    with pytest.raises(MemlabError, match="the documents .* held out are unknown: its data .*gone is not found"):
+        split(run, documents="val")  # the config's val_fraction alone does not say the seed
+    assert split(run, documents="val", val_fraction=0.5, split_seed=1) == (0.5, 1)
+    assert split(run) == (0.01, 0)  # every document (--documents all): the split does not matter
+    config["data"].update(val_fraction=0.2, split_seed=7)  # as memlab train records it now
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert split(run) == (0.2, 7)
     assert split(save_model(tmp_path / "alone")) == (0.01, 0)  # outside a run
 
 

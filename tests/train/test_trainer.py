@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,7 +38,8 @@ def test_run_directory_holds_every_output(run):
         assert (run_dir / name).stat().st_size > 0, name
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["train"]["lr"] == cfg.lr and config["model_config"]["d_model"] == 64
-    assert config["data"]["data_dir"] == cfg.data_dir and config["data"]["tokenizer"] == "byte"
+    assert config["data"]["data_dir"] == str(Path(cfg.data_dir).resolve()) and config["data"]["tokenizer"] == "byte"
+    assert (config["data"]["val_fraction"], config["data"]["split_seed"]) == (0.2, 0)  # the held-out documents
     assert json.loads((run_dir / "metrics.json").read_text()) == records(run_dir)
 
     steps = sorted(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").iterdir())

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from memlab.data.shards import HEADER_FILE, read_header
 from memlab.data.tasks import TokenizedExample
 from memlab.data.tokenizer import META_FILE as TOKENIZER_FILE
 from memlab.data.tokenizer import Tokenizer, load_tokenizer
@@ -98,6 +99,35 @@ def run_dir_of(model_dir: Path) -> Path | None:
         if (directory / "config.yaml").is_file() and (directory / "checkpoints").is_dir():
             return directory
     return None
+
+
+def run_data(run_dir: Path) -> dict[str, Any]:
+    """The ``data`` entry of a training run's config.yaml: corpus, data_dir (the prepared shards;
+    None for tasks only), the shards' val_fraction and split_seed, the tokenizer."""
+    from memlab.train.config import read_yaml
+
+    data = read_yaml(run_dir / "config.yaml").get("data")
+    return data if isinstance(data, dict) else {}
+
+
+def run_data_dir(run_dir: Path | None) -> str | None:
+    """The shard directory a training run read its language data from, if it is still there
+    (an older run's relative path is taken from the working directory, as it was recorded)."""
+    value = None if run_dir is None else run_data(run_dir).get("data_dir")
+    return str(value) if value and (Path(value) / HEADER_FILE).is_file() else None
+
+
+def run_held_out_split(run_dir: Path) -> tuple[float, int] | None:
+    """(val_fraction, split_seed) of the documents a run held out from training: as its config
+    records them, else as its shards' header does; None when neither can be read."""
+    data = run_data(run_dir)
+    if data.get("val_fraction") is not None and data.get("split_seed") is not None:
+        return float(data["val_fraction"]), int(data["split_seed"])
+    data_dir = run_data_dir(run_dir)
+    if data_dir is None:
+        return None
+    request = read_header(data_dir)["request"]
+    return request["val_fraction"], request["split_seed"]
 
 
 def load_checkpoint(path: str | Path, device: str = "auto") -> tuple[nn.Module, Tokenizer, Path]:

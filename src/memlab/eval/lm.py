@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from memlab.data.shards import HEADER_FILE, TokenShards
 from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
-from memlab.eval.hub import EvalContext, register_suite
+from memlab.eval.hub import EvalContext, register_suite, run_data_dir
 from memlab.eval.stats import mean_interval
 
 
@@ -38,18 +38,6 @@ def open_corpus(ctx: EvalContext) -> tuple[str, TokenShards]:
         directory = ctx.out_dir / "lm_data" / re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
         prepare_shards(spec, ctx.tokenizer, directory)
     return str(spec), TokenShards(directory, "val", tokenizer=ctx.tokenizer)
-
-
-def run_data_dir(run_dir: Path | None) -> str | None:
-    """The shard directory a training run read its language data from (recorded in its config.yaml)."""
-    if run_dir is None:
-        return None
-    from memlab.train.config import read_yaml
-
-    data = read_yaml(run_dir / "config.yaml").get("data") or {}
-    # as memlab train recorded it (relative paths: to its working directory)
-    value = data.get("data_dir") if isinstance(data, dict) else None
-    return str(value) if value and (Path(value) / HEADER_FILE).is_file() else None
 
 
 def _exp(x: float) -> float:

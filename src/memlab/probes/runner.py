@@ -16,15 +16,13 @@ from typing import Any
 
 import torch
 
-from memlab.data.shards import HEADER_FILE, read_header
-from memlab.errors import check_dir_target, choose
+from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval import schema
-from memlab.eval.hub import load_checkpoint, run_dir_of
+from memlab.eval.hub import load_checkpoint, run_data, run_dir_of, run_held_out_split
 from memlab.models.paths import BEST_FILE
 from memlab.probes.activity import LayerActivity, record_activity, slot_layers
 from memlab.probes.corpus import ProbeText, read_probe_text
 from memlab.probes.options import PROBES, ProbeOptions
-from memlab.train.config import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -93,19 +91,21 @@ def run_probe(
 
 def with_held_out_split(options: ProbeOptions, checkpoint: Path) -> ProbeOptions:
     """``options`` with the validation split filled in where it is not given: that of the run
-    holding ``checkpoint`` (its prepared data's, else its config's fraction), else 0.01 and seed 0.
-    Probing with another split than training's would read training documents as held out."""
+    holding ``checkpoint`` (:func:`memlab.eval.hub.run_held_out_split`), else 0.01 and seed 0 (a
+    model outside a run, or a run on tasks only).  Probing with another split than training's
+    would read training documents as held out, so a run whose split cannot be read is refused."""
     if options.val_fraction is not None and options.split_seed is not None:
         return options
     fraction, seed = 0.01, 0
     run = run_dir_of(checkpoint)  # a run directory itself, or a checkpoint or best_model/ in one
-    if run is not None:
-        config = read_yaml(run / "config.yaml")
-        fraction = (config.get("train") or {}).get("val_fraction", fraction)
-        data_dir = (config.get("data") or {}).get("data_dir")
-        if data_dir and (Path(data_dir) / HEADER_FILE).is_file():
-            request = read_header(data_dir)["request"]
-            fraction, seed = request["val_fraction"], request["split_seed"]
+    split = None if run is None else run_held_out_split(run)
+    if split is not None:
+        fraction, seed = split
+    elif run is not None and run_data(run).get("data_dir") and options.documents == "val":
+        raise MemlabError(
+            f"the documents {run} held out are unknown: its data {run_data(run)['data_dir']} is not found; "
+            "give --val-fraction and --split-seed, or --documents all"
+        )
     return replace(
         options,
         val_fraction=fraction if options.val_fraction is None else options.val_fraction,

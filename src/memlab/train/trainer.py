@@ -30,6 +30,7 @@ from safetensors.torch import load_model
 
 import memlab
 from memlab.config import build_config
+from memlab.data.shards import read_header
 from memlab.data.tasks import GRID_VERSION, IGNORE_INDEX
 from memlab.data.tokenizer import load_tokenizer
 from memlab.errors import MemlabError
@@ -198,6 +199,8 @@ class Trainer:
 
     # ------------------------------------------------------------- state I/O
     def _write_config(self) -> None:
+        shards = self.data.data_dir
+        split = read_header(shards)["request"] if shards else {"val_fraction": None, "split_seed": None}
         data = {
             "format": RUN_FORMAT,
             "memlab_version": memlab.__version__,
@@ -205,7 +208,9 @@ class Trainer:
             "model_config": self.model_config.to_dict(),
             "data": {
                 "corpus": self.data.corpus,
-                "data_dir": str(self.data.data_dir) if self.data.data_dir else None,
+                "data_dir": str(shards.resolve()) if shards else None,  # found from any working directory
+                "val_fraction": split["val_fraction"],  # the documents held out (for probes and eval)
+                "split_seed": split["split_seed"],
                 "tokenizer": self.tokenizer.kind,
                 "tokenizer_hash": self.tokenizer.hash,
             },
