@@ -125,6 +125,32 @@ def test_token_identity_null_separates_routing_by_token_from_routing_by_depth():
     assert depth_routed["excess_over_token_identity_bits"] > 0.3 and depth_routed["p_value_within_token"] < 0.05
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_soft_routing_by_token_alone_ties_the_within_token_null(seed):
+    """Soft routing set by the token alone: every within-token shuffle leaves the joint unchanged in
+    exact arithmetic, so p = 1 (float summation order had made p uniform, and 'significant' at times)."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, 30, 3000)
+    routing = rng.dirichlet(np.ones(16), 30).astype(np.float32)[tokens]  # a distribution per token id
+    labels = np.where(rng.random(3000) < 0.5, tokens % 5, rng.integers(0, 5, 3000))
+    result = mi_test(labels, routing, 5, permutations=50, seed=seed, tokens=tokens)
+    for kind in ("soft", "argmax"):
+        assert result[kind]["p_value_within_token"] == 1.0, kind
+        assert abs(result[kind]["excess_over_token_identity_bits"]) < 1e-9
+
+
+def test_without_permutations_only_measured_numbers_are_reported():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 500)
+    result = mi_test(labels, rng.dirichlet(np.ones(8), 500), 4, permutations=0, tokens=rng.integers(0, 9, 500))
+    soft, argmax = result["soft"], result["argmax"]
+    assert soft["bits"] > 0 and argmax["bits_corrected"] < argmax["bits"]  # Miller-Madow needs no shuffles
+    for record in (soft, argmax):
+        assert record["p_value"] is record["shuffled_mean_bits"] is record["p_value_within_token"] is None
+        assert record["within_token_mean_bits"] is record["excess_over_token_identity_bits"] is None
+    assert soft["bits_corrected"] is soft["ratio_corrected"] is None  # had been the raw MI, "corrected" by 0
+
+
 def test_within_token_shuffle_keeps_each_tokens_labels():
     from memlab.probes.stats import within_token_shuffle
 

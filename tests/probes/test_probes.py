@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -114,6 +115,12 @@ def test_trajectory_over_the_checkpoints_of_a_run(tmp_path, corpora):
     assert out == run / "probes" / "trajectory_probe.json" and out.with_suffix(".png").is_file()
     r = results(out)
     assert r["steps"] == [20, 100] and len(r["series"]["max slot share"]["mean"]) == 2
+    assert "MI(slot; indent) / H(indent), soft, corrected" in r["series"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 'Mean of empty slice' for a curve that was not measured
+        r = results(run_probe(run, "trajectory", tmp_path / "unpermuted", options=options(corpora, permutations=0)))
+    assert "MI(slot; indent) / H(indent), soft, corrected" not in r["series"]
+    assert len(r["series"]["MI(slot; indent) / H(indent), argmax, corrected"]["mean"]) == 2  # Miller-Madow
 
 
 def test_model_without_slots_is_refused(tmp_path, corpora, capsys):

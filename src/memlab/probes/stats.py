@@ -3,8 +3,9 @@
 All in bits.  MI(slot; label) is computed two ways: from the argmax slot of every token
 (counts of a contingency table; Miller-Madow bias correction) and from the full routing
 distributions (the joint ``P(label, slot) = mean_t 1[label_t] p_t(slot)``; corrected by
-subtracting the mean MI of shuffled labels).  The p-value is that of a permutation test:
-the share of label shuffles whose MI reaches the observed one (+1 smoothing).  Given the token
+subtracting the mean MI of shuffled labels, so not corrected without permutations).  The
+p-value is that of a permutation test: the share of label shuffles whose MI reaches the
+observed one (+1 smoothing).  Given the token
 ids, a second null shuffles labels only among equal tokens, so MI that token identity alone
 explains is not read as structure.  Tokens of a
 text are not independent, so the p-value is optimistic; the shuffled mean is the baseline.
@@ -50,9 +51,23 @@ def _joint_argmax(labels: np.ndarray, slots: np.ndarray, n_labels: int, n_slots:
 
 
 def _joint_soft(labels: np.ndarray, routing: np.ndarray, n_labels: int) -> np.ndarray:
-    onehot = np.zeros((len(labels), n_labels), dtype=routing.dtype)
+    """Summed in float64: a shuffle that keeps the joint in exact arithmetic must keep it up to rounding."""
+    onehot = np.zeros((len(labels), n_labels))
     onehot[np.arange(len(labels)), labels] = 1
-    return onehot.T @ routing  # (n_labels, K)
+    return onehot.T @ routing.astype(np.float64)  # (n_labels, K)
+
+
+def _p_value(null: np.ndarray, mi: float) -> float | None:
+    """Permutation p-value (+1 smoothing; None without permutations).  A null MI reaches the
+    observed one up to rounding: joints equal in exact arithmetic (routing by token identity under
+    the within-token shuffle) tie, whatever the float summation order."""
+    if not len(null):
+        return None
+    return float((1 + (null >= mi - (1e-12 + 1e-9 * abs(mi))).sum()) / (1 + len(null)))
+
+
+def _mean(null: np.ndarray) -> float | None:
+    return float(null.mean()) if len(null) else None
 
 
 def within_token_shuffle(labels: np.ndarray, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -93,26 +108,28 @@ def mi_test(
         ("soft", lambda lab: _joint_soft(lab, routing, n_labels)),
     ):
         mi = mutual_information_bits(joint_of(labels))
-        null = {name: np.array([mutual_information_bits(joint_of(s)) for s in shuffles]) if permutations
-                else np.zeros(1) for name, shuffles in nulls.items()}
+        null = {name: np.array([mutual_information_bits(joint_of(s)) for s in shuffles])
+                for name, shuffles in nulls.items()}  # fmt: skip
         shuffled = null["shuffled"]
-        corrected = mi + miller_madow_correction_bits(counts) if kind == "argmax" else mi - float(shuffled.mean())
+        if kind == "argmax":
+            corrected = mi + miller_madow_correction_bits(counts)
+        else:  # the soft MI's bias is measured by its shuffles: unknown without them
+            corrected = mi - shuffled.mean() if permutations else None
         out[kind] = {
             "bits": mi,
             "bits_corrected": corrected,
             "ratio": mi / h_label if h_label > 0 else None,  # undefined when the label never varies
-            "ratio_corrected": corrected / h_label if h_label > 0 else None,
-            "shuffled_mean_bits": float(shuffled.mean()),
-            "shuffled_std_bits": float(shuffled.std()),
-            "p_value": float((1 + (shuffled >= mi).sum()) / (1 + permutations)) if permutations else None,
+            "ratio_corrected": corrected / h_label if h_label > 0 and corrected is not None else None,
+            "shuffled_mean_bits": _mean(shuffled),
+            "shuffled_std_bits": float(shuffled.std()) if permutations else None,
+            "p_value": _p_value(shuffled, mi),
         }
         if "within_token" in null:
             same_token = null["within_token"]
             out[kind].update(
-                within_token_mean_bits=float(same_token.mean()),
-                excess_over_token_identity_bits=mi - float(same_token.mean()),
-                p_value_within_token=float((1 + (same_token >= mi).sum()) / (1 + permutations))
-                if permutations else None,
+                within_token_mean_bits=_mean(same_token),
+                excess_over_token_identity_bits=mi - same_token.mean() if permutations else None,
+                p_value_within_token=_p_value(same_token, mi),
             )
     out["label_entropy_bits"] = h_label
     return out

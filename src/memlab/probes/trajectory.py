@@ -65,7 +65,10 @@ def trajectory_probe(run_dir: Path, out_dir: str | Path | None, options: ProbeOp
             f"layer {layer['layer']}": [_nan_if_none(read(r["layers"][i])) for r in rows]
             for i, layer in enumerate(rows[0]["layers"])
         }
-        curves["mean"] = np.nanmean(np.array(list(curves.values()), dtype=float), axis=0).tolist()
+        values = np.array(list(curves.values()), dtype=float)
+        if np.isnan(values).all():  # not measured (the soft correction without --permutations)
+            continue
+        curves["mean"] = np.nanmean(values, axis=0).tolist()
         series[metric] = curves
     out.mkdir(parents=True, exist_ok=True)
     plots.lines(steps, series, out / "trajectory_probe.png", f"slot routing over training: {run_dir.name}", "step")
