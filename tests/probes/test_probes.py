@@ -89,6 +89,40 @@ def test_routing_results_recover_a_planted_depth_code():
     assert r["layers"][0]["bracket"]["mi"]["argmax"]["ratio"] is None  # one bracket depth: MI undefined
 
 
+def test_dominant_slots_are_only_slots_that_a_depth_uses():
+    from memlab.probes.routing import depth_report
+
+    depth = np.repeat([0, 1], [500, 26]).astype(np.int16)
+    slots = np.concatenate([np.arange(500) % 4, [5] * 12 + [6] * 12 + [7] * 2])  # depth 1: slots 5 and 6 qualify
+    routing = np.eye(8, dtype=np.float32)[slots]
+    report = depth_report(depth, routing, ProbeOptions(max_depth=2, permutations=0))
+    assert [d["slot"] for d in report["dominant_slots"]["1"]] == [5, 6]  # not padded with slots it never used
+    assert all(d["share"] > 0 for d in report["dominant_slots"]["0"])
+
+
+def test_a_slot_nothing_writes_to_favours_no_role_and_four_slots_list_two_fastest(tmp_path, corpora, monkeypatch):
+    from memlab.eval.hub import load_checkpoint
+    from memlab.probes.alphas import alphas_probe
+    from memlab.probes.gates import gates_probe
+    from memlab.probes.runner import ProbeContext
+
+    model, tokenizer, _ = load_checkpoint(save_model(tmp_path / "m", variant="cdm"), "cpu")
+    ctx = ProbeContext(model, tokenizer, options(corpora), 0, tmp_path)
+    n = ctx.text().tokens
+    gates = np.zeros((n, 4), dtype=np.float32)
+    gates[:, 0] = 0.5
+    gates[:: 7, 1] = 1.0  # slot 1: a few tokens write; slots 2 and 3: none (collapsed)
+    activity = [LayerActivity(0, np.full((n, 4), 0.25, dtype=np.float32), gates, np.array([0.9, 0.1, 0.5, 0.3]))]
+    monkeypatch.setattr(ProbeContext, "activity", lambda self, text: activity)
+    slots = gates_probe(ctx)["layers"][0]["slots"]
+    assert slots[0]["favoured_role"] is not None and slots[1]["triggers"]
+    assert all(t["mean_gate"] > 0 for slot in slots for t in slot["triggers"])  # no trigger that never writes
+    for unused in slots[2:]:
+        assert unused["favoured_role"] is unused["peak_role_gate"] is None and unused["triggers"] == []
+    layer = alphas_probe(ctx)["layers"][0]
+    assert layer["fastest_slots"] == [0, 2] and layer["slowest_slots"] == [1, 3]  # had shared slots 2 and 1
+
+
 def test_gates_alphas_and_domains_probes(tmp_path, corpora):
     model_dir = save_model(tmp_path / "m", variant="cdm")
     opts = options(corpora, domains=[f"code={corpora['code']}", f"prose={corpora['prose']}", "lists=lists"])

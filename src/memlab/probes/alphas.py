@@ -22,7 +22,8 @@ def alphas_probe(ctx: ProbeContext) -> dict[str, Any]:
     layers = []
     for a in activity:
         alpha, gate = a.alpha_mean.astype(np.float64), a.gates.mean(0).astype(np.float64)
-        order = np.argsort(-alpha)
+        order = np.argsort(-alpha, kind="stable")
+        listed = min(3, len(order) // 2)  # the fastest and slowest lists never share a slot
         layers.append({
             "layer": a.layer,
             "alpha": alpha.tolist(),
@@ -31,8 +32,8 @@ def alphas_probe(ctx: ProbeContext) -> dict[str, Any]:
             "alpha_mean": float(alpha.mean()),
             "alpha_spread": float(alpha.max() - alpha.min()),
             "alpha_std": float(alpha.std()),
-            "fastest_slots": [int(k) for k in order[:3]],
-            "slowest_slots": [int(k) for k in order[::-1][:3]],
+            "fastest_slots": [int(k) for k in order[:listed]],
+            "slowest_slots": [int(k) for k in order[::-1][:listed]],
         })  # fmt: skip
     version = ctx.model.config.cdm.version
     matrix = np.array([layer["alpha"] for layer in layers])

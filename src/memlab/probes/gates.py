@@ -31,16 +31,19 @@ def gates_probe(ctx: ProbeContext) -> dict[str, Any]:
         by_role = np.stack([a.gates[roles == r].mean(0) for r in present])  # (roles, K)
         slot_mean = a.gates.mean(0)
         favoured = np.divide(by_role, slot_mean, out=np.zeros_like(by_role), where=slot_mean > 0).argmax(0)
+        # a slot no token writes to (collapsed under hard routing) favours no role and has no triggers
         token_means = np.stack([np.bincount(inverse, weights=a.gates[:, k], minlength=len(uniq)) for k in range(K)], 1)
         token_means /= counts[:, None]
         slots = []
         for k in range(K):
-            top = eligible[np.argsort(-token_means[eligible, k])[: ctx.options.top_tokens]]
+            writers = eligible[token_means[eligible, k] > 0]
+            top = writers[np.argsort(-token_means[writers, k], kind="stable")[: ctx.options.top_tokens]]
+            used = slot_mean[k] > 0
             slots.append({
                 "slot": k,
                 "mean_gate": float(slot_mean[k]),
-                "favoured_role": role_names[favoured[k]],
-                "peak_role_gate": float(by_role[favoured[k], k]),
+                "favoured_role": role_names[favoured[k]] if used else None,
+                "peak_role_gate": float(by_role[favoured[k], k]) if used else None,
                 "triggers": [
                     {"token": ctx.tokenizer.decode([int(uniq[t])]), "mean_gate": float(token_means[t, k]),
                      "count": int(counts[t])}

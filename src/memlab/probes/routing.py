@@ -108,10 +108,12 @@ def depth_report(
     overall = counts.sum(0) / counts.sum()
     names = depth_classes(options.max_depth)
     dominant = {}
-    for d in np.flatnonzero(per_depth[:, 0]):  # slots with at least MIN_COUNT tokens at depth d, by lift
-        lift = np.divide(given[d], overall, out=np.zeros(K), where=(overall > 0) & (counts[d] >= MIN_COUNT))
+    for d in np.flatnonzero(per_depth[:, 0]):  # up to 3 slots with at least MIN_COUNT tokens at depth d, by lift
+        qualified = np.flatnonzero(counts[d] >= MIN_COUNT)
+        lift = given[d, qualified] / overall[qualified]  # overall > 0 where a depth's count is
         dominant[names[d]] = [
-            {"slot": int(k), "share": float(given[d, k]), "lift": float(lift[k])} for k in np.argsort(-lift)[:3]
+            {"slot": int(qualified[i]), "share": float(given[d, qualified[i]]), "lift": float(lift[i])}
+            for i in np.argsort(-lift, kind="stable")[:3]
         ]
     return {
         "tokens": int(known.sum()),

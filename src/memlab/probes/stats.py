@@ -5,9 +5,8 @@ All in bits.  MI(slot; label) is computed two ways: from the argmax slot of ever
 distributions (the joint ``P(label, slot) = mean_t 1[label_t] p_t(slot)``; corrected by
 subtracting the mean MI of shuffled labels, so not corrected without permutations).  The
 p-value is that of a permutation test: the share of label shuffles whose MI reaches the
-observed one (+1 smoothing).  Given the token
-ids, a second null shuffles labels only among equal tokens, so MI that token identity alone
-explains is not read as structure.  Tokens of a
+observed one (+1 smoothing).  Given the token ids, a second null shuffles labels only among
+equal tokens, so MI that token identity alone explains is not read as structure.  Tokens of a
 text are not independent, so the p-value is optimistic; the shuffled mean is the baseline.
 """
 
