@@ -166,8 +166,6 @@ def test_model_without_slots_is_refused(tmp_path, corpora, capsys):
     assert e.value.code == 2 and "no memory slots" in capsys.readouterr().err
     with pytest.raises(MemlabError, match="valid choices: alphas, domains, gates, routing, trajectory"):
         run_probe(model_dir, "depth", tmp_path)
-    with pytest.raises(MemlabError, match="max_tokens must be positive, got 0"):
-        run_probe(save_model(tmp_path / "slots"), "routing", tmp_path, ProbeOptions(corpus=corpora["code"], max_tokens=0))
 
 
 @pytest.mark.parametrize("flag, value, fragment", [
@@ -178,11 +176,15 @@ def test_model_without_slots_is_refused(tmp_path, corpora, capsys):
     ("--top-tokens", "0", "--top-tokens must be >= 1, got 0"),
     ("--min-token-count", "-1", "--min-token-count must be >= 1, got -1"),
     ("--val-fraction", "2", "--val-fraction must be in [0, 1), got 2.0"),
+    ("--max-tokens", "0", "--max-tokens must be >= 1, got 0"),  # these had loaded the model and made the out dir
+    ("--domains", "onlyone=lists", "the domains probe compares at least two corpora"),
+    ("--domains", "a=lists a=stdlib-docs", "--domains names 'a' twice"),  # the second had replaced the first
+    ("--domains", "=lists b=lists", "bad domain '=lists'"),
 ])
 def test_probe_options_out_of_range_are_refused_before_any_work(tmp_path, capsys, flag, value, fragment):
     model_dir = save_model(tmp_path / "m")
     with pytest.raises(SystemExit) as e:
-        main(["probe", "--checkpoint", str(model_dir), "--out-dir", str(tmp_path / "out"), flag, value])
+        main(["probe", "--checkpoint", str(model_dir), "--out-dir", str(tmp_path / "out"), flag, *value.split()])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and fragment in err
     assert not (tmp_path / "out").exists()

@@ -11,27 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from memlab.errors import MemlabError
 from memlab.probes import plots
 from memlab.probes.runner import ProbeContext
 from memlab.probes.stats import cosine_similarity_matrix
 
 
-def parse_domains(specs: list[str]) -> dict[str, str]:
-    """``NAME=SOURCE`` (or a bare ``SOURCE``, named by itself) -> {name: source}."""
-    out = {}
-    for spec in specs:
-        name, _, source = spec.partition("=") if "=" in spec else (spec, "", spec)
-        if not name or not source:
-            raise MemlabError(f"bad domain {spec!r}: write NAME=SOURCE, e.g. code=stdlib-code")
-        out[name] = source
-    if len(out) < 2:
-        raise MemlabError("the domains probe compares at least two corpora: give --domains NAME=SOURCE ...")
-    return out
-
-
 def domains_probe(ctx: ProbeContext) -> dict[str, Any]:
-    domains = parse_domains(ctx.options.domains)
+    domains = ctx.options.domain_sources()
     profiles, tokens = {}, {}
     for name, source in domains.items():
         text = ctx.text(source)

@@ -42,9 +42,24 @@ class ProbeOptions:
     device: str = "cpu"
 
     def check(self) -> None:
-        """Refuse a count out of range or a fraction outside [0, 1) with one line naming its flag (before any work)."""
-        # (max_tokens is checked where the corpus is read: corpus.py)
-        check_at_least(self, ("seq_len", "batch_size", "max_depth", "top_tokens", "min_token_count"), 1)
+        """Refuse a count out of range, a fraction outside [0, 1) or a malformed ``--domains`` with
+        one line naming its flag (before any work)."""
+        check_at_least(self, ("max_tokens", "seq_len", "batch_size", "max_depth", "top_tokens", "min_token_count"), 1)
         check_at_least(self, ("permutations",), 0)  # 0: no permutation test (no p-values)
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise MemlabError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        self.domain_sources()
+
+    def domain_sources(self) -> dict[str, str]:
+        """``--domains NAME=SOURCE`` (or a bare ``SOURCE``, named by itself) -> {name: source}."""
+        out = {}
+        for spec in self.domains:
+            name, _, source = spec.partition("=") if "=" in spec else (spec, "", spec)
+            if not name or not source:
+                raise MemlabError(f"bad domain {spec!r}: write NAME=SOURCE, e.g. code=stdlib-code")
+            if name in out:
+                raise MemlabError(f"--domains names {name!r} twice")
+            out[name] = source
+        if len(out) < 2:
+            raise MemlabError("the domains probe compares at least two corpora: give --domains NAME=SOURCE ...")
+        return out
