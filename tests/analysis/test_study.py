@@ -85,7 +85,10 @@ def test_study_trains_evaluates_reports_and_resumes(toy_preset, tmp_path, monkey
     assert len(trained) == 2 and {p.name for p in result.runs} == {"baseline-s0", "baseline-s1"}
     (row,) = result.comparison.rows
     assert row.name == "baseline" and row.runs == 2 and row.algorithmic.n == 2
-    assert "| baseline (x2) | baseline |" in result.report.read_text()
+    report = result.report.read_text()
+    assert "| baseline (x2) | baseline |" in report
+    runs_table = report[report.index("## Runs"):]
+    assert "| baseline-s1 | " in runs_table and "gdn-s0" not in runs_table  # only the runs this study compares
 
 
 @pytest.mark.parametrize(

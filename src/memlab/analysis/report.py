@@ -18,6 +18,10 @@ def _pct(record: dict[str, Any] | None) -> str:
     return f"{100 * record['accuracy']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
 
 
+def _seconds(record: dict[str, Any], key: str) -> str:
+    return f"{record[key]:.0f}" if key in record else "-"
+
+
 def ablation_markdown(comparison: Comparison) -> str:
     """The ablation table: one line per run (each seed of an aggregated row under its own name)."""
     cells = []
@@ -41,7 +45,7 @@ def write_report(path: Path, plan: dict[str, Any], preset, comparison: Compariso
 
     base = next(r for r in comparison.rows if r.name == comparison.baseline)
     rel = [os.path.relpath(f, path.parent) for f in comparison.files if f.suffix == ".png"]
-    runs = plan["runs"]
+    compared = [member.name for r in comparison.rows for member in r.members or [r]]  # not runs of earlier plans
     first_ablation = next((r.results["ablation"] for r in comparison.rows if "ablation" in r.results), None)
     ablation_head = (
         f"On `{first_ablation['task']}` at {first_ablation['context_len']} tokens: every memory-carrying layer's "
@@ -74,10 +78,10 @@ def write_report(path: Path, plan: dict[str, Any], preset, comparison: Compariso
         "## Runs\n",
         markdown_table(
             ["run", "train s", "eval s", "directory"],
-            ([name, f"{r.get('train_s', 0):.0f}", f"{r.get('eval_s', 0):.0f}",
-              f"`{os.path.relpath(out / 'runs' / name, path.parent)}`"] for name, r in runs.items()),
+            ([name, *(_seconds(plan["runs"].get(name, {}), key) for key in ("train_s", "eval_s")),
+              f"`{os.path.relpath(out / 'runs' / name, path.parent)}`"] for name in compared),
         ),
-        "\n(train/eval seconds of the session that did the work; 0: done by an earlier session.)\n",
+        "\n(seconds of training and evaluation, in whichever session did them; -: not recorded.)\n",
     ]
     path.write_text("\n".join(sections))
     return path
