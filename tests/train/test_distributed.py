@@ -39,3 +39,47 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, sing
     # rank 0 alone wrote the run: one log line per step, whole checkpoints
     assert (cfg.run_dir / "checkpoints" / f"step_{STEPS}" / "model.safetensors").is_file()
     assert sorted(p.name for p in cfg.run_dir.iterdir() if p.name.startswith(".")) == []
+
+
+ACT_UNDER_FSDP = """
+import datetime, torch, torch.distributed as dist, memlab
+from memlab.train.distributed import Dist, wrap
+torch.set_num_threads(1)
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = memlab.build_model("act", "tiny", d_model=32, n_layers=2)
+with torch.no_grad():  # a halting unit whose step counts vary with the input
+    model.body.halt.weight.normal_(0, 4.0 / 32**0.5)
+    model.body.halt.bias.fill_(-0.5)
+reference = memlab.build_model("act", "tiny", d_model=32, n_layers=2)
+reference.load_state_dict(model.state_dict())
+by_steps = {}
+for seed in range(200):
+    x = torch.randint(0, 512, (1, 8), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        reference(x)
+    by_steps.setdefault(int(reference.body._steps.max()), x)
+x = by_steps[min(by_steps)] if rank == 0 else by_steps[max(by_steps)]  # the ranks need different step counts
+expected = reference(x)
+sharded = wrap(model, Dist(rank, 2, rank, torch.device("cpu")), fsdp=True)
+out = sharded(x)
+(out.logsumexp(-1).mean() + model.aux_losses()["ponder"]).backward()
+torch.testing.assert_close(out, expected)
+print(f"rank {rank} ok, steps {min(by_steps)}..{max(by_steps)}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_act_under_fsdp_takes_the_same_steps_on_every_process(tmp_path):
+    """Each ACT step gathers the sharded blocks' weights: a process whose positions all halted
+    early had stopped gathering while the other waited (a hang)."""
+    script = tmp_path / "act_fsdp.py"
+    script.write_text(ACT_UNDER_FSDP)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    p = subprocess.run([*torchrun, str(script)], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    finished = [line.split("steps ")[1] for line in p.stdout.splitlines() if " ok, steps " in line]
+    assert len(finished) == 2, p.stdout  # both ranks
+    fewest, most = map(int, finished[0].split(".."))
+    assert fewest < most  # rank 0's positions all halted before rank 1's

@@ -102,7 +102,9 @@ class AdaptiveComputationTime(LoopBody):
     cost is ``N + R``; ``lambda_ponder * mean(N + R)`` is the auxiliary loss, whose gradient
     reaches the halting unit through R.
 
-    The parallel form stops once every position has halted.  The recurrent form (with states)
+    The parallel form stops once every position has halted (on every process when the blocks are
+    sharded by FSDP: each step gathers their weights, so all processes must take the same number
+    of steps; the outputs do not change).  The recurrent form (with states)
     always runs all ``act_max_steps`` steps, so each step's state covers every position a later
     token may need; the outputs are identical because halted positions no longer change.
     ``act_fixed_steps = K`` runs exactly K steps and returns ``h^K`` (the shared loop with K
@@ -142,8 +144,9 @@ class AdaptiveComputationTime(LoopBody):
         running = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)  # (B, T)
         cum = h.new_zeros(h.shape[:2])  # sum of p over the steps before the current one
         steps, remainder, out = h.new_zeros(h.shape[:2]), h.new_zeros(h.shape[:2]), torch.zeros_like(h)
+        stop_together = _sharded(self.blocks[0])
         for n in range(self.n_steps):
-            if states is None and not bool(running.any()):
+            if states is None and not _any_running(running, stop_together):
                 break  # parallel form: nothing left to compute
             h = torch.where(running[..., None], self.step(h, inputs, n, states), h)
             steps = steps + running
@@ -182,6 +185,24 @@ class AdaptiveComputationTime(LoopBody):
     def flops_per_token(self, seq_len: int) -> float:
         """Upper bound: every position runs all steps (measured steps are in :meth:`diagnostics`)."""
         return super().flops_per_token(seq_len) + self.n_steps * 6.0 * self.halt.weight.numel()
+
+
+def _sharded(module: nn.Module) -> bool:
+    """Whether FSDP shards ``module``'s parameters over processes."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def _any_running(running: torch.Tensor, on_any_process: bool) -> bool:
+    """Whether a position of ``running (B, T)`` still runs (on any process: a collective)."""
+    if not on_any_process:
+        return bool(running.any())
+    more = running.any().to(torch.int32)
+    torch.distributed.all_reduce(more, op=torch.distributed.ReduceOp.MAX)
+    return bool(more)
 
 
 def _check_fixed_steps(steps: int) -> None:
