@@ -157,6 +157,21 @@ def test_act_diagnostics_describe_the_step_distribution():
     assert d["act.mean_steps"] == pytest.approx(sum(k * f for k, f in zip(range(rc.act_min_steps, 99), fracs)))
 
 
+def test_act_diagnostics_count_real_positions_only():
+    """As the ponder loss does: steps taken on padding had dominated the logged steps per token."""
+    model = build("act")
+    spread_halting(model)
+    real = tokens(1, 40)
+    padded = torch.cat([real, torch.zeros(1, 60, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        model(real)
+        alone = model.diagnostics()
+        model(padded)
+    valid = torch.arange(100)[None] < 40
+    assert model.diagnostics(valid) == pytest.approx(alone)  # causal: padding after the text changes nothing
+    assert model.diagnostics()["act.mean_steps"] != pytest.approx(alone["act.mean_steps"])
+
+
 def test_act_with_fixed_steps_equals_the_shared_loop():
     act = build("act", **{"recursion.act_fixed_steps": 3})
     loop = build("shared_loop", **{"recursion.n_unroll": 3})

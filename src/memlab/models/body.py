@@ -47,7 +47,7 @@ class Stack(nn.Module):
     def aux_loss(self, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return {}
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, valid: torch.Tensor | None = None) -> dict[str, float]:
         return {"effective_depth": float(len(self.blocks))}
 
     def flops_per_token(self, seq_len: int) -> float:

@@ -140,10 +140,11 @@ class LanguageModel(nn.Module):
                 out[name] = out[name] + value if name in out else value
         return out
 
-    def diagnostics(self) -> dict[str, float]:
-        """Gate/route statistics of the last forward: ``layer{i}.{name}`` plus the body's."""
+    def diagnostics(self, valid: torch.Tensor | None = None) -> dict[str, float]:
+        """Gate/route statistics of the last forward: ``layer{i}.{name}`` plus the body's, whose
+        per-position ones (ACT's steps) count only the positions ``valid`` (B, T) marks real."""
         out = {f"layer{m.layer_idx}.{k}": v for m in self.mixers for k, v in m.diagnostics().items()}
-        out.update(self.body.diagnostics())
+        out.update(self.body.diagnostics(valid))
         return out
 
     def estimate_flops_per_token(self, seq_len: int) -> float:

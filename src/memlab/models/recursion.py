@@ -86,7 +86,7 @@ class SharedLoop(LoopBody):
             h = self.step(h, inputs, n, states)
         return h
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, valid: torch.Tensor | None = None) -> dict[str, float]:
         return {"effective_depth": float(self.max_depth)}
 
 
@@ -168,18 +168,20 @@ class AdaptiveComputationTime(LoopBody):
         ponder = self._ponder if valid is None else self._ponder[valid]
         return {"ponder": self.config.recursion.lambda_ponder * ponder.mean()}
 
-    def diagnostics(self) -> dict[str, float]:
-        """Mean steps per token, the fraction of tokens at each step count, mean ponder cost N + R."""
+    def diagnostics(self, valid: torch.Tensor | None = None) -> dict[str, float]:
+        """Mean steps per token, the fraction of tokens at each step count, mean ponder cost N + R,
+        over the positions ``valid`` (B, T) marks real (None: all), as the ponder loss counts them."""
         if self._steps is None:
             return {"effective_depth": float(self.max_depth)}
-        steps = self._steps.detach()
+        steps = self._steps.detach() if valid is None else self._steps.detach()[valid]
         mean = steps.mean().item()
         out = {"act.mean_steps": mean, "effective_depth": mean * len(self.blocks)}
         lowest = self.config.recursion.act_min_steps if self._ponder is not None else self.n_steps
         for k in range(lowest, self.n_steps + 1):
             out[f"act.steps_{k}_frac"] = (steps == k).float().mean().item()
         if self._ponder is not None:
-            out["act.ponder"] = self._ponder.detach().mean().item()
+            ponder = self._ponder.detach() if valid is None else self._ponder.detach()[valid]
+            out["act.ponder"] = ponder.mean().item()
         return out
 
     def flops_per_token(self, seq_len: int) -> float:

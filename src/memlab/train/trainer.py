@@ -176,6 +176,7 @@ class Trainer:
         self.tokens_per_step = cfg.seq_len * cfg.batch_size * cfg.grad_accum * d.world_size
         self.total_steps = math.ceil(cfg.total_tokens / self.tokens_per_step)
         self.step, self.skipped, self.bad_in_row, self.lr = 0, 0, 0, 0.0
+        self.last_valid: torch.Tensor | None = None  # the real positions of the last micro-batch (None: all)
         self.best: dict[str, Any] = {"loss": None, "step": None, "acc": {}}
         self.wall_before = 0.0  # seconds of earlier sessions of this run
         self.window = _Window()
@@ -347,7 +348,7 @@ class Trainer:
                 if self.step % cfg.log_interval == 0 or last:
                     tokens_per_s = window_steps * self.tokens_per_step / window_seconds
                     record.update(self.window.flush(), lr=self.lr, tokens_per_s=tokens_per_s)
-                    record["diagnostics"] = self.raw_model.diagnostics()  # of the step's last micro-batch
+                    record["diagnostics"] = self.raw_model.diagnostics(self.last_valid)  # the step's last micro-batch
                     record["skipped_steps"] = self.skipped
                     window_seconds, window_steps = 0.0, 0
                     loss = record["loss"] if record["loss"] is not None else math.nan
@@ -405,6 +406,7 @@ class Trainer:
             ce_sum += ce.detach()
             for name, value in aux.items():
                 aux_sums[name] = aux_sums.get(name, 0.0) + value.detach().float()
+        self.last_valid = valid
         names = sorted(aux_sums)
         totals = d.all_reduce_sum(torch.stack([ce_sum, *(aux_sums[n] for n in names)]))  # one sync
         if self.scaler is not None:
