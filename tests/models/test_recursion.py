@@ -283,6 +283,13 @@ def test_presets_match_the_source_study_at_nano():
     assert set(ssm_mem.pattern) == {"M", "R"}
 
 
+@pytest.mark.parametrize("shape, pattern", [("d64l1", "MMR"), ("d64l2", "MMMRM"), ("d64l3", "MMMRMMMR")])
+def test_ssm_mem_has_a_memory_reader_at_every_depth(shape, pattern):
+    """One reader after every 3 Mamba-2 layers, and one at least (2 layers had had none: plain ssm)."""
+    config = build_config("ssm_mem", shape)
+    assert config.pattern == pattern and config.pattern.count("M") == build_config("ssm", shape).n_layers
+
+
 @pytest.mark.parametrize("size", ["tiny", "nano", "125M", "1B"])
 def test_every_variant_builds_at_every_size(size):
     for variant in ("shared_loop", "latent", "act", "ssm", "ssm_mem"):

@@ -67,8 +67,9 @@ def ssm(cfg: ModelConfig) -> None:
 def ssm_mem(cfg: ModelConfig) -> None:
     """Mamba-2 backbone + a reader of 64 learned memory tokens after every 3 Mamba-2 layers (pattern MMMR)."""
     ssm(cfg)
-    cfg.n_layers += cfg.n_layers // 3
-    cfg.layer_pattern = "MMMR"
+    mamba_layers = cfg.n_layers
+    cfg.n_layers += max(1, mamba_layers // 3)  # at least one reader, also in a model of 2 Mamba-2 layers
+    cfg.layer_pattern = "M" * min(3, mamba_layers) + "R"
     cfg.recursion.n_memory_tokens = 64
 
 
