@@ -228,7 +228,7 @@ class CDM(Mixer):
         """The scan's contractions beyond the projections (forward + backward, 6 FLOPs per MAC)."""
         c, D, K = self.config.cdm, self.config.d_model, self.n_slots
         C = min(c.chunk_size, seq_len)
-        macs = K * D + seq_len / C * K * D  # chunk writes; states across chunks
+        macs = K * D + K * D / C  # chunk writes; the (K, D) state carried once per chunk
         if c.readout in ("gate", "both"):
             macs += K * D + C * K + C * D
         if self.query_proj is not None:

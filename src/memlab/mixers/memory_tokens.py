@@ -59,5 +59,9 @@ class MemoryTokenReader(Mixer):
         return 0
 
     def extra_flops_per_token(self, seq_len: int) -> float:
-        """Scores and weighted values over the M memory tokens (forward + backward)."""
-        return 12.0 * self.n_heads * self.head_dim * self.memory.shape[0]
+        """Scores and weighted values over the M memory tokens (forward + backward), less what the
+        6 x parameters of a block overcount: the memory tokens and their key/value projection
+        are used once per sequence of ``seq_len`` positions, not once per position."""
+        M, D = self.memory.shape
+        kv = self.read.kv_proj.weight.numel()
+        return 12.0 * self.n_heads * self.head_dim * M + 6.0 * kv * M / seq_len - 6.0 * (kv + M * D)
