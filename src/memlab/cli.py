@@ -253,8 +253,9 @@ class ScaleArgs:
 
     variant: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
     """a variant to scale (repeat the flag, or a,b); default: baseline"""
-    sizes: str = "1M,3M,10M"
-    """comma-separated presets (tiny, 125M), width/depth pairs (d256l4) or parameter counts (1M, 2.5M, 300K)"""
+    sizes: str = "1M,2M,4M,8M"
+    """comma-separated presets (tiny, 125M), width/depth pairs (d256l4) or parameter counts (1M, 2.5M, 300K);
+    a decisive verdict needs more than 3 (3 sizes fit the 3 parameters of the law exactly)"""
     tokens: int | None = None
     """training tokens of every rung"""
     tokens_per_param: float | None = None
@@ -262,7 +263,7 @@ class ScaleArgs:
     out_dir: str = "scaling"
     """the ladder: <out_dir>/<variant>/<size>/ runs, data/, scaling.json, scaling.md, scaling.png"""
     config: str | None = None
-    """a `memlab train` YAML used as the recipe of every rung (default: language modelling only)"""
+    """a `memlab train` YAML used as the recipe of every rung; what it does not set is language modelling only"""
     corpus: str | None = None
     """recipe overrides (default: from --config, else memlab train's defaults): the text corpus"""
     data_dir: str | None = None
@@ -289,7 +290,7 @@ def run_scale(args: ScaleArgs) -> None:
     from memlab.analysis.ladder import default_recipe, run_ladder
     from memlab.train.config import TrainConfig
 
-    recipe = TrainConfig.from_yaml(args.config) if args.config else default_recipe()
+    recipe = TrainConfig.from_yaml(args.config, base=default_recipe()) if args.config else default_recipe()
     given = {k: getattr(args, k) for k in ("corpus", "data_dir", "tokenizer", "seq_len", "batch_size", "lr",
                                            "eval_tokens", "device") if getattr(args, k) is not None}
     recipe = dataclasses.replace(recipe, seed=args.seed, **given).validate()

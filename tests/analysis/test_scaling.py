@@ -101,9 +101,12 @@ def test_the_fit_respects_its_bounds_on_flat_or_rising_losses():
 # --------------------------------------------------------------------- verdict
 
 
-def make_fit(alpha: float, ci: tuple[float, float] | None, rmse: float = 0.01, noise: float = 0.01) -> PowerLawFit:
-    return PowerLawFit(a=1.0, alpha=alpha, c=1.0, n_points=4, rmse=rmse, noise=noise, alpha_ci=ci,
-                       ci_method="batches" if ci else "none", n_bootstrap=100 if ci else 0)
+def make_fit(alpha: float, ci: tuple[float, float] | None, rmse: float = 0.01, noise: float = 0.01,
+             n_points: int = 4, n_windows: int = 64) -> PowerLawFit:
+    return PowerLawFit(a=1.0, alpha=alpha, c=1.0, n_points=n_points, rmse=rmse, noise=noise, alpha_ci=ci,
+                       ci_method="batches" if ci else "none", n_bootstrap=100 if ci else 0,
+                       n_windows=n_windows if ci else None, ci_note=None if ci else "3 sizes without per-batch "
+                       "losses fit exactly; add sizes or batches")  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -123,6 +126,30 @@ def test_verdict_follows_the_go_no_go_rule_and_states_the_interval(alpha, ci, de
     assert v.decision == decision and v.decisive == decisive
     assert f"alpha = {alpha:.3f}" in v.text and decision in v.text
     assert (f"[{ci[0]:.3f}, {ci[1]:.3f}]" in v.text) if ci else ("no bootstrap interval" in v.text)
+
+
+def test_three_sizes_or_few_windows_are_never_decisive():
+    """Three points fit three parameters exactly; a bootstrap over few windows under-covers."""
+    exact = verdict(make_fit(0.45, (0.4, 0.5), rmse=0.0, n_points=3))
+    assert exact.decision == "proceed" and not exact.decisive and "3 sizes fit the 3 parameters exactly" in exact.text
+    few = verdict(make_fit(0.45, (0.4, 0.5), n_windows=4))
+    assert not few.decisive and "rests on 4 validation windows" in few.text
+    assert verdict(make_fit(0.45, (0.4, 0.5), n_windows=10)).decisive
+
+
+def test_three_sizes_with_window_losses_are_never_decisive_and_the_fit_records_its_windows():
+    rng = np.random.default_rng(0)
+    batches = (60 * SIZES_N[:3] ** (-0.5) + 1.7)[:, None] + 0.001 * rng.standard_normal((3, 32))
+    fit = fit_power_law(SIZES_N[:3], batches.mean(1), batches, n_bootstrap=200)
+    assert fit.ci_method == "batches" and fit.n_windows == 32 and fit.alpha_ci is not None
+    assert not verdict(fit).decisive
+
+
+def test_too_few_replicates_say_so():
+    loss = 60 * SIZES_N ** (-0.5) + 1.7
+    fit = fit_power_law(SIZES_N, loss, n_bootstrap=10)
+    assert fit.alpha_ci is None and fit.ci_note == "10 usable bootstrap replicates of 10, fewer than 20"
+    assert "no bootstrap interval: 10 usable bootstrap replicates of 10" in verdict(fit).text
 
 
 def test_a_curve_that_misses_its_points_is_never_decisive():
@@ -220,6 +247,27 @@ def test_a_tiny_ladder_trains_fits_plots_and_resumes(prepared, tmp_path, monkeyp
     again = json.loads((out / "scaling.json").read_text())["variants"]["baseline"]
     assert again["fit_params"] == v["fit_params"]
 
+    # another budget in the same directory: one line that says what to do (not the trainer's --resume)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["scale", "--variant", "baseline", "--sizes", ",".join(sizes), "--tokens", "2048", "--out-dir", str(out),
+              "--data-dir", str(prepared / "data"), "--seq-len", "32", "--batch-size", "4", "--eval-tokens", "256",
+              "--lr", "3e-3", "--bootstrap", "200", "--config", str(write_recipe(tmp_path))])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "was trained otherwise (total_tokens: 1024 -> 2048); use another --out-dir, or delete" in err
+
+
+def test_a_recipe_yaml_leaves_the_rest_language_modelling_only(tmp_path):
+    """A YAML setting lr alone had brought memlab train's 200k tokens of algorithmic tasks into every rung."""
+    from memlab.analysis.ladder import default_recipe
+    from memlab.train.config import TrainConfig
+
+    path = tmp_path / "lr.yaml"
+    path.write_text("lr: 0.001\n")
+    recipe = TrainConfig.from_yaml(path, base=default_recipe())
+    assert recipe.lr == 0.001 and recipe.alg_tokens == 0 and recipe.alg_tasks == []
+    assert TrainConfig.from_yaml(path).alg_tokens == TrainConfig().alg_tokens > 0  # memlab train's own defaults
+
 
 def write_recipe(tmp_path):
     """The recipe the test ladder used, as a `memlab train` YAML (the CLI's flags set the rest)."""
@@ -240,7 +288,14 @@ def write_recipe(tmp_path):
         (["--sizes", "d64l1,huge,d128l1", "--tokens", "100"], "unknown size 'huge'"),
         # these two had been tracebacks (a division by zero, numpy's negative dimensions)
         (["--sizes", "1M,2M,3M", "--tokens", "100", "--aspect", "0"], "--aspect (the width/depth ratio"),
-        (["--sizes", "d64l1,d64l2,d128l1", "--tokens", "100", "--bootstrap", "-1"], "--bootstrap must be >= 0"),
+        (["--sizes", "d64l1,d64l2,d128l1", "--tokens", "100", "--bootstrap", "-1"], "--bootstrap must be 0"),
+        (["--sizes", "d64l1,d64l2,d128l1", "--tokens", "100", "--bootstrap", "10"], "or >= 200"),
+        # non-finite budgets had been tracebacks from round()
+        (["--sizes", "d64l1,d64l2,d128l1", "--tokens-per-param", "nan"], "must be positive (and finite)"),
+        (["--sizes", "d64l1,d64l2,d128l1", "--tokens-per-param", "inf"], "must be positive (and finite)"),
+        # had been found after the first rung was trained
+        (["--sizes", "d64l1,d64l2,d128l1", "--tokens", "100", "--seq-len", "32", "--eval-tokens", "16"],
+         "--eval-tokens 16 is less than one window of --seq-len 32"),
     ],
 )
 def test_scale_user_errors_are_one_line_exit_2(args, fragment, tmp_path, capsys):

@@ -38,6 +38,7 @@ from memlab.markdown import markdown_table
 from memlab.models.lm import LanguageModel
 
 log = logging.getLogger(__name__)
+MIN_BOOTSTRAP = 200  # replicates for a 95% percentile interval
 
 _COUNT = re.compile(r"^(\d+(?:\.\d+)?)([KMB])$", re.IGNORECASE)
 _UNITS = {"K": 1e3, "M": 1e6, "B": 1e9}
@@ -172,10 +173,14 @@ def train_rung(recipe, variant: str, label: str, size: str, tokens: int, out_dir
         resume=False, overwrite=False,
     )
     summary_file = run_dir / SUMMARY_FILE
-    if run_completed(run_dir) and (run_dir / RUN_CONFIG).is_file() and not cfg.differences(read_run_config(run_dir)):
+    changes = cfg.changes_from(read_run_config(run_dir)) if (run_dir / RUN_CONFIG).is_file() else ""
+    if changes:  # a rung of another recipe or budget: memlab scale has no --resume or --overwrite to settle it
+        raise MemlabError(f"the {variant} {label} rung in {run_dir} was trained otherwise ({changes}); "
+                          f"use another --out-dir, or delete {run_dir} to train it again")
+    if run_completed(run_dir):
         log.info("%s %s: finished run in %s, not retrained", variant, label, run_dir)
     else:
-        train(cfg)
+        train(cfg)  # afresh, or resumed from its newest checkpoint
     summary = json.loads(summary_file.read_text())
     if summary.get("status") != "completed":
         raise MemlabError(f"the run {run_dir} ended {summary.get('status')!r}; see its metrics.jsonl")
@@ -198,8 +203,6 @@ def final_model_losses(run_dir: Path, cfg) -> tuple[LanguageModel, list[float]]:
     if checkpoint is None:
         raise MemlabError(f"{run_dir} has no whole checkpoint to measure")
     model = LanguageModel.load(checkpoint).eval()
-    if cfg.eval_tokens < cfg.seq_len:
-        raise MemlabError(f"--eval_tokens {cfg.eval_tokens} is less than one window of --seq_len {cfg.seq_len}")
     val = TokenShards(cfg.data_dir, "val", verify=False)
     losses: list[float] = []
     for windows in val.sequential_windows(cfg.batch_size, cfg.seq_len, max_windows=cfg.eval_tokens // cfg.seq_len):
@@ -235,14 +238,17 @@ def run_ladder(
 
     if (tokens is None) == (tokens_per_param is None):
         raise MemlabError("give exactly one of --tokens N or --tokens-per-param R")
-    if (tokens is not None and tokens < 1) or (tokens_per_param is not None and tokens_per_param <= 0):
-        raise MemlabError("--tokens and --tokens-per-param must be positive")
+    if (tokens is not None and tokens < 1) or (tokens_per_param is not None and not 0 < tokens_per_param < math.inf):
+        raise MemlabError("--tokens and --tokens-per-param must be positive (and finite)")
+    if recipe.eval_tokens < recipe.seq_len:  # before any rung is trained
+        raise MemlabError(f"--eval-tokens {recipe.eval_tokens} is less than one window of --seq-len {recipe.seq_len}")
     if recipe.corpus == "none":
         raise MemlabError("a scaling ladder is fitted to validation loss: the recipe needs a corpus, not --corpus none")
     if not aspect > 0:
         raise MemlabError(f"--aspect (the width/depth ratio of the size rule) must be > 0, got {aspect}")
-    if n_bootstrap < 0:
-        raise MemlabError(f"--bootstrap must be >= 0 (0: no interval), got {n_bootstrap}")
+    if n_bootstrap != 0 and n_bootstrap < MIN_BOOTSTRAP:
+        raise MemlabError(f"--bootstrap must be 0 (no interval) or >= {MIN_BOOTSTRAP} (for the 2.5 and 97.5 "
+                          f"percentiles), got {n_bootstrap}")
     check_dir_target(out_dir, "--out-dir")
     out_dir = Path(out_dir)
     plans = plan(variants, labels, aspect)

@@ -157,8 +157,9 @@ class TrainConfig:
         return from_dict(cls, d)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> TrainConfig:
-        """Options from a YAML file: a mapping of fields, or a run's own config.yaml."""
+    def from_yaml(cls, path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+        """Options from a YAML file: a mapping of fields, or a run's own config.yaml; the fields
+        it does not set are ``base``'s (default: memlab train's defaults)."""
         data = read_yaml(path)
         if data.get("format") == RUN_FORMAT:
             data = data.get("train")
@@ -166,12 +167,17 @@ class TrainConfig:
                 raise MemlabError(f"{path} holds no `train:` mapping of training options")
         check_types(cls, data, path)
         check_types(ModelConfig, data.get("model") or {}, path, prefix="model.")
-        return cls.from_dict(data)
+        return cls.from_dict({**(base.to_dict() if base else {}), **data})
 
     def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """Fields (other than the operational ones) whose values differ: name -> (self's, other's)."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in OPERATIONAL_FIELDS and a[k] != b.get(k)}
+
+    def changes_from(self, previous: TrainConfig, shown: int = 4) -> str:
+        """The first ``shown`` differences as ``name: previous -> this``, for an error message ('' if none)."""
+        changed = list(self.differences(previous).items())[:shown]
+        return ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in changed)
 
     def validate(self) -> TrainConfig:
         check_at_least(self, ("seq_len", "batch_size", "grad_accum", "total_tokens", "eval_samples", "max_bad_steps",

@@ -98,11 +98,10 @@ def plan_start(cfg: TrainConfig) -> Path | None:
         if occupied:
             read_run_config(run)  # refuse to delete what is not a training run
         return None
-    diffs = cfg.differences(read_run_config(run))
-    if diffs and not cfg.resume:
-        shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in list(diffs.items())[:4])
+    changes = cfg.changes_from(read_run_config(run))
+    if changes and not cfg.resume:
         raise MemlabError(
-            f"{run} holds a different run ({shown}); pass --resume to continue it with these settings "
+            f"{run} holds a different run ({changes}); pass --resume to continue it with these settings "
             "or --overwrite to start again"
         )
     latest = latest_whole_checkpoint(run)
