@@ -69,6 +69,8 @@ def test_user_errors_are_one_line_and_exit_2(args, fragment):
         (["--temperature", "nan"], "--temperature must be a finite number >= 0"),
         (["--temperature", "1", "--top-k", "0"], "--top-k must be >= 1, got 0"),
         (["--temperature", "1", "--top-k", "-3"], "--top-k must be >= 1, got -3"),
+        (["--temperature", "1", "--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
+        (["--temperature", "1", "--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
     ],
 )
 def test_generate_refuses_bad_sampling_options(flags, fragment, capsys):
@@ -77,6 +79,18 @@ def test_generate_refuses_bad_sampling_options(flags, fragment, capsys):
         main(["generate", "--init", "--prompt", "hi", *flags])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("memlab: error: ") and fragment in err
+
+
+def test_generate_samples_with_a_tiny_temperature_and_a_nucleus(capsys):
+    """A temperature of 1e-39 had overflowed the logits to a crash in torch.multinomial."""
+
+    def generate(*flags: str) -> str:
+        main(["generate", "--init", "--prompt", "hello", "--max-new-tokens", "6", *flags])
+        return capsys.readouterr().out
+
+    greedy = generate()
+    assert generate("--temperature", "1e-39") == greedy  # the limit of sampling is greedy decoding
+    assert generate("--temperature", "1", "--top-p", "1e-9") == greedy  # a nucleus of one token
 
 
 def test_generate_refuses_a_tokenizer_of_another_model(tmp_path, capsys):

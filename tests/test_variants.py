@@ -229,3 +229,24 @@ def test_generate_greedy_matches_argmax_of_parallel_forward(variant):
     with torch.no_grad():
         logits = model(out[:, :-1])
     torch.testing.assert_close(out[:, 9:], logits[:, 8:].argmax(-1), atol=0, rtol=0)
+
+
+def test_sampling_keeps_the_nucleus_and_the_top_k():
+    from memlab.models.lm import sample_next
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(4000, -1)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(sample_next(logits, 1.0, None, 0.75, g), minlength=4)  # 0.5 + 0.3 reach 0.75
+    assert counts[2:].sum() == 0 and abs(counts[0] / 4000 - 0.5 / 0.8) < 0.03
+    counts = torch.bincount(sample_next(logits, 1.0, 3, None, g), minlength=4)
+    assert counts[3] == 0 and counts[2] > 0
+
+
+def test_generate_fills_learned_positions_to_the_last_one():
+    """The last new token is not run through the model: a prompt of T and N new tokens need T + N - 1 positions."""
+    model = build("nano_baseline")
+    limit = model.config.max_seq_len
+    prompt = tokens(model, 1, limit - 5)
+    assert model.generate(prompt, max_new_tokens=6).shape == (1, limit + 1)
+    with pytest.raises(MemlabError, match="exceed max_seq_len"):
+        model.generate(prompt, max_new_tokens=7)

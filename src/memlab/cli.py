@@ -73,7 +73,11 @@ class GenerateArgs:
     model_size: str = "tiny"
     max_new_tokens: int = 64
     temperature: float = 0.0
+    """0: greedy; else sample from softmax(logits / temperature)"""
     top_k: int | None = None
+    """sample from the k most likely tokens only"""
+    top_p: float | None = None
+    """sample from the smallest set of tokens whose probability reaches p (nucleus sampling)"""
     seed: int = 0
 
 
@@ -90,6 +94,8 @@ def run_generate(args: GenerateArgs) -> None:
     check_at_least(args, ("max_new_tokens", "top_k"), 1)
     if not 0 <= args.temperature < float("inf"):  # also refuses nan
         raise MemlabError(f"--temperature must be a finite number >= 0 (0: greedy), got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise MemlabError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.init:
         tokenizer = build_tokenizer("byte")
         model = memlab.build_model(args.variant, args.model_size, vocab_size=tokenizer.vocab_size)
@@ -100,7 +106,7 @@ def run_generate(args: GenerateArgs) -> None:
         raise MemlabError("the prompt is empty")
     out = model.eval().generate(
         ids, args.max_new_tokens, args.temperature, args.top_k, tokenizer.eos_id,
-        torch.Generator().manual_seed(args.seed),
+        torch.Generator().manual_seed(args.seed), args.top_p,
     )
     print(args.prompt + tokenizer.decode(out[0, ids.shape[1] :].tolist()))
 

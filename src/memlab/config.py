@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
+
+from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
 
 from memlab.errors import MemlabError, choose
 
@@ -173,6 +177,33 @@ def from_dict(cls, d: dict[str, Any]):
         sub = _dataclass_type(cls, key)
         kwargs[key] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
     return cls(**kwargs)
+
+
+def check_types(cls: type, data: dict[str, Any], path: str | Path, prefix: str = "") -> None:
+    """Refuse a value of ``data`` (read from the file ``path``) whose type does not fit its field of
+    dataclass ``cls`` (dotted names for sub-dataclasses: ``gdn.chunk_size``); unknown names are left
+    to the caller, which reports them with the valid ones."""
+    if not isinstance(data, dict):
+        raise MemlabError(f"{path}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {data!r}")
+    for name, value in data.items():
+        field_type: Any = cls
+        for part in str(name).split("."):
+            hints = typing.get_type_hints(field_type) if dataclasses.is_dataclass(field_type) else {}
+            if part not in hints:
+                field_type = None
+                break
+            field_type = hints[part]
+        if field_type is None:
+            continue
+        if dataclasses.is_dataclass(field_type) and isinstance(value, dict):
+            check_types(field_type, value, path, f"{prefix}{name}.")
+        else:
+            try:
+                check_type(value, field_type, collection_check_strategy=CollectionCheckStrategy.ALL_ITEMS)
+            except TypeCheckError:
+                expected = field_type.__name__ if isinstance(field_type, type) else str(field_type)
+                expected = expected.replace("typing.", "")
+                raise MemlabError(f"{path}: {prefix}{name} must be of type {expected}, got {value!r}") from None
 
 
 def _dataclass_type(cls, name: str):

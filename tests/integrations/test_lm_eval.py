@@ -66,7 +66,8 @@ def direct_logprob(model, context: list[int], continuation: list[int]) -> tuple[
 
 def test_loglikelihood_matches_an_unbatched_forward(model, tok):
     lm = MemlabLM(model=model, tokenizer=tok, batch_size=3, batch_tokens=64)  # forces several padded batches
-    pairs = [("The cat", " sat"), ("a", "bcdefgh"), ("x = 1 +", " 2"), ("", "hello"), ("long " * 5, "end.")]
+    pairs = [("The cat", " sat"), ("a", "bcdefgh"), ("x = 1 +", " 2"), ("", "hello"), ("long " * 5, "end."),
+             ("  ", "hello")]  # whitespace alone: lm-eval moves it into the continuation (had crashed the batch)
     got = lm.loglikelihood([request("loglikelihood", c, t) for c, t in pairs])
     for (context, continuation), (logprob, greedy) in zip(pairs, got):
         stripped = context.rstrip()  # lm-eval moves a context's trailing spaces into the continuation
@@ -117,6 +118,20 @@ def test_generate_until_decodes_through_the_state_and_stops(model, tok):
     stop = reference[3:5]
     (cut,) = lm.generate_until([request("generate_until", prompt, {"until": [stop], "max_gen_toks": 12})])
     assert cut == reference[: reference.index(stop)]
+
+
+def test_generate_until_keeps_the_prompt_and_takes_the_tasks_sampling_options(model, tok):
+    lm = MemlabLM(model=model, tokenizer=tok, max_length=64)
+    prompt = "Once upon a time"
+    with pytest.raises(MemlabError, match="max_gen_toks=64 leaves no room for the prompt in max_length=64"):
+        lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 64})])  # had kept 1 token
+    # 16 prompt tokens and 48 new ones fill the 64 positions (learned ones too: the last token is not forwarded)
+    lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 64 - 16})])
+    greedy, = lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 8})])
+    nucleus = {"until": [], "max_gen_toks": 8, "do_sample": True, "temperature": 1.0, "top_p": 1e-6, "top_k": 0}
+    assert lm.generate_until([request("generate_until", prompt, nucleus)] * 3) == [greedy] * 3  # a nucleus of one
+    with pytest.raises(MemlabError, match=r"generation options \['num_beams'\] are not supported"):
+        lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 8, "num_beams": 4})])
 
 
 def write_tasks(tmp_path) -> tuple[list[str], list[dict]]:

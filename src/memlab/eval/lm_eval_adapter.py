@@ -30,10 +30,12 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from torch import nn
 
 from memlab.data.tokenizer import Tokenizer
-from memlab.models.lm import _sample
+from memlab.errors import MemlabError
+from memlab.models.lm import sample_next
 
 log = logging.getLogger(__name__)
 Request = tuple[tuple[str, str] | None, list[int], list[int]]  # (strings, context ids, continuation ids)
+GENERATION_OPTIONS = frozenset({"max_gen_toks", "do_sample", "temperature", "top_k", "top_p"})  # after "until"
 
 
 @register_model("memlab")
@@ -136,9 +138,10 @@ class MemlabLM(TemplateLM):
     # ------------------------------------------------------------------- helpers
     def _window(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
         """(model input, targets): the input is context + continuation without its last token, cut to
-        the last ``max_length`` tokens; the targets are the continuation tokens it predicts."""
+        the last ``max_length`` tokens; the targets are the continuation tokens it predicts.  An
+        empty context (lm-eval moves a whitespace-only context into the continuation) is the prefix token."""
         targets = continuation[-self.max_length :]
-        return (context + continuation)[-(self.max_length + 1) : -1], targets
+        return ((context or [self.prefix_token_id]) + continuation)[-(self.max_length + 1) : -1], targets
 
     def _batches(self, sequences: list[list[int]]) -> Iterator[list[int]]:
         """Indices of ``sequences``, longest first, grouped under the row and padded-token budgets."""
@@ -179,15 +182,23 @@ class MemlabLM(TemplateLM):
     @torch.no_grad()
     def _generate(self, context: list[int], until: list[str], kwargs: dict) -> str:
         """Prefill ``context`` through the recurrent state, then decode one token per step."""
+        unsupported = sorted(set(kwargs) - GENERATION_OPTIONS)
+        if unsupported:  # ignoring one would sample otherwise than the task asks
+            raise MemlabError(f"generation options {unsupported} are not supported by memlab models "
+                              f"(supported: {', '.join(sorted(GENERATION_OPTIONS))})")
         max_new = kwargs["max_gen_toks"]
-        context = (context or [self.prefix_token_id])[-max(self.max_length - max_new, 1) :]
+        if max_new >= self.max_length:
+            raise MemlabError(f"max_gen_toks={max_new} leaves no room for the prompt in max_length={self.max_length}: "
+                              "lower max_gen_toks or raise max_length")
+        context = (context or [self.prefix_token_id])[-(self.max_length - max_new) :]
         temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
-        top_k = kwargs.get("top_k")
+        top_k, top_p = kwargs.get("top_k") or None, kwargs.get("top_p")  # top_k 0: no cut, as in transformers
+        top_p = top_p if top_p is not None and top_p < 1 else None
         state = self.model.init_state(1)
         logits = self.model(torch.tensor([context], device=self._device), state)[:, -1]  # (1, V)
         generated: list[int] = []
-        for _ in range(max_new):
-            token = int(_sample(logits, temperature, top_k, None)[0])
+        for step in range(max_new):
+            token = int(sample_next(logits, temperature, top_k, top_p)[0])
             if token == self.eot_token_id:
                 break
             generated.append(token)
@@ -195,7 +206,8 @@ class MemlabLM(TemplateLM):
             stops = [text.index(s) for s in until if s and s in text]
             if stops:
                 return text[: min(stops)]
-            logits = self.model(torch.tensor([[token]], device=self._device), state)[:, -1]
+            if step < max_new - 1:  # (the last token needs no forward)
+                logits = self.model(torch.tensor([[token]], device=self._device), state)[:, -1]
         return self.tok_decode(generated)
 
 
@@ -204,7 +216,6 @@ def main() -> None:
     from lm_eval.__main__ import cli_evaluate
 
     from memlab.cli import fail
-    from memlab.errors import MemlabError
 
     try:
         cli_evaluate()

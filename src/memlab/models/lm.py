@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from memlab.config import ModelConfig
+from memlab.config import ModelConfig, check_types
 from memlab.data.tasks.base import IGNORE_INDEX
 from memlab.errors import MemlabError
 from memlab.mixers import Mixer, MixerState
@@ -161,26 +161,33 @@ class LanguageModel(nn.Module):
         top_k: int | None = None,
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
+        top_p: float | None = None,
     ) -> torch.Tensor:
         """Prefill the prompts (B, T) then decode through the states; returns (B, T + new).
 
-        Greedy when ``temperature == 0``.  Rows that emitted ``eos_id`` are padded with it.
-        Under a horizon ablation the stateless parallel form is recomputed at every step.
+        Greedy when ``temperature == 0``; else sampled from the ``top_k`` most likely tokens and
+        the nucleus of probability ``top_p`` (None: no such cut).  Rows that emitted ``eos_id``
+        are padded with it.  Under a horizon ablation the stateless parallel form is recomputed
+        at every step.
         """
+        T = input_ids.shape[1]
+        if self.pos_embed is not None and T + max_new_tokens - 1 > self.config.max_seq_len:
+            raise MemlabError(f"{T} prompt tokens and {max_new_tokens} new ones exceed max_seq_len="
+                              f"{self.config.max_seq_len} of this model's learned positions")
         stateless = any(m.horizon is not None and not m.native_horizon for m in self.mixers)
         B = input_ids.shape[0]
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         out = input_ids
         state = None if stateless else self.init_state(B)
         logits = self(input_ids, state)[:, -1]
-        for _ in range(max_new_tokens):
-            token = _sample(logits, temperature, top_k, generator)  # (B,)
+        for step in range(max_new_tokens):
+            token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
             if eos_id is not None:
                 token = torch.where(finished, torch.full_like(token, eos_id), token)
                 finished |= token == eos_id
             out = torch.cat([out, token[:, None]], dim=1)
-            if eos_id is not None and bool(finished.all()):
-                break
+            if step == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
+                break  # (the last token needs no forward)
             logits = (self(out) if stateless else self(token[:, None], state))[:, -1]
         return out
 
@@ -205,8 +212,9 @@ class LanguageModel(nn.Module):
                 raise MemlabError(f"{path} is not a memlab model directory: {name} is missing")
         try:
             meta = json.loads((path / CONFIG_FILE).read_text())
+            check_types(ModelConfig, meta["model"], path / CONFIG_FILE)  # a value of the wrong type: one line
             config = ModelConfig.from_dict(meta["model"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError) as e:  # (not JSON, not UTF-8, no model entry)
             raise MemlabError(f"corrupt {path / CONFIG_FILE}: {e}") from None
         model = cls(config)
         try:
@@ -216,12 +224,22 @@ class LanguageModel(nn.Module):
         return model.to(device)
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
-    """(B, V) logits -> (B,) next tokens."""
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator=None
+) -> torch.Tensor:
+    """(B, V) logits -> (B,) next tokens: the argmax when ``temperature <= 0``; else a draw from
+    softmax(logits / temperature) restricted to the ``top_k`` most likely tokens and to the
+    smallest set whose probability reaches ``top_p`` (the most likely token always stays)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # <= 0: a tiny temperature cannot overflow
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        outside = probs.cumsum(-1) - probs >= top_p  # the more likely tokens already hold top_p
+        logits = logits.masked_fill(torch.empty_like(outside).scatter_(-1, order, outside), float("-inf"))
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)

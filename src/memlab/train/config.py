@@ -17,9 +17,8 @@ from typing import Annotated, Any, Literal
 
 import tyro
 import yaml
-from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
 
-from memlab.config import ModelConfig, from_dict
+from memlab.config import ModelConfig, check_types, from_dict
 from memlab.errors import MemlabError, check_at_least, choose
 
 ALG_TASKS = [
@@ -218,33 +217,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MemlabError(f"{path} must hold a mapping of training options")
     return data
-
-
-def check_types(cls: type, data: dict[str, Any], path: str | Path, prefix: str = "") -> None:
-    """Refuse a value of ``data`` (read from the YAML file ``path``) whose type does not fit its field of
-    dataclass ``cls`` (dotted names for sub-dataclasses: ``gdn.chunk_size``); unknown names are left
-    to the caller, which reports them with the valid ones."""
-    if not isinstance(data, dict):
-        raise MemlabError(f"{path}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {data!r}")
-    for name, value in data.items():
-        field_type: Any = cls
-        for part in str(name).split("."):
-            hints = typing.get_type_hints(field_type) if dataclasses.is_dataclass(field_type) else {}
-            if part not in hints:
-                field_type = None
-                break
-            field_type = hints[part]
-        if field_type is None:
-            continue
-        if dataclasses.is_dataclass(field_type) and isinstance(value, dict):
-            check_types(field_type, value, path, f"{prefix}{name}.")
-        else:
-            try:
-                check_type(value, field_type, collection_check_strategy=CollectionCheckStrategy.ALL_ITEMS)
-            except TypeCheckError:
-                expected = field_type.__name__ if isinstance(field_type, type) else str(field_type)
-                expected = expected.replace("typing.", "")
-                raise MemlabError(f"{path}: {prefix}{name} must be of type {expected}, got {value!r}") from None
 
 
 # ---------------------------------------------------------------- command line
