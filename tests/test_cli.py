@@ -104,3 +104,33 @@ def test_generate_refuses_a_tokenizer_of_another_model(tmp_path, capsys):
         main(["generate", "--checkpoint", str(tmp_path), "--prompt", "zzz", "--max-new-tokens", "2"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "has 261 ids but the model only 100" in err
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (b"\xff\xfe garbage", "corrupt"),  # not UTF-8
+        ({"layer_pattern": 3}, "layer_pattern must be of type str, got 3"),
+        ({"d_model": "32"}, "d_model must be of type int, got '32'"),
+        ({"attention": None}, "attention must be of type AttentionConfig, got None"),  # these three had been tracebacks
+    ],
+)
+def test_a_damaged_model_config_is_one_line(tmp_path, capsys, damage, fragment):
+    import json
+
+    import memlab
+    from memlab.data.tokenizer import build_tokenizer
+
+    memlab.build_model("baseline", "tiny", d_model=32, n_layers=1, n_heads=2, d_ff=64).save(tmp_path)
+    build_tokenizer("byte").save(tmp_path)
+    config = tmp_path / "config.json"
+    if isinstance(damage, bytes):
+        config.write_bytes(damage)
+    else:
+        meta = json.loads(config.read_text())
+        meta["model"].update(damage)
+        config.write_text(json.dumps(meta))
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--checkpoint", str(tmp_path), "--prompt", "hi"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and fragment in err and "config.json" in err
