@@ -110,6 +110,31 @@ def test_overwrite_never_deletes_a_run_or_its_checkpoints(run_dir, tmp_path):
     export(run_dir, tmp_path / "e", overwrite=True)  # an earlier export is still replaced
 
 
+def test_an_interrupted_overwrite_leaves_the_old_export_whole(run_dir, tmp_path, monkeypatch):
+    """The old export had been deleted before the new one was moved in: an interruption left neither."""
+    out = export(run_dir, tmp_path / "e")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    import memlab.train.checkpoint as checkpoint
+
+    real_replace = checkpoint.os.replace
+
+    def interrupted(src, dst):
+        if str(src).endswith("e") and ".old-" in str(dst):  # the old export moved aside, then Ctrl-C
+            real_replace(src, dst)
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export(run_dir, out, overwrite=True)
+    aside = tmp_path / ".old-e"
+    assert {p.name: p.read_bytes() for p in aside.iterdir() if p.is_file()} == before  # whole, under its aside name
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".e.")]  # no staging left behind
+    monkeypatch.undo()
+    export(run_dir, out, overwrite=True)
+    assert memlab.load(out) is not None and not aside.exists()
+
+
 def test_export_refuses_a_tokenizer_of_another_model(tmp_path):
     """It had exported the mismatched pair (a later generate crashed on ids beyond the vocabulary)."""
     memlab.build_model("baseline", "tiny", vocab_size=100).save(tmp_path / "m")

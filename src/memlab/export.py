@@ -27,6 +27,7 @@ from memlab.eval.hub import load_checkpoint, run_dir_of
 from memlab.eval.schema import read_results
 from memlab.markdown import markdown_table
 from memlab.models.paths import MANIFEST_FILE, resolve_model_dir
+from memlab.train.checkpoint import replace_directory
 
 SUMMARY_FILE, CARD_FILE = "summary.json", "README.md"
 
@@ -71,9 +72,7 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
                 (staging / "eval" / name).write_text(json.dumps(doc, indent=2) + "\n")
         source = run_dir or model_dir
         (staging / CARD_FILE).write_text(model_card(model, tokenizer, source, summary, results))
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        staging.rename(out)
+        replace_directory(staging, out)  # the old export stays whole until the new one is in place
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out

@@ -78,17 +78,30 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         yield tmp
         write_manifest(tmp)
         _fsync_tree(tmp)
-        if final.exists():  # a re-save (best_model, or a step re-run after a resume): move the old one aside
-            old = final.parent / f"{OLD_PREFIX}{final.name}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+        replace_directory(tmp, final)  # a re-save: best_model, or a step re-run after a resume
         _fsync(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_directory(new: Path, final: Path) -> None:
+    """Put directory ``new`` at ``final`` (same file system), replacing what is there: the old one
+    (a directory or a file) is moved aside first and deleted last, so an interruption leaves one
+    whole (the old one under ``.old-<name>`` at worst, cleared by the next replacement)."""
+    old = final.parent / f"{OLD_PREFIX}{final.name}"
+    if final.exists():
+        _remove(old)
+        os.replace(final, old)
+    os.replace(new, final)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def _fsync(path: Path) -> None:
