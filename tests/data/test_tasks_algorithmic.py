@@ -120,6 +120,24 @@ def test_ood_is_longer_than_anything_trained(task):
     assert mean_length(max(grid.ood)) > 1.5 * mean_length(max(grid.iid))
 
 
+@pytest.mark.parametrize("task", NAMES)
+def test_no_ood_example_is_one_the_training_grid_draws(task):
+    """Dyck completions had cut a long string short: 13% of OOD examples at 12 pairs were training examples."""
+    rng, grid = random.Random(0), GRIDS[task]
+    trained = {(e.prompt, e.answer) for d in grid.train for e in (TASKS[task](rng, d) for _ in range(1500))}
+    ood = [TASKS[task](rng, d) for d in grid.ood for _ in range(300)]
+    assert not [e for e in ood if (e.prompt, e.answer) in trained]
+
+
+def test_dyck_completions_hold_all_their_openers():
+    rng = random.Random(3)
+    for difficulty in (1, 5, 12):
+        for e in (TASKS["dyck"](rng, difficulty) for _ in range(200)):
+            if e.prompt.startswith("complete: "):
+                prefix = e.prompt.removeprefix("complete: ")
+                assert sum(c in "([{" for c in prefix) == difficulty and 1 <= len(e.answer) <= difficulty
+
+
 def test_parity_and_addition_grids_match_the_published_setting():
     assert max(GRIDS["parity"].iid) == 8 and max(GRIDS["parity"].ood) == 64
     assert max(GRIDS["addition"].iid) == 4 and max(GRIDS["addition"].ood) == 8

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from memlab.data.tasks.base import Example, check_difficulty
 
-GRID_VERSION = "memlab-alg-grid-v1"
+GRID_VERSION = "memlab-alg-grid-v2"  # v2: dyck completions hold all their openers
 DIGITS = "0123456789"
 BRACKETS = {"(": ")", "[": "]", "{": "}"}
 
@@ -106,13 +106,11 @@ def dyck(rng: random.Random, difficulty: int) -> Example:
             i = rng.randrange(len(s))
             s = s[:i] + rng.choice([c for c in "()[]{}" if c != s[i]]) + s[i + 1 :]
         return Example(f"balanced: {s}", "no" if corrupt else "yes", meta=_meta("dyck", difficulty, mode="check"))
-    # complete it: cut inside the string where brackets are still open, answer the closers
-    depth, cuts = 0, []
-    for i, c in enumerate(s):
-        depth += 1 if c in BRACKETS else -1
-        if depth > 0:
-            cuts.append(i + 1)
-    prefix = s[: rng.choice(cuts)]
+    # complete it: cut after the last opener, where brackets are still open, and answer the closers;
+    # the prompt holds all `difficulty` openers, so a longer string is a longer prompt
+    last_opener = max(i for i, c in enumerate(s) if c in BRACKETS)
+    depth = sum(1 if c in BRACKETS else -1 for c in s[: last_opener + 1])
+    prefix = s[: last_opener + 1 + rng.randrange(depth)]  # 0 .. depth - 1 of the closers that follow
     stack: list[str] = []
     for c in prefix:
         if c in BRACKETS:
