@@ -63,3 +63,28 @@ def test_answers_longer_than_the_generation_cap_count_as_wrong(cap):
     for task, batch in drawn.items():
         answer_lengths = (batch.labels != IGNORE_INDEX).sum(-1)  # answer tokens with the EOS
         assert result.acc[task] == pytest.approx(float((answer_lengths <= cap).float().mean()))
+
+
+def test_the_cap_is_on_each_answer_span_and_a_task_beyond_it_is_named(caplog):
+    """MQAR scores 64 values of one token each across a sequence: capping their sum at 32 had scored
+    a perfect model 0 (and held the task at its level for ever)."""
+    tok = build_tokenizer("byte")
+    cfg = CurriculumConfig(seq_len=256, batch_size=2, tasks=["copy"], retrieval_tasks=["mqar"], retrieval_ratio=0.5,
+                           alg_tokens=10, total_tokens=10, levels={"mqar": [64], "copy": [16]})
+    curriculum = Curriculum(cfg, tok)
+    peek = copy.deepcopy(curriculum)  # draws the same evaluation examples, in the same order
+    drawn = {t: peek.eval_batch(t, 6) for t in curriculum.task_specs}
+    oracle = Oracle({t: b.input_ids for t, b in drawn.items()}, {t: b.labels for t, b in drawn.items()}, tok.vocab_size)
+    assert int((drawn["mqar"].labels != IGNORE_INDEX).sum(-1).min()) > 32  # many values per row
+    with caplog.at_level("WARNING"):
+        result = evaluate(oracle, curriculum, None, seq_len=256, eval_tokens=0, samples=6, max_new_tokens=8,
+                          batch_tokens=2048)
+    assert result.acc == {"copy": 0.0, "mqar": 1.0}  # copy's 17 tokens (16 digits + EOS) exceed 8
+    assert "copy: some answers run longer than --eval_max_new_tokens 8" in caplog.text and "mqar" not in caplog.text
+
+
+def test_longest_answer_span():
+    from memlab.train.evaluate import longest_answer_span
+
+    labelled = torch.tensor([[0, 1, 1, 0, 1, 1, 1], [1, 0, 1, 0, 1, 0, 1], [0, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert longest_answer_span(labelled).tolist() == [3, 1, 0]
