@@ -135,8 +135,12 @@ def test_jitter_replays_easier_levels(byte_tok):
 def test_uniform_strategy_samples_every_level(byte_tok):
     c = Curriculum(tasks_only(tasks=["parity"]), byte_tok)
     assert set(parity_bits(c, 10)) == set(range(1, 9))
+    assert c.difficulty("parity") == 8  # evaluated at the hardest level it trains (it had been the easiest)
     c.observe("parity", 1.0)
-    assert c.difficulty("parity") == 1 and c.stats()["parity"]["ema"] == 1.0  # tracked, never raised
+    assert c.difficulty("parity") == 8 and c.stats()["parity"]["ema"] == 1.0  # tracked, never raised
+    batch = c.eval_batch("parity", 4)
+    prompts = [byte_tok.decode(row[: int(n)].tolist()) for row, n in zip(batch.input_ids, batch.lengths)]
+    assert all(p.count("0") + p.count("1") >= 8 for p in prompts)
 
 
 def test_dag_unlocks_after_prerequisites(byte_tok):

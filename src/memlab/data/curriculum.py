@@ -238,7 +238,10 @@ class Curriculum:
         return example
 
     def difficulty(self, spec: str) -> int:
-        """The task's current training level."""
+        """The level a task is evaluated at: its current training level (``uniform``, which trains
+        every level: the hardest; its easiest had made every accuracy curve saturate at once)."""
+        if self.config.strategy == "uniform":
+            return self._levels[spec][-1]
         return self._levels[spec][self.state[spec].level]
 
     def _sample_difficulty(self, spec: str) -> int:
