@@ -17,7 +17,7 @@ from torch import nn
 from memlab.config import ModelConfig
 from memlab.mixers import register_mixer
 from memlab.mixers.base import Mixer, MixerState
-from memlab.ops.rope import apply_rope, rope_inv_freq
+from memlab.ops.rope import apply_rope
 
 
 @dataclass
@@ -50,7 +50,6 @@ class Attention(Mixer):
         self.v_proj = nn.Linear(D, Hkv * Dh, bias=False)
         self.out_proj = nn.Linear(H * Dh, D, bias=False)
         self.use_rope = config.pos_encoding == "rope"
-        self.register_buffer("inv_freq", rope_inv_freq(Dh, config.attention.rope_theta), persistent=False)
 
     @property
     def window(self) -> int | None:
@@ -67,7 +66,8 @@ class Attention(Mixer):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         if self.use_rope:
-            q, k = apply_rope(q, q_pos, self.inv_freq), apply_rope(k, q_pos, self.inv_freq)
+            theta = self.config.attention.rope_theta
+            q, k = apply_rope(q, q_pos, theta), apply_rope(k, q_pos, theta)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, Dh)
         if state is None:
             keys, values, k_pos = k, v, q_pos

@@ -1,0 +1,30 @@
+"""Rotary embeddings: a query-key score depends on the tokens' offset alone, in bf16 too."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import memlab
+from memlab.ops.rope import apply_rope
+
+
+def score_at(q: torch.Tensor, k: torch.Tensor, position: int, offset: int) -> float:
+    """q at ``position`` against k at ``position - offset``: (1, 1, 1, Dh) each."""
+    rq = apply_rope(q, torch.tensor([position]))
+    rk = apply_rope(k, torch.tensor([position - offset]))
+    return float((rq.float() * rk.float()).sum())
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-3), (torch.bfloat16, 0.1)])
+def test_a_score_depends_on_the_offset_alone(dtype, tolerance):
+    """In bf16 the angles had been bf16 too: at 2001 tokens the score had moved from 0.70 to 3.6."""
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 1, 1, 64, generator=g).to(dtype) for _ in range(2))
+    scores = [score_at(q, k, p, 5) for p in (10, 300, 1000, 2001)]
+    assert max(scores) - min(scores) < tolerance, scores
+
+
+def test_a_model_cast_to_bf16_rotates_with_exact_frequencies():
+    model = memlab.build_model("baseline", "tiny").to(torch.bfloat16)
+    assert not any("freq" in name for name, _ in model.named_buffers())  # nothing left for the cast to round
