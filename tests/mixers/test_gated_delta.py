@@ -41,7 +41,11 @@ def test_decode_in_uneven_pieces_equals_parallel(pattern, options):
 def test_gate_and_beta_initialisation():
     layer = model("G").body.blocks[0].mixer
     A, dt = layer.A_log.exp(), torch.nn.functional.softplus(layer.dt_bias)
-    assert ((A >= 1) & (A <= 16)).all() and ((dt >= 1e-4) & (dt <= 0.1 + 1e-6)).all()
+    assert ((A > 0) & (A <= 16)).all() and ((dt >= 1e-4) & (dt <= 0.1 + 1e-6)).all()
+    torch.manual_seed(0)
+    many = memlab.build_model("gdn", "tiny", n_heads=64, n_layers=8).body.blocks
+    A = torch.cat([b.mixer.A_log.detach().exp() for b in many])  # fla's U(0, 16); U(1, 16) is Mamba-2's
+    assert 0.03 < float((A < 1).float().mean()) < 0.12 and float(A.mean()) == pytest.approx(8, abs=1)
     assert layer.A_log._no_weight_decay and layer.dt_bias._no_weight_decay
     with torch.no_grad():
         layer(torch.randn(2, 30, 64))

@@ -3,8 +3,8 @@
 The layer of the Gated DeltaNet paper, with flash-linear-attention's parameter names
 (``out_proj`` is fla's ``o_proj``): q, k, v projections -> causal depthwise short convolution
 -> SiLU; q and k L2-normalised per head; ``beta = sigmoid(b_proj x)``; log-gate
-``g = -exp(A_log) * softplus(a_proj x + dt_bias)`` (A in [1, 16], dt log-uniform in
-[1e-3, 0.1], as in Mamba-2); the gated delta rule; per-head RMSNorm gated by
+``g = -exp(A_log) * softplus(a_proj x + dt_bias)`` (A uniform in [0, 16], dt log-uniform in
+[1e-3, 0.1], as flash-linear-attention's layer initialises them); the gated delta rule; per-head RMSNorm gated by
 ``silu(g_proj x)``; output projection.  DeltaNet is the same layer without the gate.
 
 Options from the source experiments (``config.gdn``): ``beta_floor`` (beta = floor + (1 - floor)
@@ -133,7 +133,7 @@ class GatedDeltaNet(Mixer):
         H = self.dims.heads
         with torch.no_grad():
             if self.options.g_bias is None:  # the Gated DeltaNet / Mamba-2 initialisation
-                self.A_log.copy_(torch.empty(H).uniform_(1, 16).log())
+                self.A_log.copy_(torch.empty(H).uniform_(0, 16).clamp_min(1e-4).log())  # as fla's layer
                 dt = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
                 self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
             else:  # exp(-softplus(-g_bias)) = sigmoid(g_bias) when a_proj x = 0
