@@ -141,8 +141,10 @@ def test_bf16_autocast_trains_and_decodes_on_cpu(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_backward_inside_an_autocast_region(variant):
-    """Custom autograd Functions keep their backward in full precision when the caller runs it
-    under autocast too (as some training loops do)."""
+    """PyTorch advises a backward outside autocast (memlab's trainer does so); a loop that runs it
+    inside still gets a finite gradient for every parameter: the hand-written backwards run with
+    autocast off, so their operands' dtypes agree (one had crashed).  The built-in ops recorded in
+    the forward follow autocast in their backward, so such gradients are bf16-accurate, not float32."""
     model = build(variant).train()
     x = tokens(model, 2, T_LONG)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -16,7 +16,9 @@ def at_least_float32(dtype: torch.dtype) -> torch.dtype:
 def full_precision(fn):
     """Run ``fn`` with autocast disabled on the device of its first tensor argument (the kernels cast
     their inputs up themselves, :func:`at_least_float32`, and their outputs back).  It also wraps an
-    autograd Function's ``backward``, which a caller may run inside an autocast region."""
+    autograd Function's ``backward``, which a caller may run inside an autocast region against
+    PyTorch's advice: its own products then agree in dtype (the backward of the built-in ops a
+    forward records still follows autocast)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
