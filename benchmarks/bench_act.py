@@ -1,28 +1,27 @@
 """ACT: wall time of a training step against the number of steps the positions take.
 
-The halting unit is set so that every position halts after exactly k steps (weight 0, constant
-probability 1 / (k - min + 1)), for k = min .. max; a last row uses a random halting unit, so
-positions halt after different numbers of steps.  Each row reports the measured mean and max steps
-per token (from the model's diagnostics) and the median seconds per training step (forward,
-backward with the ponder loss, AdamW).  The parallel form runs until every position of the batch
-has halted, so the time follows the batch's max steps; with equal steps, mean = max.  Prints JSON.
+Each row fixes, through the halting unit's output, how many steps every position takes: all the
+same k (k = min .. max: mean = max = k), or a share of the positions halting at the minimum and
+the rest running to the maximum (the same max, a smaller mean).  The rows' training steps
+(forward, backward with the ponder loss, AdamW) are timed in alternating rounds, and the step
+time is fitted against the mean and against the max steps per token.  The parallel form runs
+every position until the batch's last one halts, so the time follows the max: a position that
+halts early saves nothing (``follows`` in the JSON says which fit is better).  Prints JSON.
 
-Reproduce (about 5 minutes on 2 CPU cores):
+Reproduce (about 10 minutes on 2 CPU cores):
 
     python benchmarks/bench_act.py --size nano --seq-len 256 --batch 4
 """
 
 from __future__ import annotations
 
-import math
 import statistics
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 import tyro
-from common import emit, machine, peak_rss_mib
+from common import emit, interleaved_seconds, machine, peak_rss_mib
 
 import memlab
 
@@ -32,55 +31,57 @@ class Args:
     size: str = "nano"
     seq_len: int = 256
     batch: int = 4
-    repeats: int = 3
+    rounds: int = 3
+    """timed rounds (every row once per round); the median is reported"""
+    early_shares: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    """rows at the maximum steps where this share of the positions halts at the minimum"""
     out: str | None = None
 
 
-def set_halting(model, k: int | None, generator: torch.Generator) -> None:
-    """Halt every position after exactly ``k`` steps, or (``k=None``) at random, position-dependent steps."""
-    rc, halt = model.config.recursion, model.body.halt
-    with torch.no_grad():
-        if k is None:
-            halt.weight.copy_(torch.randn(halt.weight.shape, generator=generator) * 3 / model.config.d_model**0.5)
-            halt.bias.fill_(-1.0)
-            return
-        p = min(1 / (k - rc.act_min_steps + 1), 0.999) if k < rc.act_max_steps else 1e-4
-        halt.weight.zero_()
-        halt.bias.fill_(math.log(p / (1 - p)))
+def halting(model, steps: torch.Tensor):
+    """A halting unit that makes position (b, t) halt after ``steps[b, t]`` steps (between the
+    model's min and max): constant probabilities, 1 / (steps - min + 1) per step from the minimum."""
+    rc = model.config.recursion
+    p = 1.0 / (steps - rc.act_min_steps + 1).float()
+    return lambda h: p.to(h.dtype).clamp(max=0.999).masked_fill(steps >= rc.act_max_steps, 1e-4)
 
 
 def main(args: Args) -> dict:
     torch.manual_seed(0)
     model = memlab.build_model("act", args.size).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: the halting settings stay as set
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: the model stays as it is
     rc = model.config.recursion
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, model.config.vocab_size, (args.batch, args.seq_len + 1), generator=g)
+    shape = (args.batch, args.seq_len)
+    plans = {f"all {k}": torch.full(shape, k) for k in range(rc.act_min_steps, rc.act_max_steps + 1)}
+    for share in args.early_shares:
+        early = torch.rand(shape, generator=g) < share
+        plans[f"{share:.0%} at {rc.act_min_steps}, the rest {rc.act_max_steps}"] = torch.where(
+            early, rc.act_min_steps, rc.act_max_steps)  # fmt: skip
 
-    def step() -> float:
-        start = time.perf_counter()
+    def step():
         logits = model(x[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
         (loss + sum(model.aux_losses().values())).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
 
+    def setup(steps):
+        return lambda: setattr(model.body, "halting_probability", halting(model, steps))
+
+    seconds = interleaved_seconds({name: step for name in plans}, args.rounds,
+                                  setups={name: setup(steps) for name, steps in plans.items()})  # fmt: skip
     rows = []
-    for k in [*range(rc.act_min_steps, rc.act_max_steps + 1), None]:
-        set_halting(model, k, g)
-        step()  # warm-up
-        times = [step() for _ in range(args.repeats)]
-        steps = model.body._steps
-        rows.append({
-            "forced_steps": k,
-            "mean_steps": steps.mean().item(),
-            "max_steps": steps.max().item(),
-            "step_s": statistics.median(times),
-            "tokens_per_s": args.batch * args.seq_len / statistics.median(times),
-        })
-    forced = [r for r in rows if r["forced_steps"] is not None]
-    slope, intercept, r2 = _fit([r["mean_steps"] for r in forced], [r["step_s"] for r in forced])
+    for name, steps in plans.items():
+        setup(steps)()
+        with torch.no_grad():
+            model(x[:, :-1])
+        taken = model.body._steps
+        assert torch.equal(taken, steps.float()), name  # the plan is what ran
+        rows.append({"plan": name, "mean_steps": taken.mean().item(), "max_steps": taken.max().item(),
+                     "step_s": seconds[name], "tokens_per_s": args.batch * args.seq_len / seconds[name]})
+    fits = {key: _fit([r[key] for r in rows], [r["step_s"] for r in rows]) for key in ("mean_steps", "max_steps")}
     return {
         "benchmark": "act",
         "size": args.size,
@@ -89,8 +90,8 @@ def main(args: Args) -> dict:
         "n_blocks": model.config.n_layers,
         "machine": machine(),
         "results": rows,
-        "fit_step_s": {"per_mean_step": slope, "intercept": intercept, "r2": r2},
-        "max_over_min_step_time": forced[-1]["step_s"] / forced[0]["step_s"],
+        "fit_step_s": {key: dict(zip(("per_step", "intercept", "r2"), fit)) for key, fit in fits.items()},
+        "follows": "max" if fits["max_steps"][2] > fits["mean_steps"][2] else "mean",
         "peak_rss_mib": peak_rss_mib(),
     }
 

@@ -138,10 +138,10 @@ def bench_decode(args: Args) -> dict:
     out = {}
     for variant, size in (("cdm", args.decode_size), ("cdm_v3", "tiny")):
         torch.manual_seed(0)
-        max_len = decode_length(args.contexts, args.new_tokens, args.decode_rounds)
-        model = memlab.build_model(variant, size, vocab_size=8192, max_seq_len=max_len).eval()
-        out[variant] = {"size": size, **decode_by_context(model, args.contexts, args.new_tokens,
-                                                            rounds=args.decode_rounds)}
+        max_len = decode_length(args.contexts, args.new_tokens)
+        model = memlab.build_model(variant, size, vocab_size=args.vocab_size, max_seq_len=max_len).eval()
+        out[variant] = {"size": size, "vocab_size": args.vocab_size, "params": model.num_params(),
+                        **decode_by_context(model, args.contexts, args.new_tokens, rounds=args.decode_rounds)}
     return out
 
 

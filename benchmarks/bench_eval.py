@@ -1,7 +1,9 @@
 """Exact-match scoring speed: one batched teacher-forced forward vs greedy decoding with generate.
 
-Both give the same verdicts (tests/eval/test_exact_match.py); this measures what the batched
-form saves.  Examples are the algorithmic IID + OOD grids (``--samples`` per difficulty).
+Both give the same verdicts (tests/eval/test_exact_match.py proves it on a model planted to get
+answers right); this measures what the batched form saves.  ``verdicts_agree`` is a check of the
+run, telling only where some answers are right: ``correct`` says how many (an untrained model's
+are all wrong, and agree trivially).  Examples are the algorithmic IID + OOD grids (``--samples`` per difficulty).
 Prints JSON.  Reproduce:
 
     python benchmarks/bench_eval.py --variant baseline --size tiny --samples 4
@@ -59,6 +61,7 @@ def main(args: Args) -> dict:
         "examples": len(examples),
         "tokens": tokens,
         "verdicts_agree": bool((fast == slow).all()),
+        "correct": int(fast.sum()),
         "teacher_forced": {"seconds": batched_s, "examples_per_s": len(examples) / batched_s},
         "generate": {"seconds": generate_s, "examples_per_s": len(examples) / generate_s},
         "speedup": generate_s / batched_s,

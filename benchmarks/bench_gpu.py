@@ -59,8 +59,10 @@ class Args:
 def measure(args: Args, variant: str, size: str) -> dict:
     """Training and decode tokens/s of one variant at one size on ``args.device``."""
     torch.manual_seed(0)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()  # this row's peak alone (the kernels' part may have run before)
     context = args.decode_context
-    model = memlab.build_model(variant, size, max_seq_len=max(args.seq_len, context + 4 * args.decode_tokens))
+    model = memlab.build_model(variant, size, max_seq_len=max(args.seq_len, context + args.decode_tokens))
     model = model.to(args.device).train()
     seq_len = args.seq_len
     row = {"variant": variant, "size": size, "params": model.num_params(), "seq_len": seq_len}
@@ -75,8 +77,7 @@ def measure(args: Args, variant: str, size: str) -> dict:
         model.eval(), context, args.decode_tokens
     )
     if args.device.startswith("cuda"):
-        row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        torch.cuda.reset_peak_memory_stats()
+        row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20  # the largest of the row's parts
     return row
 
 
@@ -90,6 +91,9 @@ def markdown_table(result: dict) -> str:
     keys = [k for k in keys if any(k in r for r in result["rows"])]
     lines = [
         heading(result, "the variants", result["batch"]),
+        "",
+        f"(decode: batch 1, the tokens after a {result['rows'][0].get('decode_context', '-')}-token context)"
+        if "decode_tokens_per_s" in keys else "",
         "",
         "| variant | size | params | train T | " + " | ".join(k.removesuffix("_tokens_per_s") for k in keys) + " |",
         "|---|---|---|---|" + "---|" * len(keys),
@@ -130,6 +134,8 @@ def kernel_rows(args: Args) -> list[dict]:
 def kernel_table(result: dict, batch: int) -> str:
     lines = [
         heading(result, "our scans against the fused kernels, forward + backward", batch),
+        "",
+        "(dtype: of the inputs and outputs; our scans compute in float32 inside)",
         "",
         "| kernel | dtype | ours, tokens/s | fused, tokens/s | fused / ours |",
         "|---|---|---|---|---|",

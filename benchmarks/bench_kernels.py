@@ -21,7 +21,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 import tyro
-from bench_decode import decode_length, decode_steps
+from bench_decode import decode_length, decoder
 from bench_train import train_step
 from common import emit, fwd_bwd_seconds, interleaved_seconds, machine, peak_rss_mib
 
@@ -89,7 +89,7 @@ def kernel_results(args: Args) -> dict:
 def model_results(args: Args) -> dict:
     """gdn against baseline: training steps and decode steps timed in alternating rounds."""
     rounds = args.repeats
-    max_len = decode_length([args.decode_context], args.decode_tokens, rounds)
+    max_len = decode_length([args.decode_context], args.decode_tokens)
     models = {}
     for variant in ("baseline", "gdn"):
         torch.manual_seed(0)
@@ -99,9 +99,10 @@ def model_results(args: Args) -> dict:
     out = {v: {"train_tokens_per_s": args.train_seq_len / train[v]} for v in models}
     out["train_ratio_gdn_over_baseline"] = train["baseline"] / train["gdn"]
     for batch in args.decode_batch:
-        decoders = {v: decode_steps(m.eval(), args.decode_context, args.decode_tokens, batch)[0]
-                    for v, m in models.items()}
-        decode = interleaved_seconds(decoders, rounds)
+        decoders = {v: decoder(m.eval(), args.decode_context, args.decode_tokens, batch) for v, m in models.items()}
+        decode = interleaved_seconds({v: d.run for v, d in decoders.items()}, rounds,
+                                     setups={v: d.restore for v, d in decoders.items()})  # fmt: skip
+        del decoders
         for v in models:
             out[v][f"decode_tokens_per_s_batch{batch}"] = batch * args.decode_tokens / decode[v]
         out[f"decode_ratio_gdn_over_baseline_batch{batch}"] = decode["baseline"] / decode["gdn"]

@@ -105,7 +105,7 @@ def bench_decode(args: Args) -> dict:
     out = {}
     for variant in ("ssm", "baseline"):
         torch.manual_seed(0)
-        max_len = decode_length(args.contexts, args.decode_tokens, args.decode_rounds)
+        max_len = decode_length(args.contexts, args.decode_tokens)
         model = memlab.build_model(variant, args.size, max_seq_len=max_len).eval()
         out[variant] = decode_by_context(model, args.contexts, args.decode_tokens, rounds=args.decode_rounds)
     return out

@@ -48,8 +48,9 @@ class Args:
 
 
 def train_step(model, batch: int, seq_len: int, autocast_dtype=None) -> Callable[[], None]:
-    """One full training step (forward, backward, AdamW as ``memlab train`` builds it) on fixed random
-    tokens, on the model's device."""
+    """One full training step as ``memlab train`` makes it (forward with the model's auxiliary
+    losses, backward, gradient clipping, AdamW as it builds it) on fixed random tokens, on the
+    model's device; data loading and logging left out."""
     device = next(model.parameters()).device
     cfg = TrainConfig()  # memlab train's defaults
     opt = build_optimizer(model, no_decay_names(model), cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
@@ -59,7 +60,9 @@ def train_step(model, batch: int, seq_len: int, autocast_dtype=None) -> Callable
     def step():
         with ctx:
             loss = model(x[:, :-1], labels=x[:, 1:]) / x[:, 1:].numel()
+            loss = loss + sum(model.aux_losses().values(), torch.zeros((), device=device))
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         opt.step()
         opt.zero_grad(set_to_none=True)
 

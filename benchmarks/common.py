@@ -20,23 +20,26 @@ from memlab.train.allocator import keep_freed_memory
 MALLOC_TUNED = keep_freed_memory()
 
 
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CUDA work included)."""
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1, setup: Callable[[], object] | None = None) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CUDA work included);
+    ``setup()``, untimed, before every run."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
-    for _ in range(warmup):
-        fn()
     times = []
-    for _ in range(repeats):
+    for run in range(warmup + repeats):
+        if setup is not None:
+            setup()
         sync()
         start = time.perf_counter()
         fn()
         sync()
-        times.append(time.perf_counter() - start)
+        if run >= warmup:
+            times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
 
 def fwd_bwd_seconds(fn, inputs: dict[str, torch.Tensor], repeats: int) -> float:
-    """Median seconds of ``fn(**inputs)`` (returning the output first) and a backward through it."""
+    """Median seconds of ``fn(**inputs)`` (returning the output first) and a backward through it,
+    after one warm-up run (a first call allocates)."""
 
     def step():
         out, _ = fn(**inputs)
@@ -44,19 +47,25 @@ def fwd_bwd_seconds(fn, inputs: dict[str, torch.Tensor], repeats: int) -> float:
         for t in inputs.values():
             t.grad = None
 
-    return timed(step, repeats, warmup=1 if repeats > 1 else 0)
+    return timed(step, repeats, warmup=1)
 
 
-def interleaved_seconds(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
+def interleaved_seconds(
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    warmup: int = 1,
+    setups: dict[str, Callable[[], object]] | None = None,
+) -> dict[str, float]:
     """Median seconds of each ``fns[name]()``, timed in alternating rounds so that load changes on a
-    shared machine hit every contender alike (the ratios are what the benchmarks report)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+    shared machine hit every contender alike (the ratios are what the benchmarks report);
+    ``setups[name]()``, untimed, before every run of ``fns[name]``."""
+    setups = setups or {}
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
+    for run in range(warmup + rounds):
         for name, fn in fns.items():
-            times[name].append(timed(fn, repeats=1, warmup=0))
+            seconds = timed(fn, repeats=1, warmup=0, setup=setups.get(name))
+            if run >= warmup:
+                times[name].append(seconds)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 

@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import bench_act  # noqa: E402
 import bench_cdm  # noqa: E402
 import bench_decode  # noqa: E402
 import bench_gpu  # noqa: E402
@@ -42,6 +43,20 @@ def test_decode_by_context_visits_every_context_and_reports_state_bytes():
     kv = [r["state_bytes"] for r in result["results"]]
     assert kv[1] > kv[0]  # the baseline's KV cache grows with the context
     assert 0 < result["slowest_over_fastest"] <= 1
+
+
+def test_every_timed_decode_run_starts_at_the_stated_context():
+    """Each run had continued where the last left off: '4096' had been timed at 4160 to 4480 tokens."""
+    import memlab
+
+    model = memlab.build_model("baseline", "tiny", d_model=32, n_layers=1, n_heads=2, d_ff=64).eval()
+    d = bench_decode.decoder(model, 8, 3)
+    seen, forward = [], model.forward
+    model.forward = lambda ids, state=None, labels=None: seen.append(state.position) or forward(ids, state, labels)
+    for _ in range(2):
+        d.restore()
+        d.run()
+    assert seen == [8, 9, 10] * 2
 
 
 def test_ssm_and_cdm_benchmarks_run_all_parts():
@@ -74,3 +89,12 @@ def test_gpu_benchmark_runs_on_cpu_and_writes_both_tables(tmp_path):
     text = markdown.read_text()
     assert "| ssd | bfloat16 |" in text and "not run" in text and "| gdn | tiny |" in text
     assert "our scans against the fused kernels" in text and "the variants" in text
+
+
+def test_act_benchmark_runs_the_planned_steps_and_fits_both_axes():
+    result = bench_act.main(bench_act.Args(size="tiny", seq_len=16, batch=2, rounds=1, early_shares=[0.5]))
+    rows = {r["plan"]: r for r in result["results"]}
+    assert [rows[f"all {k}"]["mean_steps"] for k in range(2, 9)] == list(range(2, 9))
+    mixed = rows["50% at 2, the rest 8"]
+    assert mixed["max_steps"] == 8 and 2 < mixed["mean_steps"] < 8  # the same max, a smaller mean
+    assert set(result["fit_step_s"]) == {"mean_steps", "max_steps"} and result["follows"] in ("mean", "max")
