@@ -135,9 +135,12 @@ def slot_scan(
     C = max(1, min(chunk_size, T))
     la, bb, ww = _chunk(log_a, C), _chunk(b, C), _chunk(w, C)  # (B, N, C, K), (B, N, C, K), (B, N, C, D)
     L = la.cumsum(dim=2)  # (B, N, C, K)
-    kernel = _WriteKernel.apply(L, bb)  # (B, N, t, s, K)
-    to_end = _decay(L[:, :, -1:] - L) * bb  # (B, N, s, K): the kernel's last row, computed apart (no slice
-    chunk_writes = torch.einsum("bnsk,bnsd->bnkd", to_end, ww)  # of the big kernel to backpropagate through)
+    kernel = _WriteKernel.apply(la, bb)  # (B, N, t, s, K)
+    # the kernel's last row, computed apart (no slice of the big kernel to backpropagate through): the
+    # log-decay after each write, summed forward (not L[-1] - L, whose gradient would cancel, see _WriteKernel)
+    after = F.pad(la.flip(2)[:, :, :-1].cumsum(2), (0, 0, 1, 0)).flip(2)  # (B, N, s, K): sum of la over (s, C)
+    to_end = _decay(after) * bb
+    chunk_writes = torch.einsum("bnsk,bnsd->bnkd", to_end, ww)
     chunk_states, final_state = _chunk_starts(L[:, :, -1], chunk_writes, initial_state)
     B, N, _, D = ww.shape
     values = ww.view(B, N, C, heads, D // heads).transpose(2, 3).contiguous()  # (B, N, H, C, Dh)
@@ -145,20 +148,23 @@ def slot_scan(
 
 
 class _WriteKernel(torch.autograd.Function):
-    """The weight of write s in state t of a chunk, ``exp(L(t) - L(s)) b(s)`` for s <= t, else 0.
+    """The weight of write s in state t of a chunk, ``exp(L(t) - L(s)) b(s)`` for s <= t, else 0,
+    with ``L`` the cumulative sum of the log-decays ``la``.
 
-    (B, N, C, K) cumulative log-decays L and write gates b -> (B, N, t, s, K).  The backward is
-    the closed form ``dpre = dK * kernel``, ``dL(t) = sum_s dpre - sum_t' dpre(t', t)``,
-    ``db(s) = sum_t dK exp(L(t) - L(s))``: five passes over the (C x C) tensor where autograd
-    through the clamp, exp and masks takes about twelve (the kernel is the scan's largest tensor).
-    Decays below exp(-60) are floored there (no sub-normal floats); their gradient is ~1e-26 of
-    the others' instead of 0.
+    (B, N, C, K) log-decays ``la`` and write gates b -> (B, N, t, s, K).  The backward is the closed
+    form ``dpre = dK * kernel`` (the gradient of the exponent), ``dla(i) = sum over s < i <= t of
+    dpre(t, s)``, ``db(s) = sum_t dK exp(L(t) - L(s))``.  ``dla`` is summed over the pairs that
+    decay i takes part in, each carrying its factor exp(la(i)): taken as a difference of sums over
+    all pairs, it would cancel to float32 rounding, an error that the chain through
+    ``la = log(1 - gate)`` multiplies by 1 / (1 - gate) where a gate nears 1.  Decays below
+    exp(-60) are floored (no sub-normal floats); their gradient is ~1e-26 of the others' instead of 0.
     """
 
     @staticmethod
-    def forward(ctx, L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        C = L.shape[2]
-        causal = torch.ones(C, C, dtype=torch.bool, device=L.device).tril()[:, :, None]  # (t, s, 1)
+    def forward(ctx, la: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        C = la.shape[2]
+        L = la.cumsum(2)
+        causal = torch.ones(C, C, dtype=torch.bool, device=la.device).tril()[:, :, None]  # (t, s, 1)
         decay = (L[:, :, :, None] - L[:, :, None, :]).clamp_(_MIN_LOG_DECAY, 0.0).exp_().mul_(causal)
         kernel = decay * b[:, :, None]
         ctx.save_for_backward(decay, kernel)
@@ -168,10 +174,17 @@ class _WriteKernel(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         decay, kernel = ctx.saved_tensors
+        B, N, C, _, K = kernel.shape
         d_pre = d_kernel * kernel  # gradient of the exponent L(t) - L(s)
-        d_L = d_pre.sum(3) - d_pre.sum(2)
+        d_la = _spanning_pairs(C, kernel.dtype, kernel.device) @ d_pre.reshape(B, N, C * C, K)  # (B, N, C, K)
         d_b = (d_kernel * decay).sum(2)
-        return d_L, d_b
+        return d_la, d_b
+
+
+def _spanning_pairs(C: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(C, C * C): row i is 1 at the pairs (t, s) with s < i <= t (the decays of token i span them)."""
+    i, t, s = (torch.arange(C, device=device).view(shape) for shape in ((C, 1, 1), (1, C, 1), (1, 1, C)))
+    return ((s < i) & (i <= t)).to(dtype).view(C, C * C)
 
 
 def _chunk_starts(
