@@ -119,3 +119,22 @@ def test_bad_input_is_one_clear_error(trained_baseline, byte_tok, suite, options
     with pytest.raises(MemlabError, match=None) as e:
         evaluate_model(ctx, suite)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_corpus_source_is_split_as_the_run_split_its_data(byte_tok, tmp_path):
+    """It had been split at memlab's defaults (0.01, seed 0): documents a run prepared with another
+    split and trained on were measured as held out."""
+    import yaml
+
+    text = tmp_path / "text"
+    text.mkdir()
+    for i in range(40):
+        (text / f"doc{i}.txt").write_text(f"Document {i}. " * 30)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"data_dir": str(tmp_path / "gone"), "val_fraction": 0.3,
+                                                             "split_seed": 7}}))
+    options = EvalOptions(corpus=f"files:{text}/*.txt", lm_tokens=64, lm_context=32)
+    ctx = EvalContext(small_model(byte_tok), byte_tok, options, out_dir=tmp_path / "out", run_dir=run)
+    request = evaluate_model(ctx, "lm")["results"]["corpus_request"]
+    assert (request["val_fraction"], request["split_seed"]) == (0.3, 7)

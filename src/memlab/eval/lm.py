@@ -1,8 +1,9 @@
 """Suite ``lm``: validation perplexity on a corpus, in consecutive windows, with tokens/s.
 
 The corpus is a prepared shard directory, a corpus source (prepared once with the model's
-tokenizer into ``<out_dir>/lm_data/``), or by default the validation split of the data the
-run was trained on.  Every validation token after the first of a window is predicted once.
+tokenizer into ``<out_dir>/lm_data/``, split as the run split its own data, so that a source it
+trained on is measured on the documents it held out), or by default the validation split of the
+data the run was trained on.  Every validation token after the first of a window is predicted once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from memlab.data.shards import HEADER_FILE, TokenShards
 from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
-from memlab.eval.hub import EvalContext, register_suite, run_data_dir
+from memlab.eval.hub import EvalContext, register_suite, run_data_dir, run_held_out_split
 from memlab.eval.stats import mean_interval
 
 
@@ -36,7 +37,9 @@ def open_corpus(ctx: EvalContext) -> tuple[str, TokenShards]:
         if ctx.out_dir is None:
             raise MemlabError(f"corpus {spec!r} is not a prepared shard directory and there is no out_dir for it")
         directory = ctx.out_dir / "lm_data" / re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
-        prepare_shards(spec, ctx.tokenizer, directory)
+        split = None if ctx.run_dir is None else run_held_out_split(ctx.run_dir)
+        fraction, seed = split or (0.01, 0)  # the run's: its held-out documents, if it trained on this source
+        prepare_shards(spec, ctx.tokenizer, directory, val_fraction=fraction, split_seed=seed)
     return str(spec), TokenShards(directory, "val", tokenizer=ctx.tokenizer)
 
 
