@@ -21,7 +21,7 @@ def test_a_model_without_memory_layers_has_delta_zero(trained_baseline, byte_tok
     assert result["memory_layers"] == [] and result["per_layer"] == []
     assert result["normal"] == result["zeroed"]
     assert result["delta"]["delta"] == 0.0 and result["delta"]["n"] == 24
-    low, high = result["delta"]["ci95"]  # identical outcomes: Newcombe's interval around 0, not [0, 0]
+    low, high = result["delta"]["ci95"]  # identical outcomes: Tango's interval around 0, not [0, 0]
     assert low == pytest.approx(-high) and 0.0 < high < 0.2
 
 

@@ -10,9 +10,9 @@ import pytest
 from memlab.eval.stats import (
     accuracy_record,
     mean_interval,
-    newcombe_paired_interval,
     paired_bootstrap,
     pool,
+    tango_paired_interval,
     wilson_interval,
 )
 
@@ -54,23 +54,36 @@ def test_paired_bootstrap_of_delta():
 
 
 def test_paired_bootstrap_degenerate_and_bad_input():
-    same = paired_bootstrap([1, 0, 1], [1, 0, 1])  # no pair differs: Newcombe's interval, not [0, 0]
-    assert same["delta"] == 0.0 and same["n"] == 3 and same["ci95"][0] < 0.0 < same["ci95"][1]
-    # every pair differs the same way (all memory-dependent): [1 - sqrt(2) (1 - wilson_low), 1]
-    low, high = paired_bootstrap([1] * 200, [0] * 200)["ci95"]
-    assert high == 1.0 and low == pytest.approx(1 - math.sqrt(2) * (1 - wilson_interval(200, 200)[0]))
-    assert 0.95 < low < 1.0
+    # no pair differs: Tango's interval, +-z^2 / (n + z^2), whatever the accuracy (Newcombe's had been [0, 0] at 50%)
+    for right in (25, 30, 0):
+        same = paired_bootstrap([1] * right + [0] * (50 - right), [1] * right + [0] * (50 - right))
+        assert same["delta"] == 0.0 and same["ci95"] == pytest.approx([-3.8415 / 53.8415, 3.8415 / 53.8415], rel=1e-3)
+    low, high = paired_bootstrap([1] * 200, [0] * 200)["ci95"]  # every pair differs the same way
+    assert high == 1.0 and 0.95 < low < 1.0
     assert paired_bootstrap([1] * 20, [0] * 20)["ci95"][0] < low  # fewer pairs, wider interval
     with pytest.raises(ValueError):
         paired_bootstrap([1, 0], [1])
 
 
-def test_newcombe_interval_agrees_with_the_bootstrap_where_both_apply():
+def test_tango_interval_agrees_with_the_bootstrap_where_both_apply():
     rng = np.random.default_rng(3)
     normal = rng.random(500) < 0.7
     ablated = normal & (rng.random(500) < 0.6)
     boot = paired_bootstrap(normal, ablated, seed=0)["ci95"]
-    assert newcombe_paired_interval(normal, ablated) == pytest.approx(boot, abs=0.02)
+    assert tango_paired_interval(normal, ablated) == pytest.approx(boot, abs=0.01)
+
+
+def test_delta_intervals_cover_a_small_true_delta():
+    """Memory that changes few answers: most draws have no discordant pair, where the old fallback
+    had zero width and covered 0 of 140 (86% overall); the bootstrap covers the rest."""
+    rng = np.random.default_rng(0)
+    n, true = 200, 0.01
+    covered = 0
+    for seed in range(300):
+        cells = rng.choice(4, size=n, p=[0.5, true, 0.0, 0.5 - true])  # both right, only normal, only ablated, neither
+        lo, hi = paired_bootstrap(np.isin(cells, [0, 1]), cells == 0, n_resamples=400, seed=seed)["ci95"]
+        covered += lo <= true <= hi
+    assert covered / 300 >= 0.93
 
 
 def test_mean_interval_is_a_t_interval():

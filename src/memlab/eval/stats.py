@@ -3,8 +3,9 @@
 * an accuracy carries its sample count and a 95% Wilson score interval;
 * a paired difference of accuracies (the memory-ablation Delta) carries a paired
   bootstrap interval: examples are resampled and both conditions use the same draw.  When every
-  pair differs the same way the bootstrap has nothing to resample (a zero-width interval would
-  overstate certainty), so Newcombe's hybrid score interval for paired proportions is used;
+  pair differs the same way (none at all, often) the bootstrap has nothing to resample (a
+  zero-width interval would overstate certainty), so Tango's score interval for paired
+  proportions is used: it rests on the discordant pairs, as the difference does;
 * a mean over seeds or windows carries a Student-t interval (none from a single value); a
   non-finite or missing value leaves the mean undefined rather than being dropped.
 """
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 CONFIDENCE = 0.95
 
@@ -65,7 +66,7 @@ def paired_bootstrap(
     diff = a - b  # (n,) in {-1, 0, 1}
     delta = float(diff.mean())
     if np.all(diff == diff[0]):  # every resample gives the same mean
-        return {"delta": delta, "ci95": list(newcombe_paired_interval(a, b, confidence)), "n": n}
+        return {"delta": delta, "ci95": list(tango_paired_interval(a, b, confidence)), "n": n}
     result = stats.bootstrap(
         (diff,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
         method="percentile", random_state=np.random.default_rng(seed),  # scipy>=1.10 spelling
@@ -74,25 +75,30 @@ def paired_bootstrap(
     return {"delta": delta, "ci95": [float(ci.low), float(ci.high)], "n": n}
 
 
-def newcombe_paired_interval(
+def tango_paired_interval(
     normal: np.ndarray, ablated: np.ndarray, confidence: float = CONFIDENCE
 ) -> tuple[float, float]:
-    """Newcombe's (1998, method 10) interval for p(normal) - p(ablated) on paired 0/1 outcomes.
-
-    It combines the two Wilson intervals with the correlation phi of the paired 2x2 table, so it
-    is never of zero width and stays inside [-1, 1].
-    """
+    """Tango's (1998) score interval for p(normal) - p(ablated) on paired 0/1 outcomes: the
+    differences d whose score statistic, with the discordant-cell probability re-estimated under
+    d, stays within the normal quantile.  Never of zero width (about +-3.84 / (n + 3.84) when no
+    pair differs), inside [-1, 1]."""
     a, b = np.asarray(normal, dtype=bool), np.asarray(ablated, dtype=bool)
     n = a.size
-    both, only_a, only_b, neither = (int(np.sum(x)) for x in (a & b, a & ~b, ~a & b, ~a & ~b))
-    p1, p2 = (both + only_a) / n, (both + only_b) / n
-    (l1, u1), (l2, u2) = wilson_interval(both + only_a, n, confidence), wilson_interval(both + only_b, n, confidence)
-    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
-    phi = (both * neither - only_a * only_b) / math.sqrt(margins) if margins else 0.0
-    below = (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2
-    above = (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2
-    delta = p1 - p2
-    return max(-1.0, delta - math.sqrt(max(below, 0.0))), min(1.0, delta + math.sqrt(max(above, 0.0)))
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))  # the discordant pairs
+    z = stats.norm.ppf(0.5 + confidence / 2)
+
+    def score(d: float) -> float:
+        w = -only_a - only_b + (2 * n - only_a + only_b) * d
+        q = (math.sqrt(max(w * w + 8 * n * only_b * d * (1 - d), 0.0)) - w) / (4 * n)  # P(only_b) given d
+        excess, variance = only_a - only_b - n * d, n * (2 * q + d * (1 - d))
+        if variance > 0:
+            return excess / math.sqrt(variance)
+        return 0.0 if excess == 0 else math.copysign(math.inf, excess)
+
+    delta = (only_a - only_b) / n
+    low = -1.0 if score(-1.0) <= z else optimize.brentq(lambda d: score(d) - z, -1.0, delta)
+    high = 1.0 if score(1.0) >= -z else optimize.brentq(lambda d: score(d) + z, delta, 1.0)
+    return float(low), float(high)
 
 
 def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
