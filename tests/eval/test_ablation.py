@@ -30,7 +30,8 @@ def test_a_model_whose_answer_is_in_its_state_has_a_large_delta(planted_model, b
     assert result["memory_layers"] == [0]
     assert result["normal"]["accuracy"] == 1.0 and result["zeroed"]["accuracy"] == 0.0
     delta = result["delta"]
-    assert delta["delta"] == 1.0 and delta["n"] == 24 and delta["ci95"][1] == 1.0 and 0.75 < delta["ci95"][0] < 1.0
+    z2 = 1.959963984540054**2  # Tango's lower bound when every pair differs: (n - z^2) / (n + z^2)
+    assert delta["delta"] == 1.0 and delta["n"] == 24 and delta["ci95"] == pytest.approx([(24 - z2) / (24 + z2), 1.0])
     (layer,) = result["per_layer"]
     assert layer["layer"] == 0 and layer["mixer"] == "OracleMemory" and layer["delta"]["delta"] == 1.0
     sweep = {r["horizon"]: r["accuracy"] for r in result["horizon"]}
