@@ -23,6 +23,9 @@ def test_a_model_without_memory_layers_has_delta_zero(trained_baseline, byte_tok
     assert result["delta"]["delta"] == 0.0 and result["delta"]["n"] == 24
     low, high = result["delta"]["ci95"]  # identical outcomes: Tango's interval around 0, not [0, 0]
     assert low == pytest.approx(-high) and 0.0 < high < 0.2
+    depth = trained_baseline.body.max_depth  # stacked mixers of horizon 4 reach depth * 3 + 1 tokens back
+    assert [(r["horizon"], r["reach"]) for r in result["horizon"]] == [(4, min(CONTEXT, depth * 3 + 1)),
+                                                                       (CONTEXT, CONTEXT)]
 
 
 def test_a_model_whose_answer_is_in_its_state_has_a_large_delta(planted_model, byte_tok):

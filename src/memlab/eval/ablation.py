@@ -7,7 +7,9 @@ On one set of retrieval examples (the answer is only in the context, far back):
   examples, with a paired bootstrap interval.  A model without memory-carrying layers
   (a plain transformer) has nothing to zero: Delta is exactly 0 by construction.
 * ``horizon``: accuracy when every mixer sees only its last ``h`` tokens, for a sweep of
-  ``h``: where it rises is how far back the model actually reaches.
+  ``h``.  Mixers stack: through its ``max_depth`` mixer applications a position still reaches
+  ``max_depth (h - 1) + 1`` tokens back (``reach``, at most the context), so where the accuracy
+  rises bounds how far back the model needs to reach, in those units.
 
 Ablations go through :func:`memlab.ablate` (the mixer contract), never a re-implemented forward.
 """
@@ -55,7 +57,8 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     sweep = []
     for h in sorted(set(horizons)):
         with memlab.ablate(model, mode="horizon", horizon=h):
-            sweep.append({"horizon": h, **accuracy_record(ctx.score(subset, f"ablation: horizon {h}"))})
+            sweep.append({"horizon": h, "reach": min(T, model.body.max_depth * (h - 1) + 1),
+                          **accuracy_record(ctx.score(subset, f"ablation: horizon {h}"))})
     return {
         "task": options.ablation_task,
         "context_len": T,
