@@ -69,6 +69,23 @@ def test_aux_losses_leave_out_padding(variant):
         assert not torch.allclose(unmasked[name], plain[name], atol=1e-6, rtol=1e-5)  # padding would have counted
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_diagnostics_leave_out_padding(variant):
+    """The logged statistics (slot shares, betas, step sizes, gates, ACT's steps) of real positions only;
+    a final state's norm is the one number that the padding does change."""
+    model = build(variant)
+    x = tokens(model, 2, 40)
+    padded = torch.cat([x, torch.zeros(2, 24, dtype=x.dtype)], dim=1)
+    with torch.no_grad():
+        model(x)
+        plain = model.diagnostics()
+        model(padded)
+        masked = model.diagnostics((torch.arange(64) < 40).expand(2, -1))
+    assert masked.keys() == plain.keys()
+    for name in (n for n in plain if not n.endswith("state_norm")):
+        assert masked[name] == pytest.approx(plain[name], rel=1e-5, abs=1e-6), name
+
+
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-10)])  # float64: no float32 inside
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_parallel_equals_prefill_then_decode(variant, dtype, tolerance):

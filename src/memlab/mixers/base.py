@@ -90,7 +90,8 @@ class Mixer(nn.Module):
     def aux_loss(self, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return {}
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, valid: torch.Tensor | None = None) -> dict[str, float]:
+        """Statistics of the last forward, over the positions ``valid (B, T)`` marks real (None: all)."""
         return {}
 
     def bind(self, previous: list[Mixer]) -> None:
@@ -142,3 +143,8 @@ def last_of_windows(
     per_call = max(1, max_tokens // h)
     tails = [run(windows[i : i + per_call])[:, -1] for i in range(0, windows.shape[0], per_call)]
     return torch.cat([head, torch.cat(tails).view(B, T - h, -1)], dim=1)
+
+
+def real_positions(t: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """``t (B, T, ...)`` -> (N, ...): its positions that ``valid (B, T)`` marks real (None: all)."""
+    return t.flatten(0, 1) if valid is None else t[valid]

@@ -45,7 +45,7 @@ from memlab.config import ModelConfig
 from memlab.errors import choose
 from memlab.mixers import register_mixer
 from memlab.mixers.attention import Attention, KVCache
-from memlab.mixers.base import Mixer, MixerState
+from memlab.mixers.base import Mixer, MixerState, real_positions
 from memlab.ops.precision import at_least_float32
 from memlab.ops.slot_scan import score_read, slot_scan, slot_step, weighted_read
 
@@ -207,20 +207,20 @@ class CDM(Mixer):
             out["cdm_load_balance"] = c.load_balance * self.n_slots * (share * mean).sum()
         return out
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, valid: torch.Tensor | None = None) -> dict[str, float]:
         """max_slot_share (argmax), usage_entropy (bits, of the mean routing), mean_gate (total write
-        per token) and alpha_spread (max - min over slots of the mean decay gate)."""
+        per token) and alpha_spread (max - min over slots of the mean decay gate), over real positions."""
         a = self.slot_activity()
         if a is None:
             return {}
-        routing = a.routing.flatten(0, 1)
+        routing = real_positions(a.routing, valid)  # (N, K)
         mean = routing.mean(dim=0)
         share = torch.bincount(routing.argmax(dim=-1), minlength=self.n_slots) / routing.shape[0]
-        alpha = a.alphas.flatten(0, 1).mean(dim=0)
+        alpha = real_positions(a.alphas, valid).mean(dim=0)
         return {
             "max_slot_share": share.max().item(),
             "usage_entropy": -(mean * mean.clamp_min(1e-12).log2()).sum().item(),
-            "mean_gate": a.gates.sum(dim=-1).mean().item(),
+            "mean_gate": real_positions(a.gates, valid).sum(dim=-1).mean().item(),
             "alpha_spread": (alpha.max() - alpha.min()).item(),
         }
 

@@ -30,7 +30,7 @@ from torch import nn
 from memlab.config import ModelConfig
 from memlab.errors import MemlabError
 from memlab.mixers import register_mixer
-from memlab.mixers.base import Mixer, MixerState
+from memlab.mixers.base import Mixer, MixerState, real_positions
 from memlab.mixers.gated_norm import GatedRMSNorm
 from memlab.ops.gated_delta import gated_delta_rule, gated_delta_rule_step
 from memlab.ops.l2norm import l2_normalize
@@ -268,15 +268,15 @@ class GatedDeltaNet(Mixer):
         forward_macs = 2 * C * K + C * (K + V) + 3 * K * V + C * V
         return 3 * 2 * forward_macs * self.dims.heads  # forward + backward ~ 3 x forward
 
-    def diagnostics(self) -> dict[str, float]:
-        """Mean beta, mean retention exp(g) (gated only) and mean per-head state norm of the last forward
-        (computed here, not in every forward: a decoding step would pay for them)."""
+    def diagnostics(self, valid: torch.Tensor | None = None) -> dict[str, float]:
+        """Mean beta and mean retention exp(g) (gated only) over real positions, and the mean per-head
+        state norm, of the last forward (computed here, not in every forward: a decoding step would pay)."""
         if self._last is None:
             return {}
         beta, g, final = self._last
-        stats = {"beta_mean": beta.mean(), "state_norm": final.norm(dim=(-2, -1)).mean()}
+        stats = {"beta_mean": real_positions(beta, valid).mean(), "state_norm": final.norm(dim=(-2, -1)).mean()}
         if g is not None:
-            stats["gate_mean"] = g.exp().mean()  # mean retention exp(g)
+            stats["gate_mean"] = real_positions(g, valid).exp().mean()  # mean retention exp(g)
         return {name: float(value) for name, value in stats.items()}
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from memlab.config import ModelConfig
 from memlab.errors import MemlabError
 from memlab.mixers import register_mixer
-from memlab.mixers.base import Mixer, MixerState
+from memlab.mixers.base import Mixer, MixerState, real_positions
 from memlab.mixers.gated_norm import GatedRMSNorm
 from memlab.ops.precision import at_least_float32
 from memlab.ops.short_conv import causal_conv1d
@@ -143,10 +143,10 @@ class Mamba2(Mixer):
         N, P = self.d_state, self.head_dim
         return 3.0 * 2 * (self.n_groups * L * N + self.n_heads * (L * P + 2 * N * P))
 
-    def diagnostics(self) -> dict[str, float]:
-        """Mean step size and mean per-token retention exp(dt * A) of the last forward."""
+    def diagnostics(self, valid: torch.Tensor | None = None) -> dict[str, float]:
+        """Mean step size and mean per-token retention exp(dt * A) of the last forward, over real positions."""
         if self._last_dt is None:
             return {}
-        dt = self._last_dt
+        dt = real_positions(self._last_dt, valid)  # (N, H)
         retention = torch.exp(dt * -torch.exp(self.A_log.detach()))
         return {"dt_mean": dt.mean().item(), "retention_mean": retention.mean().item()}

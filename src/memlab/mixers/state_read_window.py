@@ -28,7 +28,7 @@ from memlab.config import ModelConfig
 from memlab.errors import MemlabError
 from memlab.mixers import register_mixer
 from memlab.mixers.attention import RingKVCache, SlidingWindowAttention
-from memlab.mixers.base import Mixer, last_of_windows
+from memlab.mixers.base import Mixer, last_of_windows, real_positions
 from memlab.mixers.gated_delta import DeltaWrite, GatedDeltaNet, delta_dims
 
 
@@ -100,7 +100,7 @@ class StateReadWindowAttention(SlidingWindowAttention):
     def _mix(self, x: torch.Tensor, state: WindowReadState | None, write: DeltaWrite | None) -> torch.Tensor:
         """(B, T, D) -> (B, T, D): the window branch, dropped/scaled, plus the gated read of ``write``."""
         local = super().mix(x, state) * self._local_multiplier(x)
-        self._stats = {"local_norm": local.detach().norm(dim=-1).mean()}
+        self._stats = {"local_norm": local.detach().norm(dim=-1)}  # (B, T) per position, averaged on demand
         if not self.reads_state:
             return local
         keys, tail = self.source.shared_key(x, None if state is None else state.read_conv)  # (B, T, H, K)
@@ -111,7 +111,7 @@ class StateReadWindowAttention(SlidingWindowAttention):
             read = torch.zeros_like(read)
         gate = torch.sigmoid(self.gate_proj(x))  # (B, T, H)
         retrieved = self.read_out_proj((gate[..., None] * read).flatten(2))  # (B, T, D)
-        self._stats.update(gate_mean=gate.detach().mean(), retrieval_norm=retrieved.detach().norm(dim=-1).mean())
+        self._stats.update(gate_mean=gate.detach().mean(-1), retrieval_norm=retrieved.detach().norm(dim=-1))
         return local + retrieved
 
     def _local_multiplier(self, x: torch.Tensor) -> torch.Tensor | float:
@@ -160,6 +160,7 @@ class StateReadWindowAttention(SlidingWindowAttention):
         read = self.source.extra_flops_per_token(seq_len) if self.reads_state else 0.0
         return super().extra_flops_per_token(seq_len) + read
 
-    def diagnostics(self) -> dict[str, float]:
-        """gate_mean (read gate), local_norm and retrieval_norm (mean per-token L2 norms) of the last forward."""
-        return {name: float(value) for name, value in self._stats.items()}
+    def diagnostics(self, valid: torch.Tensor | None = None) -> dict[str, float]:
+        """gate_mean (read gate), local_norm and retrieval_norm (mean per-token L2 norms) of the last
+        forward, over real positions."""
+        return {name: float(real_positions(value, valid).mean()) for name, value in self._stats.items()}

@@ -141,9 +141,9 @@ class LanguageModel(nn.Module):
         return out
 
     def diagnostics(self, valid: torch.Tensor | None = None) -> dict[str, float]:
-        """Gate/route statistics of the last forward: ``layer{i}.{name}`` plus the body's, whose
-        per-position ones (ACT's steps) count only the positions ``valid`` (B, T) marks real."""
-        out = {f"layer{m.layer_idx}.{k}": v for m in self.mixers for k, v in m.diagnostics().items()}
+        """Gate/route statistics of the last forward: ``layer{i}.{name}`` plus the body's, over the
+        positions ``valid`` (B, T) marks real (None: all), as the auxiliary losses count them."""
+        out = {f"layer{m.layer_idx}.{k}": v for m in self.mixers for k, v in m.diagnostics(valid).items()}
         out.update(self.body.diagnostics(valid))
         return out
 
