@@ -5,6 +5,8 @@ A new variant joins these tests by being registered; nothing here names a varian
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -269,3 +271,15 @@ def test_generate_fills_learned_positions_to_the_last_one():
     assert model.generate(prompt, max_new_tokens=6).shape == (1, limit + 1)
     with pytest.raises(MemlabError, match="exceed max_seq_len"):
         model.generate(prompt, max_new_tokens=7)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_model_copies_after_a_training_forward(variant):
+    """An EMA or best-model snapshot deep-copies the model mid-training: CDM's slot activity and ACT's
+    ponder cost, kept attached to the graph, had made that raise."""
+    model = build(variant).train()
+    x = tokens(model, 2, 20)
+    model(x, labels=x).backward()
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        torch.testing.assert_close(clone.eval()(x), model.eval()(x))

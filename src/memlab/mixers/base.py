@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import ClassVar, Literal
 
 import torch
@@ -148,3 +149,12 @@ def last_of_windows(
 def real_positions(t: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """``t (B, T, ...)`` -> (N, ...): its positions that ``valid (B, T)`` marks real (None: all)."""
     return t.flatten(0, 1) if valid is None else t[valid]
+
+
+class LastForward(SimpleNamespace):
+    """What a module keeps of its last forward (tensors attached to the autograd graph, for its
+    auxiliary losses, diagnostics or a reader layer).  Such tensors cannot be deep-copied, so a
+    copy of the module (an EMA or best-model snapshot) starts with every field None."""
+
+    def __deepcopy__(self, memo) -> LastForward:
+        return LastForward(**dict.fromkeys(vars(self)))

@@ -45,7 +45,7 @@ from memlab.config import ModelConfig
 from memlab.errors import choose
 from memlab.mixers import register_mixer
 from memlab.mixers.attention import Attention, KVCache
-from memlab.mixers.base import Mixer, MixerState, real_positions
+from memlab.mixers.base import LastForward, Mixer, MixerState, real_positions
 from memlab.ops.precision import at_least_float32
 from memlab.ops.slot_scan import score_read, slot_scan, slot_step, weighted_read
 
@@ -104,7 +104,7 @@ class CDM(Mixer):
         self.initial_slots._no_weight_decay = True
         self.query_proj = nn.Linear(D, D, bias=False) if c.readout != "gate" else None
         self.out_proj = nn.Linear((2 if c.readout == "both" else 1) * D, D, bias=False)
-        self._activity: SlotActivity | None = None  # last forward, attached to the graph (aux losses)
+        self._last = LastForward(activity=None)  # SlotActivity of the last forward, attached to the graph (aux losses)
         self.init_special_parameters()
 
     def init_special_parameters(self) -> None:
@@ -122,7 +122,7 @@ class CDM(Mixer):
         B, T, D = x.shape  # x: (B, T, D)
         dtype = at_least_float32(x.dtype)  # the recurrence runs in float32 (or float64)
         routing, gates, alphas, log_decay = self._route(x, dtype)  # (B, T, K) each
-        self._activity = SlotActivity(routing, gates, alphas)
+        self._last.activity = SlotActivity(routing, gates, alphas)
         values = self.write_proj(x).to(dtype)  # (B, T, D)
         queries = None if self.query_proj is None else self.query_proj(x).view(B, T, self.n_heads, -1).to(dtype)
         initial = (self.initial_slots.expand(B, -1, -1) if state is None else state.slots).to(dtype)
@@ -189,14 +189,14 @@ class CDM(Mixer):
     # ------------------------------------------------------------- statistics
     def slot_activity(self) -> SlotActivity | None:
         """Routing, write gates and decays of the last forward, detached (what the probes read)."""
-        a = self._activity
+        a = self._last.activity
         return None if a is None else SlotActivity(a.routing.detach(), a.gates.detach(), a.alphas.detach())
 
     def aux_loss(self, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         c = self.config.cdm
-        if self._activity is None:
+        if self._last.activity is None:
             return {}
-        routing = self._activity.routing
+        routing = self._last.activity.routing
         routing = routing.flatten(0, 1) if valid is None else routing[valid]  # (N, K) over the real tokens
         mean = routing.mean(dim=0)  # P_k
         out = {}

@@ -30,7 +30,7 @@ from torch import nn
 from memlab.config import ModelConfig
 from memlab.errors import MemlabError
 from memlab.mixers import register_mixer
-from memlab.mixers.base import Mixer, MixerState, real_positions
+from memlab.mixers.base import LastForward, Mixer, MixerState, real_positions
 from memlab.mixers.gated_norm import GatedRMSNorm
 from memlab.ops.gated_delta import gated_delta_rule, gated_delta_rule_step
 from memlab.ops.l2norm import l2_normalize
@@ -78,17 +78,6 @@ class DeltaWrite:
     initial_state: torch.Tensor | None  # (B, H, K, V) the memory before the call; None = zeros
 
 
-class _ReaderScratch:
-    """The last call's input and writes, kept for reader layers; never copied nor saved."""
-
-    def __init__(self) -> None:
-        self.input: torch.Tensor | None = None  # (B, T, D)
-        self.write: DeltaWrite | None = None
-
-    def __deepcopy__(self, memo) -> _ReaderScratch:
-        return _ReaderScratch()
-
-
 @register_mixer
 class GatedDeltaNet(Mixer):
     """Gated DeltaNet: a delta-rule associative memory with a data-dependent decay."""
@@ -123,7 +112,7 @@ class GatedDeltaNet(Mixer):
         self.g_proj = nn.Linear(D, H * V, bias=False)
         self.o_norm = GatedRMSNorm(V, config.norm_eps, gate_first=False)
         self.out_proj = nn.Linear(H * V, D, bias=False)
-        self._scratch: _ReaderScratch | None = None  # set when a reader binds to this layer
+        self._scratch: LastForward | None = None  # the last call's input and writes, when a reader binds here
         self._last: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None  # beta, g, final state
         self.init_special_parameters()
 
@@ -221,7 +210,7 @@ class GatedDeltaNet(Mixer):
     def add_reader(self) -> None:
         """Keep each call's input and writes so that a later layer can read this memory."""
         if self._scratch is None:
-            self._scratch = _ReaderScratch()
+            self._scratch = LastForward(input=None, write=None)
 
     @property
     def last_input(self) -> torch.Tensor | None:

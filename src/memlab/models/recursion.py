@@ -21,6 +21,7 @@ from torch import nn
 
 from memlab.config import ModelConfig
 from memlab.errors import MemlabError
+from memlab.mixers.base import LastForward
 from memlab.mixers.thoughts import LatentThoughts
 from memlab.models.block import build_blocks
 from memlab.models.body import Stack, block_flops_per_token
@@ -120,7 +121,7 @@ class AdaptiveComputationTime(LoopBody):
             _check_fixed_steps(rc.act_fixed_steps)
         super().__init__(config)
         self.halt = nn.Linear(config.d_model, 1)
-        self._ponder: torch.Tensor | None = None  # (B, T) N + R of the last forward
+        self._last = LastForward(ponder=None)  # (B, T) N + R of the last forward, attached to the graph
         self._steps: torch.Tensor | None = None  # (B, T) N of the last forward
 
     @property
@@ -139,7 +140,7 @@ class AdaptiveComputationTime(LoopBody):
         if rc.act_fixed_steps is not None:
             for n in range(self.n_steps):
                 h = self.step(h, inputs, n, states)
-            self._steps, self._ponder = torch.full(h.shape[:2], float(self.n_steps), device=h.device), None
+            self._steps, self._last.ponder = torch.full(h.shape[:2], float(self.n_steps), device=h.device), None
             return h
         running = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)  # (B, T)
         cum = h.new_zeros(h.shape[:2])  # sum of p over the steps before the current one
@@ -159,13 +160,13 @@ class AdaptiveComputationTime(LoopBody):
             remainder = torch.where(halts, 1 - cum, remainder)
             cum = torch.where(running & ~halts, cum + p, cum)
             running = running & ~halts
-        self._steps, self._ponder = steps, steps + remainder
+        self._steps, self._last.ponder = steps, steps + remainder
         return out
 
     def aux_loss(self, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        if self._ponder is None:
+        if self._last.ponder is None:
             return {}
-        ponder = self._ponder if valid is None else self._ponder[valid]
+        ponder = self._last.ponder if valid is None else self._last.ponder[valid]
         return {"ponder": self.config.recursion.lambda_ponder * ponder.mean()}
 
     def diagnostics(self, valid: torch.Tensor | None = None) -> dict[str, float]:
@@ -176,11 +177,11 @@ class AdaptiveComputationTime(LoopBody):
         steps = self._steps.detach() if valid is None else self._steps.detach()[valid]
         mean = steps.mean().item()
         out = {"act.mean_steps": mean, "effective_depth": mean * len(self.blocks)}
-        lowest = self.config.recursion.act_min_steps if self._ponder is not None else self.n_steps
+        lowest = self.config.recursion.act_min_steps if self._last.ponder is not None else self.n_steps
         for k in range(lowest, self.n_steps + 1):
             out[f"act.steps_{k}_frac"] = (steps == k).float().mean().item()
-        if self._ponder is not None:
-            ponder = self._ponder.detach() if valid is None else self._ponder.detach()[valid]
+        if self._last.ponder is not None:
+            ponder = self._last.ponder.detach() if valid is None else self._last.ponder.detach()[valid]
             out["act.ponder"] = ponder.mean().item()
         return out
 
