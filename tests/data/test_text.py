@@ -50,8 +50,17 @@ def test_jsonl_null_text_is_no_document_and_other_non_text_is_an_error(tmp_path,
     header = prepare_shards(f"files:{tmp_path}/a.jsonl", byte_tok, tmp_path / "shards", val_fraction=0).header
     assert header["splits"]["train"]["documents"] == 2
     (tmp_path / "b.jsonl").write_text('{"text": "one"}\n{"text": 7}\n')
-    with pytest.raises(MemlabError, match=r"b\.jsonl:2: field 'text' is not a string but int$"):
+    with pytest.raises(MemlabError, match=r"b\.jsonl:2: field 'text' holds int, not text; pass --text-field$"):
         list(open_source(f"files:{tmp_path}/b.jsonl").documents())
+
+
+def test_jsonl_with_a_byte_order_mark_and_a_cut_emoji_escape(tmp_path, byte_tok):
+    """A BOM had been 'not a JSON object'; a lone surrogate from a cut escape had been a UnicodeEncodeError traceback."""
+    (tmp_path / "a.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "hello"}\n{"text": "broken \\ud83d end"}\n')
+    assert list(open_source(f"files:{tmp_path}/a.jsonl").documents()) == ["hello", "broken \ufffd\ufffd\ufffd end"]
+    assert prepare_shards(f"files:{tmp_path}/a.jsonl", byte_tok, tmp_path / "out", val_fraction=0).header
+    with pytest.raises(MemlabError, match="shard_tokens must be positive"):  # 0 had looped for ever
+        prepare_shards(f"files:{tmp_path}/a.jsonl", byte_tok, tmp_path / "out2", shard_tokens=0)
 
 
 def test_files_source_reads_parquet(tmp_path):
@@ -60,6 +69,9 @@ def test_files_source_reads_parquet(tmp_path):
 
     pq.write_table(pa.table({"content": ["alpha", "beta"], "n": [1, 2]}), tmp_path / "d.parquet")
     assert list(open_source(f"files:{tmp_path}/*.parquet").documents()) == ["alpha", "beta"]
+    pq.write_table(pa.table({"text": [["line a", "line b"], ["c"]]}), tmp_path / "lists.parquet")
+    with pytest.raises(MemlabError, match="field 'text' holds list, not text"):  # had been an AttributeError
+        list(open_source(f"files:{tmp_path}/lists.parquet").documents())
 
 
 def test_stdlib_sources_are_real_code_and_prose():
@@ -182,7 +194,7 @@ def test_a_failed_rebuild_keeps_the_shards_already_there(corpus_dir, tmp_path, b
     with pytest.raises(MemlabError, match="no documents"):
         prepare_shards(f"files:{tmp_path}/blank.txt", byte_tok, out)
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": 3}\n')
-    with pytest.raises(MemlabError, match="is not a string"):
+    with pytest.raises(MemlabError, match="holds int, not text"):
         prepare_shards(f"files:{tmp_path}/bad.jsonl", byte_tok, out)
     again = prepare_shards(f"files:{corpus_dir}/*.txt", byte_tok, out, val_fraction=0.2, shard_tokens=1000)
     assert again.reused and again.header == good.header and np.array_equal(stream(out, "train"), before)
@@ -293,6 +305,18 @@ def test_hf_source_offline_from_local_files(tmp_path, byte_tok):
     assert split_documents(stream(tmp_path / "out", "train"), byte_tok) == [r["text"] for r in rows]
     assert prepare_shards(open_source(f"hf:{tmp_path / 'ds'}:train"), byte_tok, tmp_path / "out", val_fraction=0).reused
     assert result.header["source"].startswith("hf:")
+
+
+def test_a_streamed_local_hf_dataset_is_rebuilt_when_its_file_changes(tmp_path, byte_tok):
+    """A stream had been fingerprinted by its name: shards of the old text were reused."""
+    pytest.importorskip("datasets")
+    data = tmp_path / "ds.jsonl"
+    data.write_text('{"text": "alpha one"}\n{"text": "beta two"}\n')
+    spec = f"hf:{data}:train"
+    assert not prepare_shards(open_source(spec, streaming=True), byte_tok, tmp_path / "out", val_fraction=0).reused
+    data.write_text('{"text": "gamma three"}\n{"text": "delta four"}\n{"text": "eps five"}\n')
+    again = prepare_shards(open_source(spec, streaming=True), byte_tok, tmp_path / "out", val_fraction=0)
+    assert not again.reused and again.header["splits"]["train"]["documents"] == 3
 
 
 def test_hf_source_missing_dataset_is_one_clear_error():

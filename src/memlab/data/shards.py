@@ -12,8 +12,9 @@ A prepared directory holds::
 and serves training windows::
 
     shards.random_windows(batch_size, seq_len, rng)   # (B, T + 1) int64, uniform start offsets
-    shards.sequential_windows(batch_size, seq_len)    # iterator of (b, T + 1); every token
-                                                      # after the first is predicted exactly once
+    shards.sequential_windows(batch_size, seq_len)    # iterator of (b, T + 1): consecutive windows,
+                                                      # each token after the first predicted at most
+                                                      # once; the last (N - 1) mod T are not scored
 
 With ``rank``/``world_size`` each rank sees a disjoint, contiguous slice of the split.
 """

@@ -173,7 +173,7 @@ class Files(Source):
                 yield _read_text(path)
 
     def _jsonl(self, path: Path) -> Iterator[str]:
-        with path.open(encoding="utf-8", errors="replace") as f:
+        with path.open(encoding="utf-8-sig", errors="replace") as f:  # (-sig: a byte-order mark is no text)
             for line_no, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -182,11 +182,9 @@ class Files(Source):
                 except json.JSONDecodeError:
                     raise MemlabError(f"{path}:{line_no} is not a JSON object (files: reads JSON lines)") from None
                 field = _text_field(row, self.text_field, f"{path}:{line_no}")
-                text = row[field]
-                if isinstance(text, str):
+                text = _document(row[field], field, f"{path}:{line_no}")
+                if text is not None:
                     yield text
-                elif text is not None:  # null: no document, as in the parquet and hf readers
-                    raise MemlabError(f"{path}:{line_no}: field {field!r} is not a string but {type(text).__name__}")
 
     def _parquet(self, path: Path) -> Iterator[str]:
         try:
@@ -197,15 +195,26 @@ class Files(Source):
         try:
             table = pq.ParquetFile(path)
             column = _text_field(dict.fromkeys(table.schema_arrow.names, ""), self.text_field, str(path))
-            batches = table.iter_batches(columns=[column])
-            for batch in batches:
-                yield from (t for t in batch.column(0).to_pylist() if t is not None)
+            for batch in table.iter_batches(columns=[column]):
+                for value in batch.column(0).to_pylist():
+                    if (text := _document(value, column, str(path))) is not None:
+                        yield text
         except pyarrow.ArrowException as e:  # not a parquet file, or a truncated one
             raise MemlabError(f"cannot read {path} as parquet: {str(e).splitlines()[0]}") from None
 
     @property
     def fingerprint(self) -> str:
         return _files_fingerprint(self.paths(), self.text_field or "")
+
+
+def _document(value: object, field: str, where: str) -> str | None:
+    """A row's text: None for a null (no document, in every reader); one line for a value that is
+    not text; lone surrogates (a cut escape such as "\\ud83d") become U+FFFD, as undecodable bytes do."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise MemlabError(f"{where}: field {field!r} holds {type(value).__name__}, not text; pass --text-field")
+    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _text_field(row: dict, wanted: str | None, where: str) -> str:
@@ -265,12 +274,15 @@ class HFDataset(Source):
         names = list(ds.column_names or [])
         field = _text_field(dict.fromkeys(names, ""), self.text_field, self.spec)
         for row in ds:
-            text = row[field]
-            if text is not None:
+            if (text := _document(row[field], field, self.spec)) is not None:
                 yield text
 
     @property
     def fingerprint(self) -> str:
-        # a cached (map-style) dataset has a content fingerprint; a stream is identified by name only
+        local = Path(os.path.expanduser(self.name))
+        if local.exists():  # a local file or directory: its files say when it changed, streamed or not
+            files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+            return _files_fingerprint(files, f"{self.spec}\0{self.text_field}")
+        # a cached (map-style) hub dataset has a content fingerprint; a hub stream is identified by name only
         token = getattr(self._dataset, "_fingerprint", None) or "stream"
         return hashlib.sha256(f"{self.spec}\0{self.text_field}\0{token}".encode()).hexdigest()

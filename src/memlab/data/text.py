@@ -135,6 +135,8 @@ def prepare_shards(
         raise MemlabError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if max_docs is not None and max_docs < 1:
         raise MemlabError(f"max_docs must be positive, got {max_docs}")
+    if shard_tokens < 1:  # (0 had closed empty shards for ever)
+        raise MemlabError(f"shard_tokens must be positive, got {shard_tokens}")
     out = Path(out_dir)
     check_dir_target(out, "the shard directory")
     src = open_source(source) if isinstance(source, str) else source
