@@ -89,6 +89,33 @@ def test_eval_refuses_an_out_dir_that_is_a_file_before_any_work(model_dir, tmp_p
     assert (tmp_path / "taken").read_text() == "mine"
 
 
+def test_eval_refuses_an_out_dir_that_cannot_be_made_before_any_work(model_dir, capsys):
+    err = fail(capsys, "eval", "--checkpoint", str(model_dir), "--suite", "selftest", "--out_dir", "/proc/memlab/out")
+    assert "--out-dir /proc/memlab/out cannot be made" in err  # had been a traceback once the suites were done
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--context-lengths", "100000"], "the needle context (--context-lengths)"),
+        (["--needle-tasks", "sniah1", "--context-lengths", "64"], "sniah1"),  # the needle and question do not fit
+        (["--context-lengths", "512", "--ablation-context", "100000"], "the ablation context (--ablation-context)"),
+        (["--context-lengths", "512", "--lm-context", "100000"], "the lm window (--lm-context)"),
+    ],
+)
+def test_suite_all_refuses_what_a_later_suite_cannot_run_before_the_first_runs(
+    model_dir, tmp_path, capsys, monkeypatch, flags, fragment
+):
+    """--suite all had run the algorithmic suite (and others) in full, then stopped at the later suite."""
+    from memlab.eval import hub
+
+    hub.suite_names()  # registers the suites
+    monkeypatch.setitem(hub.SUITES, "algorithmic", lambda ctx: pytest.fail("the first suite ran"))
+    err = fail(capsys, "eval", "--checkpoint", str(model_dir), "--suite", "all", "--corpus", "stdlib-docs",
+               "--out_dir", str(tmp_path / "out"), *flags)
+    assert fragment in err and not (tmp_path / "out" / "results_all.json").exists()
+
+
 @pytest.mark.parametrize("config", ["train: [unclosed\n", "- a list\n"])
 def test_eval_lm_names_a_garbled_config_of_the_run(model_dir, tmp_path, capsys, config):
     """The lm suite reads the run's config.yaml for its data: a garbled one had been a YAML traceback."""

@@ -16,6 +16,7 @@ Ablations go through :func:`memlab.ablate` (the mixer contract), never a re-impl
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import memlab
@@ -34,11 +35,18 @@ def default_horizons(context_len: int) -> list[int]:
     return [*out, context_len]
 
 
-@register_suite("ablation")
+def check(ctx: EvalContext) -> None:
+    """Refuse an ablation context beyond the model's, or a task that does not fit it (one example is drawn)."""
+    T = ctx.options.ablation_context
+    check_context(ctx.model, T, "the ablation context (--ablation-context)")
+    retrieval_examples(ctx, ctx.options.ablation_task, T, 1, random.Random(0))
+
+
+@register_suite("ablation", check=check)
 def run(ctx: EvalContext) -> dict[str, Any]:
     model, options = ctx.model, ctx.options
     T = options.ablation_context
-    check_context(model, T, "the ablation context (--ablation-context)")
+    check(ctx)
     examples = retrieval_examples(ctx, options.ablation_task, T, options.ablation_samples, ctx.rng("ablation"))
 
     normal = ctx.score(examples, "ablation: normal")

@@ -66,11 +66,17 @@ class EvalContext:
 
 Suite = Callable[[EvalContext], dict[str, Any]]
 SUITES: dict[str, Suite] = {}
+SUITE_CHECKS: dict[str, Callable[[EvalContext], object]] = {}
 
 
-def register_suite(name: str) -> Callable[[Suite], Suite]:
+def register_suite(name: str, check: Callable[[EvalContext], object] | None = None) -> Callable[[Suite], Suite]:
+    """Register a suite; ``check(ctx)`` refuses options it cannot run, before any suite runs (so that
+    ``--suite all`` does not spend the earlier suites' time on a run that then fails)."""
+
     def wrap(fn: Suite) -> Suite:
         SUITES[name] = fn
+        if check is not None:
+            SUITE_CHECKS[name] = check
         return fn
 
     return wrap
@@ -190,6 +196,10 @@ def evaluate(
     run_dir = run_dir_of(model_dir)
     out = Path(out_dir) if out_dir is not None else (run_dir or model_dir) / default_out
     check_dir_target(out, "--out-dir")  # before the suites run, not when their results are written
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # (a read-only or missing file system: it had been a traceback after all the work)
+        raise MemlabError(f"--out-dir {out} cannot be made: {e.strerror or e}") from None
     ctx = EvalContext(model, tokenizer, options, out, run_dir, progress)
     doc = evaluate_model(ctx, suite, checkpoint=str(checkpoint), model_dir=str(model_dir))
     schema.write_results(out / schema.results_filename(suite), doc)
@@ -201,6 +211,9 @@ def evaluate_model(ctx: EvalContext, suite: str = "all", checkpoint: str = "", m
     names = list(SUITE_ORDER) if suite == "all" else [suite]
     ctx.options.check()
     choose("suite", suite, suite_names())
+    for name in names:
+        if name in SUITE_CHECKS:
+            SUITE_CHECKS[name](ctx)
     torch.manual_seed(ctx.options.seed)
     payloads = {}
     for name in names:

@@ -24,11 +24,19 @@ from memlab.eval.hub import EvalContext, register_suite, run_data_dir, run_held_
 from memlab.eval.stats import mean_interval
 
 
-def open_corpus(ctx: EvalContext) -> tuple[str, TokenShards]:
-    """(name, validation shards) of the corpus the options name (see the module docstring)."""
+def check(ctx: EvalContext) -> tuple[str, int]:
+    """The corpus spec and the window length, refused where the suite cannot run them."""
     spec = ctx.options.corpus or run_data_dir(ctx.run_dir)
     if spec is None:
         raise MemlabError("the lm suite needs a corpus: --corpus DIR (prepared shards) or a source like stdlib-docs")
+    options, model = ctx.options, ctx.model
+    seq_len = min(model.config.max_seq_len, 512) if options.lm_context is None else options.lm_context
+    check_context(model, seq_len, "the lm window (--lm-context)")
+    return spec, seq_len
+
+
+def open_corpus(ctx: EvalContext, spec: str) -> tuple[str, TokenShards]:
+    """(name, validation shards) of corpus ``spec`` (see the module docstring)."""
     if (Path(spec) / HEADER_FILE).is_file():
         directory = Path(spec)
     else:
@@ -51,13 +59,12 @@ def _exp(x: float) -> float:
         return math.inf
 
 
-@register_suite("lm")
+@register_suite("lm", check=check)
 @torch.no_grad()
 def run(ctx: EvalContext) -> dict[str, Any]:
     model, options = ctx.model, ctx.options
-    name, shards = open_corpus(ctx)
-    seq_len = min(model.config.max_seq_len, 512) if options.lm_context is None else options.lm_context
-    check_context(model, seq_len, "the lm window (--lm-context)")
+    spec, seq_len = check(ctx)
+    name, shards = open_corpus(ctx, spec)
     device = next(model.parameters()).device
     batch = max(1, options.batch_tokens // seq_len)
     max_windows = max(1, options.lm_tokens // seq_len)

@@ -3,11 +3,13 @@
 For each needle task (the fact/distractor NIAH and RULER's S-NIAH-1/2/3) and each cell
 (context length, depth) of the grid, ``needle_samples`` examples are scored by exact
 match; each task gets a heat-map PNG.  A context length beyond the model's
-``max_seq_len`` is refused before any work is done.
+``max_seq_len``, or one too short for a task's needle and question, is refused before any
+suite runs.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,10 @@ from memlab.eval.stats import accuracy_record, pool
 from memlab.plotting import pyplot, save_figure
 
 
-@register_suite("longctx")
-def run(ctx: EvalContext) -> dict[str, Any]:
+def check(ctx: EvalContext) -> tuple[list[str], list[int], list[float]]:
+    """The needle tasks, context lengths and depths, refused where the suite cannot run them: a
+    length beyond the model's context, a depth outside [0, 1], a needle and question that do not
+    fit a length (one example of each task at each length is drawn to see)."""
     options = ctx.options
     tasks = check_needle_tasks(options.needle_tasks or list(NEEDLE_TASKS))
     lengths = sorted(set(options.context_lengths))
@@ -32,6 +36,16 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     if min(depths) < 0 or max(depths) > 1:
         raise MemlabError(f"needle depths are fractions in [0, 1], got {depths}")
     check_context(ctx.model, max(lengths), "the needle context (--context-lengths)")
+    for task in tasks:
+        for length in lengths:
+            retrieval_examples(ctx, task, length, 1, random.Random(0), depth=depths[0])
+    return tasks, lengths, depths
+
+
+@register_suite("longctx", check=check)
+def run(ctx: EvalContext) -> dict[str, Any]:
+    options = ctx.options
+    tasks, lengths, depths = check(ctx)
     payload: dict[str, Any] = {"context_lengths": lengths, "depths": depths, "tasks": {}}
     for task in tasks:
         rng, n = ctx.rng(f"longctx/{task}"), options.needle_samples
