@@ -57,6 +57,9 @@ def test_suite_payloads(evaluated):
     assert set(longctx["tasks"]) == {"niah", "sniah1", "sniah2", "sniah3"}
     for task, record in longctx["tasks"].items():
         assert len(record["cells"]) == 4 and (out / record["heatmap"]).stat().st_size > 1000, task
+        for cell in record["cells"]:  # where the needles really are, next to the cell's depth
+            spread = cell["needle_depth"]
+            assert 0 <= spread["min"] <= spread["mean"] <= spread["max"] <= 1, (task, cell)
     assert longctx["overall"]["n"] == 4 * 4 * 2
     lm = r["lm"]
     assert lm["tokens"] == lm["windows"] * 64 and 1 < lm["perplexity"] < math.inf and lm["tokens_per_s"] > 0

@@ -2,9 +2,10 @@
 
 For each needle task (the fact/distractor NIAH and RULER's S-NIAH-1/2/3) and each cell
 (context length, depth) of the grid, ``needle_samples`` examples are scored by exact
-match; each task gets a heat-map PNG.  A context length beyond the model's
-``max_seq_len``, or one too short for a task's needle and question, is refused before any
-suite runs.
+match; each task gets a heat-map PNG.  A cell records where its needles really are
+(``needle_depth``: mean, min, max), which in a short prose haystack can be far from its depth.
+A context length beyond the model's ``max_seq_len``, or one too short for a task's needle and
+question, is refused before any suite runs.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def run(ctx: EvalContext) -> dict[str, Any]:
         grid = [(length, depth) for length in lengths for depth in depths]
         examples = [e for length, depth in grid for e in retrieval_examples(ctx, task, length, n, rng, depth=depth)]
         hits = ctx.score(examples, f"longctx {task}")
-        cells = [{"context_len": length, "depth": depth, **accuracy_record(hits[i * n : (i + 1) * n])}
-                 for i, (length, depth) in enumerate(grid)]
+        cells = [{"context_len": length, "depth": depth, **accuracy_record(hits[i * n : (i + 1) * n]),
+                  "needle_depth": _spread([e.meta.get("depth") for e in examples[i * n : (i + 1) * n]])}
+                 for i, (length, depth) in enumerate(grid)]  # fmt: skip
         heatmap = None
         if ctx.out_dir is not None:
             path = ctx.out_dir / f"longctx_{task}.png"
@@ -61,6 +63,13 @@ def run(ctx: EvalContext) -> dict[str, Any]:
         payload["tasks"][task] = {"cells": cells, "overall": pool(cells), "heatmap": heatmap}
     payload["overall"] = pool([t["overall"] for t in payload["tasks"].values()])
     return payload
+
+
+def _spread(depths: list[float | None]) -> dict[str, float] | None:
+    """Mean, min and max of where a cell's needles really are: a prose haystack places them at a
+    sentence boundary, far from the cell's depth when a few long sentences fill a short context."""
+    real = [d for d in depths if d is not None]
+    return {"mean": float(np.mean(real)), "min": min(real), "max": max(real)} if real else None
 
 
 def plot_heatmap(cells: list[dict], lengths: list[int], depths: list[float], title: str, path: Path) -> str:
