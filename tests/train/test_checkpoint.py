@@ -90,7 +90,12 @@ def test_newest_whole_checkpoint_skips_broken_ones_with_a_warning(tmp_path, capl
         assert latest_whole_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_4"
     assert "step_6" in caplog.text and "step_8" in caplog.text
 
-    ckpt.prune(tmp_path, keep_last=2)
+    # pruning counts whole checkpoints only, and never the one just written: it had kept the two
+    # newest by name (the broken 6 and 8) and deleted 2 and 4, the only ones a resume can use
+    ckpt.prune(tmp_path, keep_last=1, written=tmp_path / "checkpoints" / "step_4")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_4", "step_6", "step_8"]
+    _write(tmp_path / "checkpoints" / "step_6", text="6")  # the run reaches step 6 again: a whole one
+    ckpt.prune(tmp_path, keep_last=1, written=tmp_path / "checkpoints" / "step_6")
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_6", "step_8"]
 
 

@@ -175,6 +175,13 @@ def test_tokenizer_mismatch_with_existing_shards(tmp_path, text_corpus, capsys):
     assert "holds shards of files:" in err
 
 
+def test_an_output_dir_inside_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine")
+    err = _error(["--corpus", "none", "--alg_tokens", "64", "--total_tokens", "64", "--output_dir",
+                  str(tmp_path / "afile" / "run")], capsys)
+    assert "is inside" in err and "which is a file" in err  # had been a NotADirectoryError traceback
+
+
 def test_tokenizer_of_a_saved_run(tmp_path):
     """--tokenizer DIR takes the tokenizer a run saved (here a BPE), not a Hugging Face one of that name."""
     saved = tmp_path / "other_run"

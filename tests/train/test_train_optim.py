@@ -28,6 +28,13 @@ def test_no_weight_decay_on_norms_biases_embeddings_and_marked_parameters():
     assert not any(p is marked for p in decayed["params"])
 
 
+@pytest.mark.parametrize("variant, name", [("cdm", "initial_slots"), ("latent", "init_thoughts"), ("ssm_mem", "memory")])
+def test_learned_vectors_are_not_decayed(variant, name):
+    """CDM's initial slots were marked; the latent thoughts and the memory tokens, the same kind, had been decayed."""
+    names = no_decay_names(memlab.build_model(variant, "tiny"))
+    assert any(n.endswith(f".{name}") for n in names), sorted(names)
+
+
 def test_tied_embedding_is_one_undecayed_parameter():
     model = memlab.build_model("baseline", "tiny", n_layers=1)
     opt = build_optimizer(model, no_decay_names(model), 1e-3, 0.1, (0.9, 0.95))

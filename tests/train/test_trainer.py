@@ -178,3 +178,27 @@ def test_tensorboard_logging_when_installed(tmp_path):
         return
     train(cfg)
     assert list((cfg.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_nan_evaluation_is_not_a_best_model_and_a_rerun_keeps_the_summary(tmp_path, monkeypatch):
+    """A NaN selection loss had become the best for good (nothing is below NaN); re-running a finished
+    run had rewritten its summary with the empty session's throughput (0 tokens/s)."""
+    import memlab.train.trainer as trainer
+
+    real, calls = trainer.evaluate, []
+
+    def first_nan(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            result.task_loss = float("nan")
+        return result
+
+    monkeypatch.setattr(trainer, "evaluate", first_nan)
+    cfg = tiny_config(tmp_path / "run", steps=6, eval_interval=2, lr=1e-2)
+    run = train(cfg)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best"]["step"] in (4, 6) and summary["best"]["val_loss"] is not None
+    json.loads((run / "best_model" / "best.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
+    train(cfg)  # finished: trains nothing
+    assert json.loads((run / "summary.json").read_text())["tokens_per_s"] == summary["tokens_per_s"] > 0

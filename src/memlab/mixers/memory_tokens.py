@@ -41,6 +41,7 @@ class MemoryTokenReader(Mixer):
             raise MemlabError("the memory-token reader 'R' needs recursion.n_memory_tokens >= 1")
         self.n_heads, self.head_dim = config.n_heads, config.head_dim
         self.memory = nn.Parameter(torch.empty(M, D))
+        self.memory._no_weight_decay = True  # learned vectors, like embeddings and CDM's initial slots
         self.read = CrossAttention(D, config.n_heads)
         self.init_special_parameters()
 

@@ -73,6 +73,7 @@ class LatentThoughts(Mixer):
             raise MemlabError("latent thoughts need n_thoughts, thought_iters and segment_len >= 1")
         self.n_iters, self.segment_len = rc.thought_iters, rc.segment_len
         self.init_thoughts = nn.Parameter(torch.empty(rc.n_thoughts, config.d_model))
+        self.init_thoughts._no_weight_decay = True  # learned vectors, like embeddings and CDM's initial slots
         self.core = ThoughtCore(config)
         self.read_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.read = CrossAttention(config.d_model, config.n_heads)

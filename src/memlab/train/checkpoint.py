@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from memlab.errors import MemlabError
-from memlab.models.paths import checkpoint_dirs, write_manifest
+from memlab.models.paths import checkpoint_dirs, manifest_problem, write_manifest
 
 TRAINER_STATE_FILE, OPTIMIZER_FILE = "trainer_state.json", "optimizer.pt"
 STATE_FORMAT = "memlab-trainer-state-v1"
@@ -126,11 +126,15 @@ def remove_partial(run_dir: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def prune(run_dir: Path, keep_last: int) -> None:
-    """Keep only the newest ``keep_last`` checkpoints (0 keeps all)."""
+def prune(run_dir: Path, keep_last: int, written: Path) -> None:
+    """Keep the newest ``keep_last`` whole checkpoints (0 keeps all) and ``written``, the one just
+    saved.  A damaged checkpoint counts for nothing (a resume passed it by; the run overwrites it
+    when it reaches that step): counted, it had let the good ones be deleted."""
     if keep_last > 0:
-        for old in checkpoint_dirs(run_dir)[:-keep_last]:
-            shutil.rmtree(old)
+        whole = [p for p in checkpoint_dirs(run_dir) if manifest_problem(p, checksums=False) is None]
+        for old in whole[:-keep_last]:
+            if old != written:
+                shutil.rmtree(old)
 
 
 def save_checkpoint(

@@ -33,7 +33,7 @@ from memlab.config import build_config
 from memlab.data.shards import read_header
 from memlab.data.tasks import GRID_VERSION, IGNORE_INDEX
 from memlab.data.tokenizer import load_tokenizer
-from memlab.errors import MemlabError
+from memlab.errors import MemlabError, check_dir_target
 from memlab.jsonfile import read_json_object
 from memlab.models.lm import WEIGHTS_FILE, LanguageModel
 from memlab.models.paths import BEST_FILE, checkpoint_dirs, latest_whole_checkpoint
@@ -88,8 +88,7 @@ def plan_start(cfg: TrainConfig) -> Path | None:
     """The checkpoint to resume from (None: start afresh); refuses a directory holding another run."""
     run = cfg.run_dir
     occupied = run.is_dir() and any(run.iterdir())
-    if run.exists() and not run.is_dir():
-        raise MemlabError(f"--output-dir {run} is a file")
+    check_dir_target(run, "--output-dir")  # a file, or inside one
     if occupied and not (run / CONFIG_FILE).is_file():
         raise MemlabError(f"{run} is not empty and holds no memlab run ({CONFIG_FILE}); choose another --output-dir")
     if cfg.overwrite or not occupied:
@@ -307,7 +306,7 @@ class Trainer:
             ckpt.save_checkpoint(
                 directory, lambda p: self._write_model_files(p, model_state), optim_state, self._trainer_state()
             )
-            ckpt.prune(self.run_dir, self.cfg.keep_last)
+            ckpt.prune(self.run_dir, self.cfg.keep_last, directory)
         self.d.barrier()
 
     def save_best(self) -> None:
@@ -455,7 +454,8 @@ class Trainer:
             autocast=self.autocast,
         )
         score = result.selection_loss
-        improved = score is not None and (self.best["loss"] is None or score < self.best["loss"])
+        finite = score is not None and math.isfinite(score)  # a NaN best would never be beaten again
+        improved = finite and (self.best["loss"] is None or score < self.best["loss"])
         if improved:
             self.best.update(loss=score, step=self.step)
             self.save_best()
@@ -471,7 +471,8 @@ class Trainer:
             return
         records = self.metrics.records
         self.metrics.write_json()
-        write_json(self.run_dir / SUMMARY_FILE, self.summary(status))
+        if self.session_steps or not (self.run_dir / SUMMARY_FILE).is_file():  # a re-run that trained nothing
+            write_json(self.run_dir / SUMMARY_FILE, self.summary(status))  # keeps the summary of the work
         plot_loss(records, self.run_dir / "loss.png")
         if any("acc" in r for r in records):
             plot_accuracy(records, self.run_dir / "accuracy.png")
