@@ -9,6 +9,8 @@ import sys
 import pytest
 from conftest import cli_args, records, subprocess_env, tiny_config
 
+from memlab.train.checkpoint import read_trainer_state
+
 STEPS = 4
 
 
@@ -39,6 +41,9 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, sing
         assert a.get("acc") == b.get("acc")
     # rank 0 alone wrote the run: one log line per step, whole checkpoints
     assert (cfg.run_dir / "checkpoints" / f"step_{STEPS}" / "model.safetensors").is_file()
+    # each process draws its own random stream (a local drop per row), and a resume gets each back
+    by_rank = read_trainer_state(cfg.run_dir / "checkpoints" / f"step_{STEPS}")["rng_by_rank"]
+    assert len(by_rank) == 2 and by_rank[0]["torch"] != by_rank[1]["torch"]
     assert sorted(p.name for p in cfg.run_dir.iterdir() if p.name.startswith(".")) == []
 
 

@@ -39,6 +39,14 @@ class Dist:
         if self.enabled:
             dist.barrier()
 
+    def all_gather_object(self, value: object) -> list:
+        """Every process's ``value``, in rank order (a picklable object)."""
+        if not self.enabled:
+            return [value]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` summed elementwise over the processes, in float64."""
         values = values.double()

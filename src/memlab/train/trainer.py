@@ -158,6 +158,8 @@ class Trainer:
                     "resume with the run's model options or start again with --overwrite"
                 ) from None
         self.raw_model.to(d.device).train()
+        if d.rank:  # the same initial weights everywhere, then a random stream per process (a local drop per row)
+            torch.manual_seed(cfg.seed + d.rank)
         no_decay = no_decay_names(self.raw_model)
         if cfg.compile:
             self.raw_model.compile()
@@ -219,7 +221,7 @@ class Trainer:
         tmp.replace(self.run_dir / CONFIG_FILE)
         self.tokenizer.save(self.run_dir)
 
-    def _trainer_state(self) -> dict[str, Any]:
+    def _trainer_state(self, rng_by_rank: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "step": self.step,
             "tokens_per_step": self.tokens_per_step,
@@ -231,7 +233,8 @@ class Trainer:
             "window": self.window.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "world_size": self.d.world_size,
-            "rng": ckpt.rng_state(),
+            "rng": rng_by_rank[0],  # the main process's, as older checkpoints kept it
+            "rng_by_rank": rng_by_rank,  # each process's own stream
             "curriculum": self.data.curriculum.state_dict(),
         }
 
@@ -252,7 +255,8 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.data.curriculum.load_state_dict(state["curriculum"])
-        ckpt.set_rng_state(state["rng"])
+        by_rank = state.get("rng_by_rank") or []  # (older checkpoints kept the main process's alone)
+        ckpt.set_rng_state(by_rank[self.d.rank] if len(by_rank) == self.d.world_size else state["rng"])
         if self.d.is_main:
             self._set_aside_later_best()
 
@@ -301,11 +305,14 @@ class Trainer:
 
         model_state = self._full_model_state()
         optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=_sd_options(self))
+        rng_by_rank = self.d.all_gather_object(ckpt.rng_state())  # each process draws its own stream
         if self.d.is_main:
             directory = self.run_dir / "checkpoints" / f"step_{self.step}"
-            ckpt.save_checkpoint(
-                directory, lambda p: self._write_model_files(p, model_state), optim_state, self._trainer_state()
-            )
+
+            def write(path: Path) -> None:
+                self._write_model_files(path, model_state)
+
+            ckpt.save_checkpoint(directory, write, optim_state, self._trainer_state(rng_by_rank))
             ckpt.prune(self.run_dir, self.cfg.keep_last, directory)
         self.d.barrier()
 
