@@ -71,6 +71,7 @@ def test_user_errors_are_one_line_and_exit_2(args, fragment):
         (["--temperature", "1", "--top-k", "-3"], "--top-k must be >= 1, got -3"),
         (["--temperature", "1", "--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
         (["--temperature", "1", "--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
     ],
 )
 def test_generate_refuses_bad_sampling_options(flags, fragment, capsys):
@@ -90,6 +91,7 @@ def test_generate_samples_with_a_tiny_temperature_and_a_nucleus(capsys):
 
     greedy = generate()
     assert generate("--temperature", "1e-39") == greedy  # the limit of sampling is greedy decoding
+    assert generate("--temperature", "1e-46") == greedy  # below float32's smallest number too
     assert generate("--temperature", "1", "--top-p", "1e-9") == greedy  # a nucleus of one token
 
 

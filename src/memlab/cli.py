@@ -92,6 +92,7 @@ def run_generate(args: GenerateArgs) -> None:
     if args.init == (args.checkpoint is not None):
         raise MemlabError("give exactly one of --checkpoint DIR or --init")
     check_at_least(args, ("max_new_tokens", "top_k"), 1)
+    check_at_least(args, ("seed",), 0)
     if not 0 <= args.temperature < float("inf"):  # also refuses nan
         raise MemlabError(f"--temperature must be a finite number >= 0 (0: greedy), got {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
@@ -301,6 +302,8 @@ def run_scale(args: ScaleArgs) -> None:
                                            "eval_tokens", "device") if getattr(args, k) is not None}
     recipe = dataclasses.replace(recipe, seed=args.seed, **given).validate()
     variants = [v for item in args.variant or ["baseline"] for v in item.split(",") if v]
+    if not variants:  # (--variant "" had written an empty report)
+        raise MemlabError("--variant is empty; name a variant (memlab info --all lists them)")
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     run_ladder(variants, sizes, recipe, args.out_dir, args.tokens, args.tokens_per_param, args.aspect,
                args.bootstrap, args.seed)
@@ -372,7 +375,14 @@ def _one_line(tyro_message: str) -> str:
     if not lines:
         return "invalid arguments"
     flags = [text.split()[0] for text in lines[1:] if text.startswith("--")]
-    return f"{lines[0]} {', '.join(flags)}" if lines[0].endswith(":") and flags else lines[0]
+    if lines[0].endswith(":") and flags:
+        return f"{lines[0]} {', '.join(flags)}"
+    first = lines[0]  # the box wraps a long message (a list of choices) at the terminal's width: join it back
+    for text in lines[1:]:
+        if first.endswith((".", ")")) or text.startswith(("--", "Argument", "Usage")):
+            break
+        first += " " + text
+    return first
 
 
 def main(argv: list[str] | None = None) -> None:

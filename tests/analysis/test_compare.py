@@ -160,9 +160,11 @@ def test_seeds_keep_their_own_ablation_rows_and_intervals_stay_in_range(tmp_path
 
 @pytest.mark.parametrize(
     "criteria, fragment",
-    [(Criteria(max_time_ratio=-1), "--max-time-ratio must be > 0, got -1"),
-     (Criteria(max_ppl_ratio=0), "--max-ppl-ratio must be > 0, got 0"),
-     (Criteria(max_ppl_ratio=float("nan")), "--max-ppl-ratio must be > 0, got nan")],
+    [(Criteria(max_time_ratio=-1), "--max-time-ratio must be a finite number > 0, got -1"),
+     (Criteria(max_ppl_ratio=0), "--max-ppl-ratio must be a finite number > 0, got 0"),
+     (Criteria(max_ppl_ratio=float("nan")), "--max-ppl-ratio must be a finite number > 0, got nan"),
+     (Criteria(max_time_ratio=float("inf")), "--max-time-ratio must be a finite number > 0, got inf"),  # had crashed
+     (Criteria(min_alg_gain=float("nan")), "--min-alg-gain must be a finite number, got nan")],
 )
 def test_criteria_out_of_range_are_refused(tmp_path, base, criteria, fragment):
     """A ratio <= 0 had made every run fail (or, nan, pass) its criterion without a word."""

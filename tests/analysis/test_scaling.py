@@ -290,6 +290,7 @@ def write_recipe(tmp_path):
         (["--sizes", "1M,2M,3M", "--tokens", "100", "--aspect", "0"], "--aspect (the width/depth ratio"),
         (["--sizes", "d64l1,d64l2,d128l1", "--tokens", "100", "--bootstrap", "-1"], "--bootstrap must be 0"),
         (["--sizes", "d64l1,d64l2,d128l1", "--tokens", "100", "--bootstrap", "10"], "or >= 200"),
+        (["--variant", ",", "--sizes", "d64l1,d64l2,d128l1", "--tokens", "100"], "--variant is empty"),
         # non-finite budgets had been tracebacks from round()
         (["--sizes", "d64l1,d64l2,d128l1", "--tokens-per-param", "nan"], "must be positive (and finite)"),
         (["--sizes", "d64l1,d64l2,d128l1", "--tokens-per-param", "inf"], "must be positive (and finite)"),

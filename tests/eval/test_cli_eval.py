@@ -89,6 +89,12 @@ def test_eval_refuses_an_out_dir_that_is_a_file_before_any_work(model_dir, tmp_p
     assert (tmp_path / "taken").read_text() == "mine"
 
 
+def test_an_empty_list_flag_is_refused(model_dir, tmp_path, capsys):
+    err = fail(capsys, "eval", "--checkpoint", str(model_dir), "--suite", "longctx", "--needle-tasks",
+               "--out_dir", str(tmp_path))
+    assert "--needle-tasks is empty" in err  # had meant every needle task
+
+
 def test_eval_refuses_an_out_dir_that_cannot_be_made_before_any_work(model_dir, capsys):
     err = fail(capsys, "eval", "--checkpoint", str(model_dir), "--suite", "selftest", "--out_dir", "/proc/memlab/out")
     assert "--out-dir /proc/memlab/out cannot be made" in err  # had been a traceback once the suites were done

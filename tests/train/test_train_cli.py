@@ -94,6 +94,7 @@ def _error(argv, capsys) -> str:
         (["--eval_max_new_tokens", "0"], "--eval_max_new_tokens must be >= 1, got 0"),
         (["--corpus_max_docs", "0"], "--corpus_max_docs must be >= 1, got 0"),
         (["--device", "tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda, cuda:N"),
+        (["--corpus", "none", "--seed", "-1"], "--seed must be >= 0, got -1"),  # had been a numpy traceback
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(argv, fragment, capsys, tmp_path):
@@ -102,7 +103,9 @@ def test_user_errors_are_one_line_and_exit_2(argv, fragment, capsys, tmp_path):
 
 @pytest.mark.parametrize(
     "argv, fragment",
-    [(["--bogus", "1"], "Unrecognized options: --bogus"), (["--lr", "fast", "--gdn.chunk_size", "big"], "Error parsing")],
+    [(["--bogus", "1"], "Unrecognized options: --bogus"), (["--lr", "fast", "--gdn.chunk_size", "big"], "Error parsing"),
+     # a choice error's list of choices had been cut where the terminal wrapped it
+     (["--precision", "foo"], "Expected one of ('auto', 'fp32', 'bf16', 'fp16')")],
 )
 def test_parse_errors_are_one_line_and_exit_2(argv, fragment):
     p = subprocess.run([sys.executable, "-m", "memlab.cli", "train", *argv], capture_output=True, text=True, timeout=120)

@@ -397,9 +397,11 @@ def compare_rows(
         raise MemlabError(f"run names must be unique, got {names}")
     check_comparable(rows)
     criteria = criteria or Criteria()
-    for name in ("max_time_ratio", "max_ppl_ratio"):
-        if not getattr(criteria, name) > 0:
-            raise MemlabError(f"--{name.replace('_', '-')} must be > 0, got {getattr(criteria, name)}")
+    for name in ("max_time_ratio", "max_ppl_ratio", "min_alg_gain"):  # (inf had crashed after writing half the files)
+        value, low = getattr(criteria, name), -math.inf if name == "min_alg_gain" else 0
+        if not low < value < math.inf:
+            raise MemlabError(f"--{name.replace('_', '-')} must be a finite number{' > 0' if low == 0 else ''}, "
+                              f"got {value} (a large one switches a criterion off)")
     if out_dir is not None:
         check_dir_target(out_dir, "--out-dir")
     base = pick_baseline(rows, baseline)

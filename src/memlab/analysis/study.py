@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memlab.errors import MemlabError, check_dir_target, choose
+from memlab.errors import MemlabError, check_at_least, check_dir_target, choose
 from memlab.eval.options import EvalOptions
 from memlab.jsonfile import read_json_object
 
@@ -116,13 +116,15 @@ def check_plan(cfg: StudyConfig, out: Path) -> dict[str, Any]:
     import memlab
 
     choose("study preset", cfg.preset, PRESETS)
-    variants = cfg.variants or memlab.list_variants()
+    if cfg.variants is not None and not cfg.variants:  # (an empty shell variable had started every variant)
+        raise MemlabError(f"--variants is empty; valid choices: {', '.join(memlab.list_variants())}")
+    variants = cfg.variants if cfg.variants is not None else memlab.list_variants()
     for v in variants:
         choose("variant", v, memlab.list_variants())
     if len(set(variants)) != len(variants):
         raise MemlabError(f"--variants lists a variant twice: {' '.join(variants)}")
-    if cfg.seeds < 1:
-        raise MemlabError(f"--seeds must be >= 1, got {cfg.seeds}")
+    check_at_least(cfg, ("seeds",), 1)
+    check_at_least(cfg, ("seed",), 0)
     if cfg.baseline not in variants:
         raise MemlabError(f"the baseline {cfg.baseline!r} is not among the variants {variants}; add it to --variants")
     preset = PRESETS[cfg.preset]

@@ -61,5 +61,8 @@ class EvalOptions:
     def check(self) -> None:
         """Refuse a count below 1 with one line naming its flag (run before any work)."""
         check_at_least(self, COUNTS, 1)
+        for name in ("tasks", "needle_tasks", "horizons"):  # given but empty: not "every one"
+            if getattr(self, name) == []:
+                raise MemlabError(f"--{name.replace('_', '-')} is empty")
         if self.horizons and min(self.horizons) < 1:
             raise MemlabError(f"--horizons must be >= 1, got {min(self.horizons)}")

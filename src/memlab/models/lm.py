@@ -232,7 +232,7 @@ def sample_next(
     smallest set whose probability reaches ``top_p`` (the most likely token always stays)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    logits = logits.float()
+    logits = logits.double()  # a temperature below float32's smallest number must not round to 0
     logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # <= 0: a tiny temperature cannot overflow
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]

@@ -183,7 +183,7 @@ class TrainConfig:
                               "log_interval", "eval_max_new_tokens", "curriculum_min_task_evals", "corpus_max_docs"),
                        1, flag_separator="_")  # fmt: skip
         check_at_least(self, ("alg_tokens", "warmup", "eval_interval", "save_interval", "keep_last", "grad_clip",
-                              "weight_decay", "eval_tokens", "curriculum_cooldown", "curriculum_dag_patience"),
+                              "weight_decay", "eval_tokens", "curriculum_cooldown", "curriculum_dag_patience", "seed"),
                        0, flag_separator="_")  # fmt: skip
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             raise MemlabError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr} and {self.min_lr_ratio}")

@@ -478,11 +478,18 @@ class Trainer:
             return
         records = self.metrics.records
         self.metrics.write_json()
-        if self.session_steps or not (self.run_dir / SUMMARY_FILE).is_file():  # a re-run that trained nothing
-            write_json(self.run_dir / SUMMARY_FILE, self.summary(status))  # keeps the summary of the work
+        if self.session_steps or self._recorded_status() != status:  # a re-run that trained nothing keeps
+            write_json(self.run_dir / SUMMARY_FILE, self.summary(status))  # the summary of the work (throughput)
         plot_loss(records, self.run_dir / "loss.png")
         if any("acc" in r for r in records):
             plot_accuracy(records, self.run_dir / "accuracy.png")
+
+    def _recorded_status(self) -> str | None:
+        """The status summary.json records, if it can be read."""
+        try:
+            return json.loads((self.run_dir / SUMMARY_FILE).read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def summary(self, status: str) -> dict[str, Any]:
         from memlab.eval.schema import git_commit, utc_timestamp
