@@ -115,6 +115,22 @@ def test_a_study_directory_keeps_its_budget(toy_preset, tmp_path):
         run_study(StudyConfig(preset=toy_preset, out_dir=str(tmp_path), variants=["baseline"]))
 
 
+def test_a_study_interrupted_in_its_first_run_keeps_its_budget(toy_preset, tmp_path, monkeypatch):
+    """The plan had been written after the first run: a second study of another budget had then
+    trained on the first one's data, or met the trainer's --resume message."""
+    import memlab.train
+
+    def killed(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(memlab.train, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(StudyConfig(preset=toy_preset, out_dir=str(tmp_path), variants=["baseline"], progress=False))
+    assert json.loads((tmp_path / "study.json").read_text())["preset"] == toy_preset
+    with pytest.raises(MemlabError, match=f"holds a study with preset '{toy_preset}'"):
+        run_study(StudyConfig(preset="quick", out_dir=str(tmp_path), variants=["baseline"]))
+
+
 @pytest.mark.parametrize("plan", ["{not json", "[1, 2]"])
 def test_a_corrupt_study_plan_is_one_clear_error(tmp_path, plan):
     (tmp_path / "study.json").write_text(plan)

@@ -185,6 +185,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     options, plan["note"] = eval_options(preset, plan["variants"])  # one seed: every model, the same examples
     if plan["note"]:
         log.warning(plan["note"])
+    _write_plan(out, plan)  # the budget, before any work: a study interrupted in its first run keeps its guard
     started = time.perf_counter()
     run_dirs = []
     for seed in plan["seeds"]:
