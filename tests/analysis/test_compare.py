@@ -264,3 +264,17 @@ def test_seeds_evaluated_with_different_tokenizers_are_refused_for_perplexity(tm
         _edit(run, metadata={"tokenizer_hash": tokenizer})
     with pytest.raises(MemlabError, match="lm results of gdn-s0 and gdn-s1 were measured on different tokenizer_hash"):
         compare(runs, aggregate_seeds=True)
+
+
+def test_many_runs_keep_distinct_colours_and_aggregated_plots_say_whose_curves_they_show(tmp_path):
+    """matplotlib's ten colours had repeated past ten runs (baseline and nano_baseline alike among 15)."""
+    from memlab.analysis.compare_plots import _colors, _shown
+
+    for n in (3, 15, 25):
+        assert len({str(c) for c in _colors(n)}) == n
+    runs = [make_run(tmp_path, f"gdn-s{seed}") for seed in range(2)]
+    (row,) = compare(runs, aggregate_seeds=True, plots=False).rows
+    assert _shown(row) == "gdn (gdn-s0)"
+    many = [make_run(tmp_path, f"run{i}", variant=f"v{i}") for i in range(12)]
+    files = compare(many, tmp_path / "out", baseline="run0").files
+    assert (tmp_path / "out" / "compare_length.png") in files

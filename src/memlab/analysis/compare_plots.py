@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.lines import Line2D
 
 from memlab.analysis.compare import Metric, Row
 from memlab.plotting import pyplot, save_figure
@@ -63,21 +64,23 @@ def _by_length(rows: Sequence[Row], path: Path) -> Path:
     fig, axes = plt.subplots(
         nrows, cols, figsize=(3.6 * cols, 3 * nrows), squeeze=False, constrained_layout=True, dpi=110
     )
+    colors = _colors(len(rows))
     for ax, task in zip(axes.flat, tasks):
-        for i, r in enumerate(rows):
+        for r, color in zip(rows, colors):
             points = r.results.get("algorithmic", {}).get("tasks", {}).get(task, {}).get("by_difficulty", [])
             for split, style in (("iid", "-o"), ("ood", "--o")):
                 pts = [p for p in points if p["split"] == split and p["accuracy"] is not None]
                 if pts:
                     ax.plot([p["difficulty"] for p in pts], [100 * p["accuracy"] for p in pts], style,
-                            color=f"C{i}", markersize=3, label=r.name if split == "iid" else None)
+                            color=color, markersize=3)
         ax.set_title(task, fontsize=10)
         ax.set_ylim(-3, 103)
         ax.set_xlabel("difficulty (solid: IID, dashed: OOD)", fontsize=7)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside upper center", ncols=min(6, len(rows)),
-               fontsize=8)
+    handles = [Line2D([], [], color=color, marker="o", markersize=3, label=_shown(r)) for r, color in zip(rows, colors)]
+    per_row = max(1, int(3.6 * cols / 1.6))  # about 1.6 inches per entry: the legend fits the figure's width
+    fig.legend(handles=handles, loc="outside upper center", ncols=min(per_row, len(rows)), fontsize=8)
     save_figure(fig, path)
     return path
 
@@ -94,7 +97,7 @@ def _needle_maps(rows: Sequence[Row], path: Path) -> Path:
         ax.set_yticks(range(len(payload["context_lengths"])), payload["context_lengths"], fontsize=7)
         ax.set_xlabel("needle depth")
         ax.set_ylabel("context length")
-        ax.set_title(r.name, fontsize=10)
+        ax.set_title(_shown(r), fontsize=10)
     fig.colorbar(image, ax=axes.ravel().tolist(), label="accuracy %")
     save_figure(fig, path)
     return path
@@ -112,3 +115,17 @@ def pooled_grid(payload: dict) -> np.ndarray:
             n[i, j] += cell["n"]
     with np.errstate(invalid="ignore"):
         return correct / n
+
+
+def _colors(n: int) -> list:
+    """``n`` distinguishable colours: matplotlib's ten, then twenty, then a spread of a continuous map."""
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    if n <= 20:
+        return list(plt.get_cmap("tab20").colors[:n])
+    return list(plt.get_cmap("turbo")(np.linspace(0.05, 0.95, n)))
+
+
+def _shown(row: Row) -> str:
+    """A row's name on the per-run plots; an aggregated row shows its first seed's curves, and says so."""
+    return f"{row.name} ({row.members[0].name})" if row.members else row.name
