@@ -278,3 +278,19 @@ def test_many_runs_keep_distinct_colours_and_aggregated_plots_say_whose_curves_t
     many = [make_run(tmp_path, f"run{i}", variant=f"v{i}") for i in range(12)]
     files = compare(many, tmp_path / "out", baseline="run0").files
     assert (tmp_path / "out" / "compare_length.png") in files
+
+
+def test_aggregating_refuses_runs_that_are_not_seeds_of_one_recipe(tmp_path):
+    """Any two runs of a variant and size had been averaged as seeds: another width, another lr, one seed twice."""
+    import yaml
+
+    runs = [make_run(tmp_path, f"gdn-s{seed}") for seed in range(3)]
+    for seed, run in enumerate(runs):
+        (run / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": seed, "lr": 3e-3, "output_dir": str(run)}}))
+    assert compare(runs, aggregate_seeds=True, plots=False).rows[0].runs == 3  # seeds and output dirs may differ
+    (runs[2] / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": 2, "lr": 1e-2}}))
+    with pytest.raises(MemlabError, match=r"gdn-s0 and gdn-s2 \(gdn\) differ in more than their seed \(train: lr\)"):
+        compare(runs, aggregate_seeds=True, plots=False)
+    (runs[2] / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": 1, "lr": 3e-3}}))
+    with pytest.raises(MemlabError, match=r"runs of gdn share a seed \(\[0, 1, 1\]\)"):
+        compare(runs, aggregate_seeds=True, plots=False)

@@ -68,6 +68,8 @@ class Row:
     results: dict[str, Any] = field(default_factory=dict, repr=False)  # suite -> payload, for plots
     members: list[Row] = field(default_factory=list, repr=False)  # the runs an aggregated row averages
     measured_on: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # see check_comparable
+    recipe: dict[str, Any] = field(default_factory=dict, repr=False)  # the model and training, but the seed
+    seed: int | None = None  # the training seed, when the run recorded it
 
 
 METRICS = ("algorithmic", "ood", "needle", "perplexity", "delta", "train_time_s")
@@ -183,6 +185,7 @@ def load_run(run_dir: str | Path) -> Row:
         results=payloads,
         measured_on=measured,
     )
+    row.recipe, row.seed = training_recipe(run_dir, meta)
     if "algorithmic" in payloads:
         summary = payloads["algorithmic"]["summary"]
         row.algorithmic, row.ood = Metric.of_accuracy(summary.get("iid")), Metric.of_accuracy(summary.get("ood"))
@@ -204,8 +207,35 @@ def load_run(run_dir: str | Path) -> Row:
     return row
 
 
+def training_recipe(run_dir: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """(what a run trained: its model config and, where config.yaml records it, its training options
+    other than the seed and the operational ones; its seed)."""
+    from memlab.train.config import OPERATIONAL_FIELDS, read_yaml
+
+    train = (read_yaml(run_dir / "config.yaml").get("train") or {}) if (run_dir / "config.yaml").is_file() else {}
+    train = train if isinstance(train, dict) else {}
+    options = {k: v for k, v in train.items() if k not in OPERATIONAL_FIELDS and k != "seed"}
+    return {"model": meta.get("config"), "train": options}, train.get("seed")
+
+
+def check_seeds_of_one_model(variant: str, members: Sequence[Row]) -> None:
+    """Refuse to average runs that are not seeds of one model and recipe (or that share a seed)."""
+    first = members[0]
+    for other in members[1:]:
+        for part in ("model", "train"):
+            a, b = first.recipe.get(part) or {}, other.recipe.get(part) or {}
+            changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            if changed:
+                raise MemlabError(f"--aggregate-seeds: {first.name} and {other.name} ({variant}) differ in more than "
+                                  f"their seed ({part}: {', '.join(changed[:4])}); compare them apart")
+    seeds = [m.seed for m in members if m.seed is not None]
+    if len(set(seeds)) != len(seeds):
+        raise MemlabError(f"--aggregate-seeds: runs of {variant} share a seed ({seeds}): they are not independent")
+
+
 def aggregate(rows: Sequence[Row]) -> list[Row]:
-    """One row per (variant, size): each metric's mean over the runs with a t interval over runs.
+    """One row per (variant, size): each metric's mean over the runs with a t interval over runs;
+    the runs must be seeds of one model and training recipe (:func:`check_seeds_of_one_model`).
 
     A metric that any run lacks is missing, and one that any run collapsed is collapsed (with the
     count): no run is left out of a mean.  Intervals are clipped to the range a metric can take.
@@ -219,6 +249,7 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
         if len(members) == 1:
             out.append(members[0])
             continue
+        check_seeds_of_one_model(variant, members)
         agg = Row(name=variant, variant=variant, size=size, params=members[0].params,
                   state_bytes=members[0].state_bytes, runs=len(members), results=members[0].results,
                   members=members)
@@ -416,8 +447,8 @@ def compare_rows(
         )
         write_csv(out / "compare.csv", rows, verdicts)
         data = {"baseline": base.name, "criteria": asdict(criteria), "verdicts": verdicts,
-                "rows": [{k: v for k, v in asdict(r).items() if k not in ("results", "members", "measured_on")}
-                         for r in rows]}
+                "rows": [{k: v for k, v in asdict(r).items()
+                          if k not in ("results", "members", "measured_on", "recipe")} for r in rows]}
         (out / "compare.json").write_text(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
         files += [out / "compare.md", out / "compare.csv", out / "compare.json"]
         if plots:
