@@ -11,7 +11,7 @@ from memlab.analysis.compare import Criteria, compare
 from memlab.analysis.report import ablation_markdown
 from memlab.errors import MemlabError
 from memlab.eval import schema
-from memlab.eval.stats import accuracy_record
+from memlab.eval.stats import accuracy_record, wilson_interval
 
 
 def acc(fraction: float, n: int = 1000) -> dict:
@@ -294,3 +294,10 @@ def test_aggregating_refuses_runs_that_are_not_seeds_of_one_recipe(tmp_path):
     (runs[2] / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": 1, "lr": 3e-3}}))
     with pytest.raises(MemlabError, match=r"runs of gdn share a seed \(\[0, 1, 1\]\)"):
         compare(runs, aggregate_seeds=True, plots=False)
+
+
+def test_seeds_that_agree_keep_the_uncertainty_of_their_examples(tmp_path):
+    """Two seeds at 0% needle accuracy had shown '0.0' with no interval, as if it were exact."""
+    runs = [make_run(tmp_path, f"gdn-s{seed}", needle=0.0) for seed in range(2)]
+    (row,) = compare(runs, aggregate_seeds=True, plots=False).rows
+    assert row.needle.value == 0.0 and row.needle.ci95 == pytest.approx(list(wilson_interval(0, 2000)))

@@ -25,7 +25,7 @@ from typing import Any
 
 from memlab.errors import MemlabError, check_dir_target
 from memlab.eval.schema import read_results
-from memlab.eval.stats import mean_interval
+from memlab.eval.stats import mean_interval, wilson_interval
 from memlab.markdown import markdown_table
 
 
@@ -73,6 +73,7 @@ class Row:
 
 
 METRICS = ("algorithmic", "ood", "needle", "perplexity", "delta", "train_time_s")
+ACCURACIES = ("algorithmic", "ood", "needle")  # per-example records: their examples pool
 RANGES = {"algorithmic": (0.0, 1.0), "ood": (0.0, 1.0), "needle": (0.0, 1.0), "delta": (-1.0, 1.0),
           "perplexity": (0.0, math.inf), "train_time_s": (0.0, math.inf)}  # where each metric can lie
 
@@ -238,7 +239,9 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
     the runs must be seeds of one model and training recipe (:func:`check_seeds_of_one_model`).
 
     A metric that any run lacks is missing, and one that any run collapsed is collapsed (with the
-    count): no run is left out of a mean.  Intervals are clipped to the range a metric can take.
+    count): no run is left out of a mean.  Intervals are clipped to the range a metric can take; an
+    accuracy on which the seeds agree exactly (a t interval of zero width) gets the Wilson interval
+    of the pooled examples instead.
     The per-length and needle plots of an aggregated row show its first run's curves.
     """
     groups: dict[tuple[str, str], list[Row]] = {}
@@ -262,6 +265,9 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
             stat = mean_interval([m.value for m in metrics])
             lo, hi = RANGES[name]
             ci = [min(max(v, lo), hi) for v in stat["ci95"]] if stat["ci95"][0] is not None else None
+            if ci is not None and ci[0] == ci[1] and name in ACCURACIES:  # seeds that agree exactly: the
+                ci = list(wilson_interval(round(sum(m.value * m.n for m in metrics)),  # examples' own uncertainty
+                                          sum(m.n for m in metrics)))  # fmt: skip
             setattr(agg, name, Metric(stat["mean"], ci, stat["n"]))
         out.append(agg)
     return out
