@@ -73,6 +73,7 @@ out = sharded(x)
 (out.logsumexp(-1).mean() + model.aux_losses()["ponder"]).backward()
 torch.testing.assert_close(out, expected)
 print(f"rank {rank} ok, steps {min(by_steps)}..{max(by_steps)}", flush=True)
+dist.barrier()  # both done before either tears the group down (a rank leaving early can abort the other)
 dist.destroy_process_group()
 """
 
