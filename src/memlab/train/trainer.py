@@ -71,9 +71,11 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def run_completed(run_dir: Path) -> bool:
-    """Whether the run in ``run_dir`` finished (its summary.json says ``completed``)."""
-    path = run_dir / SUMMARY_FILE
-    return path.is_file() and json.loads(path.read_text()).get("status") == "completed"
+    """Whether the run in ``run_dir`` finished (its summary.json says ``completed``; an unreadable one does not)."""
+    try:
+        return json.loads((run_dir / SUMMARY_FILE).read_text()).get("status") == "completed"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
@@ -478,18 +480,11 @@ class Trainer:
             return
         records = self.metrics.records
         self.metrics.write_json()
-        if self.session_steps or self._recorded_status() != status:  # a re-run that trained nothing keeps
-            write_json(self.run_dir / SUMMARY_FILE, self.summary(status))  # the summary of the work (throughput)
+        if self.session_steps or not (status == "completed" and run_completed(self.run_dir)):  # a re-run that
+            write_json(self.run_dir / SUMMARY_FILE, self.summary(status))  # trained nothing keeps the summary
         plot_loss(records, self.run_dir / "loss.png")
         if any("acc" in r for r in records):
             plot_accuracy(records, self.run_dir / "accuracy.png")
-
-    def _recorded_status(self) -> str | None:
-        """The status summary.json records, if it can be read."""
-        try:
-            return json.loads((self.run_dir / SUMMARY_FILE).read_text()).get("status")
-        except (OSError, ValueError, AttributeError):
-            return None
 
     def summary(self, status: str) -> dict[str, Any]:
         from memlab.eval.schema import git_commit, utc_timestamp
