@@ -211,10 +211,9 @@ def load_run(run_dir: str | Path) -> Row:
 def training_recipe(run_dir: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
     """(what a run trained: its model config and, where config.yaml records it, its training options
     other than the seed and the operational ones; its seed)."""
-    from memlab.train.config import OPERATIONAL_FIELDS, read_yaml
+    from memlab.train.config import OPERATIONAL_FIELDS, run_config_section
 
-    train = (read_yaml(run_dir / "config.yaml").get("train") or {}) if (run_dir / "config.yaml").is_file() else {}
-    train = train if isinstance(train, dict) else {}
+    train = run_config_section(run_dir, "train")
     options = {k: v for k, v in train.items() if k not in OPERATIONAL_FIELDS and k != "seed"}
     return {"model": meta.get("config"), "train": options}, train.get("seed")
 

@@ -110,10 +110,9 @@ def run_dir_of(model_dir: Path) -> Path | None:
 def run_data(run_dir: Path) -> dict[str, Any]:
     """The ``data`` entry of a training run's config.yaml: corpus, data_dir (the prepared shards;
     None for tasks only), the shards' val_fraction and split_seed, the tokenizer."""
-    from memlab.train.config import read_yaml
+    from memlab.train.config import run_config_section
 
-    data = read_yaml(run_dir / "config.yaml").get("data")
-    return data if isinstance(data, dict) else {}
+    return run_config_section(run_dir, "data")
 
 
 def run_data_dir(run_dir: Path | None) -> str | None:

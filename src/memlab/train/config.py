@@ -204,6 +204,13 @@ class TrainConfig:
         return self
 
 
+def run_config_section(run_dir: Path, section: str) -> dict[str, Any]:
+    """One section (``train``, ``data``) of the config.yaml a training run wrote; {} where there is none."""
+    path = Path(run_dir) / "config.yaml"
+    value = read_yaml(path).get(section) if path.is_file() else None
+    return value if isinstance(value, dict) else {}
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
