@@ -45,8 +45,7 @@ def check(ctx: EvalContext) -> None:
 @register_suite("ablation", check=check)
 def run(ctx: EvalContext) -> dict[str, Any]:
     model, options = ctx.model, ctx.options
-    T = options.ablation_context
-    check(ctx)
+    T = options.ablation_context  # checked by evaluate_model before any suite ran
     examples = retrieval_examples(ctx, options.ablation_task, T, options.ablation_samples, ctx.rng("ablation"))
 
     normal = ctx.score(examples, "ablation: normal")

@@ -71,7 +71,8 @@ SUITE_CHECKS: dict[str, Callable[[EvalContext], object]] = {}
 
 def register_suite(name: str, check: Callable[[EvalContext], object] | None = None) -> Callable[[Suite], Suite]:
     """Register a suite; ``check(ctx)`` refuses options it cannot run, before any suite runs (so that
-    ``--suite all`` does not spend the earlier suites' time on a run that then fails)."""
+    ``--suite all`` does not spend the earlier suites' time on a run that then fails): the suite
+    itself, run through :func:`evaluate_model`, takes its options as checked."""
 
     def wrap(fn: Suite) -> Suite:
         SUITES[name] = fn

@@ -24,14 +24,18 @@ from memlab.eval.stats import accuracy_record, pool
 from memlab.plotting import pyplot, save_figure
 
 
-def check(ctx: EvalContext) -> tuple[list[str], list[int], list[float]]:
-    """The needle tasks, context lengths and depths, refused where the suite cannot run them: a
-    length beyond the model's context, a depth outside [0, 1], a needle and question that do not
-    fit a length (one example of each task at each length is drawn to see)."""
+def needle_grid(ctx: EvalContext) -> tuple[list[str], list[int], list[float]]:
+    """The needle tasks, context lengths and depths the options name."""
     options = ctx.options
     tasks = check_needle_tasks(options.needle_tasks or list(NEEDLE_TASKS))
-    lengths = sorted(set(options.context_lengths))
-    depths = sorted(set(options.depths))
+    return tasks, sorted(set(options.context_lengths)), sorted(set(options.depths))
+
+
+def check(ctx: EvalContext) -> None:
+    """Refuse what the suite cannot run (before any suite runs): a length beyond the model's
+    context, a depth outside [0, 1], a needle and question that do not fit a length (one example
+    of each task at each length is drawn to see)."""
+    tasks, lengths, depths = needle_grid(ctx)
     if not lengths or not depths or min(lengths) < 1:
         raise MemlabError("longctx needs positive --context-lengths and at least one --depths value")
     if min(depths) < 0 or max(depths) > 1:
@@ -40,13 +44,12 @@ def check(ctx: EvalContext) -> tuple[list[str], list[int], list[float]]:
     for task in tasks:
         for length in lengths:
             retrieval_examples(ctx, task, length, 1, random.Random(0), depth=depths[0])
-    return tasks, lengths, depths
 
 
 @register_suite("longctx", check=check)
 def run(ctx: EvalContext) -> dict[str, Any]:
     options = ctx.options
-    tasks, lengths, depths = check(ctx)
+    tasks, lengths, depths = needle_grid(ctx)  # checked by evaluate_model before any suite ran
     payload: dict[str, Any] = {"context_lengths": lengths, "depths": depths, "tasks": {}}
     for task in tasks:
         rng, n = ctx.rng(f"longctx/{task}"), options.needle_samples
