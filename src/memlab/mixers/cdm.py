@@ -197,7 +197,7 @@ class CDM(Mixer):
         if self._last.activity is None:
             return {}
         routing = self._last.activity.routing
-        routing = routing.flatten(0, 1) if valid is None else routing[valid]  # (N, K) over the real tokens
+        routing = real_positions(routing, valid)  # (N, K) over the real tokens
         mean = routing.mean(dim=0)  # P_k
         out = {}
         if c.entropy_reg:

@@ -21,7 +21,7 @@ from torch import nn
 
 from memlab.config import ModelConfig
 from memlab.errors import MemlabError
-from memlab.mixers.base import LastForward
+from memlab.mixers.base import LastForward, real_positions
 from memlab.mixers.thoughts import LatentThoughts
 from memlab.models.block import build_blocks
 from memlab.models.body import Stack, block_flops_per_token
@@ -166,7 +166,7 @@ class AdaptiveComputationTime(LoopBody):
     def aux_loss(self, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self._last.ponder is None:
             return {}
-        ponder = self._last.ponder if valid is None else self._last.ponder[valid]
+        ponder = real_positions(self._last.ponder, valid)
         return {"ponder": self.config.recursion.lambda_ponder * ponder.mean()}
 
     def diagnostics(self, valid: torch.Tensor | None = None) -> dict[str, float]:
@@ -174,14 +174,14 @@ class AdaptiveComputationTime(LoopBody):
         over the positions ``valid`` (B, T) marks real (None: all), as the ponder loss counts them."""
         if self._steps is None:
             return {"effective_depth": float(self.max_depth)}
-        steps = self._steps.detach() if valid is None else self._steps.detach()[valid]
+        steps = real_positions(self._steps.detach(), valid)
         mean = steps.mean().item()
         out = {"act.mean_steps": mean, "effective_depth": mean * len(self.blocks)}
         lowest = self.config.recursion.act_min_steps if self._last.ponder is not None else self.n_steps
         for k in range(lowest, self.n_steps + 1):
             out[f"act.steps_{k}_frac"] = (steps == k).float().mean().item()
         if self._last.ponder is not None:
-            ponder = self._last.ponder.detach() if valid is None else self._last.ponder.detach()[valid]
+            ponder = real_positions(self._last.ponder.detach(), valid)
             out["act.ponder"] = ponder.mean().item()
         return out
 
