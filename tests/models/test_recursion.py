@@ -101,6 +101,41 @@ def test_act_positions_halt_after_different_step_counts_and_stay_exact():
         torch.testing.assert_close(model(y)[:, :30], model(x)[:, :30], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("overrides", [{}, {"recursion.reinject": True}, {"layer_pattern": "AS", "attention.window": 7}])
+def test_act_at_running_rows_equals_the_frozen_reference_in_values_and_gradients(overrides):
+    """The packed form (running positions alone) against every position with halted inputs frozen."""
+    model = build("act", **overrides).train()
+    spread_halting(model)
+    x = tokens(3, 45)
+    results = []
+    for pack in (True, False):
+        model.body.pack_rows = pack
+        model.zero_grad()
+        logits = model(x)
+        (logits.square().mean() + model.aux_losses()["ponder"]).backward()
+        results.append((logits, model.body._steps, {k: p.grad.clone() for k, p in model.named_parameters()}))
+    (packed, steps, grads), (reference, ref_steps, ref_grads) = results
+    running_per_entry = (steps > model.config.recursion.act_min_steps).sum(1)
+    assert len(running_per_entry.unique()) == 3, "the test needs ragged halting (free packed slots)"
+    assert torch.equal(steps, ref_steps)
+    torch.testing.assert_close(packed, reference, atol=1e-5, rtol=1e-5)
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_act_computes_only_the_running_positions():
+    model = build("act")
+    spread_halting(model)
+    seen = []
+    model.body.blocks[0].register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
+    x = tokens(2, 50)
+    with torch.no_grad():
+        model(x)
+    steps = model.body._steps
+    running = [int((steps > n).sum()) for n in range(int(steps.max()))]
+    assert seen == running and running[-1] < running[0] == 100
+
+
 def test_act_halting_head_gets_gradients_from_the_ponder_cost():
     model = build("act").train()
     spread_halting(model, scale=1.0)

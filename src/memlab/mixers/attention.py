@@ -3,7 +3,9 @@
 The KV cache of full attention grows with the context; the cache of sliding-window
 attention is a ring buffer of ``window`` slots, where slot ``i`` holds the newest
 position ``p`` with ``p % window == i`` (so positions are derived, never stored).
-The horizon ablation is native: keys older than ``h`` tokens are masked.
+The horizon ablation is native: keys older than ``h`` tokens are masked.  Both run at
+some positions only (:class:`memlab.mixers.base.Rows`) against the keys and values every
+position left at its last such forward (:class:`RowKeys`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import nn
 
 from memlab.config import ModelConfig
 from memlab.mixers import register_mixer
-from memlab.mixers.base import Mixer, MixerState
+from memlab.mixers.base import Mixer, MixerState, Rows
 from memlab.ops.rope import apply_rope
 
 
@@ -34,12 +36,27 @@ class KVCache(MixerState):
         return 2 * self.k[:, :, :used].numel() * self.k.element_size()
 
 
+class RowKeys(MixerState):
+    """Keys and values at every position of a (B, T) batch, (B, T, Hkv, Dh) each (None before the
+    first forward), for forwards at ``rows``: the rows' keys and values replace what was there.
+    Not a dataclass: FSDP hands a block a copy of a dataclass argument, and these must persist."""
+
+    def __init__(self) -> None:
+        self.rows: Rows | None = None
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.k, self.v) if t is not None]
+
+
 @register_mixer
 class Attention(Mixer):
     """Multi-head causal self-attention with grouped-query heads."""
 
     letter = "A"
     native_horizon = True
+    mixes_rows = True
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
@@ -58,7 +75,9 @@ class Attention(Mixer):
         return min(limits) if limits else None
 
     # ------------------------------------------------------------------ forward
-    def mix(self, x: torch.Tensor, state: KVCache | None) -> torch.Tensor:
+    def mix(self, x: torch.Tensor, state: KVCache | RowKeys | None) -> torch.Tensor:
+        if isinstance(state, RowKeys):
+            return self._mix_rows(x, state)
         B, T, _ = x.shape  # x: (B, T, D)
         start = 0 if state is None else state.length
         q_pos = torch.arange(start, start + T, device=x.device)
@@ -83,6 +102,32 @@ class Attention(Mixer):
                 allowed &= age < window
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, enable_gqa=self._gqa)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    def _mix_rows(self, x: torch.Tensor, state: RowKeys) -> torch.Tensor:
+        """Attention at ``state.rows`` alone: ``x: (N, D)`` -> (N, D)."""
+        rows, N = state.rows, x.shape[0]
+        q = self.q_proj(x).view(1, N, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(1, N, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(1, N, self.n_kv_heads, self.head_dim)
+        if self.use_rope:
+            theta = self.config.attention.rope_theta
+            q, k = apply_rope(q, rows.position, theta), apply_rope(k, rows.position, theta)
+        T = rows.shape[1]
+        if state.k is None:
+            state.k = state.v = k.new_zeros(rows.shape[0], T, self.n_kv_heads, self.head_dim)
+        state.k, state.v = rows.scatter(state.k, k[0]), rows.scatter(state.v, v[0])  # (B, T, Hkv, Dh)
+        q_pos = rows.pack(rows.position, fill=T - 1)  # (B, R): a free slot's query sees every key
+        age = q_pos[:, :, None] - torch.arange(T, device=x.device)  # (B, R, T)
+        allowed = age >= 0
+        if self.window is not None:
+            allowed &= age < self.window
+        q = rows.pack(q[0]).transpose(1, 2)  # (B, H, R, Dh)
+        keys, values = state.k.transpose(1, 2), state.v.transpose(1, 2)  # (B, Hkv, T, Dh)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None], enable_gqa=self._gqa)
+        return self.out_proj(rows.unpack(y.transpose(1, 2)).reshape(N, self.n_heads * self.head_dim))
+
+    def init_row_state(self) -> RowKeys:
+        return RowKeys()
 
     @property
     def _gqa(self) -> bool:

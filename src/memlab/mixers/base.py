@@ -13,6 +13,9 @@
 * ``aux_loss(valid)`` returns named auxiliary losses (already weighted) of the last forward,
   averaged over the positions ``valid`` (B, T) marks as real tokens (None: all; padding is not);
   ``diagnostics()`` returns named float statistics of the last forward.
+* Optionally (``mixes_rows``), a forward at some positions only: ``x: (N, D)`` holds the inputs
+  at the :class:`Rows` of a (B, T) batch, and the state from ``init_row_state()`` keeps what the
+  other positions left in earlier such forwards (ACT runs only its running positions this way).
 """
 
 from __future__ import annotations
@@ -60,12 +63,52 @@ class MixerState:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
 
+@dataclass
+class Rows:
+    """Some positions of a (B, T) batch, for work at those positions alone: N rows, row i at
+    ``(batch[i], position[i])`` in row-major order, and ``slot[i]`` its index among its batch
+    entry's rows (at most ``n_slots`` of them)."""
+
+    batch: torch.Tensor  # (N,)
+    position: torch.Tensor  # (N,)
+    slot: torch.Tensor  # (N,)
+    shape: tuple[int, int]  # (B, T)
+    n_slots: int
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> Rows:
+        """The positions ``mask (B, T)`` marks."""
+        batch, position = mask.nonzero(as_tuple=True)
+        counts = mask.sum(1)
+        first = counts.cumsum(0) - counts  # (B,) index of each batch entry's first row
+        slot = torch.arange(batch.numel(), device=mask.device) - first[batch]
+        return cls(batch, position, slot, tuple(mask.shape), int(counts.max()))
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (N, ...)"""
+        return t[self.batch, self.position]
+
+    def scatter(self, t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``t (B, T, ...)`` with the rows replaced by ``values (N, ...)`` (a new tensor)."""
+        return t.index_put((self.batch, self.position), values)
+
+    def pack(self, values: torch.Tensor, fill: float = 0) -> torch.Tensor:
+        """(N, ...) -> (B, n_slots, ...), ``fill`` in the slots no row takes."""
+        out = values.new_full((self.shape[0], self.n_slots, *values.shape[1:]), fill)
+        return out.index_put((self.batch, self.slot), values)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """(B, n_slots, ...) -> (N, ...)"""
+        return packed[self.batch, self.slot]
+
+
 class Mixer(nn.Module):
     """Base class of every sequence mixer; subclasses implement :meth:`mix`."""
 
     letter: ClassVar[str] = "?"
     carries_memory: ClassVar[bool] = False  # True: has a read-out that the 'zero' ablation removes
     native_horizon: ClassVar[bool] = False  # True: mix() honours a horizon ablation itself
+    mixes_rows: ClassVar[bool] = False  # True: mix() runs at Rows with the state of init_row_state()
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -83,6 +126,10 @@ class Mixer(nn.Module):
     def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
         """Bytes of this layer's state after ``context_len`` tokens (analytic; tested against nbytes)."""
         raise NotImplementedError
+
+    def init_row_state(self) -> MixerState:
+        """An empty state for forwards at rows (mixers with ``mixes_rows``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no forward at rows")
 
     def extra_flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token beyond the 6 x parameters of the matmuls (e.g. attention scores)."""

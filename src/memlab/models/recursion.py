@@ -21,7 +21,7 @@ from torch import nn
 
 from memlab.config import ModelConfig
 from memlab.errors import MemlabError
-from memlab.mixers.base import LastForward, real_positions
+from memlab.mixers.base import LastForward, Rows, real_positions
 from memlab.mixers.thoughts import LatentThoughts
 from memlab.models.block import build_blocks
 from memlab.models.body import Stack, block_flops_per_token
@@ -94,20 +94,25 @@ class SharedLoop(LoopBody):
 class AdaptiveComputationTime(LoopBody):
     """Per-position adaptive computation time over the blocks (one step = all blocks once).
 
-    At step n every position still running is updated, ``h^n = core(h^{n-1})``; a halted
-    position keeps its value (as in the Universal Transformer), so what later positions read
-    from it is fixed and causal.  From step ``act_min_steps`` on, a halting unit gives
-    ``p^n = sigmoid(w . rmsnorm(h^n) + b)``; position t halts at the first step N where the sum
-    of its p reaches ``act_threshold`` (or at ``act_max_steps``).  Its output is
-    ``sum_{n<N} p^n h^n + R h^N`` with the remainder ``R = 1 - sum_{n<N} p^n``, and its ponder
-    cost is ``N + R``; ``lambda_ponder * mean(N + R)`` is the auxiliary loss, whose gradient
-    reaches the halting unit through R.
+    At step n every position still running is updated, ``h^n = core(h^{n-1})``.  A halted
+    position stops computing: its value stays, and so does, at every block, its input, hence the
+    keys and values later positions read from it (the state copying of Elbayad et al.'s 2020
+    depth-adaptive transformer; the Universal Transformer kept recomputing halted positions inside
+    a step, which a multi-block core would have to pay for).  From step ``act_min_steps`` on, a
+    halting unit gives ``p^n = sigmoid(w . rmsnorm(h^n) + b)``; position t halts at the first
+    step N where the sum of its p reaches ``act_threshold`` (or at ``act_max_steps``).  Its
+    output is ``sum_{n<N} p^n h^n + R h^N`` with the remainder ``R = 1 - sum_{n<N} p^n``, and its
+    ponder cost is ``N + R``; ``lambda_ponder * mean(N + R)`` is the auxiliary loss, whose
+    gradient reaches the halting unit through R.
 
-    The parallel form stops once every position has halted (on every process when the blocks are
-    sharded by FSDP: each step gathers their weights, so all processes must take the same number
-    of steps; the outputs do not change).  The recurrent form (with states)
-    always runs all ``act_max_steps`` steps, so each step's state covers every position a later
-    token may need; the outputs are identical because halted positions no longer change.
+    The parallel form computes only the running positions (:class:`memlab.mixers.base.Rows`)
+    when every mixer of the core can (``mixes_rows``), so a step costs what the positions still
+    running cost, and it stops once every position has halted (on every process when the blocks
+    are sharded by FSDP: each step gathers their weights, so all processes must take the same
+    number of steps).  Otherwise, and in the recurrent form (with states), every position goes
+    through the blocks with the halted ones' inputs frozen (``pack_rows = False`` forces this
+    reference form); the recurrent form runs all ``act_max_steps`` steps, so each step's state
+    covers every position a later token may need.
     ``act_fixed_steps = K`` runs exactly K steps and returns ``h^K`` (the shared loop with K
     iterations), for comparisons at a fixed compute; it may also be set on a built model
     (``model.config.recursion.act_fixed_steps = K``), before its states are made.
@@ -121,6 +126,7 @@ class AdaptiveComputationTime(LoopBody):
             _check_fixed_steps(rc.act_fixed_steps)
         super().__init__(config)
         self.halt = nn.Linear(config.d_model, 1)
+        self.pack_rows = all(block.mixer.mixes_rows for block in self.blocks)
         self._last = LastForward(ponder=None)  # (B, T) N + R of the last forward, attached to the graph
         self._steps: torch.Tensor | None = None  # (B, T) N of the last forward
 
@@ -146,10 +152,15 @@ class AdaptiveComputationTime(LoopBody):
         cum = h.new_zeros(h.shape[:2])  # sum of p over the steps before the current one
         steps, remainder, out = h.new_zeros(h.shape[:2]), h.new_zeros(h.shape[:2]), torch.zeros_like(h)
         stop_together = _sharded(self.blocks[0])
+        at_rows = states is None and self.pack_rows
+        kept = [b.mixer.init_row_state() if at_rows else None for b in self.blocks]  # per block
         for n in range(self.n_steps):
             if states is None and not _any_running(running, stop_together):
                 break  # parallel form: nothing left to compute
-            h = torch.where(running[..., None], self.step(h, inputs, n, states), h)
+            if at_rows:
+                h = self._step_at_rows(h, inputs, n, running, kept)
+            else:
+                h = self._step_frozen(h, inputs, n, running, states, kept)
             steps = steps + running
             if n + 1 < rc.act_min_steps:
                 continue
@@ -162,6 +173,32 @@ class AdaptiveComputationTime(LoopBody):
             running = running & ~halts
         self._steps, self._last.ponder = steps, steps + remainder
         return out
+
+    def _step_at_rows(self, h: torch.Tensor, inputs: torch.Tensor, n: int, running: torch.Tensor,
+                      kept: list) -> torch.Tensor:
+        """Loop step ``n`` at the ``running (B, T)`` positions alone; ``kept`` holds each block's
+        row state (the keys and values every position left at its last step)."""
+        rows = Rows.of(running)
+        x = rows.gather(h)  # (N, D)
+        if n > 0 and self.config.recursion.reinject:
+            x = x + rows.gather(inputs)
+        for block, state in zip(self.blocks, kept):
+            state.rows = rows
+            x = block(x, state)
+        return rows.scatter(h, x)
+
+    def _step_frozen(self, h: torch.Tensor, inputs: torch.Tensor, n: int, running: torch.Tensor,
+                     states: list | None, frozen: list) -> torch.Tensor:
+        """Loop step ``n`` over every position, where the positions not ``running (B, T)`` give
+        each block the input of their last step, kept in ``frozen`` (B, T, D) per block."""
+        x = h + inputs if n > 0 and self.config.recursion.reinject else h
+        nb = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            if frozen[i] is not None:
+                x = torch.where(running[..., None], x, frozen[i])
+            frozen[i] = x
+            x = block(x, None if states is None else states[n * nb + i])
+        return torch.where(running[..., None], x, h)
 
     def aux_loss(self, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self._last.ponder is None:
