@@ -50,6 +50,12 @@ def test_info_all_is_a_markdown_table(capsys):
         (["info", "--context-len", "0"], "--context-len must be >= 1, got 0"),
         ([], "give a command: compare, data prepare, eval"),
         (["frobnicate"], "unknown command 'frobnicate'"),
+        (["data"], "give a subcommand: data prepare"),
+        (["info", "--all", "--variant", "gdn"], "give it or --variant, not both"),
+        (["data", "prepare", "--source", "stdlib-code", "--out", "x", "--streaming"], "streaming is for hf:"),
+        (["data", "prepare", "--source", "stdlib-docs", "--out", "x", "--text-field", "body"], "has no fields"),
+        (["data", "prepare", "--source", "stdlib-docs", "--out", "x", "--bpe-train-bytes", "0"],
+         "bpe_train_bytes must be positive"),
         (["probe"], "Missing from memlab probe: --checkpoint"),
         (["train", "--variant", "gdn", "--bogus"], "Unrecognized options: --bogus"),
     ],
@@ -58,6 +64,13 @@ def test_user_errors_are_one_line_and_exit_2(args, fragment):
     code, out, err = run_cli(*args)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("memlab: error:") and fragment in err
+
+
+def test_a_command_group_lists_its_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.startswith("usage: memlab data {prepare}") and "Tokenise a corpus" in out
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,8 @@ def _log_progress(prefix: str, quiet: bool = False) -> None:
 class InfoArgs:
     """Parameter counts, layer pattern, FLOPs and per-sequence state bytes of a variant at a size."""
 
-    variant: str = "baseline"
+    variant: str | None = None
+    """the variant to describe (default: baseline)"""
     model_size: str = "tiny"
     context_len: int = 2048
     """context length at which the recurrent state is measured"""
@@ -51,10 +52,12 @@ def run_info(args: InfoArgs) -> None:
 
     overrides = {} if args.vocab_size is None else {"vocab_size": args.vocab_size}
     if args.all:
+        if args.variant is not None:
+            raise MemlabError("--all describes every variant: give it or --variant, not both")
         rows = [describe(v, args.model_size, args.context_len, **overrides) for v in list_variants()]
         print(variants_table(rows))
         return
-    for key, value in describe(args.variant, args.model_size, args.context_len, **overrides).items():
+    for key, value in describe(args.variant or "baseline", args.model_size, args.context_len, **overrides).items():
         print(f"{key:>22}: {value}")
 
 
@@ -391,12 +394,17 @@ def main(argv: list[str] | None = None) -> None:
     if not argv:
         fail(f"give a command: {', '.join(names)} (memlab --help describes them)")
     if argv[0] in ("-h", "--help"):
-        print("usage: memlab {" + ",".join(names) + "} [--help]")
-        print("\n".join(f"  {n:<14} {(COMMANDS[n][0].__doc__ or '').strip()}" for n in names))
+        print("usage: memlab {" + ",".join(names) + "} [--help]\n" + _listing(names))
         sys.exit(0)
     command = argv[0]
     if len(argv) > 1 and f"{argv[0]} {argv[1]}" in COMMANDS:  # two-word commands: memlab data prepare
         command, argv = f"{argv[0]} {argv[1]}", argv[1:]
+    if subcommands := [n for n in names if n.startswith(f"{command} ")]:  # memlab data [--help]
+        if argv[1:2] in (["-h"], ["--help"]):
+            words = ",".join(n.split()[1] for n in subcommands)
+            print(f"usage: memlab {command} {{{words}}} [--help]\n" + _listing(subcommands))
+            sys.exit(0)
+        fail(f"give a subcommand: {', '.join(subcommands)} (memlab {command} --help describes them)")
     if command not in COMMANDS:
         fail(f"unknown command {command!r}; valid choices: {', '.join(names)}")
     args_type, run = COMMANDS[command]
@@ -416,6 +424,11 @@ def main(argv: list[str] | None = None) -> None:
         run(args)
     except MemlabError as e:
         fail(str(e))
+
+
+def _listing(names: list[str]) -> str:
+    """A line per command: its name and the first line of its arguments' docstring."""
+    return "\n".join(f"  {n:<14} {(COMMANDS[n][0].__doc__ or '').strip()}" for n in names)
 
 
 def fail(message: str) -> None:

@@ -49,7 +49,12 @@ class Source:
 
 
 def open_source(spec: str, text_field: str | None = None, streaming: bool = False) -> Source:
-    """The source named by ``spec`` (see the module docstring); a MemlabError for an unknown one."""
+    """The source named by ``spec`` (see the module docstring); a MemlabError for an unknown one,
+    or for an option its kind does not take (streaming is for hf:, a text field for files: and hf:)."""
+    if streaming and not spec.startswith("hf:"):
+        raise MemlabError(f"streaming is for hf: datasets, not {spec!r}")
+    if spec in ("stdlib-code", "stdlib-docs") and text_field is not None:
+        raise MemlabError(f"{spec} has no fields: a text field is for files: and hf: sources")
     if spec == "stdlib-code":
         return StdlibCode()
     if spec == "stdlib-docs":

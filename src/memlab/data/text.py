@@ -137,6 +137,8 @@ def prepare_shards(
         raise MemlabError(f"max_docs must be positive, got {max_docs}")
     if shard_tokens < 1:  # (0 had closed empty shards for ever)
         raise MemlabError(f"shard_tokens must be positive, got {shard_tokens}")
+    if tokenizer == "bpe" and bpe_train_bytes < 1:
+        raise MemlabError(f"bpe_train_bytes must be positive (the text the BPE learns from), got {bpe_train_bytes}")
     out = Path(out_dir)
     check_dir_target(out, "the shard directory")
     src = open_source(source) if isinstance(source, str) else source
