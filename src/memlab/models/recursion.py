@@ -95,15 +95,15 @@ class AdaptiveComputationTime(LoopBody):
     """Per-position adaptive computation time over the blocks (one step = all blocks once).
 
     At step n every position still running is updated, ``h^n = core(h^{n-1})``.  A halted
-    position stops computing: its value stays, and so does, at every block, its input, hence the
-    keys and values later positions read from it (the state copying of Elbayad et al.'s 2020
-    depth-adaptive transformer; the Universal Transformer kept recomputing halted positions inside
-    a step, which a multi-block core would have to pay for).  From step ``act_min_steps`` on, a
-    halting unit gives ``p^n = sigmoid(w . rmsnorm(h^n) + b)``; position t halts at the first
-    step N where the sum of its p reaches ``act_threshold`` (or at ``act_max_steps``).  Its
-    output is ``sum_{n<N} p^n h^n + R h^N`` with the remainder ``R = 1 - sum_{n<N} p^n``, and its
-    ponder cost is ``N + R``; ``lambda_ponder * mean(N + R)`` is the auxiliary loss, whose
-    gradient reaches the halting unit through R.
+    position stops computing: its value stays, and so does its input to every block, hence the
+    keys and values later positions read from it there (the Universal Transformer instead runs a
+    halted position's final value through the core again at every step, which costs every
+    position every step; here nothing about it is computed after it halts).  From step
+    ``act_min_steps`` on, a halting unit gives ``p^n = sigmoid(w . rmsnorm(h^n) + b)``; position
+    t halts at the first step N where the sum of its p reaches ``act_threshold`` (or at
+    ``act_max_steps``).  Its output is ``sum_{n<N} p^n h^n + R h^N`` with the remainder
+    ``R = 1 - sum_{n<N} p^n``, and its ponder cost is ``N + R``; ``lambda_ponder * mean(N + R)``
+    is the auxiliary loss, whose gradient reaches the halting unit through R.
 
     The parallel form computes only the running positions (:class:`memlab.mixers.base.Rows`)
     when every mixer of the core can (``mixes_rows``), so a step costs what the positions still
@@ -153,7 +153,7 @@ class AdaptiveComputationTime(LoopBody):
         steps, remainder, out = h.new_zeros(h.shape[:2]), h.new_zeros(h.shape[:2]), torch.zeros_like(h)
         stop_together = _sharded(self.blocks[0])
         at_rows = states is None and self.pack_rows
-        kept = [b.mixer.init_row_state() if at_rows else None for b in self.blocks]  # per block
+        kept = [b.mixer.init_row_state() if at_rows else None for b in self.blocks]  # row states, or frozen inputs
         for n in range(self.n_steps):
             if states is None and not _any_running(running, stop_together):
                 break  # parallel form: nothing left to compute
