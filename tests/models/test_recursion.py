@@ -123,6 +123,16 @@ def test_act_at_running_rows_equals_the_frozen_reference_in_values_and_gradients
         torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_act_core_without_row_mixers_runs_every_position():
+    """A core whose mixers work per sequence (W: a local drop per sequence, statistics per position)
+    takes the reference form, and trains and reports its diagnostics there."""
+    model = build("act", layer_pattern="W", **{"gdn.state_read": False, "gdn.local_drop_prob": 0.5}).train()
+    assert not model.body.pack_rows
+    spread_halting(model)
+    model(tokens(2, 12)).sum().backward()
+    assert "act.mean_steps" in model.diagnostics()
+
+
 def test_act_computes_only_the_running_positions():
     model = build("act")
     spread_halting(model)

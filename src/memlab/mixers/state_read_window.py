@@ -51,6 +51,7 @@ class StateReadWindowAttention(SlidingWindowAttention):
     letter = "W"
     carries_memory = True
     native_horizon = False  # the read is recomputed per window: see _forward_windows
+    mixes_rows = False  # its local drop and statistics are per sequence: an ACT core of W layers runs every position
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
