@@ -92,9 +92,13 @@ def test_gpu_benchmark_runs_on_cpu_and_writes_both_tables(tmp_path):
 
 
 def test_act_benchmark_runs_the_planned_steps_and_fits_both_axes():
-    result = bench_act.main(bench_act.Args(size="tiny", seq_len=16, batch=2, rounds=1, early_shares=[0.5]))
-    rows = {r["plan"]: r for r in result["results"]}
+    result = bench_act.main(bench_act.Args(size="tiny", seq_len=16, batch=2, rounds=1, early_shares=[0.5],
+                                           decode_context=8, decode_tokens=2, decode_rounds=1))  # fmt: skip
+    train = result["train"]
+    rows = {r["plan"]: r for r in train["results"]}
     assert [rows[f"all {k}"]["mean_steps"] for k in range(2, 9)] == list(range(2, 9))
     mixed = rows["50% at 2, the rest 8"]
     assert mixed["max_steps"] == 8 and 2 < mixed["mean_steps"] < 8  # the same max, a smaller mean
-    assert set(result["fit_step_s"]) == {"mean_steps", "max_steps"} and result["follows"] in ("mean", "max")
+    assert set(train["fit_step_s"]) == {"mean_steps", "max_steps"} and train["follows"] in ("mean", "max")
+    decode = {(r["steps"], r["form"]) for r in result["decode"]["results"] if r["tokens_per_s"] > 0}
+    assert decode == {(k, form) for k in (2, 8) for form in ("rows", "reference")}

@@ -123,6 +123,39 @@ def test_act_at_running_rows_equals_the_frozen_reference_in_values_and_gradients
         torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("overrides", [{}, {"layer_pattern": "AS", "attention.window": 7, "n_kv_heads": 2}])
+def test_act_prefill_and_decode_at_running_rows_equal_the_frozen_reference(overrides):
+    """The recurrent form at rows (halted tokens' keys carried into later steps' caches, also
+    through a sliding window's ring buffer that a 23-token prefill overruns) against the reference."""
+    model = build("act", **overrides)
+    spread_halting(model)
+    x = tokens(2, 40)
+    with torch.no_grad():
+        model(x)
+    assert len(model.body._steps[:, 23:].unique()) >= 2, "the test needs tokens that halt at different steps"
+    packed, parallel = prefill_then_decode(model, x, 23)
+    model.body.pack_rows = False
+    reference, _ = prefill_then_decode(model, x, 23)
+    torch.testing.assert_close(packed, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed, parallel, atol=1e-4, rtol=1e-4)
+
+
+def test_act_decoding_computes_only_until_the_token_halts():
+    model = build("act")
+    with torch.no_grad():
+        model.body.halt.weight.zero_()
+        model.body.halt.bias.fill_(20.0)  # every token halts at the minimum
+    seen = []
+    model.body.blocks[0].register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
+    state = model.init_state(batch_size=1)
+    with torch.no_grad():
+        model(tokens(1, 5), state)
+        seen.clear()
+        model(tokens(1, 1), state)
+    rc = model.config.recursion
+    assert seen == [1] * rc.act_min_steps + [0] * (rc.act_max_steps - rc.act_min_steps)
+
+
 def test_act_core_without_row_mixers_runs_every_position():
     """A core whose mixers work per sequence (W: a local drop per sequence, statistics per position)
     takes the reference form, and trains and reports its diagnostics there."""

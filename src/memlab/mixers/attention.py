@@ -37,12 +37,15 @@ class KVCache(MixerState):
 
 
 class RowKeys(MixerState):
-    """Keys and values at every position of a (B, T) batch, (B, T, Hkv, Dh) each (None before the
+    """Keys and values of the T tokens of a (B, T) call, (B, T, Hkv, Dh) each (None before the
     first forward), for forwards at ``rows``: the rows' keys and values replace what was there.
-    Not a dataclass: FSDP hands a block a copy of a dataclass argument, and these must persist."""
+    With a ``cache``, the tokens follow the cache's context, and each forward appends all T
+    tokens' keys and values to it.  Not a dataclass: FSDP hands a block a copy of a dataclass
+    argument, and these must persist."""
 
     def __init__(self) -> None:
         self.rows: Rows | None = None
+        self.cache: KVCache | None = None
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 
@@ -92,38 +95,51 @@ class Attention(Mixer):
             keys, values, k_pos = k, v, q_pos
         else:
             keys, values, k_pos = self._cache_update(state, k, v)
-        window = self.window
-        if window is None and (state is None or T == 1):  # plain causal, or one query that sees every key
-            y = F.scaled_dot_product_attention(q, keys, values, is_causal=T > 1, enable_gqa=self._gqa)
-        else:
-            age = q_pos[:, None] - k_pos[None, :]  # (T, S)
-            allowed = (age >= 0) & (k_pos[None, :] >= 0)
-            if window is not None:
-                allowed &= age < window
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, enable_gqa=self._gqa)
+        y = self._attend(q, keys, values, q_pos, k_pos, aligned=state is None or T == 1)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_pos: torch.Tensor,
+                k_pos: torch.Tensor, aligned: bool) -> torch.Tensor:
+        """Causal attention of ``q (B, H, R, Dh)`` at positions ``q_pos`` ((R,) or (B, R)) to the
+        keys and values ``(B, Hkv, S, Dh)`` at ``k_pos (S,)`` (negative: an empty slot), within the
+        window.  ``aligned``: the queries are the keys' positions, or one query after them all, so
+        without a window no mask is needed."""
+        window = self.window
+        if aligned and window is None:
+            return F.scaled_dot_product_attention(q, keys, values, is_causal=q.shape[2] > 1, enable_gqa=self._gqa)
+        age = q_pos[..., None] - k_pos  # (R, S) or (B, R, S)
+        allowed = (age >= 0) & (k_pos >= 0)
+        if window is not None:
+            allowed &= age < window
+        mask = allowed if allowed.dim() == 2 else allowed[:, None]  # (B, 1, R, S): every head alike
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=self._gqa)
 
     def _mix_rows(self, x: torch.Tensor, state: RowKeys) -> torch.Tensor:
         """Attention at ``state.rows`` alone: ``x: (N, D)`` -> (N, D)."""
         rows, N = state.rows, x.shape[0]
+        (B, T), start = rows.shape, 0 if state.cache is None else state.cache.length
+        if N == 0:  # nothing runs: the cache still gets every token's keys and values
+            if state.cache is not None:
+                self._cache_update(state.cache, state.k.transpose(1, 2), state.v.transpose(1, 2))
+            return x
+        position = rows.position + start  # (N,) absolute
         q = self.q_proj(x).view(1, N, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(1, N, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(1, N, self.n_kv_heads, self.head_dim)
         if self.use_rope:
             theta = self.config.attention.rope_theta
-            q, k = apply_rope(q, rows.position, theta), apply_rope(k, rows.position, theta)
-        T = rows.shape[1]
+            q, k = apply_rope(q, position, theta), apply_rope(k, position, theta)
         if state.k is None:
-            state.k = state.v = k.new_zeros(rows.shape[0], T, self.n_kv_heads, self.head_dim)
+            state.k = state.v = k.new_zeros(B, T, self.n_kv_heads, self.head_dim)
         state.k, state.v = rows.scatter(state.k, k[0]), rows.scatter(state.v, v[0])  # (B, T, Hkv, Dh)
-        q_pos = rows.pack(rows.position, fill=T - 1)  # (B, R): a free slot's query sees every key
-        age = q_pos[:, :, None] - torch.arange(T, device=x.device)  # (B, R, T)
-        allowed = age >= 0
-        if self.window is not None:
-            allowed &= age < self.window
+        new_k, new_v = state.k.transpose(1, 2), state.v.transpose(1, 2)  # (B, Hkv, T, Dh)
+        if state.cache is None:
+            keys, values, k_pos = new_k, new_v, torch.arange(T, device=x.device)
+        else:
+            keys, values, k_pos = self._cache_update(state.cache, new_k, new_v)
+        q_pos = rows.pack(position, fill=start + T - 1)  # (B, R): a free slot's query sees a key
         q = rows.pack(q[0]).transpose(1, 2)  # (B, H, R, Dh)
-        keys, values = state.k.transpose(1, 2), state.v.transpose(1, 2)  # (B, Hkv, T, Dh)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None], enable_gqa=self._gqa)
+        y = self._attend(q, keys, values, q_pos, k_pos, aligned=rows.full and (state.cache is None or T == 1))
         return self.out_proj(rows.unpack(y.transpose(1, 2)).reshape(N, self.n_heads * self.head_dim))
 
     def init_row_state(self) -> RowKeys:

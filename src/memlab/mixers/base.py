@@ -67,7 +67,8 @@ class MixerState:
 class Rows:
     """Some positions of a (B, T) batch, for work at those positions alone: N rows, row i at
     ``(batch[i], position[i])`` in row-major order, and ``slot[i]`` its index among its batch
-    entry's rows (at most ``n_slots`` of them)."""
+    entry's rows (at most ``n_slots`` of them).  When they are all the positions (``full``),
+    gathering and packing are reshapes."""
 
     batch: torch.Tensor  # (N,)
     position: torch.Tensor  # (N,)
@@ -84,22 +85,29 @@ class Rows:
         slot = torch.arange(batch.numel(), device=mask.device) - first[batch]
         return cls(batch, position, slot, tuple(mask.shape), int(counts.max()))
 
+    @property
+    def full(self) -> bool:
+        return self.batch.numel() == self.shape[0] * self.shape[1]
+
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) -> (N, ...)"""
-        return t[self.batch, self.position]
+        return t.flatten(0, 1) if self.full else t[self.batch, self.position]
 
     def scatter(self, t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """``t (B, T, ...)`` with the rows replaced by ``values (N, ...)`` (a new tensor)."""
-        return t.index_put((self.batch, self.position), values)
+        """``t (B, T, ...)`` with the rows replaced by ``values (N, ...)`` (a new tensor, or a view
+        of ``values`` when the rows are full)."""
+        return values.view_as(t) if self.full else t.index_put((self.batch, self.position), values)
 
     def pack(self, values: torch.Tensor, fill: float = 0) -> torch.Tensor:
         """(N, ...) -> (B, n_slots, ...), ``fill`` in the slots no row takes."""
+        if self.full:
+            return values.view(*self.shape, *values.shape[1:])
         out = values.new_full((self.shape[0], self.n_slots, *values.shape[1:]), fill)
         return out.index_put((self.batch, self.slot), values)
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
         """(B, n_slots, ...) -> (N, ...)"""
-        return packed[self.batch, self.slot]
+        return packed.flatten(0, 1) if self.full else packed[self.batch, self.slot]
 
 
 class Mixer(nn.Module):

@@ -105,14 +105,15 @@ class AdaptiveComputationTime(LoopBody):
     ``R = 1 - sum_{n<N} p^n``, and its ponder cost is ``N + R``; ``lambda_ponder * mean(N + R)``
     is the auxiliary loss, whose gradient reaches the halting unit through R.
 
-    The parallel form computes only the running positions (:class:`memlab.mixers.base.Rows`)
-    when every mixer of the core can (``mixes_rows``), so a step costs what the positions still
-    running cost, and it stops once every position has halted (on every process when the blocks
-    are sharded by FSDP: each step gathers their weights, so all processes must take the same
-    number of steps).  Otherwise, and in the recurrent form (with states), every position goes
+    Each step computes only the running positions (:class:`memlab.mixers.base.Rows`) when every
+    mixer of the core can (``mixes_rows``), so a step costs what the positions still running
+    cost; the halted ones' keys and values are carried over.  Otherwise every position goes
     through the blocks with the halted ones' inputs frozen (``pack_rows = False`` forces this
-    reference form); the recurrent form runs all ``act_max_steps`` steps, so each step's state
-    covers every position a later token may need.
+    reference form).  The parallel form stops once every position has halted (on every process
+    when the blocks are sharded by FSDP: each step gathers their weights, so all processes must
+    take the same number of steps).  The recurrent form (with states) runs all ``act_max_steps``
+    steps, so each step's state covers every position a later token may need (at rows, a step
+    without running positions only appends the carried keys and values).
     ``act_fixed_steps = K`` runs exactly K steps and returns ``h^K`` (the shared loop with K
     iterations), for comparisons at a fixed compute; it may also be set on a built model
     (``model.config.recursion.act_fixed_steps = K``), before its states are made.
@@ -152,13 +153,13 @@ class AdaptiveComputationTime(LoopBody):
         cum = h.new_zeros(h.shape[:2])  # sum of p over the steps before the current one
         steps, remainder, out = h.new_zeros(h.shape[:2]), h.new_zeros(h.shape[:2]), torch.zeros_like(h)
         stop_together = _sharded(self.blocks[0])
-        at_rows = states is None and self.pack_rows
-        kept = [b.mixer.init_row_state() if at_rows else None for b in self.blocks]  # row states, or frozen inputs
+        # per block: its row state, or (reference form) the inputs frozen at each position's last step
+        kept = [b.mixer.init_row_state() if self.pack_rows else None for b in self.blocks]
         for n in range(self.n_steps):
             if states is None and not _any_running(running, stop_together):
                 break  # parallel form: nothing left to compute
-            if at_rows:
-                h = self._step_at_rows(h, inputs, n, running, kept)
+            if self.pack_rows:
+                h = self._step_at_rows(h, inputs, n, running, kept, states)
             else:
                 h = self._step_frozen(h, inputs, n, running, states, kept)
             steps = steps + running
@@ -175,15 +176,17 @@ class AdaptiveComputationTime(LoopBody):
         return out
 
     def _step_at_rows(self, h: torch.Tensor, inputs: torch.Tensor, n: int, running: torch.Tensor,
-                      kept: list) -> torch.Tensor:
+                      kept: list, states: list | None) -> torch.Tensor:
         """Loop step ``n`` at the ``running (B, T)`` positions alone; ``kept`` holds each block's
-        row state (the keys and values every position left at its last step)."""
+        row state (the keys and values every position left at its last step), which with
+        ``states`` also appends every position's to the step's caches."""
         rows = Rows.of(running)
         x = rows.gather(h)  # (N, D)
         if n > 0 and self.config.recursion.reinject:
             x = x + rows.gather(inputs)
-        for block, state in zip(self.blocks, kept):
-            state.rows = rows
+        nb = len(self.blocks)
+        for i, (block, state) in enumerate(zip(self.blocks, kept)):
+            state.rows, state.cache = rows, None if states is None else states[n * nb + i]
             x = block(x, state)
         return rows.scatter(h, x)
 
