@@ -154,7 +154,7 @@ def test_bf16_autocast_trains_and_decodes_on_cpu(variant):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         full = model(x).float()
         decoded, state = prefill_then_decode(model, x, prefix=67)
-    torch.testing.assert_close(decoded.float(), full, atol=0.1, rtol=0.02)
+    torch.testing.assert_close(decoded.float(), full, atol=0.04, rtol=0)
     assert state.nbytes == model.state_nbytes(T_LONG, batch_size=2)
 
 

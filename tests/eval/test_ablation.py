@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from eval_planted import niah_answer
 
@@ -50,6 +52,17 @@ def test_delta_interval_is_a_paired_bootstrap(planted_model, byte_tok):
     assert 0 < normal["accuracy"] < 1 and delta["delta"] == normal["accuracy"]  # zeroed is 0
     lo, hi = delta["ci95"]
     assert 0 < lo < delta["delta"] < hi < 1
+
+
+def test_the_ablation_scores_the_task_it_is_given(planted_model, byte_tok):
+    """An oracle that answers only when the fact opens the context: always at position=start, not
+    always at a random position; a fact-NIAH oracle cannot answer sniah1's magic numbers."""
+    fact_first = planted_model(lambda text: niah_answer(text) if re.match(r"(<\|bos\|>)?\w+ has a \w+ \w+\.", text) else None)
+    at_start = ablation(fact_first, byte_tok, ablation_task="niah:position=start", horizons=[CONTEXT])
+    anywhere = ablation(fact_first, byte_tok, ablation_task="niah", horizons=[CONTEXT])
+    assert at_start["normal"]["accuracy"] == 1.0 and anywhere["normal"]["accuracy"] < 0.5
+    other = ablation(planted_model(niah_answer), byte_tok, ablation_task="sniah1", ablation_context=320, horizons=[320])
+    assert other["task"] == "sniah1" and other["normal"]["n"] == 24 and other["normal"]["accuracy"] == 0.0
 
 
 def test_any_retrieval_task_spec_works(trained_baseline, byte_tok):

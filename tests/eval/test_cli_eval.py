@@ -156,10 +156,11 @@ def test_eval_fixes_the_act_steps_of_an_act_model(model_dir, tmp_path, byte_tok,
     assert "act_fixed_steps must be >= 1, not 0" in fail(capsys, "eval", "--checkpoint", str(tmp_path), "--act-steps", "0")
 
 
-def test_compare_refuses_a_newer_results_schema_in_a_real_process(model_dir, tmp_path):
+def test_compare_refuses_a_newer_results_schema_in_a_real_process(model_dir, tmp_path, capsys):
     run = tmp_path / "run"
+    main(["eval", "--checkpoint", str(model_dir), "--suite", "selftest", "--out-dir", str(tmp_path / "own")])
     (run / "eval").mkdir(parents=True)
-    doc = schema.read_results(model_dir / "eval" / "results_selftest.json")
+    doc = schema.read_results(tmp_path / "own" / "results_selftest.json")
     doc["schema_version"] = schema.SCHEMA_VERSION + 1
     (run / "eval" / "results_selftest.json").write_text(json.dumps(doc))
     p = subprocess.run([sys.executable, "-m", "memlab.cli", "compare", str(run)], capture_output=True, text=True,

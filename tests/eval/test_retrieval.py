@@ -36,4 +36,5 @@ def test_the_needle_is_at_the_requested_depth(ctx, byte_tok, task, depth):
             start, end = re.search(r"One of the special magic \w+ for [\w-]+ is: [\w-]+\.", haystack).span()
         where = start / (len(haystack) - (end - start))  # 0: before the first sentence, 1: after the last
         assert abs(where - example.meta["depth"]) < 0.02, (task, where, example.meta["depth"])  # the recorded depth
-        assert abs(where - depth) < 0.12, (task, where)  # at most half a (prose) sentence away
+        # a repeated short sentence (niah, sniah1) lands within 0.02; real prose sentences are long: 0.08
+        assert abs(where - depth) < (0.08 if task in ("sniah2", "sniah3") else 0.02), (task, where)

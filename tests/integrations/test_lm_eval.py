@@ -134,13 +134,16 @@ def test_generate_until_keeps_the_prompt_and_takes_the_tasks_sampling_options(mo
         lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 8, "num_beams": 4})])
 
 
-def write_tasks(tmp_path) -> tuple[list[str], list[dict]]:
-    """Three local tasks (multiple choice, rolling perplexity, generation) over JSONL files."""
+def write_tasks(tmp_path, answers: list[str] | None = None) -> tuple[list[str], list[dict]]:
+    """Three local tasks (multiple choice, rolling perplexity, generation) over JSONL files;
+    ``answers``: the generation task's targets (default: the right choices)."""
     docs = [
         {"question": "1 + 1 =", "choices": [" 2", " 3", " 11"], "label": 0, "text": "one and one make two."},
         {"question": "The sky is", "choices": [" blue", " green"], "label": 0, "text": "the sky is blue today."},
         {"question": "def f():", "choices": [" return 1", " 42 42"], "label": 1, "text": "def f():\n    return 1"},
     ]
+    for d, answer in zip(docs, answers or [d["choices"][d["label"]] for d in docs]):
+        d["answer"] = answer
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps(d) + "\n" for d in docs))
     common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
@@ -149,7 +152,7 @@ def write_tasks(tmp_path) -> tuple[list[str], list[dict]]:
         "doc_to_target: label\nmetric_list:\n  - metric: acc\n",
         "tiny_ppl": "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
         "metric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n",
-        "tiny_gen": "output_type: generate_until\ndoc_to_text: '{{question}}'\ndoc_to_target: '{{choices[label]}}'\n"
+        "tiny_gen": "output_type: generate_until\ndoc_to_text: '{{question}}'\ndoc_to_target: '{{answer}}'\n"
         "generation_kwargs:\n  until: ['\\n']\n  max_gen_toks: 4\nmetric_list:\n  - metric: exact_match\n",
     }
     paths = []
@@ -165,20 +168,34 @@ def test_simple_evaluate_runs_local_tasks_offline(baseline, tok, tmp_path):
 
     from memlab.eval.lm_eval_suite import task_manager
 
-    paths, docs = write_tasks(tmp_path)
+    own = [greedy_text(baseline, tok, q, 4).split("\n")[0] for q in ("1 + 1 =", "The sky is")]
+    paths, docs = write_tasks(tmp_path, answers=[*own, "never generated"])  # the model's own words: 2 of 3 right
     lm = MemlabLM(model=baseline, tokenizer=tok)
     out = lm_eval.simple_evaluate(model=lm, tasks=paths, task_manager=task_manager(paths), log_samples=False,
                                   bootstrap_iters=0)
     results = out["results"]
-    picks = []
-    for d in docs:
-        scores = lm.loglikelihood([request("loglikelihood", d["question"], c) for c in d["choices"]])
-        picks.append(max(range(len(scores)), key=lambda i: scores[i][0]) == d["label"])
-    assert results["tiny_choice"]["acc,none"] == pytest.approx(sum(picks) / len(picks))
+    assert results["tiny_choice"]["acc,none"] == pytest.approx(choice_accuracy(baseline, tok, docs))
     total = sum(lm.loglikelihood_rolling([request("loglikelihood_rolling", d["text"])])[0] for d in docs)
     n_bytes = sum(len(d["text"].encode()) for d in docs)
     assert results["tiny_ppl"]["bits_per_byte,none"] == pytest.approx(-total / n_bytes / math.log(2), rel=1e-5)
-    assert 0.0 <= results["tiny_gen"]["exact_match,none"] <= 1.0
+    assert results["tiny_gen"]["exact_match,none"] == pytest.approx(2 / 3)
+
+
+def greedy_text(model, tok, prompt: str, new_tokens: int) -> str:
+    """The model's greedy continuation of ``prompt`` (up to an end-of-sequence), from model.generate."""
+    ids = torch.tensor([tok.encode(prompt)])
+    out = model.generate(ids, max_new_tokens=new_tokens, eos_id=tok.eos_id)[0, ids.shape[1] :].tolist()
+    return tok.decode(out).split("<|eos|>")[0]
+
+
+def choice_accuracy(model, tok, docs: list[dict]) -> float:
+    """The multiple-choice accuracy of ``docs`` from direct forwards: the choice of highest
+    log-likelihood (after lm-eval's target delimiter, a space) is the label."""
+    picks = []
+    for d in docs:
+        scores = [direct_logprob(model, tok.encode(d["question"]), tok.encode(" " + c))[0] for c in d["choices"]]
+        picks.append(max(range(len(scores)), key=scores.__getitem__) == d["label"])
+    return sum(picks) / len(picks)
 
 
 def test_the_memlab_suite_reports_metrics_with_counts(baseline, tok, tmp_path):
@@ -190,8 +207,11 @@ def test_the_memlab_suite_reports_metrics_with_counts(baseline, tok, tmp_path):
     choice = payload["tasks"]["tiny_choice"]
     assert choice["n"] == 2 and payload["limit"] == 2
     acc = choice["metrics"]["acc"]
-    assert 0 <= acc["value"] <= 1 and acc["ci95"][0] <= acc["value"] <= acc["ci95"][1]
-    assert payload["tasks"]["tiny_ppl"]["metrics"]["bits_per_byte"]["value"] > 0
+    lm = MemlabLM(model=baseline, tokenizer=tok)
+    assert acc["value"] == pytest.approx(choice_accuracy(baseline, tok, docs[:2])) and acc["ci95"][0] <= acc["value"] <= acc["ci95"][1]
+    total = sum(lm.loglikelihood_rolling([request("loglikelihood_rolling", d["text"])])[0] for d in docs[:2])
+    bits_per_byte = -total / sum(len(d["text"].encode()) for d in docs[:2]) / math.log(2)
+    assert payload["tasks"]["tiny_ppl"]["metrics"]["bits_per_byte"]["value"] == pytest.approx(bits_per_byte, rel=1e-5)
 
 
 def test_the_suite_rejects_unknown_tasks_and_missing_files(baseline, tok, tmp_path):
@@ -220,29 +240,31 @@ def model_dir(baseline, tok, tmp_path):
     return tmp_path / "model"
 
 
-def test_memlab_eval_suite_lm_eval_writes_a_results_file(model_dir, tmp_path, capsys):
+def test_memlab_eval_suite_lm_eval_writes_a_results_file(model_dir, baseline, tok, tmp_path, capsys):
     from memlab.cli import main
     from memlab.eval.schema import read_results
 
-    paths, _ = write_tasks(tmp_path)
+    paths, docs = write_tasks(tmp_path)
     main(["eval", "--checkpoint", str(model_dir), "--suite", "lm-eval", "--tasks", ",".join(paths[:2]),
           "--samples", "3", "--out-dir", str(tmp_path / "out")])
     doc = read_results(tmp_path / "out" / "results_lm-eval.json")
     assert doc["suite"] == "lm-eval" and set(doc["results"]["tasks"]) == {"tiny_choice", "tiny_ppl"}
-    assert doc["results"]["tasks"]["tiny_choice"]["metrics"]["acc"]["n"] == 3
+    acc = doc["results"]["tasks"]["tiny_choice"]["metrics"]["acc"]
+    assert acc["n"] == 3 and acc["value"] == pytest.approx(choice_accuracy(baseline, tok, docs))
 
 
-def test_lm_eval_command_line_with_memlab_registered(model_dir, tmp_path, monkeypatch):
+def test_lm_eval_command_line_with_memlab_registered(model_dir, baseline, tok, tmp_path, monkeypatch):
     """`python -m memlab.eval.lm_eval_adapter ...` is lm-eval's own CLI with `--model memlab` available."""
     from memlab.eval.lm_eval_adapter import main
 
-    paths, _ = write_tasks(tmp_path)
+    paths, docs = write_tasks(tmp_path)
     out = tmp_path / "harness"
     monkeypatch.setattr(sys, "argv", ["lm_eval", "--model", "memlab", "--model_args", f"checkpoint={model_dir}",
                                       "--tasks", paths[0], "--limit", "2", "--output_path", str(out)])
     main()
     (written,) = out.rglob("results_*.json")
-    assert json.loads(written.read_text())["results"]["tiny_choice"]["acc,none"] in (0.0, 0.5, 1.0)
+    expected = choice_accuracy(baseline, tok, docs[:2])
+    assert json.loads(written.read_text())["results"]["tiny_choice"]["acc,none"] == pytest.approx(expected)
 
 
 def test_lm_eval_command_line_names_a_missing_checkpoint_in_one_line(tmp_path, monkeypatch, capsys):

@@ -123,21 +123,25 @@ def test_zero_ablation_silences_the_output_but_the_state_still_advances():
 
 
 def test_window_reads_the_source_state_after_each_token():
-    """read_t == S_t^T (scale * k_shared(x_t)) with S_t the source's recurrent state after token t."""
+    """The W layer's output = its window branch + read_out(sigmoid(gate(x_t)) * read_t), with
+    read_t = S_t^T (scale * k_shared(x_t)) and S_t the source's recurrent state after token t."""
     m = model("GW")
     source, reader = m.body.blocks[0].mixer, m.body.blocks[1].mixer
+    assert isinstance(reader, StateReadWindowAttention) and reader.source is source
     x_source, x_reader = torch.randn(1, 10, 64), torch.randn(1, 10, 64)
     with torch.no_grad():
         source(x_source)
-        write = source.last_write
-        keys, _ = source.shared_key(x_reader, None)
-        read, _ = source.delta_rule(keys, write.k, write.v, write.g, write.beta, None)
+        out = reader(x_reader)
+        local = super(StateReadWindowAttention, reader).mix(x_reader, None)  # the window branch alone
+        keys, _ = source.shared_key(x_reader, None)  # (1, T, H, K): the reader's input, the source's projection
         state = source.init_state(1)
+        reads = []
         for t in range(10):
             source(x_source[:, t : t + 1], state)
-            expected = torch.einsum("hk,hkv->hv", keys[0, t] * source.dims.key**-0.5, state.memory[0])
-            torch.testing.assert_close(read[0, t], expected, atol=1e-5, rtol=1e-5)
-    assert isinstance(reader, StateReadWindowAttention) and reader.source is source
+            reads.append(torch.einsum("hk,hkv->hv", keys[0, t] * source.dims.key**-0.5, state.memory[0]))
+        gate = torch.sigmoid(reader.gate_proj(x_reader))[0]  # (T, H)
+        expected = reader.read_out_proj((gate[..., None] * torch.stack(reads)).flatten(1))
+        torch.testing.assert_close(out[0] - local[0], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_local_branch_scale_and_drop():

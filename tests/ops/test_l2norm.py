@@ -29,7 +29,7 @@ def test_values_and_gradients_match_the_reference_tiny_vectors_too():
     assert torch.autograd.gradcheck(l2_normalize, (torch.randn(4, 6, dtype=torch.float64, requires_grad=True),))
 
 
-def test_matches_flash_linear_attention():
+def test_eps_is_flash_linear_attentions_default():
     fla_l2norm = pytest.importorskip("fla.modules.norm.l2norm", reason="flash-linear-attention is optional")
     if not hasattr(fla_l2norm, "l2norm"):
         pytest.skip("this fla has no l2norm")

@@ -11,11 +11,12 @@ import torch
 
 import memlab
 from memlab.cli import main
+from memlab.data.text import is_validation
 from memlab.data.tokenizer import build_tokenizer
 from memlab.errors import MemlabError
 from memlab.probes import ProbeOptions, run_probe
 from memlab.probes.activity import LayerActivity
-from memlab.probes.corpus import ProbeText
+from memlab.probes.corpus import ProbeText, read_probe_text
 from memlab.probes.routing import routing_results
 
 CODE = '''class Stack:
@@ -136,7 +137,10 @@ def test_gates_alphas_and_domains_probes(tmp_path, corpora):
     assert layer["alpha_spread"] > 0 and set(layer["fastest_slots"]).isdisjoint(layer["slowest_slots"])
     domains = results(run_probe(model_dir, "domains", tmp_path, opts))
     sim = np.array(domains["similarity"])
-    assert sim.shape == (3, 3) and np.allclose(np.diag(sim), 1) and np.allclose(sim, sim.T)
+    profiles = np.stack([np.ravel(domains["profiles"][n]) for n in ("code", "prose", "lists")])  # (3, layers * K)
+    unit = profiles / np.linalg.norm(profiles, axis=1, keepdims=True)
+    np.testing.assert_allclose(sim, unit @ unit.T, rtol=1e-6)  # the cosines of the concatenated profiles
+    assert sim.shape == (3, 3) and sim[0, 1] < 1
     assert set(domains["pairs"]) == {"code~prose", "code~lists", "prose~lists"}
     assert all((tmp_path / f"{p}_probe_step0.png").is_file() for p in ("gates", "alphas", "domains"))
 
@@ -194,6 +198,24 @@ def test_probe_out_dir_that_is_a_file_is_refused(tmp_path, corpora):
     (tmp_path / "taken").write_text("mine")
     with pytest.raises(MemlabError, match="is a file, not a directory"):  # had been a FileExistsError
         run_probe(save_model(tmp_path / "m"), "routing", tmp_path / "taken", options(corpora))
+
+
+def test_probe_text_is_the_held_out_documents_alone(tmp_path):
+    """documents="val" reads exactly the documents the run's split held out, in order; "all" every one."""
+    texts = [f"Document {i} says {'abc' * (i % 5 + 1)}." for i in range(40)]
+    for i, text in enumerate(texts):
+        (tmp_path / f"d{i:02d}.txt").write_text(text)
+    held_out = [t for t in texts if is_validation(t, 0.3, 5)]
+    assert 0 < len(held_out) < len(texts)
+    byte = build_tokenizer("byte")
+
+    def read(**split):
+        probe = read_probe_text(f"files:{tmp_path}/*.txt", byte, 10**6, 64, **split)
+        return byte.decode(probe.flat("ids").tolist())
+
+    assert read(documents="val", val_fraction=0.3, split_seed=5) == "".join(held_out)
+    assert read(documents="val", val_fraction=0.3, split_seed=6) != "".join(held_out)  # the seed matters
+    assert read(documents="all") == "".join(texts)
 
 
 def test_probes_select_the_held_out_documents_of_the_run(tmp_path, corpora):

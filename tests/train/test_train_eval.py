@@ -56,13 +56,18 @@ def test_accuracy_is_exact_match_and_is_reported_to_the_curriculum():
     assert curriculum.difficulty("copy") > before["copy"] and curriculum.difficulty("addition") == before["addition"]
 
 
-@pytest.mark.parametrize("cap", [2, 4, 6])
-def test_answers_longer_than_the_generation_cap_count_as_wrong(cap):
-    curriculum, oracle, drawn = _setup(20)
-    result = evaluate(oracle, curriculum, None, seq_len=64, eval_tokens=0, samples=20, max_new_tokens=cap, batch_tokens=100)
-    for task, batch in drawn.items():
-        answer_lengths = (batch.labels != IGNORE_INDEX).sum(-1)  # answer tokens with the EOS
-        assert result.acc[task] == pytest.approx(float((answer_lengths <= cap).float().mean()))
+def test_answers_longer_than_the_generation_cap_count_as_wrong():
+    expected_by_cap = []
+    for cap in (1, 2, 3, 6):  # below, among and above the answers' lengths
+        curriculum, oracle, drawn = _setup(20)
+        result = evaluate(oracle, curriculum, None, seq_len=64, eval_tokens=0, samples=20, max_new_tokens=cap,
+                          batch_tokens=100)  # fmt: skip
+        for task, batch in drawn.items():
+            answer_lengths = (batch.labels != IGNORE_INDEX).sum(-1)  # answer tokens with the EOS
+            expected = float((answer_lengths <= cap).float().mean())
+            assert result.acc[task] == pytest.approx(expected), (cap, task)
+            expected_by_cap.append(expected)
+    assert 0.0 in expected_by_cap and 1.0 in expected_by_cap and any(0 < e < 1 for e in expected_by_cap)
 
 
 def test_the_cap_is_on_each_answer_span_and_a_task_beyond_it_is_named(caplog):
