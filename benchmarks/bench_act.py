@@ -6,7 +6,7 @@ and the rest running to the maximum (the same max, a smaller mean).  The rows' t
 (forward, backward with the ponder loss, AdamW) are timed in alternating rounds, and the step
 time is fitted against the mean and against the max steps per token (``follows`` in the JSON
 says which fit is better).  The parallel form runs only the positions still running, so the time
-should follow the mean: 2026-12-01, r^2 0.995 against the mean, 0.40 against the max.
+should follow the mean: 2026-12-01, r^2 0.975-0.995 against the mean, 0.40-0.48 against the max.
 
 ``decode``: single-token decode tokens/s after a ``decode_context``-token prefill with every token
 halting after the minimum or the maximum steps, at rows (halted tokens only carry their keys and

@@ -96,12 +96,12 @@ class Rows:
     def scatter(self, t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """``t (B, T, ...)`` with the rows replaced by ``values (N, ...)`` (a new tensor, or a view
         of ``values`` when the rows are full)."""
-        return values.view_as(t) if self.full else t.index_put((self.batch, self.position), values)
+        return values.reshape(t.shape) if self.full else t.index_put((self.batch, self.position), values)
 
     def pack(self, values: torch.Tensor, fill: float = 0) -> torch.Tensor:
         """(N, ...) -> (B, n_slots, ...), ``fill`` in the slots no row takes."""
         if self.full:
-            return values.view(*self.shape, *values.shape[1:])
+            return values.reshape(*self.shape, *values.shape[1:])
         out = values.new_full((self.shape[0], self.n_slots, *values.shape[1:]), fill)
         return out.index_put((self.batch, self.slot), values)
 
