@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,22 @@ def test_metrics_and_summary(run):
     assert summary["best"]["val_loss"] == best["val_loss"] and summary["best"]["step"] == best["step"]
     assert summary["final"]["val_loss"] == evals[-1]["val_loss"]
     assert summary["metadata"]["seed"] == cfg.seed and summary["metadata"]["memlab_version"]
+
+
+def test_the_run_directory_page_documents_every_field(run):
+    """docs/run_directory.md names every field of summary.json and of the metrics.jsonl records."""
+    _, run_dir = run
+    page = (Path(__file__).resolve().parents[2] / "docs" / "run_directory.md").read_text()
+
+    def documented(section: str) -> set[str]:
+        text = page[page.index(section) :].split("\n## ")[0]
+        return {name for line in text.splitlines() if line.startswith("| `")
+                for name in re.findall(r"`([\w]+)`", line.split(" | ")[0])}  # fmt: skip
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary) == documented("## `summary.json`")
+    logged = set().union(*(r.keys() for r in records(run_dir))) - {"step", "tokens"}
+    assert logged == documented("## `metrics.jsonl`")
 
 
 def test_best_model_is_the_model_of_the_best_step(run):
