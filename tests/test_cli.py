@@ -46,7 +46,7 @@ def test_info_all_is_a_markdown_table(capsys):
         (["info", "--variant", "nope"], "unknown variant 'nope'"),
         (["info", "--bogus", "1"], "Unrecognized options: --bogus"),
         (["info", "--context-len", "x"], "--context-len"),
-        (["info", "--vocab-size", "0"], "vocab_size, d_model, n_layers and max_seq_len must be positive"),
+        (["info", "--vocab-size", "0"], "vocab_size must be >= 1, got 0"),
         (["info", "--context-len", "0"], "--context-len must be >= 1, got 0"),
         ([], "give a command: compare, data prepare, eval"),
         (["frobnicate"], "unknown command 'frobnicate'"),

@@ -50,6 +50,19 @@ def test_a_variant_builds_on_the_overridden_size_and_overrides_win_over_the_vari
         (lambda: build_config("baseline", "tiny", n_kv_heads=3), "not divisible by n_kv_heads=3"),
         (lambda: build_config("baseline", "tiny", layer_pattern="AZ"), "unknown letters ['Z']"),
         (lambda: build_config("baseline", "tiny", bogus=1), "unknown config field 'bogus'"),
+        # every bound and choice is checked here, before a mixer would fail inside a reshape or a modulo
+        (lambda: build_config("ssm", "tiny", **{"ssm.d_state": 0}), "ssm.d_state must be >= 1, got 0"),
+        (lambda: build_config("ssm", "tiny", **{"ssm.n_groups": 0}), "ssm.n_groups must be >= 1, got 0"),
+        (lambda: build_config("cdm", "tiny", **{"cdm.n_slots": 0}), "cdm.n_slots must be >= 1, got 0"),
+        (lambda: build_config("gdn_swa", "tiny", **{"attention.window": 0}), "attention.window must be >= 1, got 0"),
+        (lambda: build_config("baseline", "tiny", norm_eps=float("nan")), "norm_eps must be > 0, got nan"),
+        (lambda: build_config("baseline", "tiny", d_ff=-5), "d_ff must be >= 0, got -5"),
+        (lambda: build_config("act", "tiny", **{"recursion.lambda_ponder": -1.0}), "lambda_ponder must be >= 0"),
+        (lambda: build_config("ssm", "tiny", **{"ssm.dt_min": 0.5}), "ssm.dt_min=0.5 exceeds ssm.dt_max=0.1"),
+        (lambda: build_config("baseline", "tiny", pos_encoding="alibi"),
+         "unknown pos_encoding 'alibi'; valid choices: learned, none, rope"),
+        (lambda: build_config("cdm", "tiny", cdm={"readout": "sum"}), "unknown cdm.readout 'sum'; valid choices: both"),
+        (lambda: build_config("baseline", "tiny", d_model="wide"), "d_model must be of type int, got 'wide'"),
     ],
 )
 def test_bad_configs_raise_one_clear_line(call, message):

@@ -8,6 +8,7 @@ combines the two; overrides use dotted names for sub-configs (``gdn.chunk_size``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from collections.abc import Callable
@@ -95,6 +96,39 @@ class RecursionConfig:
     n_memory_tokens: int = 0  # ssm_mem: learned memory tokens every position reads
 
 
+_AT_LEAST: dict[str, int] = {  # the bounds of the numeric fields (None, an unset optional one, passes)
+    "vocab_size": 1, "d_model": 1, "n_layers": 1, "n_heads": 1, "n_kv_heads": 1, "d_ff": 0, "max_seq_len": 1,
+    "init_std": 0, "attention.window": 1,
+    "gdn.n_heads": 1, "gdn.head_dim": 1, "gdn.conv_size": 1, "gdn.chunk_size": 1,
+    "cdm.n_slots": 1, "cdm.eta_hidden": 1, "cdm.entropy_reg": 0, "cdm.load_balance": 0, "cdm.chunk_size": 1,
+    "ssm.d_state": 1, "ssm.expand": 1, "ssm.head_dim": 1, "ssm.n_groups": 1, "ssm.conv_size": 1, "ssm.chunk_size": 1,
+    "recursion.n_unroll": 1, "recursion.n_thoughts": 1, "recursion.thought_iters": 1, "recursion.segment_len": 1,
+    "recursion.lambda_ponder": 0, "recursion.n_memory_tokens": 0,
+}  # fmt: skip
+_POSITIVE = ("norm_eps", "attention.rope_theta", "gdn.expand_v", "ssm.dt_min")
+
+
+def _check_choices(cfg: object, prefix: str = "") -> None:
+    """A MemlabError naming the valid choices for the first field whose value is not among its
+    ``Literal`` type's (sub-configs under their dotted names)."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, f"{prefix}{f.name}.")
+        elif typing.get_origin(hints[f.name]) is Literal:
+            choose(f"{prefix}{f.name}", value, typing.get_args(hints[f.name]))
+
+
+def _check_bounds(cfg: ModelConfig) -> None:
+    """A MemlabError for the first numeric field out of its bounds (NaN included)."""
+    for name in (*_AT_LEAST, *_POSITIVE):
+        value = functools.reduce(getattr, name.split("."), cfg)
+        low = _AT_LEAST.get(name)
+        if value is not None and not (value >= low if low is not None else value > 0):
+            raise MemlabError(f"{name} must be {'> 0' if low is None else f'>= {low}'}, got {value}")
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to build a :class:`memlab.models.lm.LanguageModel`."""
@@ -140,14 +174,17 @@ class ModelConfig:
         return (p * (self.n_layers // len(p) + 1))[: self.n_layers]
 
     def validate(self) -> ModelConfig:
+        _check_choices(self)
+        check_types(ModelConfig, self.to_dict(), "the model config")
+        _check_bounds(self)
+        if self.ssm.dt_min > self.ssm.dt_max:
+            raise MemlabError(f"ssm.dt_min={self.ssm.dt_min} exceeds ssm.dt_max={self.ssm.dt_max}")
         if self.d_model % self.n_heads:
             raise MemlabError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
             raise MemlabError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.kv_heads}")
         if self.pos_encoding == "rope" and self.head_dim % 2:
             raise MemlabError(f"RoPE needs an even head dimension, got {self.head_dim}")
-        if min(self.vocab_size, self.d_model, self.n_layers, self.max_seq_len) < 1:
-            raise MemlabError("vocab_size, d_model, n_layers and max_seq_len must be positive")
         from memlab.mixers import MIXERS  # the letters known at validation time
 
         bad = sorted(set(self.layer_pattern) - set(MIXERS))

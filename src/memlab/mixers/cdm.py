@@ -42,14 +42,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from memlab.config import ModelConfig
-from memlab.errors import choose
 from memlab.mixers import register_mixer
 from memlab.mixers.attention import Attention, KVCache
 from memlab.mixers.base import LastForward, Mixer, MixerState, real_positions
 from memlab.ops.precision import at_least_float32
 from memlab.ops.slot_scan import score_read, slot_scan, slot_step, weighted_read
-
-READOUTS = ("gate", "xattn", "both")
 
 
 @dataclass
@@ -90,8 +87,6 @@ class CDM(Mixer):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
         c, D = config.cdm, config.d_model
-        choose("cdm.version", c.version, ("v2", "v3"))
-        choose("cdm.readout", c.readout, READOUTS)
         self.n_slots, self.n_heads, self.head_dim = c.n_slots, config.n_heads, config.head_dim
         self.router = nn.Linear(D, c.n_slots, bias=False)
         if c.version == "v2":

@@ -91,8 +91,6 @@ class GatedDeltaNet(Mixer):
         opts = self.options = config.gdn
         if not 0.0 <= opts.beta_floor <= 1.0:
             raise MemlabError(f"gdn.beta_floor must lie in [0, 1], got {opts.beta_floor}")
-        if opts.conv_size < 1 or opts.chunk_size < 1:
-            raise MemlabError("gdn.conv_size and gdn.chunk_size must be positive")
         self.dims = dims = delta_dims(config)
         D, H, K, V = config.d_model, dims.heads, dims.key, dims.value
         self.q_proj = nn.Linear(D, H * K, bias=False)

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from memlab.config import ModelConfig
-from memlab.errors import MemlabError
 from memlab.mixers.attention import CrossAttention
 from memlab.mixers.base import Mixer, MixerState
 
@@ -69,8 +68,6 @@ class LatentThoughts(Mixer):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
         rc = config.recursion
-        if min(rc.n_thoughts, rc.thought_iters, rc.segment_len) < 1:
-            raise MemlabError("latent thoughts need n_thoughts, thought_iters and segment_len >= 1")
         self.n_iters, self.segment_len = rc.thought_iters, rc.segment_len
         self.init_thoughts = nn.Parameter(torch.empty(rc.n_thoughts, config.d_model))
         self.init_thoughts._no_weight_decay = True  # learned vectors, like embeddings and CDM's initial slots

@@ -72,11 +72,6 @@ class LoopBody(nn.Module):
 class SharedLoop(LoopBody):
     """``n_unroll`` iterations over the unique blocks; parameters are those of the blocks alone."""
 
-    def __init__(self, config: ModelConfig) -> None:
-        if config.recursion.n_unroll < 1:
-            raise MemlabError("shared_loop needs recursion.n_unroll >= 1")
-        super().__init__(config)
-
     @property
     def n_steps(self) -> int:
         return self.config.recursion.n_unroll
