@@ -204,14 +204,26 @@ def test_source_presets_parameter_counts():
     assert round(describe("cdm_v3", "tiny", vocab_size=50257)["params"] / 1e5) == 371
 
 
-def test_low_precision_models_run_the_recurrence_in_float32():
+def test_low_precision_models_run_the_recurrence_in_float32(monkeypatch):
+    import memlab.mixers.cdm as cdm
+
     torch.manual_seed(0)
     model = memlab.build_model("cdm_hybrid", "tiny", n_layers=2, cdm={"version": "v3", "hard_routing": True})
     x = torch.randint(0, 512, (2, 20))
+    scanned, scan = [], cdm.slot_scan  # the dtypes the layers' scans are given
+
+    def recording(*args, **kwargs):
+        scanned.append({t.dtype for t in args if isinstance(t, torch.Tensor)})
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(cdm, "slot_scan", recording)
     with torch.no_grad():
         reference = model(x)
+        scanned.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             mixed = model(x)
+    assert scanned == [{torch.float32}] * 2  # decays, gates, writes and slots: every layer's scan in float32
+    with torch.no_grad():
         model.to(torch.bfloat16)
         state = model.init_state(2, dtype=torch.bfloat16)
         decoded = torch.cat([model(x[:, :12], state), *(model(x[:, t : t + 1], state) for t in range(12, 20))], 1)
