@@ -89,14 +89,11 @@ def train_rows(model, args: Args) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    def setup(steps):
-        return lambda: setattr(model.body, "halting_probability", halting(model, steps))
-
-    seconds = interleaved_seconds({name: step for name in plans}, args.rounds,
-                                  setups={name: setup(steps) for name, steps in plans.items()})  # fmt: skip
+    setups = {name: functools.partial(_configure, model, steps, True) for name, steps in plans.items()}
+    seconds = interleaved_seconds({name: step for name in plans}, args.rounds, setups=setups)
     rows = []
     for name, steps in plans.items():
-        setup(steps)()
+        setups[name]()
         with torch.no_grad():
             model(x[:, :-1])
         taken = model.body._steps
@@ -132,6 +129,7 @@ def decode_rows(model, args: Args) -> dict:
 
 
 def _configure(model, steps: torch.Tensor, pack_rows: bool) -> None:
+    """Positions halt after ``steps`` steps, computed at rows or in the reference form."""
     model.body.halting_probability = halting(model, steps)
     model.body.pack_rows = pack_rows
 

@@ -24,15 +24,19 @@ from memlab.eval.hub import EvalContext, register_suite, run_data_dir, run_held_
 from memlab.eval.stats import mean_interval
 
 
-def check(ctx: EvalContext) -> tuple[str, int]:
-    """The corpus spec and the window length, refused where the suite cannot run them."""
+def corpus_and_window(ctx: EvalContext) -> tuple[str, int]:
+    """The corpus spec and the window length the options name."""
     spec = ctx.options.corpus or run_data_dir(ctx.run_dir)
     if spec is None:
         raise MemlabError("the lm suite needs a corpus: --corpus DIR (prepared shards) or a source like stdlib-docs")
-    options, model = ctx.options, ctx.model
-    seq_len = min(model.config.max_seq_len, 512) if options.lm_context is None else options.lm_context
-    check_context(model, seq_len, "the lm window (--lm-context)")
-    return spec, seq_len
+    lm_context = ctx.options.lm_context
+    return spec, min(ctx.model.config.max_seq_len, 512) if lm_context is None else lm_context
+
+
+def check(ctx: EvalContext) -> None:
+    """Refuse a missing corpus or a window beyond the model's context (before any suite runs)."""
+    _, seq_len = corpus_and_window(ctx)
+    check_context(ctx.model, seq_len, "the lm window (--lm-context)")
 
 
 def open_corpus(ctx: EvalContext, spec: str) -> tuple[str, TokenShards]:
@@ -63,7 +67,7 @@ def _exp(x: float) -> float:
 @torch.no_grad()
 def run(ctx: EvalContext) -> dict[str, Any]:
     model, options = ctx.model, ctx.options
-    spec, seq_len = check(ctx)
+    spec, seq_len = corpus_and_window(ctx)  # checked by evaluate_model before any suite ran
     name, shards = open_corpus(ctx, spec)
     device = next(model.parameters()).device
     batch = max(1, options.batch_tokens // seq_len)

@@ -26,6 +26,7 @@ kernel directly.  Cost per token ~ C (K H + D) + K D; memory ~ C K floats per to
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -181,8 +182,10 @@ class _WriteKernel(torch.autograd.Function):
         return d_la, d_b
 
 
+@functools.cache
 def _spanning_pairs(C: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(C, C * C): row i is 1 at the pairs (t, s) with s < i <= t (the decays of token i span them)."""
+    """(C, C * C): row i is 1 at the pairs (t, s) with s < i <= t (the decays of token i span them);
+    made once per chunk size, dtype and device (every backward of the scan uses it)."""
     i, t, s = (torch.arange(C, device=device).view(shape) for shape in ((C, 1, 1), (1, C, 1), (1, 1, C)))
     return ((s < i) & (i <= t)).to(dtype).view(C, C * C)
 

@@ -310,11 +310,8 @@ class Trainer:
         rng_by_rank = self.d.all_gather_object(ckpt.rng_state())  # each process draws its own stream
         if self.d.is_main:
             directory = self.run_dir / "checkpoints" / f"step_{self.step}"
-
-            def write(path: Path) -> None:
-                self._write_model_files(path, model_state)
-
-            ckpt.save_checkpoint(directory, write, optim_state, self._trainer_state(rng_by_rank))
+            ckpt.save_checkpoint(directory, lambda path: self._write_model_files(path, model_state), optim_state,
+                                 self._trainer_state(rng_by_rank))
             ckpt.prune(self.run_dir, self.cfg.keep_last, directory)
         self.d.barrier()
 
