@@ -55,7 +55,7 @@ def test_a_variant_builds_on_the_overridden_size_and_overrides_win_over_the_vari
         (lambda: build_config("ssm", "tiny", **{"ssm.n_groups": 0}), "ssm.n_groups must be >= 1, got 0"),
         (lambda: build_config("cdm", "tiny", **{"cdm.n_slots": 0}), "cdm.n_slots must be >= 1, got 0"),
         (lambda: build_config("gdn_swa", "tiny", **{"attention.window": 0}), "attention.window must be >= 1, got 0"),
-        (lambda: build_config("baseline", "tiny", norm_eps=float("nan")), "norm_eps must be > 0, got nan"),
+        (lambda: build_config("baseline", "tiny", norm_eps=float("nan")), "norm_eps must be a finite number, got nan"),
         (lambda: build_config("baseline", "tiny", d_ff=-5), "d_ff must be >= 0, got -5"),
         (lambda: build_config("act", "tiny", **{"recursion.lambda_ponder": -1.0}), "lambda_ponder must be >= 0"),
         (lambda: build_config("ssm", "tiny", **{"ssm.dt_min": 0.5}), "ssm.dt_min=0.5 exceeds ssm.dt_max=0.1"),

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
 
-from memlab.errors import MemlabError, choose
+from memlab.errors import MemlabError, check_finite, choose
 
 
 @dataclass
@@ -176,6 +176,7 @@ class ModelConfig:
     def validate(self) -> ModelConfig:
         _check_choices(self)
         check_types(ModelConfig, self.to_dict(), "the model config")
+        check_finite(self, prefix="")
         _check_bounds(self)
         if self.ssm.dt_min > self.ssm.dt_max:
             raise MemlabError(f"ssm.dt_min={self.ssm.dt_min} exceeds ssm.dt_max={self.ssm.dt_max}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 
@@ -22,8 +24,20 @@ def check_at_least(options: object, names: tuple[str, ...], low: int, flag_separ
     the flag as its command spells it (``--lm-tokens``; ``--seq_len`` for ``memlab train``)."""
     for name in names:
         value = getattr(options, name)
-        if value is not None and value < low:
+        if value is not None and not value >= low:  # (NaN fails too)
             raise MemlabError(f"--{name.replace('_', flag_separator)} must be >= {low}, got {value}")
+
+
+def check_finite(options: object, prefix: str = "--", separator: str = "_") -> None:
+    """Raise a MemlabError naming the first float field of the dataclass ``options`` (nested ones
+    under dotted names) that is NaN or infinite: no option of memlab means anything there."""
+    for f in dataclasses.fields(options):  # type: ignore[arg-type]
+        value = getattr(options, f.name)
+        name = prefix + f.name.replace("_", separator)
+        if dataclasses.is_dataclass(value):
+            check_finite(value, f"{name}.", separator)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise MemlabError(f"{name} must be a finite number, got {value}")
 
 
 def check_dir_target(path: str | Path, flag: str) -> None:

@@ -25,8 +25,9 @@ from memlab.analysis.info import human
 from memlab.errors import MemlabError
 from memlab.eval.hub import load_checkpoint, run_dir_of
 from memlab.eval.schema import read_results
+from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
-from memlab.models.paths import MANIFEST_FILE, resolve_model_dir
+from memlab.models.paths import holds_training_output, resolve_model_dir
 from memlab.train.checkpoint import replace_directory
 
 SUMMARY_FILE, CARD_FILE = "summary.json", "README.md"
@@ -43,7 +44,7 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise MemlabError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-        if out.is_dir() and _holds_training_output(out):
+        if out.is_dir() and holds_training_output(out):
             raise MemlabError(f"--out {out} holds a training run or checkpoints, which --overwrite does not "
                               "delete; choose another directory")
     model, tokenizer, _ = load_checkpoint(model_dir, "cpu")  # refuses a tokenizer of another model
@@ -65,7 +66,7 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
         summary = None
         if summary_file is not None:
             shutil.copy2(summary_file, staging / SUMMARY_FILE)
-            summary = json.loads(summary_file.read_text())
+            summary = read_json_object(summary_file)
         if results:
             (staging / "eval").mkdir()
             for name, doc in results.items():
@@ -76,13 +77,6 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
-
-
-def _holds_training_output(directory: Path) -> bool:
-    """Whether ``directory`` is a run (its config.yaml), a checkpoint, or holds checkpoints (their manifest.json)."""
-    return (directory / "config.yaml").is_file() or any(
-        next(directory.glob(pattern), None) for pattern in (MANIFEST_FILE, f"*/{MANIFEST_FILE}", f"*/*/{MANIFEST_FILE}")
-    )
 
 
 def _same_dir(recorded: str, model_dir: Path) -> bool:

@@ -206,5 +206,10 @@ def test_task_specs(byte_tok):
         get_task("niah:n_keys=3")
     with pytest.raises(MemlabError, match="key=value"):
         get_task("niah:middle")
+    # a parameter of the wrong type had failed at the first batch, or in a comparison of int and str
+    with pytest.raises(MemlabError, match=re.escape("'sniah3:n_values=1.5': n_values must be of type int, got 1.5")):
+        get_task("sniah3:n_values=1.5", tokenizer=byte_tok)
+    with pytest.raises(MemlabError, match=re.escape("depth must be of type float | None, got 'abc'")):
+        get_task("niah:depth=abc", tokenizer=byte_tok)
     with pytest.raises(MemlabError, match="unknown task 'haystack'"):
         task_levels("haystack")

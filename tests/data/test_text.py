@@ -165,6 +165,18 @@ def test_truncated_and_tampered_shards_are_detected(corpus_dir, tmp_path, byte_t
     TokenShards(tmp_path, "train")
 
 
+def test_a_shard_damaged_in_place_is_refused_where_it_is_read(corpus_dir, tmp_path, byte_tok):
+    """Training reads shards without checksums; a damaged id had crashed in the embedding."""
+    prepare_shards(f"files:{corpus_dir}/doc_01*.txt", byte_tok, tmp_path, val_fraction=0)
+    shard = tmp_path / read_header(tmp_path)["splits"]["train"]["shards"][0]["file"]
+    shard.write_bytes(b"\xff" * shard.stat().st_size)
+    shards = TokenShards(tmp_path, "train", byte_tok, verify=False)
+    with pytest.raises(MemlabError, match="outside the tokenizer's 261: they are damaged"):
+        shards.random_windows(2, 8, np.random.default_rng(0))
+    with pytest.raises(MemlabError, match="damaged"):
+        next(shards.sequential_windows(2, 8))
+
+
 def test_tokenizer_mismatch_and_bad_header(documents, byte_shards, tmp_path):
     other = build_tokenizer("bpe", texts=documents, vocab_size=300)
     with pytest.raises(MemlabError, match="made with tokenizer"):
@@ -210,6 +222,21 @@ def test_an_out_path_that_is_a_file_is_one_clear_error(corpus_dir, tmp_path, byt
         with pytest.raises(MemlabError, match="is a file, not a directory|which is a file, not a directory"):
             prepare_shards(f"files:{corpus_dir}/*.txt", byte_tok, out)
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_a_run_is_not_a_shard_directory_and_a_killed_preparation_is_cleared(corpus_dir, tmp_path, byte_tok):
+    """Shards had been written into a run, replacing its tokenizer; a killed preparation's staging
+    directory had stayed in --out for good."""
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_2").mkdir(parents=True)
+    (run / "checkpoints" / "step_2" / "manifest.json").write_text("{}")
+    for out in (run, run / "checkpoints" / "step_2"):
+        with pytest.raises(MemlabError, match="holds a training run or checkpoints"):
+            prepare_shards(f"files:{corpus_dir}/*.txt", byte_tok, out)
+    out = tmp_path / "data"
+    (out / ".prepare-killed").mkdir(parents=True)
+    prepare_shards(f"files:{corpus_dir}/*.txt", byte_tok, out, val_fraction=0.2)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_a_header_that_is_json_but_not_a_header_is_corrupt(byte_shards, tmp_path):

@@ -51,6 +51,24 @@ def test_leftovers_of_a_killed_process_are_cleaned_up(tmp_path):
     assert (tmp_path / "checkpoints" / "step_4" / "a.txt").read_text() == "hello"
 
 
+def test_pruning_renames_before_deleting(tmp_path, monkeypatch):
+    """A kill while an old checkpoint was being deleted had left a half-deleted step_N for good."""
+    for step in (1, 2, 3):
+        _write(tmp_path / "checkpoints" / f"step_{step}")
+
+    def killed(path):
+        (path / "a.txt").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.prune(tmp_path, 2, tmp_path / "checkpoints" / "step_3")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [f"{ckpt.TMP_PREFIX}step_1", "step_2", "step_3"]
+    ckpt.remove_partial(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_2", "step_3"]
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest"])
 def test_manifest_detects_damage(tmp_path, damage):
     d = tmp_path / "ckpt"

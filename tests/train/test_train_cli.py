@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -95,6 +96,12 @@ def _error(argv, capsys) -> str:
         (["--corpus_max_docs", "0"], "--corpus_max_docs must be >= 1, got 0"),
         (["--device", "tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda, cuda:N"),
         (["--corpus", "none", "--seed", "-1"], "--seed must be >= 0, got -1"),  # had been a numpy traceback
+        # non-finite values had trained (every step skipped, or NaN weights) or failed in torch
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["--weight_decay", "inf"], "--weight_decay must be a finite number, got inf"),
+        (["--grad_clip", "nan"], "--grad_clip must be a finite number, got nan"),
+        (["--ssm.dt_max", "nan"], "ssm.dt_max must be a finite number, got nan"),
+        (["--cdm.alpha_init", "inf"], "cdm.alpha_init must be a finite number, got inf"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(argv, fragment, capsys, tmp_path):
@@ -110,6 +117,13 @@ def test_user_errors_are_one_line_and_exit_2(argv, fragment, capsys, tmp_path):
 def test_parse_errors_are_one_line_and_exit_2(argv, fragment):
     p = subprocess.run([sys.executable, "-m", "memlab.cli", "train", *argv], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and fragment in p.stderr
+
+
+def test_two_config_files_are_refused(tmp_path, capsys):
+    for name in ("a.yaml", "b.yaml"):
+        (tmp_path / name).write_text("lr: 0.005\n")
+    a, b = str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")
+    assert f"--config is given 2 times ({a}, {b}); give one file" in _error(["--config", a, f"--config={b}"], capsys)
 
 
 def test_yaml_with_unknown_keys_is_refused(tmp_path, capsys):
@@ -169,6 +183,43 @@ def test_a_directory_of_another_run_is_refused_unless_resume_or_overwrite(tmp_pa
     assert "no run in" in _error([*other[:-2], "--output_dir", str(tmp_path / "fresh"), "--resume"], capsys)
 
 
+def test_a_checkpoint_is_not_an_output_dir(tmp_path, capsys):
+    """A run had been started inside checkpoints/step_N (or best_model), rewriting its config.yaml."""
+    run = tmp_path / "run"
+    cfg = tiny_config(run, steps=2, eval_samples=2, save_interval=1)
+    train(cfg)
+    checkpoint = sorted((run / "checkpoints").iterdir())[-1]
+    before = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
+    for extra in ([], ["--overwrite"]):
+        args = cli_args(tiny_config(checkpoint, steps=2, eval_samples=2))
+        assert "is a checkpoint or model directory" in _error([*args, *extra], capsys)
+    assert {p.name: p.read_bytes() for p in checkpoint.iterdir()} == before
+
+
+def test_overwrite_deletes_the_old_run_only_once_the_new_one_is_set_up(tmp_path, capsys):
+    """--overwrite had emptied the directory before the new run's data and model were checked."""
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=2, eval_samples=2))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for bad in (["--alg_tasks", "nope"], ["--seq_len", "4096"]):
+        _error([*cli_args(tiny_config(run, steps=2, eval_samples=2)), *bad, "--overwrite"], capsys)
+        assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+def test_resume_keeps_the_model_and_the_tokens_already_trained(tmp_path, capsys):
+    """A resume with another variant had trained the old weights on as the new one; one with fewer
+    total tokens than trained had rewritten config.yaml and trained nothing."""
+    run = tmp_path / "run"
+    cfg = tiny_config(run, steps=4, eval_samples=2, save_interval=2)
+    train(cfg)
+    config = (run / "config.yaml").read_text()
+    err = _error([*cli_args(dataclasses.replace(cfg, variant="shared_loop")), "--resume"], capsys)
+    assert "--resume continues the model of" in err and "variant: 'baseline' -> 'shared_loop'" in err
+    fewer = dataclasses.replace(cfg, total_tokens=cfg.total_tokens // 4, alg_tokens=cfg.total_tokens // 4)
+    assert "more than --total_tokens" in _error([*cli_args(fewer), "--resume"], capsys)
+    assert (run / "config.yaml").read_text() == config
+
+
 def test_tokenizer_mismatch_with_existing_shards(tmp_path, text_corpus, capsys):
     data = tmp_path / "data"
     prepare_shards(text_corpus, "byte", data, val_fraction=0.2)
@@ -176,6 +227,30 @@ def test_tokenizer_mismatch_with_existing_shards(tmp_path, text_corpus, capsys):
     assert "tokenizer mismatch" in err and str(data) in err
     err = _error(["--data_dir", str(data), "--corpus", "stdlib-docs", "--output_dir", str(tmp_path / "run")], capsys)
     assert "holds shards of files:" in err
+
+
+def test_damaged_training_shards_are_one_line(tmp_path, text_corpus, capsys):
+    data = tmp_path / "data"
+    prepare_shards(text_corpus, "byte", data, val_fraction=0.2)
+    for shard in data.glob("*.bin"):
+        shard.write_bytes(b"\xff" * shard.stat().st_size)
+    err = _error(["--data_dir", str(data), "--output_dir", str(tmp_path / "run"), "--total_tokens", "256",
+                  "--seq_len", "32", "--batch_size", "2", "--eval_interval", "0", "--no-progress"], capsys)
+    assert "they are damaged; prepare them again" in err
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [(["--fsdp"], "launch with torchrun"), (["--alg_tasks", "nope"], "unknown task 'nope'"),
+     (["--retrieval_tasks", "niah:depth=abc"], "depth must be of type"), (["--seq_len", "4096"], "max_seq_len=2048")],
+)
+def test_what_can_be_refused_is_refused_before_the_data_is_prepared(tmp_path, capsys, monkeypatch, flags, fragment):
+    """These had been reported after a corpus was tokenised (minutes on a real one)."""
+    import memlab.train.data
+
+    monkeypatch.setattr(memlab.train.data, "prepare_shards", lambda *a, **k: pytest.fail("the data was prepared"))
+    assert fragment in _error(["--corpus", "stdlib-docs", "--output_dir", str(tmp_path / "run"), *flags], capsys)
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_output_dir_inside_a_file_is_one_line(tmp_path, capsys):

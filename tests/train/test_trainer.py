@@ -17,6 +17,7 @@ from memlab.errors import MemlabError
 from memlab.models.lm import LanguageModel
 from memlab.train import TrainingDiverged, train
 from memlab.train.checkpoint import read_optimizer_state, read_trainer_state
+from memlab.train.metrics import read_lines
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,14 @@ def test_the_run_directory_page_documents_every_field(run):
     assert set(summary) == documented("## `summary.json`")
     logged = set().union(*(r.keys() for r in records(run_dir))) - {"step", "tokens"}
     assert logged == documented("## `metrics.jsonl`")
+
+
+def test_damaged_metrics_lines_are_dropped_and_the_rest_kept(tmp_path):
+    """A torn line had dropped every record after it; bytes that are not UTF-8 or a line that holds
+    no record had been tracebacks on resume."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n\xff\xfe\n[]\n{"loss": 1}\n{"step": 3, "loss": 1.5}\n')
+    assert [r["step"] for r in read_lines(path)] == [1, 3]
 
 
 def test_best_model_is_the_model_of_the_best_step(run):
@@ -192,6 +201,7 @@ def test_tensorboard_logging_when_installed(tmp_path):
     except ImportError:
         with pytest.raises(MemlabError, match=r"pip install 'memlab\[tensorboard\]'"):
             train(cfg)
+        assert not cfg.run_dir.exists()  # a metrics.jsonl left there had made the retry a "not a run" error
         return
     train(cfg)
     assert list((cfg.run_dir / "tensorboard").glob("events.out.tfevents.*"))

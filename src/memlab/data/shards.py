@@ -140,8 +140,10 @@ class TokenShards:
         self.header = read_header(self.directory)
         if split not in self.header["splits"]:
             raise MemlabError(f"unknown split {split!r}; valid choices: {', '.join(self.header['splits'])}")
+        self.vocab_size = None  # with a tokenizer: every window's ids are checked against it
         if tokenizer is not None:
             check_tokenizer(self.header["tokenizer_hash"], tokenizer, f"the data in {self.directory}")
+            self.vocab_size = tokenizer.vocab_size
         if not 0 <= rank < world_size:
             raise MemlabError(f"rank {rank} is outside world_size {world_size}")
         verify_split(self.directory, self.header, split, checksums=verify)
@@ -184,8 +186,16 @@ class TokenShards:
         """(B, T + 1) int64 windows at uniform random offsets of this rank's slice."""
         self._need(seq_len + 1)
         starts = rng.integers(self.lo, self.hi - seq_len - 1, size=batch_size, endpoint=True)
-        rows = [self.tokens(int(s), int(s) + seq_len + 1) for s in starts]
-        return torch.from_numpy(np.stack(rows).astype(np.int64))
+        return self._batch([self.tokens(int(s), int(s) + seq_len + 1) for s in starts])
+
+    def _batch(self, rows: list[np.ndarray]) -> torch.Tensor:
+        """The rows as one (b, T + 1) int64 tensor; an id outside the tokenizer's (a shard damaged
+        without changing its size, which only a checksum sees) is an error, not an embedding crash."""
+        batch = np.stack(rows).astype(np.int64)
+        if self.vocab_size is not None and batch.max() >= self.vocab_size:
+            raise MemlabError(f"the {self.split} shards of {self.directory} hold token id {batch.max()}, outside the "
+                              f"tokenizer's {self.vocab_size}: they are damaged; prepare them again")
+        return torch.from_numpy(batch)
 
     def num_sequential_windows(self, seq_len: int) -> int:
         return max(0, (self.num_tokens - 1) // seq_len)
@@ -199,5 +209,4 @@ class TokenShards:
         n = n if max_windows is None else min(n, max_windows)
         for first in range(0, n, batch_size):
             starts = range(self.lo + first * seq_len, self.lo + min(n, first + batch_size) * seq_len, seq_len)
-            rows = [self.tokens(s, s + seq_len + 1) for s in starts]
-            yield torch.from_numpy(np.stack(rows).astype(np.int64))
+            yield self._batch([self.tokens(s, s + seq_len + 1) for s in starts])

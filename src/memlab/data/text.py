@@ -44,6 +44,7 @@ from memlab.data.shards import (
 from memlab.data.sources import Source, open_source
 from memlab.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from memlab.errors import MemlabError, check_dir_target
+from memlab.models.paths import holds_training_output
 
 __all__ = ["PrepareResult", "TokenShards", "is_validation", "open_source", "prepare_shards"]
 log = logging.getLogger(__name__)
@@ -110,12 +111,16 @@ def _bpe_training_text(source: Source, max_docs, val_fraction, split_seed, budge
             yield doc
 
 
+_STAGING_PREFIX = ".prepare-"
+BPE_VOCAB_SIZE = 8192  # the default vocabulary of a BPE trained on the corpus
+
+
 def prepare_shards(
     source: str | Source,
     tokenizer: str | Tokenizer,
     out_dir: str | Path,
     *,
-    vocab_size: int = 8192,
+    vocab_size: int = BPE_VOCAB_SIZE,
     val_fraction: float = 0.01,
     split_seed: int = 0,
     max_docs: int | None = None,
@@ -141,6 +146,8 @@ def prepare_shards(
         raise MemlabError(f"bpe_train_bytes must be positive (the text the BPE learns from), got {bpe_train_bytes}")
     out = Path(out_dir)
     check_dir_target(out, "the shard directory")
+    if out.is_dir() and holds_training_output(out):  # its tokenizer would be replaced
+        raise MemlabError(f"{out} holds a training run or checkpoints; prepare the shards in another directory")
     src = open_source(source) if isinstance(source, str) else source
     if tokenizer == "bpe":
         tok_request = {"kind": "bpe", "vocab_size": vocab_size, "train_bytes": bpe_train_bytes}
@@ -167,7 +174,9 @@ def prepare_shards(
     # the shards already there intact
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
+    for stale in out.glob(f"{_STAGING_PREFIX}*"):  # left by a killed preparation
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
     try:
         header = _write_shards(src, tokenizer, staging, request, max_docs, shard_tokens, progress)
         _remove_shards(out)

@@ -53,6 +53,18 @@ def manifest_problem(directory: Path, checksums: bool = True) -> str | None:
     return None
 
 
+def is_model_dir(directory: Path) -> bool:
+    """Whether ``directory`` is a checkpoint or a model directory (its manifest or its weights)."""
+    return (directory / MANIFEST_FILE).is_file() or (directory / WEIGHTS_FILE).is_file()
+
+
+def holds_training_output(directory: Path) -> bool:
+    """Whether ``directory`` is a run (its config.yaml), a checkpoint, or holds checkpoints (their manifest.json)."""
+    return (directory / "config.yaml").is_file() or any(
+        next(directory.glob(pattern), None) for pattern in (MANIFEST_FILE, f"*/{MANIFEST_FILE}", f"*/*/{MANIFEST_FILE}")
+    )
+
+
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     """The ``checkpoints/step_N`` directories of a run, oldest first (by N)."""
     steps = sorted(

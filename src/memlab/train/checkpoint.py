@@ -133,8 +133,10 @@ def prune(run_dir: Path, keep_last: int, written: Path) -> None:
     if keep_last > 0:
         whole = [p for p in checkpoint_dirs(run_dir) if manifest_problem(p, checksums=False) is None]
         for old in whole[:-keep_last]:
-            if old != written:
-                shutil.rmtree(old)
+            if old != written:  # renamed first: a kill while deleting leaves what remove_partial clears
+                doomed = old.parent / f"{TMP_PREFIX}{old.name}"
+                os.replace(old, doomed)
+                shutil.rmtree(doomed)
 
 
 def save_checkpoint(

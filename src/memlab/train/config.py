@@ -19,7 +19,7 @@ import tyro
 import yaml
 
 from memlab.config import ModelConfig, check_types, from_dict
-from memlab.errors import MemlabError, check_at_least, choose
+from memlab.errors import MemlabError, check_at_least, check_finite, choose
 
 ALG_TASKS = [
     "mod_add", "parity", "addition", "multiplication", "copy", "reverse", "dyck", "chain", "compare", "successor"
@@ -179,6 +179,7 @@ class TrainConfig:
         return ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in changed)
 
     def validate(self) -> TrainConfig:
+        check_finite(self)
         check_at_least(self, ("seq_len", "batch_size", "grad_accum", "total_tokens", "eval_samples", "max_bad_steps",
                               "log_interval", "eval_max_new_tokens", "curriculum_min_task_evals", "corpus_max_docs"),
                        1, flag_separator="_")  # fmt: skip
@@ -274,15 +275,13 @@ class TrainArgs(TrainConfig):
     @classmethod
     def defaults_from(cls, argv: list[str]) -> TrainArgs | None:
         """The defaults that ``--config FILE`` in ``argv`` sets (None without one)."""
-        path = None
-        for i, arg in enumerate(argv):
-            if arg == "--config" and i + 1 < len(argv):
-                path = argv[i + 1]
-            elif arg.startswith("--config="):
-                path = arg.split("=", 1)[1]
-        if path is None:
+        paths = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+        paths += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+        if len(paths) > 1:  # (the last one had been used, the others dropped)
+            raise MemlabError(f"--config is given {len(paths)} times ({', '.join(paths)}); give one file")
+        if not paths:
             return None
-        return cls(**dataclasses.asdict(TrainConfig.from_yaml(path)), config=path)
+        return cls(**dataclasses.asdict(TrainConfig.from_yaml(paths[0])), config=paths[0])
 
     def to_config(self) -> TrainConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}

@@ -130,10 +130,10 @@ def build_data(cfg: TrainConfig, d: Dist, run_tokenizer: Tokenizer | None) -> Ru
             f"{data_dir or corpus} uses {tokenizer.hash[:12]}; resume with the same --data-dir/--tokenizer "
             "or start a new run"
         )
-    lm = TokenShards(data_dir, "train", verify=False) if data_dir is not None else None
+    lm = TokenShards(data_dir, "train", tokenizer, verify=False) if data_dir is not None else None
     val = None
     if data_dir is not None and cfg.eval_tokens > 0:
-        val = TokenShards(data_dir, "val", verify=False)
+        val = TokenShards(data_dir, "val", tokenizer, verify=False)
         if val.num_sequential_windows(cfg.seq_len) == 0:
             log.warning("the validation split of %s is shorter than one window; validation uses the tasks", data_dir)
             val = None

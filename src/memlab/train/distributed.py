@@ -17,7 +17,6 @@ import torch.distributed as dist
 from torch import nn
 
 from memlab.devices import resolve_device
-from memlab.errors import MemlabError
 
 
 @dataclass
@@ -76,9 +75,7 @@ def teardown(d: Dist) -> None:
 
 def wrap(model: nn.Module, d: Dist, fsdp: bool) -> nn.Module:
     """The module to train: ``model`` itself, DDP around it, or ``model`` sharded in place with FSDP2."""
-    if fsdp:
-        if not d.enabled:
-            raise MemlabError("--fsdp shards over processes: launch with torchrun --nproc_per_node N (N >= 2)")
+    if fsdp:  # (launched without torchrun it was refused before any work: trainer._check_before_any_work)
         from torch.distributed.fsdp import fully_shard
 
         for block in model.body.blocks:

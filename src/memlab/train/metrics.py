@@ -36,16 +36,28 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a torn last line (a killed writer) is dropped."""
+    """The records of a metrics.jsonl; a line that holds no record (torn by a killed writer, or
+    damaged) is dropped, and the records after it are kept."""
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            break
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
     return records
+
+
+def summary_writer() -> type:
+    """TensorBoard's SummaryWriter; a MemlabError when the package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise MemlabError("--tensorboard needs the tensorboard package: pip install 'memlab[tensorboard]'") from None
+    return SummaryWriter
 
 
 class MetricsLog:
@@ -57,16 +69,11 @@ class MetricsLog:
         self.writer = None
         if not enabled:
             return
+        if tensorboard:
+            self.writer = summary_writer()(str(run_dir / "tensorboard"), purge_step=keep_until + 1)
         tmp = self.path.with_name(f".{METRICS_LINES}.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
         os.replace(tmp, self.path)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                hint = "pip install 'memlab[tensorboard]'"
-                raise MemlabError(f"--tensorboard needs the tensorboard package: {hint}") from None
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=keep_until + 1)
 
     def write(self, record: dict[str, Any]) -> None:
         record = finite(record)

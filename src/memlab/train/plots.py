@@ -30,7 +30,8 @@ def plot_loss(records: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if points_drawn := ax.get_legend_handles_labels()[0]:  # (a run whose every step was skipped has none)
+        ax.legend(handles=points_drawn, fontsize=8)
     save_figure(fig, path)
 
 

@@ -31,19 +31,19 @@ from safetensors.torch import load_model
 import memlab
 from memlab.config import build_config
 from memlab.data.shards import read_header
-from memlab.data.tasks import GRID_VERSION, IGNORE_INDEX
+from memlab.data.tasks import GRID_VERSION, IGNORE_INDEX, get_task
 from memlab.data.tokenizer import load_tokenizer
 from memlab.errors import MemlabError, check_dir_target
 from memlab.jsonfile import read_json_object
 from memlab.models.lm import WEIGHTS_FILE, LanguageModel
-from memlab.models.paths import BEST_FILE, checkpoint_dirs, latest_whole_checkpoint
+from memlab.models.paths import BEST_FILE, checkpoint_dirs, is_model_dir, latest_whole_checkpoint
 from memlab.train import checkpoint as ckpt
 from memlab.train import distributed
 from memlab.train.allocator import keep_freed_memory
 from memlab.train.config import RUN_FORMAT, TrainConfig, read_yaml
 from memlab.train.data import RunData, build_data
 from memlab.train.evaluate import EvalResult, evaluate
-from memlab.train.metrics import MetricsLog, write_json
+from memlab.train.metrics import MetricsLog, summary_writer, write_json
 from memlab.train.optim import build_optimizer, lr_at, no_decay_names, set_lr
 from memlab.train.plots import plot_accuracy, plot_loss
 
@@ -86,11 +86,16 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_yaml(run_dir / CONFIG_FILE)
 
 
+_MODEL_FIELDS = ("variant", "model_size", "model")  # what a resumed run must keep
+
+
 def plan_start(cfg: TrainConfig) -> Path | None:
     """The checkpoint to resume from (None: start afresh); refuses a directory holding another run."""
     run = cfg.run_dir
     occupied = run.is_dir() and any(run.iterdir())
     check_dir_target(run, "--output-dir")  # a file, or inside one
+    if is_model_dir(run):
+        raise MemlabError(f"--output-dir {run} is a checkpoint or model directory, not a run; choose another")
     if occupied and not (run / CONFIG_FILE).is_file():
         raise MemlabError(f"{run} is not empty and holds no memlab run ({CONFIG_FILE}); choose another --output-dir")
     if cfg.overwrite or not occupied:
@@ -99,7 +104,13 @@ def plan_start(cfg: TrainConfig) -> Path | None:
         if occupied:
             read_run_config(run)  # refuse to delete what is not a training run
         return None
-    changes = cfg.changes_from(read_run_config(run))
+    previous = read_run_config(run)
+    changes = cfg.changes_from(previous)
+    model_changes = {k: v for k, v in cfg.differences(previous).items() if k in _MODEL_FIELDS}
+    if model_changes and cfg.resume:
+        shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in model_changes.items())
+        raise MemlabError(f"--resume continues the model of {run}, which these settings change ({shown}); "
+                          "start a new run in another --output-dir")
     if changes and not cfg.resume:
         raise MemlabError(
             f"{run} holds a different run ({changes}); pass --resume to continue it with these settings "
@@ -112,6 +123,18 @@ def plan_start(cfg: TrainConfig) -> Path | None:
             "continued; start again with --overwrite"
         )
     return latest
+
+
+def _check_before_any_work(cfg: TrainConfig, d: distributed.Dist) -> None:
+    """What can be refused before the data is prepared (which may take long) or a run directory touched:
+    the model options, the window against the model's context, the task names, --fsdp without torchrun."""
+    max_seq_len = build_config(cfg.variant, cfg.model_size, **cfg.model).max_seq_len
+    if cfg.seq_len > max_seq_len:
+        raise MemlabError(f"--seq_len {cfg.seq_len} exceeds the model's max_seq_len={max_seq_len}")
+    for spec in (*cfg.alg_tasks, *cfg.retrieval_tasks):
+        get_task(spec)
+    if cfg.fsdp and not d.enabled:
+        raise MemlabError("--fsdp shards over processes: launch with torchrun --nproc_per_node N (N >= 2)")
 
 
 def _autocast(precision: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
@@ -132,14 +155,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, d: distributed.Dist) -> None:
         t0 = time.perf_counter()
         self.cfg, self.d, self.run_dir = cfg, d, cfg.run_dir
-        build_config(cfg.variant, cfg.model_size, **cfg.model)  # bad model options fail before any work
+        _check_before_any_work(cfg, d)
         resume_from = plan_start(cfg)
-        if d.is_main:
-            if cfg.overwrite and self.run_dir.exists():
-                shutil.rmtree(self.run_dir)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.remove_partial(self.run_dir)
-        d.barrier()
+        if cfg.tensorboard:
+            summary_writer()  # missing, it is refused before the run directory is touched
         run_tokenizer = load_tokenizer(resume_from) if resume_from is not None else None
         self.data: RunData = build_data(cfg, d, run_tokenizer)
         self.tokenizer = self.data.tokenizer
@@ -147,9 +166,6 @@ class Trainer:
         # model, optimizer
         _seed_everything(cfg.seed)
         self.model_config = build_config(cfg.variant, cfg.model_size, **self._model_overrides())
-        if cfg.seq_len > self.model_config.max_seq_len:
-            limit = self.model_config.max_seq_len
-            raise MemlabError(f"--seq_len {cfg.seq_len} exceeds the model's max_seq_len={limit}")
         self.raw_model = LanguageModel(self.model_config)
         if resume_from is not None:
             try:
@@ -182,6 +198,12 @@ class Trainer:
         self.best: dict[str, Any] = {"loss": None, "step": None, "acc": {}}
         self.wall_before = 0.0  # seconds of earlier sessions of this run
         self.window = _Window()
+        if d.is_main:  # every check has passed: only now is the run --overwrite replaces deleted
+            if cfg.overwrite and self.run_dir.exists():
+                shutil.rmtree(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_partial(self.run_dir)
+        d.barrier()
         if resume_from is not None:
             self._load(resume_from)
         self.metrics = MetricsLog(self.run_dir, d.is_main, self.step, cfg.tensorboard)
@@ -252,6 +274,9 @@ class Trainer:
         for group, hyperparameters in zip(self.optimizer.param_groups, configured):
             group.update(hyperparameters)  # the moments are the checkpoint's, weight decay and betas this run's
         self.step, self.skipped, self.bad_in_row = state["step"], state["skipped_steps"], state["bad_in_row"]
+        if self.step > self.total_steps:
+            raise MemlabError(f"{checkpoint} has trained {self.step * self.tokens_per_step} tokens, more than "
+                              f"--total_tokens {self.cfg.total_tokens}; resume with at least that many")
         self.best, self.wall_before = state["best"], state["wall_time_s"]
         self.window.load_state_dict(state["window"])
         if self.scaler is not None and state.get("scaler"):

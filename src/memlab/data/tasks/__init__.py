@@ -20,6 +20,7 @@ import dataclasses
 from functools import partial
 from typing import Any
 
+from memlab.config import check_types
 from memlab.data.tasks.algorithmic import ALGORITHMIC_TASKS, GRID_VERSION, GRIDS, Grid
 from memlab.data.tasks.base import (
     IGNORE_INDEX,
@@ -103,6 +104,7 @@ def get_task(spec: str, tokenizer=None, seq_len: int | None = None, **params: An
     unknown = set(params) - fields
     if unknown:
         raise MemlabError(f"task {name} has no parameter(s) {sorted(unknown)}; valid: {', '.join(sorted(fields))}")
+    check_types(cls, parsed, f"task {spec!r}")  # (a float count had failed at the first batch)
     if tokenizer is not None and "count_tokens" in fields:
         params.setdefault("count_tokens", lambda text: len(tokenizer.encode(text)))
     if tokenizer is not None and "vocab_size" in fields:
