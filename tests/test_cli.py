@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -47,6 +48,7 @@ def test_info_all_is_a_markdown_table(capsys):
         (["info", "--bogus", "1"], "Unrecognized options: --bogus"),
         (["info", "--context-len", "x"], "--context-len"),
         (["info", "--vocab-size", "0"], "vocab_size must be >= 1, got 0"),
+        (["info", "--variant", ""], "unknown variant ''"),  # had described baseline
         (["info", "--context-len", "0"], "--context-len must be >= 1, got 0"),
         ([], "give a command: compare, data prepare, eval"),
         (["frobnicate"], "unknown command 'frobnicate'"),
@@ -57,6 +59,13 @@ def test_info_all_is_a_markdown_table(capsys):
         (["data", "prepare", "--source", "stdlib-docs", "--out", "x", "--bpe-train-bytes", "0"],
          "bpe_train_bytes must be positive"),
         (["probe"], "Missing from memlab probe: --checkpoint"),
+        # options that had been ignored
+        (["generate", "--checkpoint", "x", "--variant", "gdn", "--prompt", "hi"], "a checkpoint has its own"),
+        (["data", "prepare", "--source", "stdlib-docs", "--out", "x", "--tokenizer", "byte", "--vocab-size", "300"],
+         "--tokenizer byte has its own"),
+        # a directory the file system refuses had been an OSError traceback
+        (["data", "prepare", "--source", "stdlib-docs", "--out", "/proc/memlab-test/data", "--tokenizer", "byte"],
+         "No such file or directory: '/proc/memlab-test'"),
         (["train", "--variant", "gdn", "--bogus"], "Unrecognized options: --bogus"),
     ],
 )
@@ -64,6 +73,19 @@ def test_user_errors_are_one_line_and_exit_2(args, fragment):
     code, out, err = run_cli(*args)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("memlab: error:") and fragment in err
+
+
+def test_an_interrupt_is_one_line(monkeypatch, capsys):
+    """Ctrl-C had printed a KeyboardInterrupt traceback (the trainer records it and keeps its checkpoints)."""
+    from memlab import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "info", (cli.COMMANDS["info"][0], interrupted))
+    with pytest.raises(SystemExit) as exit_:
+        main(["info"])
+    assert exit_.value.code == 130 and capsys.readouterr().err == "memlab: interrupted\n"
 
 
 def test_a_command_group_lists_its_subcommands(capsys):
@@ -106,6 +128,25 @@ def test_generate_samples_with_a_tiny_temperature_and_a_nucleus(capsys):
     assert generate("--temperature", "1e-39") == greedy  # the limit of sampling is greedy decoding
     assert generate("--temperature", "1e-46") == greedy  # below float32's smallest number too
     assert generate("--temperature", "1", "--top-p", "1e-9") == greedy  # a nucleus of one token
+
+
+def test_a_tokenizer_other_than_the_trained_one_is_refused_though_it_fits(tmp_path, capsys):
+    """An export's tokenizer swapped for another one no larger had generated garbage without a word."""
+    import json
+
+    import memlab
+    from memlab.data.tokenizer import build_tokenizer
+
+    memlab.build_model("baseline", "tiny").save(tmp_path)  # 512 ids
+    byte = build_tokenizer("byte")  # 261 ids
+    byte.save(tmp_path)
+    summary = tmp_path / "summary.json"
+    for recorded, fails in ((byte.hash, False), ("0123456789abcdef", True)):
+        summary.write_text(json.dumps({"metadata": {"tokenizer_hash": recorded}}))
+        with pytest.raises(SystemExit) if fails else contextlib.nullcontext() as e:
+            main(["generate", "--checkpoint", str(tmp_path), "--prompt", "hi", "--max-new-tokens", "2"])
+        err = capsys.readouterr().err
+        assert not fails or (e.value.code == 2 and "is not the one the model was trained with (0123456789ab)" in err)
 
 
 def test_generate_refuses_a_tokenizer_of_another_model(tmp_path, capsys):

@@ -24,3 +24,12 @@ def test_other_names_are_refused(name):
 def test_cuda_without_a_gpu_is_refused():
     with pytest.raises(MemlabError, match="no CUDA device is available"):
         resolve_device("cuda:1")
+
+
+def test_a_cuda_index_beyond_the_devices_is_refused(monkeypatch):
+    """It had passed, to fail in torch.cuda.set_device with a traceback."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(MemlabError, match="has 2 CUDA device\\(s\\), cuda:0 to cuda:1"):
+        resolve_device("cuda:2")

@@ -57,7 +57,8 @@ def run_info(args: InfoArgs) -> None:
         rows = [describe(v, args.model_size, args.context_len, **overrides) for v in list_variants()]
         print(variants_table(rows))
         return
-    for key, value in describe(args.variant or "baseline", args.model_size, args.context_len, **overrides).items():
+    variant = "baseline" if args.variant is None else args.variant  # ("" is an unknown variant)
+    for key, value in describe(variant, args.model_size, args.context_len, **overrides).items():
         print(f"{key:>22}: {value}")
 
 
@@ -72,8 +73,10 @@ class GenerateArgs:
     checkpoint: str | None = None
     init: bool = False
     """use a freshly initialised model (with --variant/--model-size and the byte tokenizer)"""
-    variant: str = "baseline"
-    model_size: str = "tiny"
+    variant: str | None = None
+    """with --init: the variant (default: baseline)"""
+    model_size: str | None = None
+    """with --init: the size (default: tiny)"""
     max_new_tokens: int = 64
     temperature: float = 0.0
     """0: greedy; else sample from softmax(logits / temperature)"""
@@ -100,9 +103,12 @@ def run_generate(args: GenerateArgs) -> None:
         raise MemlabError(f"--temperature must be a finite number >= 0 (0: greedy), got {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise MemlabError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.checkpoint is not None and (args.variant or args.model_size):  # (they had been ignored)
+        raise MemlabError("--variant and --model-size describe a fresh model (--init); a checkpoint has its own")
     if args.init:
         tokenizer = build_tokenizer("byte")
-        model = memlab.build_model(args.variant, args.model_size, vocab_size=tokenizer.vocab_size)
+        model = memlab.build_model(args.variant or "baseline", args.model_size or "tiny",
+                                   vocab_size=tokenizer.vocab_size)  # fmt: skip
     else:
         model, tokenizer, _ = load_checkpoint(args.checkpoint, "cpu")  # refuses a tokenizer of another model
     ids = torch.tensor([tokenizer.encode(args.prompt)])
@@ -128,8 +134,8 @@ class DataPrepareArgs:
     """output directory: shards.json, {train,val}_NNN.bin and the tokenizer"""
     tokenizer: str = "bpe"
     """bpe (trained on the corpus), byte, a run/checkpoint/export directory (its tokenizer), or a local HF name/path"""
-    vocab_size: int = 8192
-    """BPE vocabulary size"""
+    vocab_size: int | None = None
+    """the vocabulary size of a bpe tokenizer trained here (default: 8192)"""
     val_fraction: float = 0.01
     """fraction of documents (chosen by a hash of their text) in the validation split"""
     split_seed: int = 0
@@ -146,11 +152,13 @@ class DataPrepareArgs:
 
 def run_data_prepare(args: DataPrepareArgs) -> None:
     from memlab.data.sources import open_source
-    from memlab.data.text import prepare_shards
+    from memlab.data.text import BPE_VOCAB_SIZE, prepare_shards
 
+    if args.vocab_size is not None and args.tokenizer != "bpe":  # (it had been ignored)
+        raise MemlabError(f"--vocab-size sizes a bpe tokenizer trained here; --tokenizer {args.tokenizer} has its own")
     source = open_source(args.source, text_field=args.text_field, streaming=args.streaming)
     result = prepare_shards(
-        source, args.tokenizer, args.out, vocab_size=args.vocab_size, val_fraction=args.val_fraction,
+        source, args.tokenizer, args.out, vocab_size=args.vocab_size or BPE_VOCAB_SIZE, val_fraction=args.val_fraction,
         split_seed=args.split_seed, max_docs=args.max_docs, bpe_train_bytes=args.bpe_train_bytes,
         force=args.force, progress=True,
     )
@@ -422,8 +430,11 @@ def main(argv: list[str] | None = None) -> None:
         raise
     try:
         run(args)
-    except MemlabError as e:
+    except (MemlabError, OSError) as e:  # OSError: the file system refused (no such directory, no permission, full)
         fail(str(e))
+    except KeyboardInterrupt:  # a training run has recorded the interruption and kept its checkpoints
+        print("memlab: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def _listing(names: list[str]) -> str:

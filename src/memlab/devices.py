@@ -20,4 +20,7 @@ def resolve_device(device: str) -> torch.device:
         raise MemlabError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise MemlabError(f"--device {device}: no CUDA device is available; use --device cpu")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise MemlabError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return resolved

@@ -187,7 +187,7 @@ def test_runs_without_perplexity_plot_without_a_warning(tmp_path, recwarn):
     assert not [w for w in recwarn if "log-scaled" in str(w.message)]
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "newer", "corrupt", "baseline"])
+@pytest.mark.parametrize("case", ["missing", "empty", "newer", "corrupt", "baseline", "payload", "summary"])
 def test_bad_input_is_one_clear_error(tmp_path, base, case):
     runs, kwargs = [base], {}
     if case == "missing":
@@ -210,6 +210,19 @@ def test_bad_input_is_one_clear_error(tmp_path, base, case):
         (run / "eval" / "results_all.json").write_text('{"schema_version": 1, "suite": "al')
         runs.append(run)
         message = "corrupt results file"
+    elif case == "payload":  # damaged below the validated top level: had been an AttributeError
+        run = make_run(tmp_path, "broken")
+        path = run / "eval" / "results_all.json"
+        doc = json.loads(path.read_text())
+        doc["results"]["algorithmic"]["summary"] = None
+        path.write_text(json.dumps(doc))
+        runs.append(run)
+        message = "do not follow the schema (AttributeError"
+    elif case == "summary":  # a summary.json that is not a JSON object, or not text
+        run = make_run(tmp_path, "broken")
+        (run / "summary.json").write_bytes(b"\xff[]")
+        runs.append(run)
+        message = "summary.json is corrupt (not JSON"
     else:
         kwargs["baseline"] = "transformer"
         message = "unknown baseline 'transformer'; valid choices: base"

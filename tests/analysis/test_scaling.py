@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+import memlab.analysis.ladder as ladder
 from memlab.analysis.ladder import non_embedding_params, parse_param_count, plan, resolve_size, run_ladder
 from memlab.analysis.scaling import PowerLawFit, fit_power_law, verdict
 from memlab.cli import main
@@ -191,6 +192,14 @@ def test_plan_fails_early_on_too_few_sizes_duplicates_and_unknown_variants():
         plan(["baseline"], ["d64l1", "d64l1", "d128l1"])
     with pytest.raises(MemlabError, match="unknown variant 'nope'"):
         plan(["nope"], ["d64l1", "d64l2", "d128l1"])
+
+
+def test_plan_refuses_a_size_beyond_the_machine_before_training_any(monkeypatch):
+    """The smaller rungs had trained, then the largest was killed for memory without a word."""
+    monkeypatch.setattr(ladder, "machine_memory_bytes", lambda: 16 * non_embedding_params("baseline", "d128l2"))
+    assert plan(["baseline"], ["d64l1", "d64l2", "d128l2"])
+    with pytest.raises(MemlabError, match=r"size d128l3 of baseline \(d128l3, .* more than this machine's"):
+        plan(["baseline"], ["d64l1", "d64l2", "d128l3"])
 
 
 # --------------------------------------------------------------- tiny ladder

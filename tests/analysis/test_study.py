@@ -138,6 +138,15 @@ def test_a_corrupt_study_plan_is_one_clear_error(tmp_path, plan):
         run_study(StudyConfig(out_dir=str(tmp_path), variants=["baseline"]))
 
 
+@pytest.mark.parametrize("runs", [[], {"baseline_s0": 3}])
+def test_a_plan_whose_run_records_are_damaged_keeps_the_rest(tmp_path, runs):
+    """A plan with ``"runs": []`` had been an AttributeError."""
+    cfg = StudyConfig(preset="quick", out_dir=str(tmp_path), variants=["baseline"])
+    plan = study.check_plan(cfg, tmp_path)
+    (tmp_path / "study.json").write_text(json.dumps({**plan, "runs": runs}))
+    assert study.check_plan(cfg, tmp_path)["runs"] == {}
+
+
 def test_an_out_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "taken").write_text("mine")
     with pytest.raises(MemlabError, match="is a file, not a directory"):

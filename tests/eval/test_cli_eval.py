@@ -107,6 +107,8 @@ def test_eval_refuses_an_out_dir_that_cannot_be_made_before_any_work(model_dir, 
         (["--needle-tasks", "sniah1", "--context-lengths", "64"], "sniah1"),  # the needle and question do not fit
         (["--context-lengths", "512", "--ablation-context", "100000"], "the ablation context (--ablation-context)"),
         (["--context-lengths", "512", "--lm-context", "100000"], "the lm window (--lm-context)"),
+        # one whole window had been evaluated, more tokens than asked for
+        (["--context-lengths", "512", "--lm-context", "128", "--lm-tokens", "64"], "less than one window of 128"),
     ],
 )
 def test_suite_all_refuses_what_a_later_suite_cannot_run_before_the_first_runs(

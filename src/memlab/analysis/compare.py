@@ -26,6 +26,7 @@ from typing import Any
 from memlab.errors import MemlabError, check_dir_target
 from memlab.eval.schema import read_results
 from memlab.eval.stats import mean_interval, wilson_interval
+from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
 
 
@@ -162,11 +163,7 @@ def training_seconds(run_dir: Path) -> float | None:
     path = run_dir / "summary.json"
     if not path.is_file():
         return None
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise MemlabError(f"corrupt {path}: {e}") from None
-    seconds = summary.get("wall_time_s")
+    seconds = read_json_object(path).get("wall_time_s")
     return float(seconds) if isinstance(seconds, (int, float)) else None
 
 
@@ -176,6 +173,17 @@ def load_run(run_dir: str | Path) -> Row:
     if not run_dir.is_dir():
         raise MemlabError(f"no such run directory: {run_dir}")
     payloads, meta, measured = load_payloads(run_dir)
+    try:
+        row = _row(run_dir, payloads, meta, measured)
+    except (KeyError, TypeError, AttributeError) as e:  # a file damaged by hand below the validated top level
+        raise MemlabError(f"the results in {run_dir} do not follow the schema ({type(e).__name__}: {e})") from None
+    seconds = training_seconds(run_dir)
+    if seconds is not None:
+        row.train_time_s = Metric(seconds, None, 1)
+    return row
+
+
+def _row(run_dir: Path, payloads: dict[str, Any], meta: dict[str, Any], measured: dict[str, dict[str, Any]]) -> Row:
     model = meta["model"]
     row = Row(
         name=run_dir.name,
@@ -202,9 +210,6 @@ def load_run(run_dir: str | Path) -> Row:
     if "ablation" in payloads:
         d = payloads["ablation"]["delta"]
         row.delta = Metric(d["delta"], d["ci95"], d["n"])
-    seconds = training_seconds(run_dir)
-    if seconds is not None:
-        row.train_time_s = Metric(seconds, None, 1)
     return row
 
 

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from memlab.analysis.info import human
 from memlab.config import SIZES, build_config, size_fields
 from memlab.errors import MemlabError, check_dir_target
 from memlab.markdown import markdown_table
@@ -158,8 +160,24 @@ def plan(variants: list[str], labels: list[str], aspect: float = 32.0) -> dict[s
             if n in counts:
                 raise MemlabError(f"sizes {counts[n]} and {label} of {variant} are the same model ({size}); drop one")
             counts[n] = label
+            if TRAINING_BYTES_PER_PARAM * n > machine_memory_bytes():  # (it had trained the smaller ones first)
+                raise MemlabError(
+                    f"size {label} of {variant} ({size}, {human(n)} parameters) needs over "
+                    f"{human(TRAINING_BYTES_PER_PARAM * n)}B to train, more than this machine's "
+                    f"{human(machine_memory_bytes())}B; choose smaller sizes"
+                )
         out[variant] = sizes
     return out
+
+
+TRAINING_BYTES_PER_PARAM = 16  # float32 weights, gradients and AdamW's two moments
+
+
+def machine_memory_bytes() -> int:
+    """The memory a run here can use at most: the host's RAM and every GPU's."""
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    gpus = range(torch.cuda.device_count()) if torch.cuda.is_available() else ()
+    return host + sum(torch.cuda.get_device_properties(i).total_memory for i in gpus)
 
 
 def train_rung(recipe, variant: str, label: str, size: str, tokens: int, out_dir: Path) -> Rung:

@@ -137,7 +137,8 @@ def check_plan(cfg: StudyConfig, out: Path) -> dict[str, Any]:
         if old.get("budget") != json.loads(json.dumps(plan["budget"])):
             raise MemlabError(f"{out} holds a study with preset {old.get('preset')!r} (another budget); "
                               "choose another --out_dir")
-        plan["runs"] = old.get("runs", {})
+        runs = old.get("runs", {})
+        plan["runs"] = {k: v for k, v in runs.items() if isinstance(v, dict)} if isinstance(runs, dict) else {}
     return plan
 
 

@@ -157,7 +157,24 @@ def load_checkpoint(path: str | Path, device: str = "auto") -> tuple[nn.Module, 
             f"the tokenizer in {model_dir} has {tokenizer.vocab_size} ids but the model only "
             f"{model.config.vocab_size}: they do not belong together"
         )
+    trained_with = trained_tokenizer_hash(model_dir)
+    if trained_with is not None and trained_with != tokenizer.hash:
+        raise MemlabError(f"the tokenizer in {model_dir} ({tokenizer.hash[:12]}) is not the one the model was "
+                          f"trained with ({trained_with[:12]}): they do not belong together")
     return model, tokenizer, model_dir
+
+
+def trained_tokenizer_hash(model_dir: Path) -> str | None:
+    """The hash of the tokenizer the model was trained with, as its run's config.yaml or the
+    summary.json beside it (an export's) records it; None where neither does."""
+    run_dir = run_dir_of(model_dir)
+    if run_dir is not None and run_data(run_dir).get("tokenizer_hash"):
+        return str(run_data(run_dir)["tokenizer_hash"])
+    try:
+        metadata = json.loads((model_dir / "summary.json").read_text()).get("metadata", {})
+        return str(metadata["tokenizer_hash"])
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
 
 
 def _written_by(model_dir: Path) -> str | None:

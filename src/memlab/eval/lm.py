@@ -37,6 +37,9 @@ def check(ctx: EvalContext) -> None:
     """Refuse a missing corpus or a window beyond the model's context (before any suite runs)."""
     _, seq_len = corpus_and_window(ctx)
     check_context(ctx.model, seq_len, "the lm window (--lm-context)")
+    if ctx.options.lm_tokens < seq_len:  # (one whole window had been evaluated, more than asked for)
+        raise MemlabError(f"--lm-tokens {ctx.options.lm_tokens} is less than one window of {seq_len} tokens; "
+                          "raise it or shorten the window (--lm-context)")
 
 
 def open_corpus(ctx: EvalContext, spec: str) -> tuple[str, TokenShards]:
