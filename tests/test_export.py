@@ -54,6 +54,8 @@ def test_export_round_trips_the_model_and_tokenizer(run_dir, tmp_path):
     assert load_tokenizer(out).hash == build_tokenizer("byte").hash
     generated = exported.generate(ids[:1, :5], max_new_tokens=4)
     assert torch.equal(generated, original.generate(ids[:1, :5], max_new_tokens=4))
+    (tmp_path / "made_alike").mkdir()  # the export had been owner-only (0700), as a temporary directory is
+    assert out.stat().st_mode & 0o777 == (tmp_path / "made_alike").stat().st_mode & 0o777
 
 
 def test_model_card_has_architecture_training_and_this_models_results(run_dir, tmp_path):

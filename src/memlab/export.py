@@ -15,8 +15,8 @@ and ``memlab.load(out)`` / ``load_tokenizer(out)`` read it back.
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,9 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
                 results.setdefault(p.name, doc)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # whole or nothing
+    staging = out.parent / f".{out.name}.{os.getpid()}.tmp"  # whole or nothing (mkdtemp's would be owner-only)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
         model.save(staging)
         tokenizer.save(staging)
