@@ -173,6 +173,15 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
     assert json.loads((run_dir / "summary.json").read_text())["skipped_steps"] == 2
 
 
+def test_a_run_shorter_than_max_bad_steps_whose_every_step_is_bad_diverged(tmp_path, monkeypatch):
+    """It had been reported completed."""
+    _poison(monkeypatch, set(range(100)))
+    cfg = tiny_config(tmp_path / "run", steps=3)
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps"):
+        train(cfg)
+    assert json.loads((cfg.run_dir / "summary.json").read_text())["status"] == "diverged"
+
+
 def test_too_many_bad_steps_in_a_row_stop_with_the_checkpoint_intact(tmp_path, monkeypatch):
     _poison(monkeypatch, set(range(4, 100)))
     cfg = tiny_config(tmp_path / "run", steps=20, save_interval=3, max_bad_steps=3)

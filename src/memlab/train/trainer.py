@@ -464,7 +464,8 @@ class Trainer:
             self.bad_in_row += 1
             log.warning("step %d: loss %s, grad norm %s: not finite; skipped", self.step, loss_value, grad_norm)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.bad_in_row >= cfg.max_bad_steps:
+        # a run shorter than max_bad_steps whose every step is bad has diverged too (it had been "completed")
+        if self.bad_in_row >= min(cfg.max_bad_steps, self.total_steps):
             raise TrainingDiverged(
                 f"training diverged: {self.bad_in_row} consecutive steps with a non-finite loss or gradient "
                 f"(step {self.step}); the last checkpoint in {self.run_dir / 'checkpoints'} is intact; "
