@@ -20,15 +20,15 @@ class EvalOptions:
     """What the suites evaluate, and how much of it (every field is a CLI flag of ``memlab eval``)."""
 
     tasks: list[str] | None = None
-    """algorithmic: restrict to these tasks (default: every task)"""
+    """algorithmic: restrict to these tasks (default: every task); lm-eval: the tasks to run (required)"""
     grid: Literal["iid", "ood", "all"] = "all"
     """algorithmic: which grid of difficulties to evaluate"""
     samples: int = 100
-    """algorithmic: examples per task and difficulty"""
+    """algorithmic: examples per task and difficulty; lm-eval: examples per task"""
     needle_tasks: list[str] | None = None
     """longctx: needle tasks (default: every one)"""
     context_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
-    """longctx: haystack lengths in tokens"""
+    """longctx: example lengths in tokens (haystack, needle, question and answer)"""
     depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     """longctx: needle depths as a fraction of the haystack"""
     needle_samples: int = 20

@@ -106,7 +106,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     """clip the global gradient norm (0: off)"""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """autocast dtype; auto: bf16 on a GPU that has it, else fp32"""
+    """autocast dtype; auto: bf16 on a CUDA GPU that has it, fp16 on one that has not, fp32 on the CPU"""
     compile: bool = False
     """torch.compile the model"""
     fsdp: bool = False
