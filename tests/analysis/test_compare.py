@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import pytest
 
@@ -230,6 +231,22 @@ def test_bad_input_is_one_clear_error(tmp_path, base, case):
         compare(runs, **kwargs)
     assert message in str(e.value) and "\n" not in str(e.value)
 
+
+
+def test_a_row_holds_the_results_of_one_model_of_the_run(tmp_path, base, caplog):
+    """An older memlab wrote a checkpoint's results into the run's eval/ too: its perplexity had
+    joined the accuracies of the run's model in one row."""
+    run = make_run(tmp_path, "gdn", ppl=20.0)
+    _edit(run, metadata=dict(model_dir="gdn/best_model"))
+    doc = json.loads((run / "eval" / "results_all.json").read_text())
+    doc["suite"], doc["results"] = "lm", dict(doc["results"]["lm"], perplexity=99.0)
+    doc["metadata"].update(model_dir="gdn/checkpoints/step_8", timestamp="2026-02-01T00:00:00+00:00")  # newer
+    (run / "eval" / "results_lm.json").write_text(json.dumps(doc))
+    (run / "best_model").mkdir()
+    (run / "best_model" / "model.safetensors").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        rows = {r.name: r for r in compare([base, run]).rows}
+    assert rows["gdn"].perplexity.value == 20.0 and "left out of the comparison" in caplog.text
 
 
 def _edit(run, suite=None, metadata=None, **changes):

@@ -44,6 +44,23 @@ def test_eval_defaults_to_eval_dir_of_the_model(model_dir, capsys):
     assert schema.read_results(model_dir / "eval" / "results_selftest.json")["results"]["passed"]
 
 
+def test_a_checkpoint_other_than_the_runs_model_is_evaluated_into_its_own_dir(model_dir, tmp_path, capsys):
+    """Every checkpoint of a run had written the run's eval/ files: they overwrote each other, and
+    compare mixed their suites in one row."""
+    import shutil
+
+    run = tmp_path / "run"
+    for step in ("step_4", "step_8"):
+        shutil.copytree(model_dir, run / "checkpoints" / step, ignore=shutil.ignore_patterns("eval"))
+    (run / "config.yaml").write_text("data: {}\n")
+    main(["eval", "--checkpoint", str(run / "checkpoints" / "step_4"), "--suite", "selftest"])
+    main(["eval", "--checkpoint", str(run), "--suite", "selftest"])  # the run's model: its newest checkpoint
+    capsys.readouterr()
+    step_4 = schema.read_results(run / "eval" / "step_4" / "results_selftest.json")
+    own = schema.read_results(run / "eval" / "results_selftest.json")
+    assert step_4["metadata"]["model_dir"].endswith("step_4") and own["metadata"]["model_dir"].endswith("step_8")
+
+
 def test_eval_bad_input(model_dir, tmp_path, capsys):
     assert "no such checkpoint or model directory" in fail(capsys, "eval", "--checkpoint", str(tmp_path / "nope"))
     (tmp_path / "empty_run").mkdir()

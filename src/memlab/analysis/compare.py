@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,9 @@ from memlab.eval.schema import read_results
 from memlab.eval.stats import mean_interval, wilson_interval
 from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
+from memlab.models.paths import resolve_model_dir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,14 +99,23 @@ def eval_dir(run_dir: Path) -> Path:
 
 def load_payloads(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
     """(suite -> newest payload, metadata of the newest file, suite -> what that payload was
-    measured on) from the run's results files."""
+    measured on) from the run's results files of one model: the one the run stands for (its
+    best_model, else its newest checkpoint) where it was evaluated, else the newest file's.  The
+    results of other checkpoints (an older memlab wrote them there too) are left out, with a warning."""
     files = sorted(eval_dir(run_dir).glob("results_*.json"))
     if not files:
         raise MemlabError(f"{run_dir} holds no results files (run `memlab eval --checkpoint {run_dir}` first)")
+    docs = {path: read_results(path) for path in files}
+    newest_doc = max(docs.values(), key=lambda doc: doc["metadata"]["timestamp"])
+    model = _run_model_key(run_dir)
+    if model not in {_model_key(doc) for doc in docs.values()}:
+        model = _model_key(newest_doc)
+    for path in [p for p, doc in docs.items() if _model_key(doc) != model]:
+        log.warning("%s evaluated %s, another model of the run: left out of the comparison",
+                    path, docs.pop(path)["metadata"]["model_dir"])  # fmt: skip
     newest: dict[str, tuple[str, Any, dict[str, Any]]] = {}
     meta: dict[str, Any] = {}
-    for path in files:
-        doc = read_results(path)
+    for doc in docs.values():
         stamp = doc["metadata"]["timestamp"]
         payloads = doc["results"] if doc["suite"] == "all" else {doc["suite"]: doc["results"]}
         for suite, payload in payloads.items():
@@ -112,6 +125,20 @@ def load_payloads(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[s
             meta = doc["metadata"]
     measured = {s: measured_on(s, p, m) for s, (_, p, m) in newest.items() if s in MEASURED_ON}
     return {s: p for s, (_, p, _) in newest.items()}, meta, measured
+
+
+def _model_key(doc: dict[str, Any]) -> tuple[str, ...]:
+    """Which model a results file evaluated: the last two parts of its recorded model directory
+    (``run/best_model``, ``checkpoints/step_8``), whether it was given relative or absolute."""
+    return Path(doc["metadata"]["model_dir"] or "").parts[-2:]
+
+
+def _run_model_key(run_dir: Path) -> tuple[str, ...] | None:
+    """The :func:`_model_key` of the model ``run_dir`` stands for; None where it holds none."""
+    try:
+        return resolve_model_dir(run_dir).resolve().parts[-2:]
+    except MemlabError:
+        return None
 
 
 # What each compared suite's numbers were measured on, from its payload: runs compared must agree

@@ -35,6 +35,7 @@ from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval import schema
 from memlab.eval.exact_match import exact_match
 from memlab.eval.options import EvalOptions
+from memlab.models.paths import resolve_model_dir
 from memlab.models.recursion import fix_act_steps
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,17 @@ def run_dir_of(model_dir: Path) -> Path | None:
     return None
 
 
+def default_out_dir(model_dir: Path, run_dir: Path | None, act_steps: int | None) -> Path:
+    """Where ``memlab eval`` writes without --out-dir: the run's ``eval/`` for the model the run
+    stands for (its best_model, else its newest checkpoint: what compare and study evaluate),
+    ``eval/<checkpoint>/`` for another of its checkpoints (they had shared, and overwritten, the
+    run's files), the model directory's ``eval/`` outside a run; ``act_steps_K/`` below for a fixed ACT depth."""
+    out = (run_dir or model_dir) / "eval"
+    if run_dir is not None and model_dir.resolve() != resolve_model_dir(run_dir).resolve():
+        out = out / model_dir.name
+    return out if act_steps is None else out / f"act_steps_{act_steps}"
+
+
 def run_data(run_dir: Path) -> dict[str, Any]:
     """The ``data`` entry of a training run's config.yaml: corpus, data_dir (the prepared shards;
     None for tasks only), the shards' val_fraction and split_seed, the tokenizer."""
@@ -139,7 +151,6 @@ def run_held_out_split(run_dir: Path) -> tuple[float, int] | None:
 def load_checkpoint(path: str | Path, device: str = "auto") -> tuple[nn.Module, Tokenizer, Path]:
     """(model in eval mode, tokenizer, model directory) of a run, checkpoint or model directory."""
     import memlab
-    from memlab.models.paths import resolve_model_dir
 
     model_dir = resolve_model_dir(path)
     device = resolve_device(device)
@@ -206,12 +217,10 @@ def evaluate(
     options.check()
     choose("suite", suite, suite_names())
     model, tokenizer, model_dir = load_checkpoint(checkpoint, options.device)
-    default_out = "eval"
+    run_dir = run_dir_of(model_dir)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(model_dir, run_dir, options.act_steps)
     if options.act_steps is not None:
         fix_act_steps(model, options.act_steps)
-        default_out = f"eval/act_steps_{options.act_steps}"
-    run_dir = run_dir_of(model_dir)
-    out = Path(out_dir) if out_dir is not None else (run_dir or model_dir) / default_out
     check_dir_target(out, "--out-dir")  # before the suites run, not when their results are written
     try:
         out.mkdir(parents=True, exist_ok=True)
