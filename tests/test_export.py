@@ -80,6 +80,16 @@ def test_exporting_a_checkpoint_then_the_export_keeps_its_summary_and_results(ru
     assert torch.equal(memlab.load(first)(ids), memlab.load(second)(ids))
 
 
+def test_exporting_a_checkpoint_takes_the_results_in_its_own_eval_dir(run_dir, tmp_path):
+    """Where `memlab eval` now writes a checkpoint's results (the fixture's selftest is where an older memlab did)."""
+    lm = json.loads((run_dir / "eval" / "results_lm.json").read_text())["results"]
+    own = results_doc(run_dir / "checkpoints" / "step_4", "lm", dict(lm, perplexity=40.0))
+    schema.write_results(run_dir / "eval" / "step_4" / "results_lm.json", own)
+    out = export(run_dir / "checkpoints" / "step_4", tmp_path / "a")
+    assert sorted(p.name for p in (out / "eval").iterdir()) == ["results_lm.json", "results_selftest.json"]
+    assert schema.read_results(out / "eval" / "results_lm.json")["results"]["perplexity"] == 40.0
+
+
 def test_export_refuses_to_clobber_unless_asked(run_dir, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()

@@ -23,7 +23,7 @@ from typing import Any
 import memlab
 from memlab.analysis.info import human
 from memlab.errors import MemlabError
-from memlab.eval.hub import load_checkpoint, run_dir_of
+from memlab.eval.hub import default_out_dir, load_checkpoint, run_dir_of
 from memlab.eval.schema import read_results
 from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
@@ -52,8 +52,9 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
     sources = [d for d in dict.fromkeys([model_dir, run_dir]) if d is not None]
     summary_file = next((d / SUMMARY_FILE for d in sources if (d / SUMMARY_FILE).is_file()), None)
     results = {p.name: read_results(p) for p in sorted((model_dir / "eval").glob("results_*.json"))}  # an export's
-    if run_dir is not None:  # a run's eval/ holds results of several checkpoints: keep this model's
-        for p in sorted((run_dir / "eval").glob("results_*.json")):
+    if run_dir is not None:  # this model's results in its run (an older memlab wrote every checkpoint's into eval/)
+        places = dict.fromkeys([default_out_dir(model_dir, run_dir, None), run_dir / "eval"])
+        for p in (p for place in places for p in sorted(place.glob("results_*.json"))):  # the model's own place first
             doc = read_results(p)
             if _same_dir(doc["metadata"]["model_dir"], model_dir):
                 results.setdefault(p.name, doc)
