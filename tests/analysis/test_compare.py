@@ -331,3 +331,5 @@ def test_seeds_that_agree_keep_the_uncertainty_of_their_examples(tmp_path):
     runs = [make_run(tmp_path, f"gdn-s{seed}", needle=0.0) for seed in range(2)]
     (row,) = compare(runs, aggregate_seeds=True, plots=False).rows
     assert row.needle.value == 0.0 and row.needle.ci95 == pytest.approx(list(wilson_interval(0, 2000)))
+    # a Delta on which they agree keeps their own paired interval (it had been [0.3, 0.3])
+    assert row.delta.value == pytest.approx(0.3) and row.delta.ci95 == pytest.approx([0.25, 0.35])

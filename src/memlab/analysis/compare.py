@@ -270,9 +270,9 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
     the runs must be seeds of one model and training recipe (:func:`check_seeds_of_one_model`).
 
     A metric that any run lacks is missing, and one that any run collapsed is collapsed (with the
-    count): no run is left out of a mean.  Intervals are clipped to the range a metric can take; an
-    accuracy on which the seeds agree exactly (a t interval of zero width) gets the Wilson interval
-    of the pooled examples instead.
+    count): no run is left out of a mean.  Intervals are clipped to the range a metric can take; a
+    metric on which the seeds agree exactly (a t interval of zero width) keeps the uncertainty of
+    its examples (:func:`_agreeing_seeds_interval`).
     The per-length and needle plots of an aggregated row show its first run's curves.
     """
     groups: dict[tuple[str, str], list[Row]] = {}
@@ -296,12 +296,22 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
             stat = mean_interval([m.value for m in metrics])
             lo, hi = RANGES[name]
             ci = [min(max(v, lo), hi) for v in stat["ci95"]] if stat["ci95"][0] is not None else None
-            if ci is not None and ci[0] == ci[1] and name in ACCURACIES:  # seeds that agree exactly: the
-                ci = list(wilson_interval(round(sum(m.value * m.n for m in metrics)),  # examples' own uncertainty
-                                          sum(m.n for m in metrics)))  # fmt: skip
+            if ci is not None and ci[0] == ci[1]:  # seeds that agree exactly: their examples' own uncertainty
+                ci = _agreeing_seeds_interval(name, metrics) or ci
             setattr(agg, name, Metric(stat["mean"], ci, stat["n"]))
         out.append(agg)
     return out
+
+
+def _agreeing_seeds_interval(name: str, metrics: list[Metric]) -> list[float] | None:
+    """The interval of a metric on which every seed gave the same value (a t interval of zero
+    width would overstate certainty): an accuracy's Wilson interval of the pooled examples, else the
+    seeds' own intervals averaged (a Delta's paired interval); None where the seeds have none."""
+    if name in ACCURACIES:
+        return list(wilson_interval(round(sum(m.value * m.n for m in metrics)), sum(m.n for m in metrics)))
+    if any(m.ci95 is None or m.ci95[0] is None for m in metrics):
+        return None
+    return [sum(m.ci95[0] for m in metrics) / len(metrics), sum(m.ci95[1] for m in metrics) / len(metrics)]
 
 
 # ---------------------------------------------------------------------- verdicts
