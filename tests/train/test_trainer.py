@@ -52,6 +52,8 @@ def test_run_directory_holds_every_output(run):
         assert load_tokenizer(checkpoint).hash == load_tokenizer(run_dir).hash
     best = json.loads((run_dir / "best_model" / "best.json").read_text())
     assert best["step"] in (4, 8, 12) and best["loss"] > 0  # the step it was saved at, for probes and reports
+    evaluated = next(r for r in records(run_dir) if r["step"] == best["step"] and "acc" in r)
+    assert best["acc"] == evaluated["acc"] and best["acc"]  # the saved model's own accuracies (they had been stale)
     state = read_trainer_state(run_dir / "checkpoints" / "step_12")
     assert state["step"] == 12 and state["tokens_seen"] == cfg.total_tokens
     assert {"python", "numpy", "torch"} <= set(state["rng"]) and state["curriculum"]["step"] == 12

@@ -340,12 +340,14 @@ class Trainer:
             ckpt.prune(self.run_dir, self.cfg.keep_last, directory)
         self.d.barrier()
 
-    def save_best(self) -> None:
+    def save_best(self, acc: dict[str, float]) -> None:
+        """Save the model as best_model/, with best.json: its step, selection loss and accuracy per task."""
         model_state = self._full_model_state()
         if self.d.is_main:
             with ckpt.atomic_directory(self.run_dir / "best_model") as tmp:
                 self._write_model_files(tmp, model_state)
-                (tmp / BEST_FILE).write_text(json.dumps(self.best) + "\n")  # its step and selection loss
+                record = {"loss": self.best["loss"], "step": self.best["step"], "acc": acc}
+                (tmp / BEST_FILE).write_text(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------ loop
     def session_wall(self) -> float:
@@ -490,7 +492,7 @@ class Trainer:
         improved = finite and (self.best["loss"] is None or score < self.best["loss"])
         if improved:
             self.best.update(loss=score, step=self.step)
-            self.save_best()
+            self.save_best(result.acc)  # (best.json had held the best accuracies before this step's)
         for task, acc in result.acc.items():
             if acc > self.best["acc"].get(task, {}).get("acc", -1.0):
                 self.best["acc"][task] = {"acc": acc, "step": self.step}
