@@ -56,6 +56,26 @@ def test_accuracy_is_exact_match_and_is_reported_to_the_curriculum():
     assert curriculum.difficulty("copy") > before["copy"] and curriculum.difficulty("addition") == before["addition"]
 
 
+def test_the_task_loss_counts_the_tasks_the_run_trains(monkeypatch):
+    """A run on retrieval alone had picked its best_model by the loss of algorithmic tasks it never trained."""
+    tok = build_tokenizer("byte")
+    trained = {}
+    for name, streams in {"alg": dict(alg_tokens=10), "retrieval": dict(alg_tokens=0, retrieval_ratio=1.0),
+                          "both": dict(alg_tokens=0, replay_fraction=0.5, retrieval_ratio=0.5)}.items():
+        cfg = CurriculumConfig(seq_len=256, batch_size=2, tasks=TASKS, retrieval_tasks=["niah"], total_tokens=10,
+                               **streams)  # fmt: skip
+        trained[name] = Curriculum(cfg, tok).trained_specs
+    assert trained == {"alg": TASKS, "retrieval": ["niah"], "both": [*TASKS, "niah"]}
+
+    def task_loss(curriculum, oracle, _):
+        return evaluate(oracle, curriculum, None, seq_len=64, eval_tokens=0, samples=6, max_new_tokens=1000,
+                        batch_tokens=60).task_loss  # fmt: skip
+
+    everything = task_loss(*_setup(6, wrong_task="addition"))
+    monkeypatch.setattr(Curriculum, "trained_specs", property(lambda self: ["copy", "reverse"]))
+    assert task_loss(*_setup(6, wrong_task="addition")) < everything  # the wrong answers of addition left out
+
+
 def test_answers_longer_than_the_generation_cap_count_as_wrong():
     expected_by_cap = []
     for cap in (1, 2, 3, 6):  # below, among and above the answers' lengths

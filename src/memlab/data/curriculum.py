@@ -160,6 +160,14 @@ class Curriculum:
         self._eval_rng = random.Random(f"memlab-eval:{c.seed}:{rank}")
         self._lm_rng = np.random.default_rng([c.seed, rank])
 
+    @property
+    def trained_specs(self) -> list[str]:
+        """The tasks whose batches the run serves: the algorithmic ones with alg_tokens or replay,
+        the retrieval ones with a retrieval ratio (a task evaluated but never trained selects nothing)."""
+        c = self.config
+        return ((self.groups["alg"] if c.alg_tokens > 0 or c.replay_fraction > 0 else [])
+                + (self.groups["retrieval"] if c.retrieval_ratio > 0 else []))  # fmt: skip
+
     # ------------------------------------------------------------ validation
     def _check_streams(self) -> None:
         c = self.config

@@ -70,10 +70,13 @@ def validation_loss(
 def task_accuracy(
     model: nn.Module, curriculum: Curriculum, samples: int, max_new_tokens: int, batch_tokens: int, autocast
 ) -> EvalResult:
-    """Exact-match accuracy of every task at its current difficulty, reported to the curriculum."""
+    """Exact-match accuracy of every task at its current difficulty, reported to the curriculum, and
+    the loss on the answers of the tasks the run trains, or of all where it trains none (the
+    selection loss without a validation split)."""
     device = next(model.parameters()).device
     result = EvalResult()
     loss_sum, loss_tokens = 0.0, 0
+    trained = set(curriculum.trained_specs or curriculum.task_specs)
     for spec in curriculum.task_specs:
         batch = curriculum.eval_batch(spec, samples)
         rows = max(1, batch_tokens // batch.input_ids.shape[1])  # short examples: more rows per forward
@@ -87,8 +90,9 @@ def task_accuracy(
             if int(span.max()) > max_new_tokens:
                 _warn_answers_beyond_budget(spec, max_new_tokens)
             correct += int((exact_match(logits, y) & (span <= max_new_tokens)).sum())
-            loss_sum += float(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum"))
-            loss_tokens += int((y != IGNORE_INDEX).sum())
+            if spec in trained:  # (tasks evaluated but never trained had outweighed those trained)
+                loss_sum += float(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum"))
+                loss_tokens += int((y != IGNORE_INDEX).sum())
         result.acc[spec] = correct / samples
         result.difficulty[spec] = curriculum.difficulty(spec)
         curriculum.observe(spec, result.acc[spec])
