@@ -135,7 +135,8 @@ class TrainConfig:
     output_dir: str | None = None
     """the run directory; default runs/<variant>_<model_size>"""
     resume: bool = False
-    """continue the run in --output-dir from its last checkpoint (other options may differ, not the global batch)"""
+    """continue the run in --output-dir from its last checkpoint, with the same model and global batch;
+    a larger --total_tokens extends it (the learning-rate schedule then follows the new total)"""
     overwrite: bool = False
     """delete the run in --output-dir and start again"""
     progress: bool = True
