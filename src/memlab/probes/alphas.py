@@ -3,7 +3,10 @@
 ``alpha_k`` is the write strength of slot k when it is routed to: V3 learns one per slot
 (sigmoid(log_alpha_k)); V2 computes one per token (sigmoid(eta(h))), reported as its mean over
 the probe text.  The mean write gate per slot (routing x alpha, averaged over tokens) gives
-each slot's memory timescale: about 1 / mean gate tokens for its content to fade by e.
+each slot's memory timescale: about 1 / mean gate tokens for its content to fade by e.  The
+fastest and slowest slots are those of the shortest and longest timescales: a slot routed to
+rarely turns over slowly whatever its alpha (ranked by alpha, a slot listed as fast had had the
+second-longest timescale of its layer).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ def alphas_probe(ctx: ProbeContext) -> dict[str, Any]:
     layers = []
     for a in activity:
         alpha, gate = a.alpha_mean.astype(np.float64), a.gates.mean(0).astype(np.float64)
-        order = np.argsort(-alpha, kind="stable")
+        order = np.argsort(-gate, kind="stable")  # fastest turnover first
         listed = min(3, len(order) // 2)  # the fastest and slowest lists never share a slot
         layers.append({
             "layer": a.layer,
