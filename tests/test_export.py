@@ -78,6 +78,7 @@ def test_exporting_a_checkpoint_then_the_export_keeps_its_summary_and_results(ru
         assert "| selftest | passed | True | - | - |" in card and "| steps | 4 |" in card
     ids = torch.randint(0, 261, (1, 9))
     assert torch.equal(memlab.load(first)(ids), memlab.load(second)(ids))
+    assert "| weights of training step | 4 |" in (first / "README.md").read_text()  # the card had not said
 
 
 def test_exporting_a_checkpoint_takes_the_results_in_its_own_eval_dir(run_dir, tmp_path):

@@ -27,7 +27,7 @@ from memlab.eval.hub import default_out_dir, load_checkpoint, run_dir_of
 from memlab.eval.schema import read_results
 from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
-from memlab.models.paths import holds_training_output, resolve_model_dir
+from memlab.models.paths import checkpoint_step, holds_training_output, resolve_model_dir
 from memlab.train.checkpoint import replace_directory
 
 SUMMARY_FILE, CARD_FILE = "summary.json", "README.md"
@@ -75,7 +75,8 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
             for name, doc in results.items():
                 (staging / "eval" / name).write_text(json.dumps(doc, indent=2) + "\n")
         source = run_dir or model_dir
-        (staging / CARD_FILE).write_text(model_card(model, tokenizer, source, summary, results))
+        card = model_card(model, tokenizer, source, checkpoint_step(model_dir), summary, results)
+        (staging / CARD_FILE).write_text(card)
         replace_directory(staging, out)  # the old export stays whole until the new one is in place
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -91,8 +92,11 @@ def _same_dir(recorded: str, model_dir: Path) -> bool:
 # ------------------------------------------------------------------ model card
 
 
-def model_card(model, tokenizer, source: Path, summary: dict | None, results: dict[str, dict]) -> str:
-    """The README.md of an export: what the model is, how to load it, how it was trained and scored."""
+def model_card(
+    model, tokenizer, source: Path, step: int, summary: dict | None, results: dict[str, dict]
+) -> str:
+    """The README.md of an export: what the model is (``step``: the training step of its weights, 0
+    if unknown), how to load it, how it was trained and scored."""
     cfg = model.config
     title = f"memlab {cfg.variant} ({cfg.size})"
     lines = [
@@ -117,6 +121,7 @@ def model_card(model, tokenizer, source: Path, summary: dict | None, results: di
             ["size", f"`{cfg.size}` (d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads)"],
             ["layer pattern", f"`{cfg.pattern}`"],
             ["parameters", f"{model.num_params():,} ({model.num_params(non_embedding=True):,} non-embedding)"],
+            ["weights of training step", step or "unknown"],
             ["recurrent state per sequence @ 2048 tokens", f"{human(model.state_nbytes(2048))}B (fp32)"],
             ["max_seq_len", cfg.max_seq_len],
             ["tokenizer", f"{tokenizer.kind}, {tokenizer.vocab_size} ids, hash `{tokenizer.hash[:16]}`"],

@@ -252,7 +252,7 @@ def test_probes_select_the_held_out_documents_of_the_run(tmp_path, corpora):
 
 
 def test_checkpoint_step_reads_trainer_state_best_json_or_the_name(tmp_path):
-    from memlab.probes.runner import checkpoint_step
+    from memlab.models.paths import checkpoint_step
 
     (tmp_path / "best_model").mkdir()
     (tmp_path / "best_model" / "best.json").write_text('{"loss": 1.5, "step": 700, "acc": {}}')

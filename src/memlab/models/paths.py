@@ -65,6 +65,19 @@ def holds_training_output(directory: Path) -> bool:
     )
 
 
+def checkpoint_step(model_dir: Path) -> int:
+    """The training step of a checkpoint (its trainer_state.json, a best_model's best.json, or its
+    step_N name); 0 if unknown."""
+    for record in (model_dir / "trainer_state.json", model_dir / BEST_FILE):
+        if record.is_file():
+            try:
+                return int(json.loads(record.read_text())["step"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                pass
+    name = model_dir.name
+    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else 0
+
+
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     """The ``checkpoints/step_N`` directories of a run, oldest first (by N)."""
     steps = sorted(

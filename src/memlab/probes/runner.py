@@ -7,7 +7,6 @@ timestamp), written to ``<out_dir>/<name>_probe_step<N>.json`` beside ``<name>_p
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,7 +18,7 @@ import torch
 from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval import schema
 from memlab.eval.hub import load_checkpoint, run_data, run_dir_of, run_held_out_split
-from memlab.models.paths import BEST_FILE
+from memlab.models.paths import checkpoint_step
 from memlab.probes.activity import LayerActivity, record_activity, slot_layers
 from memlab.probes.corpus import ProbeText, read_probe_text
 from memlab.probes.options import PROBES, ProbeOptions
@@ -118,19 +117,6 @@ def default_out_dir(model_dir: Path, out_dir: str | Path | None) -> Path:
     if out_dir is not None:
         return Path(out_dir)
     return (run_dir_of(model_dir) or model_dir) / "probes"
-
-
-def checkpoint_step(model_dir: Path) -> int:
-    """The training step of a checkpoint (its trainer_state.json, a best_model's best.json, or its
-    step_N name); 0 if unknown."""
-    for record in (model_dir / "trainer_state.json", model_dir / BEST_FILE):
-        if record.is_file():
-            try:
-                return int(json.loads(record.read_text())["step"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                pass
-    name = model_dir.name
-    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else 0
 
 
 def write_document(ctx: ProbeContext, probe: str, results: dict[str, Any], checkpoint: str, model_dir: Path) -> Path:

@@ -17,11 +17,11 @@ import memlab
 from memlab.errors import MemlabError
 from memlab.eval import schema
 from memlab.eval.hub import find_tokenizer
-from memlab.models.paths import checkpoint_dirs
+from memlab.models.paths import checkpoint_dirs, checkpoint_step
 from memlab.probes import plots
 from memlab.probes.activity import slot_layers
 from memlab.probes.routing import routing_results
-from memlab.probes.runner import ProbeContext, ProbeOptions, checkpoint_step, metadata
+from memlab.probes.runner import ProbeContext, ProbeOptions, metadata
 
 log = logging.getLogger(__name__)
 METRICS = {
