@@ -104,12 +104,13 @@ def run_generate(args: GenerateArgs) -> None:
         raise MemlabError(f"--temperature must be a finite number >= 0 (0: greedy), got {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise MemlabError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.checkpoint is not None and (args.variant or args.model_size):  # (they had been ignored)
+    if args.checkpoint is not None and (args.variant, args.model_size) != (None, None):  # (they had been ignored)
         raise MemlabError("--variant and --model-size describe a fresh model (--init); a checkpoint has its own")
     if args.init:
         tokenizer = build_tokenizer("byte")
-        model = memlab.build_model(args.variant or "baseline", args.model_size or "tiny",
-                                   vocab_size=tokenizer.vocab_size)  # fmt: skip
+        variant = "baseline" if args.variant is None else args.variant  # ("" is an unknown variant)
+        size = "tiny" if args.model_size is None else args.model_size
+        model = memlab.build_model(variant, size, vocab_size=tokenizer.vocab_size)
     else:
         model, tokenizer, _ = load_checkpoint(args.checkpoint, "cpu")  # refuses a tokenizer of another model
     ids = torch.tensor([tokenizer.encode(args.prompt)])

@@ -29,7 +29,7 @@ from memlab.eval.schema import read_results
 from memlab.eval.stats import mean_interval, wilson_interval
 from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
-from memlab.models.paths import resolve_model_dir
+from memlab.models.paths import resolve_model_dir, same_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,12 @@ def load_payloads(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[s
     if not files:
         raise MemlabError(f"{run_dir} holds no results files (run `memlab eval --checkpoint {run_dir}` first)")
     docs = {path: read_results(path) for path in files}
-    newest_doc = max(docs.values(), key=lambda doc: doc["metadata"]["timestamp"])
-    model = _run_model_key(run_dir)
-    if model not in {_model_key(doc) for doc in docs.values()}:
-        model = _model_key(newest_doc)
-    for path in [p for p, doc in docs.items() if _model_key(doc) != model]:
+    recorded = [doc["metadata"]["model_dir"] for doc in docs.values()]
+    model_dir = _run_model_dir(run_dir)
+    if model_dir is None or not any(same_model_dir(r, model_dir) for r in recorded):
+        newest = max(docs.values(), key=lambda doc: doc["metadata"]["timestamp"])["metadata"]["model_dir"]
+        model_dir = Path(newest or "")
+    for path in [p for p, r in zip(docs, recorded) if r and not same_model_dir(r, model_dir)]:
         log.warning("%s evaluated %s, another model of the run: left out of the comparison",
                     path, docs.pop(path)["metadata"]["model_dir"])  # fmt: skip
     newest: dict[str, tuple[str, Any, dict[str, Any]]] = {}
@@ -127,16 +128,10 @@ def load_payloads(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[s
     return {s: p for s, (_, p, _) in newest.items()}, meta, measured
 
 
-def _model_key(doc: dict[str, Any]) -> tuple[str, ...]:
-    """Which model a results file evaluated: the last two parts of its recorded model directory
-    (``run/best_model``, ``checkpoints/step_8``), whether it was given relative or absolute."""
-    return Path(doc["metadata"]["model_dir"] or "").parts[-2:]
-
-
-def _run_model_key(run_dir: Path) -> tuple[str, ...] | None:
-    """The :func:`_model_key` of the model ``run_dir`` stands for; None where it holds none."""
+def _run_model_dir(run_dir: Path) -> Path | None:
+    """The model ``run_dir`` stands for (its best_model, else its newest checkpoint); None where it holds none."""
     try:
-        return resolve_model_dir(run_dir).resolve().parts[-2:]
+        return resolve_model_dir(run_dir)
     except MemlabError:
         return None
 

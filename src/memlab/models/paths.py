@@ -65,6 +65,16 @@ def holds_training_output(directory: Path) -> bool:
     )
 
 
+def same_model_dir(recorded: str | None, model_dir: Path) -> bool:
+    """Whether a model directory recorded in a results file (absolute, or relative to wherever the
+    command ran) is ``model_dir``: the same path, or the same last two parts (``run/best_model``,
+    ``checkpoints/step_8``)."""
+    if not recorded:
+        return False
+    path = Path(recorded)
+    return path.resolve() == model_dir.resolve() or path.parts[-2:] == model_dir.resolve().parts[-2:]
+
+
 def checkpoint_step(model_dir: Path) -> int:
     """The training step of a checkpoint (its trainer_state.json, a best_model's best.json, or its
     step_N name); 0 if unknown."""
