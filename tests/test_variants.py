@@ -232,6 +232,62 @@ def test_an_empty_sequence_is_one_clear_error(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_inputs_and_states_that_do_not_fit_are_one_clear_error(variant):
+    """Each had been a deep torch error, or (labels of another shape, a state of another model that
+    happened to fit) a silently wrong answer."""
+    model = build(variant)
+    x = tokens(model, 2, 6)
+    other = build("ssm" if variant != "ssm" else "baseline")  # layer states of other kinds
+    cases = [
+        (lambda: model(x[0]), "must be a \\(B, T\\) tensor of integer ids"),
+        (lambda: model(x.float()), "of integer ids, got torch.float32"),
+        (lambda: model(x.clamp_max(0) - 1), "token id -1 is outside the model's vocabulary"),
+        (lambda: model(x + model.config.vocab_size), "outside the model's vocabulary of 512"),
+        (lambda: model(x, labels=x[:, :4]), "labels of shape \\(2, 4\\) do not match"),
+        (lambda: model(x, model.init_state(batch_size=1)), "this state holds 1 sequence"),
+        (lambda: model(x, other.init_state(batch_size=2)), "make it with this model's init_state"),
+    ]
+    for call, message in cases:
+        with pytest.raises(MemlabError, match=message):
+            call()
+
+
+def test_a_state_from_a_copy_of_the_model_fits():
+    model = build("gdn")
+    x = tokens(model, 2, 6)
+    torch.testing.assert_close(copy.deepcopy(model)(x, model.init_state(2)), model(x), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["baseline", "gdn_swa"])
+def test_ablating_layers_that_do_not_exist_is_one_clear_error(variant):
+    """They had ablated nothing, without a word."""
+    model = build(variant)
+    memory = sorted({m.layer_idx for m in model.mixers if m.carries_memory})
+    for layers, message in (([99], "layers \\[99\\] name no layer"), (3, "must be a list of layer indices")):
+        with pytest.raises(MemlabError, match=message), memlab.ablate(model, "zero", layers=layers):
+            pass
+    with memlab.ablate(model, "horizon", horizon=2, layers=[0]) as ablated:
+        assert ablated == [0]
+    for bad in (2.5, True):
+        with pytest.raises(MemlabError, match="whole number of tokens"), memlab.ablate(model, "horizon", horizon=bad):
+            pass
+    with pytest.raises(MemlabError, match="takes no horizon"), memlab.ablate(model, "zero", horizon=4):
+        pass
+    assert memory == ([0, 2] if variant == "gdn_swa" else [])
+
+
+def test_a_bf16_model_loads_as_bf16(tmp_path):
+    """It had come back float32, with other logits and twice the memory."""
+    model = build("gdn").to(torch.bfloat16)
+    model.save(tmp_path / "m")
+    loaded = memlab.load(tmp_path / "m").eval()
+    x = tokens(model, 1, 8)
+    assert loaded.embed.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_state_nbytes_is_exact(variant):
     model = build(variant)
     length = 70
@@ -261,6 +317,7 @@ def test_sampling_keeps_the_nucleus_and_the_top_k():
     assert counts[2:].sum() == 0 and abs(counts[0] / 4000 - 0.5 / 0.8) < 0.03
     counts = torch.bincount(sample_next(logits, 1.0, 3, None, g), minlength=4)
     assert counts[3] == 0 and counts[2] > 0
+    assert (sample_next(logits, 1.0, None, 0.0, g) == 0).all()  # the top token stays (it had masked every one)
 
 
 def test_generate_fills_learned_positions_to_the_last_one():

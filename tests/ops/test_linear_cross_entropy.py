@@ -92,3 +92,11 @@ def test_frozen_head_gives_only_the_hidden_gradient():
     linear_cross_entropy_reference(b, weight, targets).backward()
     torch.testing.assert_close(a.grad, b.grad)
     assert weight.grad is None
+
+
+def test_targets_of_another_length_are_refused():
+    """They had been paired with the rows by position, the rest dropped: a silently wrong loss."""
+    hidden, weight = torch.randn(8, 4), torch.randn(10, 4)
+    for targets in (torch.zeros(6, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long)):
+        with pytest.raises(ValueError, match="do not match hidden"):
+            linear_cross_entropy(hidden, weight, targets)

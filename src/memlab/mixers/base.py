@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -40,8 +41,11 @@ class Ablation:
     horizon: int | None = None
 
     def __post_init__(self) -> None:
-        if self.mode == "horizon" and (self.horizon is None or self.horizon < 1):
-            raise ValueError("horizon ablation needs horizon >= 1")
+        whole = isinstance(self.horizon, numbers.Integral) and not isinstance(self.horizon, bool)
+        if self.mode == "horizon" and not (whole and self.horizon >= 1):
+            raise ValueError(f"horizon ablation needs a whole number of tokens >= 1, got {self.horizon!r}")
+        if self.mode == "zero" and self.horizon is not None:  # (it had been ignored)
+            raise ValueError(f"a zero ablation takes no horizon, got {self.horizon!r}")
 
 
 class MixerState:

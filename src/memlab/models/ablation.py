@@ -28,10 +28,14 @@ def ablate(
     except ValueError as e:
         raise MemlabError(str(e)) from None
     mixers = [m for m in model.modules() if isinstance(m, Mixer)]
-    chosen = [
-        m for m in mixers
-        if (mode == "horizon" or m.carries_memory) and (layers is None or m.layer_idx in layers)
-    ]
+    eligible = [m for m in mixers if mode == "horizon" or m.carries_memory]
+    if layers is not None:  # (an index that names no such layer had ablated nothing, without a word)
+        valid = sorted({m.layer_idx for m in eligible})
+        if not isinstance(layers, (list, tuple, set, range)):
+            raise MemlabError(f"layers must be a list of layer indices, got {layers!r}; valid: {valid}")
+        if unknown := sorted(set(layers) - set(valid)):
+            raise MemlabError(f"layers {unknown} name no layer that mode {mode!r} can ablate; valid: {valid}")
+    chosen = [m for m in eligible if layers is None or m.layer_idx in layers]
     previous = [m.ablation for m in chosen]
     for m in chosen:
         m.ablation = ablation

@@ -6,6 +6,8 @@ new tokens through the per-layer states (prefill and decode are the same call).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -31,11 +33,23 @@ class ModelState:
     """The whole model's recurrent state: the body's per-layer states and the position."""
 
     layers: list
+    batch_size: int
     position: int = 0
 
     @property
     def nbytes(self) -> int:
         return _nbytes(self.layers)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The layer states' types, in order: what tells a state of another model apart."""
+        return tuple(type(layer).__name__ for layer in self.layers)
+
+
+def _runs(kinds: tuple[str, ...]) -> str:
+    """``("KVCache", "KVCache", "DeltaState")`` -> ``"2 x KVCache, DeltaState"``."""
+    groups = [(kind, len(list(run))) for kind, run in itertools.groupby(kinds)]
+    return ", ".join(f"{n} x {kind}" if n > 1 else kind for kind, n in groups)
 
 
 def _nbytes(obj) -> int:
@@ -103,9 +117,8 @@ class LanguageModel(nn.Module):
         With ``labels`` (B, T), returns instead the cross-entropy summed over the positions whose
         label is not ``IGNORE_INDEX`` (a scalar, float32 at least), without materialising the logits.
         """
-        B, T = input_ids.shape
-        if T == 0:  # one clear error for every variant, not a mixer's reshape of nothing
-            raise MemlabError(f"input_ids of shape {tuple(input_ids.shape)} has no positions: a forward needs a token")
+        self._check_inputs(input_ids, state, labels)
+        T = input_ids.shape[1]
         h = self.embed(input_ids)  # (B, T, D)
         start = 0 if state is None else state.position
         if self.pos_embed is not None:
@@ -122,9 +135,32 @@ class LanguageModel(nn.Module):
             return linear_cross_entropy(self.norm(h).flatten(0, 1), self.head.weight, labels.flatten(), IGNORE_INDEX)
         return self.head(self.norm(h))
 
+    def _check_inputs(self, input_ids: torch.Tensor, state: ModelState | None, labels: torch.Tensor | None) -> None:
+        """One clear error for ids, labels or a state that do not fit this model (otherwise a deep
+        torch error, or with labels of another shape a silently wrong loss)."""
+        ids = input_ids
+        if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise MemlabError(f"input_ids must be a (B, T) tensor of integer ids, got {ids.dtype} {tuple(ids.shape)}")
+        if ids.numel() == 0:  # (a mixer's reshape of nothing, otherwise)
+            raise MemlabError(f"input_ids of shape {tuple(ids.shape)} has no positions: a forward needs a token")
+        if ids.device.type == "cpu" and not torch.compiler.is_compiling():  # (a GPU would be waited for at every step)
+            vocab = self.config.vocab_size
+            if (bad := ids[(ids < 0) | (ids >= vocab)]).numel():
+                raise MemlabError(f"token id {int(bad[0])} is outside the model's vocabulary of {vocab}")
+        if labels is not None and labels.shape != ids.shape:
+            raise MemlabError(f"labels of shape {tuple(labels.shape)} do not match input_ids {tuple(ids.shape)}")
+        if state is not None and (state.kinds, state.batch_size) != (self._state_kinds, ids.shape[0]):
+            raise MemlabError(f"this state holds {state.batch_size} sequence(s) of a model with layer states "
+                              f"{_runs(state.kinds)}; this model ({self.config.variant}) needs {ids.shape[0]} and "
+                              f"{_runs(self._state_kinds)}: make it with this model's init_state(batch_size)")
+
+    @functools.cached_property
+    def _state_kinds(self) -> tuple[str, ...]:
+        return self.init_state(1, device="meta").kinds
+
     def init_state(self, batch_size: int = 1, device=None, dtype=None) -> ModelState:
         device = device or self.embed.weight.device
-        return ModelState(self.body.init_state(batch_size, device, dtype))
+        return ModelState(self.body.init_state(batch_size, device, dtype), batch_size)
 
     def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
         """Bytes of recurrent state per ``batch_size`` sequences after ``context_len`` tokens."""
@@ -163,13 +199,19 @@ class LanguageModel(nn.Module):
         generator: torch.Generator | None = None,
         top_p: float | None = None,
     ) -> torch.Tensor:
-        """Prefill the prompts (B, T) then decode through the states; returns (B, T + new).
+        """Prefill the prompts (B, T) then decode through the states; returns (B, T + new), where
+        new stops short of ``max_new_tokens`` once every row has emitted ``eos_id``.
 
         Greedy when ``temperature == 0``; else sampled from the ``top_k`` most likely tokens and
         the nucleus of probability ``top_p`` (None: no such cut).  Rows that emitted ``eos_id``
         are padded with it.  Under a horizon ablation the stateless parallel form is recomputed
         at every step.
         """
+        self._check_inputs(input_ids, None, None)
+        if not (max_new_tokens >= 0 and 0 <= temperature < math.inf and (top_k is None or top_k >= 1)
+                and (top_p is None or 0 < top_p <= 1)):  # fmt: skip
+            raise MemlabError(f"generate needs max_new_tokens >= 0, a finite temperature >= 0, top_k >= 1 and top_p "
+                              f"in (0, 1]; got {max_new_tokens}, {temperature}, {top_k}, {top_p}")
         T = input_ids.shape[1]
         if self.pos_embed is not None and T + max_new_tokens - 1 > self.config.max_seq_len:
             raise MemlabError(f"{T} prompt tokens and {max_new_tokens} new ones exceed max_seq_len="
@@ -199,7 +241,8 @@ class LanguageModel(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_model(self, str(path / WEIGHTS_FILE))
-        meta = {"memlab_version": __version__, "model": self.config.to_dict()}
+        dtype = str(self.embed.weight.dtype).removeprefix("torch.")  # (a bf16 model had come back float32)
+        meta = {"memlab_version": __version__, "dtype": dtype, "model": self.config.to_dict()}
         (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         return path
 
@@ -214,13 +257,17 @@ class LanguageModel(nn.Module):
             meta = json.loads((path / CONFIG_FILE).read_text())
             check_types(ModelConfig, meta["model"], path / CONFIG_FILE)  # a value of the wrong type: one line
             config = ModelConfig.from_dict(meta["model"])
-        except (ValueError, KeyError, TypeError) as e:  # (not JSON, not UTF-8, no model entry)
+            dtype = getattr(torch, meta.get("dtype", "float32"))  # (older directories: float32)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"{meta['dtype']!r} is not a dtype")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # (not JSON, not UTF-8, no model entry)
             raise MemlabError(f"corrupt {path / CONFIG_FILE}: {e}") from None
-        model = cls(config)
+        model = cls(config).to(dtype)
         try:
             load_model(model, str(path / WEIGHTS_FILE), strict=True, device=str(device))
         except Exception as e:  # safetensors raises several types for truncated/mismatched files
-            raise MemlabError(f"cannot load weights from {path / WEIGHTS_FILE}: {str(e).splitlines()[0]}") from None
+            detail = " ".join(line.strip() for line in str(e).splitlines())[:400]  # the keys too, on one line
+            raise MemlabError(f"cannot load weights from {path / WEIGHTS_FILE}: {detail}") from None
         return model.to(device)
 
 
@@ -241,5 +288,6 @@ def sample_next(
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
         outside = probs.cumsum(-1) - probs >= top_p  # the more likely tokens already hold top_p
+        outside[:, 0] = False  # (top_p = 0 had masked every token)
         logits = logits.masked_fill(torch.empty_like(outside).scatter_(-1, order, outside), float("-inf"))
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)

@@ -39,6 +39,8 @@ def linear_cross_entropy(
     hidden (N, D), weight (V, D), targets (N,) -> scalar. The logits are computed in the autocast
     dtype when autocast is on (as the plain head would be) and normalised in float32 at least.
     """
+    if targets.shape != hidden.shape[:1]:  # (they had been paired by position, the rest dropped)
+        raise ValueError(f"targets of shape {tuple(targets.shape)} do not match hidden {tuple(hidden.shape)}")
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
     most = block_rows or max(1, BLOCK_BYTES // (4 * weight.shape[0]))
