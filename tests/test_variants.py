@@ -276,6 +276,12 @@ def test_ablating_layers_that_do_not_exist_is_one_clear_error(variant):
     assert memory == ([0, 2] if variant == "gdn_swa" else [])
 
 
+def test_a_stateful_forward_under_a_horizon_without_a_recurrent_form_is_one_clear_error():
+    model = build("gdn")  # the delta rule has no native horizon
+    with pytest.raises(MemlabError, match="no recurrent form"), memlab.ablate(model, "horizon", horizon=2):
+        model(tokens(model, 1, 4), model.init_state(1))  # (a RuntimeError had said so)
+
+
 def test_a_bf16_model_loads_as_bf16(tmp_path):
     """It had come back float32, with other logits and twice the memory."""
     model = build("gdn").to(torch.bfloat16)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from memlab.config import ModelConfig
+from memlab.errors import MemlabError
 
 
 @dataclass
@@ -175,7 +176,7 @@ class Mixer(nn.Module):
         h = self.horizon
         if h is not None and not self.native_horizon:
             if state is not None:
-                raise RuntimeError(
+                raise MemlabError(
                     f"{type(self).__name__} has no recurrent form under a horizon ablation; "
                     "run the parallel form (state=None)"
                 )
