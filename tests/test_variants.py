@@ -252,6 +252,19 @@ def test_inputs_and_states_that_do_not_fit_are_one_clear_error(variant):
             call()
 
 
+def test_states_made_after_an_act_model_changes_its_steps_fit():
+    """A first cut of the state check kept the layout of the first state it saw: after fixing an ACT
+    model's steps for evaluation, its own new states were refused."""
+    from memlab.models.recursion import fix_act_steps
+
+    model = build("act")
+    x = tokens(model, 1, 4)
+    model(x, model.init_state(1))
+    fix_act_steps(model, 2)
+    assert len(model.init_state(1).layers) != len(build("act").init_state(1).layers)
+    model(x, model.init_state(1))
+
+
 def test_a_state_from_a_copy_of_the_model_fits():
     model = build("gdn")
     x = tokens(model, 2, 6)

@@ -6,11 +6,11 @@ new tokens through the per-layer states (prefill and decode are the same call).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import math
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,6 +35,7 @@ class ModelState:
     layers: list
     batch_size: int
     position: int = 0
+    checked_by: weakref.ref | None = field(default=None, repr=False, compare=False)  # the model that took it last
 
     @property
     def nbytes(self) -> int:
@@ -144,19 +145,21 @@ class LanguageModel(nn.Module):
         if ids.numel() == 0:  # (a mixer's reshape of nothing, otherwise)
             raise MemlabError(f"input_ids of shape {tuple(ids.shape)} has no positions: a forward needs a token")
         if ids.device.type == "cpu" and not torch.compiler.is_compiling():  # (a GPU would be waited for at every step)
-            vocab = self.config.vocab_size
-            if (bad := ids[(ids < 0) | (ids >= vocab)]).numel():
-                raise MemlabError(f"token id {int(bad[0])} is outside the model's vocabulary of {vocab}")
+            lo, hi = (int(v) for v in ids.aminmax())
+            if lo < 0 or hi >= self.config.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise MemlabError(f"token id {bad} is outside the model's vocabulary of {self.config.vocab_size}")
         if labels is not None and labels.shape != ids.shape:
             raise MemlabError(f"labels of shape {tuple(labels.shape)} do not match input_ids {tuple(ids.shape)}")
-        if state is not None and (state.kinds, state.batch_size) != (self._state_kinds, ids.shape[0]):
+        if state is None or (state.checked_by is not None and state.checked_by() is self
+                             and state.batch_size == ids.shape[0]):  # fmt: skip
+            return  # (the kinds are compared once per state and model, not at every decoded token)
+        kinds = self.init_state(1, device="meta").kinds  # now: evaluation may change an ACT model's steps
+        if (state.kinds, state.batch_size) != (kinds, ids.shape[0]):
             raise MemlabError(f"this state holds {state.batch_size} sequence(s) of a model with layer states "
                               f"{_runs(state.kinds)}; this model ({self.config.variant}) needs {ids.shape[0]} and "
-                              f"{_runs(self._state_kinds)}: make it with this model's init_state(batch_size)")
-
-    @functools.cached_property
-    def _state_kinds(self) -> tuple[str, ...]:
-        return self.init_state(1, device="meta").kinds
+                              f"{_runs(kinds)}: make it with this model's init_state(batch_size)")
+        state.checked_by = weakref.ref(self)  # (a copy of the state copies the reference, not the model)
 
     def init_state(self, batch_size: int = 1, device=None, dtype=None) -> ModelState:
         device = device or self.embed.weight.device
