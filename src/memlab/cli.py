@@ -94,16 +94,14 @@ def run_generate(args: GenerateArgs) -> None:
     from memlab.data.tokenizer import build_tokenizer
     from memlab.eval.exact_match import check_context
     from memlab.eval.hub import load_checkpoint
+    from memlab.models.lm import check_sampling
 
     torch.manual_seed(args.seed)
     if args.init == (args.checkpoint is not None):
         raise MemlabError("give exactly one of --checkpoint DIR or --init")
-    check_at_least(args, ("max_new_tokens", "top_k"), 1)
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                   spell=lambda name: "--" + name.replace("_", "-"))  # before the model loads, as generate will
     check_at_least(args, ("seed",), 0)
-    if not 0 <= args.temperature < float("inf"):  # also refuses nan
-        raise MemlabError(f"--temperature must be a finite number >= 0 (0: greedy), got {args.temperature}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise MemlabError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.checkpoint is not None and (args.variant, args.model_size) != (None, None):  # (they had been ignored)
         raise MemlabError("--variant and --model-size describe a fresh model (--init); a checkpoint has its own")
     if args.init:

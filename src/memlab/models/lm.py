@@ -211,10 +211,7 @@ class LanguageModel(nn.Module):
         at every step.
         """
         self._check_inputs(input_ids, None, None)
-        if not (max_new_tokens >= 0 and 0 <= temperature < math.inf and (top_k is None or top_k >= 1)
-                and (top_p is None or 0 < top_p <= 1)):  # fmt: skip
-            raise MemlabError(f"generate needs max_new_tokens >= 0, a finite temperature >= 0, top_k >= 1 and top_p "
-                              f"in (0, 1]; got {max_new_tokens}, {temperature}, {top_k}, {top_p}")
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
         T = input_ids.shape[1]
         if self.pos_embed is not None and T + max_new_tokens - 1 > self.config.max_seq_len:
             raise MemlabError(f"{T} prompt tokens and {max_new_tokens} new ones exceed max_seq_len="
@@ -272,6 +269,21 @@ class LanguageModel(nn.Module):
             detail = " ".join(line.strip() for line in str(e).splitlines())[:400]  # the keys too, on one line
             raise MemlabError(f"cannot load weights from {path / WEIGHTS_FILE}: {detail}") from None
         return model.to(device)
+
+
+def check_sampling(
+    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, spell=lambda name: name
+) -> None:
+    """A MemlabError for the first of :meth:`LanguageModel.generate`'s options out of range;
+    ``spell`` writes an option's name (as a command's flag)."""
+    if not max_new_tokens >= 1:
+        raise MemlabError(f"{spell('max_new_tokens')} must be >= 1, got {max_new_tokens}")
+    if not 0 <= temperature < math.inf:  # also refuses nan
+        raise MemlabError(f"{spell('temperature')} must be a finite number >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and not top_k >= 1:
+        raise MemlabError(f"{spell('top_k')} must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise MemlabError(f"{spell('top_p')} must be in (0, 1], got {top_p}")
 
 
 def sample_next(
