@@ -179,8 +179,8 @@ def trained_tokenizer_hash(model_dir: Path) -> str | None:
     """The hash of the tokenizer the model was trained with, as its run's config.yaml or the
     summary.json beside it (an export's) records it; None where neither does."""
     run_dir = run_dir_of(model_dir)
-    if run_dir is not None and run_data(run_dir).get("tokenizer_hash"):
-        return str(run_data(run_dir)["tokenizer_hash"])
+    if run_dir is not None and (recorded := run_data(run_dir).get("tokenizer_hash")):
+        return str(recorded)
     try:
         metadata = json.loads((model_dir / "summary.json").read_text()).get("metadata", {})
         return str(metadata["tokenizer_hash"])
