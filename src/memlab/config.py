@@ -194,6 +194,12 @@ class ModelConfig:
                 f"layer pattern {self.layer_pattern!r} has unknown letters {bad}; "
                 f"valid letters: {', '.join(f'{k}={v.__name__}' for k, v in sorted(MIXERS.items()))}"
             )
+        if self.recursion.n_memory_tokens and "R" not in self.pattern:  # else the memory would be read by no layer
+            raise MemlabError(
+                f"recursion.n_memory_tokens={self.recursion.n_memory_tokens} needs a memory reader 'R' in the "
+                f"layer pattern, but the {self.n_layers} layers {self.pattern!r} have none: give more layers "
+                f"(ssm_mem reads after every 3 Mamba-2 layers) or a layer_pattern with R"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

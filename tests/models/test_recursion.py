@@ -368,6 +368,14 @@ def test_ssm_mem_has_a_memory_reader_at_every_depth(shape, pattern):
     assert config.pattern == pattern and config.pattern.count("M") == build_config("ssm", shape).n_layers
 
 
+@pytest.mark.parametrize("n_layers", [2, 3])
+def test_ssm_mem_refuses_a_layer_count_that_leaves_no_reader(n_layers):
+    """An n_layers override tiles MMMR to fewer than 4 layers: the model would be plain ssm (audit)."""
+    with pytest.raises(MemlabError, match="n_memory_tokens=64 needs a memory reader"):
+        build_config("ssm_mem", "tiny", n_layers=n_layers)
+    assert build_config("ssm_mem", "tiny", n_layers=4).pattern == "MMMR"
+
+
 @pytest.mark.parametrize("size", ["tiny", "nano", "125M", "1B"])
 def test_every_variant_builds_at_every_size(size):
     for variant in ("shared_loop", "latent", "act", "ssm", "ssm_mem"):

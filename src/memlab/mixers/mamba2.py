@@ -10,6 +10,11 @@ The ``zero`` ablation removes the state read-out ``C . S`` (the memory); the D s
 local convolution stay.  A horizon ablation uses the exact generic windowed form.  Parameter
 names and shapes follow ``mamba_ssm``'s ``Mamba2`` layer (in_proj, conv1d, dt_bias, A_log, D,
 norm, out_proj), the norm's weight too: one per channel, normalised per group.
+
+Two choices differ from ``mamba_ssm``'s defaults, so that every variant of a comparison starts
+alike: the projections take the library's initialisation (N(0, init_std), out_proj scaled by
+1/sqrt(2 * n_layers); mamba_ssm keeps PyTorch's uniform one), and the ``ssm`` variant's state
+size is 64 below d_model 1024 and 128 from there (the source study's 64-128; mamba_ssm: 128).
 """
 
 from __future__ import annotations
