@@ -194,11 +194,16 @@ class ModelConfig:
                 f"layer pattern {self.layer_pattern!r} has unknown letters {bad}; "
                 f"valid letters: {', '.join(f'{k}={v.__name__}' for k, v in sorted(MIXERS.items()))}"
             )
-        if self.recursion.n_memory_tokens and "R" not in self.pattern:  # else the memory would be read by no layer
+        dropped = sorted(set(self.layer_pattern) - set(self.pattern))
+        if dropped:  # a pattern longer than the model, cut before some of its kinds of layer
+            raise MemlabError(
+                f"n_layers={self.n_layers} cuts the layer pattern {self.layer_pattern!r} to {self.pattern!r}, "
+                f"which has no {'/'.join(dropped)} layer: give at least {len(self.layer_pattern)} layers"
+            )
+        if self.recursion.n_memory_tokens and "R" not in self.pattern:  # else no layer would read the memory
             raise MemlabError(
                 f"recursion.n_memory_tokens={self.recursion.n_memory_tokens} needs a memory reader 'R' in the "
-                f"layer pattern, but the {self.n_layers} layers {self.pattern!r} have none: give more layers "
-                f"(ssm_mem reads after every 3 Mamba-2 layers) or a layer_pattern with R"
+                f"layer pattern, but {self.layer_pattern!r} has none"
             )
         return self
 

@@ -371,9 +371,11 @@ def test_ssm_mem_has_a_memory_reader_at_every_depth(shape, pattern):
 @pytest.mark.parametrize("n_layers", [2, 3])
 def test_ssm_mem_refuses_a_layer_count_that_leaves_no_reader(n_layers):
     """An n_layers override tiles MMMR to fewer than 4 layers: the model would be plain ssm (audit)."""
-    with pytest.raises(MemlabError, match="n_memory_tokens=64 needs a memory reader"):
+    with pytest.raises(MemlabError, match=f"n_layers={n_layers} cuts the layer pattern 'MMMR' to .* no R layer"):
         build_config("ssm_mem", "tiny", n_layers=n_layers)
     assert build_config("ssm_mem", "tiny", n_layers=4).pattern == "MMMR"
+    with pytest.raises(MemlabError, match="n_memory_tokens=64 needs a memory reader 'R'"):
+        build_config("ssm_mem", "tiny", layer_pattern="MA")
 
 
 @pytest.mark.parametrize("size", ["tiny", "nano", "125M", "1B"])

@@ -70,14 +70,15 @@ def size_for_params(variant: str, target: float, aspect: float = 32.0) -> str:
     width (one and two periods of the layer pattern); the best few estimates are then measured
     exactly on full builds, and the rule picks among those.
     """
-    period = len(build_config(variant, "d64l1").layer_pattern)
+    min_depth = _min_depth(variant)
+    period = len(build_config(variant, f"d64l{min_depth}").layer_pattern)
 
     def score(count: float, d: int, depth: int) -> float:
         return abs(math.log(count / target)) + 0.1 * abs(math.log(d / depth / aspect))
 
     estimates: list[tuple[float, int, int]] = []
     for d in range(64, 64 * 1024, 64):
-        depths = range(max(1, math.ceil(d / (2 * aspect))), min(MAX_DEPTH, math.floor(2 * d / aspect)) + 1)
+        depths = range(max(min_depth, math.ceil(d / (2 * aspect))), min(MAX_DEPTH, math.floor(2 * d / aspect)) + 1)
         if not depths:
             continue
         one, two = non_embedding_params(variant, f"d{d}l{period}"), non_embedding_params(variant, f"d{d}l{2 * period}")
@@ -92,6 +93,17 @@ def size_for_params(variant: str, target: float, aspect: float = 32.0) -> str:
     exact = [(score(non_embedding_params(variant, f"d{d}l{depth}"), d, depth), d, depth) for _, d, depth in shortlist]
     _, d, depth = min(exact)
     return f"d{d}l{depth}"
+
+
+def _min_depth(variant: str) -> int:
+    """The fewest layers that hold every kind of layer of ``variant`` (a hybrid needs two)."""
+    for depth in range(1, MAX_DEPTH + 1):
+        try:
+            build_config(variant, f"d64l{depth}")
+            return depth
+        except MemlabError:
+            continue
+    raise MemlabError(f"{variant} builds at no depth up to {MAX_DEPTH} layers")
 
 
 def resolve_size(variant: str, label: str, aspect: float = 32.0) -> str:
