@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import numpy as np
@@ -112,7 +113,7 @@ def test_a_slot_nothing_writes_to_favours_no_role_and_four_slots_list_two_fastes
     n = ctx.text().tokens
     gates = np.zeros((n, 4), dtype=np.float32)
     gates[:, 0] = 0.5
-    gates[:: 7, 1] = 1.0  # slot 1: a few tokens write; slots 2 and 3: none (collapsed)
+    gates[:: 7, 1] = 0.5  # slot 1: a few tokens write; slots 2 and 3: none (collapsed)
     activity = [LayerActivity(0, np.full((n, 4), 0.25, dtype=np.float32), gates, np.array([0.9, 0.1, 0.5, 0.3]))]
     monkeypatch.setattr(ProbeContext, "activity", lambda self, text: activity)
     slots = gates_probe(ctx)["layers"][0]["slots"]
@@ -121,9 +122,11 @@ def test_a_slot_nothing_writes_to_favours_no_role_and_four_slots_list_two_fastes
     for unused in slots[2:]:
         assert unused["favoured_role"] is unused["peak_role_gate"] is None and unused["triggers"] == []
     layer = alphas_probe(ctx)["layers"][0]
-    # by timescale (mean gate 0.5, 1/7, 0, 0), not by alpha (0.9, 0.1, 0.5, 0.3); the lists never share a slot
+    # by timescale (gate 0.5 at every token, at every 7th, never), not by alpha (0.9, 0.1, 0.5, 0.3); the lists
+    # never share a slot; each write of 0.5 halves the content, so it fades by e in 1 / ln 2 writes (not 1 / 0.5)
     assert layer["fastest_slots"] == [0, 1] and layer["slowest_slots"] == [3, 2]
-    assert layer["timescale_tokens"][:2] == pytest.approx([2.0, 7.0], rel=0.05)
+    assert layer["timescale_tokens"][:2] == pytest.approx([1 / math.log(2), 7 / math.log(2)], rel=0.05)
+    assert layer["timescale_tokens"][2:] == [math.inf, math.inf]
 
 
 def test_gates_alphas_and_domains_probes(tmp_path, corpora):

@@ -2,8 +2,9 @@
 
 ``alpha_k`` is the write strength of slot k when it is routed to: V3 learns one per slot
 (sigmoid(log_alpha_k)); V2 computes one per token (sigmoid(eta(h))), reported as its mean over
-the probe text.  The mean write gate per slot (routing x alpha, averaged over tokens) gives
-each slot's memory timescale: about 1 / mean gate tokens for its content to fade by e.  The
+the probe text.  The write gates per slot (routing x alpha, per token) give each slot's memory
+timescale, the tokens over which its content fades by e: a write of gate g keeps 1 - g of it,
+so the timescale is 1 / mean(-ln(1 - g)) (about 1 / mean gate while gates are small).  The
 fastest and slowest slots are those of the shortest and longest timescales: a slot routed to
 rarely turns over slowly whatever its alpha (ranked by alpha, a slot listed as fast had had the
 second-longest timescale of its layer).
@@ -24,14 +25,17 @@ def alphas_probe(ctx: ProbeContext) -> dict[str, Any]:
     activity = ctx.activity(text)
     layers = []
     for a in activity:
-        alpha, gate = a.alpha_mean.astype(np.float64), a.gates.mean(0).astype(np.float64)
-        order = np.argsort(-gate, kind="stable")  # fastest turnover first
+        alpha, gates = a.alpha_mean.astype(np.float64), a.gates.astype(np.float64)
+        with np.errstate(divide="ignore"):  # a gate of 1 overwrites the slot: a rate of inf, a timescale of 0
+            rate = -np.log1p(-gates).mean(0)  # (K,) mean log-decay per token
+            timescale = np.divide(1.0, rate, out=np.full_like(rate, np.inf), where=rate > 0)
+        order = np.argsort(-rate, kind="stable")  # fastest turnover first
         listed = min(3, len(order) // 2)  # the fastest and slowest lists never share a slot
         layers.append({
             "layer": a.layer,
             "alpha": alpha.tolist(),
-            "mean_gate": gate.tolist(),
-            "timescale_tokens": np.divide(1.0, gate, out=np.full_like(gate, np.inf), where=gate > 0).tolist(),
+            "mean_gate": gates.mean(0).tolist(),
+            "timescale_tokens": timescale.tolist(),
             "alpha_mean": float(alpha.mean()),
             "alpha_spread": float(alpha.max() - alpha.min()),
             "alpha_std": float(alpha.std()),
