@@ -27,9 +27,21 @@ in float32 (float64 for float64 inputs), under autocast too.
 Ablations: ``zero`` replaces the slot read-out by zeros (the slots still update; the hybrid
 keeps its attention); ``horizon`` uses the exact generic windowed form of the mixer contract.
 
-Differences from the source cards, on purpose: V3's card routes by similarity to the
-current slot contents (``x @ slots.T``), which makes the recurrence non-linear in the
-state; here the router is a learned projection, which keeps the parallel scan.
+Differences from the source cards, on purpose:
+
+* V3's card routes by similarity to the current slot contents (``x @ slots.T``), which makes
+  the recurrence non-linear in the state; here the router is a learned projection, which keeps
+  the parallel scan.  V3's card writes the raw input ``x``; here both versions write
+  ``W_write h``, as V2's card does.
+* V2's card lists its layer as attention -> CDM -> slot cross-attention -> FFN; here attention
+  and the slot read-outs are parallel branches of one normalised input, summed (``K``), then
+  the FFN.  The parameter counts are the cards' either way.
+* V3's card writes its LBL as ``-entropy(mean_route_probs)`` at 0.01 and leaves the 0.02
+  ``L_entropy`` undefined.  Its reported aux identifies that term: -0.443 at saturation is
+  8 layers x 0.02 x ln 16, and 82% of it at the end.  So ``cdm_entropy`` (summed over layers,
+  as every aux loss is) is the card's aux.  A second -H term could not "prevent saturation" as
+  the card says LBL does, so ``cdm_load_balance`` is the Switch Transformer's load-balancing
+  loss (Fedus et al., 2022), which penalises tokens piling onto one slot.
 """
 
 from __future__ import annotations

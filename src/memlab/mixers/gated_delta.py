@@ -6,6 +6,9 @@ The layer of the Gated DeltaNet paper, with flash-linear-attention's parameter n
 ``g = -exp(A_log) * softplus(a_proj x + dt_bias)`` (A uniform in [0, 16], dt log-uniform in
 [1e-3, 0.1], as flash-linear-attention's layer initialises them); the gated delta rule; per-head RMSNorm gated by
 ``silu(g_proj x)``; output projection.  DeltaNet is the same layer without the gate.
+fla's weights load under the one rename; two defaults differ from fla's layer: the short
+convolutions keep PyTorch's initialisation (fla draws them from N(0, 0.02), like its linear
+layers), and ``gdn.expand_v`` is 1 (fla: 2).
 
 Options from the source experiments (``config.gdn``): ``beta_floor`` (beta = floor + (1 - floor)
 sigmoid; 1 = always write fully), ``g_bias`` (initial retention exp(g) = sigmoid(g_bias) in every

@@ -6,7 +6,9 @@ Each is a body like :class:`memlab.models.body.Stack` (``forward(h, states=None)
 
 * ``shared_loop``: the ``n_layers`` unique blocks applied ``n_unroll`` times (6 blocks x 4 = 24
   block applications), optionally adding the body's input back before every iteration after the
-  first.  In recurrent mode every application has its own state (its inputs differ).
+  first.  In recurrent mode every application has its own state (its inputs differ).  The
+  blocks start as the baseline's do: residual output projections scaled by 1/sqrt(2 * n_layers)
+  of the unique blocks, not of the applications.
 * ``act``: the blocks form one step of a shared core, repeated per position with Graves' (2016)
   adaptive computation time (see :class:`AdaptiveComputationTime`).
 * ``latent``: the stack with a causal latent-thought stream between its lower and upper halves
