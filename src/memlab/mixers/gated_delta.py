@@ -260,7 +260,8 @@ class GatedDeltaNet(Mixer):
 
     def diagnostics(self, valid: torch.Tensor | None = None) -> dict[str, float]:
         """Mean beta and mean retention exp(g) (gated only) over real positions, and the mean per-head
-        state norm, of the last forward (computed here, not in every forward: a decoding step would pay)."""
+        norm of the final state (after the whole row, right padding included), of the last forward
+        (computed here, not in every forward: a decoding step would pay)."""
         if self._last is None:
             return {}
         beta, g, final = self._last
