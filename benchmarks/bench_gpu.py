@@ -65,7 +65,8 @@ def measure(args: Args, variant: str, size: str) -> dict:
     model = memlab.build_model(variant, size, max_seq_len=max(args.seq_len, context + args.decode_tokens))
     model = model.to(args.device).train()
     seq_len = args.seq_len
-    row = {"variant": variant, "size": size, "params": model.num_params(), "seq_len": seq_len}
+    shape = f"d{model.config.d_model}l{model.config.n_layers}"  # cdm_v3 keeps the source's shape at every size
+    row = {"variant": variant, "size": size, "shape": shape, "params": model.num_params(), "seq_len": seq_len}
     row["fp32_tokens_per_s"] = step_tokens_per_s(model, args.batch, seq_len, args.steps)
     row["bf16_tokens_per_s"] = step_tokens_per_s(model, args.batch, seq_len, args.steps, torch.bfloat16)
     if args.compile:
@@ -95,12 +96,13 @@ def markdown_table(result: dict) -> str:
         f"(decode: batch 1, the tokens after a {result['rows'][0].get('decode_context', '-')}-token context)"
         if "decode_tokens_per_s" in keys else "",
         "",
-        "| variant | size | params | train T | " + " | ".join(k.removesuffix("_tokens_per_s") for k in keys) + " |",
-        "|---|---|---|---|" + "---|" * len(keys),
+        "| variant | size | shape | params | train T | " + " | ".join(k.removesuffix("_tokens_per_s") for k in keys)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(keys),
     ]
     for r in result["rows"]:
         cells = [f"{r[k]:,.0f}" if k in r else "" for k in keys]
-        head = f"| {r['variant']} | {r['size']} | {r['params'] / 1e6:.1f}M | {r['seq_len']} | "
+        head = f"| {r['variant']} | {r['size']} | {r['shape']} | {r['params'] / 1e6:.1f}M | {r['seq_len']} | "
         lines.append(head + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -135,7 +137,8 @@ def kernel_table(result: dict, batch: int) -> str:
     lines = [
         heading(result, "our scans against the fused kernels, forward + backward", batch),
         "",
-        "(dtype: of the inputs and outputs; our scans compute in float32 inside)",
+        "(dtype: of the inputs and outputs; our scans compute in float32 inside; fla's Triton kernels may "
+        "take some fp32 products in TF32 on recent GPUs, ours never do)",
         "",
         "| kernel | dtype | ours, tokens/s | fused, tokens/s | fused / ours |",
         "|---|---|---|---|---|",

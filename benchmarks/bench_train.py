@@ -1,7 +1,7 @@
 """Training-step throughput (tokens/s) and MFU of a variant, against this machine's matmul peak.
 
-The fp32 matmul peak is measured in the same run, so MFU is relative to what this CPU
-really does.  Prints JSON.  Reproduce the foundation targets (baseline, nano, T=256, B=8):
+The fp32 matmul peak is measured in the same run, in alternating rounds with the steps, so
+MFU is relative to what this CPU really does under the same load.  Prints JSON.  Reproduce the foundation targets (baseline, nano, T=256, B=8):
 
     python benchmarks/bench_train.py --variant baseline --size nano --seq-len 256 --batch 8
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import tyro
-from common import emit, machine, matmul_peak_flops, peak_rss_mib, timed
+from common import MATMUL_FLOPS, emit, interleaved_seconds, machine, peak_rss_mib, square_matmul, timed
 
 import memlab
 from memlab.train.config import TrainConfig
@@ -99,9 +99,13 @@ def loop_throughput(args: Args, vocab_size: int) -> dict:
 def main(args: Args) -> dict:
     torch.manual_seed(0)
     model = memlab.build_model(args.variant, args.size).train()
-    peak = matmul_peak_flops()
     flops_per_token = model.estimate_flops_per_token(args.seq_len)
-    fp32 = step_tokens_per_s(model, args.batch, args.seq_len, args.steps)
+    fns = {"matmul_fp32": square_matmul(), "fp32": train_step(model, args.batch, args.seq_len)}
+    if args.bf16:
+        fns |= {"matmul_bf16": square_matmul(torch.bfloat16),
+                "bf16": train_step(model, args.batch, args.seq_len, torch.bfloat16)}
+    seconds = interleaved_seconds(fns, args.steps, warmup=2)  # the peak and the steps under the same load
+    peak, fp32 = MATMUL_FLOPS / seconds["matmul_fp32"], args.batch * args.seq_len / seconds["fp32"]
     result = {
         "benchmark": "train_step",
         "variant": args.variant,
@@ -116,9 +120,9 @@ def main(args: Args) -> dict:
         "fp32_mfu": fp32 * flops_per_token / peak,
     }
     if args.bf16:
-        bf16 = step_tokens_per_s(model, args.batch, args.seq_len, args.steps, torch.bfloat16)
+        bf16 = args.batch * args.seq_len / seconds["bf16"]
         result.update(bf16_tokens_per_s=bf16, bf16_over_fp32=bf16 / fp32,
-                      matmul_peak_bf16_gflops=matmul_peak_flops(torch.bfloat16) / 1e9)  # what bf16 can gain here
+                      matmul_peak_bf16_gflops=MATMUL_FLOPS / seconds["matmul_bf16"] / 1e9)  # what bf16 can gain
     if args.loop_steps:
         loop = loop_throughput(args, model.config.vocab_size)
         # the bare step again after the loop: on a shared machine the load may have changed meanwhile

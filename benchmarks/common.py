@@ -37,9 +37,9 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1, setup: Callab
     return sorted(times)[len(times) // 2]
 
 
-def fwd_bwd_seconds(fn, inputs: dict[str, torch.Tensor], repeats: int) -> float:
-    """Median seconds of ``fn(**inputs)`` (returning the output first) and a backward through it,
-    after one warm-up run (a first call allocates)."""
+def fwd_bwd_step(fn, inputs: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """One run of ``fn(**inputs)`` (returning the output first) and a backward through it, the
+    inputs' gradients cleared after."""
 
     def step():
         out, _ = fn(**inputs)
@@ -47,7 +47,12 @@ def fwd_bwd_seconds(fn, inputs: dict[str, torch.Tensor], repeats: int) -> float:
         for t in inputs.values():
             t.grad = None
 
-    return timed(step, repeats, warmup=1)
+    return step
+
+
+def fwd_bwd_seconds(fn, inputs: dict[str, torch.Tensor], repeats: int) -> float:
+    """Median seconds of :func:`fwd_bwd_step` after one warm-up run (a first call allocates)."""
+    return timed(fwd_bwd_step(fn, inputs), repeats, warmup=1)
 
 
 def interleaved_seconds(
@@ -57,22 +62,27 @@ def interleaved_seconds(
     setups: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, float]:
     """Median seconds of each ``fns[name]()``, timed in alternating rounds so that load changes on a
-    shared machine hit every contender alike (the ratios are what the benchmarks report);
+    shared machine hit every contender alike (the ratios are what the benchmarks report); every
+    other round runs them in reverse order, so that none always follows the same one.
     ``setups[name]()``, untimed, before every run of ``fns[name]``."""
     setups = setups or {}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for run in range(warmup + rounds):
-        for name, fn in fns.items():
+        for name, fn in list(fns.items())[:: 1 if run % 2 == 0 else -1]:
             seconds = timed(fn, repeats=1, warmup=0, setup=setups.get(name))
             if run >= warmup:
                 times[name].append(seconds)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def matmul_peak_flops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a square ``n`` x ``n`` matmul on this machine, measured now."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n**3 / timed(lambda: a @ b, repeats, warmup=2)
+MATMUL_N = 2048  # the square matmul that measures the peak
+MATMUL_FLOPS = 2 * MATMUL_N**3
+
+
+def square_matmul(dtype: torch.dtype = torch.float32) -> Callable[[], torch.Tensor]:
+    """One ``MATMUL_N`` x ``MATMUL_N`` matmul of random matrices, to time (``MATMUL_FLOPS`` each)."""
+    a, b = torch.randn(MATMUL_N, MATMUL_N, dtype=dtype), torch.randn(MATMUL_N, MATMUL_N, dtype=dtype)
+    return lambda: a @ b
 
 
 def peak_rss_mib() -> float:
