@@ -52,7 +52,7 @@ def decoder(model, context: int, new_tokens: int, batch: int = 1) -> Decoder:
     kept = model.init_state(batch)
     with torch.no_grad():
         if context > 1:
-            model(x[:, :-1], kept)
+            model(x[:, :-1], kept, logits_to_keep=1)  # (not a batch x context x vocab tensor)
         model(x[:, -1:], kept)
     current = [kept]
     token = x[:, -1:]

@@ -1,7 +1,8 @@
 """Training-step throughput (tokens/s) and MFU of a variant, against this machine's matmul peak.
 
 The fp32 matmul peak is measured in the same run, in alternating rounds with the steps, so
-MFU is relative to what this CPU really does under the same load.  Prints JSON.  Reproduce the foundation targets (baseline, nano, T=256, B=8):
+MFU is relative to what this CPU really does under the same load.  Prints JSON.  Reproduce
+the foundation targets (baseline, nano, T=256, B=8):
 
     python benchmarks/bench_train.py --variant baseline --size nano --seq-len 256 --batch 8
 

@@ -100,6 +100,21 @@ def test_parallel_equals_prefill_then_decode(variant, dtype, tolerance):
     torch.testing.assert_close(decoded, full, atol=tolerance, rtol=tolerance)
 
 
+@pytest.mark.parametrize("variant", ["baseline", "gdn", "act"])
+def test_logits_to_keep_returns_the_last_positions(variant):
+    """A prefill for the next token (generate, the decode benchmark) keeps 1 row of logits, not T."""
+    model = build(variant)
+    x = tokens(model, 2, 9)
+    with torch.no_grad():
+        full = model(x)
+        torch.testing.assert_close(model(x, logits_to_keep=3), full[:, -3:])
+        state = model.init_state(batch_size=2)
+        torch.testing.assert_close(model(x, state, logits_to_keep=1), full[:, -1:])
+    assert state.position == 9
+    with pytest.raises(MemlabError, match="logits_to_keep must be >= 0"):
+        model(x, logits_to_keep=-1)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_parameter_gets_a_gradient(variant):
     model = build(variant).train()

@@ -195,7 +195,7 @@ class MemlabLM(TemplateLM):
         top_k, top_p = kwargs.get("top_k") or None, kwargs.get("top_p")  # top_k 0: no cut, as in transformers
         top_p = top_p if top_p is not None and top_p < 1 else None
         state = self.model.init_state(1)
-        logits = self.model(torch.tensor([context], device=self._device), state)[:, -1]  # (1, V)
+        logits = self.model(torch.tensor([context], device=self._device), state, logits_to_keep=1)[:, -1]  # (1, V)
         generated: list[int] = []
         for step in range(max_new):
             token = int(sample_next(logits, temperature, top_k, top_p)[0])

@@ -111,14 +111,22 @@ class LanguageModel(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def forward(
-        self, input_ids: torch.Tensor, state: ModelState | None = None, labels: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        state: ModelState | None = None,
+        labels: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """(B, T) token ids -> (B, T, vocab) logits; with ``state``, continue from it and update it.
 
+        ``logits_to_keep`` > 0 returns only the last that many positions' logits (B, n, vocab): a
+        prefill that needs the next token's distribution only does not hold T x vocab floats.
         With ``labels`` (B, T), returns instead the cross-entropy summed over the positions whose
         label is not ``IGNORE_INDEX`` (a scalar, float32 at least), without materialising the logits.
         """
         self._check_inputs(input_ids, state, labels)
+        if logits_to_keep < 0:
+            raise MemlabError(f"logits_to_keep must be >= 0 (0: every position's), got {logits_to_keep}")
         T = input_ids.shape[1]
         h = self.embed(input_ids)  # (B, T, D)
         start = 0 if state is None else state.position
@@ -134,7 +142,7 @@ class LanguageModel(nn.Module):
             state.position += T
         if labels is not None:
             return linear_cross_entropy(self.norm(h).flatten(0, 1), self.head.weight, labels.flatten(), IGNORE_INDEX)
-        return self.head(self.norm(h))
+        return self.head(self.norm(h[:, -logits_to_keep:] if logits_to_keep else h))
 
     def _check_inputs(self, input_ids: torch.Tensor, state: ModelState | None, labels: torch.Tensor | None) -> None:
         """One clear error for ids, labels or a state that do not fit this model (otherwise a deep
@@ -221,7 +229,7 @@ class LanguageModel(nn.Module):
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         out = input_ids
         state = None if stateless else self.init_state(B)
-        logits = self(input_ids, state)[:, -1]
+        logits = self(input_ids, state, logits_to_keep=1)[:, -1]
         for step in range(max_new_tokens):
             token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
             if eos_id is not None:
@@ -230,7 +238,7 @@ class LanguageModel(nn.Module):
             out = torch.cat([out, token[:, None]], dim=1)
             if step == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
                 break  # (the last token needs no forward)
-            logits = (self(out) if stateless else self(token[:, None], state))[:, -1]
+            logits = (self(out, logits_to_keep=1) if stateless else self(token[:, None], state))[:, -1]
         return out
 
     # --------------------------------------------------------------------- I/O
