@@ -1,8 +1,10 @@
-"""Reading the JSON files memlab writes (headers, plans, tokenizer metadata): a damaged one is a MemlabError."""
+"""The JSON files memlab writes: strict JSON written atomically, and read back with a damaged one a MemlabError."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,3 +21,23 @@ def read_json_object(path: str | Path, advice: str = "") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MemlabError(f"{path} is corrupt (not a JSON object){advice}")
     return data
+
+
+def finite(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by None (strict JSON) and keys as strings, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as strict JSON through a temporary file of this process and a rename, so a
+    reader sees the old file or the new one, whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(finite(data), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)

@@ -9,7 +9,6 @@ in ``docs/results_schema.md``; :func:`validate` checks a document against it and
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from memlab.errors import MemlabError
+from memlab.jsonfile import finite, write_json
 
 SCHEMA_VERSION = 1
 
@@ -115,7 +115,7 @@ def metadata(
 
 def document(suite: str, metadata: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
     """A results document; non-finite floats become null so that the file is strict JSON."""
-    return _finite({"schema_version": SCHEMA_VERSION, "suite": suite, "metadata": metadata, "results": results})
+    return finite({"schema_version": SCHEMA_VERSION, "suite": suite, "metadata": metadata, "results": results})
 
 
 def write_results(path: str | Path, doc: dict[str, Any]) -> Path:
@@ -123,9 +123,7 @@ def write_results(path: str | Path, doc: dict[str, Any]) -> Path:
     validate(doc)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
+    write_json(path, doc)
     return path
 
 
@@ -172,11 +170,3 @@ def _require(obj: Any, fields: tuple[str, ...], what: str) -> None:
         raise MemlabError(f"{what} lacks the fields {missing}")
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj

@@ -7,32 +7,14 @@ the log of an uninterrupted one.  JSON files are replaced atomically.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 from memlab.errors import MemlabError
+from memlab.jsonfile import finite, write_json
 
 METRICS_LINES, METRICS_JSON = "metrics.jsonl", "metrics.json"
-
-
-def finite(value: Any) -> Any:
-    """``value`` with non-finite floats replaced by None (strict JSON), recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(finite(data), indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
