@@ -90,6 +90,17 @@ def test_an_interrupt_is_one_line(monkeypatch, capsys):
     assert exit_.value.code == 130 and capsys.readouterr().err == "memlab: interrupted\n"
 
 
+@pytest.mark.parametrize("command", [["eval"], ["probe"], ["data", "prepare"], ["study"]])
+def test_only_train_runs_under_torchrun(command, capsys, monkeypatch):
+    """Every process had run the whole evaluation, racing for the same results files (audit)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_:
+        main(command)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"memlab: error: memlab {' '.join(command)} runs in one process; under " \
+                                      "torchrun only memlab train does\n"
+
+
 def test_a_command_group_lists_its_subcommands(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["data", "--help"])

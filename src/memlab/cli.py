@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -226,7 +227,6 @@ def run_compare(args: CompareArgs) -> None:
 
 def run_train(args: TrainArgs) -> None:
     import json
-    import os
 
     from memlab.train import train
 
@@ -416,6 +416,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"give a subcommand: {', '.join(subcommands)} (memlab {command} --help describes them)")
     if command not in COMMANDS:
         fail(f"unknown command {command!r}; valid choices: {', '.join(names)}")
+    if command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would do the whole job
+        fail(f"memlab {command} runs in one process; under torchrun only memlab train does")
     args_type, run = COMMANDS[command]
     try:  # a command may take its defaults from a file (--config run.yaml)
         default = args_type.defaults_from(argv[1:]) if hasattr(args_type, "defaults_from") else None

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 from conftest import cli_args, records, subprocess_env, tiny_config
 
+import memlab
 from memlab.train.checkpoint import read_trainer_state
+from memlab.train.distributed import shard_groups
 
 STEPS = 4
 
@@ -18,7 +21,10 @@ STEPS = 4
 def single(tmp_path_factory):
     cfg = tiny_config(tmp_path_factory.mktemp("single") / "run", steps=STEPS, batch_size=4, eval_interval=2, save_interval=2)
     _run([sys.executable, "-m", "memlab.cli", "train", *cli_args(cfg)])
-    return records(cfg.run_dir)
+    return cfg
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 def _run(command: list[str]) -> None:
@@ -31,11 +37,10 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, sing
     cfg = tiny_config(tmp_path / "run", steps=STEPS, batch_size=4, eval_interval=2, save_interval=2,
                       fsdp=sharding == "fsdp")
     cfg.batch_size = 2  # per process: the same global batch and token budget as the single process
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    _run([*torchrun, "-m", "memlab.cli", "train", *cli_args(cfg)])
-    parallel = records(cfg.run_dir)
-    assert [r["step"] for r in parallel] == [r["step"] for r in single] == list(range(1, STEPS + 1))
-    for a, b in zip(parallel, single):
+    _run([*TORCHRUN, "-m", "memlab.cli", "train", *cli_args(cfg)])
+    parallel, alone = records(cfg.run_dir), records(single.run_dir)
+    assert [r["step"] for r in parallel] == [r["step"] for r in alone] == list(range(1, STEPS + 1))
+    for a, b in zip(parallel, alone):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
         assert a.get("acc") == b.get("acc")
@@ -83,10 +88,61 @@ def test_act_under_fsdp_takes_the_same_steps_on_every_process(tmp_path):
     early had stopped gathering while the other waited (a hang)."""
     script = tmp_path / "act_fsdp.py"
     script.write_text(ACT_UNDER_FSDP)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    p = subprocess.run([*torchrun, str(script)], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    p = subprocess.run([*TORCHRUN, str(script)], env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     finished = re.findall(r"rank (\d) ok, steps (\d+)\.\.(\d+)", p.stdout)  # (the ranks' lines may interleave)
     assert sorted(rank for rank, _, _ in finished) == ["0", "1"], p.stdout
     _, fewest, most = finished[0]
     assert int(fewest) < int(most)  # rank 0's positions all halted before rank 1's
+
+
+def test_a_resume_on_more_processes_gives_each_its_own_random_stream(tmp_path, single):
+    """Resumed from a 1-process checkpoint, both processes had taken its one stream: the same local drops."""
+    cfg = tiny_config(tmp_path / "run", steps=STEPS, batch_size=4, eval_interval=2, save_interval=2)
+    shutil.copytree(single.run_dir, cfg.run_dir)
+    cfg.batch_size, cfg.resume, cfg.save_interval = 2, True, 1  # the same global batch on 2 processes
+    cfg.total_tokens = cfg.alg_tokens = cfg.total_tokens + 2 * cfg.seq_len * 4  # two more steps
+    _run([*TORCHRUN, "-m", "memlab.cli", "train", *cli_args(cfg)])
+    by_rank = read_trainer_state(cfg.run_dir / "checkpoints" / f"step_{STEPS + 2}")["rng_by_rank"]
+    assert len(by_rank) == 2 and by_rank[0]["torch"] != by_rank[1]["torch"]
+
+
+def test_a_reader_layer_shares_an_fsdp_unit_with_the_layer_it_reads():
+    blocks = list(memlab.build_model("gdn_hybrid", "tiny", n_layers=6).body.blocks)  # GGGGGW
+    assert [[blocks.index(b) for b in group] for group in shard_groups(blocks)] == [[0], [1], [2], [3], [4, 5]]
+
+
+VARIANTS_UNDER_FSDP = """
+import datetime, torch, torch.distributed as dist, memlab
+from memlab.train.distributed import Dist, wrap
+torch.set_num_threads(1)
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+rank = dist.get_rank()
+for variant in ("gdn_hybrid", "ssm"):
+    torch.manual_seed(0)
+    model = memlab.build_model(variant, "tiny", d_model=32, n_layers=2)
+    reference = memlab.build_model(variant, "tiny", d_model=32, n_layers=2)
+    reference.load_state_dict(model.state_dict())
+    x = torch.randint(0, 512, (2, 8), generator=torch.Generator().manual_seed(rank))
+    expected = reference(x)
+    sharded = wrap(model, Dist(rank, 2, rank, torch.device("cpu")), fsdp=True)
+    out = sharded(x)
+    out.logsumexp(-1).mean().backward()
+    torch.testing.assert_close(out, expected)
+    assert model.diagnostics(), variant  # read after the forward, when the weights are shards again
+    print(f"rank {rank} {variant} ok", flush=True)
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_variants_whose_layers_read_across_blocks_run_under_fsdp(tmp_path):
+    """gdn_hybrid's W layer runs its source layer's key projection (a shard of another unit had been
+    a DTensor error); ssm's diagnostics read A_log after the forward (a shard, the same error)."""
+    script = tmp_path / "variants_fsdp.py"
+    script.write_text(VARIANTS_UNDER_FSDP)
+    p = subprocess.run([*TORCHRUN, str(script)], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    assert sorted(re.findall(r"rank \d \w+ ok", p.stdout)) == [
+        f"rank {r} {v} ok" for r in "01" for v in ("gdn_hybrid", "ssm")
+    ]

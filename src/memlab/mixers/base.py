@@ -158,6 +158,10 @@ class Mixer(nn.Module):
     def bind(self, previous: list[Mixer]) -> None:
         """Called once by the model with the mixers of the layers before this one."""
 
+    def borrowed(self) -> list[Mixer]:
+        """Other layers whose weights this layer's forward uses (FSDP shards them together)."""
+        return []
+
     def init_special_parameters(self) -> None:
         """Re-apply parameter initialisations that the model's generic init overwrote."""
 

@@ -74,6 +74,7 @@ class Mamba2(Mixer):
             p._no_weight_decay = True
         self.init_special_parameters()
         self._last_dt: torch.Tensor | None = None
+        self._last_A: torch.Tensor | None = None
 
     def init_special_parameters(self) -> None:
         """dt ~ log-uniform[dt_min, dt_max] through the bias; A ~ U[1, 16]; D = 1 (as in mamba_ssm)."""
@@ -108,7 +109,7 @@ class Mamba2(Mixer):
             y, final = ssd_scan(xs, dt, A, B, C, self.D, initial, state is not None, self.config.ssm.chunk_size)
             if state is not None:
                 state.ssm = final
-        self._record(dt)
+        self._record(dt, A)
         y = self.norm(y.reshape(Bsz, T, self.d_inner), z)  # gate, then normalise per group
         return self.out_proj(y)
 
@@ -121,9 +122,10 @@ class Mamba2(Mixer):
             state.conv = tail
         return y
 
-    def _record(self, dt: torch.Tensor) -> None:
-        """Keep the step sizes of the last forward (detached) for :meth:`diagnostics`."""
-        self._last_dt = dt.detach()
+    def _record(self, dt: torch.Tensor, A: torch.Tensor) -> None:
+        """Keep the step sizes and decay rates of the last forward (detached) for :meth:`diagnostics`
+        (A from the forward: outside it, a sharded model's A_log is a shard)."""
+        self._last_dt, self._last_A = dt.detach(), A.detach()
 
     # -------------------------------------------------------------------- state
     def init_state(self, batch_size: int, device=None, dtype=None) -> Mamba2State:
@@ -153,5 +155,5 @@ class Mamba2(Mixer):
         if self._last_dt is None:
             return {}
         dt = real_positions(self._last_dt, valid)  # (N, H)
-        retention = torch.exp(dt * -torch.exp(self.A_log.detach()))
+        retention = torch.exp(dt * self._last_A)
         return {"dt_mean": dt.mean().item(), "retention_mean": retention.mean().item()}

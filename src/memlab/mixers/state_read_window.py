@@ -84,6 +84,10 @@ class StateReadWindowAttention(SlidingWindowAttention):
     def source(self) -> GatedDeltaNet:
         return self._sources[0]
 
+    def borrowed(self) -> list[Mixer]:
+        """The source layer: the read runs its key projection and short convolution."""
+        return list(self._sources)
+
     # ------------------------------------------------------------------ forward
     def mix(self, x: torch.Tensor, state: WindowReadState | None) -> torch.Tensor:
         write = None

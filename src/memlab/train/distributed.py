@@ -78,8 +78,8 @@ def wrap(model: nn.Module, d: Dist, fsdp: bool) -> nn.Module:
     if fsdp:  # (launched without torchrun it was refused before any work: trainer._check_before_any_work)
         from torch.distributed.fsdp import fully_shard
 
-        for block in model.body.blocks:
-            fully_shard(block)
+        for group in shard_groups(list(model.body.blocks)):
+            fully_shard(group if len(group) > 1 else group[0])
         fully_shard(model)
         return model
     if d.enabled:
@@ -87,6 +87,21 @@ def wrap(model: nn.Module, d: Dist, fsdp: bool) -> nn.Module:
 
         return DistributedDataParallel(model, device_ids=[d.device] if d.device.type == "cuda" else None)
     return model
+
+
+def shard_groups(blocks: list[nn.Module]) -> list[list[nn.Module]]:
+    """The blocks in FSDP units: one each, except that a block whose mixer uses another block's
+    weights (a ``W`` layer reads its source GDN layer's key projection) joins that block's unit,
+    so the weights are gathered for both forwards."""
+    owner = {id(block.mixer): i for i, block in enumerate(blocks)}
+    unit = list(range(len(blocks)))
+    for i, block in enumerate(blocks):
+        for other in block.mixer.borrowed():
+            unit[i] = unit[owner[id(other)]]  # (a borrowed layer comes earlier: its unit is settled)
+    groups: dict[int, list[nn.Module]] = {}
+    for i, block in enumerate(blocks):
+        groups.setdefault(unit[i], []).append(block)
+    return list(groups.values())
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from memlab.data.shards import read_header
 from memlab.data.tasks import GRID_VERSION, IGNORE_INDEX, get_task
 from memlab.data.tokenizer import load_tokenizer
 from memlab.errors import MemlabError, check_dir_target
-from memlab.jsonfile import read_json_object
+from memlab.jsonfile import read_json_object, write_json
 from memlab.models.lm import WEIGHTS_FILE, LanguageModel
 from memlab.models.paths import BEST_FILE, checkpoint_dirs, is_model_dir, latest_whole_checkpoint
 from memlab.train import checkpoint as ckpt
@@ -43,7 +43,7 @@ from memlab.train.allocator import keep_freed_memory
 from memlab.train.config import RUN_FORMAT, TrainConfig, read_yaml
 from memlab.train.data import RunData, build_data
 from memlab.train.evaluate import EvalResult, evaluate
-from memlab.train.metrics import MetricsLog, summary_writer, write_json
+from memlab.train.metrics import MetricsLog, summary_writer
 from memlab.train.optim import build_optimizer, lr_at, no_decay_names, set_lr
 from memlab.train.plots import plot_accuracy, plot_loss
 
@@ -283,7 +283,13 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.data.curriculum.load_state_dict(state["curriculum"])
         by_rank = state.get("rng_by_rank") or []  # (older checkpoints kept the main process's alone)
-        ckpt.set_rng_state(by_rank[self.d.rank] if len(by_rank) == self.d.world_size else state["rng"])
+        if len(by_rank) == self.d.world_size:
+            ckpt.set_rng_state(by_rank[self.d.rank])
+        else:  # another process count: the main process's streams, and a stream of its own for every other
+            ckpt.set_rng_state(state["rng"])
+            if self.d.rank:
+                seed = np.random.SeedSequence([self.cfg.seed, self.step, self.d.rank]).generate_state(1)[0]
+                torch.manual_seed(int(seed))
         if self.d.is_main:
             self._set_aside_later_best()
 
