@@ -33,3 +33,13 @@ def test_a_cuda_index_beyond_the_devices_is_refused(monkeypatch):
     assert resolve_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(MemlabError, match="has 2 CUDA device\\(s\\), cuda:0 to cuda:1"):
         resolve_device("cuda:2")
+
+
+def test_one_gpu_index_for_every_torchrun_process_is_refused(monkeypatch):
+    """Under torchrun each process takes the GPU of its LOCAL_RANK; cuda:1 had put every process on GPU 1."""
+    from memlab.train import distributed
+
+    monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device(name))  # (no GPU needed)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(MemlabError, match="--device cuda:1 would put every process on one GPU"):
+        distributed.setup("cuda:1")

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from memlab.devices import resolve_device
+from memlab.errors import MemlabError
 
 
 @dataclass
@@ -61,6 +62,9 @@ def setup(device: str = "auto") -> Dist:
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     if cuda:
+        if world > 1 and dev.index is not None:
+            raise MemlabError(f"--device {dev} would put every process on one GPU; under torchrun give --device cuda "
+                              "(each process takes the GPU of its LOCAL_RANK)")
         dev = dev if dev.index is not None else torch.device(f"cuda:{local}")  # torchrun: one GPU per process
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
