@@ -78,6 +78,27 @@ def test_loglikelihood_matches_an_unbatched_forward(model, tok):
         assert logprob < 0
 
 
+def test_a_token_merged_across_the_boundary_scores_the_continuation_alone():
+    """lm-eval's whole-then-split encoding had left "bar" no tokens after "foo" (merged into one):
+    log-prob 0 and greedy, a choice that always wins (audit)."""
+    bpe = build_tokenizer("bpe", texts=["foobar " * 300], vocab_size=300)
+    assert len(bpe.encode("foobar")) < len(bpe.encode("foo")) + len(bpe.encode("bar"))  # the merge to guard
+    model = small_model("baseline", bpe)
+    lm = MemlabLM(model=model, tokenizer=bpe)
+    assert lm._encode_pair("foo", "bar") == (bpe.encode("foo"), bpe.encode("bar"))
+    assert lm._encode_pair("foo", " bar") == (bpe.encode("foo"), bpe.encode(" bar"))  # no merge: lm-eval's split
+    ((logprob, greedy),) = lm.loglikelihood([request("loglikelihood", "foo", "bar")])
+    assert (logprob, greedy) == pytest.approx(direct_logprob(model, bpe.encode("foo"), bpe.encode("bar")), abs=1e-4)
+    assert logprob < 0
+
+
+def test_a_continuation_beyond_max_length_is_refused(model, tok):
+    """Its first tokens had gone unscored, a higher log-likelihood than the text's (audit)."""
+    lm = MemlabLM(model=model, tokenizer=tok, max_length=16)
+    with pytest.raises(MemlabError, match="a continuation of 20 tokens exceeds max_length=16"):
+        lm.loglikelihood([request("loglikelihood", "a", "b" * 20)])
+
+
 def test_greedy_flag_is_true_for_the_models_own_greedy_continuation(model, tok):
     lm = MemlabLM(model=model, tokenizer=tok)
     prompt = torch.tensor([tok.encode("abc")])
@@ -278,3 +299,15 @@ def test_lm_eval_command_line_names_a_missing_checkpoint_in_one_line(tmp_path, m
         main()
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"memlab: error: no such checkpoint or model directory: {tmp_path / 'nope'}"
+
+
+def test_every_filter_of_a_metric_is_kept():
+    """gsm8k reports exact_match under two filters; keyed by the name alone, one had overwritten the other."""
+    from memlab.eval.lm_eval_suite import _task_record
+
+    metrics = {"exact_match,strict-match": 0.12, "exact_match_stderr,strict-match": 0.01,
+               "exact_match,flexible-extract": 0.31, "exact_match_stderr,flexible-extract": 0.02, "acc,none": 0.5}
+    record = _task_record(metrics, {"effective": 100})["metrics"]
+    assert set(record) == {"exact_match,strict-match", "exact_match,flexible-extract", "acc"}
+    assert record["exact_match,strict-match"]["value"] == 0.12 and record["exact_match,strict-match"]["stderr"] == 0.01
+    assert record["exact_match,flexible-extract"]["value"] == 0.31

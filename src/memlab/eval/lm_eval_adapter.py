@@ -100,6 +100,20 @@ class MemlabLM(TemplateLM):
     def tok_decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids) as lm-eval splits them: the context's trailing spaces move
+        to the continuation, the pair is encoded whole and split at the context's token count.  Where
+        a token merges across the boundary ("foo" + "bar" as one token), that split would score the
+        wrong text or none at all (log-prob 0, greedy: a choice that always wins); there the two
+        parts are encoded apart."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole, context_ids = self.tok_encode(context + continuation), self.tok_encode(context)
+        if whole[: len(context_ids)] == context_ids and (len(whole) > len(context_ids) or not continuation):
+            return context_ids, whole[len(context_ids) :]
+        return context_ids, self.tok_encode(continuation)
+
     def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """Sum of log p(continuation | context) and whether greedy decoding yields the continuation."""
         results: list[tuple[float, bool] | None] = [None] * len(requests)
@@ -138,10 +152,12 @@ class MemlabLM(TemplateLM):
     # ------------------------------------------------------------------- helpers
     def _window(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
         """(model input, targets): the input is context + continuation without its last token, cut to
-        the last ``max_length`` tokens; the targets are the continuation tokens it predicts.  An
+        the last ``max_length`` tokens; the targets are the continuation's tokens, all of them.  An
         empty context (lm-eval moves a whitespace-only context into the continuation) is the prefix token."""
-        targets = continuation[-self.max_length :]
-        return ((context or [self.prefix_token_id]) + continuation)[-(self.max_length + 1) : -1], targets
+        if len(continuation) > self.max_length:  # its first tokens would go unscored
+            raise MemlabError(f"a continuation of {len(continuation)} tokens exceeds max_length={self.max_length}: "
+                              "raise max_length or score a shorter continuation")
+        return ((context or [self.prefix_token_id]) + continuation)[-(self.max_length + 1) : -1], continuation
 
     def _batches(self, sequences: list[list[int]]) -> Iterator[list[int]]:
         """Indices of ``sequences``, longest first, grouped under the row and padded-token budgets."""

@@ -80,7 +80,8 @@ def run(ctx: EvalContext) -> dict[str, Any]:
 
 
 def _task_record(metrics: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
-    """``{"n", "metrics": {name: {"value", "stderr", "ci95", "n"}}}`` from lm-eval's ``metric,filter`` keys."""
+    """``{"n", "metrics": {name: {"value", "stderr", "ci95", "n"}}}`` from lm-eval's ``metric,filter`` keys
+    (named ``metric`` under the filter ``none``, else ``metric,filter``)."""
     record: dict[str, Any] = {}
     n = counts.get("effective")
     for key, value in metrics.items():
@@ -93,5 +94,6 @@ def _task_record(metrics: dict[str, Any], counts: dict[str, Any]) -> dict[str, A
             ci = list(wilson_interval(round(value * n), n))
         else:
             ci = [value - 1.96 * stderr, value + 1.96 * stderr] if stderr is not None else None
-        record[name] = {"value": value, "stderr": stderr, "ci95": ci, "n": n}
+        label = name if _filter in ("", "none") else key  # gsm8k's strict-match and flexible-extract, both
+        record[label] = {"value": value, "stderr": stderr, "ci95": ci, "n": n}
     return {"n": n, "metrics": record}
