@@ -128,6 +128,17 @@ def test_rolling_loglikelihood_scores_every_token_once(model, tok):
     assert got == pytest.approx(direct_logprob(model, [tok.eos_id], tok.encode(text))[0], abs=1e-4)
 
 
+def test_generate_until_under_a_horizon_ablation_recomputes_as_generate_does(tok):
+    """GDN has no recurrent form of a horizon: decoding through its state had failed (audit)."""
+    model = small_model("gdn", tok)
+    lm = MemlabLM(model=model, tokenizer=tok)
+    ids = torch.tensor([tok.encode("Once upon")])
+    with memlab.ablate(model, "horizon", horizon=4):
+        reference = tok.decode(model.generate(ids, max_new_tokens=6)[0, ids.shape[1] :].tolist())
+        (got,) = lm.generate_until([request("generate_until", "Once upon", {"until": [], "max_gen_toks": 6})])
+    assert got == reference.split("<|eos|>")[0]
+
+
 def test_generate_until_decodes_through_the_state_and_stops(model, tok):
     lm = MemlabLM(model=model, tokenizer=tok)
     prompt = "Once upon"

@@ -197,7 +197,8 @@ class MemlabLM(TemplateLM):
 
     @torch.no_grad()
     def _generate(self, context: list[int], until: list[str], kwargs: dict) -> str:
-        """Prefill ``context`` through the recurrent state, then decode one token per step."""
+        """Prefill ``context`` through the recurrent state, then decode one token per step (or recompute
+        the whole text at every step, where the model decodes so)."""
         unsupported = sorted(set(kwargs) - GENERATION_OPTIONS)
         if unsupported:  # ignoring one would sample otherwise than the task asks
             raise MemlabError(f"generation options {unsupported} are not supported by memlab models "
@@ -210,7 +211,8 @@ class MemlabLM(TemplateLM):
         temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
         top_k, top_p = kwargs.get("top_k") or None, kwargs.get("top_p")  # top_k 0: no cut, as in transformers
         top_p = top_p if top_p is not None and top_p < 1 else None
-        state = self.model.init_state(1)
+        stateless = self.model.decodes_by_recomputing  # (a horizon ablation without a recurrent form)
+        state = None if stateless else self.model.init_state(1)
         logits = self.model(torch.tensor([context], device=self._device), state, logits_to_keep=1)[:, -1]  # (1, V)
         generated: list[int] = []
         for step in range(max_new):
@@ -223,7 +225,8 @@ class MemlabLM(TemplateLM):
             if stops:
                 return text[: min(stops)]
             if step < max_new - 1:  # (the last token needs no forward)
-                logits = self.model(torch.tensor([[token]], device=self._device), state)[:, -1]
+                ids = context + generated if stateless else [token]
+                logits = self.model(torch.tensor([ids], device=self._device), state, logits_to_keep=1)[:, -1]
         return self.tok_decode(generated)
 
 

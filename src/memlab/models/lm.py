@@ -169,6 +169,12 @@ class LanguageModel(nn.Module):
                               f"{_runs(kinds)}: make it with this model's init_state(batch_size)")
         state.checked_by = weakref.ref(self)  # (a copy of the state copies the reference, not the model)
 
+    @property
+    def decodes_by_recomputing(self) -> bool:
+        """Whether decoding must recompute the parallel form at every token: under a horizon ablation
+        of a mixer that has no recurrent form of it."""
+        return any(m.horizon is not None and not m.native_horizon for m in self.mixers)
+
     def init_state(self, batch_size: int = 1, device=None, dtype=None) -> ModelState:
         device = device or self.embed.weight.device
         return ModelState(self.body.init_state(batch_size, device, dtype), batch_size)
@@ -224,7 +230,7 @@ class LanguageModel(nn.Module):
         if self.pos_embed is not None and T + max_new_tokens - 1 > self.config.max_seq_len:
             raise MemlabError(f"{T} prompt tokens and {max_new_tokens} new ones exceed max_seq_len="
                               f"{self.config.max_seq_len} of this model's learned positions")
-        stateless = any(m.horizon is not None and not m.native_horizon for m in self.mixers)
+        stateless = self.decodes_by_recomputing
         B = input_ids.shape[0]
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         out = input_ids
