@@ -69,6 +69,20 @@ def test_model_card_has_architecture_training_and_this_models_results(run_dir, t
     assert sorted(p.name for p in (out / "eval").iterdir()) == ["results_lm.json"]
 
 
+def test_results_of_weights_saved_over_since_are_left_out(run_dir, tmp_path):
+    """A best_model replaced by more training had been exported with the old weights' perplexity (audit)."""
+    from memlab.models.paths import weights_sha256
+
+    doc = json.loads((run_dir / "eval" / "results_lm.json").read_text())
+    doc["metadata"]["weights_sha256"] = weights_sha256(run_dir / "best_model")  # as memlab eval records it
+    schema.write_results(run_dir / "eval" / "results_lm.json", doc)
+    assert (export(run_dir, tmp_path / "same") / "eval" / "results_lm.json").is_file()
+    torch.manual_seed(1)
+    memlab.build_model("baseline", "tiny", vocab_size=261, d_model=32, n_layers=2, n_heads=2).save(run_dir / "best_model")
+    out = export(run_dir, tmp_path / "later")
+    assert not (out / "eval").exists() and "33.1" not in (out / "README.md").read_text()
+
+
 def test_exporting_a_checkpoint_then_the_export_keeps_its_summary_and_results(run_dir, tmp_path):
     first = export(run_dir / "checkpoints" / "step_4", tmp_path / "a")
     second = export(first, tmp_path / "b")

@@ -27,7 +27,7 @@ from memlab.eval.hub import default_out_dir, load_checkpoint, run_dir_of
 from memlab.eval.schema import read_results
 from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
-from memlab.models.paths import checkpoint_step, holds_training_output, resolve_model_dir, same_model_dir
+from memlab.models.paths import checkpoint_step, holds_training_output, measured_model, resolve_model_dir
 from memlab.train.checkpoint import replace_directory
 
 SUMMARY_FILE, CARD_FILE = "summary.json", "README.md"
@@ -56,7 +56,7 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
         places = dict.fromkeys([default_out_dir(model_dir, run_dir, None), run_dir / "eval"])
         for p in (p for place in places for p in sorted(place.glob("results_*.json"))):  # the model's own place first
             doc = read_results(p)
-            if same_model_dir(doc["metadata"]["model_dir"], model_dir):
+            if measured_model(doc["metadata"], model_dir):  # not another checkpoint's, nor older weights'
                 results.setdefault(p.name, doc)
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -31,7 +32,8 @@ def test_all_writes_one_valid_document_with_every_suite(evaluated):
     assert doc["schema_version"] == schema.SCHEMA_VERSION and doc["suite"] == "all"
     assert list(doc["results"]) == list(SUITE_ORDER)
     meta = doc["metadata"]
-    assert set(schema.METADATA_FIELDS) <= set(meta)
+    assert set(schema.METADATA_FIELDS) | set(schema.OPTIONAL_METADATA_FIELDS) <= set(meta)
+    assert re.fullmatch("[0-9a-f]{64}", meta["weights_sha256"])  # which weights were measured
     assert meta["model"]["variant"] == "baseline" and meta["model"]["params"] > 0
     assert meta["options"]["samples"] == 3 and meta["decoding"]["temperature"] == 0.0
     assert meta["grid_version"].startswith("memlab-alg-grid")

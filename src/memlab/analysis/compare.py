@@ -29,7 +29,7 @@ from memlab.eval.schema import read_results
 from memlab.eval.stats import mean_interval, wilson_interval
 from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
-from memlab.models.paths import resolve_model_dir, same_model_dir
+from memlab.models.paths import measured_model, resolve_model_dir, same_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def load_payloads(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[s
     """(suite -> newest payload, metadata of the newest file, suite -> what that payload was
     measured on) from the run's results files of one model: the one the run stands for (its
     best_model, else its newest checkpoint) where it was evaluated, else the newest file's.  The
-    results of other checkpoints (an older memlab wrote them there too) are left out, with a warning."""
+    results of other checkpoints (an older memlab wrote them there too), or of weights saved over
+    since (a best_model replaced by further training), are left out, with a warning."""
     files = sorted(eval_dir(run_dir).glob("results_*.json"))
     if not files:
         raise MemlabError(f"{run_dir} holds no results files (run `memlab eval --checkpoint {run_dir}` first)")
@@ -111,9 +112,9 @@ def load_payloads(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[s
     if model_dir is None or not any(same_model_dir(r, model_dir) for r in recorded):
         newest = max(docs.values(), key=lambda doc: doc["metadata"]["timestamp"])["metadata"]["model_dir"]
         model_dir = Path(newest or "")
-    for path in [p for p, r in zip(docs, recorded) if r and not same_model_dir(r, model_dir)]:
-        log.warning("%s evaluated %s, another model of the run: left out of the comparison",
-                    path, docs.pop(path)["metadata"]["model_dir"])  # fmt: skip
+    for path in [p for p, r in zip(docs, recorded) if r and not measured_model(docs[p]["metadata"], model_dir)]:
+        log.warning("%s evaluated %s, another model of the run or weights saved over since: left out of the "
+                    "comparison", path, docs.pop(path)["metadata"]["model_dir"])  # fmt: skip
     newest: dict[str, tuple[str, Any, dict[str, Any]]] = {}
     meta: dict[str, Any] = {}
     for doc in docs.values():

@@ -17,6 +17,7 @@ from typing import Any
 
 from memlab.errors import MemlabError
 from memlab.jsonfile import finite, write_json
+from memlab.models.paths import weights_sha256
 
 SCHEMA_VERSION = 1
 
@@ -36,6 +37,8 @@ METADATA_FIELDS = (
     "torch_version",
     "timestamp",  # UTC, ISO 8601
 )
+
+OPTIONAL_METADATA_FIELDS = ("weights_sha256",)  # written now; files of an older memlab lack them
 
 ACCURACY_FIELDS = ("accuracy", "correct", "n", "ci95")
 DELTA_FIELDS = ("delta", "ci95", "n")
@@ -102,6 +105,7 @@ def metadata(
             "layer_pattern": config.pattern,
             **model_facts,
         },
+        "weights_sha256": weights_sha256(model_dir),  # which weights: a best_model may be saved again later
         "tokenizer_hash": tokenizer.hash,
         "seed": options.seed,
         "decoding": decoding,

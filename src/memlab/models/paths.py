@@ -75,6 +75,27 @@ def same_model_dir(recorded: str | None, model_dir: Path) -> bool:
     return path.resolve() == model_dir.resolve() or path.parts[-2:] == model_dir.resolve().parts[-2:]
 
 
+def weights_sha256(model_dir: str | Path) -> str | None:
+    """The sha256 of ``model_dir``'s weights (its manifest's record where it has one, else hashed
+    now); None where the directory holds no weights (a results file read on another machine)."""
+    model_dir = Path(model_dir)
+    try:
+        return str(json.loads((model_dir / MANIFEST_FILE).read_text())["files"][WEIGHTS_FILE]["sha256"])
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        weights = model_dir / WEIGHTS_FILE
+        return file_sha256(weights) if weights.is_file() else None
+
+
+def measured_model(metadata: dict, model_dir: Path) -> bool:
+    """Whether a results file (its ``metadata``) measured the weights now in ``model_dir``: the same
+    directory and, where the file records them, the same weights (a best_model saved again since
+    holds others)."""
+    if not same_model_dir(metadata.get("model_dir"), model_dir):
+        return False
+    recorded, now = metadata.get("weights_sha256"), weights_sha256(model_dir)
+    return recorded is None or now is None or recorded == now
+
+
 def checkpoint_step(model_dir: Path) -> int:
     """The training step of a checkpoint (its trainer_state.json, a best_model's best.json, or its
     step_N name); 0 if unknown."""
