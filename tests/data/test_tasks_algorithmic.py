@@ -129,6 +129,23 @@ def test_no_ood_example_is_one_the_training_grid_draws(task):
     assert not [e for e in ood if (e.prompt, e.answer) in trained]
 
 
+def test_unbalanced_dyck_strings_cannot_be_told_by_counting():
+    """A corruption had changed the counts of openers and closers in ~80% of the "no" items (audit)."""
+    rng = random.Random(4)
+    checks = [e for e in (TASKS["dyck"](rng, d) for d in (2, 6, 12) for _ in range(300)) if e.prompt.startswith("bal")]
+    unbalanced = [e.prompt.removeprefix("balanced: ") for e in checks if e.answer == "no"]
+    assert len(unbalanced) > 100
+    assert all(sum(c in "([{" for c in s) == sum(c in ")]}" for c in s) for s in unbalanced)
+
+
+def test_successor_has_no_fixed_example():
+    """With k = d nines, one all-nines number had made up ~0.5 / d of every cell (56% at d = 1) (audit)."""
+    rng = random.Random(5)
+    for d, before in ((1, 0.55), (2, 0.255), (4, 0.13)):
+        prompts = [TASKS["successor"](rng, d).prompt for _ in range(1000)]
+        assert prompts.count(f"succ: {'9' * d}") / 1000 < before / 2
+
+
 def test_dyck_completions_hold_all_their_openers():
     rng = random.Random(3)
     for difficulty in (1, 5, 12):

@@ -158,6 +158,9 @@ def test_mqar_structure():
         assert len(scored) == n and min(scored) > 2 * n  # queries come after the context
         assert sorted(ex.ids[i - 1] for i in scored) == sorted(keys)  # every key is queried once
         assert all(ex.ids[i] == table[ex.ids[i - 1]] for i in scored)
+        assert [i for i, t in enumerate(ex.ids[2 * n :], 2 * n) if t in table] == [i - 1 for i in scored]
+        # a key occurs only where it is bound and where it is queried: random filler had repeated keys with
+        # other ids after them (half the examples at 4 pairs of a byte vocabulary, audit)
 
 
 def test_mqar_draws_no_special_token(byte_tok):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from memlab.data.tasks.base import Example, check_difficulty
 
-GRID_VERSION = "memlab-alg-grid-v2"  # v2: dyck completions hold all their openers
+GRID_VERSION = "memlab-alg-grid-v3"  # v2: dyck completions hold all their openers; v3: the shortcuts below gone
 DIGITS = "0123456789"
 BRACKETS = {"(": ")", "[": "]", "{": "}"}
 
@@ -100,11 +100,12 @@ def _balanced(rng: random.Random, pairs: int) -> str:
 def dyck(rng: random.Random, difficulty: int) -> Example:
     check_difficulty("dyck", difficulty, 1)
     s = _balanced(rng, difficulty)
-    if rng.random() < 0.5:  # is it balanced?  Replacing any one bracket by another unbalances it.
-        corrupt = rng.random() < 0.5
+    if rng.random() < 0.5:  # is it balanced?  A bracket of another type (an opener for an opener, a closer
+        corrupt = rng.random() < 0.5  # for a closer) unbalances it and keeps the counts: counting cannot tell
         if corrupt:
             i = rng.randrange(len(s))
-            s = s[:i] + rng.choice([c for c in "()[]{}" if c != s[i]]) + s[i + 1 :]
+            same_role = BRACKETS.keys() if s[i] in BRACKETS else BRACKETS.values()
+            s = s[:i] + rng.choice([c for c in same_role if c != s[i]]) + s[i + 1 :]
         return Example(f"balanced: {s}", "no" if corrupt else "yes", meta=_meta("dyck", difficulty, mode="check"))
     # complete it: cut after the last opener, where brackets are still open, and answer the closers;
     # the prompt holds all `difficulty` openers, so a longer string is a longer prompt
@@ -153,8 +154,8 @@ def compare(rng: random.Random, difficulty: int) -> Example:
 def successor(rng: random.Random, difficulty: int) -> Example:
     check_difficulty("successor", difficulty, 1)
     n = _number(rng, difficulty)
-    if rng.random() < 0.5:  # end in k nines: the carry chain is the point
-        k = rng.randint(1, difficulty)
+    if difficulty > 1 and rng.random() < 0.5:  # end in k nines: the carry chain is the point (all nines,
+        k = rng.randint(1, difficulty - 1)  # one fixed number, only as often as chance draws it)
         n = n - n % 10**k + 10**k - 1
     return Example(f"succ: {n}", str(n + 1), meta=_meta("successor", difficulty))
 

@@ -251,7 +251,8 @@ class MQAR:
         for key, value, g in zip(keys, values, gaps):
             tail[2 * g], tail[2 * g + 1] = key, value
             mask[2 * n + 2 * g + 1] = True
-        if self.random_non_queries:
-            tail = [rng.choice(drawn) if t == filler else t for t in tail]
+        if self.random_non_queries:  # never a key: a key seen again with another id would contradict its pair
+            other = [i for i in drawn if i not in set(keys)]
+            tail = [rng.choice(other) if t == filler else t for t in tail]
         meta = {"task": "mqar", "difficulty": n, "pairs": n}
         return TokenizedExample(context + tail, mask, meta)
