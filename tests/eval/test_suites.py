@@ -78,6 +78,13 @@ def test_the_same_examples_every_time(trained_baseline, byte_tok):
     assert list(a["results"]["grids"]) == ["iid"]
 
 
+def test_a_cell_holds_distinct_examples_only(trained_baseline, byte_tok):
+    """Drawn with replacement, two-bit parity's 4 examples had counted as 20 independent ones (audit)."""
+    ctx = EvalContext(trained_baseline, byte_tok, EvalOptions(tasks=["parity"], samples=20, grid="iid"))
+    cells = evaluate_model(ctx, "algorithmic")["results"]["tasks"]["parity"]["by_difficulty"]
+    assert [(c["difficulty"], c["n"]) for c in cells] == [(2, 4), (4, 16), (8, 20)]
+
+
 def small_model(byte_tok, **overrides):
     import memlab
 

@@ -311,14 +311,3 @@ def test_lm_eval_command_line_names_a_missing_checkpoint_in_one_line(tmp_path, m
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"memlab: error: no such checkpoint or model directory: {tmp_path / 'nope'}"
 
-
-def test_every_filter_of_a_metric_is_kept():
-    """gsm8k reports exact_match under two filters; keyed by the name alone, one had overwritten the other."""
-    from memlab.eval.lm_eval_suite import _task_record
-
-    metrics = {"exact_match,strict-match": 0.12, "exact_match_stderr,strict-match": 0.01,
-               "exact_match,flexible-extract": 0.31, "exact_match_stderr,flexible-extract": 0.02, "acc,none": 0.5}
-    record = _task_record(metrics, {"effective": 100})["metrics"]
-    assert set(record) == {"exact_match,strict-match", "exact_match,flexible-extract", "acc"}
-    assert record["exact_match,strict-match"]["value"] == 0.12 and record["exact_match,strict-match"]["stderr"] == 0.01
-    assert record["exact_match,flexible-extract"]["value"] == 0.31

@@ -1,16 +1,23 @@
 """Suite ``algorithmic``: exact-match accuracy per task on the IID and OOD grids.
 
-For every task and every difficulty of the chosen grid(s), ``samples`` examples are
-drawn (the same ones for every model: the generator is seeded by the suite seed and the
-cell) and scored by greedy exact match.  Accuracy is reported per difficulty (accuracy as
-a function of length), per task and split, and pooled over tasks.
+For every task and every difficulty of the chosen grid(s), ``samples`` distinct examples
+are drawn (fewer where the cell has fewer; the same ones for every model: the generator is
+seeded by the suite seed and the cell) and scored by greedy exact match.  Accuracy is
+reported per difficulty (accuracy as a function of length), per task and split, and pooled
+over tasks (the correct answers and examples of every cell summed).
+
+The IID grid's levels are trained on, and where a level has few distinct examples the
+training stream holds most of them (two-bit parity: all 4): IID accuracy then measures recall
+as much as generalisation.  The OOD levels lie beyond every trained one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from memlab.data.tasks import GRIDS, TASKS, encode_example
+from memlab.data.tasks import GRIDS, TASKS, Example, encode_example
 from memlab.errors import MemlabError, choose
 from memlab.eval.hub import EvalContext, register_suite
 from memlab.eval.stats import accuracy_record, pool
@@ -27,6 +34,19 @@ def check_tasks(names: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def distinct_examples(draw: Callable[[], Example], n: int, draws_per_example: int = 20) -> list[Example]:
+    """Up to ``n`` distinct examples from ``draw()``; fewer where the task has fewer (two-bit parity
+    has 4), found within ``draws_per_example * n`` draws.  Repeats would count one example as
+    several independent ones and narrow its interval."""
+    found: dict[tuple[str, str, str], Example] = {}
+    for _ in range(draws_per_example * n):
+        example = draw()
+        found.setdefault((example.prompt, example.query, example.answer), example)
+        if len(found) == n:
+            break
+    return list(found.values())
+
+
 @register_suite("algorithmic")
 def run(ctx: EvalContext) -> dict[str, Any]:
     options = ctx.options
@@ -35,17 +55,18 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     grids = {split: {t: list(getattr(GRIDS[t], split)) for t in tasks} for split in splits}
     payload: dict[str, Any] = {"grids": grids, "tasks": {}}
     cells = [(task, split, d) for task in tasks for split in splits for d in grids[split][task]]
-    examples = []  # samples per cell, cell after cell; scored together (fewer, fuller batches)
+    examples, bounds = [], [0]  # each cell's examples, cell after cell; scored together (fewer, fuller batches)
     for task, _, difficulty in cells:
         rng = ctx.rng(f"algorithmic/{task}/{difficulty}")
-        examples += [encode_example(TASKS[task](rng, difficulty), ctx.tokenizer) for _ in range(options.samples)]
+        drawn = distinct_examples(partial(TASKS[task], rng, difficulty), options.samples)
+        examples += [encode_example(e, ctx.tokenizer) for e in drawn]
+        bounds.append(len(examples))
     hits = ctx.score(examples, "algorithmic")
     records: dict[str, list[dict[str, Any]]] = {task: [] for task in tasks}
-    for i, (task, split, difficulty) in enumerate(cells):
-        part = slice(i * options.samples, (i + 1) * options.samples)
-        tokens = sum(len(e) for e in examples[part]) / options.samples
+    for (task, split, difficulty), start, stop in zip(cells, bounds, bounds[1:]):
+        tokens = sum(len(e) for e in examples[start:stop]) / (stop - start)
         records[task].append({"split": split, "difficulty": difficulty, "mean_tokens": tokens,
-                              **accuracy_record(hits[part])})
+                              **accuracy_record(hits[start:stop])})
     for task, by_difficulty in records.items():
         per_split = {split: pool([c for c in by_difficulty if c["split"] == split]) for split in splits}
         payload["tasks"][task] = {**per_split, "by_difficulty": by_difficulty}

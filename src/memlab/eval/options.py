@@ -24,7 +24,7 @@ class EvalOptions:
     grid: Literal["iid", "ood", "all"] = "all"
     """algorithmic: which grid of difficulties to evaluate"""
     samples: int = 100
-    """algorithmic: examples per task and difficulty; lm-eval: examples per task"""
+    """algorithmic: distinct examples per task and difficulty (fewer where a level has fewer); lm-eval: per task"""
     needle_tasks: list[str] | None = None
     """longctx: needle tasks (default: every one)"""
     context_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
