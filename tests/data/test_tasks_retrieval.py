@@ -99,6 +99,20 @@ def test_sniah_depth_places_the_needle():
         assert abs(at - depth / 100) < 0.12 and abs(ex.meta["depth"] - depth / 100) < 0.05
 
 
+def test_sniah_depth_counts_the_other_needles():
+    """With 4 keys, the recorded depth had left the other needles out and put the queried one first at a
+    shared boundary: at depth 100 in 256 BPE tokens it had been off by up to 0.37 (audit)."""
+    rng = random.Random(6)
+    for depth in (0, 50, 100):
+        for _ in range(20):
+            ex = SNIAH(variant=1, depth=depth, n_keys=4)(rng, 1024)
+            body = ex.prompt.split("\n", 1)[1]
+            key = re.search(r"for ([\w-]+) mentioned", ex.query).group(1)
+            queried = re.search(rf"One of the special magic numbers for {key} is: \d+\.", body)
+            around = len(body) - len(queried.group())  # byte tokens of everything else, spaces included
+            assert ex.meta["depth"] == pytest.approx(queried.start() / around, abs=0.02)
+
+
 @pytest.mark.parametrize("variant", [1, 2, 3])
 def test_sniah_depth_is_the_nearest_sentence_boundary_in_tokens(variant):
     pool = [f"Filler {'word ' * (1 + 12 * (i % 3))}ends here." for i in range(6)]  # of very different lengths

@@ -170,14 +170,17 @@ class SNIAH:
         offsets = list(itertools.accumulate((self.count_tokens(" " + s) for s in hay), initial=0))
         n_hay = len(hay)
         first = _nearest(offsets, offsets[-1] * self.depth / 100) if self.depth is not None else rng.randint(0, n_hay)
-        places = [first] + [rng.randint(0, n_hay) for _ in needle_text[1:]]
-        order = sorted(range(len(needles)), key=lambda i: (places[i], i))
-        for i in sorted(range(len(needles)), key=lambda i: (places[i], i), reverse=True):
-            hay.insert(places[i], needle_text[i])
+        places = [(first, rng.random())] + [(rng.randint(0, n_hay), rng.random()) for _ in needle_text[1:]]
+        order = sorted(range(len(needles)), key=places.__getitem__)  # needles at one boundary: in random order
+        for i in reversed(order):
+            hay.insert(places[i][0], needle_text[i])
         in_text_order = [needles[i] for i in order]
         answer = ", ".join(v for q in queried for k, v in in_text_order if k == q)
         prompt = intro + "\n" + " ".join(hay)
-        depth = offsets[first] / offsets[-1] if offsets[-1] else 0.0
+        # the depth of the queried needle in the text around it (haystack and the other needles)
+        costs = [self.count_tokens(" " + s) for s in hay]
+        at, around = hay.index(needle_text[0]), sum(costs) - costs[hay.index(needle_text[0])]
+        depth = sum(costs[:at]) / around if around else 0.0
         meta = {
             "task": f"sniah{self.variant}",
             "difficulty": difficulty,
