@@ -76,6 +76,26 @@ def test_language_phase_mixes_at_the_ratios(byte_tok, byte_shards, replay, retri
     assert abs(kinds.count("retrieval") / 200 - retrieval) < 0.1
 
 
+def test_the_batch_kinds_do_not_depend_on_how_the_model_learns(byte_tok):
+    """The kind had been drawn from the generator the adaptive difficulty draws from: a perfect and a
+    hopeless model trained with the same flags got other mixes of task and retrieval batches (audit)."""
+    cfg = CurriculumConfig(seq_len=128, batch_size=1, tasks=["copy", "parity"], retrieval_tasks=["niah"],
+                           levels={"niah": [0, 3]}, replay_fraction=0.5, retrieval_ratio=0.5,
+                           strategy="competence", cooldown_steps=1, min_evals=1)  # fmt: skip
+    kinds = {}
+    for perfect in (True, False):
+        c = Curriculum(cfg, byte_tok)
+        kinds[perfect] = []
+        for step in range(120):
+            c.next_batch()
+            kinds[perfect].append(c.last_kind)
+            if step % 5 == 0:
+                for task in c.task_specs:
+                    c.observe(task, accuracy(c, task, perfect))
+        assert (c.difficulty("copy") > c._levels["copy"][0]) == perfect  # the difficulties did move apart
+    assert kinds[True] == kinds[False] and {"alg", "retrieval"} == set(kinds[True])
+
+
 def test_competence_raises_difficulty_for_a_perfect_model_only(byte_tok):
     for perfect in (True, False):
         c = Curriculum(tasks_only(strategy="competence", cooldown_steps=2, min_evals=2), byte_tok)

@@ -289,10 +289,13 @@ class Curriculum:
             yield example
 
     def _kind(self) -> str:
+        """The next batch's kind, drawn from (seed, step) alone: the same schedule for every model
+        trained with these flags, however their adaptive difficulties move (a draw from the task
+        generator had shifted with the accuracy-driven draws)."""
         c = self.config
         if self.tokens_seen < c.alg_tokens:
             return "alg"
-        u = self._rng.random()
+        u = random.Random(f"memlab-kind:{c.seed}:{self.rank}:{self.step}").random()
         return "alg" if u < c.replay_fraction else "retrieval" if u < c.replay_fraction + c.retrieval_ratio else "lm"
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:

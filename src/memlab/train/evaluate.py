@@ -23,6 +23,7 @@ from torch import nn
 from memlab.data.curriculum import Curriculum
 from memlab.data.shards import TokenShards
 from memlab.data.tasks import IGNORE_INDEX, exact_match
+from memlab.train.distributed import Dist
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,13 @@ def validation_loss(
 
 @torch.no_grad()
 def task_accuracy(
-    model: nn.Module, curriculum: Curriculum, samples: int, max_new_tokens: int, batch_tokens: int, autocast
+    model: nn.Module, curriculum: Curriculum, samples: int, max_new_tokens: int, batch_tokens: int, autocast,
+    d: Dist,
 ) -> EvalResult:
-    """Exact-match accuracy of every task at its current difficulty, reported to the curriculum, and
-    the loss on the answers of the tasks the run trains, or of all where it trains none (the
-    selection loss without a validation split)."""
+    """Exact-match accuracy of every task at its current difficulty, reported to the curriculum (the
+    mean over the processes: their curricula must move alike, or their batches part), and the loss
+    on the answers of the tasks the run trains, or of all where it trains none (the selection loss
+    without a validation split)."""
     device = next(model.parameters()).device
     result = EvalResult()
     loss_sum, loss_tokens = 0.0, 0
@@ -93,7 +96,7 @@ def task_accuracy(
             if spec in trained:  # (tasks evaluated but never trained had outweighed those trained)
                 loss_sum += float(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum"))
                 loss_tokens += int((y != IGNORE_INDEX).sum())
-        result.acc[spec] = correct / samples
+        result.acc[spec] = float(d.all_reduce_sum(torch.tensor([correct / samples]))[0]) / d.world_size
         result.difficulty[spec] = curriculum.difficulty(spec)
         curriculum.observe(spec, result.acc[spec])
     if loss_tokens:
@@ -127,6 +130,7 @@ def evaluate(
     max_new_tokens: int,
     batch_tokens: int,
     autocast=None,
+    d: Dist | None = None,
 ) -> EvalResult:
     """Validation loss (when there is a validation split) and task accuracies, in eval mode.
 
@@ -136,7 +140,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        result = task_accuracy(model, curriculum, samples, max_new_tokens, batch_tokens, autocast)
+        result = task_accuracy(model, curriculum, samples, max_new_tokens, batch_tokens, autocast, d or Dist())
         if val is not None:
             result.val_loss = validation_loss(model, val, seq_len, eval_tokens, batch_tokens, autocast)
     finally:

@@ -492,6 +492,7 @@ class Trainer:
             max_new_tokens=cfg.eval_max_new_tokens,
             batch_tokens=cfg.batch_size * cfg.seq_len,
             autocast=self.autocast,
+            d=self.d,
         )
         score = result.selection_loss
         finite = score is not None and math.isfinite(score)  # a NaN best would never be beaten again
