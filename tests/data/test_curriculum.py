@@ -261,12 +261,14 @@ def test_bad_configurations(byte_tok, kw, fragment):
         Curriculum(tasks_only(**kw), byte_tok)
 
 
-def test_a_level_fits_only_if_its_longest_examples_do(byte_tok):
+def test_a_level_fits_only_if_its_longest_examples_do(byte_tok, caplog):
     # niah with 10 distractors needs 224 to 230 tokens, by the names, objects and colours drawn
     niah = dict(tasks=[], retrieval_tasks=["niah"], retrieval_ratio=1.0, batch_size=4, total_tokens=10**9)
     assert Curriculum(CurriculumConfig(seq_len=230, **niah), byte_tok)._levels["niah"] == (0, 10)
     c = Curriculum(CurriculumConfig(seq_len=226, **niah), byte_tok)
     assert c._levels["niah"] == (0,)
+    # the levels left out are named (a NIAH curriculum had silently stopped at 10 of its 100 distractors)
+    assert "task niah: difficulties [10, 30, 50, 100] do not fit in seq_len=226" in caplog.text
     with pytest.raises(MemlabError, match=r"task niah does not fit in seq_len=226 \(difficulty 10 needs 2(2[7-9]|30) "):
         Curriculum(CurriculumConfig(seq_len=226, levels={"niah": [0, 10]}, **niah), byte_tok)
 

@@ -18,21 +18,28 @@ Each batch is of one kind, so its mean loss weighs its own objective:
   curriculum serves only these until ``alg_tokens`` tokens, then language up to ``total_tokens``,
   where a ``replay_fraction`` of batches are still algorithmic;
 - ``retrieval``: packed examples of ``retrieval_tasks``, a ``retrieval_ratio`` of the language
-  phase's batches (the mixed LM + retrieval objective);
+  phase's batches, drawn batch by batch (the mixed LM + retrieval objective);
 - ``lm``: random windows of the token shards.
 
 Difficulty per task (``strategy``): ``uniform`` samples every training level; ``competence``
 keeps an EMA of each task's observed accuracy and moves to the next level when the EMA reaches
 ``threshold`` after at least ``min_evals`` observations and ``cooldown_steps`` steps since the last
-change; with probability ``jitter`` an easier level is replayed.  ``dag`` adds staged unlocking:
+change; with probability ``jitter`` an easier level is replayed.  It is adaptive, not a step
+schedule: each model climbs at its own pace (the kinds of batch stay the same for all), and a
+level costs at least ``min_evals`` evaluations, so a run needs that many evaluations per level to
+reach the top.  ``dag`` adds staged unlocking:
 a task is sampled once all its prerequisites (``dag``, default :data:`DEFAULT_DAG`) have reached
 the threshold, or after ``dag_patience`` observations without progress; mastered tasks (top level,
 at threshold) get a ``dag_replay`` share of the samples.  Everything is drawn from seeded
 generators that are part of ``state_dict()``, so a resumed run draws the same batches.
+
+Task examples are packed into rows one after another, with nothing masked between them: a row's
+later examples see its earlier ones (evaluation scores one example per row).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -55,6 +62,7 @@ from memlab.data.tasks import (
 from memlab.data.tokenizer import Tokenizer
 from memlab.errors import MemlabError
 
+log = logging.getLogger(__name__)
 STATE_VERSION = 1
 FIT_SAMPLES = 128  # examples per level the start-up length check draws: lengths vary within a level
 DEFAULT_DAG: dict[str, list[str]] = {
@@ -212,6 +220,10 @@ class Curriculum:
                 f"task {spec} does not fit in seq_len={self.config.seq_len} ({problems[0]}); "
                 f"raise seq_len or set easier levels for {spec}"
             )
+        if fitting != levels:  # (a NIAH curriculum at seq_len 256 stops at 10 of its 100 distractors)
+            log.warning("task %s: difficulties %s do not fit in seq_len=%d (%s) and are left out; raise seq_len "
+                        "to train them", spec, [lv for lv in levels if lv not in fitting], self.config.seq_len,
+                        problems[0])  # fmt: skip
         return fitting
 
     def _dag(self) -> dict[str, list[str]]:

@@ -72,7 +72,8 @@ class TrainConfig:
     retrieval_ratio: float = 0.0
     """fraction of language-phase batches that are retrieval examples"""
     use_task_curriculum: bool = False
-    """per-task competence tracking: raise a task's difficulty once it is learned"""
+    """per-task competence tracking: raise a task's difficulty once its evaluated accuracy shows it is learned
+    (adaptive: at least curriculum_min_task_evals evaluations per level)"""
     task_curriculum_strategy: Literal["competence", "dag"] = "competence"
     """competence: per-task levels; dag: also staged unlocking of tasks by prerequisites"""
     curriculum_cooldown: int = 100
@@ -86,7 +87,8 @@ class TrainConfig:
     curriculum_ema_decay: float = 0.5
     """weight of the old value in a task's accuracy EMA (restarted at each level)"""
     curriculum_dag_patience: int = 0
-    """dag: unlock the next stage after this many evaluations without progress (0: never)"""
+    """dag: unlock the next stage after this many task observations (one per task per evaluation) without
+    progress (0: never)"""
     seq_len: int = 256
     batch_size: int = 16
     """sequences per micro-batch per process"""
