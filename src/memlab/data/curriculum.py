@@ -39,6 +39,7 @@ later examples see its earlier ones (evaluation scores one example per row).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Iterator
@@ -114,6 +115,12 @@ class CurriculumConfig:
     """unlock the next stage after this many observations without an unlock (0: never)"""
     dag_replay: float = 0.2
     """share of task samples given to mastered tasks under the dag strategy"""
+
+
+@functools.cache  # once per process: a study builds a curriculum per variant
+def _warn_left_out(spec: str, levels: tuple[int, ...], seq_len: int, problem: str) -> None:
+    log.warning("task %s: difficulties %s do not fit in seq_len=%d (%s) and are left out; raise seq_len to train "
+                "them", spec, list(levels), seq_len, problem)  # fmt: skip
 
 
 @dataclass
@@ -221,9 +228,7 @@ class Curriculum:
                 f"raise seq_len or set easier levels for {spec}"
             )
         if fitting != levels:  # (a NIAH curriculum at seq_len 256 stops at 10 of its 100 distractors)
-            log.warning("task %s: difficulties %s do not fit in seq_len=%d (%s) and are left out; raise seq_len "
-                        "to train them", spec, [lv for lv in levels if lv not in fitting], self.config.seq_len,
-                        problems[0])  # fmt: skip
+            _warn_left_out(spec, tuple(lv for lv in levels if lv not in fitting), self.config.seq_len, problems[0])
         return fitting
 
     def _dag(self) -> dict[str, list[str]]:
