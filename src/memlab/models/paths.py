@@ -7,6 +7,7 @@ partial, truncated or altered is detected and skipped for the one before it, wit
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -83,7 +84,15 @@ def weights_sha256(model_dir: str | Path) -> str | None:
         return str(json.loads((model_dir / MANIFEST_FILE).read_text())["files"][WEIGHTS_FILE]["sha256"])
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         weights = model_dir / WEIGHTS_FILE
-        return file_sha256(weights) if weights.is_file() else None
+        if not weights.is_file():
+            return None
+        stat = weights.stat()
+        return _file_sha256(weights.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache  # by size and time too: a compare reads many results files of one model
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
 
 
 def measured_model(metadata: dict, model_dir: Path) -> bool:
