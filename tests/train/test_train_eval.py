@@ -56,6 +56,21 @@ def test_accuracy_is_exact_match_and_is_reported_to_the_curriculum():
     assert curriculum.difficulty("copy") > before["copy"] and curriculum.difficulty("addition") == before["addition"]
 
 
+def test_the_curriculum_observes_the_mean_accuracy_of_the_processes():
+    """Each process had reported its own accuracy: one differing evaluation parted their curricula and
+    so their batches (audit)."""
+    from memlab.train.distributed import Dist
+
+    class OtherProcessLearnedNothing(Dist):  # the sum of this process's accuracy and a second one's 0
+        def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+            return values.double()
+
+    curriculum, oracle, _ = _setup(12, wrong_task="addition")
+    result = evaluate(oracle, curriculum, None, seq_len=64, eval_tokens=0, samples=12, max_new_tokens=1000,
+                      batch_tokens=60, d=OtherProcessLearnedNothing(world_size=2))
+    assert result.acc == {"copy": 0.5, "addition": 0.0, "reverse": 0.5}  # what the curriculum observed
+
+
 def test_the_task_loss_counts_the_tasks_the_run_trains(monkeypatch):
     """A run on retrieval alone had picked its best_model by the loss of algorithmic tasks it never trained."""
     tok = build_tokenizer("byte")
