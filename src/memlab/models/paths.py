@@ -29,19 +29,27 @@ def write_manifest(directory: Path) -> None:
     (directory / MANIFEST_FILE).write_text(json.dumps({"files": entries}, indent=1) + "\n")
 
 
+def read_manifest(directory: Path) -> dict[str, tuple[int, str]]:
+    """``{file: (bytes, sha256)}`` from ``directory``'s manifest; an OSError where it has none, a
+    ValueError where it is corrupt."""
+    try:
+        entries = json.loads((directory / MANIFEST_FILE).read_text())["files"]  # (not UTF-8: a ValueError too)
+        return {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in entries.items()}
+    except (KeyError, TypeError, AttributeError, ValueError):  # ValueError: not JSON, or not a number
+        raise ValueError(f"{directory / MANIFEST_FILE} is corrupt") from None
+
+
 def manifest_problem(directory: Path, checksums: bool = True) -> str | None:
     """Why ``directory`` is not whole (a missing, truncated or altered file), or None if it is.
 
     Directories without a manifest (exports, hand-made model directories) are only checked for
     their weights file.
     """
-    manifest = directory / MANIFEST_FILE
-    if not manifest.is_file():
+    if not (directory / MANIFEST_FILE).is_file():
         return None if (directory / WEIGHTS_FILE).is_file() else f"{WEIGHTS_FILE} is missing"
     try:
-        entries = json.loads(manifest.read_text())["files"]
-        expected = {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in entries.items()}
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError):
+        expected = read_manifest(directory)
+    except ValueError:
         return f"{MANIFEST_FILE} is corrupt"
     for name, (size, sha256) in expected.items():
         path = directory / name
@@ -81,8 +89,8 @@ def weights_sha256(model_dir: str | Path) -> str | None:
     now); None where the directory holds no weights (a results file read on another machine)."""
     model_dir = Path(model_dir)
     try:
-        return str(json.loads((model_dir / MANIFEST_FILE).read_text())["files"][WEIGHTS_FILE]["sha256"])
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return read_manifest(model_dir)[WEIGHTS_FILE][1]
+    except (OSError, ValueError, KeyError):
         weights = model_dir / WEIGHTS_FILE
         if not weights.is_file():
             return None
