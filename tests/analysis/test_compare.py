@@ -265,6 +265,7 @@ def _edit(run, suite=None, metadata=None, **changes):
         ("longctx", dict(context_lengths=[512]), "longctx results of base and gdn were measured on different "
                                                   "context_lengths ([256] vs [512])"),
         ("lm", dict(context_len=128), "different context_len (64 vs 128)"),
+        ("lm", dict(tokens=8192), "different tokens"),  # another prefix of the split: other text
         ("lm", dict(corpus_request={"source": "stdlib-docs"}), 'different corpus_request ({"source": "stdlib-code"}'),
         ("ablation", dict(task="mqar"), 'different task ("niah" vs "mqar")'),
         ("algorithmic", dict(grids={"iid": {"copy": [8]}}), "different grids"),
@@ -283,16 +284,23 @@ def test_runs_evaluated_on_different_things_are_refused(tmp_path, base, suite, c
 
 def test_sample_counts_may_differ_and_a_fact_an_older_file_lacks_is_not_compared(tmp_path, base):
     other = make_run(tmp_path, "gdn", ppl=25.0)
-    _edit(other, "lm", tokens=8192, corpus_request={"source": "stdlib-code"})  # base records no request
+    _edit(other, "lm", corpus_request={"source": "stdlib-code"})  # base records no request
     rows = compare([base, other]).rows
     assert [r.perplexity.value for r in rows] == [20.0, 25.0]
 
 
-def test_seeds_evaluated_with_different_tokenizers_are_refused_for_perplexity(tmp_path):
+def test_seeds_evaluated_with_different_tokenizers_are_refused(tmp_path):
+    """Perplexities, and haystack lengths counted in tokens, mean other things under another tokenizer."""
     runs = [make_run(tmp_path, f"gdn-s{seed}") for seed in range(2)]
     for run, tokenizer in zip(runs, ("byte", "bpe-8192")):
         _edit(run, metadata={"tokenizer_hash": tokenizer})
-    with pytest.raises(MemlabError, match="lm results of gdn-s0 and gdn-s1 were measured on different tokenizer_hash"):
+    with pytest.raises(MemlabError, match="results of gdn-s0 and gdn-s1 were measured on different tokenizer_hash"):
+        compare(runs, aggregate_seeds=True)
+    for run in runs:
+        doc = json.loads((run / "eval" / "results_all.json").read_text())
+        del doc["results"]["lm"], doc["results"]["algorithmic"]
+        (run / "eval" / "results_all.json").write_text(json.dumps(doc))
+    with pytest.raises(MemlabError, match="longctx results of gdn-s0 and gdn-s1 were measured on different tokenizer"):
         compare(runs, aggregate_seeds=True)
 
 

@@ -102,7 +102,7 @@ def test_dominant_slots_are_only_slots_that_a_depth_uses():
     assert all(d["share"] > 0 for d in report["dominant_slots"]["0"])
 
 
-def test_a_slot_nothing_writes_to_favours_no_role_and_four_slots_list_two_fastest(tmp_path, corpora, monkeypatch):
+def test_a_slot_nothing_writes_to_favours_no_role_and_has_no_timescale_to_rank(tmp_path, corpora, monkeypatch):
     from memlab.eval.hub import load_checkpoint
     from memlab.probes.alphas import alphas_probe
     from memlab.probes.gates import gates_probe
@@ -124,7 +124,8 @@ def test_a_slot_nothing_writes_to_favours_no_role_and_four_slots_list_two_fastes
     layer = alphas_probe(ctx)["layers"][0]
     # by timescale (gate 0.5 at every token, at every 7th, never), not by alpha (0.9, 0.1, 0.5, 0.3); the lists
     # never share a slot; each write of 0.5 halves the content, so it fades by e in 1 / ln 2 writes (not 1 / 0.5)
-    assert layer["fastest_slots"] == [0, 1] and layer["slowest_slots"] == [3, 2]
+    assert layer["fastest_slots"] == [0] and layer["slowest_slots"] == [1]  # a slot never written is not ranked
+    assert layer["unused_slots"] == [2, 3]
     assert layer["timescale_tokens"][:2] == pytest.approx([1 / math.log(2), 7 / math.log(2)], rel=0.05)
     assert layer["timescale_tokens"][2:] == [math.inf, math.inf]
 

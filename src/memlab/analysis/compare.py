@@ -142,20 +142,20 @@ def _run_model_dir(run_dir: Path) -> Path | None:
 MEASURED_ON = {
     "algorithmic": ("grids",),
     "longctx": ("tasks", "context_lengths", "depths"),
-    "lm": ("corpus_request", "context_len"),
+    "lm": ("corpus_request", "context_len", "tokens"),  # (tokens: the windows are a prefix of the split)
     "ablation": ("task", "context_len"),
 }
 
 
 def measured_on(suite: str, payload: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """The facts of :data:`MEASURED_ON` for one payload, with the task grids' version, the
-    tokenizer (for perplexity) and a fixed ACT depth."""
+    tokenizer (haystack lengths and texts are counted in its tokens) and a fixed ACT depth."""
     facts = {key: payload.get(key) for key in MEASURED_ON[suite]}
     if isinstance(facts.get("tasks"), dict):  # longctx's results by task: compared by name
         facts["tasks"] = sorted(facts["tasks"])
     if suite in ("algorithmic", "longctx"):
         facts["grid_version"] = meta.get("grid_version")
-    if suite == "lm":
+    if suite != "algorithmic":  # (a task grid counts elements; a haystack's length and a text's windows, tokens)
         facts["tokenizer_hash"] = meta.get("tokenizer_hash")
     facts["act_steps"] = (meta.get("options") or {}).get("act_steps")
     return facts

@@ -29,7 +29,8 @@ def alphas_probe(ctx: ProbeContext) -> dict[str, Any]:
         with np.errstate(divide="ignore"):  # a gate of 1 overwrites the slot: a rate of inf, a timescale of 0
             rate = -np.log1p(-gates).mean(0)  # (K,) mean log-decay per token
             timescale = np.divide(1.0, rate, out=np.full_like(rate, np.inf), where=rate > 0)
-        order = np.argsort(-rate, kind="stable")  # fastest turnover first
+        written = np.flatnonzero(rate > 0)  # a slot never written has no timescale to rank
+        order = written[np.argsort(-rate[written], kind="stable")]  # fastest turnover first
         listed = min(3, len(order) // 2)  # the fastest and slowest lists never share a slot
         layers.append({
             "layer": a.layer,
@@ -41,6 +42,7 @@ def alphas_probe(ctx: ProbeContext) -> dict[str, Any]:
             "alpha_std": float(alpha.std()),
             "fastest_slots": [int(k) for k in order[:listed]],
             "slowest_slots": [int(k) for k in order[::-1][:listed]],
+            "unused_slots": np.flatnonzero(rate == 0).tolist(),
         })  # fmt: skip
     version = ctx.model.config.cdm.version
     matrix = np.array([layer["alpha"] for layer in layers])
