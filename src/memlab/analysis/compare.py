@@ -137,26 +137,30 @@ def _run_model_dir(run_dir: Path) -> Path | None:
         return None
 
 
-# What each compared suite's numbers were measured on, from its payload: runs compared must agree
-# on these (sample counts and seeds may differ: they change an interval, not what it estimates).
+# What each compared suite's numbers were measured on, from its payload and its metadata: runs compared
+# must agree on these (sample counts and seeds may differ: they change an interval, not what it estimates).
+# The windows of a text are a prefix of its split (another number of them is other text), and haystack lengths
+# and texts are counted in the tokenizer's tokens (a task grid counts elements).
 MEASURED_ON = {
     "algorithmic": ("grids",),
     "longctx": ("tasks", "context_lengths", "depths"),
-    "lm": ("corpus_request", "context_len", "tokens"),  # (tokens: the windows are a prefix of the split)
+    "lm": ("corpus_request", "context_len", "tokens"),
     "ablation": ("task", "context_len"),
+}
+MEASURED_WITH = {
+    "algorithmic": ("grid_version",),
+    "longctx": ("grid_version", "tokenizer_hash"),
+    "lm": ("tokenizer_hash",),
+    "ablation": ("tokenizer_hash",),
 }
 
 
 def measured_on(suite: str, payload: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """The facts of :data:`MEASURED_ON` for one payload, with the task grids' version, the
-    tokenizer (haystack lengths and texts are counted in its tokens) and a fixed ACT depth."""
+    """The facts of :data:`MEASURED_ON` and :data:`MEASURED_WITH` for one payload, and a fixed ACT depth."""
     facts = {key: payload.get(key) for key in MEASURED_ON[suite]}
     if isinstance(facts.get("tasks"), dict):  # longctx's results by task: compared by name
         facts["tasks"] = sorted(facts["tasks"])
-    if suite in ("algorithmic", "longctx"):
-        facts["grid_version"] = meta.get("grid_version")
-    if suite != "algorithmic":  # (a task grid counts elements; a haystack's length and a text's windows, tokens)
-        facts["tokenizer_hash"] = meta.get("tokenizer_hash")
+    facts.update({key: meta.get(key) for key in MEASURED_WITH[suite]})
     facts["act_steps"] = (meta.get("options") or {}).get("act_steps")
     return facts
 
