@@ -178,6 +178,23 @@ def test_model_without_slots_is_refused(tmp_path, corpora, capsys):
         run_probe(model_dir, "depth", tmp_path)
 
 
+@pytest.mark.parametrize("recursion", [{"kind": "shared_loop", "n_unroll": 2}, {"kind": "act", "act_max_steps": 3}])
+def test_a_model_applying_its_slot_layers_repeatedly_is_refused(tmp_path, corpora, capsys, recursion):
+    """A layer keeps the activity of its last application only: one loop iteration is not the forward."""
+    model_dir = save_model(tmp_path / "m", variant="cdm", recursion=recursion)
+    with pytest.raises(MemlabError, match=f"applies its slot layers up to [23] times.*'{recursion['kind']}'"):
+        run_probe(model_dir, "routing", tmp_path / "out", options(corpora))
+    with pytest.raises(SystemExit) as e:
+        main(["probe", "--checkpoint", str(model_dir), "--probe", "gates", "--out-dir", str(tmp_path / "out")])
+    assert e.value.code == 2 and "only the last application" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_shared_loop_of_one_iteration_is_probed(tmp_path, corpora):
+    model_dir = save_model(tmp_path / "m", variant="cdm", recursion={"kind": "shared_loop", "n_unroll": 1})
+    assert results(run_probe(model_dir, "routing", tmp_path, options(corpora)))["tokens"] == 700
+
+
 @pytest.mark.parametrize("flag, value, fragment", [
     ("--seq-len", "0", "--seq-len must be >= 1, got 0"),  # had been a ValueError from range()
     ("--batch-size", "0", "--batch-size must be >= 1, got 0"),

@@ -2,7 +2,9 @@
 
 A layer takes part when its mixer exposes ``slot_activity()`` (routing, write gates and
 decays of the last forward, each (B, T, K)); the CDM mixers do.  A model without such a
-layer is refused with the list of variants that have one.
+layer is refused with the list of variants that have one, and so is a model whose body applies
+its layers several times per forward (a shared loop or ACT): a layer keeps the activity of its
+last application only, which would be reported as the whole forward's.
 """
 
 from __future__ import annotations
@@ -27,12 +29,21 @@ class LayerActivity:
 
 
 def slot_layers(model: torch.nn.Module) -> list:
-    """The mixers of ``model`` that expose their slot activity; a MemlabError when there are none."""
+    """The mixers of ``model`` that expose their slot activity; a MemlabError when there are none or
+    when each is applied more than once per forward."""
+    config = model.config
     layers = [m for m in model.mixers if hasattr(m, "slot_activity")]
     if not layers:
         raise MemlabError(
-            f"variant {model.config.variant!r} (layer pattern {model.config.pattern!r}) has no memory slots "
+            f"variant {config.variant!r} (layer pattern {config.pattern!r}) has no memory slots "
             f"to probe; variants with slots: {', '.join(slot_variants())}"
+        )
+    applications = getattr(model.body, "n_steps", 1)  # a looped body runs every block n_steps times
+    if applications > 1:
+        raise MemlabError(
+            f"variant {config.variant!r} applies its slot layers up to {applications} times per forward "
+            f"(recursion.kind={config.recursion.kind!r}) and the probes record only the last application; "
+            "probe a model with recursion.kind 'stack' (or a shared loop of n_unroll 1)"
         )
     return layers
 
