@@ -148,7 +148,34 @@ def test_gates_alphas_and_domains_probes(tmp_path, corpora):
     np.testing.assert_allclose(sim, unit @ unit.T, rtol=1e-6)  # the cosines of the concatenated profiles
     assert sim.shape == (3, 3) and sim[0, 1] < 1
     assert set(domains["pairs"]) == {"code~prose", "code~lists", "prose~lists"}
+    hard = np.stack([np.ravel(domains["argmax"]["profiles"][n]) for n in ("code", "prose", "lists")])
+    assert hard.sum(1) == pytest.approx([2.0] * 3)  # per layer, the shares of the tokens each slot wins
+    assert np.array(domains["argmax"]["similarity"]).shape == (3, 3) and len(domains["argmax"]["layers"]) == 2
     assert all((tmp_path / f"{p}_probe_step0.png").is_file() for p in ("gates", "alphas", "domains"))
+
+
+def test_argmax_profiles_separate_domains_that_near_uniform_soft_profiles_do_not(tmp_path, corpora, monkeypatch):
+    from memlab.eval.hub import load_checkpoint
+    from memlab.probes.activity import slot_layers
+    from memlab.probes.domains import domains_probe
+    from memlab.probes.runner import ProbeContext
+
+    model, tokenizer, _ = load_checkpoint(save_model(tmp_path / "m", variant="cdm"), "cpu")
+    opts = options(corpora, domains=[f"code={corpora['code']}", f"prose={corpora['prose']}"])
+    ctx = ProbeContext(model, tokenizer, opts, 0, tmp_path)
+    code = ctx.text(corpora["code"])
+    rows = {True: [0.26, 0.25, 0.25, 0.24], False: [0.24, 0.25, 0.25, 0.26]}  # code tokens: slot 0 wins; prose: 3
+
+    def activity(self, text):
+        routing = np.tile(np.array(rows[text is code], dtype=np.float32), (text.tokens, 1))  # (N, K)
+        return [LayerActivity(m.layer_idx, routing, routing * 0.1, np.full(4, 0.5)) for m in slot_layers(model)]
+
+    monkeypatch.setattr(ProbeContext, "activity", activity)
+    r = domains_probe(ctx)
+    assert r["pairs"]["code~prose"] > 0.99 and r["mean_cross_domain_similarity"] > 0.99  # soft: indistinct
+    assert r["argmax"]["pairs"]["code~prose"] == pytest.approx(0.0)  # argmax: no slot in common
+    assert r["argmax"]["profiles"]["code"][0] == [1.0, 0.0, 0.0, 0.0]
+    assert all(layer["mean_cross_domain_similarity"] == pytest.approx(0.0) for layer in r["argmax"]["layers"])
 
 
 def test_trajectory_over_the_checkpoints_of_a_run(tmp_path, corpora):

@@ -18,7 +18,7 @@ from memlab.probes import plots
 from memlab.probes.activity import LayerActivity
 from memlab.probes.corpus import ProbeText
 from memlab.probes.runner import ProbeContext, ProbeOptions
-from memlab.probes.stats import entropy_bits, mi_test
+from memlab.probes.stats import argmax_shares, entropy_bits, mi_test
 
 DEPTHS = ("indent", "bracket")
 MIN_COUNT = 10  # tokens of a slot at a depth before it can be called dominant there
@@ -80,8 +80,7 @@ def depth_classes(max_depth: int) -> list[str]:
 
 def slot_usage(routing: np.ndarray) -> dict[str, Any]:
     """Argmax shares, mean routing distribution, the largest share and the usage entropy (bits)."""
-    K = routing.shape[1]
-    share = np.bincount(routing.argmax(1), minlength=K) / max(len(routing), 1)
+    share = argmax_shares(routing)
     mean = routing.mean(0)
     return {
         "slot_share_argmax": share.tolist(),

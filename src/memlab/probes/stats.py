@@ -134,6 +134,11 @@ def mi_test(
     return out
 
 
+def argmax_shares(routing: np.ndarray) -> np.ndarray:
+    """(N, K) routing distributions -> (K,) share of the tokens whose largest weight is slot k."""
+    return np.bincount(routing.argmax(1), minlength=routing.shape[1]) / max(len(routing), 1)
+
+
 def cosine_similarity_matrix(profiles: np.ndarray) -> np.ndarray:
     """(M, F) profiles -> (M, M) cosine similarities."""
     unit = profiles / np.maximum(np.linalg.norm(profiles, axis=1, keepdims=True), 1e-12)
