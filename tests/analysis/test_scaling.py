@@ -68,8 +68,8 @@ def test_residual_bootstrap_coverage():
 
 
 def test_a_fit_at_a_bound_is_flagged_and_never_decisive():
-    sizes = np.array([1e6, 2e6, 4e6, 8e6, 1.6e7])
-    loss = 1 + 2 * (sizes / 1e6) ** -5.0 + 0.001 * np.random.default_rng(0).standard_normal(5)  # steeper than 3
+    sizes = np.array([1e6, 2e6, 4e6, 8e6, 1.6e7, 3.2e7])
+    loss = 1 + 2 * (sizes / 1e6) ** -5.0 + 0.001 * np.random.default_rng(0).standard_normal(6)  # steeper than 3
     fit = fit_power_law(sizes, loss, n_bootstrap=300)
     assert fit.alpha == 3.0 and "edge of its range" in fit.at_bound
     v = verdict(fit)
@@ -102,7 +102,7 @@ def test_the_fit_respects_its_bounds_on_flat_or_rising_losses():
 # --------------------------------------------------------------------- verdict
 
 
-def make_fit(alpha: float, ci: tuple[float, float] | None, rmse: float = 0.01, noise: float = 0.01,
+def make_fit(alpha: float, ci: tuple[float, float] | None, rmse: float = 0.005, noise: float = 0.01,
              n_points: int = 4, n_windows: int = 64) -> PowerLawFit:
     return PowerLawFit(a=1.0, alpha=alpha, c=1.0, n_points=n_points, rmse=rmse, noise=noise, alpha_ci=ci,
                        ci_method="batches" if ci else "none", n_bootstrap=100 if ci else 0,
@@ -156,6 +156,63 @@ def test_too_few_replicates_say_so():
 def test_a_curve_that_misses_its_points_is_never_decisive():
     v = verdict(make_fit(0.45, (0.44, 0.46), rmse=0.2, noise=0.01))  # residuals 20x the evaluation noise
     assert v.decision == "proceed" and not v.decisive and "poor fit" in v.text
+
+
+def shared_window_ladder(curve: np.ndarray, seed: int, sigma: float = 0.02, windows: int = 32) -> np.ndarray:
+    """(n, W) window losses: every size scored on the same windows (shared difficulty) plus its own noise."""
+    rng = np.random.default_rng(seed)
+    return curve[:, None] + 0.3 * rng.standard_normal(windows)[None, :] + sigma * rng.standard_normal((len(curve), windows))
+
+
+def test_a_chi_square_flags_a_bent_curve_that_rmse_under_3x_noise_passed():
+    """The points bend away from any power law by ~2.5x their noise: the old rule (rmse > 3 noise) passed it."""
+    alpha, a, c = 0.45, 400.0, 1.5
+    bend = 0.009 * np.array([1.0, -1.0, 0.0, -1.0, 1.0])  # alternating: no (a, alpha, c) absorbs it
+    batches = shared_window_ladder(a * SIZES_N ** (-alpha) + c + bend, seed=0)
+    fit = fit_power_law(SIZES_N, batches.mean(1), batches, n_bootstrap=400)
+    assert fit.rmse < 3 * fit.noise  # what the old rule accepted
+    assert fit.chi2 == pytest.approx(5 * fit.rmse**2 / fit.noise**2) and fit.chi2 > fit.chi2_limit
+    assert fit.poor_fit and fit.to_dict()["poor_fit"] is True
+    assert fit.ci_inflation == pytest.approx(math.sqrt(fit.chi2 / 2))  # the reduced chi-square inflation
+    narrow = fit_power_law(SIZES_N, batches.mean(1) - bend, batches - bend[:, None], n_bootstrap=400)
+    assert not narrow.poor_fit and narrow.ci_inflation == 1.0
+    assert fit.alpha_ci[1] - fit.alpha_ci[0] > 1.5 * (narrow.alpha_ci[1] - narrow.alpha_ci[0])
+    v = verdict(fit)
+    assert not v.decisive and "poor fit (chi-square" in v.text and "widened" in v.text
+    assert verdict(narrow).decisive
+
+
+def test_a_chi_square_passes_good_fits_at_about_its_level():
+    flagged = sum(
+        fit_power_law(SIZES_N, b.mean(1), b, n_bootstrap=0).poor_fit
+        for b in (shared_window_ladder(400 * SIZES_N ** (-0.45) + 1.5, seed) for seed in range(40))
+    )
+    assert flagged <= 6  # a 95% test flags 2 of 40 good fits on average
+
+
+def test_the_evaluation_noise_is_unbiased_after_centring_on_the_windows():
+    sigma, windows = 0.05, 4000
+    batches = shared_window_ladder(60 * SIZES_N ** (-0.2) + 1.7, seed=1, sigma=sigma, windows=windows)
+    fit = fit_power_law(SIZES_N, batches.mean(1), batches, n_bootstrap=0)
+    assert fit.noise == pytest.approx(sigma / math.sqrt(windows), rel=0.02)  # without n/(n-1): 11% low
+
+
+def test_a_residual_bootstrap_below_six_sizes_is_insufficient():
+    sizes = np.geomspace(1e5, 1e8, 6)
+    loss = 400 * sizes ** (-0.45) + 1.5 + 1e-4 * np.random.default_rng(0).standard_normal(6)
+    six = fit_power_law(sizes, loss, n_bootstrap=400)
+    assert six.ci_method == "residuals" and verdict(six).decisive
+    five = verdict(fit_power_law(sizes[:5], loss[:5], n_bootstrap=400))
+    assert five.decision == "proceed" and not five.decisive and "insufficient sizes" in five.text
+
+
+def test_one_window_per_size_counts_as_few_windows():
+    sizes = np.geomspace(1e5, 1e8, 6)
+    loss = 400 * sizes ** (-0.45) + 1.5 + 1e-4 * np.random.default_rng(0).standard_normal(6)
+    fit = fit_power_law(sizes, loss, [[x] for x in loss], n_bootstrap=400)
+    assert fit.ci_method == "residuals" and fit.n_windows == 1
+    v = verdict(fit)
+    assert not v.decisive and "rests on 1 validation window (under 10" in v.text
 
 
 # ------------------------------------------------------------------ size rule

@@ -29,16 +29,21 @@ A fit that rests on a bound of the search (alpha at 0 or 3, c at 0 or at the sma
 or a = 0, where alpha is undetermined) is not a free least-squares optimum; ``at_bound`` says
 which, and its verdict is never decisive.
 
+Goodness of fit: when the points' evaluation noise is known (from their windows), the
+statistic chi2 = sum(residual^2) / noise^2 is compared with the 95% point of a chi-square
+distribution on n - 3 degrees of freedom.  Above it the points do not follow a power law within
+their noise (a *poor fit*): the interval, which measures evaluation noise only, is widened about
+alpha by sqrt(chi2 / (n - 3)) (the reduced chi-square inflation), and ``ci_inflation`` says by how much.
+
 The verdict is the source experiment's go/no-go rule on the point estimate: alpha > 0.3
 proceed to the next scale, alpha < 0.1 will not scale, otherwise inconclusive; it is
 *decisive* only when the whole 95% interval lies on the same side of the thresholds and the
-curve fits: a batch bootstrap measures evaluation noise only, so when the fit's residuals are
-more than ``POOR_FIT`` times that noise (the points do not follow a power law) the verdict says
-so and is never decisive.  Nor is it with three sizes (the curve interpolates them: its fit
-cannot be checked, and the interval sees no run-to-run variance: in a simulation with a 2%
-run-to-run spread, a quarter of such "decisive" verdicts were wrong), or with a batch bootstrap
-over fewer than ``MIN_WINDOWS`` windows (whose 95% interval covered the truth half the time
-with two windows, three quarters with four).
+curve fits.  A poor fit is never decisive.  Nor is a fit to three sizes (the curve interpolates
+them: its fit cannot be checked, and the interval sees no run-to-run variance: in a simulation
+with a 2% run-to-run spread, a quarter of such "decisive" verdicts were wrong), a residual
+bootstrap over fewer than ``MIN_RESIDUAL_SIZES`` sizes (it under-covers, above), or losses
+measured on fewer than ``MIN_WINDOWS`` windows per size (a batch bootstrap over them covered
+the truth half the time with two windows, three quarters with four; one window gives none).
 """
 
 from __future__ import annotations
@@ -49,13 +54,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from memlab.errors import MemlabError
 from memlab.plotting import pyplot, save_figure
 
 PROCEED_ALPHA, NO_SCALE_ALPHA = 0.3, 0.1
-POOR_FIT = 3.0  # rmse / evaluation noise above which the power law does not describe the points
-MIN_WINDOWS = 10  # validation windows a batch bootstrap needs for a decisive verdict
+FIT_LEVEL = 0.95  # a chi-square above this quantile on n - 3 degrees of freedom is a poor fit
+MIN_WINDOWS = 10  # validation windows per size a decisive verdict needs
+MIN_RESIDUAL_SIZES = 6  # sizes a residual bootstrap needs for a decisive verdict
 ALPHA_BOUNDS = (0.0, 3.0)
 
 
@@ -73,15 +80,35 @@ class PowerLawFit:
     ci_method: str  # "batches", "residuals" or "none"
     n_bootstrap: int  # replicates that converged
     at_bound: str | None = None  # the bound of the search the fit rests on, if any
-    n_windows: int | None = None  # validation windows per point behind a batch bootstrap (the fewest)
+    n_windows: int | None = None  # validation windows per point (the fewest), when per-window losses are given
     ci_note: str | None = None  # why there is no interval, when there is none
+    ci_inflation: float = 1.0  # the factor alpha_ci was widened by for a poor fit
+
+    @property
+    def chi2(self) -> float | None:
+        """sum(residual^2) / noise^2, or None when the noise is unknown or the fit is exact (3 points)."""
+        if self.noise is None or self.n_points <= 3:
+            return None
+        sse = self.n_points * self.rmse**2
+        return sse / self.noise**2 if self.noise > 0 else (np.inf if sse > 0 else 0.0)
+
+    @property
+    def chi2_limit(self) -> float | None:
+        """The chi-square a good fit stays under: its ``FIT_LEVEL`` quantile on n - 3 degrees of freedom."""
+        return float(stats.chi2.ppf(FIT_LEVEL, self.n_points - 3)) if self.n_points > 3 else None
+
+    @property
+    def poor_fit(self) -> bool:
+        """The points scatter about the curve more than their evaluation noise allows."""
+        return self.chi2 is not None and self.chi2 > self.chi2_limit
 
     def predict(self, x: np.ndarray | float) -> np.ndarray:
         return self.a * np.asarray(x, dtype=float) ** (-self.alpha) + self.c
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the interval as a list)."""
-        return {**asdict(self), "alpha_ci": list(self.alpha_ci) if self.alpha_ci else None}
+        return {**asdict(self), "alpha_ci": list(self.alpha_ci) if self.alpha_ci else None,
+                "chi2": self.chi2, "chi2_limit": self.chi2_limit, "poor_fit": self.poor_fit}
 
 
 def _profile(xn: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -162,7 +189,7 @@ def fit_power_law(
     residuals = y - fitted
 
     rng = np.random.default_rng(seed)
-    noise = None
+    n, noise = len(y), None
     if batch_losses is not None and all(len(b) >= 2 for b in batch_losses):
         method = "batches"
         if len({len(b) for b in batch_losses}) == 1:  # the same windows: resample their indices jointly
@@ -171,8 +198,9 @@ def fit_power_law(
             weights = rng.multinomial(W, np.full(W, 1 / W), size=n_bootstrap) / W  # (R, W) resampling counts
             replicates = weights @ b.T  # (R, n)
             # the noise a fit can show: each window's losses relative to their mean over the points
-            # (a window's shared difficulty moves every point alike)
-            noise = float(np.sqrt(np.mean(np.var(b - b.mean(0), axis=1, ddof=1) / W)))
+            # (a window's shared difficulty moves every point alike); that centring removes a share
+            # 1/n of each point's own variance, which n / (n - 1) restores
+            noise = float(np.sqrt(np.mean(np.var(b - b.mean(0), axis=1, ddof=1) / W) * n / (n - 1)))
         else:
             noise = float(np.sqrt(np.mean([np.var(b, ddof=1) / len(b) for b in batch_losses])))
             replicates = np.stack(  # (R, n): each point's batches resampled with replacement
@@ -180,12 +208,12 @@ def fit_power_law(
                  for b in batch_losses],
                 axis=-1,
             )
-    elif len(y) > 3:
+    elif n > 3:
         method = "residuals"
-        inflated = residuals * np.sqrt(len(y) / (len(y) - 3))  # least-squares residuals are too small
-        replicates = fitted + inflated[rng.integers(0, len(y), (n_bootstrap, len(y)))]
+        inflated = residuals * np.sqrt(n / (n - 3))  # least-squares residuals are too small
+        replicates = fitted + inflated[rng.integers(0, n, (n_bootstrap, n))]
     else:
-        method, replicates = "none", np.empty((0, len(y)))
+        method, replicates = "none", np.empty((0, n))
     replicates = replicates[(replicates > 0).all(-1)]  # (a non-finite window loss leaves its replicates out)
     alphas = _fit_many(xn, replicates)[:, 1] if len(replicates) else np.empty(0)
     ci = (float(np.percentile(alphas, 2.5)), float(np.percentile(alphas, 97.5))) if len(alphas) >= 20 else None
@@ -195,20 +223,25 @@ def fit_power_law(
         note = "3 sizes without per-batch losses fit exactly; add sizes or batches"
     else:
         note = f"{len(alphas)} usable bootstrap replicates of {n_bootstrap}, fewer than 20"
-    return PowerLawFit(
+    fit = PowerLawFit(
         a=float(a * x_ref**alpha),
         alpha=float(alpha),
         c=float(c),
-        n_points=len(y),
+        n_points=n,
         rmse=float(np.sqrt(np.mean(residuals**2))),
         noise=noise,
         alpha_ci=ci,
         ci_method=method if ci is not None else "none",
         n_bootstrap=len(alphas),
         at_bound=_at_bound(a, alpha, c, float(y.min())),
-        n_windows=min(len(b) for b in batch_losses) if method == "batches" else None,
+        n_windows=min(len(b) for b in batch_losses) if batch_losses is not None else None,
         ci_note=note,
     )
+    if fit.poor_fit and ci is not None:  # widen the interval about alpha by the reduced chi-square
+        fit.ci_inflation = float(np.sqrt(fit.chi2 / (n - 3)))
+        lo, hi = (float(np.clip(alpha + (end - alpha) * fit.ci_inflation, *ALPHA_BOUNDS)) for end in ci)
+        fit.alpha_ci = (lo, hi)
+    return fit
 
 
 def _at_bound(a: float, alpha: float, c: float, min_loss: float) -> str | None:
@@ -242,12 +275,12 @@ def verdict(fit: PowerLawFit) -> Verdict:
         if fit.alpha_ci
         else f"no bootstrap interval: {fit.ci_note}"
     )
-    poor_fit = fit.noise is not None and fit.rmse > POOR_FIT * fit.noise
     exact = fit.n_points <= 3  # as many points as parameters: the curve passes through them all
+    few_sizes = fit.ci_method == "residuals" and fit.n_points < MIN_RESIDUAL_SIZES
     few_windows = fit.n_windows is not None and fit.n_windows < MIN_WINDOWS
     decisive = (
-        fit.alpha_ci is not None and not poor_fit and not exact and not few_windows and fit.at_bound is None
-        and _region(fit.alpha_ci[0]) == _region(fit.alpha_ci[1]) == decision
+        fit.alpha_ci is not None and not fit.poor_fit and not exact and not few_sizes and not few_windows
+        and fit.at_bound is None and _region(fit.alpha_ci[0]) == _region(fit.alpha_ci[1]) == decision
     )
     if decisive:
         support = "the whole interval agrees"
@@ -255,11 +288,17 @@ def verdict(fit: PowerLawFit) -> Verdict:
         support = ("tentative: 3 sizes fit the 3 parameters exactly, so neither the power law nor the "
                    "run-to-run variance is checked; add sizes")
     elif few_windows:
-        support = (f"tentative: the interval rests on {fit.n_windows} validation windows (under {MIN_WINDOWS} "
-                   "it under-covers); evaluate more tokens")
-    elif poor_fit:
-        support = (f"tentative: a poor fit (rmse {fit.rmse:.3g} > {POOR_FIT:g} x evaluation noise {fit.noise:.3g}), "
-                   "the interval reflects evaluation noise only")
+        windows = f"{fit.n_windows} validation window{'s' * (fit.n_windows != 1)}"
+        support = (f"tentative: each size's loss rests on {windows} (under {MIN_WINDOWS} the interval "
+                   "under-covers); evaluate more tokens")
+    elif few_sizes:
+        support = (f"tentative: insufficient sizes, a residual bootstrap over {fit.n_points} sizes under-covers "
+                   f"(a decisive verdict needs {MIN_RESIDUAL_SIZES}); add sizes")
+    elif fit.poor_fit:
+        support = (f"tentative: a poor fit (chi-square {fit.chi2:.3g} on {fit.n_points - 3} degrees of freedom, "
+                   f"above its {FIT_LEVEL:.0%} point {fit.chi2_limit:.3g}: the points do not follow the curve "
+                   f"within their evaluation noise" + (f"; the interval is widened {fit.ci_inflation:.3g}x for it)"
+                   if fit.ci_inflation > 1 else ")"))
     elif fit.at_bound is not None:
         support = f"tentative: the fit rests on a bound ({fit.at_bound})"
     elif fit.alpha_ci is None:
