@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from memlab.cli import main
+from memlab.data import sources
 from memlab.data.shards import HEADER_FILE, TokenShards, read_header
-from memlab.data.sources import open_source
+from memlab.data.sources import module_docstrings, open_source
 from memlab.data.text import is_validation, prepare_shards
 from memlab.data.tokenizer import build_tokenizer, load_tokenizer
 from memlab.errors import MemlabError
+from memlab.probes.corpus import read_probe_text
 
 
 def stream(directory, split) -> np.ndarray:
@@ -82,6 +84,36 @@ def test_stdlib_sources_are_real_code_and_prose():
     docs = open_source("stdlib-docs").documents()
     prose = [next(docs) for _ in range(3)]
     assert all(len(p) > 50 and " the " in p for p in prose)
+
+
+def test_a_stdlib_docstring_is_held_out_with_the_file_it_came_from(tmp_path, byte_tok, monkeypatch):
+    """Docstrings had been split by their own text: the held-out prose of stdlib-docs was training code."""
+    files = []
+    for i in range(40):
+        files.append(tmp_path / f"mod_{i:02d}.py")
+        files[-1].write_text(f'"""Module {i} says {i * 7}."""\n\n\ndef f():\n    """Function of {i}."""\n    return {i}\n')
+    monkeypatch.setattr(sources, "stdlib_files", lambda include_tests=True: files)
+    monkeypatch.setattr(sources, "pydoc_topics", lambda: [])
+    docs = {}
+    for spec in ("stdlib-code", "stdlib-docs"):
+        prepare_shards(spec, byte_tok, tmp_path / spec, val_fraction=0.5)
+        docs[spec] = split_documents(stream(tmp_path / spec, "val"), byte_tok)
+    held_out_files = [f for f in files if f.read_text() in docs["stdlib-code"]]
+    assert 0 < len(held_out_files) < len(files)
+    assert docs["stdlib-docs"] == [module_docstrings(f.read_text()) for f in held_out_files]
+    probe = read_probe_text("stdlib-docs", byte_tok, 10_000, 64, val_fraction=0.5)
+    assert probe.documents == len(held_out_files)
+
+
+def test_files_undecodable_bytes_warn_and_a_byte_order_mark_is_no_text(tmp_path, caplog):
+    (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbfhello")
+    (tmp_path / "b.txt").write_bytes(b"caf\xe9 au lait")
+    (tmp_path / "c.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "bad \xff"}\n')
+    with caplog.at_level("WARNING", logger="memlab.data.sources"):
+        docs = list(open_source(f"files:{tmp_path}/*").documents())
+    assert docs == ["hello", "caf\ufffd au lait", "ok", "bad \ufffd"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2 and "b.txt is not valid UTF-8" in warnings[0] and "1 line(s)" in warnings[1]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,10 @@
 - ``files:GLOB``: local files; ``.jsonl``/``.json`` (one document per line, from a text field),
   ``.parquet`` (a text column, needs ``pyarrow``), anything else one document per file.
 
-A source has ``documents()`` (an iterator of ``str``, the same order every time) and a
+A source has ``documents()`` (an iterator of ``str``, the same order every time),
+``keyed_documents()`` (the same documents as ``Document(text, split_key)``: the train/validation
+split is drawn from the key, which is the text itself except for a stdlib-docs docstring, keyed by
+the text of its source file so that it falls in the split that file has in stdlib-code) and a
 ``fingerprint`` that changes when its inputs change, which is what prepared shards are checked
 against to decide whether they are up to date.
 """
@@ -22,17 +25,27 @@ import ast
 import glob
 import hashlib
 import json
+import logging
 import os
 import sys
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from memlab.errors import MemlabError
 
+log = logging.getLogger(__name__)
 SOURCE_KINDS = ("stdlib-code", "stdlib-docs", "hf:NAME[:SPLIT]", "files:GLOB")
 TEXT_FIELDS = ("text", "content", "story", "code", "document")  # tried in this order
+
+
+class Document(NamedTuple):
+    """A document and the key its train/validation split is drawn from."""
+
+    text: str
+    split_key: str
 
 
 class Source:
@@ -42,6 +55,10 @@ class Source:
 
     def documents(self) -> Iterator[str]:
         raise NotImplementedError
+
+    def keyed_documents(self) -> Iterator[Document]:
+        """The documents with their split keys (by default the text itself)."""
+        return (Document(text, text) for text in self.documents())
 
     @property
     def fingerprint(self) -> str:
@@ -77,8 +94,9 @@ def _files_fingerprint(paths: list[Path], extra: str = "") -> str:
     return h.hexdigest()
 
 
-def _read_text(path: Path) -> str:
-    return path.read_bytes().decode("utf-8", errors="replace")
+def _stdlib_text(raw: bytes) -> str:
+    """A standard-library file's text (undecodable bytes become U+FFFD)."""
+    return raw.decode("utf-8", errors="replace")
 
 
 # ---------------------------------------------------------------------- stdlib
@@ -107,7 +125,7 @@ class StdlibCode(Source):
 
     def documents(self) -> Iterator[str]:
         for path in stdlib_files():
-            yield _read_text(path)
+            yield _stdlib_text(path.read_bytes())
 
     @property
     def fingerprint(self) -> str:
@@ -121,10 +139,10 @@ def pydoc_topics() -> list[str]:
     return [topics[k] for k in sorted(topics)]
 
 
-def module_docstrings(path: Path) -> str:
+def module_docstrings(source: bytes | str) -> str:
     """The module, class and function docstrings of one source file, separated by blank lines."""
     try:
-        tree = ast.parse(path.read_bytes())
+        tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return ""
     nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))]
@@ -137,15 +155,21 @@ class StdlibDocs(Source):
     spec: str = "stdlib-docs"
 
     def documents(self) -> Iterator[str]:
-        yield from pydoc_topics()
+        return (doc.text for doc in self.keyed_documents())
+
+    def keyed_documents(self) -> Iterator[Document]:
+        """The help topics (keyed by their text), then each module's docstrings keyed by the module's
+        text: a docstring is held out exactly when stdlib-code holds out the file it came from."""
+        for topic in pydoc_topics():
+            yield Document(topic, topic)
         for path in stdlib_files(include_tests=False):
-            text = module_docstrings(path)
-            if text:
-                yield text
+            raw = path.read_bytes()
+            if text := module_docstrings(raw):
+                yield Document(text, _stdlib_text(raw))
 
     @property
-    def fingerprint(self) -> str:
-        return _files_fingerprint(stdlib_files(include_tests=False), sys.version)
+    def fingerprint(self) -> str:  # (the marker: docstrings had been split by their own text)
+        return _files_fingerprint(stdlib_files(include_tests=False), f"{sys.version}\0split by source file")
 
 
 # ----------------------------------------------------------------------- files
@@ -175,11 +199,17 @@ class Files(Source):
             elif suffix == ".parquet":
                 yield from self._parquet(path)
             else:
-                yield _read_text(path)
+                text, bad = _decode(path.read_bytes())
+                if bad:
+                    _warn_undecodable(path, "the file")
+                yield text
 
     def _jsonl(self, path: Path) -> Iterator[str]:
-        with path.open(encoding="utf-8-sig", errors="replace") as f:  # (-sig: a byte-order mark is no text)
-            for line_no, line in enumerate(f, 1):
+        bad_lines = 0
+        with path.open("rb") as f:
+            for line_no, raw in enumerate(f, 1):
+                line, bad = _decode(raw)
+                bad_lines += bad
                 if not line.strip():
                     continue
                 try:
@@ -190,6 +220,8 @@ class Files(Source):
                 text = _document(row[field], field, f"{path}:{line_no}")
                 if text is not None:
                     yield text
+        if bad_lines:
+            _warn_undecodable(path, f"{bad_lines} line(s)")
 
     def _parquet(self, path: Path) -> Iterator[str]:
         try:
@@ -210,6 +242,18 @@ class Files(Source):
     @property
     def fingerprint(self) -> str:
         return _files_fingerprint(self.paths(), self.text_field or "")
+
+
+def _decode(raw: bytes) -> tuple[str, bool]:
+    """UTF-8 text without a byte-order mark, and whether undecodable bytes had to become U+FFFD."""
+    try:
+        return raw.decode("utf-8-sig"), False
+    except UnicodeDecodeError:
+        return raw.decode("utf-8-sig", errors="replace"), True
+
+
+def _warn_undecodable(path: Path, where: str) -> None:
+    log.warning("%s is not valid UTF-8: undecodable bytes in %s were read as U+FFFD", path, where)
 
 
 def _document(value: object, field: str, where: str) -> str | None:

@@ -7,8 +7,9 @@
     train = TokenShards("data/stdlib", "train", tokenizer=result.tokenizer)
     batch = train.random_windows(16, 256, np.random.default_rng(0))      # (16, 257)
 
-Each document goes to the validation split when a keyed hash of its text falls below
-``val_fraction``: the split of a document never depends on the order or presence of the others.
+Each document goes to the validation split when a keyed hash of its split key (its text, or for a
+stdlib-docs docstring the text of its source file) falls below ``val_fraction``: the split of a
+document never depends on the order or presence of the others.
 Documents are followed by EOS.  Re-running with the same request (source fingerprint, tokenizer,
 options) reuses the existing shards after checking their sizes and checksums; ``force`` rebuilds.
 The ``bpe`` tokenizer is trained on the training split (its first ``bpe_train_bytes`` of text) and
@@ -41,7 +42,7 @@ from memlab.data.shards import (
     token_dtype,
     verify_split,
 )
-from memlab.data.sources import Source, open_source
+from memlab.data.sources import Document, Source, open_source
 from memlab.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from memlab.errors import MemlabError, check_dir_target
 from memlab.models.paths import holds_training_output
@@ -90,14 +91,15 @@ class PrepareResult:
         return "\n".join(lines)
 
 
-def is_validation(text: str, val_fraction: float, split_seed: int = 0) -> bool:
-    """Whether a document belongs to the validation split: a keyed hash of its text, not its position."""
-    digest = hashlib.blake2b(text.encode("utf-8", errors="replace"), digest_size=8, key=str(split_seed).encode())
+def is_validation(split_key: str, val_fraction: float, split_seed: int = 0) -> bool:
+    """Whether a document belongs to the validation split: a keyed hash of its split key (see
+    ``Source.keyed_documents``), not its position."""
+    digest = hashlib.blake2b(split_key.encode("utf-8", errors="replace"), digest_size=8, key=str(split_seed).encode())
     return int.from_bytes(digest.digest(), "big") / 2**64 < val_fraction
 
 
-def _documents(source: Source, max_docs: int | None) -> Iterator[str]:
-    docs = (d for d in source.documents() if d.strip())
+def _documents(source: Source, max_docs: int | None) -> Iterator[Document]:
+    docs = (d for d in source.keyed_documents() if d.text.strip())
     return islice(docs, max_docs) if max_docs is not None else docs
 
 
@@ -106,9 +108,9 @@ def _bpe_training_text(source: Source, max_docs, val_fraction, split_seed, budge
     for doc in _documents(source, max_docs):
         if used >= budget:
             return
-        if not is_validation(doc, val_fraction, split_seed):
-            used += len(doc)
-            yield doc
+        if not is_validation(doc.split_key, val_fraction, split_seed):
+            used += len(doc.text)
+            yield doc.text
 
 
 _STAGING_PREFIX = ".prepare-"
@@ -218,11 +220,11 @@ def _remove_shards(out: Path) -> None:
         old.unlink(missing_ok=True)
 
 
-def _batches(docs: Iterable[str]) -> Iterator[list[str]]:
+def _batches(docs: Iterable[Document]) -> Iterator[list[Document]]:
     batch, size = [], 0
     for doc in docs:
         batch.append(doc)
-        size += len(doc)
+        size += len(doc.text)
         if size >= BATCH_BYTES:
             yield batch
             batch, size = [], 0
@@ -242,11 +244,13 @@ def _write_shards(
     # closed on the way out of an error too: its last refresh must not follow the error message
     with tqdm(desc=f"tokenising {src.spec}", unit="B", unit_scale=True, disable=not progress) as bar:
         for batch in _batches(_documents(src, max_docs)):
-            for doc, ids in zip(batch, tokenizer.encode_batch(batch)):
-                split = "val" if is_validation(doc, request["val_fraction"], request["split_seed"]) else "train"
+            texts = [doc.text for doc in batch]
+            for doc, ids in zip(batch, tokenizer.encode_batch(texts)):
+                held_out = is_validation(doc.split_key, request["val_fraction"], request["split_seed"])
+                split = "val" if held_out else "train"
                 writers[split].write(np.concatenate([np.asarray(ids, dtype=np.int64), eos]))
                 writers[split].documents += 1
-            n = sum(len(d.encode("utf-8", errors="replace")) for d in batch)
+            n = sum(len(t.encode("utf-8", errors="replace")) for t in texts)
             text_bytes += n
             bar.update(n)
     splits = {s: w.finish() for s, w in writers.items()}

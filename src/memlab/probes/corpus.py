@@ -53,18 +53,20 @@ def read_probe_text(
     documents: str = "val",
     val_fraction: float = 0.01,
     split_seed: int = 0,
+    text_field: str | None = None,
 ) -> ProbeText:
     """Up to ``max_tokens`` labelled tokens of corpus ``spec`` in windows of at most ``seq_len``.
 
     ``documents="val"`` keeps only the documents of the validation split that a run made with
     ``val_fraction`` / ``split_seed`` held out; ``"all"`` takes every document in order.
+    ``text_field`` names the field of a files:/hf: source's rows that holds the text.
     """
     if documents not in ("val", "all"):
         raise MemlabError(f"unknown document selection {documents!r}; valid choices: all, val")
     if max_tokens < 1:
         raise MemlabError(f"max_tokens must be positive, got {max_tokens}")
     out = ProbeText()
-    for text in _documents(spec, documents, val_fraction, split_seed):
+    for text in _documents(spec, documents, val_fraction, split_seed, text_field):
         ids = tokenizer.encode(text)
         spans = token_spans(tokenizer, text, ids)
         if spans is None:
@@ -83,13 +85,15 @@ def read_probe_text(
     return out
 
 
-def _documents(spec: str, documents: str, val_fraction: float, split_seed: int) -> Iterator[str]:
+def _documents(
+    spec: str, documents: str, val_fraction: float, split_seed: int, text_field: str | None
+) -> Iterator[str]:
     if spec == LISTS_SOURCE:  # never trained on: no split needed
         yield from structured_lists()
         return
-    for text in open_source(spec).documents():
-        if text.strip() and (documents == "all" or is_validation(text, val_fraction, split_seed)):
-            yield text
+    for doc in open_source(spec, text_field=text_field).keyed_documents():
+        if doc.text.strip() and (documents == "all" or is_validation(doc.split_key, val_fraction, split_seed)):
+            yield doc.text
 
 
 def token_spans(tokenizer: Tokenizer, text: str, ids: list[int]) -> np.ndarray | None:
