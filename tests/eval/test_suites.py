@@ -110,7 +110,19 @@ def test_one_lm_window_has_no_interval(byte_tok, shards):
     r = evaluate_model(ctx, "lm")["results"]
     assert r["windows"] == 1 and math.isfinite(r["loss"])
     assert r["corpus_request"] == json.loads((shards / "shards.json").read_text())["request"]  # what compare checks
-    assert r["loss_ci95"] == [None, None] and r["perplexity_ci95"] == [None, None]
+    assert r["documents"] == 1 and r["tokens_from"] == "prefix"  # a document of the fixture is ~800 tokens
+    assert r["loss_ci95"] == [None, None] and r["perplexity_ci95"] == [None, None] and "one document" in r["ci95_note"]
+
+
+def test_the_lm_interval_is_over_the_documents_of_the_evaluated_tokens(byte_tok, shards):
+    from memlab.data.shards import TokenShards
+
+    ctx = EvalContext(small_model(byte_tok), byte_tok, EvalOptions(corpus=str(shards), lm_tokens=4096, lm_context=64))
+    r = evaluate_model(ctx, "lm")["results"]
+    targets = TokenShards(shards, "val").tokens(1, r["tokens"] + 1)  # the prefix, less each window's first token
+    ended = int((targets[:-1] == byte_tok.eos_id).sum())  # an EOS last ends the final document, opening none
+    assert r["documents"] == ended + 1 > 1 and r["ci95_note"] is None
+    assert r["loss_ci95"][0] < r["loss"] < r["loss_ci95"][1]
 
 
 @pytest.mark.parametrize(

@@ -293,7 +293,8 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
             lines += [f"  {task:<8} {_acc(r['overall'])}" for task, r in p["tasks"].items()]
         elif suite == "lm":
             lines.append(f"lm: perplexity {_number(p['perplexity'], 2)} (loss {_number(p['loss'], 4)}) on "
-                         f"{p['tokens']} tokens of {p['corpus']}, {p['tokens_per_s']:.0f} tokens/s")
+                         f"{p['tokens']} tokens ({p.get('documents', '?')} documents) of {p['corpus']}, "
+                         f"{p['tokens_per_s']:.0f} tokens/s")
         elif suite == "ablation":
             d = p["delta"]
             lines.append(f"ablation ({p['task']} @ {p['context_len']} tokens, memory layers {p['memory_layers']}): "

@@ -4,6 +4,11 @@ The corpus is a prepared shard directory, a corpus source (prepared once with th
 tokenizer into ``<out_dir>/lm_data/``, split as the run split its own data, so that a source it
 trained on is measured on the documents it held out), or by default the validation split of the
 data the run was trained on.  Every validation token after the first of a window is predicted once.
+
+The windows are the prefix of the split (``tokens_from: "prefix"``): the same text for every model
+given the same corpus, window and ``--lm-tokens``.  The interval is a bootstrap over the documents
+(the split's EOS ids end them) those tokens fall in, not over windows: consecutive windows of one
+document are correlated, and a t-interval over them had been about twice too narrow.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +27,7 @@ from memlab.data.shards import HEADER_FILE, TokenShards
 from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
 from memlab.eval.hub import EvalContext, register_suite, run_data_dir, run_held_out_split
-from memlab.eval.stats import mean_interval
+from memlab.eval.stats import document_bootstrap
 
 
 def corpus_and_window(ctx: EvalContext) -> tuple[str, int]:
@@ -75,29 +81,36 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     device = next(model.parameters()).device
     batch = max(1, options.batch_tokens // seq_len)
     max_windows = max(1, options.lm_tokens // seq_len)
-    window_losses: list[float] = []  # mean NLL of each window
-    total_nll, total_tokens = 0.0, 0
+    eos_id = shards.header["eos_id"]
+    nlls, doc_ids = [], []  # per predicted token, in text order: its NLL and its document's index
+    docs_before = 0  # documents ended by the tokens of the earlier batches
     t0 = time.perf_counter()
     for windows in shards.sequential_windows(batch, seq_len, max_windows=max_windows):  # (b, T + 1)
         windows = windows.to(device)
         logits = model(windows[:, :-1])  # (b, T, V)
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten(), reduction="none")
-        nll = nll.view(windows.shape[0], seq_len)  # (b, T)
-        window_losses += nll.mean(dim=1).tolist()
-        total_nll += float(nll.sum())
-        total_tokens += nll.numel()
+        targets = windows[:, 1:].flatten()  # (b T,) consecutive text: the windows overlap by one token
+        nlls.append(F.cross_entropy(logits.flatten(0, 1).float(), targets, reduction="none").double().cpu())
+        ends = (targets == eos_id).long().cpu()  # (b T,) an EOS belongs to the document it ends
+        doc_ids.append(docs_before + torch.cumsum(ends, 0) - ends)
+        docs_before += int(ends.sum())
     seconds = time.perf_counter() - t0
-    loss = total_nll / total_tokens
-    interval = mean_interval(window_losses)["ci95"]
+    nll, ids = torch.cat(nlls).numpy(), torch.cat(doc_ids).numpy()  # (N,), (N,)
+    doc_nll, doc_tokens = np.bincount(ids, weights=nll), np.bincount(ids)  # (D,) every index holds tokens
+    total_tokens = int(nll.size)
+    loss = float(nll.sum()) / total_tokens
+    interval = document_bootstrap(doc_nll, doc_tokens, seed=options.seed)
     return {
         "corpus": name,
         "corpus_request": shards.header["request"],
         "context_len": seq_len,
         "tokens": total_tokens,
-        "windows": len(window_losses),
+        "windows": total_tokens // seq_len,
+        "tokens_from": "prefix",
+        "documents": int(doc_tokens.size),
         "loss": loss,
         "perplexity": _exp(loss),
         "loss_ci95": interval,
         "perplexity_ci95": [None if v is None else _exp(v) for v in interval],
+        "ci95_note": None if doc_tokens.size > 1 else "one document: no interval (documents are what is resampled)",
         "tokens_per_s": total_tokens / seconds,
     }

@@ -6,8 +6,10 @@
   pair differs the same way (none at all, often) the bootstrap has nothing to resample (a
   zero-width interval would overstate certainty), so Tango's score interval for paired
   proportions is used: it rests on the discordant pairs, as the difference does;
-* a mean over seeds or windows carries a Student-t interval (none from a single value); a
-  non-finite or missing value leaves the mean undefined rather than being dropped.
+* a mean over seeds carries a Student-t interval (none from a single value); a non-finite or
+  missing value leaves the mean undefined rather than being dropped;
+* a token-weighted mean over documents (the perplexity's loss) carries a bootstrap interval over
+  whole documents: the windows of one document are correlated, so documents are what is resampled.
 """
 
 from __future__ import annotations
@@ -117,3 +119,27 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> di
     std = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * std / math.sqrt(n)
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": n, "std": std}
+
+
+def document_bootstrap(
+    sums: np.ndarray, counts: np.ndarray, n_resamples: int = 2000, seed: int = 0, confidence: float = CONFIDENCE
+) -> list[float | None]:
+    """Percentile bootstrap interval of ``sums.sum() / counts.sum()`` resampling whole documents.
+
+    ``sums``, ``counts``: (D,) per document (e.g. summed NLL and tokens).  Documents are drawn with
+    replacement, D per resample; ``[None, None]`` for fewer than two documents (nothing to resample)
+    or a non-finite sum.
+    """
+    sums, counts = np.asarray(sums, dtype=float), np.asarray(counts, dtype=float)
+    D = sums.size
+    if D < 2 or not np.isfinite(sums).all():
+        return [None, None]
+    rng = np.random.default_rng(seed)
+    means = []
+    chunk = max(1, (1 << 22) // D)  # resamples per draw: (chunk, D) indices stay a few MB
+    for start in range(0, n_resamples, chunk):
+        picks = rng.integers(0, D, size=(min(chunk, n_resamples - start), D))  # (r, D)
+        means.append(sums[picks].sum(axis=1) / counts[picks].sum(axis=1))
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(np.concatenate(means), [tail, 100 - tail])
+    return [float(low), float(high)]
