@@ -1,13 +1,15 @@
-"""Summarise runs/experiments/gdn_source/expN into a markdown table (and copy the small result JSONs).
+"""Summarise runs/experiments/gdn_source/expN into a markdown table (and copy the small result files).
 
-Usage (repo root): .venv/bin/python experiments/gdn_source/summarize.py [--copy]
+Usage (repo root): .venv/bin/python experiments/gdn_source/summarize.py [--copy] [--runs DIR]
+--copy: copy each run's eval JSONs, summary.json and metrics.jsonl (the curriculum walk) and times.tsv
+into experiments/gdn_source/results/.  --runs experiments/gdn_source/results: the tables from the copies.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 from memlab.eval.stats import pool
@@ -42,8 +44,8 @@ def delta(d: dict | None) -> str:
     return f"{100 * d['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
-def times() -> dict[str, int]:
-    path = RUNS / "times.tsv"
+def times(runs: Path) -> dict[str, int]:
+    path = runs / "times.tsv"
     out: dict[str, int] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -52,11 +54,28 @@ def times() -> dict[str, int]:
     return out
 
 
+def curriculum_walk(path: Path) -> str:
+    """The NIAH difficulty levels and the steps they were reached at, from a run's metrics.jsonl."""
+    if not path.is_file():
+        return "- (no metrics.jsonl)"
+    levels: list[tuple[int, int]] = []
+    for line in path.read_text().splitlines():
+        d = json.loads(line)
+        if "difficulty" in d and "niah" in d["difficulty"] and (not levels or levels[-1][1] != d["difficulty"]["niah"]):
+            levels.append((d["step"], d["difficulty"]["niah"]))
+    return ", ".join(f"{lvl}@{s}" for s, lvl in levels) or "-"
+
+
 def main() -> None:
-    t = times()
+    p = argparse.ArgumentParser()
+    p.add_argument("--copy", action="store_true", help="copy the small result files into results/")
+    p.add_argument("--runs", type=Path, default=RUNS, help="where the expN directories are (default: %(default)s)")
+    opts = p.parse_args()
+    runs = opts.runs
+    t = times(runs)
     rows, pos_rows, train_rows, layer_rows, colour_rows = [], [], [], [], []
     for n, name in NAMES.items():
-        run = RUNS / f"exp{n}"
+        run = runs / f"exp{n}"
         if not run.is_dir():
             continue
         ab, ab0 = load(run / "eval/results_ablation.json"), load(run / "eval_start/results_ablation.json")
@@ -73,26 +92,33 @@ def main() -> None:
         if cc_path.is_file():
             cc = json.loads(cc_path.read_text())
             by = " | ".join(pct(cc["normal_by_bucket"][b]) for b in ("early", "middle", "late"))
-            colour_rows.append(f"| {n} | {name} | {pct(cc['normal'])} | {pct(cc['zeroed'])} | {delta(cc['delta'])} | {by} |")
+            colour_rows.append(
+                f"| {n} | {name} | {pct(cc['normal'])} | {pct(cc['zeroed'])} | {delta(cc['delta'])} | {by} |"
+            )
         if ab:
-            per = ", ".join(f"{p['mixer']}@{p['layer']}: {100 * p['zeroed']['accuracy']:.0f}% ({delta(p['delta'])})"
-                            for p in ab["per_layer"])
+            per = ", ".join(
+                f"{p['mixer']}@{p['layer']}: {100 * p['zeroed']['accuracy']:.0f}% ({delta(p['delta'])})"
+                for p in ab["per_layer"]
+            )
             layer_rows.append(f"| {n} | {per} |")
         if lc:
             cells = lc["tasks"]["niah"]["cells"]
             by = {b: pool([c for c in cells if round(c["depth"], 2) in ds]) for b, ds in BUCKETS.items()}
-            pos_rows.append(f"| {n} | {name} | " + " | ".join(pct(by[b]) for b in BUCKETS) + f" | {pct(lc['overall'])} |")
+            pos_rows.append(
+                f"| {n} | {name} | " + " | ".join(pct(by[b]) for b in BUCKETS) + f" | {pct(lc['overall'])} |"
+            )
         summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
-        levels = []
-        for line in (run / "metrics.jsonl").read_text().splitlines():
-            d = json.loads(line)
-            if "difficulty" in d and "niah" in d["difficulty"] and (not levels or levels[-1][1] != d["difficulty"]["niah"]):
-                levels.append((d["step"], d["difficulty"]["niah"]))
-        walk = ", ".join(f"{lvl}@{s}" for s, lvl in levels) or "-"
-        wall = " / ".join(f"{t.get(f'exp{n}_{k}', '-')}" for k in ("train", "ablation", "ablation_start", "longctx", "colour", "lm"))
-        train_rows.append(f"| {n} | {summary.get('steps', '-')} | {summary.get('tokens_seen', '-')} | {walk} | {wall} |")
-    print("| # | experiment | acc. normal (random pos.) | acc. zeroed | Delta (pts) [95% CI] | acc. normal (fact at start) "
-          "| Delta, fact at start | val. PPL [95% CI] |")
+        walk = curriculum_walk(run / "metrics.jsonl")
+        wall = " / ".join(
+            f"{t.get(f'exp{n}_{k}', '-')}" for k in ("train", "ablation", "ablation_start", "longctx", "colour", "lm")
+        )
+        train_rows.append(
+            f"| {n} | {summary.get('steps', '-')} | {summary.get('tokens_seen', '-')} | {walk} | {wall} |"
+        )
+    print(
+        "| # | experiment | acc. normal (random pos.) | acc. zeroed | Delta (pts) [95% CI] | acc. normal (fact at start) "
+        "| Delta, fact at start | val. PPL [95% CI] |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\n| # | experiment | early (depth 0-0.3) | middle (0.4-0.6) | late (0.7-1.0) | all |")
@@ -104,18 +130,23 @@ def main() -> None:
     print("\n| # | one memory layer zeroed at a time: accuracy (Delta) |")
     print("|---|---|")
     print("\n".join(layer_rows))
-    print("\n| # | steps | tokens | curriculum walk (distractors@step) | wall s: train / ablation / ablation-start / longctx / colour / lm |")
+    print(
+        "\n| # | steps | tokens | curriculum walk (distractors@step) | wall s: train / ablation / ablation-start / longctx / colour / lm |"
+    )
     print("|---|---|---|---|---|")
     print("\n".join(train_rows))
-    if "--copy" in sys.argv:
+    if opts.copy:
         dest = HERE / "results"
         for n in NAMES:
             for sub in ("eval", "eval_start"):
-                for f in [*(RUNS / f"exp{n}" / sub).glob("results_*.json"), *(RUNS / f"exp{n}" / sub).glob("colour_*.json")]:
+                for f in [
+                    *(RUNS / f"exp{n}" / sub).glob("results_*.json"),
+                    *(RUNS / f"exp{n}" / sub).glob("colour_*.json"),
+                ]:
                     target = dest / f"exp{n}" / sub / f.name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(f, target)
-            for f in ("summary.json",):
+            for f in ("summary.json", "metrics.jsonl"):
                 if (RUNS / f"exp{n}" / f).is_file():
                     (dest / f"exp{n}").mkdir(parents=True, exist_ok=True)
                     shutil.copy(RUNS / f"exp{n}" / f, dest / f"exp{n}" / f)
