@@ -120,7 +120,7 @@ def test_a_slot_nothing_writes_to_favours_no_role_and_has_no_timescale_to_rank(t
     assert slots[0]["favoured_role"] is not None and slots[1]["triggers"]
     assert all(t["mean_gate"] > 0 for slot in slots for t in slot["triggers"])  # no trigger that never writes
     for unused in slots[2:]:
-        assert unused["favoured_role"] is unused["peak_role_gate"] is None and unused["triggers"] == []
+        assert unused["favoured_role"] is unused["favoured_role_mean_gate"] is None and unused["triggers"] == []
     layer = alphas_probe(ctx)["layers"][0]
     # by timescale (gate 0.5 at every token, at every 7th, never), not by alpha (0.9, 0.1, 0.5, 0.3); the lists
     # never share a slot; each write of 0.5 halves the content, so it fades by e in 1 / ln 2 writes (not 1 / 0.5)
@@ -128,6 +128,31 @@ def test_a_slot_nothing_writes_to_favours_no_role_and_has_no_timescale_to_rank(t
     assert layer["unused_slots"] == [2, 3]
     assert layer["timescale_tokens"][:2] == pytest.approx([1 / math.log(2), 7 / math.log(2)], rel=0.05)
     assert layer["timescale_tokens"][2:] == [math.inf, math.inf]
+
+
+def test_a_slot_favours_only_a_role_seen_at_least_min_token_count_times(tmp_path, corpora, monkeypatch):
+    from memlab.eval.hub import load_checkpoint
+    from memlab.probes.gates import gates_probe
+    from memlab.probes.labels import ROLE_INDEX
+    from memlab.probes.runner import ProbeContext
+
+    model, tokenizer, _ = load_checkpoint(save_model(tmp_path / "m", variant="cdm"), "cpu")
+    ctx = ProbeContext(model, tokenizer, options(corpora, min_token_count=5), 0, tmp_path)
+    roles = ctx.text().flat("role")
+    assert 0 < (roles == ROLE_INDEX["number"]).sum() < 5 <= (roles == ROLE_INDEX["colon"]).sum() < 300
+    gates = np.full((len(roles), 2), 0.1, dtype=np.float32)
+    gates[roles == ROLE_INDEX["number"], 0] = 0.9  # the largest mean gate, of a role seen on 3 tokens
+    gates[roles == ROLE_INDEX["colon"], 0] = 0.2
+    gates[roles == ROLE_INDEX["for/while"], 1] = 0.9
+    activity = [LayerActivity(0, np.full(gates.shape, 0.5, dtype=np.float32), gates, np.full(2, 0.5))]
+    monkeypatch.setattr(ProbeContext, "activity", lambda self, text: activity)
+    slots = gates_probe(ctx)["layers"][0]["slots"]
+    assert [s["favoured_role"] for s in slots] == ["colon", "for/while"]
+    assert slots[0]["favoured_role_mean_gate"] == pytest.approx(0.2)
+    assert slots[0]["favoured_role_lift"] == pytest.approx(0.2 / gates[:, 0].mean(), rel=1e-5)
+    ctx.options.min_token_count = 300  # more than any role has: no slot favours one
+    slots = gates_probe(ctx)["layers"][0]["slots"]
+    assert all(s["favoured_role"] is s["favoured_role_mean_gate"] is s["favoured_role_lift"] is None for s in slots)
 
 
 def test_gates_alphas_and_domains_probes(tmp_path, corpora):

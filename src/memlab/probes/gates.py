@@ -1,9 +1,11 @@
 """Gates probe: how strongly each syntactic role writes into each slot, and what triggers each slot.
 
 Per slot layer: the mean write gate of every (role, slot) pair (roles from ``tokenize`` types
-and keywords in Python, or punctuation / function words / content words in prose), the
-role each slot favours most (largest mean gate over that slot's overall mean), and the
-tokens with the largest mean gate per slot among those seen at least ``min_token_count`` times.
+and keywords in Python, or punctuation / function words / content words in prose); the role
+each slot favours (the largest mean gate into it, among the roles seen at least
+``min_token_count`` times; null when no role is that frequent or nothing writes to the slot)
+with that mean gate and its ratio to the slot's mean gate over all tokens; and the tokens with
+the largest mean gate per slot among those seen at least ``min_token_count`` times.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ def gates_probe(ctx: ProbeContext) -> dict[str, Any]:
     roles, ids = text.flat("role"), text.flat("ids")
     present = [r for r in range(len(ROLES)) if (roles == r).any()]
     role_names = [ROLES[r] for r in present]
+    role_counts = np.array([(roles == r).sum() for r in present])  # (roles,)
+    frequent = np.flatnonzero(role_counts >= ctx.options.min_token_count)  # the roles a slot may favour
     uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
     eligible = np.flatnonzero(counts >= ctx.options.min_token_count)
     layers = []
     for a in activity:
         K = a.gates.shape[1]
         by_role = np.stack([a.gates[roles == r].mean(0) for r in present])  # (roles, K)
-        slot_mean = a.gates.mean(0)
-        favoured = np.divide(by_role, slot_mean, out=np.zeros_like(by_role), where=slot_mean > 0).argmax(0)
+        slot_mean = a.gates.mean(0)  # (K,)
+        favoured = frequent[by_role[frequent].argmax(0)] if len(frequent) else None  # (K,) indices into present
         # a slot no token writes to (collapsed under hard routing) favours no role and has no triggers
         token_means = np.stack([np.bincount(inverse, weights=a.gates[:, k], minlength=len(uniq)) for k in range(K)], 1)
         token_means /= counts[:, None]
@@ -38,12 +42,13 @@ def gates_probe(ctx: ProbeContext) -> dict[str, Any]:
         for k in range(K):
             writers = eligible[token_means[eligible, k] > 0]
             top = writers[np.argsort(-token_means[writers, k], kind="stable")[: ctx.options.top_tokens]]
-            used = slot_mean[k] > 0
+            role = favoured[k] if favoured is not None and slot_mean[k] > 0 else None
             slots.append({
                 "slot": k,
                 "mean_gate": float(slot_mean[k]),
-                "favoured_role": role_names[favoured[k]] if used else None,
-                "peak_role_gate": float(by_role[favoured[k], k]) if used else None,
+                "favoured_role": None if role is None else role_names[role],
+                "favoured_role_mean_gate": None if role is None else float(by_role[role, k]),
+                "favoured_role_lift": None if role is None else float(by_role[role, k] / slot_mean[k]),
                 "triggers": [
                     {"token": ctx.tokenizer.decode([int(uniq[t])]), "mean_gate": float(token_means[t, k]),
                      "count": int(counts[t])}
@@ -61,6 +66,6 @@ def gates_probe(ctx: ProbeContext) -> dict[str, Any]:
         "tokens": text.tokens,
         "documents": text.documents,
         "roles": role_names,
-        "tokens_per_role": [int((roles == r).sum()) for r in present],
+        "tokens_per_role": role_counts.tolist(),
         "layers": layers,
     }

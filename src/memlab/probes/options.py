@@ -37,7 +37,7 @@ class ProbeOptions:
     top_tokens: int = 8
     """gates probe: trigger tokens listed per slot"""
     min_token_count: int = 5
-    """gates probe: a token must occur this often to be a trigger"""
+    """gates probe: a token must occur this often to be a trigger, a role to be a slot's favoured role"""
     seed: int = 0
     device: str = "cpu"
 
