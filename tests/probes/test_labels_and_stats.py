@@ -110,6 +110,18 @@ def test_mi_test_finds_planted_dependence_only():
     assert null["argmax"]["bits_corrected"] < null["argmax"]["bits"]  # Miller-Madow lowers the plug-in value
 
 
+def test_a_corrected_mi_above_the_label_entropy_gives_a_ratio_clipped_to_one_and_flagged():
+    """Miller-Madow raises the MI of a one-to-one table: the corrected MI exceeds H(label)."""
+    labels = np.repeat(np.arange(4), 3)  # 12 tokens, slot = label
+    argmax = mi_test(labels, np.eye(4)[labels], 4, permutations=0)["argmax"]
+    assert argmax["bits"] == pytest.approx(2.0) and argmax["bits_corrected"] > 2.0
+    assert argmax["ratio_corrected"] == 1.0 and argmax["ratio_corrected_clipped"] is True
+    rng = np.random.default_rng(0)
+    spread = rng.integers(0, 4, 2000)
+    argmax = mi_test(spread, rng.dirichlet(np.ones(8), 2000), 4, permutations=0)["argmax"]
+    assert argmax["bits_corrected"] < argmax["bits"] and argmax["ratio_corrected_clipped"] is False
+
+
 def test_token_identity_null_separates_routing_by_token_from_routing_by_depth():
     """Depth correlates with the token; routing by token looks significant against plain shuffles
     but has no excess over the within-token null, while routing by depth itself does."""

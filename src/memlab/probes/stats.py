@@ -8,6 +8,9 @@ p-value is that of a permutation test: the share of label shuffles whose MI reac
 observed one (+1 smoothing).  Given the token ids, a second null shuffles labels only among
 equal tokens, so MI that token identity alone explains is not read as structure.  Tokens of a
 text are not independent, so the p-value is optimistic; the shuffled mean is the baseline.
+A bias-corrected MI is an estimate and may exceed H(label) (Miller-Madow raises the MI of a
+sparse table); it is reported as computed, and its ratio to H(label) is clipped to 1 with
+``ratio_corrected_clipped`` true where it was clipped.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ def mutual_information_bits(joint: np.ndarray) -> float:
 
 
 def miller_madow_correction_bits(counts: np.ndarray) -> float:
-    """Miller-Madow correction of the plug-in MI of a count table (add it; it is <= 0 for real tables).
+    """Miller-Madow correction of the plug-in MI of a count table (add it to the plug-in MI).
 
     Each plug-in entropy is low by (m - 1) / 2N nats (m: non-empty bins), so MI = H(X) + H(Y) - H(X, Y)
     is high by ((R - 1) + (C - 1) - (RC - 1)) / 2N with R, C, RC the non-empty rows, columns, cells.
+    The correction is negative for a table with more than R + C - 1 non-empty cells and positive
+    for a sparser one (a one-to-one table: R = C = RC), so the corrected MI can exceed H(X).
     """
     counts = np.asarray(counts)
     n = counts.sum()
@@ -89,6 +94,8 @@ def mi_test(
     """MI(slot; label) from argmax slots and from full distributions, with baselines and p-values.
 
     ``labels (N,)`` are ints in [0, n_labels); ``routing (N, K)`` are routing distributions.
+    ``ratio_corrected`` (corrected MI / H(label)) is clipped to 1, and ``ratio_corrected_clipped``
+    says whether it was.
     With ``tokens (N,)`` (the token ids) a second null shuffles the labels only among equal
     tokens: routing that depends on the token alone (``def`` always goes to slot 3) scores MI
     against plain shuffles, but none in excess of this one.
@@ -114,11 +121,13 @@ def mi_test(
             corrected = mi + miller_madow_correction_bits(counts)
         else:  # the soft MI's bias is measured by its shuffles: unknown without them
             corrected = mi - shuffled.mean() if permutations else None
+        ratio_corrected = corrected / h_label if h_label > 0 and corrected is not None else None
         out[kind] = {
             "bits": mi,
             "bits_corrected": corrected,
             "ratio": mi / h_label if h_label > 0 else None,  # undefined when the label never varies
-            "ratio_corrected": corrected / h_label if h_label > 0 and corrected is not None else None,
+            "ratio_corrected": None if ratio_corrected is None else min(ratio_corrected, 1.0),
+            "ratio_corrected_clipped": ratio_corrected is not None and ratio_corrected > 1,
             "shuffled_mean_bits": _mean(shuffled),
             "shuffled_std_bits": float(shuffled.std()) if permutations else None,
             "p_value": _p_value(shuffled, mi),
