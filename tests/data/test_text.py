@@ -378,6 +378,59 @@ def test_a_streamed_local_hf_dataset_is_rebuilt_when_its_file_changes(tmp_path, 
     assert not again.reused and again.header["splits"]["train"]["documents"] == 3
 
 
+def test_hf_local_files_by_format_compressed_or_saved(tmp_path):
+    """A .txt had been one document per line and a .jsonl.gz raw JSON text; save_to_disk had failed."""
+    datasets = pytest.importorskip("datasets")
+    import gzip
+
+    (tmp_path / "story.txt").write_text("line one\nline two\n\nafter a blank line")
+    (tmp_path / "notes.md").write_text("# Title\n\nbody")
+    with gzip.open(tmp_path / "rows.jsonl.gz", "wt") as f:
+        f.write('{"content": "first\\nrow"}\n{"content": "second"}\n')
+    assert list(open_source(f"hf:{tmp_path / 'story.txt'}").documents()) == ["line one\nline two\n\nafter a blank line"]
+    assert list(open_source(f"hf:{tmp_path / 'notes.md'}").documents()) == ["# Title\n\nbody"]
+    assert list(open_source(f"hf:{tmp_path / 'rows.jsonl.gz'}").documents()) == ["first\nrow", "second"]
+    (tmp_path / "data.bin").write_bytes(b"\0")
+    with pytest.raises(MemlabError, match="cannot read a .bin file; valid: .jsonl"):
+        list(open_source(f"hf:{tmp_path / 'data.bin'}").documents())
+
+    single = datasets.Dataset.from_dict({"story": ["a", "b", "c"]})
+    single.save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict(train=single, test=datasets.Dataset.from_dict({"story": ["t"]})).save_to_disk(
+        str(tmp_path / "saved_dict")
+    )
+    assert list(open_source(f"hf:{tmp_path / 'saved'}").documents()) == ["a", "b", "c"]
+    assert list(open_source(f"hf:{tmp_path / 'saved'}:train[1:]", streaming=True).documents()) == ["b", "c"]
+    assert list(open_source(f"hf:{tmp_path / 'saved_dict'}:test").documents()) == ["t"]
+    with pytest.raises(MemlabError, match="has no split 'validation'; valid choices: train, test"):
+        list(open_source(f"hf:{tmp_path / 'saved_dict'}:validation").documents())
+
+
+def test_hf_stream_errors_and_unknown_columns_are_clear(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\nnot json\n')
+    with pytest.raises(MemlabError, match="cannot read hf:.*bad.jsonl:train: .*JSON"):
+        list(open_source(f"hf:{tmp_path / 'bad.jsonl'}", streaming=True).documents())
+
+    class Stream(list):  # a stream that knows its columns only once read
+        column_names = None
+
+    src = open_source("hf:some/stream", streaming=True)
+    monkeypatch.setattr(type(src), "_load", lambda self: Stream([{"id": 1, "story": "s1"}, {"id": 2, "story": "s2"}]))
+    assert list(src.documents()) == ["s1", "s2"]
+    src = open_source("hf:some/stream")
+    monkeypatch.setattr(type(src), "_load", lambda self: Stream([{"id": 1, "body": "x"}]))
+    with pytest.raises(MemlabError, match="none of the text fields .* one of: id, body$"):
+        list(src.documents())
+
+
+def test_jsonl_text_field_is_chosen_once_per_file(tmp_path):
+    """The field had been chosen row by row: rows of one file could give text from different fields."""
+    (tmp_path / "a.jsonl").write_text('{"text": "one", "code": "x"}\n{"code": "two"}\n')
+    with pytest.raises(MemlabError, match="a.jsonl:2 lacks the file's text field 'text'; fields: code"):
+        list(open_source(f"files:{tmp_path}/a.jsonl").documents())
+
+
 def test_hf_source_missing_dataset_is_one_clear_error():
     pytest.importorskip("datasets")
     with pytest.raises(MemlabError, match="cannot load hf:no-such-user/no-such-dataset"):

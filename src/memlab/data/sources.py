@@ -7,7 +7,9 @@
 - ``stdlib-docs``: English prose from the standard library: the help topics of ``pydoc_data`` and
   the docstrings of every (non-test) module, one document per topic / module;
 - ``hf:NAME[:SPLIT]``: a Hugging Face dataset through ``datasets.load_dataset`` (a hub name found
-  in the local cache, or a local directory / data file); SPLIT may slice (``train[:1000]``);
+  in the local cache, a local directory, a directory written by ``save_to_disk``, or a local data
+  file: ``.jsonl``/``.json``/``.parquet``/``.csv`` rows, or ``.txt``/``.md`` one document per file,
+  each possibly compressed ``.gz``/``.bz2``/``.xz``/``.zst``); SPLIT may slice (``train[:1000]``);
 - ``files:GLOB``: local files; ``.jsonl``/``.json`` (one document per line, from a text field),
   ``.parquet`` (a text column, needs ``pyarrow``), anything else one document per file.
 
@@ -29,8 +31,9 @@ import logging
 import os
 import sys
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,6 +42,8 @@ from memlab.errors import MemlabError
 log = logging.getLogger(__name__)
 SOURCE_KINDS = ("stdlib-code", "stdlib-docs", "hf:NAME[:SPLIT]", "files:GLOB")
 TEXT_FIELDS = ("text", "content", "story", "code", "document")  # tried in this order
+HF_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text", ".md": "text"}
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")  # a data file's suffix before one of these names its format
 
 
 class Document(NamedTuple):
@@ -205,19 +210,25 @@ class Files(Source):
                 yield text
 
     def _jsonl(self, path: Path) -> Iterator[str]:
-        bad_lines = 0
+        """One document per line, from the text field chosen on the file's first object."""
+        bad_lines, field = 0, None
         with path.open("rb") as f:
             for line_no, raw in enumerate(f, 1):
                 line, bad = _decode(raw)
                 bad_lines += bad
                 if not line.strip():
                     continue
+                where = f"{path}:{line_no}"
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
-                    raise MemlabError(f"{path}:{line_no} is not a JSON object (files: reads JSON lines)") from None
-                field = _text_field(row, self.text_field, f"{path}:{line_no}")
-                text = _document(row[field], field, f"{path}:{line_no}")
+                    raise MemlabError(f"{where} is not a JSON object (files: reads JSON lines)") from None
+                if not isinstance(row, dict):
+                    raise MemlabError(f"{where}: expected a JSON object with a text field")
+                field = field or text_field(row, self.text_field, where)
+                if field not in row:
+                    raise MemlabError(f"{where} lacks the file's text field {field!r}; fields: {', '.join(row)}")
+                text = _document(row[field], field, where)
                 if text is not None:
                     yield text
         if bad_lines:
@@ -231,7 +242,7 @@ class Files(Source):
             raise MemlabError(f"reading {path} needs pyarrow: pip install 'memlab[hf]'") from None
         try:
             table = pq.ParquetFile(path)
-            column = _text_field(dict.fromkeys(table.schema_arrow.names, ""), self.text_field, str(path))
+            column = text_field(table.schema_arrow.names, self.text_field, str(path))
             for batch in table.iter_batches(columns=[column]):
                 for value in batch.column(0).to_pylist():
                     if (text := _document(value, column, str(path))) is not None:
@@ -266,17 +277,20 @@ def _document(value: object, field: str, where: str) -> str | None:
     return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
-def _text_field(row: dict, wanted: str | None, where: str) -> str:
-    if not isinstance(row, dict):
-        raise MemlabError(f"{where}: expected a JSON object with a text field")
+def text_field(names: Iterable[str], wanted: str | None, where: str) -> str:
+    """The field (of a row, or column of a table) that holds the text: ``wanted``, else the first of
+    TEXT_FIELDS present; the one choice of every reader (files: and hf:)."""
+    names = [str(n) for n in names]
     if wanted is not None:
-        if wanted not in row:
-            raise MemlabError(f"{where} has no field {wanted!r}; fields: {', '.join(map(str, row))}")
+        if wanted not in names:
+            raise MemlabError(f"{where} has no field {wanted!r}; fields: {', '.join(names) or 'none'}")
         return wanted
     for name in TEXT_FIELDS:
-        if name in row:
+        if name in names:
             return name
-    raise MemlabError(f"{where} has none of the text fields {TEXT_FIELDS}; pass --text-field, one of: {', '.join(row)}")
+    raise MemlabError(
+        f"{where} has none of the text fields {TEXT_FIELDS}; pass --text-field, one of: {', '.join(names) or 'none'}"
+    )
 
 
 # ------------------------------------------------------------------------- hf
@@ -298,19 +312,35 @@ class HFDataset(Source):
             import datasets
         except ImportError:
             raise MemlabError(f"{self.spec} needs the `datasets` package: pip install 'memlab[hf]'") from None
-        path, kwargs = self.name, {}
         local = Path(os.path.expanduser(self.name))
-        if local.is_file():  # a single data file: use the matching packaged builder
-            builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-            path, kwargs = builder.get(local.suffix.lower(), "text"), {"data_files": str(local)}
         try:
+            if (local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file():
+                return self._load_saved(datasets, local)
+            path, kwargs = self.name, {}
+            if local.is_file():  # a single data file: the packaged builder of its format
+                path, kwargs = _builder(local)
             return datasets.load_dataset(path, split=self.split, streaming=self.streaming, **kwargs)
+        except MemlabError:
+            raise
         except Exception as e:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError...)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise MemlabError(
-                f"cannot load {self.spec}: {first[:200]} (hub datasets must be in the local cache when "
+                f"cannot load {self.spec}: {_first_line(e)} (hub datasets must be in the local cache when "
                 f"offline; a local directory or .jsonl/.parquet file also works)"
             ) from None
+
+    def _load_saved(self, datasets, local: Path):
+        """A dataset written by ``save_to_disk`` (one Dataset, or a DatasetDict of splits), sliced by SPLIT."""
+        ds = datasets.load_from_disk(str(local))
+        name = self.split.partition("[")[0]
+        if isinstance(ds, datasets.DatasetDict):
+            if name not in ds:
+                raise MemlabError(f"{local} has no split {name!r}; valid choices: {', '.join(ds)}")
+            ds = ds[name]
+        elif name not in ("train", ds.split):  # one saved Dataset: its own split name, or train
+            raise MemlabError(f"{local} holds one dataset (split {ds.split or 'train'!r}), not split {name!r}")
+        part = datasets.ReadInstruction.from_spec(self.split).to_absolute({name: len(ds)})[0]
+        ds = ds.select(range(part.from_, part.to))
+        return ds.to_iterable_dataset() if self.streaming else ds
 
     @property
     def _dataset(self):
@@ -319,12 +349,29 @@ class HFDataset(Source):
         return self._cached
 
     def documents(self) -> Iterator[str]:
-        ds = self._dataset
-        names = list(ds.column_names or [])
-        field = _text_field(dict.fromkeys(names, ""), self.text_field, self.spec)
-        for row in ds:
-            if (text := _document(row[field], field, self.spec)) is not None:
+        rows = self._rows()
+        names = self._dataset.column_names
+        if names is None:  # a stream whose columns are known only once read: those of its first row
+            first = next(rows, None)
+            if first is None:
+                return
+            names, rows = list(first), chain([first], rows)
+        field = text_field(names, self.text_field, self.spec)
+        for row in rows:
+            if (text := _document(row.get(field), field, self.spec)) is not None:
                 yield text
+
+    def _rows(self) -> Iterator[dict]:
+        """The dataset's rows; an error while reading them (a stream parses as it goes) is a MemlabError."""
+        it = iter(self._dataset)
+        while True:
+            try:
+                row = next(it)
+            except StopIteration:
+                return
+            except Exception as e:
+                raise MemlabError(f"cannot read {self.spec}: {_first_line(e)}") from None
+            yield row
 
     @property
     def fingerprint(self) -> str:
@@ -335,3 +382,25 @@ class HFDataset(Source):
         # a cached (map-style) hub dataset has a content fingerprint; a hub stream is identified by name only
         token = getattr(self._dataset, "_fingerprint", None) or "stream"
         return hashlib.sha256(f"{self.spec}\0{self.text_field}\0{token}".encode()).hexdigest()
+
+
+def _builder(path: Path) -> tuple[str, dict]:
+    """(packaged ``datasets`` builder, its keyword arguments) of a local data file, by its suffix
+    (a compression suffix is looked through); a MemlabError for a format it does not read."""
+    suffixes = [x.lower() for x in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes.pop()
+    suffix = suffixes[-1] if suffixes else ""
+    if suffix not in HF_BUILDERS:
+        raise MemlabError(
+            f"hf:{path}: cannot read a {suffix or 'suffix-less'} file; valid: {', '.join(HF_BUILDERS)} "
+            f"(optionally {', '.join(COMPRESSIONS)})"
+        )
+    builder = HF_BUILDERS[suffix]
+    kwargs = {"data_files": str(path)}
+    return builder, {**kwargs, "sample_by": "document"} if builder == "text" else kwargs
+
+
+def _first_line(e: Exception) -> str:
+    """The first line of an exception's message (at most 200 characters), else its type."""
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
