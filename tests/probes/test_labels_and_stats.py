@@ -120,6 +120,8 @@ def test_a_corrected_mi_above_the_label_entropy_gives_a_ratio_clipped_to_one_and
     spread = rng.integers(0, 4, 2000)
     argmax = mi_test(spread, rng.dirichlet(np.ones(8), 2000), 4, permutations=0)["argmax"]
     assert argmax["bits_corrected"] < argmax["bits"] and argmax["ratio_corrected_clipped"] is False
+    soft = mi_test(labels, np.eye(4)[labels], 4, permutations=5)["soft"]
+    assert soft["ratio_corrected"] <= 1 and soft["ratio_corrected_clipped"] is False  # a bool, for JSON
 
 
 def test_token_identity_null_separates_routing_by_token_from_routing_by_depth():

@@ -127,7 +127,7 @@ def mi_test(
             "bits_corrected": corrected,
             "ratio": mi / h_label if h_label > 0 else None,  # undefined when the label never varies
             "ratio_corrected": None if ratio_corrected is None else min(ratio_corrected, 1.0),
-            "ratio_corrected_clipped": ratio_corrected is not None and ratio_corrected > 1,
+            "ratio_corrected_clipped": bool(ratio_corrected is not None and ratio_corrected > 1),
             "shuffled_mean_bits": _mean(shuffled),
             "shuffled_std_bits": float(shuffled.std()) if permutations else None,
             "p_value": _p_value(shuffled, mi),
