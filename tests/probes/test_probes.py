@@ -324,6 +324,39 @@ def test_probes_select_the_held_out_documents_of_the_run(tmp_path, corpora):
     assert split(save_model(tmp_path / "alone")) == (0.01, 0)  # outside a run
 
 
+def test_probe_windows_are_the_seq_len_the_run_trained_with(tmp_path, corpora):
+    """Not the model's max_seq_len (2048 at tiny, longer than any window the run saw)."""
+    import yaml
+
+    run = tmp_path / "run"
+    save_model(run / "checkpoints" / "step_10")
+    (run / "config.yaml").write_text(yaml.safe_dump({"train": {"seq_len": 48}}))
+
+    def windows(checkpoint, **given):
+        doc = json.loads(run_probe(checkpoint, "routing", tmp_path / "out", options(corpora, **given)).read_text())
+        return doc["metadata"]["options"]["seq_len"]
+
+    assert windows(run, seq_len=None) == windows(run / "checkpoints" / "step_10", seq_len=None) == 48
+    assert windows(run, seq_len=20) == 20  # what is given wins
+    (run / "config.yaml").write_text(yaml.safe_dump({"train": {}}))
+    assert windows(run, seq_len=None) == windows(save_model(tmp_path / "alone"), seq_len=None) == 256
+
+
+def test_text_field_selects_the_field_of_jsonl_rows(tmp_path):
+    from memlab.eval.hub import load_checkpoint
+    from memlab.probes.runner import ProbeContext
+
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"id": i, "content": CODE}) + "\n" for i in range(3)))
+    opts = ProbeOptions(corpus=f"files:{tmp_path}/rows.jsonl", documents="all", text_field="content", seq_len=64)
+    model, tokenizer, _ = load_checkpoint(save_model(tmp_path / "m"), "cpu")
+    text = ProbeContext(model, tokenizer, opts, 0, tmp_path).text()
+    assert text.documents == 3 and tokenizer.decode(text.flat("ids").tolist()) == CODE * 3
+    assert (text.flat("indent") == 3).any()  # read as the Python it is
+    assert main(["probe", "--checkpoint", str(tmp_path / "m"), "--corpus", opts.corpus, "--documents", "all",
+                 "--text-field", "content", "--max-tokens", "300", "--out-dir", str(tmp_path / "out")]) in (None, 0)
+    assert (tmp_path / "out" / "routing_probe_step0.json").is_file()
+
+
 def test_checkpoint_step_reads_trainer_state_best_json_or_the_name(tmp_path):
     from memlab.models.paths import checkpoint_step
 

@@ -20,8 +20,12 @@ class ProbeOptions:
     """domains probe: NAME=SOURCE corpora to compare"""
     max_tokens: int = 32768
     """probe tokens per corpus"""
-    seq_len: int = 256
-    """window length the text is cut into (slots start fresh in every window)"""
+    text_field: str | None = None
+    """the field of a files: (jsonl, parquet) or hf: corpus's rows that holds the text; every corpus
+    the probe reads takes it, so the domains probe compares files: and hf: corpora alone with it"""
+    seq_len: int | None = None
+    """window length the text is cut into (slots start fresh in every window); default: the seq_len
+    the run trained with, else 256; at most the model's max_seq_len"""
     batch_size: int = 8
     documents: Literal["val", "all"] = "val"
     """val: only documents of the validation split (held out from training); all: every document"""

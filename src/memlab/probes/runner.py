@@ -22,8 +22,10 @@ from memlab.models.paths import checkpoint_step
 from memlab.probes.activity import LayerActivity, record_activity, slot_layers
 from memlab.probes.corpus import ProbeText, read_probe_text
 from memlab.probes.options import PROBES, ProbeOptions
+from memlab.train.config import run_config_section
 
 log = logging.getLogger(__name__)
+DEFAULT_SEQ_LEN = 256  # probe windows of a model whose run does not record its training seq_len
 
 
 @dataclass
@@ -43,7 +45,8 @@ class ProbeContext:
             o = self.options
             seq_len = min(o.seq_len, self.model.config.max_seq_len)
             self._texts[spec] = read_probe_text(
-                spec, self.tokenizer, o.max_tokens, seq_len, o.documents, o.val_fraction, o.split_seed
+                spec, self.tokenizer, o.max_tokens, seq_len, o.documents, o.val_fraction, o.split_seed,
+                text_field=o.text_field,
             )
         return self._texts[spec]
 
@@ -75,7 +78,7 @@ def run_probe(
     options.check()
     if out_dir is not None:
         check_dir_target(out_dir, "--out-dir")
-    options = with_held_out_split(options, Path(checkpoint))
+    options = with_run_seq_len(with_held_out_split(options, Path(checkpoint)), Path(checkpoint))
     torch.manual_seed(options.seed)
     if probe == "trajectory":
         from memlab.probes.trajectory import trajectory_probe
@@ -110,6 +113,16 @@ def with_held_out_split(options: ProbeOptions, checkpoint: Path) -> ProbeOptions
         val_fraction=fraction if options.val_fraction is None else options.val_fraction,
         split_seed=seed if options.split_seed is None else options.split_seed,
     )
+
+
+def with_run_seq_len(options: ProbeOptions, checkpoint: Path) -> ProbeOptions:
+    """``options`` with the window length filled in where it is not given: the seq_len the run
+    holding ``checkpoint`` trained with (its config.yaml), else DEFAULT_SEQ_LEN."""
+    if options.seq_len is not None:
+        return options
+    run = run_dir_of(checkpoint)
+    trained = None if run is None else run_config_section(run, "train").get("seq_len")
+    return replace(options, seq_len=int(trained) if trained else DEFAULT_SEQ_LEN)
 
 
 def default_out_dir(model_dir: Path, out_dir: str | Path | None) -> Path:
