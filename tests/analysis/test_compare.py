@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from memlab.analysis.compare import Criteria, compare
+from memlab.analysis.compare import Criteria, Metric, Row, compare, difference_interval, verdict
 from memlab.analysis.report import ablation_markdown
 from memlab.errors import MemlabError
 from memlab.eval import schema
@@ -21,7 +21,7 @@ def acc(fraction: float, n: int = 1000) -> dict:
 
 
 def make_run(root, name, variant="gdn", alg=0.5, ood=0.2, needle=0.8, ppl=20.0, seconds=100.0, delta=0.3,
-             suites=("algorithmic", "longctx", "lm", "ablation")):
+             suites=("algorithmic", "longctx", "lm", "ablation"), size="tiny"):
     """A run directory with summary.json and a hand-written results_all.json."""
     run = root / name
     (run / "eval").mkdir(parents=True)
@@ -40,7 +40,7 @@ def make_run(root, name, variant="gdn", alg=0.5, ood=0.2, needle=0.8, ppl=20.0, 
     }
     meta = {field: None for field in schema.METADATA_FIELDS}
     meta.update(timestamp="2026-01-01T00:00:00+00:00", model={
-        "variant": variant, "size": "tiny", "params": 1000, "non_embedding_params": 900, "layer_pattern": "G",
+        "variant": variant, "size": size, "params": 1000, "non_embedding_params": 900, "layer_pattern": "G",
         "state_bytes": {"256": 10, "2048": 80}})
     doc = schema.document("all", meta, {k: v for k, v in payloads.items() if k in suites})
     schema.write_results(run / "eval" / "results_all.json", doc)
@@ -53,25 +53,59 @@ def base(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change, verdict, failed",
+    "change, outcome, failed, undecided",
     [
-        (dict(alg=0.56, ood=0.25, ppl=22.0, seconds=150.0), "wins", []),
-        (dict(alg=0.55, ood=0.21, ppl=29.9, seconds=200.0), "wins", []),  # every criterion at its limit
-        (dict(alg=0.54, ood=0.25), "does not win", ["algorithmic"]),  # +4 points is not enough
-        (dict(alg=0.60, ood=0.20), "does not win", ["ood"]),  # equal OOD is not better
-        (dict(alg=0.60, ood=0.30, seconds=201.0), "does not win", ["train_time"]),
-        (dict(alg=0.60, ood=0.30, ppl=31.0), "does not win", ["perplexity"]),  # collapse
+        (dict(alg=0.62, ood=0.30, ppl=22.0, seconds=150.0), "wins", [], []),  # intervals clear the thresholds
+        (dict(alg=0.62, ood=0.30, ppl=30.0, seconds=200.0), "wins", [], []),  # the ratios at their limits
+        (dict(alg=0.56, ood=0.25), "within noise", [], ["algorithmic"]),  # +6 points, but the interval reaches +1.6
+        (dict(alg=0.62, ood=0.20), "within noise", [], ["ood"]),  # equal OOD is not shown better
+        (dict(alg=0.50, ood=0.30), "does not win", ["algorithmic"], []),  # the whole interval under +5 points
+        (dict(alg=0.62, ood=0.14), "does not win", ["ood"], []),  # the whole interval below 0
+        (dict(alg=0.62, ood=0.30, seconds=201.0), "does not win", ["train_time"], []),
+        (dict(alg=0.62, ood=0.30, ppl=31.0), "does not win", ["perplexity"], []),  # collapse
         (dict(alg=0.40, ood=0.10, ppl=90.0, seconds=500.0), "does not win",
-         ["algorithmic", "ood", "train_time", "perplexity"]),
+         ["algorithmic", "ood", "train_time", "perplexity"], []),
     ],
 )
-def test_verdicts_follow_the_criteria(tmp_path, base, change, verdict, failed):
+def test_verdicts_follow_the_criteria(tmp_path, base, change, outcome, failed, undecided):
     run = make_run(tmp_path, "candidate", **change)
     result = compare([base, run], out_dir=None)
     v = result.verdicts["candidate"]
-    assert v["verdict"] == verdict
+    assert v["verdict"] == outcome
     assert [name for name, c in v["criteria"].items() if c["passed"] is False] == failed
+    assert [name for name, c in v["criteria"].items() if c["passed"] is None] == undecided
     assert result.verdicts["base"]["verdict"] == "baseline" and result.baseline == "base"
+
+
+@pytest.mark.parametrize("a, b, expected", [((56, 70), (48, 80), (0.0524, 0.3339)), ((9, 10), (3, 10), (0.1705, 0.8090))])
+def test_the_difference_interval_is_newcombes(a, b, expected):
+    """Newcombe (1998), Statistics in Medicine 17:873, Table II, method 10 (the hybrid score interval)."""
+    ra, rb = (accuracy_record([True] * k + [False] * (n - k)) for k, n in (a, b))
+    lo, hi = difference_interval(Metric.of_accuracy(ra), Metric.of_accuracy(rb))
+    assert (lo, hi) == pytest.approx(expected, abs=1e-4)
+
+
+def row(name: str, alg: Metric, **metrics: Metric) -> Row:
+    full = dict(ood=Metric(0.5, [0.45, 0.55], 500), train_time_s=Metric(100.0, None, 1),
+                perplexity=Metric(20.0, None, 1))
+    return Row(name, "v", "tiny", algorithmic=alg, **{**full, **metrics})
+
+
+def test_an_accuracy_gain_at_least_the_threshold_passes_and_its_interval_is_reported():
+    base = row("base", Metric(0.5, [0.5, 0.5], 1000), ood=Metric(0.4, [0.35, 0.45], 500))
+    at_limit = verdict(row("at", Metric(0.6, [0.55, 0.65], 1000)), base, Criteria(min_alg_gain=0.05))
+    alg = at_limit["criteria"]["algorithmic"]
+    assert alg["interval"] == pytest.approx([0.05, 0.15]) and alg["passed"] is True  # ">= +5 points": at it holds
+    assert alg["detail"] == "+10.0 pts [+5.0, +15.0] vs >= +5 pts: passes"
+    just_under = verdict(row("under", Metric(0.6, [0.5496, 0.65], 1000)), base, Criteria())["criteria"]
+    assert just_under["algorithmic"]["passed"] is None and "[+4.96, +15.0]" in just_under["algorithmic"]["detail"]
+
+
+def test_details_show_which_side_of_a_ratio_limit_a_value_lies(tmp_path, base):
+    over = compare([base, make_run(tmp_path, "over", alg=0.62, ood=0.3, ppl=30.08)]).verdicts["over"]
+    assert over["criteria"]["perplexity"] == {"passed": False, "detail": "1.504x vs <= 1.5x: fails"}
+    at = compare([base, make_run(tmp_path, "at", alg=0.62, ood=0.3, ppl=30.0)]).verdicts["at"]
+    assert at["criteria"]["perplexity"] == {"passed": True, "detail": "1.50x vs <= 1.5x: passes"}
 
 
 def test_missing_numbers_make_the_verdict_incomplete(tmp_path, base):
@@ -83,9 +117,9 @@ def test_missing_numbers_make_the_verdict_incomplete(tmp_path, base):
 
 
 def test_criteria_are_configurable_and_the_baseline_selectable(tmp_path, base):
-    run = make_run(tmp_path, "candidate", alg=0.53, ood=0.3)
-    assert compare([base, run]).verdicts["candidate"]["verdict"] == "does not win"
-    assert compare([base, run], criteria=Criteria(min_alg_gain=0.02)).verdicts["candidate"]["verdict"] == "wins"
+    run = make_run(tmp_path, "candidate", alg=0.58, ood=0.3)  # +8 points, interval about [+3.6, +12.3]
+    assert compare([base, run], criteria=Criteria(min_alg_gain=0.15)).verdicts["candidate"]["verdict"] == "does not win"
+    assert compare([base, run], criteria=Criteria(min_alg_gain=0.03)).verdicts["candidate"]["verdict"] == "wins"
     flipped = compare([base, run], baseline="candidate")
     assert flipped.baseline == "candidate" and flipped.verdicts["base"]["verdict"] == "does not win"
 
@@ -120,7 +154,17 @@ def test_seeds_aggregate_to_mean_and_interval(tmp_path):
     assert gdn.runs == 2 and gdn.algorithmic.n == 2 and gdn.algorithmic.value == pytest.approx(0.6)
     lo, hi = gdn.algorithmic.ci95
     assert lo < 0.55 and hi > 0.65  # a t interval over two seeds is wide
-    assert result.verdicts["gdn"]["criteria"]["algorithmic"]["passed"] is True  # 0.60 vs 0.45
+    criterion = result.verdicts["gdn"]["criteria"]["algorithmic"]  # 0.60 vs 0.45, but over two seeds each
+    assert criterion["passed"] is None and criterion["interval"][0] < 0.05 < criterion["interval"][1]
+
+
+def test_seeds_of_several_sizes_aggregate_to_one_row_per_size(tmp_path):
+    runs = [make_run(tmp_path, f"baseline-s{s}", variant="baseline") for s in range(2)]
+    runs += [make_run(tmp_path, f"gdn-{size}-s{s}", alg=a, size=size)
+             for size in ("tiny", "nano") for s, a in enumerate([0.55, 0.65])]
+    result = compare(runs, aggregate_seeds=True, plots=False)
+    assert [r.name for r in result.rows] == ["baseline", "gdn-tiny", "gdn-nano"]
+    assert [r.runs for r in result.rows] == [2, 2, 2] and set(result.verdicts) == {"baseline", "gdn-tiny", "gdn-nano"}
 
 
 def test_a_collapsed_seed_fails_the_perplexity_criterion(tmp_path):
@@ -156,7 +200,7 @@ def test_seeds_keep_their_own_ablation_rows_and_intervals_stay_in_range(tmp_path
     assert gdn.delta.value == pytest.approx(0.375) and gdn.delta.ci95 == [-1.0, 1.0]
     table = ablation_markdown(result)  # every seed under its own name, not the first under the variant's
     assert "| gdn-s0 |" in table and "| gdn-s1 |" in table and "| gdn |" not in table
-    assert "| +75 [+70, +80] |" in table and "| +0 [-5, +5] |" in table
+    assert "| +75.0 [+70.0, +80.0] |" in table and "| +0.0 [-5.0, +5.0] |" in table
 
 
 @pytest.mark.parametrize(

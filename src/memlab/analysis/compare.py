@@ -8,9 +8,17 @@ A variant *wins* against the baseline when all four criteria hold (``Criteria``)
 4. no perplexity collapse: perplexity at most ``max_ppl_ratio`` (1.5x) the baseline's; a
    non-finite loss (perplexity written as null) in any seed is a collapse and fails it.
 
-A criterion whose numbers are missing is ``None`` (not evaluated) and the verdict is
-``incomplete``.  Verdicts compare point estimates; the table prints every interval so a
-reader can see when a difference is within noise.
+The accuracy criteria are decided on a 95% interval for the difference of the two accuracies:
+Newcombe's hybrid score interval (from the two Wilson intervals; for seed-averaged rows the
+same combination of their t intervals, Zou and Donner's MOVER).  The results keep no
+per-example outcomes, so the interval cannot pair the examples both runs saw; unpaired, it is
+conservative for positively correlated outcomes.  A criterion holds when the whole interval
+clears its threshold (at least +5 points; above 0 for OOD), fails when the whole interval
+misses it, and is undecided (``None``, "within noise") otherwise.  Training time and perplexity
+are compared as measured (time has no interval).
+
+A verdict is ``does not win`` when a criterion fails, ``wins`` when all hold, else
+``incomplete`` when numbers are missing and ``within noise`` when an interval straddles a threshold.
 """
 
 from __future__ import annotations
@@ -274,19 +282,21 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
     metric on which the seeds agree exactly (a t interval of zero width) keeps the uncertainty of
     its examples (:func:`_agreeing_seeds_interval`).
     The per-length and needle plots of an aggregated row show its first run's curves.
+    An aggregated row is named after its variant, or ``variant-size`` where the variant comes in several sizes.
     """
     groups: dict[tuple[str, str], list[Row]] = {}
     for row in rows:
         groups.setdefault((row.variant, row.size), []).append(row)
+    sized = {variant for variant, size in groups if sum(v == variant for v, _ in groups) > 1}
     out = []
     for (variant, size), members in groups.items():
         if len(members) == 1:
             out.append(members[0])
             continue
         check_seeds_of_one_model(variant, members)
-        agg = Row(name=variant, variant=variant, size=size, params=members[0].params,
-                  state_bytes=members[0].state_bytes, runs=len(members), results=members[0].results,
-                  members=members)
+        agg = Row(name=f"{variant}-{size}" if variant in sized else variant, variant=variant, size=size,
+                  params=members[0].params, state_bytes=members[0].state_bytes, runs=len(members),
+                  results=members[0].results, members=members)
         for name in METRICS:
             metrics = [getattr(m, name) for m in members]
             collapsed = sum(m.collapsed for m in metrics)
@@ -317,44 +327,60 @@ def _agreeing_seeds_interval(name: str, metrics: list[Metric]) -> list[float] | 
 # ---------------------------------------------------------------------- verdicts
 
 
-def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
-    """``{"criteria": {name: {"passed", "detail"}}, "verdict": "wins" | "does not win" | "incomplete"}``."""
+def difference_interval(a: Metric, b: Metric) -> list[float] | None:
+    """95% interval of ``a - b`` for two independent estimates with their own intervals: Newcombe's
+    hybrid score interval when these are Wilson intervals (MOVER, Zou and Donner 2008); None without both."""
+    if a.value is None or b.value is None or not a.ci95 or not b.ci95 or None in (*a.ci95, *b.ci95):
+        return None
+    (a_lo, a_hi), (b_lo, b_hi), d = a.ci95, b.ci95, a.value - b.value
+    return [d - math.hypot(a.value - a_lo, b_hi - b.value), d + math.hypot(a_hi - a.value, b.value - b_lo)]
 
-    def check(ok: bool | None, detail: str) -> dict[str, Any]:
-        return {"passed": ok, "detail": detail}
+
+def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
+    """``{"criteria": {name: {"passed", "detail"[, "interval"]}}, "verdict": "wins" | "does not win" |
+    "within noise" | "incomplete"}``; an accuracy criterion's ``interval`` is that of the difference."""
 
     def both(a: Metric, b: Metric) -> bool:
         return a.value is not None and b.value is not None and math.isfinite(a.value) and math.isfinite(b.value)
 
-    c: dict[str, dict[str, Any]] = {}
-    a, b = row.algorithmic, base.algorithmic
-    c["algorithmic"] = check(
-        round(a.value - b.value, 9) >= criteria.min_alg_gain if both(a, b) else None,
-        f"{_pts(a.value - b.value)} vs >= +{100 * criteria.min_alg_gain:g} pts" if both(a, b) else "missing",
-    )
-    a, b = row.ood, base.ood
-    c["ood"] = check(a.value > b.value if both(a, b) else None,
-                     f"{_pts(a.value - b.value)} OOD" if both(a, b) else "missing")
-    a, b = row.train_time_s, base.train_time_s
-    ok = both(a, b) and b.value > 0
-    c["train_time"] = check(a.value / b.value <= criteria.max_time_ratio if ok else None,
-                            f"{a.value / b.value:.2f}x vs <= {criteria.max_time_ratio:g}x" if ok else "missing")
-    a, b = row.perplexity, base.perplexity
-    ok = both(a, b) and b.value > 0
-    if a.collapsed:
-        seeds = f" in {a.collapsed} of {a.n} seeds" if a.n > 1 else ""
-        c["perplexity"] = check(False, f"collapsed (non-finite loss{seeds})")
+    def gain(a: Metric, b: Metric, limit: float, at_least: bool, what: str) -> dict[str, Any]:
+        ci = difference_interval(a, b) if both(a, b) else None
+        if ci is None:
+            return {"passed": None, "detail": "missing"}
+        lo, hi = (round(x, 9) for x in ci)
+        clears = lo >= limit if at_least else lo > limit
+        ok = True if clears else (False if (hi < limit if at_least else hi <= limit) else None)
+        shown = f"{_pts(a.value - b.value)} [{_signed_pts(lo, limit)}, {_signed_pts(hi, limit)}]"
+        rule = f"{'>=' if at_least else '>'} {100 * limit:+g} pts"
+        state = {True: "passes", False: "fails", None: "within noise"}[ok]
+        return {"passed": ok, "detail": f"{shown}{what} vs {rule}: {state}", "interval": ci}
+
+    def ratio(a: Metric, b: Metric, limit: float) -> dict[str, Any]:
+        if not (both(a, b) and b.value > 0):
+            return {"passed": None, "detail": "baseline collapsed" if b.collapsed else "missing"}
+        r = a.value / b.value
+        ok = round(r, 9) <= limit
+        return {"passed": ok, "detail": f"{_beside(r, limit, 2)}x vs <= {limit:g}x: {'passes' if ok else 'fails'}"}
+
+    c: dict[str, dict[str, Any]] = {
+        "algorithmic": gain(row.algorithmic, base.algorithmic, criteria.min_alg_gain, True, ""),
+        "ood": gain(row.ood, base.ood, 0.0, False, " OOD"),
+        "train_time": ratio(row.train_time_s, base.train_time_s, criteria.max_time_ratio),
+    }
+    if row.perplexity.collapsed:
+        seeds = f" in {row.perplexity.collapsed} of {row.perplexity.n} seeds" if row.perplexity.n > 1 else ""
+        c["perplexity"] = {"passed": False, "detail": f"collapsed (non-finite loss{seeds})"}
     else:
-        c["perplexity"] = check(a.value / b.value <= criteria.max_ppl_ratio if ok else None,
-                                f"{a.value / b.value:.2f}x vs <= {criteria.max_ppl_ratio:g}x" if ok
-                                else "baseline collapsed" if b.collapsed else "missing")
+        c["perplexity"] = ratio(row.perplexity, base.perplexity, criteria.max_ppl_ratio)
     passed = [v["passed"] for v in c.values()]
     if any(p is False for p in passed):
         overall = "does not win"
     elif all(p is True for p in passed):
         overall = "wins"
-    else:
+    elif any(v["passed"] is None and "interval" not in v for v in c.values()):
         overall = "incomplete"
+    else:
+        overall = "within noise"
     return {"criteria": c, "verdict": overall}
 
 
@@ -376,6 +402,19 @@ COLUMNS = ("run", "variant", "params", "state B@2k", "alg acc %", "OOD acc %", "
 
 def _pts(x: float) -> str:
     return f"{100 * x:+.1f} pts"
+
+
+def _beside(x: float, limit: float, digits: int, sign: str = "") -> str:
+    """``x`` to ``digits`` decimals, or as many more as it takes not to print as ``limit`` when it is not it."""
+    d = digits
+    while d < digits + 8 and not math.isclose(x, limit, abs_tol=1e-9) and f"{x:{sign}.{d}f}" == f"{limit:{sign}.{d}f}":
+        d += 1
+    return f"{x:{sign}.{d}f}"
+
+
+def _signed_pts(x: float, limit: float) -> str:
+    """A difference in points, with the decimals that show on which side of ``limit`` it lies."""
+    return _beside(100 * x, 100 * limit, 1, "+")
 
 
 def _fmt(m: Metric, scale: float = 1.0, digits: int = 1) -> str:
@@ -424,7 +463,8 @@ def terminal(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]]) -> str:
 
 def criteria_markdown(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]], base: Row, criteria: Criteria) -> str:
     head = (f"Verdicts against `{base.name}` (wins = algorithmic >= +{100 * criteria.min_alg_gain:g} pts, better OOD, "
-            f"training time <= {criteria.max_time_ratio:g}x, perplexity <= {criteria.max_ppl_ratio:g}x):\n\n")
+            f"training time <= {criteria.max_time_ratio:g}x, perplexity <= {criteria.max_ppl_ratio:g}x; an accuracy "
+            "criterion holds when the 95% interval of the difference, shown in brackets, clears its threshold):\n\n")
     marks = {True: "yes", False: "no", None: "n/a"}
     table = markdown_table(
         ["run", "algorithmic", "OOD", "training time", "perplexity", "verdict"],

@@ -32,7 +32,7 @@ def ablation_markdown(comparison: Comparison) -> str:
         d = p["delta"]
         sweep = ", ".join(f"{r['horizon']}: {_pct(r).split(' ')[0]}" for r in p["horizon"])
         cells.append([row.name, p["memory_layers"] or "none", _pct(p["normal"]), _pct(p["zeroed"]),
-                      f"{100 * d['delta']:+.0f} [{100 * d['ci95'][0]:+.0f}, {100 * d['ci95'][1]:+.0f}]", sweep])
+                      f"{100 * d['delta']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]", sweep])
     return markdown_table(
         ["run", "memory layers", "normal", "zeroed", "Delta (pts) [95% CI]", "horizon sweep (accuracy at h)"], cells
     )
