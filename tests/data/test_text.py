@@ -10,7 +10,7 @@ import torch
 
 from memlab.cli import main
 from memlab.data import sources
-from memlab.data.shards import HEADER_FILE, TokenShards, read_header
+from memlab.data.shards import HEADER_FILE, TokenShards, data_checksum, read_header
 from memlab.data.sources import module_docstrings, open_source
 from memlab.data.text import is_validation, prepare_shards
 from memlab.data.tokenizer import build_tokenizer, load_tokenizer
@@ -307,6 +307,17 @@ def test_another_corpus_in_a_saved_tokenizer(corpus_dir, tmp_path):
 
 
 # ------------------------------------------------------------------ windows
+
+
+def test_shards_prepared_again_with_other_text_are_refused_by_their_recorded_checksum(tmp_path, byte_tok):
+    (tmp_path / "a.txt").write_text("some text")
+    prepare_shards(f"files:{tmp_path}/a.txt", byte_tok, tmp_path / "out", val_fraction=0)
+    recorded = data_checksum(read_header(tmp_path / "out"))
+    assert TokenShards(tmp_path / "out", "train", checksum=recorded).num_tokens == 10
+    (tmp_path / "a.txt").write_text("other text")
+    prepare_shards(f"files:{tmp_path}/a.txt", byte_tok, tmp_path / "out", val_fraction=0)
+    with pytest.raises(MemlabError, match="no longer holds the data the run recorded"):
+        TokenShards(tmp_path / "out", "train", checksum=recorded)
 
 
 def test_random_windows_are_deterministic_slices(byte_shards):

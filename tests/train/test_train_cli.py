@@ -236,7 +236,7 @@ def test_damaged_training_shards_are_one_line(tmp_path, text_corpus, capsys):
         shard.write_bytes(b"\xff" * shard.stat().st_size)
     err = _error(["--data_dir", str(data), "--output_dir", str(tmp_path / "run"), "--total_tokens", "256",
                   "--seq_len", "32", "--batch_size", "2", "--eval_interval", "0", "--no-progress"], capsys)
-    assert "they are damaged; prepare them again" in err
+    assert "fails its sha256 checksum (corrupt or modified); prepare the data again" in err  # at start-up
 
 
 @pytest.mark.parametrize(

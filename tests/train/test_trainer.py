@@ -12,6 +12,7 @@ import yaml
 from conftest import records, tiny_config
 
 import memlab
+from memlab.data.shards import data_checksum, read_header
 from memlab.data.tokenizer import load_tokenizer
 from memlab.errors import MemlabError
 from memlab.models.lm import LanguageModel
@@ -42,6 +43,7 @@ def test_run_directory_holds_every_output(run):
     assert config["train"]["lr"] == cfg.lr and config["model_config"]["d_model"] == 64
     assert config["data"]["data_dir"] == str(Path(cfg.data_dir).resolve()) and config["data"]["tokenizer"] == "byte"
     assert (config["data"]["val_fraction"], config["data"]["split_seed"]) == (0.2, 0)  # the held-out documents
+    assert config["data"]["shards_sha256"] == data_checksum(read_header(cfg.data_dir))  # what eval can check
     assert json.loads((run_dir / "metrics.json").read_text()) == records(run_dir)
 
     steps = sorted(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").iterdir())

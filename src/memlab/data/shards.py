@@ -8,7 +8,8 @@ A prepared directory holds::
     val_000.bin ...        separated by the tokenizer's EOS id
     tokenizer.memlab.json  the tokenizer the ids belong to (see memlab.data.tokenizer)
 
-``TokenShards(dir, split)`` opens one split (checking sizes always and checksums by default)
+``TokenShards(dir, split)`` opens one split (checking sizes always and checksums by default;
+with ``checksum=`` also that the directory holds the data a run recorded, see ``data_checksum``)
 and serves training windows::
 
     shards.random_windows(batch_size, seq_len, rng)   # (B, T + 1) int64, uniform start offsets
@@ -22,6 +23,7 @@ With ``rank``/``world_size`` each rank sees a disjoint, contiguous slice of the 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +85,14 @@ def verify_split(directory: Path, header: dict, split: str, checksums: bool = Tr
             raise MemlabError(f"shard {path} fails its sha256 checksum (corrupt or modified); prepare the data again")
 
 
+def data_checksum(header: dict) -> str:
+    """One sha256 naming the exact token data of a prepared directory: its tokenizer hash and the
+    sha256 of every shard of every split (as its header lists them)."""
+    shards = {name: [s["sha256"] for s in split["shards"]] for name, split in header["splits"].items()}
+    canonical = json.dumps({"tokenizer": header["tokenizer_hash"], "shards": shards}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class ShardWriter:
     """Appends token arrays to ``{split}_NNN.bin`` files of at most ``shard_tokens`` ids each."""
 
@@ -135,9 +145,16 @@ class TokenShards:
         verify: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        checksum: str | None = None,
     ) -> None:
+        """``checksum``: the ``data_checksum`` a run recorded; a MemlabError if the directory now holds other data."""
         self.directory = Path(directory)
         self.header = read_header(self.directory)
+        if checksum is not None and (found := data_checksum(self.header)) != checksum:
+            raise MemlabError(
+                f"{self.directory} no longer holds the data the run recorded (checksum {found[:12]}, recorded "
+                f"{checksum[:12]}): it was prepared again with other text or settings"
+            )
         if split not in self.header["splits"]:
             raise MemlabError(f"unknown split {split!r}; valid choices: {', '.join(self.header['splits'])}")
         self.vocab_size = None  # with a tokenizer: every window's ids are checked against it

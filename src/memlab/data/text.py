@@ -47,7 +47,7 @@ from memlab.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from memlab.errors import MemlabError, check_dir_target
 from memlab.models.paths import holds_training_output
 
-__all__ = ["PrepareResult", "TokenShards", "is_validation", "open_source", "prepare_shards"]
+__all__ = ["PrepareResult", "TokenShards", "data_request", "is_validation", "open_source", "prepare_shards"]
 log = logging.getLogger(__name__)
 BATCH_BYTES = 4 << 20  # documents are tokenised in batches of about this much text
 
@@ -151,19 +151,9 @@ def prepare_shards(
     if out.is_dir() and holds_training_output(out):  # its tokenizer would be replaced
         raise MemlabError(f"{out} holds a training run or checkpoints; prepare the shards in another directory")
     src = open_source(source) if isinstance(source, str) else source
-    if tokenizer == "bpe":
-        tok_request = {"kind": "bpe", "vocab_size": vocab_size, "train_bytes": bpe_train_bytes}
-    else:
+    if tokenizer != "bpe":
         tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
-        tok_request = {"hash": tokenizer.hash}
-    request = {
-        "source": src.spec,
-        "fingerprint": src.fingerprint,
-        "tokenizer": tok_request,
-        "val_fraction": val_fraction,
-        "split_seed": split_seed,
-        "max_docs": max_docs,
-    }
+    request = data_request(src, tokenizer, vocab_size, val_fraction, split_seed, max_docs, bpe_train_bytes)
     if not force and (reused := _reuse(out, request)) is not None:
         return PrepareResult(out, reused[0], reused[1], True, time.perf_counter() - t0)
 
@@ -192,6 +182,32 @@ def prepare_shards(
     tokenizer.save(out)
     (out / HEADER_FILE).write_text(json.dumps(header, indent=2) + "\n")  # written last: marks completion
     return PrepareResult(out, header, tokenizer, False, time.perf_counter() - t0)
+
+
+def data_request(
+    src: Source,
+    tokenizer: str | Tokenizer,
+    vocab_size: int = BPE_VOCAB_SIZE,
+    val_fraction: float = 0.01,
+    split_seed: int = 0,
+    max_docs: int | None = None,
+    bpe_train_bytes: int = 10_000_000,
+) -> dict:
+    """What identifies prepared shards (their header's ``request``): the source and its fingerprint,
+    the tokenizer (``"bpe"`` by the settings it is trained with, another by its hash) and the split."""
+    if tokenizer == "bpe":
+        tok_request = {"kind": "bpe", "vocab_size": vocab_size, "train_bytes": bpe_train_bytes}
+    else:
+        tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        tok_request = {"hash": tokenizer.hash}
+    return {
+        "source": src.spec,
+        "fingerprint": src.fingerprint,
+        "tokenizer": tok_request,
+        "val_fraction": val_fraction,
+        "split_seed": split_seed,
+        "max_docs": max_docs,
+    }
 
 
 def _reuse(out: Path, request: dict) -> tuple[dict, Tokenizer] | None:

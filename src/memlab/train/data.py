@@ -1,9 +1,12 @@
 """The run's data from a TrainConfig: tokenizer, token shards and the curriculum (built on memlab.data).
 
 - ``--corpus none``: tasks only, byte tokenizer unless another is named;
-- ``--data-dir DIR`` holding prepared shards (and no ``--corpus``): those shards and their tokenizer;
+- ``--data-dir DIR`` holding prepared shards (and no ``--corpus``): those shards (their sha256
+  checksums verified) and their tokenizer;
 - otherwise the corpus (default ``stdlib-code``) is prepared once into ``--data-dir`` or a cache
-  directory (``$MEMLAB_CACHE``, default ``~/.cache/memlab``) and reused by later runs.
+  directory (``$MEMLAB_CACHE``, default ``~/.cache/memlab``) and reused by later runs; the cache
+  directory is named by a hash of the resolved request (source fingerprint, tokenizer, split), so
+  other data never replaces shards that an earlier run read.
 
 The curriculum draws the *global* batch of every step (all processes, all micro-batches) from
 one seeded stream, and each process takes its own rows: the data a step trains on does not
@@ -12,6 +15,8 @@ depend on the number of processes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -20,8 +25,9 @@ from pathlib import Path
 
 from memlab.config import size_fields
 from memlab.data.curriculum import Curriculum, CurriculumConfig
-from memlab.data.shards import HEADER_FILE, TokenShards, read_header
-from memlab.data.text import prepare_shards
+from memlab.data.shards import HEADER_FILE, SPLITS, TokenShards, data_checksum, read_header, verify_split
+from memlab.data.sources import open_source
+from memlab.data.text import data_request, prepare_shards
 from memlab.data.tokenizer import Tokenizer, load_tokenizer
 from memlab.errors import MemlabError
 from memlab.train.config import TrainConfig
@@ -38,6 +44,7 @@ class RunData:
     corpus: str
     curriculum: Curriculum
     val: TokenShards | None  # validation split, None when there is no corpus or it is too small
+    checksum: str | None  # data_checksum of the shards (recorded by the run, verified by eval); None for tasks only
 
 
 def cache_dir() -> Path:
@@ -71,14 +78,18 @@ def _check_prepared_request(cfg: TrainConfig, request: dict, where: Path) -> Non
             )
 
 
+def _language_batches(cfg: TrainConfig) -> bool:
+    """Whether the run draws language batches: a language phase that is not all replay and retrieval."""
+    return cfg.alg_tokens < cfg.total_tokens and cfg.replay_fraction + cfg.retrieval_ratio < 1
+
+
 def _prepared(cfg: TrainConfig, d: Dist) -> tuple[Tokenizer, Path | None, str]:
     """(tokenizer, shard directory or None, corpus name), preparing the shards if needed (main process first)."""
     explicit = Path(cfg.data_dir) if cfg.data_dir else None
     if cfg.corpus == NO_CORPUS:
         if explicit is not None:
             raise MemlabError("--corpus none trains on tasks only; drop --data-dir")
-        language_phase = cfg.alg_tokens < cfg.total_tokens and cfg.replay_fraction + cfg.retrieval_ratio < 1
-        if language_phase:
+        if _language_batches(cfg):
             raise MemlabError(
                 "--corpus none trains on tasks only: set --alg_tokens to --total_tokens "
                 f"({cfg.total_tokens}), or name a corpus"
@@ -95,30 +106,32 @@ def _prepared(cfg: TrainConfig, d: Dist) -> tuple[Tokenizer, Path | None, str]:
                 "drop --corpus or choose another --data-dir"
             )
         _check_prepared_request(cfg, header["request"], explicit)
+        for split in SPLITS:
+            verify_split(explicit, header, split)
         tokenizer = load_tokenizer(explicit)
         if cfg.tokenizer is not None:
             _check_tokenizer_request(cfg.tokenizer, tokenizer, explicit)
         return tokenizer, explicit, header["source"]
     corpus, spec = cfg.corpus or DEFAULT_CORPUS, cfg.tokenizer or "bpe"
-    slug = f"{corpus}_{spec}{bpe_vocab_size(cfg) if spec == 'bpe' else ''}"
-    if cfg.corpus_max_docs is not None:
-        slug += f"_docs{cfg.corpus_max_docs}"
-    if cfg.val_fraction != TrainConfig.val_fraction:
-        slug += f"_val{cfg.val_fraction}"
-    directory = explicit or cache_dir() / "data" / re.sub(r"[^A-Za-z0-9_.-]+", "-", slug)
+    source, tokenizer = open_source(corpus), spec if spec == "bpe" else load_tokenizer(spec)
+    options = {"vocab_size": bpe_vocab_size(cfg), "val_fraction": cfg.val_fraction, "max_docs": cfg.corpus_max_docs}
+    directory = explicit or cache_dir() / "data" / _cache_name(corpus, spec, data_request(source, tokenizer, **options))
     if not d.is_main:
         d.barrier()  # the main process prepares, the others then reuse
     try:
         if d.is_main:
             log.info("preparing %s with the %s tokenizer in %s", corpus, spec, directory)
-        result = prepare_shards(
-            corpus, spec, directory, vocab_size=bpe_vocab_size(cfg), val_fraction=cfg.val_fraction,
-            max_docs=cfg.corpus_max_docs, progress=d.is_main,
-        )
+        result = prepare_shards(source, tokenizer, directory, **options, progress=d.is_main)
     finally:
         if d.is_main:
             d.barrier()
     return result.tokenizer, directory, corpus
+
+
+def _cache_name(corpus: str, tokenizer: str, request: dict) -> str:
+    """A readable cache directory name (corpus, tokenizer) made unique by a hash of the whole request."""
+    digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{corpus}_{tokenizer}")[-64:].lstrip("-") + f"_{digest}"
 
 
 def build_data(cfg: TrainConfig, d: Dist, run_tokenizer: Tokenizer | None) -> RunData:
@@ -131,6 +144,11 @@ def build_data(cfg: TrainConfig, d: Dist, run_tokenizer: Tokenizer | None) -> Ru
             "or start a new run"
         )
     lm = TokenShards(data_dir, "train", tokenizer, verify=False) if data_dir is not None else None
+    if lm is not None and _language_batches(cfg) and lm.num_tokens < cfg.seq_len + 1:  # (had failed mid-run)
+        raise MemlabError(
+            f"the train split of {data_dir} has {lm.num_tokens} tokens, fewer than one window of "
+            f"{cfg.seq_len + 1} (seq_len + 1); use a shorter --seq_len or more data"
+        )
     val = None
     if data_dir is not None and cfg.eval_tokens > 0:
         val = TokenShards(data_dir, "val", tokenizer, verify=False)
@@ -138,7 +156,7 @@ def build_data(cfg: TrainConfig, d: Dist, run_tokenizer: Tokenizer | None) -> Ru
             log.warning("the validation split of %s is shorter than one window; validation uses the tasks", data_dir)
             val = None
     curriculum = Curriculum(curriculum_config(cfg, d.world_size), tokenizer, lm=lm)
-    return RunData(tokenizer, data_dir, corpus, curriculum, val)
+    return RunData(tokenizer, data_dir, corpus, curriculum, val, data_checksum(lm.header) if lm else None)
 
 
 def curriculum_config(cfg: TrainConfig, world_size: int) -> CurriculumConfig:

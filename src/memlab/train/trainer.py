@@ -238,6 +238,7 @@ class Trainer:
                 "split_seed": split["split_seed"],
                 "tokenizer": self.tokenizer.kind,
                 "tokenizer_hash": self.tokenizer.hash,
+                "shards_sha256": self.data.checksum,  # data_checksum; TokenShards(checksum=) refuses other data
             },
         }
         tmp = self.run_dir / f".{CONFIG_FILE}.tmp"

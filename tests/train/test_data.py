@@ -1,0 +1,57 @@
+"""The run's data: a cache directory named by the resolved data, --data-dir shards verified, and a
+train split shorter than one window refused at start-up."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_config
+
+from memlab.data.shards import HEADER_FILE, data_checksum, read_header
+from memlab.data.text import prepare_shards
+from memlab.errors import MemlabError
+from memlab.train.data import _prepared, build_data
+from memlab.train.distributed import Dist
+
+
+def test_the_cache_directory_names_the_resolved_data(tmp_path, monkeypatch):
+    """The name had come from the spec alone: a changed corpus rebuilt, in place, the shards another run read."""
+    monkeypatch.setenv("MEMLAB_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("first text " * 20)
+    cfg = tiny_config(tmp_path / "run", steps=1, corpus=f"files:{corpus}/*.txt", tokenizer="byte")
+    _, first, _ = _prepared(cfg, Dist())
+    assert first.parent == tmp_path / "cache" / "data" and "corpus-.txt_byte_" in first.name
+    before = data_checksum(read_header(first))
+    assert _prepared(cfg, Dist())[1] == first  # the same request: the same directory, reused
+    (corpus / "a.txt").write_text("other text, longer " * 20)
+    assert _prepared(cfg, Dist())[1] != first
+    cfg.val_fraction = 0.5
+    assert _prepared(cfg, Dist())[1] != first
+    assert data_checksum(read_header(first)) == before  # the first run's shards are untouched
+
+
+def test_data_dir_shards_are_checksum_verified(tmp_path, text_corpus):
+    data = tmp_path / "data"
+    prepare_shards(text_corpus, "byte", data, val_fraction=0.2)
+    cfg = tiny_config(tmp_path / "run", steps=1, corpus=None, data_dir=str(data))
+    build_data(cfg, Dist(), None)
+    shard = data / read_header(data)["splits"]["val"]["shards"][0]["file"]
+    raw = bytearray(shard.read_bytes())
+    raw[0] ^= 1  # same size: only the checksum sees it
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(MemlabError, match="val_000.bin fails its sha256 checksum"):
+        build_data(cfg, Dist(), None)
+
+
+def test_a_train_split_shorter_than_one_window_is_refused_at_start_up(tmp_path):
+    """It had failed only at the first language batch, deep in training."""
+    (tmp_path / "doc.txt").write_text("twenty bytes of text")
+    data = tmp_path / "data"
+    prepare_shards(f"files:{tmp_path}/doc.txt", "byte", data, val_fraction=0.0)
+    cfg = tiny_config(tmp_path / "run", steps=2, corpus=None, data_dir=str(data), seq_len=48)
+    build_data(cfg, Dist(), None)  # tasks only: no window of text is needed
+    cfg.alg_tokens = cfg.total_tokens // 2
+    with pytest.raises(MemlabError, match=f"the train split of {data} has 21 tokens, fewer than one window of 49"):
+        build_data(cfg, Dist(), None)
+    assert (data / HEADER_FILE).is_file()
