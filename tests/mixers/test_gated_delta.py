@@ -144,6 +144,18 @@ def test_window_reads_the_source_state_after_each_token():
         torch.testing.assert_close(out[0] - local[0], expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("state_read, expected", [(True, 99168.0), (False, 5472.0)])
+def test_window_layer_flops_count_the_borrowed_key_path(state_read, expected):
+    """D = 64, 2 heads of 32, window 8, chunk 16, short conv 4, T = 32; per token, forward + backward:
+    window attention 12 * 2 * 32 * (8 * 9 / 2 + 24 * 8) / 32 = 5472; the source's kernel over the read's
+    queries 6 * 2 * (2 * 16 * 32 + 16 * 64 + 3 * 32 * 32 + 16 * 32) = 67584; the source's k_proj and k
+    short conv on this layer's input 6 * (64 * 64 + 64 * 4) = 26112 (the block's own weights count elsewhere)."""
+    m = memlab.build_model("gdn", "tiny", layer_pattern="GW", n_layers=2, d_model=64, n_heads=2,
+                           gdn={"chunk_size": 16, "conv_size": 4, "expand_v": 1.0, "state_read": state_read},
+                           attention={"window": 8})
+    assert m.body.blocks[1].mixer.extra_flops_per_token(32) == expected
+
+
 def test_local_branch_scale_and_drop():
     m = model("GW", local_scale=0.0)
     reader = m.body.blocks[1].mixer

@@ -162,8 +162,13 @@ class StateReadWindowAttention(SlidingWindowAttention):
         return n
 
     def extra_flops_per_token(self, seq_len: int) -> float:
-        read = self.source.extra_flops_per_token(seq_len) if self.reads_state else 0.0
-        return super().extra_flops_per_token(seq_len) + read
+        """The window's attention and, with the read, the source's kernel over this layer's queries and the
+        source's key path (k_proj, k short conv) on this layer's input: weights this block does not own."""
+        extra = super().extra_flops_per_token(seq_len)
+        if self.reads_state:
+            key_path = self.source.k_proj.weight.numel() + self.source.k_conv1d.weight.numel()
+            extra += self.source.extra_flops_per_token(seq_len) + 6.0 * key_path
+        return extra
 
     def diagnostics(self, valid: torch.Tensor | None = None) -> dict[str, float]:
         """gate_mean (read gate), local_norm and retrieval_norm (mean per-token L2 norms) of the last
