@@ -271,6 +271,19 @@ def test_a_run_is_not_a_shard_directory_and_a_killed_preparation_is_cleared(corp
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_a_model_export_is_not_a_shard_directory(corpus_dir, tmp_path, byte_tok, name):
+    """prepare --out had overwritten an export's tokenizer."""
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / name).write_text("{}")
+    build_tokenizer("bpe", texts=["abc def"] * 10, vocab_size=300).save(export)
+    saved = (export / "tokenizer.memlab.json").read_text()
+    with pytest.raises(MemlabError, match="holds a model .* prepare the shards in another directory"):
+        prepare_shards(f"files:{corpus_dir}/*.txt", byte_tok, export)
+    assert (export / "tokenizer.memlab.json").read_text() == saved and not (export / HEADER_FILE).exists()
+
+
 def test_a_header_that_is_json_but_not_a_header_is_corrupt(byte_shards, tmp_path):
     for text in ("[1, 2]", json.dumps({"format": read_header(byte_shards)["format"]})):
         (tmp_path / HEADER_FILE).write_text(text)

@@ -45,7 +45,7 @@ from memlab.data.shards import (
 from memlab.data.sources import Document, Source, open_source
 from memlab.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from memlab.errors import MemlabError, check_dir_target
-from memlab.models.paths import holds_training_output
+from memlab.models.paths import holds_training_output, is_model_dir
 
 __all__ = ["PrepareResult", "TokenShards", "data_request", "is_validation", "open_source", "prepare_shards"]
 log = logging.getLogger(__name__)
@@ -150,6 +150,8 @@ def prepare_shards(
     check_dir_target(out, "the shard directory")
     if out.is_dir() and holds_training_output(out):  # its tokenizer would be replaced
         raise MemlabError(f"{out} holds a training run or checkpoints; prepare the shards in another directory")
+    if out.is_dir() and (is_model_dir(out) or (out / "config.json").is_file()):  # an export: the same
+        raise MemlabError(f"{out} holds a model (its weights or config.json); prepare the shards in another directory")
     src = open_source(source) if isinstance(source, str) else source
     if tokenizer != "bpe":
         tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
