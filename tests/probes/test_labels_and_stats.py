@@ -43,6 +43,21 @@ def test_comment_lines_take_the_depth_of_the_code_line_after_them():
     assert label_at(code, "y =") == (0, 0, "identifier")
 
 
+@pytest.mark.parametrize("line_end", ["\r\n", "\r"])
+def test_crlf_and_cr_line_ends_label_as_lf_ones_do(line_end):
+    """Every character keeps the labels it has with LF line ends; a line end's characters are newlines."""
+    code = "def f():\n    # c\n    x = (1,\n  [2])\n\n    return x\n"
+    text = code.replace("\n", line_end)
+    lf, other = char_labels(code), char_labels(text)
+    same = np.array([text[i] != "\r" for i in range(len(text))])  # the characters both texts have, in order
+    if line_end == "\r":
+        same[:] = True
+    for name in ("indent", "bracket", "role"):
+        np.testing.assert_array_equal(getattr(other, name)[same], getattr(lf, name), err_msg=name)
+    assert {ROLES[other.role[i]] for i, c in enumerate(text) if c == "\r"} == {"newline"}
+    assert label_at(text, "[") == (1, 1, "operator") and label_at(text, "return") == (1, 0, "return/if")
+
+
 def test_prose_has_no_depth_and_word_roles():
     text = "The cat sat on 3 mats, didn't it?"
     labels = char_labels(text)

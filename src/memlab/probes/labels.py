@@ -3,7 +3,8 @@
 Code labels come from the standard ``tokenize`` module: the indentation level (INDENT /
 DEDENT) and the bracket depth (unclosed ``( [ {``) at every character, and a role for every
 Python token (``def``/``class``, ``return``/``if``, ``for``/``while``, ``self``, identifiers,
-parentheses, ``:``, ``.``, ...).  A bracket belongs to the depth outside it.  Text that is
+parentheses, ``:``, ``.``, ...).  A bracket belongs to the depth outside it.  Lines may end in
+LF, CRLF or a lone CR, as Python reads them; a line end is a ``newline``.  Text that is
 not Python (it does not parse) gets prose roles: punctuation, function words, content words.
 """
 
@@ -41,6 +42,7 @@ FUNCTION_WORDS = frozenset(
     whom whose what when where why how all any each some such there here also only just very""".split()
 )
 _WORD = re.compile(r"\w+")
+_LONE_CR = re.compile(r"\r(?!\n)")
 
 
 @dataclass
@@ -70,6 +72,9 @@ def python_labels(text: str) -> CharLabels | None:
     bracket = np.zeros(n, dtype=np.int16)
     space = np.array([c.isspace() for c in text], dtype=bool)
     role = np.where(space, ROLE_INDEX["space"], ROLE_INDEX["other"]).astype(np.int16)
+    # tokenize ends lines at \n (so at \r\n too) but not at a lone \r, which Python reads as a line end:
+    # it becomes a \n, one character for one, so every offset stays that of ``text``
+    text = _LONE_CR.sub("\n", text)
     line_starts = np.concatenate([[0], np.flatnonzero(np.frombuffer(text.encode("utf-32-le"), np.uint32) == 10) + 1])
     level = depth = done = indent_done = 0
     line_has_code = False
