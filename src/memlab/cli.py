@@ -278,7 +278,8 @@ class ScaleArgs:
     tokens: int | None = None
     """training tokens of every rung"""
     tokens_per_param: float | None = None
-    """training tokens per non-embedding parameter (20: the Chinchilla ratio)"""
+    """training tokens per non-embedding parameter (the ladder's N); Chinchilla's 20 is per total parameter,
+    embeddings included, so 20 here trains on fewer tokens than Chinchilla's rule"""
     out_dir: str = "scaling"
     """the ladder: <out_dir>/<variant>/<size>/ runs, data/, scaling.json, scaling.md, scaling.png"""
     config: str | None = None
