@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -19,7 +20,8 @@ def load(path: Path) -> dict:
 
 
 def one(run: Path, pattern: str) -> Path | None:
-    hits = sorted((run / "probes").glob(pattern))
+    """The probe output of the largest step (by number: step966 sorts after step1293 as text)."""
+    hits = sorted((run / "probes").glob(pattern), key=lambda p: [int(t) for t in re.findall(r"\d+", p.name)])
     return hits[-1] if hits else None
 
 
