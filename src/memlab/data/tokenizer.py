@@ -4,6 +4,8 @@ Every tokenizer has the same surface::
 
     tok = build_tokenizer("bpe", texts=documents, vocab_size=8192)   # or "byte", or "gpt2"
     ids = tok.encode("x = 12")          # list[int]; special-token strings in text stay plain text
+    tok.encode_with_offsets("x = 12")   # (ids, [(start, end) character span of each id]); None if
+                                        # the backend has no offsets (the byte tokenizer)
     tok.decode(ids)                     # str; special ids render as their strings ("<|eos|>")
     tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id, tok.sep_id, tok.query_id
     tok.hash                            # sha256 of the canonical serialisation: equal hash == same ids
@@ -65,6 +67,11 @@ class Tokenizer(ABC):
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]] | None:
+        """The ids of ``text`` and the character [start, end) each came from, where the backend
+        (a `tokenizers` tokenizer) reports them; None where it does not."""
+        return None
 
     @property
     def bos_id(self) -> int:
@@ -207,6 +214,10 @@ class BPETokenizer(Tokenizer):
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch_fast(list(texts), add_special_tokens=False)]
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
+
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
@@ -279,6 +290,12 @@ class HFTokenizer(Tokenizer):
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         out = self._tok(list(texts), add_special_tokens=False, split_special_tokens=True)
         return out["input_ids"]
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]] | None:
+        if not getattr(self._tok, "is_fast", False):  # a slow (pure Python) tokenizer has no offsets
+            return None
+        out = self._tok(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+        return out["input_ids"], [tuple(o) for o in out["offset_mapping"]]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)

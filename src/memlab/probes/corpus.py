@@ -1,8 +1,10 @@
 """Probe text: documents of a corpus, tokenised, with a label for every token, cut into windows.
 
 A token's labels are those of its first non-space character, found through the character
-span of the token: each id is decoded on its own (ids that only decode together, such as the
-bytes of one UTF-8 character, share a span), and the pieces must join back into the document.
+span of the token: the offsets a `tokenizers` backend reports (which also serve tokenizers whose
+single ids do not decode to their text, such as SentencePiece's "▁" meta-space), else each id
+decoded on its own (ids that only decode together, such as the bytes of one UTF-8 character,
+share a span), the pieces joining back into the document.
 """
 
 from __future__ import annotations
@@ -67,8 +69,7 @@ def read_probe_text(
         raise MemlabError(f"max_tokens must be positive, got {max_tokens}")
     out = ProbeText()
     for text in _documents(spec, documents, val_fraction, split_seed, text_field):
-        ids = tokenizer.encode(text)
-        spans = token_spans(tokenizer, text, ids)
+        ids, spans = encode_spans(tokenizer, text)
         if spans is None:
             out.skipped_documents += 1
             continue
@@ -94,6 +95,19 @@ def _documents(
     for doc in open_source(spec, text_field=text_field).keyed_documents():
         if doc.text.strip() and (documents == "all" or is_validation(doc.split_key, val_fraction, split_seed)):
             yield doc.text
+
+
+def encode_spans(tokenizer: Tokenizer, text: str) -> tuple[list[int], np.ndarray | None]:
+    """The ids of ``text`` and their (n_tokens, 2) character [start, end): the tokenizer's offsets
+    where it reports them, else by decoding (see ``token_spans``); None for spans that do not fit."""
+    encoded = tokenizer.encode_with_offsets(text)
+    if encoded is None:
+        ids = tokenizer.encode(text)
+        return ids, token_spans(tokenizer, text, ids)
+    ids, offsets = encoded
+    spans = np.asarray(offsets, dtype=np.int64).reshape(len(ids), 2)  # (n_tokens, 2)
+    fits = (spans[:, 0] <= spans[:, 1]).all() and (np.diff(spans[:, 0]) >= 0).all()
+    return ids, spans if fits and (spans >= 0).all() and (spans <= len(text)).all() else None
 
 
 def token_spans(tokenizer: Tokenizer, text: str, ids: list[int]) -> np.ndarray | None:
