@@ -95,6 +95,12 @@ class Tokenizer(ABC):
 
     @cached_property
     def hash(self) -> str:
+        """sha256 of the kind, the special ids and the backend's serialisation.
+
+        Limitation: for BPE and HF tokenizers the serialisation is the `tokenizers` library's JSON,
+        which a new version of that library may write differently for the same tokenizer; a saved
+        tokenizer then fails its recorded hash on load.  The hash is kept as it is (a canonical form
+        would change every hash that checkpoints, shards and runs have recorded)."""
         canonical = json.dumps(
             {"kind": self.kind, "specials": self.specials, "backend": self._backend()}, sort_keys=True
         )
