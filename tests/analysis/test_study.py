@@ -61,7 +61,7 @@ def test_study_trains_evaluates_reports_and_resumes(toy_preset, tmp_path, monkey
     assert "| gdn-s0 | [0, 1] |" in report  # the gdn layers carry memory; the baseline's do not
     assert "| baseline-s0 | none |" in report
     assert result.comparison.verdicts["baseline-s0"]["verdict"] == "baseline"
-    assert result.comparison.verdicts["gdn-s0"]["verdict"] in ("wins", "does not win")  # every number is there
+    assert result.comparison.verdicts["gdn-s0"]["verdict"] in ("wins", "does not win", "within noise")  # every number is there
     assert (out / "compare" / "compare.csv").is_file()
     plan = json.loads((out / "study.json").read_text())
     assert plan["variants"] == VARIANTS and set(plan["runs"]) == {"baseline-s0", "gdn-s0"}
