@@ -67,6 +67,7 @@ def test_routing_probe(tmp_path, corpora):
     out = run_probe(model_dir, "routing", tmp_path / "out", options(corpora))
     assert out.name == "routing_probe_step0.json" and out.with_suffix(".png").is_file()
     r = results(out)
+    assert r["figures"] == ["routing_probe_step0.png"]
     assert r["tokens"] == 700 and len(r["layers"]) == 2
     layer = r["layers"][0]
     assert sum(layer["slot_share_argmax"]) == pytest.approx(1.0)
@@ -76,6 +77,26 @@ def test_routing_probe(tmp_path, corpora):
     for kind in ("argmax", "soft"):
         mi = indent["mi"][kind]
         assert 0 <= mi["bits"] <= indent["mi"]["label_entropy_bits"] + 1e-9 and 0 < mi["p_value"] <= 1
+
+
+def test_routing_on_prose_names_no_figure_and_writes_none(tmp_path, corpora, capsys):
+    """Without Python code no token has a depth to draw: the CLI reports only the file written."""
+    model_dir = save_model(tmp_path / "m")
+    main(["probe", "--checkpoint", str(model_dir), "--corpus", corpora["prose"], "--documents", "all",
+          "--max-tokens", "200", "--permutations", "0", "--out-dir", str(tmp_path / "out")])  # fmt: skip
+    captured = capsys.readouterr()
+    assert not list((tmp_path / "out").glob("*.png")) and ".png" not in captured.out + captured.err
+    assert results(tmp_path / "out" / "routing_probe_step0.json")["figures"] == []
+
+
+def test_results_hold_no_negative_zero():
+    from memlab.probes.routing import slot_usage
+    from memlab.probes.runner import without_negative_zero
+
+    tidy = without_negative_zero({"a": -0.0, "b": [1.5, -0.0, (0.0, -2.0)], "c": {"d": -0.0}, "e": False, "f": 0})
+    assert json.dumps(tidy) == '{"a": 0.0, "b": [1.5, 0.0, [0.0, -2.0]], "c": {"d": 0.0}, "e": false, "f": 0}'
+    one_slot = np.eye(4, dtype=np.float32)[np.zeros(50, dtype=int)]  # every token in slot 0: -sum(1 log 1)
+    assert json.dumps(without_negative_zero(slot_usage(one_slot))["usage_entropy_bits"]) == "0.0"
 
 
 def test_routing_results_recover_a_planted_depth_code():
@@ -208,8 +229,9 @@ def test_trajectory_over_the_checkpoints_of_a_run(tmp_path, corpora):
     for step in (100, 20):
         save_model(run / "checkpoints" / f"step_{step}", seed=step)
     out = run_probe(run, "trajectory", options=options(corpora))
-    assert out == run / "probes" / "trajectory_probe.json" and out.with_suffix(".png").is_file()
+    assert out == run / "probes" / "trajectory_probe_step100.json" and out.with_suffix(".png").is_file()
     r = results(out)
+    assert r["figures"] == ["trajectory_probe_step100.png"]
     assert r["steps"] == [20, 100] and len(r["series"]["max slot share"]["mean"]) == 2
     assert "MI(slot; indent) / H(indent), soft, corrected" in r["series"]
     with warnings.catch_warnings():

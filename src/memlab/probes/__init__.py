@@ -12,8 +12,10 @@
 - ``domains``: slot-usage profiles of several corpora and their cosine similarities
 - ``trajectory``: the routing probe over every checkpoint of a run
 
-Each writes ``<name>_probe_step<N>.json`` (the results-file schema of :mod:`memlab.eval.schema`)
-and a PNG.  Any mixer that exposes ``slot_activity()`` can be probed (the CDM mixers do).
+Each writes ``<name>_probe_step<N>.json`` (the results-file schema of :mod:`memlab.eval.schema`;
+N: the checkpoint's step, the newest one's for ``trajectory``) and, where it has something to draw,
+``<name>_probe_step<N>.png`` (named in the results' ``figures``).  Any mixer that exposes
+``slot_activity()`` can be probed (the CDM mixers do), in a model that applies it once per forward.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def alphas_probe(ctx: ProbeContext) -> dict[str, Any]:
     matrix = np.array([layer["alpha"] for layer in layers])
     plots.heatmaps(
         [("alpha per slot", matrix)], [f"layer {layer['layer']}" for layer in layers],
-        [str(k) for k in range(matrix.shape[1])], ctx.path("alphas", ".png"),
+        [str(k) for k in range(matrix.shape[1])], ctx.figure("alphas"),
         f"slot decay gates alpha ({version}), step {ctx.step}", "alpha", vmin=0.0, vmax=1.0,
     )
     return {

@@ -37,7 +37,7 @@ def domains_probe(ctx: ProbeContext) -> dict[str, Any]:
     for i, layer in enumerate(layer_ids):
         panels += [(f"{kind}, layer {layer}", np.array(r["layers"][i]["similarity"])) for kind, r in reports.items()]
     plots.heatmaps(
-        panels, names, names, ctx.path("domains", ".png"),
+        panels, names, names, ctx.figure("domains"),
         f"cosine similarity of slot-usage profiles (soft: mean routing; argmax: winning slot), step {ctx.step}",
         "cosine", vmin=0.0, vmax=1.0,
     )  # fmt: skip

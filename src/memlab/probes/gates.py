@@ -59,7 +59,7 @@ def gates_probe(ctx: ProbeContext) -> dict[str, Any]:
     plots.heatmaps(
         [(f"layer {layer['layer']}", np.array(layer["role_by_slot_mean_gate"])) for layer in layers],
         role_names, [str(k) for k in range(activity[0].gates.shape[1])],
-        ctx.path("gates", ".png"), f"mean write gate by role and slot, step {ctx.step}", "mean gate", vmin=0.0,
+        ctx.figure("gates"), f"mean write gate by role and slot, step {ctx.step}", "mean gate", vmin=0.0,
     )
     return {
         "corpus": ctx.options.corpus,

@@ -6,10 +6,12 @@ every Python token (depths >= ``max_depth`` pooled): MI(slot; depth) in bits and
 by H(depth), from argmax slots and from full distributions, each with its bias correction,
 shuffled-label baseline and permutation p-value; P(slot | depth) and the slots that dominate
 each depth (largest lift P(slot | depth) / P(slot), among slots with >= 10 tokens there).
+The figure (P(slot | indentation depth) per layer) is drawn only when the text holds Python code.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from memlab.probes.corpus import ProbeText
 from memlab.probes.runner import ProbeContext, ProbeOptions
 from memlab.probes.stats import argmax_shares, entropy_bits, mi_test
 
+log = logging.getLogger(__name__)
 DEPTHS = ("indent", "bracket")
 MIN_COUNT = 10  # tokens of a slot at a depth before it can be called dominant there
 
@@ -35,9 +38,11 @@ def routing_probe(ctx: ProbeContext) -> dict[str, Any]:
     if panels:
         plots.heatmaps(
             panels, results["depth_classes"], [str(k) for k in range(panels[0][1].shape[1])],
-            ctx.path("routing", ".png"), f"P(argmax slot | indentation depth), step {ctx.step}", "P(slot | depth)",
+            ctx.figure("routing"), f"P(argmax slot | indentation depth), step {ctx.step}", "P(slot | depth)",
             vmin=0.0,
         )
+    else:
+        log.info("no figure: the probe text holds no Python code, so no token has an indentation depth")
     return results
 
 

@@ -1,8 +1,12 @@
-"""``memlab probe``: load a checkpoint, run one probe, write its JSON document and figures.
+"""``memlab probe``: load a checkpoint, run one probe, write its JSON document and its figure.
 
 Every document is ``{"schema_version", "suite": "probe_<name>", "metadata", "results"}`` with
 the metadata block of the evaluation results (version, commit, config, tokenizer, options,
-timestamp), written to ``<out_dir>/<name>_probe_step<N>.json`` beside ``<name>_probe_step<N>.png``.
+timestamp), written to ``<out_dir>/<name>_probe_step<N>.json``: N is the probed checkpoint's
+step (for ``trajectory``, over every checkpoint of a run, the newest one's).  The figure a probe
+draws, ``<name>_probe_step<N>.png``, lies beside it, and ``results["figures"]`` names the
+figures written (none for ``routing`` when the probe text holds no Python code).  Options left
+unset are the run's: its held-out split and the seq_len it trained with.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class ProbeContext:
     step: int
     out_dir: Path
     _texts: dict[str, ProbeText] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)  # the figures the probe wrote
 
     def text(self, spec: str | None = None) -> ProbeText:
         spec = spec or self.options.corpus
@@ -55,6 +60,12 @@ class ProbeContext:
 
     def path(self, name: str, suffix: str) -> Path:
         return self.out_dir / f"{name}_probe_step{self.step}{suffix}"
+
+    def figure(self, name: str) -> Path:
+        """The path of the probe's figure, listed among the files the probe wrote."""
+        path = self.path(name, ".png")
+        self.figures.append(path)
+        return path
 
 
 ProbeFn = Callable[[ProbeContext], dict[str, Any]]
@@ -133,8 +144,21 @@ def default_out_dir(model_dir: Path, out_dir: str | Path | None) -> Path:
 
 
 def write_document(ctx: ProbeContext, probe: str, results: dict[str, Any], checkpoint: str, model_dir: Path) -> Path:
+    """Write the probe's results file, naming (and logging) the figures it wrote."""
+    for figure in ctx.figures:
+        log.info("wrote %s", figure)
+    results = without_negative_zero({**results, "figures": [f.name for f in ctx.figures]})
     doc = schema.document(f"probe_{probe}", metadata(ctx, checkpoint, model_dir), results)
     return schema.write_results(ctx.path(probe, ".json"), doc)
+
+
+def without_negative_zero(value: Any) -> Any:
+    """``value`` (dicts and lists of numbers) with every -0.0 made 0.0."""
+    if isinstance(value, dict):
+        return {k: without_negative_zero(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_negative_zero(v) for v in value]
+    return 0.0 if isinstance(value, float) and value == 0 else value
 
 
 def metadata(ctx: ProbeContext, checkpoint: str, model_dir: Path) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 Tracks, per layer and on the same probe text, the largest slot share (a "scratchpad" slot
 shows as a spike), the usage entropy and the bias-corrected MI(slot; indentation depth)
-ratio over training steps: ``trajectory_probe.json`` and ``trajectory_probe.png`` in the
-run's ``probes/`` (or ``--out-dir``).
+ratio over training steps: ``trajectory_probe_step<N>.json`` and ``.png`` (N: the newest
+checkpoint probed, as the other probes name their files) in the run's ``probes/`` (or ``--out-dir``).
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ import numpy as np
 
 import memlab
 from memlab.errors import MemlabError
-from memlab.eval import schema
 from memlab.eval.hub import find_tokenizer
 from memlab.models.paths import checkpoint_dirs, checkpoint_step
 from memlab.probes import plots
 from memlab.probes.activity import slot_layers
 from memlab.probes.routing import routing_results
-from memlab.probes.runner import ProbeContext, ProbeOptions, metadata
+from memlab.probes.runner import ProbeContext, ProbeOptions, default_out_dir, write_document
 
 log = logging.getLogger(__name__)
 METRICS = {
@@ -40,7 +39,7 @@ def trajectory_probe(run_dir: Path, out_dir: str | Path | None, options: ProbeOp
     checkpoints = checkpoint_dirs(run_dir)
     if not checkpoints:
         raise MemlabError(f"{run_dir} holds no checkpoints/step_N: the trajectory probe needs a run directory")
-    out = Path(out_dir) if out_dir is not None else run_dir / "probes"
+    out = default_out_dir(run_dir, out_dir)
     tokenizer = find_tokenizer(checkpoints[0])
     texts: dict = {}  # the same probe text for every checkpoint
     rows, ctx = [], None
@@ -71,11 +70,10 @@ def trajectory_probe(run_dir: Path, out_dir: str | Path | None, options: ProbeOp
         curves["mean"] = np.nanmean(values, axis=0).tolist()
         series[metric] = curves
     out.mkdir(parents=True, exist_ok=True)
-    plots.lines(steps, series, out / "trajectory_probe.png", f"slot routing over training: {run_dir.name}", "step")
+    plots.lines(steps, series, ctx.figure("trajectory"), f"slot routing over training: {run_dir.name}", "step")
     results = {"corpus": options.corpus, "tokens": ctx.text().tokens, "steps": steps, "checkpoints": rows}
     results["series"] = series
-    doc = schema.document("probe_trajectory", metadata(ctx, str(run_dir), Path(rows[-1]["checkpoint"])), results)
-    return schema.write_results(out / "trajectory_probe.json", doc)
+    return write_document(ctx, "trajectory", results, str(run_dir), Path(rows[-1]["checkpoint"]))
 
 
 def _nan_if_none(value: float | None) -> float:
