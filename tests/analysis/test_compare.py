@@ -77,7 +77,8 @@ def test_verdicts_follow_the_criteria(tmp_path, base, change, outcome, failed, u
     assert result.verdicts["base"]["verdict"] == "baseline" and result.baseline == "base"
 
 
-@pytest.mark.parametrize("a, b, expected", [((56, 70), (48, 80), (0.0524, 0.3339)), ((9, 10), (3, 10), (0.1705, 0.8090))])
+@pytest.mark.parametrize("a, b, expected",
+                         [((56, 70), (48, 80), (0.0524, 0.3339)), ((9, 10), (3, 10), (0.1705, 0.8090))])
 def test_the_difference_interval_is_newcombes(a, b, expected):
     """Newcombe (1998), Statistics in Medicine 17:873, Table II, method 10 (the hybrid score interval)."""
     ra, rb = (accuracy_record([True] * k + [False] * (n - k)) for k, n in (a, b))

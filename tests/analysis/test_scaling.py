@@ -161,7 +161,8 @@ def test_a_curve_that_misses_its_points_is_never_decisive():
 def shared_window_ladder(curve: np.ndarray, seed: int, sigma: float = 0.02, windows: int = 32) -> np.ndarray:
     """(n, W) window losses: every size scored on the same windows (shared difficulty) plus its own noise."""
     rng = np.random.default_rng(seed)
-    return curve[:, None] + 0.3 * rng.standard_normal(windows)[None, :] + sigma * rng.standard_normal((len(curve), windows))
+    shared = 0.3 * rng.standard_normal(windows)[None, :]  # (1, W): a window's difficulty
+    return curve[:, None] + shared + sigma * rng.standard_normal((len(curve), windows))
 
 
 def test_a_chi_square_flags_a_bent_curve_that_rmse_under_3x_noise_passed():
