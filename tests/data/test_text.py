@@ -414,6 +414,9 @@ def test_hf_local_files_by_format_compressed_or_saved(tmp_path):
     assert list(open_source(f"hf:{tmp_path / 'story.txt'}").documents()) == ["line one\nline two\n\nafter a blank line"]
     assert list(open_source(f"hf:{tmp_path / 'notes.md'}").documents()) == ["# Title\n\nbody"]
     assert list(open_source(f"hf:{tmp_path / 'rows.jsonl.gz'}").documents()) == ["first\nrow", "second"]
+    (tmp_path / "stories").mkdir()
+    (tmp_path / "stories" / "train.txt").write_text("one\nstory")
+    assert list(open_source(f"hf:{tmp_path / 'stories'}").documents()) == ["one\nstory"]
     (tmp_path / "data.bin").write_bytes(b"\0")
     with pytest.raises(MemlabError, match="cannot read a .bin file; valid: .jsonl"):
         list(open_source(f"hf:{tmp_path / 'data.bin'}").documents())

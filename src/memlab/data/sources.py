@@ -7,9 +7,10 @@
 - ``stdlib-docs``: English prose from the standard library: the help topics of ``pydoc_data`` and
   the docstrings of every (non-test) module, one document per topic / module;
 - ``hf:NAME[:SPLIT]``: a Hugging Face dataset through ``datasets.load_dataset`` (a hub name found
-  in the local cache, a local directory, a directory written by ``save_to_disk``, or a local data
-  file: ``.jsonl``/``.json``/``.parquet``/``.csv`` rows, or ``.txt``/``.md`` one document per file,
-  each possibly compressed ``.gz``/``.bz2``/``.xz``/``.zst``); SPLIT may slice (``train[:1000]``);
+  in the local cache, a local directory (of ``.txt`` files: one document per file), a directory
+  written by ``save_to_disk``, or a local data file: ``.jsonl``/``.json``/``.parquet``/``.csv``
+  rows, or ``.txt``/``.md`` one document per file, each possibly compressed
+  ``.gz``/``.bz2``/``.xz``/``.zst``); SPLIT may slice (``train[:1000]``);
 - ``files:GLOB``: local files; ``.jsonl``/``.json`` (one document per line, from a text field),
   ``.parquet`` (a text column, needs ``pyarrow``), anything else one document per file.
 
@@ -319,6 +320,8 @@ class HFDataset(Source):
             path, kwargs = self.name, {}
             if local.is_file():  # a single data file: the packaged builder of its format
                 path, kwargs = _builder(local)
+            elif local.is_dir() and _plain_text_dir(local):  # one document per file, not per line
+                path, kwargs = "text", {"data_dir": str(local), "sample_by": "document"}
             return datasets.load_dataset(path, split=self.split, streaming=self.streaming, **kwargs)
         except MemlabError:
             raise
@@ -337,7 +340,7 @@ class HFDataset(Source):
                 raise MemlabError(f"{local} has no split {name!r}; valid choices: {', '.join(ds)}")
             ds = ds[name]
         elif name not in ("train", ds.split):  # one saved Dataset: its own split name, or train
-            raise MemlabError(f"{local} holds one dataset (split {ds.split or 'train'!r}), not split {name!r}")
+            raise MemlabError(f"{local} holds one dataset (split {str(ds.split or 'train')!r}), not split {name!r}")
         part = datasets.ReadInstruction.from_spec(self.split).to_absolute({name: len(ds)})[0]
         ds = ds.select(range(part.from_, part.to))
         return ds.to_iterable_dataset() if self.streaming else ds
@@ -384,13 +387,27 @@ class HFDataset(Source):
         return hashlib.sha256(f"{self.spec}\0{self.text_field}\0{token}".encode()).hexdigest()
 
 
-def _builder(path: Path) -> tuple[str, dict]:
-    """(packaged ``datasets`` builder, its keyword arguments) of a local data file, by its suffix
-    (a compression suffix is looked through); a MemlabError for a format it does not read."""
+def _format(path: Path) -> str:
+    """A data file's format suffix (``.jsonl`` for ``rows.jsonl.gz``), "" for none."""
     suffixes = [x.lower() for x in path.suffixes]
     if suffixes and suffixes[-1] in COMPRESSIONS:
         suffixes.pop()
-    suffix = suffixes[-1] if suffixes else ""
+    return suffixes[-1] if suffixes else ""
+
+
+def _plain_text_dir(directory: Path) -> bool:
+    """Whether every data file of a local dataset directory (not hidden, not its README.md card) is ``.txt``."""
+    files = [
+        p for p in directory.rglob("*")
+        if p.is_file() and p.name != "README.md" and not any(x.startswith(".") for x in p.relative_to(directory).parts)
+    ]  # fmt: skip
+    return bool(files) and all(_format(p) == ".txt" for p in files)
+
+
+def _builder(path: Path) -> tuple[str, dict]:
+    """(packaged ``datasets`` builder, its keyword arguments) of a local data file, by its suffix
+    (a compression suffix is looked through); a MemlabError for a format it does not read."""
+    suffix = _format(path)
     if suffix not in HF_BUILDERS:
         raise MemlabError(
             f"hf:{path}: cannot read a {suffix or 'suffix-less'} file; valid: {', '.join(HF_BUILDERS)} "
