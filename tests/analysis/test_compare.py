@@ -137,6 +137,8 @@ def test_outputs_table_markdown_csv_json_and_plots(tmp_path, base):
     assert "60.0 [" in result.terminal and "wins" in result.terminal
     md = (out / "compare.md").read_text()
     assert "| gdn | gdn |" in md and "**wins**" in md and "**does not win**" in md
+    assert "| cdm | no (-10.0 pts [-14.3, -5.6] vs >= +5 pts: fails) | ? (+0.0 pts [-3.5, +3.5] OOD vs > +0 pts: within " \
+           "noise) | yes (1.00x vs <= 2x: passes) | yes (1.00x vs <= 1.5x: passes) | **does not win** |" in md
     with (out / "compare.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == ["base", "gdn", "cdm"]

@@ -465,10 +465,12 @@ def criteria_markdown(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]], 
     head = (f"Verdicts against `{base.name}` (wins = algorithmic >= +{100 * criteria.min_alg_gain:g} pts, better OOD, "
             f"training time <= {criteria.max_time_ratio:g}x, perplexity <= {criteria.max_ppl_ratio:g}x; an accuracy "
             "criterion holds when the 95% interval of the difference, shown in brackets, clears its threshold):\n\n")
-    marks = {True: "yes", False: "no", None: "n/a"}
+    def mark(c: dict[str, Any]) -> str:  # an undecided criterion has an interval; a missing one none
+        return {True: "yes", False: "no", None: "?" if "interval" in c else "n/a"}[c["passed"]]
+
     table = markdown_table(
         ["run", "algorithmic", "OOD", "training time", "perplexity", "verdict"],
-        ([r.name, *(f"{marks[c['passed']]} ({c['detail']})" for c in verdicts[r.name]["criteria"].values()),
+        ([r.name, *(f"{mark(c)} ({c['detail']})" for c in verdicts[r.name]["criteria"].values()),
           f"**{verdicts[r.name]['verdict']}**"] for r in rows if verdicts[r.name]["verdict"] != "baseline"),
     )
     return head + table
