@@ -9,10 +9,14 @@ import uuid
 import pytest
 
 from memlab.data.tasks import MQAR, SNIAH, FactNIAH, get_task, parse_task_spec, task_levels
-from memlab.data.tasks.retrieval import NOISE, default_prose
+from memlab.data.tasks.retrieval import NAMES, NOISE, default_prose
 from memlab.errors import MemlabError
 
-FACT = re.compile(r"(\w+) has a (\w+) (\w+)")
+FACT = re.compile(r"(\w+) has a (\w+) (\w+)\.")
+
+
+def facts(prompt: str) -> list[tuple[str, str, str]]:
+    return FACT.findall(prompt)
 
 
 @pytest.mark.parametrize(
@@ -22,18 +26,39 @@ def test_fact_niah_positions(position, index):
     rng = random.Random(0)
     for n in (0, 10, 31):
         ex = FactNIAH(position)(rng, n)
-        sentences = ex.prompt.split(". ")
-        assert len(sentences) == n + 1
-        fact_at = [i for i, s in enumerate(sentences) if FACT.match(s)]
-        assert fact_at == [index(n)] == [ex.meta["index"]]
-        name, color, obj = FACT.search(ex.prompt).groups()
+        found = facts(ex.prompt)
+        assert len(found) == n + 1 and " ".join(f"{a} has a {b} {c}." for a, b, c in found) == ex.prompt
+        name, color, obj = found[ex.meta["index"]]
+        assert ex.meta["index"] == index(n)
         assert ex.answer == color and ex.query == f"What color is {name}'s {obj}?"
-        assert ex.prompt.count("The sky is blue.") == n
+
+
+def test_only_the_name_tells_the_fact_from_the_distractors():
+    """Distractors are facts about the same object of other people, each named once."""
+    rng = random.Random(3)
+    for n in (1, 30, 100):
+        ex = FactNIAH()(rng, n)
+        names, colors, objects = zip(*facts(ex.prompt))
+        asked = names[ex.meta["index"]]
+        assert len(set(names)) == n + 1 and set(objects) == {objects[0]} and asked in ex.query
+    ex = FactNIAH()(rng, len(NAMES) + 50)  # more distractors than names: theirs repeat, never the asked one
+    names = [name for name, _, _ in facts(ex.prompt)]
+    assert names.count(names[ex.meta["index"]]) == 1 and len(names) == len(NAMES) + 51
+
+
+def test_the_has_a_shortcut_answers_no_better_than_chance():
+    """The colour after the first 'has a' had answered every example (the distractors had no fact)."""
+    rng = random.Random(0)
+    examples = [FactNIAH()(rng, 30) for _ in range(400)]
+    shortcut = [re.search(r"has a (\w+)", e.prompt).group(1) == e.answer for e in examples]
+    last = [re.findall(r"has a (\w+)", e.prompt)[-1] == e.answer for e in examples]
+    assert sum(shortcut) / 400 < 0.25 and sum(last) / 400 < 0.25  # chance 1/8, plus the fact first (1/31)
+    assert {e.meta["chance"] for e in examples} == {1 / 8}
 
 
 def test_fact_niah_depth_percent():
     ex = FactNIAH(depth=25)(random.Random(0), 40)
-    assert ex.meta["index"] == 10 and FACT.match(ex.prompt.split(". ")[10])
+    assert ex.meta["index"] == 10 and facts(ex.prompt)[10][0] in ex.query
 
 
 def test_fact_niah_random_position_covers_every_bucket():
@@ -230,3 +255,11 @@ def test_task_specs(byte_tok):
         get_task("niah:depth=abc", tokenizer=byte_tok)
     with pytest.raises(MemlabError, match="unknown task 'haystack'"):
         task_levels("haystack")
+
+
+def test_every_retrieval_example_records_its_chance_level():
+    rng = random.Random(0)
+    assert SNIAH(variant=1)(rng, 600).meta["chance"] == pytest.approx(1 / 9e6)
+    assert SNIAH(variant=2, n_keys=2, n_queries=2)(rng, 600).meta["chance"] == pytest.approx(1 / 9e6**2)
+    assert SNIAH(variant=3)(rng, 600).meta["chance"] == 2.0**-122
+    assert MQAR(vocab_size=64, seq_len=32)(rng, 3).meta["chance"] == pytest.approx(1 / 6)  # 3 values, 3! orders

@@ -80,7 +80,7 @@ def niah_answer(text: str) -> str | None:
     q = re.search(r"What color is (\w+)'s (\w+)\?", text)
     if not q:
         return None
-    fact = re.search(rf"{q.group(1)} has a (\w+) {q.group(2)}\.", text)
+    fact = re.search(rf"\b{q.group(1)} has a (\w+) {q.group(2)}\.", text)
     return fact.group(1) if fact else "?"
 
 

@@ -46,7 +46,7 @@ def test_a_model_whose_answer_is_in_its_state_has_a_large_delta(planted_model, b
 
 def test_delta_interval_is_a_paired_bootstrap(planted_model, byte_tok):
     """Half the answers need the state (fact in view), half are wrong either way: Delta ~ +50 pts."""
-    flaky = planted_model(lambda text: niah_answer(text) if "Alice" in text or "Bob" in text else "?")
+    flaky = planted_model(lambda text: niah_answer(text) if re.search(r"What color is [A-M]", text) else "?")
     result = ablation(flaky, byte_tok, horizons=[CONTEXT])
     delta, normal = result["delta"], result["normal"]
     assert 0 < normal["accuracy"] < 1 and delta["delta"] == normal["accuracy"]  # zeroed is 0
@@ -57,7 +57,11 @@ def test_delta_interval_is_a_paired_bootstrap(planted_model, byte_tok):
 def test_the_ablation_scores_the_task_it_is_given(planted_model, byte_tok):
     """An oracle that answers only when the fact opens the context: always at position=start, not
     always at a random position; a fact-NIAH oracle cannot answer sniah1's magic numbers."""
-    fact_first = planted_model(lambda text: niah_answer(text) if re.match(r"(<\|bos\|>)?\w+ has a \w+ \w+\.", text) else None)
+    def answer_if_first(text: str) -> str | None:
+        asked = re.search(r"What color is (.+)'s", text)
+        return niah_answer(text) if asked and re.match(rf"(<\|bos\|>)?{asked.group(1)} has a ", text) else None
+
+    fact_first = planted_model(answer_if_first)
     at_start = ablation(fact_first, byte_tok, ablation_task="niah:position=start", horizons=[CONTEXT])
     anywhere = ablation(fact_first, byte_tok, ablation_task="niah", horizons=[CONTEXT])
     assert at_start["normal"]["accuracy"] == 1.0 and anywhere["normal"]["accuracy"] < 0.5

@@ -63,6 +63,8 @@ def test_suite_payloads(evaluated):
             spread = cell["needle_depth"]
             assert 0 <= spread["min"] <= spread["mean"] <= spread["max"] <= 1, (task, cell)
     assert longctx["overall"]["n"] == 4 * 4 * 2
+    assert longctx["tasks"]["niah"]["chance"] == 1 / 8 and 0 < longctx["tasks"]["sniah1"]["chance"] < 1e-6
+    assert r["ablation"]["chance"] == 1 / 8  # the default ablation task is niah
     lm = r["lm"]
     assert lm["tokens"] == lm["windows"] * 64 and 1 < lm["perplexity"] < math.inf and lm["tokens_per_s"] > 0
     assert lm["loss_ci95"][0] <= lm["loss"] <= lm["loss_ci95"][1] and math.isclose(lm["perplexity"], math.exp(lm["loss"]))

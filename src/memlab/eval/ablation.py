@@ -19,6 +19,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import numpy as np
+
 import memlab
 from memlab.eval.exact_match import check_context
 from memlab.eval.hub import EvalContext, register_suite
@@ -70,6 +72,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
         "task": options.ablation_task,
         "context_len": T,
         "memory_layers": [layer for layer, _ in memory],
+        "chance": float(np.mean([e.meta["chance"] for e in examples])),
         "normal": accuracy_record(normal),
         "zeroed": accuracy_record(zeroed),
         "delta": paired_bootstrap(normal, zeroed, seed=options.seed),

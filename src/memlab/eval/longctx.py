@@ -4,6 +4,9 @@ For each needle task (the fact/distractor NIAH and RULER's S-NIAH-1/2/3) and eac
 (context length, depth) of the grid, ``needle_samples`` examples are scored by exact
 match; each task gets a heat-map PNG.  A cell records where its needles really are
 (``needle_depth``: mean, min, max), which in a short prose haystack can be far from its depth.
+A cell's examples are distinct (its ``n`` is smaller where the task has fewer), and each task records
+its ``chance``: the accuracy of a uniform guess among the answer's candidate values (1/8 for the
+fact NIAH's colours, about 0 for S-NIAH's numbers and UUIDs).
 A context length beyond the model's ``max_seq_len``, or one too short for a task's needle and
 question, is refused before any suite runs.
 """
@@ -52,18 +55,22 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     tasks, lengths, depths = needle_grid(ctx)  # checked by evaluate_model before any suite ran
     payload: dict[str, Any] = {"context_lengths": lengths, "depths": depths, "tasks": {}}
     for task in tasks:
-        rng, n = ctx.rng(f"longctx/{task}"), options.needle_samples
+        rng = ctx.rng(f"longctx/{task}")
         grid = [(length, depth) for length in lengths for depth in depths]
-        examples = [e for length, depth in grid for e in retrieval_examples(ctx, task, length, n, rng, depth=depth)]
+        examples, bounds = [], [0]  # each cell's distinct examples, cell after cell
+        for length, depth in grid:
+            examples += retrieval_examples(ctx, task, length, options.needle_samples, rng, depth=depth)
+            bounds.append(len(examples))
         hits = ctx.score(examples, f"longctx {task}")
-        cells = [{"context_len": length, "depth": depth, **accuracy_record(hits[i * n : (i + 1) * n]),
-                  "needle_depth": _spread([e.meta.get("depth") for e in examples[i * n : (i + 1) * n]])}
-                 for i, (length, depth) in enumerate(grid)]  # fmt: skip
+        cells = [{"context_len": length, "depth": depth, **accuracy_record(hits[start:stop]),
+                  "needle_depth": _spread([e.meta.get("depth") for e in examples[start:stop]])}
+                 for (length, depth), start, stop in zip(grid, bounds, bounds[1:])]  # fmt: skip
         heatmap = None
         if ctx.out_dir is not None:
             path = ctx.out_dir / f"longctx_{task}.png"
             heatmap = plot_heatmap(cells, lengths, depths, f"{task}: exact match %", path)
-        payload["tasks"][task] = {"cells": cells, "overall": pool(cells), "heatmap": heatmap}
+        chance = float(np.mean([e.meta["chance"] for e in examples]))
+        payload["tasks"][task] = {"cells": cells, "overall": pool(cells), "chance": chance, "heatmap": heatmap}
     payload["overall"] = pool([t["overall"] for t in payload["tasks"].values()])
     return payload
 

@@ -2,20 +2,23 @@
 
 The tasks are :mod:`memlab.data.tasks`' own (``niah``, ``sniah1/2/3``, ``mqar``, with
 ``NAME:key=value`` parameters); this module only sizes them: each example is the
-longest one whose tokens (context + answer) fit in ``context_len``.
+longest one whose tokens (context + answer) fit in ``context_len``, and draws them distinct.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from memlab.data.tasks import RETRIEVAL_TASKS, TokenizedExample, encode_example, get_task, parse_task_spec
+from memlab.data.tasks.retrieval import COLORS, NAMES, OBJECTS, fact
+from memlab.data.tokenizer import Tokenizer
 from memlab.errors import MemlabError, choose
 from memlab.eval.hub import EvalContext
 
 NEEDLE_TASKS = ("niah", "sniah1", "sniah2", "sniah3")
+DRAWS_PER_EXAMPLE = 20  # draws allowed per distinct example wanted
 
 
 def check_needle_tasks(names: Sequence[str]) -> list[str]:
@@ -27,7 +30,8 @@ def check_needle_tasks(names: Sequence[str]) -> list[str]:
 def retrieval_examples(
     ctx: EvalContext, spec: str, context_len: int, n: int, rng: random.Random, depth: float | None = None
 ) -> list[TokenizedExample]:
-    """``n`` examples of retrieval task ``spec``, each at most ``context_len`` tokens long.
+    """Up to ``n`` distinct examples of retrieval task ``spec``, each at most ``context_len`` tokens long
+    (fewer only where the task has fewer: found within ``DRAWS_PER_EXAMPLE * n`` draws).
 
     ``depth`` (0..1) places the needle at that fraction of the haystack; None: at random.
     """
@@ -36,18 +40,41 @@ def retrieval_examples(
     if name == "mqar":
         task = get_task(spec, tokenizer=ctx.tokenizer, seq_len=context_len - context_len % 2)
         pairs = max(1, context_len // 16)
-        return [task(random.Random(rng.random()), pairs) for _ in range(n)]
+        return distinct(lambda: task(random.Random(rng.random()), pairs), n)
     if depth is not None:
         params["depth"] = 100 * depth
     task = get_task(name, tokenizer=ctx.tokenizer, **params)
     # difficulty is the haystack size: tokens for S-NIAH, distractor sentences for the fact NIAH
-    unit = 1 if name.startswith("sniah") else len(ctx.tokenizer.encode(" " + task.distractor))
-    return [_fit(task, name, context_len, unit, rng.random(), ctx) for _ in range(n)]
+    units = (1, 1) if name.startswith("sniah") else fact_units(ctx.tokenizer)
+    return distinct(lambda: _fit(task, name, context_len, units, rng.random(), ctx), n)
 
 
-def _fit(task, name: str, context_len: int, unit: int, seed: float, ctx: EvalContext) -> TokenizedExample:
-    """The example of ``seed`` with the largest haystack whose tokens fit in ``context_len``."""
-    difficulty = context_len // unit
+def distinct(draw: Callable[[], TokenizedExample], n: int) -> list[TokenizedExample]:
+    """Up to ``n`` examples of distinct token ids from ``draw()`` (repeats would count one example
+    as several independent ones and narrow its interval)."""
+    found: dict[tuple[int, ...], TokenizedExample] = {}
+    for _ in range(DRAWS_PER_EXAMPLE * n):
+        example = draw()
+        found.setdefault(tuple(example.ids), example)
+        if len(found) == n:
+            break
+    return list(found.values())
+
+
+def fact_units(tokenizer: Tokenizer) -> tuple[int, int]:
+    """(fewest, most) tokens of one fact NIAH distractor sentence, with its leading space."""
+    lengths = [len(tokenizer.encode(" " + fact(name, color, obj))) for name in NAMES for color, obj in
+               zip(COLORS, OBJECTS)]  # fmt: skip
+    return min(lengths), max(lengths)
+
+
+def _fit(task, name: str, context_len: int, units: tuple[int, int], seed: float, ctx: EvalContext) -> TokenizedExample:
+    """The example of ``seed`` with the largest haystack whose tokens fit in ``context_len``.
+
+    ``units``: (fewest, most) tokens a unit of difficulty adds.  The search starts above every fitting
+    difficulty and steps down by no more units than the excess needs."""
+    fewest, most = units
+    difficulty = context_len // fewest
     while difficulty >= 0:  # the length grows with the difficulty, in steps of whole sentences
         try:
             example = encode_example(task(random.Random(seed), difficulty), ctx.tokenizer)
@@ -56,5 +83,5 @@ def _fit(task, name: str, context_len: int, unit: int, seed: float, ctx: EvalCon
         excess = len(example) - context_len
         if excess <= 0:
             return example
-        difficulty -= math.ceil(excess / unit)
+        difficulty -= math.ceil(excess / most)
     raise MemlabError(f"a {name} example does not fit in a context of {context_len} tokens; use a longer one")

@@ -19,7 +19,9 @@ from memlab.errors import MemlabError
 from memlab.jsonfile import finite, write_json
 from memlab.models.paths import weights_sha256
 
-SCHEMA_VERSION = 2  # 2: lm's interval resamples documents (documents, tokens_from, ci95_note)
+# 2: lm's interval resamples documents (documents, tokens_from, ci95_note); longctx and ablation record
+# their chance level, draw distinct examples, and the niah distractors are facts of other people
+SCHEMA_VERSION = 2
 
 METADATA_FIELDS = (
     "memlab_version",  # the package version that wrote the file

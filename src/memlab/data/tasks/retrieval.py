@@ -3,10 +3,20 @@
 Each is a small frozen dataclass of parameters whose instances are tasks
 ``(rng, difficulty) -> Example | TokenizedExample``:
 
-- :class:`FactNIAH` (``niah``): "Alice has a red ball." among ``difficulty`` distractor
-  sentences; query "What color is Alice's ball?" -> "red".  ``position``: start, middle, end or
-  random; ``meta`` records the fact's sentence index, its depth (0..1) and bucket (early/middle/late).
-  The distractor curriculum of the source experiments is ``NIAH_LEVELS`` = 0, 10, 30, 50, 100.
+- :class:`FactNIAH` (``niah``): "Alice has a red ball." among ``difficulty`` distractor facts
+  about the same object in the same template, each of another person ("Dave has a green
+  ball."); query "What color is Alice's ball?" -> "red".  Only the name tells the
+  fact from the distractors (a fixed distractor sentence had let "the colour after 'has a'"
+  answer).  The names of one example are distinct while there are enough (``len(NAMES) - 1``
+  distractors), then the distractors' names repeat; the asked name is never repeated.
+  ``position``: start, middle, end or random; ``meta`` records the fact's sentence index, its
+  depth (0..1) and bucket (early/middle/late).  The distractor curriculum of the source
+  experiments is ``NIAH_LEVELS`` = 0, 10, 30, 50, 100.
+
+Every example's ``meta["chance"]`` is the probability that a uniform guess among the answer's
+candidate values is exactly right: 1/8 for the fact NIAH (8 colours), 1/9e6 per 7-digit number
+and 2^-122 per UUID for S-NIAH, 1/n! for MQAR's n values (each query given one of the context's
+values, each value once).
 - :class:`SNIAH` (``sniah1/2/3``, as in RULER): "One of the special magic numbers for
   ambitious-kettle is: 4827151." hidden in a haystack of ``difficulty`` tokens at the sentence
   boundary nearest ``depth`` percent of its tokens (``meta["depth"]``: where it is, a coarse
@@ -28,6 +38,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import math
 import random
 import re
 import uuid
@@ -38,7 +49,17 @@ from typing import Literal
 from memlab.data.tasks.base import Example, TokenizedExample, check_difficulty
 from memlab.errors import MemlabError
 
-NAMES = ("Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Henry")
+NAMES = (
+    "Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Henry", "Abe", "Ada", "Alan", "Alex", "Amy", "Ann",
+    "Ava", "Bea", "Ben", "Beth", "Bill", "Brad", "Cara", "Carl", "Cole", "Dan", "Dean", "Dora", "Drew", "Eli",
+    "Ella", "Emma", "Eric", "Eva", "Finn", "Fay", "Fred", "Gabe", "Gail", "Gene", "Gia", "Glen", "Gus", "Hal",
+    "Hank", "Hugh", "Ian", "Ida", "Ike", "Ines", "Ira", "Ivan", "Ivy", "Jack", "Jade", "Jake", "Jane", "Jay",
+    "Jean", "Jill", "Joe", "Joel", "John", "Jon", "Josh", "Kai", "Kate", "Kim", "Kurt", "Kyle", "Lara", "Leah",
+    "Lee", "Leo", "Lily", "Lisa", "Liz", "Luke", "Lulu", "Mae", "Mary", "Max", "Meg", "Mia", "Mike", "Milo",
+    "Nate", "Neil", "Nell", "Nick", "Nina", "Noah", "Nora", "Olga", "Omar", "Otto", "Owen", "Pam", "Paul", "Pete",
+    "Quin", "Ray", "Reed", "Rex", "Rita", "Rob", "Rose", "Roy", "Ruby", "Ruth", "Sam", "Sara", "Seth", "Sue",
+    "Tara", "Ted", "Tess", "Tim", "Toby", "Tom", "Troy", "Uma", "Vera", "Vic", "Wade", "Walt", "Zack", "Zoe",
+)  # fmt: skip  (128 people: the names of an example are distinct up to 127 distractors)
 OBJECTS = ("ball", "car", "hat", "book", "pen", "cup", "ring", "lamp")
 COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "pink", "white")
 NIAH_LEVELS = (0, 10, 30, 50, 100)
@@ -58,12 +79,16 @@ def _bucket(depth: float) -> str:
     return "early" if depth < 1 / 3 else "middle" if depth < 2 / 3 else "late"
 
 
+def fact(name: str, color: str, obj: str) -> str:
+    """The fact NIAH's sentence template, of the needle and of every distractor."""
+    return f"{name} has a {color} {obj}."
+
+
 @dataclass(frozen=True)
 class FactNIAH:
-    """A fact among ``difficulty`` distractor sentences; the question asks for its colour."""
+    """A fact among ``difficulty`` distractor facts of other people; the question asks for its colour."""
 
     position: Literal["start", "middle", "end", "random"] = "random"
-    distractor: str = "The sky is blue."
     depth: float | None = None  # percent (0..100) of the distractors before the fact; overrides position
 
     def __post_init__(self) -> None:
@@ -74,16 +99,21 @@ class FactNIAH:
 
     def __call__(self, rng: random.Random, difficulty: int) -> Example:
         check_difficulty("niah", difficulty, 0)
-        name, obj, color = rng.choice(NAMES), rng.choice(OBJECTS), rng.choice(COLORS)
+        obj = rng.choice(OBJECTS)
+        name, *others = rng.sample(NAMES, min(difficulty + 1, len(NAMES)))  # the asked name is never repeated
+        while len(others) < difficulty:  # more distractors than names: theirs repeat
+            others += rng.sample(others, min(len(others), difficulty - len(others)))
+        color, *colors = (rng.choice(COLORS) for _ in range(difficulty + 1))
         index = {"start": 0, "middle": difficulty // 2, "end": difficulty}.get(self.position)
         if self.depth is not None:
             index = round(difficulty * self.depth / 100)
         elif index is None:
             index = rng.randint(0, difficulty)
-        sentences = [self.distractor] * difficulty
-        sentences.insert(index, f"{name} has a {color} {obj}.")
+        sentences = [fact(other, c, obj) for other, c in zip(others, colors)]
+        sentences.insert(index, fact(name, color, obj))
         depth = index / difficulty if difficulty else 0.0
-        meta = {"task": "niah", "difficulty": difficulty, "index": index, "depth": depth, "bucket": _bucket(depth)}
+        meta = {"task": "niah", "difficulty": difficulty, "index": index, "depth": depth, "bucket": _bucket(depth),
+                "chance": 1 / len(COLORS)}
         return Example(" ".join(sentences), color, query=f"What color is {name}'s {obj}?", meta=meta)
 
 
@@ -187,6 +217,7 @@ class SNIAH:
             "depth": depth,
             "bucket": _bucket(depth),
             "context_tokens": self.count_tokens(prompt + " " + query),
+            "chance": (2.0**-122 if self.variant == 3 else 1 / 9_000_000) ** (self.n_values * self.n_queries),
         }
         return Example(prompt, answer, query=query, meta=meta)
 
@@ -257,5 +288,5 @@ class MQAR:
         if self.random_non_queries:  # never a key: a key seen again with another id would contradict its pair
             other = [i for i in drawn if i not in set(keys)]
             tail = [rng.choice(other) if t == filler else t for t in tail]
-        meta = {"task": "mqar", "difficulty": n, "pairs": n}
+        meta = {"task": "mqar", "difficulty": n, "pairs": n, "chance": 1 / math.factorial(n)}
         return TokenizedExample(context + tail, mask, meta)
