@@ -11,8 +11,10 @@
   written by ``save_to_disk``, or a local data file: ``.jsonl``/``.json``/``.parquet``/``.csv``
   rows, or ``.txt``/``.md`` one document per file, each possibly compressed
   ``.gz``/``.bz2``/``.xz``/``.zst``); SPLIT may slice (``train[:1000]``);
-- ``files:GLOB``: local files; ``.jsonl``/``.json`` (one document per line, from a text field),
-  ``.parquet`` (a text column, needs ``pyarrow``), anything else one document per file.
+- ``files:GLOB``: local files, read as UTF-8 (a byte-order mark dropped; undecodable bytes become
+  U+FFFD, with a warning); ``.jsonl``/``.json`` (one document per line, from the text field chosen
+  on the file's first object), ``.parquet`` (a text column, needs ``pyarrow``), anything else one
+  document per file.
 
 A source has ``documents()`` (an iterator of ``str``, the same order every time),
 ``keyed_documents()`` (the same documents as ``Document(text, split_key)``: the train/validation
@@ -45,6 +47,9 @@ SOURCE_KINDS = ("stdlib-code", "stdlib-docs", "hf:NAME[:SPLIT]", "files:GLOB")
 TEXT_FIELDS = ("text", "content", "story", "code", "document")  # tried in this order
 HF_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text", ".md": "text"}
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")  # a data file's suffix before one of these names its format
+# in the fingerprints of files: and local hf: sources: their documents had been read otherwise (a byte-order
+# mark kept, a JSON-lines field chosen per row, a .txt file one document per line), so shards of those are rebuilt
+READER = "reader 2"
 
 
 class Document(NamedTuple):
@@ -253,7 +258,7 @@ class Files(Source):
 
     @property
     def fingerprint(self) -> str:
-        return _files_fingerprint(self.paths(), self.text_field or "")
+        return _files_fingerprint(self.paths(), f"{self.text_field or ''}\0{READER}")
 
 
 def _decode(raw: bytes) -> tuple[str, bool]:
@@ -381,7 +386,7 @@ class HFDataset(Source):
         local = Path(os.path.expanduser(self.name))
         if local.exists():  # a local file or directory: its files say when it changed, streamed or not
             files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
-            return _files_fingerprint(files, f"{self.spec}\0{self.text_field}")
+            return _files_fingerprint(files, f"{self.spec}\0{self.text_field}\0{READER}")
         # a cached (map-style) hub dataset has a content fingerprint; a hub stream is identified by name only
         token = getattr(self._dataset, "_fingerprint", None) or "stream"
         return hashlib.sha256(f"{self.spec}\0{self.text_field}\0{token}".encode()).hexdigest()
@@ -414,8 +419,7 @@ def _builder(path: Path) -> tuple[str, dict]:
             f"(optionally {', '.join(COMPRESSIONS)})"
         )
     builder = HF_BUILDERS[suffix]
-    kwargs = {"data_files": str(path)}
-    return builder, {**kwargs, "sample_by": "document"} if builder == "text" else kwargs
+    return builder, {"data_files": str(path)} | ({"sample_by": "document"} if builder == "text" else {})
 
 
 def _first_line(e: Exception) -> str:
