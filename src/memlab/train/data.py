@@ -44,7 +44,7 @@ class RunData:
     corpus: str
     curriculum: Curriculum
     val: TokenShards | None  # validation split, None when there is no corpus or it is too small
-    checksum: str | None  # data_checksum of the shards (recorded by the run, verified by eval); None for tasks only
+    checksum: str | None  # data_checksum of the shards, recorded in the run's config; None for tasks only
 
 
 def cache_dir() -> Path:
