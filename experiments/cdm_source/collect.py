@@ -107,7 +107,7 @@ def gates_compact(src: Path, dst: str) -> None:
                 "layer": L["layer"],
                 "role_by_slot_mean_gate": [[round(x, 4) for x in row] for row in L["role_by_slot_mean_gate"]],
                 "slots": [
-                    {k: s[k] for k in ("slot", "mean_gate", "favoured_role", "peak_role_gate")}
+                    {k: s[k] for k in ("slot", "mean_gate", "favoured_role", "favoured_role_mean_gate")}
                     | {"triggers": [t["token"] for t in s["triggers"][:4]]}
                     for s in L["slots"]
                 ],
@@ -143,9 +143,10 @@ def plan(run: str) -> list:
     for p in PROBES[run]:
         how, name = COMPACT[p]
         jobs.append((how, need(probes / f"{p}_probe_step{step}.json", run), name.format(run=run, step=step)))
-    jobs.append((trajectory_compact, need(probes / "trajectory_probe.json", run), f"{run}_trajectory_compact.json"))
+    trajectory = need(probes / f"trajectory_probe_step{step}.json", run)
+    jobs.append((trajectory_compact, trajectory, f"{run}_trajectory_compact.json"))
     for p in FIGURES.get(run, ()):
-        src = probes / ("trajectory_probe.png" if p == "trajectory" else f"{p}_probe_step{step}.png")
+        src = probes / f"{p}_probe_step{step}.png"
         name = f"{run}_trajectory.png" if p == "trajectory" else f"{run}_{p}_step{step}.png"
         jobs.append((copy, need(src, run), name))
     if run == "v3_nolbl":  # its last step writes the paired comparison into the v3 run

@@ -145,10 +145,10 @@ def gates(run: Path, top_layers: int = 4) -> None:
     print(f"### gates probe ({p.name}; {r['tokens']} tokens of {r['corpus']})")
     for layer in r["layers"][:top_layers]:
         parts = []
-        for s in sorted(layer["slots"], key=lambda s: -s["peak_role_gate"]):
+        for s in sorted(layer["slots"], key=lambda s: -(s["favoured_role_mean_gate"] or 0.0)):
             trig = ",".join(repr(t["token"]) for t in s["triggers"][:3])
             parts.append(
-                f"s{s['slot']} {s['favoured_role']} ({s['peak_role_gate']:.3f}; mean {s['mean_gate']:.3f}; {trig})"
+                f"s{s['slot']} {s['favoured_role']} ({fmt(s['favoured_role_mean_gate'], 3)}; mean {s['mean_gate']:.3f}; {trig})"
             )
         print(f"- layer {layer['layer']}: " + "; ".join(parts))
     roles = r["roles"]
@@ -210,7 +210,7 @@ def domains(run: Path) -> None:
 
 
 def trajectory(run: Path) -> None:
-    p = one(run, "trajectory_probe.json")
+    p = one(run, "trajectory_probe_step*.json")
     if not p:
         return
     r = load(p)
