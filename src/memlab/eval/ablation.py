@@ -5,7 +5,9 @@ On one set of retrieval examples (the answer is only in the context, far back):
 * ``zero``: accuracy with every memory-carrying layer's read-out zeroed, and with each
   such layer alone zeroed.  Delta = accuracy(normal) - accuracy(zeroed) on the same
   examples, with a paired bootstrap interval.  A model without memory-carrying layers
-  (a plain transformer) has nothing to zero: Delta is exactly 0 by construction.
+  (baseline, act, shared_loop: attention only) has nothing to zero: ``zeroed`` is null and
+  Delta is null (not applicable), with the reason in ``delta_note``.  What zeroing removes in
+  each mixer is listed in :func:`memlab.models.ablation.ablate`.
 * ``horizon``: accuracy when every mixer sees only its last ``h`` tokens, for a sweep of
   ``h``.  Mixers stack: through its ``max_depth`` mixer applications a position still reaches
   ``max_depth (h - 1) + 1`` tokens back (``reach``, at most the context), so where the accuracy
@@ -26,6 +28,8 @@ from memlab.eval.exact_match import check_context
 from memlab.eval.hub import EvalContext, register_suite
 from memlab.eval.retrieval import retrieval_examples
 from memlab.eval.stats import accuracy_record, paired_bootstrap
+
+NO_MEMORY = "no memory-carrying layer (attention only): nothing to zero, Delta does not apply"
 
 
 def default_horizons(context_len: int) -> list[int]:
@@ -52,8 +56,11 @@ def run(ctx: EvalContext) -> dict[str, Any]:
 
     normal = ctx.score(examples, "ablation: normal")
     memory = sorted({m.layer_idx: type(m).__name__ for m in model.mixers if m.carries_memory}.items())
-    with memlab.ablate(model, mode="zero"):
-        zeroed = ctx.score(examples, "ablation: zeroed")
+    zeroed, delta, note = None, {"delta": None, "ci95": [None, None], "n": len(examples)}, NO_MEMORY
+    if memory:
+        with memlab.ablate(model, mode="zero"):
+            hits = ctx.score(examples, "ablation: zeroed")
+        zeroed, delta, note = accuracy_record(hits), paired_bootstrap(normal, hits, seed=options.seed), None
     per_layer = []
     for layer, mixer in memory:
         with memlab.ablate(model, mode="zero", layers=[layer]):
@@ -74,8 +81,9 @@ def run(ctx: EvalContext) -> dict[str, Any]:
         "memory_layers": [layer for layer, _ in memory],
         "chance": float(np.mean([e.meta["chance"] for e in examples])),
         "normal": accuracy_record(normal),
-        "zeroed": accuracy_record(zeroed),
-        "delta": paired_bootstrap(normal, zeroed, seed=options.seed),
+        "zeroed": zeroed,
+        "delta": delta,
+        "delta_note": note,
         "per_layer": per_layer,
         "horizon": sweep,
     }

@@ -297,9 +297,10 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
                          f"{p['tokens_per_s']:.0f} tokens/s")
         elif suite == "ablation":
             d = p["delta"]
+            delta = (f"Delta {100 * d['delta']:+.1f} pts [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"
+                     if d["delta"] is not None else f"Delta n/a ({p.get('delta_note')})")
             lines.append(f"ablation ({p['task']} @ {p['context_len']} tokens, memory layers {p['memory_layers']}): "
-                         f"normal {_acc(p['normal'])}, zeroed {_acc(p['zeroed'])}, Delta {100 * d['delta']:+.1f} pts "
-                         f"[{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]")
+                         f"normal {_acc(p['normal'])}, zeroed {_acc(p['zeroed'])}, {delta}")
             lines.append("  horizon sweep: " + ", ".join(f"h={r['horizon']}: {_acc(r)}" for r in p["horizon"]))
         elif suite == "selftest":
             failed = [name for name, c in p["checks"].items() if not c["passed"]]

@@ -17,9 +17,24 @@ def ablate(
 ) -> Iterator[list[int]]:
     """Ablate memory inside the ``with`` block; yields the indices of the ablated layers.
 
-    ``mode="zero"`` zeroes the memory read-out of every memory-carrying mixer;
-    ``mode="horizon"`` limits every mixer to the last ``horizon`` tokens.  ``layers``
-    restricts the ablation to those layer indices.
+    ``mode="horizon"`` limits every mixer to the last ``horizon`` tokens.  ``layers`` restricts
+    the ablation to those layer indices.  ``mode="zero"`` zeroes the memory read-out of every
+    memory-carrying mixer; what that removes depends on the mixer (pattern letter), and in every
+    one the state is still written (decoding goes on as without the ablation):
+
+    * ``G`` Gated DeltaNet, ``D`` DeltaNet: the layer's whole output (its state read and, with it,
+      the short convolution and output gate on that path).  Zeroing such a layer alone leaves a
+      ``W`` layer that reads its state reading it still: zero both (``layers=None`` does) to
+      remove that memory from the model.
+    * ``W`` state-read window (``gdn.state_read``): only its read of the source layer's state; its
+      sliding-window attention stays.  Without ``state_read`` it carries no memory.
+    * ``M`` Mamba-2: the SSM state read-out; the ``D`` skip, the output gate and the short causal
+      convolution (the last ``ssm.conv_size - 1`` inputs) remain, so a few tokens of context do.
+    * ``C`` CDM: the slot read-out; ``K`` CDM hybrid: the slot read-out, its attention stays.
+    * the ``latent`` variant's thought stream: its read-out of the thoughts.
+    * ``A`` attention, ``S`` sliding-window attention, ``R`` memory tokens carry no memory to zero
+      (their context is limited by ``horizon`` only): variants built of them alone (baseline,
+      act, shared_loop) are left unchanged, and their Delta does not apply.
     """
     if mode not in ("zero", "horizon"):
         raise MemlabError(f"unknown ablation mode {mode!r}; valid choices: horizon, zero")
