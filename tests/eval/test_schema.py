@@ -96,3 +96,43 @@ def test_reading_a_missing_or_corrupt_file_is_one_clear_error(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(MemlabError, match="corrupt results file"):
         schema.read_results(tmp_path / "bad.json")
+
+
+def git(repo, *args):
+    import subprocess
+
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
+def test_the_commit_is_memlab_s_own_not_the_working_directory_s(tmp_path, monkeypatch):
+    """An installed memlab inside a user's repository had recorded the user's HEAD as its commit."""
+    repo = tmp_path / "user_repo"
+    package = repo / ".venv" / "memlab"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (repo / "analysis.py").write_text("")
+    git(repo, "init", "-q")
+    git(repo, "add", "analysis.py")
+    git(repo, "commit", "-qm", "user's work")
+    monkeypatch.setattr(schema, "PACKAGE_DIR", package)
+    assert schema.source_revision() == (None, None) and schema.git_commit() is None
+    monkeypatch.setattr(schema, "PACKAGE_DIR", tmp_path)  # no git work tree at all
+    assert schema.source_revision() == (None, None)
+
+
+def test_a_memlab_checkout_records_its_commit_and_whether_its_source_was_changed(tmp_path, monkeypatch):
+    package = tmp_path / "src" / "memlab"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-qm", "memlab")
+    monkeypatch.setattr(schema, "PACKAGE_DIR", package)
+    commit, dirty = schema.source_revision()
+    assert re.fullmatch(r"[0-9a-f]{40}", commit) and dirty is False
+    (tmp_path / "notes.txt").write_text("changed outside the package")
+    assert schema.source_revision() == (commit, False)
+    (package / "__init__.py").write_text("x = 1")
+    assert schema.source_revision() == (commit, True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import re
 
 import pytest
@@ -33,6 +34,7 @@ def test_all_writes_one_valid_document_with_every_suite(evaluated):
     assert list(doc["results"]) == list(SUITE_ORDER)
     meta = doc["metadata"]
     assert set(schema.METADATA_FIELDS) | set(schema.OPTIONAL_METADATA_FIELDS) <= set(meta)
+    assert meta["python_version"] == platform.python_version() and meta["git_dirty"] in (True, False, None)
     assert re.fullmatch("[0-9a-f]{64}", meta["weights_sha256"])  # which weights were measured
     assert meta["model"]["variant"] == "baseline" and meta["model"]["params"] > 0
     assert meta["options"]["samples"] == 3 and meta["decoding"]["temperature"] == 0.0

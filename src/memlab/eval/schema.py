@@ -9,6 +9,7 @@ in ``docs/results_schema.md``; :func:`validate` checks a document against it and
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -25,7 +26,7 @@ SCHEMA_VERSION = 2
 
 METADATA_FIELDS = (
     "memlab_version",  # the package version that wrote the file
-    "git_commit",  # commit of the memlab source tree, or null outside a git checkout
+    "git_commit",  # commit of the git checkout memlab's source is tracked in, else null
     "checkpoint",  # the path given on the command line
     "model_dir",  # the resolved directory holding the weights
     "config",  # the model's full ModelConfig as a dict
@@ -40,7 +41,7 @@ METADATA_FIELDS = (
     "timestamp",  # UTC, ISO 8601
 )
 
-OPTIONAL_METADATA_FIELDS = ("weights_sha256",)  # written now; files of an older memlab lack them
+OPTIONAL_METADATA_FIELDS = ("weights_sha256", "git_dirty", "python_version")  # files of an older memlab lack them
 
 ACCURACY_FIELDS = ("accuracy", "correct", "n", "ci95")
 DELTA_FIELDS = ("delta", "ci95", "n")
@@ -59,15 +60,32 @@ def results_filename(suite: str) -> str:
     return f"results_{suite}.json"
 
 
-def git_commit() -> str | None:
-    """The commit of the source tree memlab runs from, or None when it is not a git checkout."""
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # memlab's own source
+
+
+def _git(*args: str) -> str | None:
+    """Stdout of ``git args`` run in memlab's package directory; None when git fails."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
-        )
+        out = subprocess.run(["git", *args], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def source_revision() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the git checkout memlab's source is tracked in; (None, None) when memlab
+    runs from elsewhere (an installed copy, even one inside a user's own repository: its files are
+    not tracked there).  ``dirty``: uncommitted changes to files under memlab's package."""
+    if not _git("ls-files", "--", "__init__.py"):  # (None: no git; "": not tracked by this work tree)
+        return None, None
+    commit = (_git("rev-parse", "HEAD") or "").strip() or None
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    return commit, None if commit is None or status is None else bool(status.strip())
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree memlab runs from, or None when it is not a git checkout of memlab."""
+    return source_revision()[0]
 
 
 def utc_timestamp() -> str:
@@ -93,9 +111,11 @@ def metadata(
     from memlab import __version__
 
     config = model.config
+    commit, dirty = source_revision()
     return {
         "memlab_version": __version__,
-        "git_commit": git_commit(),
+        "git_commit": commit,
+        "git_dirty": dirty,  # uncommitted changes to memlab's source: the commit alone does not name the code
         "checkpoint": checkpoint,
         "model_dir": model_dir,
         "config": config.to_dict(),
@@ -115,6 +135,7 @@ def metadata(
         "options": asdict(options),
         "device": str(next(model.parameters()).device),
         "torch_version": torch.__version__,
+        "python_version": platform.python_version(),  # S-NIAH's prose haystack is the Python docs' own
         "timestamp": utc_timestamp(),
     }
 
