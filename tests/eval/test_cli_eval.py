@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import memlab
 from memlab.cli import main
 from memlab.eval import schema
 
@@ -17,6 +18,16 @@ from memlab.eval import schema
 def model_dir(tmp_path_factory, trained_baseline, byte_tok):
     path = tmp_path_factory.mktemp("cli_model")
     trained_baseline.save(path)
+    byte_tok.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def learned_dir(tmp_path_factory, byte_tok):
+    """A model with learned absolute positions: it has none beyond max_seq_len (1024)."""
+    path = tmp_path_factory.mktemp("learned_model")
+    memlab.build_model("baseline", "tiny", vocab_size=byte_tok.vocab_size, d_model=32, n_layers=1, n_heads=1, d_ff=64,
+                       max_seq_len=1024, pos_encoding="learned").save(path)
     byte_tok.save(path)
     return path
 
@@ -61,7 +72,7 @@ def test_a_checkpoint_other_than_the_runs_model_is_evaluated_into_its_own_dir(mo
     assert step_4["metadata"]["model_dir"].endswith("step_4") and own["metadata"]["model_dir"].endswith("step_8")
 
 
-def test_eval_bad_input(model_dir, tmp_path, capsys):
+def test_eval_bad_input(model_dir, learned_dir, tmp_path, capsys):
     assert "no such checkpoint or model directory" in fail(capsys, "eval", "--checkpoint", str(tmp_path / "nope"))
     (tmp_path / "empty_run").mkdir()
     assert "holds no model" in fail(capsys, "eval", "--checkpoint", str(tmp_path / "empty_run"))
@@ -84,8 +95,8 @@ def test_eval_bad_input(model_dir, tmp_path, capsys):
     assert "unknown suite 'vibes'; valid choices: ablation, algorithmic, all" in err
     err = fail(capsys, "eval", "--checkpoint", str(model_dir), "--suite", "algorithmic", "--tasks", "sorting")
     assert "unknown algorithmic task 'sorting'" in err
-    err = fail(capsys, "eval", "--checkpoint", str(model_dir), "--suite", "longctx", "--context-lengths", "4096")
-    assert "max_seq_len=1024" in err
+    err = fail(capsys, "eval", "--checkpoint", str(learned_dir), "--suite", "longctx", "--context-lengths", "4096")
+    assert "learned positions end at max_seq_len=1024" in err  # (a RoPE model evaluates any length)
     assert "unknown device 'gpu'" in fail(capsys, "eval", "--checkpoint", str(model_dir), "--device", "gpu")
 
 
@@ -129,14 +140,14 @@ def test_eval_refuses_an_out_dir_that_cannot_be_made_before_any_work(model_dir, 
     ],
 )
 def test_suite_all_refuses_what_a_later_suite_cannot_run_before_the_first_runs(
-    model_dir, tmp_path, capsys, monkeypatch, flags, fragment
+    learned_dir, tmp_path, capsys, monkeypatch, flags, fragment
 ):
     """--suite all had run the algorithmic suite (and others) in full, then stopped at the later suite."""
     from memlab.eval import hub
 
     hub.suite_names()  # registers the suites
     monkeypatch.setitem(hub.SUITES, "algorithmic", lambda ctx: pytest.fail("the first suite ran"))
-    err = fail(capsys, "eval", "--checkpoint", str(model_dir), "--suite", "all", "--corpus", "stdlib-docs",
+    err = fail(capsys, "eval", "--checkpoint", str(learned_dir), "--suite", "all", "--corpus", "stdlib-docs",
                "--out_dir", str(tmp_path / "out"), *flags)
     assert fragment in err and not (tmp_path / "out" / "results_all.json").exists()
 

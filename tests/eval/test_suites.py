@@ -135,9 +135,7 @@ def test_the_lm_interval_is_over_the_documents_of_the_evaluated_tokens(byte_tok,
         ("everything", {}, "unknown suite 'everything'; valid choices: ablation, algorithmic"),
         ("algorithmic", {"tasks": ["copy", "sort"]}, "unknown algorithmic task 'sort'; valid choices: addition"),
         ("longctx", {"needle_tasks": ["haystack"]}, "unknown needle task 'haystack'; valid choices: niah, sniah1"),
-        ("longctx", {"context_lengths": [512, 2048]}, "supports at most max_seq_len=1024"),
         ("longctx", {"context_lengths": [64], "needle_tasks": ["sniah1"]}, "sniah1 does not fit in a context of 64"),
-        ("ablation", {"ablation_context": 4096}, "supports at most max_seq_len=1024"),
         ("ablation", {"ablation_task": "sort"}, "unknown retrieval task 'sort'"),
         ("lm", {}, "the lm suite needs a corpus"),
     ],
@@ -145,6 +143,36 @@ def test_the_lm_interval_is_over_the_documents_of_the_evaluated_tokens(byte_tok,
 def test_bad_input_is_one_clear_error(trained_baseline, byte_tok, suite, options, message):
     ctx = EvalContext(trained_baseline, byte_tok, EvalOptions(**options))
     with pytest.raises(MemlabError, match=None) as e:
+        evaluate_model(ctx, suite)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("suite, options", [
+    ("longctx", dict(needle_tasks=["niah"], context_lengths=[64, 256], depths=[0.5], needle_samples=2)),
+    ("ablation", dict(ablation_context=256, ablation_samples=2, horizons=[256], horizon_samples=1)),
+    ("lm", dict(lm_context=256, lm_tokens=256)),
+])
+def test_only_learned_positions_limit_the_context(byte_tok, shards, suite, options):
+    """Lengths beyond max_seq_len (128) had been refused for RoPE models too: a length-generalisation test."""
+    options = EvalOptions(corpus=str(shards), **options)
+    learned = EvalContext(small_model(byte_tok, pos_encoding="learned"), byte_tok, options)
+    with pytest.raises(MemlabError, match=r"needs 256 tokens but the model's learned positions end at max_seq_len=128"):
+        evaluate_model(learned, suite)
+    rope = EvalContext(small_model(byte_tok), byte_tok, options)  # (pos_encoding="rope")
+    result = evaluate_model(rope, suite)["results"]
+    assert result["context_len"] == 256 if suite != "longctx" else result["context_lengths"] == [64, 256]
+
+
+@pytest.mark.parametrize(
+    "suite, options, message",
+    [
+        ("longctx", {"context_lengths": [512, 2048]}, "learned positions end at max_seq_len=128"),
+        ("ablation", {"ablation_context": 4096}, "learned positions end at max_seq_len=128"),
+    ],
+)
+def test_a_context_beyond_learned_positions_is_one_clear_error(byte_tok, suite, options, message):
+    ctx = EvalContext(small_model(byte_tok, pos_encoding="learned"), byte_tok, EvalOptions(**options))
+    with pytest.raises(MemlabError) as e:
         evaluate_model(ctx, suite)
     assert message in str(e.value) and "\n" not in str(e.value)
 

@@ -21,11 +21,13 @@ from memlab.errors import MemlabError
 
 
 def check_context(model: nn.Module, length: int, what: str = "an example") -> None:
-    """Raise a MemlabError if ``length`` tokens exceed the model's context (``config.max_seq_len``)."""
+    """Raise a MemlabError if ``length`` tokens exceed a model with learned absolute positions'
+    ``config.max_seq_len`` (it has no embedding beyond).  RoPE and position-free models run at any
+    length: evaluating them beyond their training length is what a length-generalisation test does."""
     limit = model.config.max_seq_len
-    if length > limit:
+    if model.config.pos_encoding == "learned" and length > limit:
         raise MemlabError(
-            f"{what} needs {length} tokens but the model supports at most max_seq_len={limit}; "
+            f"{what} needs {length} tokens but the model's learned positions end at max_seq_len={limit}; "
             "choose shorter context lengths"
         )
 

@@ -7,8 +7,9 @@ match; each task gets a heat-map PNG.  A cell records where its needles really a
 A cell's examples are distinct (its ``n`` is smaller where the task has fewer), and each task records
 its ``chance``: the accuracy of a uniform guess among the answer's candidate values (1/8 for the
 fact NIAH's colours, about 0 for S-NIAH's numbers and UUIDs).
-A context length beyond the model's ``max_seq_len``, or one too short for a task's needle and
-question, is refused before any suite runs.
+Lengths beyond the model's ``max_seq_len`` measure length generalisation (RoPE and position-free
+models); a model with learned absolute positions has none there and refuses them, as a length too
+short for a task's needle and question is refused, before any suite runs.
 """
 
 from __future__ import annotations
