@@ -97,6 +97,24 @@ def small_model(byte_tok, **overrides):
                               d_ff=64, max_seq_len=128, **overrides).eval()
 
 
+def test_a_split_shorter_than_the_lm_window_is_refused_before_any_suite_runs(byte_tok, tmp_path, monkeypatch):
+    """The shards' own error had come after the other suites had run, and named seq_len."""
+    from memlab.data.text import prepare_shards
+    from memlab.eval import hub
+
+    text = tmp_path / "text"
+    text.mkdir()
+    for i in range(4):
+        (text / f"doc{i}.txt").write_text(f"short document {i}")
+    prepare_shards(f"files:{text}/*.txt", byte_tok, tmp_path / "shards", val_fraction=0.5)
+    hub.suite_names()  # registers the suites
+    monkeypatch.setitem(hub.SUITES, "algorithmic", lambda ctx: pytest.fail("the first suite ran"))
+    options = EvalOptions(corpus=str(tmp_path / "shards"), lm_context=64, lm_tokens=64, needle_tasks=["niah"],
+                          context_lengths=[96])
+    with pytest.raises(MemlabError, match=r"fewer than one lm window of 64 \+ 1; shorten the window \(--lm-context\)"):
+        evaluate_model(EvalContext(small_model(byte_tok), byte_tok, options), "all")
+
+
 def test_a_diverged_model_has_infinite_perplexity(byte_tok, shards):
     model = small_model(byte_tok)
     with torch.no_grad():

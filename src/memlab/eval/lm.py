@@ -40,12 +40,17 @@ def corpus_and_window(ctx: EvalContext) -> tuple[str, int]:
 
 
 def check(ctx: EvalContext) -> None:
-    """Refuse a missing corpus or a window beyond the model's context (before any suite runs)."""
-    _, seq_len = corpus_and_window(ctx)
+    """Refuse a missing corpus, a window beyond the model's context or longer than the corpus's
+    validation split (before any suite runs: the split is prepared here if it must be)."""
+    spec, seq_len = corpus_and_window(ctx)
     check_context(ctx.model, seq_len, "the lm window (--lm-context)")
     if ctx.options.lm_tokens < seq_len:  # (one whole window had been evaluated, more than asked for)
         raise MemlabError(f"--lm-tokens {ctx.options.lm_tokens} is less than one window of {seq_len} tokens; "
                           "raise it or shorten the window (--lm-context)")
+    name, shards = open_corpus(ctx, spec)
+    if shards.num_tokens < seq_len + 1:  # (the shards' own error came after the other suites, naming seq_len)
+        raise MemlabError(f"the validation split of {name} has {shards.num_tokens} tokens, fewer than one lm window "
+                          f"of {seq_len} + 1; shorten the window (--lm-context) or use a larger corpus (--corpus)")
 
 
 def open_corpus(ctx: EvalContext, spec: str) -> tuple[str, TokenShards]:
