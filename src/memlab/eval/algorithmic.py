@@ -13,13 +13,12 @@ as much as generalisation.  The OOD levels lie beyond every trained one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from memlab.data.tasks import GRIDS, TASKS, Example, encode_example
 from memlab.errors import MemlabError, choose
-from memlab.eval.hub import EvalContext, register_suite
+from memlab.eval.hub import EvalContext, distinct, register_suite
 from memlab.eval.stats import accuracy_record, pool
 
 
@@ -34,17 +33,8 @@ def check_tasks(names: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def distinct_examples(draw: Callable[[], Example], n: int, draws_per_example: int = 20) -> list[Example]:
-    """Up to ``n`` distinct examples from ``draw()``; fewer where the task has fewer (two-bit parity
-    has 4), found within ``draws_per_example * n`` draws.  Repeats would count one example as
-    several independent ones and narrow its interval."""
-    found: dict[tuple[str, str, str], Example] = {}
-    for _ in range(draws_per_example * n):
-        example = draw()
-        found.setdefault((example.prompt, example.query, example.answer), example)
-        if len(found) == n:
-            break
-    return list(found.values())
+def _text(example: Example) -> tuple[str, str, str]:
+    return example.prompt, example.query, example.answer
 
 
 @register_suite("algorithmic")
@@ -58,7 +48,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     examples, bounds = [], [0]  # each cell's examples, cell after cell; scored together (fewer, fuller batches)
     for task, _, difficulty in cells:
         rng = ctx.rng(f"algorithmic/{task}/{difficulty}")
-        drawn = distinct_examples(partial(TASKS[task], rng, difficulty), options.samples)
+        drawn = distinct(partial(TASKS[task], rng, difficulty), options.samples, key=_text)
         examples += [encode_example(e, ctx.tokenizer) for e in drawn]
         bounds.append(len(examples))
     hits = ctx.score(examples, "algorithmic")

@@ -17,10 +17,10 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from memlab.models.recursion import fix_act_steps
 log = logging.getLogger(__name__)
 
 SUITE_ORDER = ("algorithmic", "longctx", "lm", "ablation", "selftest")
+T = TypeVar("T")
 DECODING = {"strategy": "greedy", "temperature": 0.0, "scoring": "exact match, teacher-forced (== greedy decoding)"}
 
 
@@ -63,6 +64,19 @@ class EvalContext:
         """(n,) bool: greedy exact match of each example (see :func:`memlab.eval.exact_match.exact_match`)."""
         bar = what if self.progress else None
         return exact_match(self.model, examples, self.tokenizer.pad_id, self.options.batch_tokens, bar)
+
+
+def distinct(draw: Callable[[], T], n: int, key: Callable[[T], Hashable], draws_per_example: int = 20) -> list[T]:
+    """Up to ``n`` examples of distinct ``key`` from ``draw()``, found within ``draws_per_example * n``
+    draws: fewer where the task has fewer (two-bit parity has 4).  Repeats would count one example
+    as several independent ones and narrow its interval."""
+    found: dict[Hashable, T] = {}
+    for _ in range(draws_per_example * n):
+        example = draw()
+        found.setdefault(key(example), example)
+        if len(found) == n:
+            break
+    return list(found.values())
 
 
 Suite = Callable[[EvalContext], dict[str, Any]]

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from memlab.data.tasks import RETRIEVAL_TASKS, TokenizedExample, encode_example, get_task, parse_task_spec
 from memlab.data.tasks.retrieval import COLORS, NAMES, OBJECTS, fact
 from memlab.data.tokenizer import Tokenizer
 from memlab.errors import MemlabError, choose
-from memlab.eval.hub import EvalContext
+from memlab.eval.hub import EvalContext, distinct
 
 NEEDLE_TASKS = ("niah", "sniah1", "sniah2", "sniah3")
-DRAWS_PER_EXAMPLE = 20  # draws allowed per distinct example wanted
 
 
 def check_needle_tasks(names: Sequence[str]) -> list[str]:
@@ -31,7 +30,7 @@ def retrieval_examples(
     ctx: EvalContext, spec: str, context_len: int, n: int, rng: random.Random, depth: float | None = None
 ) -> list[TokenizedExample]:
     """Up to ``n`` distinct examples of retrieval task ``spec``, each at most ``context_len`` tokens long
-    (fewer only where the task has fewer: found within ``DRAWS_PER_EXAMPLE * n`` draws).
+    (fewer only where the task has fewer: see :func:`memlab.eval.hub.distinct`).
 
     ``depth`` (0..1) places the needle at that fraction of the haystack; None: at random.
     """
@@ -40,25 +39,17 @@ def retrieval_examples(
     if name == "mqar":
         task = get_task(spec, tokenizer=ctx.tokenizer, seq_len=context_len - context_len % 2)
         pairs = max(1, context_len // 16)
-        return distinct(lambda: task(random.Random(rng.random()), pairs), n)
+        return distinct(lambda: task(random.Random(rng.random()), pairs), n, key=_ids)
     if depth is not None:
         params["depth"] = 100 * depth
     task = get_task(name, tokenizer=ctx.tokenizer, **params)
     # difficulty is the haystack size: tokens for S-NIAH, distractor sentences for the fact NIAH
     units = (1, 1) if name.startswith("sniah") else fact_units(ctx.tokenizer)
-    return distinct(lambda: _fit(task, name, context_len, units, rng.random(), ctx), n)
+    return distinct(lambda: _fit(task, name, context_len, units, rng.random(), ctx), n, key=_ids)
 
 
-def distinct(draw: Callable[[], TokenizedExample], n: int) -> list[TokenizedExample]:
-    """Up to ``n`` examples of distinct token ids from ``draw()`` (repeats would count one example
-    as several independent ones and narrow its interval)."""
-    found: dict[tuple[int, ...], TokenizedExample] = {}
-    for _ in range(DRAWS_PER_EXAMPLE * n):
-        example = draw()
-        found.setdefault(tuple(example.ids), example)
-        if len(found) == n:
-            break
-    return list(found.values())
+def _ids(example: TokenizedExample) -> tuple[int, ...]:
+    return tuple(example.ids)
 
 
 def fact_units(tokenizer: Tokenizer) -> tuple[int, int]:
