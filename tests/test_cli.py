@@ -59,8 +59,8 @@ def test_info_all_is_a_markdown_table(capsys):
         (["data", "prepare", "--source", "stdlib-docs", "--out", "x", "--bpe-train-bytes", "0"],
          "bpe_train_bytes must be positive"),
         (["probe"], "Missing from memlab probe: --checkpoint"),
-        (["generate", "--init", "--prompt", "hi", "--max-new-tokens", "5000"],  # had run past the context
-         "the prompt and --max-new-tokens needs 5001 tokens but the model supports at most max_seq_len=2048"),
+        (["generate", "--init", "--variant", "nano_baseline", "--prompt", "hi", "--max-new-tokens", "5000"],
+         "2 prompt tokens and 5000 new ones exceed max_seq_len=2048 of this model's learned positions"),
         # options that had been ignored
         (["generate", "--checkpoint", "x", "--variant", "gdn", "--prompt", "hi"], "a checkpoint has its own"),
         (["data", "prepare", "--source", "stdlib-docs", "--out", "x", "--tokenizer", "byte", "--vocab-size", "300"],

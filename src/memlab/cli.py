@@ -93,7 +93,6 @@ def run_generate(args: GenerateArgs) -> None:
 
     import memlab
     from memlab.data.tokenizer import build_tokenizer
-    from memlab.eval.exact_match import check_context
     from memlab.eval.hub import load_checkpoint
     from memlab.models.lm import check_sampling
 
@@ -115,7 +114,6 @@ def run_generate(args: GenerateArgs) -> None:
     ids = torch.tensor([tokenizer.encode(args.prompt)])
     if ids.shape[1] == 0:
         raise MemlabError("the prompt is empty")
-    check_context(model, ids.shape[1] + args.max_new_tokens - 1, "the prompt and --max-new-tokens")  # as eval does
     out = model.eval().generate(
         ids, args.max_new_tokens, args.temperature, args.top_k, tokenizer.eos_id,
         torch.Generator().manual_seed(args.seed), args.top_p,

@@ -177,7 +177,7 @@ def _metric_rows(payload: dict[str, Any], path: str = "", depth: int = 0) -> lis
             rows.append([name, str(value), "-", "-"])
         elif isinstance(value, (int, float)) and isinstance(payload.get(f"{key}_ci95"), list):
             lo, hi = payload[f"{key}_ci95"]
-            n = payload.get("n", payload.get("windows"))  # the lm suite's interval is over windows
+            n = payload.get("n", payload.get("documents", payload.get("windows")))  # lm: documents (schema 1: windows)
             rows.append([name, _fmt(value), f"[{_fmt(lo)}, {_fmt(hi)}]", _fmt(n)])
     return rows
 

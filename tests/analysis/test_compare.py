@@ -316,6 +316,11 @@ def _edit(run, suite=None, metadata=None, **changes):
         ("lm", dict(corpus_request={"source": "stdlib-docs"}), 'different corpus_request ({"source": "stdlib-code"}'),
         ("ablation", dict(task="mqar"), 'different task ("niah" vs "mqar")'),
         ("algorithmic", dict(grids={"iid": {"copy": [8]}}), "different grids"),
+        # a file that does not record it was measured with the first retrieval tasks (one fixed distractor)
+        ("longctx", dict(retrieval_version="memlab-retrieval-v2"),
+         'different retrieval_version ("memlab-retrieval-v1" vs "memlab-retrieval-v2")'),
+        ("ablation", dict(retrieval_version="memlab-retrieval-v2"), "ablation results of base and gdn were measured "
+                                                                    "on different retrieval_version"),
     ],
 )
 def test_runs_evaluated_on_different_things_are_refused(tmp_path, base, suite, change, fragment):
@@ -334,6 +339,12 @@ def test_sample_counts_may_differ_and_a_fact_an_older_file_lacks_is_not_compared
     _edit(other, "lm", corpus_request={"source": "stdlib-code"})  # base records no request
     rows = compare([base, other]).rows
     assert [r.perplexity.value for r in rows] == [20.0, 25.0]
+
+
+def test_a_perplexity_rests_on_the_documents_its_interval_resamples(tmp_path, base):
+    assert compare([base]).rows[0].perplexity.n == 0  # an old file that records neither
+    _edit(base, "lm", windows=64, documents=9)
+    assert compare([base]).rows[0].perplexity.n == 9
 
 
 def test_seeds_evaluated_with_different_tokenizers_are_refused(tmp_path):

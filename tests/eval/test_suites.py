@@ -212,3 +212,29 @@ def test_a_corpus_source_is_split_as_the_run_split_its_data(byte_tok, tmp_path):
     ctx = EvalContext(small_model(byte_tok), byte_tok, options, out_dir=tmp_path / "out", run_dir=run)
     request = evaluate_model(ctx, "lm")["results"]["corpus_request"]
     assert (request["val_fraction"], request["split_seed"]) == (0.3, 7)
+
+
+def test_the_runs_own_data_prepared_again_with_other_text_is_refused(byte_tok, tmp_path):
+    """The lm suite reads the run's data directory; re-prepared since, it holds other documents than the run held out."""
+    import yaml
+
+    from memlab.data.shards import TokenShards, data_checksum
+    from memlab.data.text import prepare_shards
+
+    text = tmp_path / "text"
+    text.mkdir()
+    for i in range(20):
+        (text / f"doc{i}.txt").write_text(f"Document {i}. " * 30)
+    data = tmp_path / "data"
+    prepare_shards(f"files:{text}/*.txt", byte_tok, data, val_fraction=0.5)
+    run = tmp_path / "run"
+    run.mkdir()
+    recorded = data_checksum(TokenShards(data, "val").header)
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"data_dir": str(data), "shards_sha256": recorded}}))
+    options = EvalOptions(lm_tokens=64, lm_context=32)
+    ctx = EvalContext(small_model(byte_tok), byte_tok, options, out_dir=tmp_path / "out", run_dir=run)
+    assert evaluate_model(ctx, "lm")["results"]["corpus"] == str(data)  # the run's own data, as recorded
+    (text / "doc0.txt").write_text("Other text. " * 40)
+    prepare_shards(f"files:{text}/*.txt", byte_tok, data, val_fraction=0.5)
+    with pytest.raises(MemlabError, match="no longer holds the data the run recorded"):
+        evaluate_model(ctx, "lm")

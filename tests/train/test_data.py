@@ -55,3 +55,21 @@ def test_a_train_split_shorter_than_one_window_is_refused_at_start_up(tmp_path):
     with pytest.raises(MemlabError, match=f"the train split of {data} has 21 tokens, fewer than one window of 49"):
         build_data(cfg, Dist(), None)
     assert (data / HEADER_FILE).is_file()
+
+
+def test_a_resume_refuses_data_prepared_again_with_other_text(tmp_path):
+    """The run's --data-dir rebuilt since would resume it on other documents and another held-out split."""
+    from memlab.train import train
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(8):
+        (corpus / f"doc{i}.txt").write_text(f"Document {i}. " * 20)
+    data = tmp_path / "data"
+    prepare_shards(f"files:{corpus}/*.txt", "byte", data, val_fraction=0.25)
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=2, corpus=None, data_dir=str(data)))
+    (corpus / "doc0.txt").write_text("Other text. " * 30)
+    prepare_shards(f"files:{corpus}/*.txt", "byte", data, val_fraction=0.25)
+    with pytest.raises(MemlabError, match="no longer holds the data the run recorded"):
+        train(tiny_config(run, steps=3, corpus=None, data_dir=str(data), resume=True))

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Metric:
-    """A number with its 95% interval and what it rests on (examples, windows or seeds).
+    """A number with its 95% interval and what it rests on (examples, documents or seeds).
 
     ``collapsed`` counts the runs whose number was measured but is not finite (a diverged loss);
     a collapsed metric has no value and its ``n`` counts runs.
@@ -151,10 +151,11 @@ def _run_model_dir(run_dir: Path) -> Path | None:
 # and texts are counted in the tokenizer's tokens (a task grid counts elements).
 MEASURED_ON = {
     "algorithmic": ("grids",),
-    "longctx": ("tasks", "context_lengths", "depths"),
+    "longctx": ("tasks", "context_lengths", "depths", "retrieval_version"),
     "lm": ("corpus_request", "context_len", "tokens"),
-    "ablation": ("task", "context_len"),
+    "ablation": ("task", "context_len", "retrieval_version"),
 }
+UNRECORDED = {"retrieval_version": "memlab-retrieval-v1"}  # what a file that does not record the fact was measured on
 MEASURED_WITH = {
     "algorithmic": ("grid_version",),
     "longctx": ("grid_version", "tokenizer_hash"),
@@ -165,7 +166,7 @@ MEASURED_WITH = {
 
 def measured_on(suite: str, payload: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """The facts of :data:`MEASURED_ON` and :data:`MEASURED_WITH` for one payload, and a fixed ACT depth."""
-    facts = {key: payload.get(key) for key in MEASURED_ON[suite]}
+    facts = {key: payload.get(key, UNRECORDED.get(key)) for key in MEASURED_ON[suite]}
     if isinstance(facts.get("tasks"), dict):  # longctx's results by task: compared by name
         facts["tasks"] = sorted(facts["tasks"])
     facts.update({key: meta.get(key) for key in MEASURED_WITH[suite]})
@@ -241,7 +242,7 @@ def _row(run_dir: Path, payloads: dict[str, Any], meta: dict[str, Any], measured
         if ppl is None or not math.isfinite(ppl):  # a non-finite loss: the run collapsed
             row.perplexity = Metric(n=1, collapsed=1)
         else:
-            row.perplexity = Metric(ppl, lm.get("perplexity_ci95"), lm.get("windows", 0))
+            row.perplexity = Metric(ppl, lm.get("perplexity_ci95"), lm.get("documents", lm.get("windows", 0)))
     if "ablation" in payloads:
         d = payloads["ablation"]["delta"]
         row.delta = Metric(d["delta"], d["ci95"], d["n"])

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from memlab.analysis.compare import Comparison, criteria_markdown, markdown
+from memlab.eval.hub import delta_points
 from memlab.markdown import markdown_table
 
 
@@ -29,10 +30,9 @@ def ablation_markdown(comparison: Comparison) -> str:
         p = row.results.get("ablation")
         if p is None:
             continue
-        d = p["delta"]
         sweep = ", ".join(f"{r['horizon']}: {_pct(r).split(' ')[0]}" for r in p["horizon"])
         cells.append([row.name, p["memory_layers"] or "none", _pct(p["normal"]), _pct(p["zeroed"]),
-                      f"{100 * d['delta']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]", sweep])
+                      delta_points(p["delta"]), sweep])
     return markdown_table(
         ["run", "memory layers", "normal", "zeroed", "Delta (pts) [95% CI]", "horizon sweep (accuracy at h)"], cells
     )

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 import memlab
+from memlab.data.tasks import RETRIEVAL_VERSION
 from memlab.eval.exact_match import check_context
 from memlab.eval.hub import EvalContext, register_suite
 from memlab.eval.retrieval import retrieval_examples
@@ -77,6 +78,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                           **accuracy_record(ctx.score(subset, f"ablation: horizon {h}"))})
     return {
         "task": options.ablation_task,
+        "retrieval_version": RETRIEVAL_VERSION,
         "context_len": T,
         "memory_layers": [layer for layer, _ in memory],
         "chance": float(np.mean([e.meta["chance"] for e in examples])),

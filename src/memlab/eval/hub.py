@@ -294,6 +294,14 @@ def _number(x: float | None, digits: int) -> str:
     return "non-finite" if x is None else f"{x:.{digits}f}"  # null: a non-finite number (a diverged model)
 
 
+def delta_points(record: dict[str, Any]) -> str:
+    """A delta record in points with its interval; ``n/a`` where Delta does not apply (no memory layer)."""
+    if record["delta"] is None:
+        return "n/a"
+    lo, hi = record["ci95"]
+    return f"{100 * record['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def summary_lines(doc: dict[str, Any]) -> list[str]:
     """A few human lines of a results document (what ``memlab eval`` prints)."""
     payloads = doc["results"] if doc["suite"] == "all" else {doc["suite"]: doc["results"]}
@@ -310,9 +318,8 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
                          f"{p['tokens']} tokens ({p.get('documents', '?')} documents) of {p['corpus']}, "
                          f"{p['tokens_per_s']:.0f} tokens/s")
         elif suite == "ablation":
-            d = p["delta"]
-            delta = (f"Delta {100 * d['delta']:+.1f} pts [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"
-                     if d["delta"] is not None else f"Delta n/a ({p.get('delta_note')})")
+            note = p.get("delta_note")
+            delta = f"Delta {delta_points(p['delta'])}" + (f" ({note})" if note else " pts")
             lines.append(f"ablation ({p['task']} @ {p['context_len']} tokens, memory layers {p['memory_layers']}): "
                          f"normal {_acc(p['normal'])}, zeroed {_acc(p['zeroed'])}, {delta}")
             lines.append("  horizon sweep: " + ", ".join(f"h={r['horizon']}: {_acc(r)}" for r in p["horizon"]))

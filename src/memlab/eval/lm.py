@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from memlab.data.shards import HEADER_FILE, TokenShards
 from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
-from memlab.eval.hub import EvalContext, register_suite, run_data_dir, run_held_out_split
+from memlab.eval.hub import EvalContext, register_suite, run_data, run_data_dir, run_held_out_split
 from memlab.eval.stats import document_bootstrap
 
 
@@ -66,7 +66,18 @@ def open_corpus(ctx: EvalContext, spec: str) -> tuple[str, TokenShards]:
         split = None if ctx.run_dir is None else run_held_out_split(ctx.run_dir)
         fraction, seed = split or (0.01, 0)  # the run's: its held-out documents, if it trained on this source
         prepare_shards(spec, ctx.tokenizer, directory, val_fraction=fraction, split_seed=seed)
-    return str(spec), TokenShards(directory, "val", tokenizer=ctx.tokenizer)
+    checksum = _recorded_checksum(ctx, directory)
+    return str(spec), TokenShards(directory, "val", tokenizer=ctx.tokenizer, checksum=checksum)
+
+
+def _recorded_checksum(ctx: EvalContext, directory: Path) -> str | None:
+    """The checksum the run recorded of ``directory`` when it is the run's own data (prepared again
+    since with other text, it would measure other documents than those the run held out), else None."""
+    if ctx.run_dir is None:
+        return None
+    data = run_data(ctx.run_dir)
+    recorded = data.get("data_dir")
+    return data.get("shards_sha256") if recorded and Path(recorded).resolve() == directory.resolve() else None
 
 
 def _exp(x: float) -> float:

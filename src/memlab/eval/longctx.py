@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from memlab.data.tasks import RETRIEVAL_VERSION
 from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
 from memlab.eval.hub import EvalContext, register_suite
@@ -54,7 +55,8 @@ def check(ctx: EvalContext) -> None:
 def run(ctx: EvalContext) -> dict[str, Any]:
     options = ctx.options
     tasks, lengths, depths = needle_grid(ctx)  # checked by evaluate_model before any suite ran
-    payload: dict[str, Any] = {"context_lengths": lengths, "depths": depths, "tasks": {}}
+    payload: dict[str, Any] = {"context_lengths": lengths, "depths": depths, "retrieval_version": RETRIEVAL_VERSION,
+                              "tasks": {}}
     for task in tasks:
         rng = ctx.rng(f"longctx/{task}")
         grid = [(length, depth) for length in lengths for depth in depths]

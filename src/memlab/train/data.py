@@ -134,8 +134,10 @@ def _cache_name(corpus: str, tokenizer: str, request: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{corpus}_{tokenizer}")[-64:].lstrip("-") + f"_{digest}"
 
 
-def build_data(cfg: TrainConfig, d: Dist, run_tokenizer: Tokenizer | None) -> RunData:
-    """The run's data; ``run_tokenizer`` (a resumed run's own) must be the one the shards use."""
+def build_data(cfg: TrainConfig, d: Dist, run_tokenizer: Tokenizer | None, run_checksum: str | None = None) -> RunData:
+    """The run's data; ``run_tokenizer`` (a resumed run's own) must be the one the shards use, and
+    ``run_checksum`` (the ``shards_sha256`` it recorded) that of the shards: prepared again with
+    other text, the directory would resume the run on other documents and another held-out split."""
     tokenizer, data_dir, corpus = _prepared(cfg, d)
     if run_tokenizer is not None and run_tokenizer.hash != tokenizer.hash:
         raise MemlabError(
@@ -143,7 +145,7 @@ def build_data(cfg: TrainConfig, d: Dist, run_tokenizer: Tokenizer | None) -> Ru
             f"{data_dir or corpus} uses {tokenizer.hash[:12]}; resume with the same --data-dir/--tokenizer "
             "or start a new run"
         )
-    lm = TokenShards(data_dir, "train", tokenizer, verify=False) if data_dir is not None else None
+    lm = None if data_dir is None else TokenShards(data_dir, "train", tokenizer, verify=False, checksum=run_checksum)
     if lm is not None and _language_batches(cfg) and lm.num_tokens < cfg.seq_len + 1:  # (had failed mid-run)
         raise MemlabError(
             f"the train split of {data_dir} has {lm.num_tokens} tokens, fewer than one window of "

@@ -40,7 +40,7 @@ from memlab.models.paths import BEST_FILE, checkpoint_dirs, is_model_dir, latest
 from memlab.train import checkpoint as ckpt
 from memlab.train import distributed
 from memlab.train.allocator import keep_freed_memory
-from memlab.train.config import RUN_FORMAT, TrainConfig, read_yaml
+from memlab.train.config import RUN_FORMAT, TrainConfig, read_yaml, run_config_section
 from memlab.train.data import RunData, build_data
 from memlab.train.evaluate import EvalResult, evaluate
 from memlab.train.metrics import MetricsLog, summary_writer
@@ -160,7 +160,8 @@ class Trainer:
         if cfg.tensorboard:
             summary_writer()  # missing, it is refused before the run directory is touched
         run_tokenizer = load_tokenizer(resume_from) if resume_from is not None else None
-        self.data: RunData = build_data(cfg, d, run_tokenizer)
+        run_checksum = run_config_section(resume_from, "data").get("shards_sha256") if resume_from else None
+        self.data: RunData = build_data(cfg, d, run_tokenizer, run_checksum)
         self.tokenizer = self.data.tokenizer
 
         # model, optimizer

@@ -34,7 +34,7 @@ from memlab.data.tasks.base import (
     pad_batch,
     token_accuracy,
 )
-from memlab.data.tasks.retrieval import MQAR, NIAH_LEVELS, SNIAH, SNIAH_LEVELS, FactNIAH
+from memlab.data.tasks.retrieval import MQAR, NIAH_LEVELS, RETRIEVAL_VERSION, SNIAH, SNIAH_LEVELS, FactNIAH
 from memlab.errors import MemlabError
 
 TASKS: dict[str, Task] = dict(ALGORITHMIC_TASKS)
@@ -132,6 +132,7 @@ def task_levels(spec: str) -> tuple[int, ...]:
 __all__ = [
     "GRIDS",
     "GRID_VERSION",
+    "RETRIEVAL_VERSION",
     "IGNORE_INDEX",
     "MQAR",
     "RETRIEVAL_LEVELS",

@@ -13,10 +13,6 @@ Each is a small frozen dataclass of parameters whose instances are tasks
   depth (0..1) and bucket (early/middle/late).  The distractor curriculum of the source
   experiments is ``NIAH_LEVELS`` = 0, 10, 30, 50, 100.
 
-Every example's ``meta["chance"]`` is the probability that a uniform guess among the answer's
-candidate values is exactly right: 1/8 for the fact NIAH (8 colours), 1/9e6 per 7-digit number
-and 2^-122 per UUID for S-NIAH, 1/n! for MQAR's n values (each query given one of the context's
-values, each value once).
 - :class:`SNIAH` (``sniah1/2/3``, as in RULER): "One of the special magic numbers for
   ambitious-kettle is: 4827151." hidden in a haystack of ``difficulty`` tokens at the sentence
   boundary nearest ``depth`` percent of its tokens (``meta["depth"]``: where it is, a coarse
@@ -31,6 +27,13 @@ values, each value once).
   ``seq_len`` tokens.  Token-level: it returns a :class:`TokenizedExample` whose ids lie in
   ``[0, vocab_size)`` outside ``reserved_ids`` (a tokenizer's special tokens); every value after a
   query is scored.
+
+Every example's ``meta["chance"]`` is the probability that a uniform guess among the answer's
+candidate values is exactly right: 1/8 for the fact NIAH (8 colours), 1/9e6 per 7-digit number
+and 2^-122 per UUID for S-NIAH, 1/n! for MQAR's n values (each query given one of the context's
+values, each value once).
+``RETRIEVAL_VERSION`` names these tasks in every longctx and ablation result (v2: the fact NIAH's
+distractors are other people's facts, and an eval cell's examples are distinct).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ NAMES = (
 OBJECTS = ("ball", "car", "hat", "book", "pen", "cup", "ring", "lamp")
 COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "pink", "white")
 NIAH_LEVELS = (0, 10, 30, 50, 100)
+RETRIEVAL_VERSION = "memlab-retrieval-v2"  # v1: one fixed distractor sentence, cells could repeat examples
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 KEY_ADJECTIVES = (
     "ambitious", "bitter", "brave", "calm", "clever", "curious", "eager", "fancy", "gentle", "grumpy",
