@@ -521,9 +521,10 @@ class Trainer:
             plot_accuracy(records, self.run_dir / "accuracy.png")
 
     def summary(self, status: str) -> dict[str, Any]:
-        from memlab.eval.schema import git_commit, utc_timestamp
+        from memlab.eval.schema import source_revision, utc_timestamp
 
         records = self.metrics.records
+        commit, dirty = source_revision()
 
         def last(key: str):
             return next((r[key] for r in reversed(records) if r.get(key) is not None), None)
@@ -553,7 +554,8 @@ class Trainer:
             "precision": str(self.amp_dtype or torch.float32).replace("torch.", ""),
             "metadata": {
                 "memlab_version": memlab.__version__,
-                "git_commit": git_commit(),
+                "git_commit": commit,
+                "git_dirty": dirty,  # uncommitted changes to memlab's source: the commit alone does not name the code
                 "seed": self.cfg.seed,
                 "tokenizer_hash": self.tokenizer.hash,
                 "grid_version": GRID_VERSION,
