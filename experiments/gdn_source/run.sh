@@ -7,7 +7,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 MEMLAB=${MEMLAB:-.venv/bin/memlab}
 HERE=experiments/gdn_source
 OUT=runs/experiments/gdn_source
-CTX=936   # ablation/needle context: ~100 distractors of the fact NIAH with the BPE-512 tokenizer
+CTX=1344  # ablation/needle context: ~100 distractors of the fact NIAH (retrieval v2, median 1327 tokens) with BPE-512
 mkdir -p "$OUT"
 
 timed() {  # timed NAME CMD... : run, log, record wall seconds

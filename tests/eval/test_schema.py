@@ -105,16 +105,21 @@ def git(repo, *args):
                    capture_output=True)
 
 
+def committed_repo(repo, package, other, *tracked):
+    """A git repository at ``repo`` holding memlab's ``package/__init__.py`` and a file ``other``; only
+    ``tracked`` are committed.  Returns the package directory."""
+    (repo / package).mkdir(parents=True)
+    (repo / package / "__init__.py").write_text("")
+    (repo / other).write_text("")
+    git(repo, "init", "-q")
+    git(repo, "add", *tracked)
+    git(repo, "commit", "-qm", "work")
+    return repo / package
+
+
 def test_the_commit_is_memlab_s_own_not_the_working_directory_s(tmp_path, monkeypatch):
     """An installed memlab inside a user's repository had recorded the user's HEAD as its commit."""
-    repo = tmp_path / "user_repo"
-    package = repo / ".venv" / "memlab"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (repo / "analysis.py").write_text("")
-    git(repo, "init", "-q")
-    git(repo, "add", "analysis.py")
-    git(repo, "commit", "-qm", "user's work")
+    package = committed_repo(tmp_path / "user_repo", ".venv/memlab", "analysis.py", "analysis.py")
     monkeypatch.setattr(schema, "PACKAGE_DIR", package)
     assert schema.source_revision() == (None, None) and schema.git_commit() is None
     monkeypatch.setattr(schema, "PACKAGE_DIR", tmp_path)  # no git work tree at all
@@ -122,13 +127,7 @@ def test_the_commit_is_memlab_s_own_not_the_working_directory_s(tmp_path, monkey
 
 
 def test_a_memlab_checkout_records_its_commit_and_whether_its_source_was_changed(tmp_path, monkeypatch):
-    package = tmp_path / "src" / "memlab"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (tmp_path / "notes.txt").write_text("")
-    git(tmp_path, "init", "-q")
-    git(tmp_path, "add", ".")
-    git(tmp_path, "commit", "-qm", "memlab")
+    package = committed_repo(tmp_path, "src/memlab", "notes.txt", ".")
     monkeypatch.setattr(schema, "PACKAGE_DIR", package)
     commit, dirty = schema.source_revision()
     assert re.fullmatch(r"[0-9a-f]{40}", commit) and dirty is False
