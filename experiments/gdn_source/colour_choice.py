@@ -6,7 +6,7 @@ first tokens of the 8 colours (BPE-512: purple and pink share the first token "p
 choice; chance is 1/8 per colour, 2/8 for p).  Correct: the argmax among them is the true colour's
 first token.  Normal vs every memory layer zeroed (memlab.ablate), Delta with a paired bootstrap.
 
-Usage: .venv/bin/python experiments/gdn_source/colour_choice.py RUN_DIR [--context 936] [--samples 200]
+Usage: .venv/bin/python experiments/gdn_source/colour_choice.py RUN_DIR [--context 1344] [--samples 200]
 Writes RUN_DIR/eval/colour_choice.json.
 """
 
@@ -46,7 +46,7 @@ def choices(model, prompts: list[list[int]], candidates: list[int], pad_id: int,
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
-    ap.add_argument("--context", type=int, default=936)
+    ap.add_argument("--context", type=int, default=1344)
     ap.add_argument("--samples", type=int, default=200)
     args = ap.parse_args()
     model, tokenizer, _ = load_checkpoint(args.run, device="cpu")
