@@ -69,7 +69,8 @@ def test_suite_payloads(evaluated):
     assert r["ablation"]["chance"] == 1 / 8  # the default ablation task is niah
     lm = r["lm"]
     assert lm["tokens"] == lm["windows"] * 64 and 1 < lm["perplexity"] < math.inf and lm["tokens_per_s"] > 0
-    assert lm["loss_ci95"][0] <= lm["loss"] <= lm["loss_ci95"][1] and math.isclose(lm["perplexity"], math.exp(lm["loss"]))
+    assert math.isclose(lm["perplexity"], math.exp(lm["loss"]))
+    assert lm["documents"] == 2 and lm["loss_ci95"] == [None, None] and "too few" in lm["ci95_note"]  # 1024 tokens
     assert r["ablation"]["memory_layers"] == [] and r["ablation"]["delta"]["delta"] is None
     assert [h["horizon"] for h in r["ablation"]["horizon"]] == [8, 96]
     assert r["selftest"]["passed"], r["selftest"]
@@ -133,7 +134,7 @@ def test_one_lm_window_has_no_interval(byte_tok, shards):
     assert r["windows"] == 1 and math.isfinite(r["loss"])
     assert r["corpus_request"] == json.loads((shards / "shards.json").read_text())["request"]  # what compare checks
     assert r["documents"] == 1 and r["tokens_from"] == "prefix"  # a document of the fixture is ~800 tokens
-    assert r["loss_ci95"] == [None, None] and r["perplexity_ci95"] == [None, None] and "one document" in r["ci95_note"]
+    assert r["loss_ci95"] == [None, None] and r["perplexity_ci95"] == [None, None] and r["ci95_note"].startswith("1 document(s): too few")
 
 
 def test_the_lm_interval_is_over_the_documents_of_the_evaluated_tokens(byte_tok, shards):
@@ -143,7 +144,7 @@ def test_the_lm_interval_is_over_the_documents_of_the_evaluated_tokens(byte_tok,
     r = evaluate_model(ctx, "lm")["results"]
     targets = TokenShards(shards, "val").tokens(1, r["tokens"] + 1)  # the prefix, less each window's first token
     ended = int((targets[:-1] == byte_tok.eos_id).sum())  # an EOS last ends the final document, opening none
-    assert r["documents"] == ended + 1 > 1 and r["ci95_note"] is None
+    assert r["documents"] == ended + 1 >= 5 and r["ci95_note"] is None
     assert r["loss_ci95"][0] < r["loss"] < r["loss_ci95"][1]
 
 

@@ -27,7 +27,7 @@ from memlab.data.shards import HEADER_FILE, TokenShards
 from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
 from memlab.eval.hub import EvalContext, register_suite, run_data, run_data_dir, run_held_out_split
-from memlab.eval.stats import document_bootstrap
+from memlab.eval.stats import MIN_DOCUMENTS, document_bootstrap
 
 
 def corpus_and_window(ctx: EvalContext) -> tuple[str, int]:
@@ -127,6 +127,8 @@ def run(ctx: EvalContext) -> dict[str, Any]:
         "perplexity": _exp(loss),
         "loss_ci95": interval,
         "perplexity_ci95": [None if v is None else _exp(v) for v in interval],
-        "ci95_note": None if doc_tokens.size > 1 else "one document: no interval (documents are what is resampled)",
+        "ci95_note": None if doc_tokens.size >= MIN_DOCUMENTS else (
+            f"{doc_tokens.size} document(s): too few to resample for an interval (it needs {MIN_DOCUMENTS}); "
+            "evaluate more tokens (--lm-tokens) or a larger corpus"),
         "tokens_per_s": total_tokens / seconds,
     }

@@ -121,18 +121,23 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> di
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": n, "std": std}
 
 
+# Fewer documents give a bootstrap too few distinct resamples to be an interval (two give three: both
+# documents, or either one twice, so the "interval" is just the two documents' own losses).
+MIN_DOCUMENTS = 5
+
+
 def document_bootstrap(
     sums: np.ndarray, counts: np.ndarray, n_resamples: int = 2000, seed: int = 0, confidence: float = CONFIDENCE
 ) -> list[float | None]:
     """Percentile bootstrap interval of ``sums.sum() / counts.sum()`` resampling whole documents.
 
     ``sums``, ``counts``: (D,) per document (e.g. summed NLL and tokens).  Documents are drawn with
-    replacement, D per resample; ``[None, None]`` for fewer than two documents (nothing to resample)
-    or a non-finite sum.
+    replacement, D per resample; ``[None, None]`` for fewer than ``MIN_DOCUMENTS`` documents or a
+    non-finite sum.
     """
     sums, counts = np.asarray(sums, dtype=float), np.asarray(counts, dtype=float)
     D = sums.size
-    if D < 2 or not np.isfinite(sums).all():
+    if D < MIN_DOCUMENTS or not np.isfinite(sums).all():
         return [None, None]
     rng = np.random.default_rng(seed)
     means = []
