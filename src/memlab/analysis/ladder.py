@@ -15,6 +15,9 @@ Every rung is a training run ``<out_dir>/<variant>/<size>``; a finished run with
 recipe is not retrained, an unfinished one resumes.  All rungs share one data directory (one
 tokenizer).  Each rung's loss is the mean validation loss of its final model over the same
 validation windows the trainer uses; the per-window losses drive the bootstrap of the fit.
+Windows that are consecutive parts of one document are correlated, and the bootstrap treats them as
+independent: where documents span many windows, its interval is narrower than the evaluation noise.
+(The lm eval suite resamples whole documents for this reason; the ladder does not yet.)
 """
 
 from __future__ import annotations
