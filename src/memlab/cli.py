@@ -273,7 +273,7 @@ class ScaleArgs:
     sizes: str = "1M,2M,4M,8M"
     """comma-separated presets (tiny, 125M), width/depth pairs (d256l4) or parameter counts (1M, 2.5M, 300K);
     a decisive verdict needs more than 3 (3 sizes fit the 3 parameters of the law exactly), each measured on at least
-    10 validation windows (--eval-tokens), or 6 sizes without per-window losses"""
+    10 validation documents (--eval-tokens), or 6 sizes without per-document losses"""
     tokens: int | None = None
     """training tokens of every rung"""
     tokens_per_param: float | None = None

@@ -103,10 +103,10 @@ def test_the_fit_respects_its_bounds_on_flat_or_rising_losses():
 
 
 def make_fit(alpha: float, ci: tuple[float, float] | None, rmse: float = 0.005, noise: float = 0.01,
-             n_points: int = 4, n_windows: int = 64) -> PowerLawFit:
+             n_points: int = 4, n_batches: int = 64) -> PowerLawFit:
     return PowerLawFit(a=1.0, alpha=alpha, c=1.0, n_points=n_points, rmse=rmse, noise=noise, alpha_ci=ci,
                        ci_method="batches" if ci else "none", n_bootstrap=100 if ci else 0,
-                       n_windows=n_windows if ci else None, ci_note=None if ci else "3 sizes without per-batch "
+                       n_batches=n_batches if ci else None, ci_note=None if ci else "3 sizes without per-batch "
                        "losses fit exactly; add sizes or batches")  # fmt: skip
 
 
@@ -133,16 +133,16 @@ def test_three_sizes_or_few_windows_are_never_decisive():
     """Three points fit three parameters exactly; a bootstrap over few windows under-covers."""
     exact = verdict(make_fit(0.45, (0.4, 0.5), rmse=0.0, n_points=3))
     assert exact.decision == "proceed" and not exact.decisive and "3 sizes fit the 3 parameters exactly" in exact.text
-    few = verdict(make_fit(0.45, (0.4, 0.5), n_windows=4))
+    few = verdict(make_fit(0.45, (0.4, 0.5), n_batches=4))
     assert not few.decisive and "rests on 4 validation windows" in few.text
-    assert verdict(make_fit(0.45, (0.4, 0.5), n_windows=10)).decisive
+    assert verdict(make_fit(0.45, (0.4, 0.5), n_batches=10)).decisive
 
 
 def test_three_sizes_with_window_losses_are_never_decisive_and_the_fit_records_its_windows():
     rng = np.random.default_rng(0)
     batches = (60 * SIZES_N[:3] ** (-0.5) + 1.7)[:, None] + 0.001 * rng.standard_normal((3, 32))
     fit = fit_power_law(SIZES_N[:3], batches.mean(1), batches, n_bootstrap=200)
-    assert fit.ci_method == "batches" and fit.n_windows == 32 and fit.alpha_ci is not None
+    assert fit.ci_method == "batches" and fit.n_batches == 32 and fit.alpha_ci is not None
     assert not verdict(fit).decisive
 
 
@@ -211,7 +211,7 @@ def test_one_window_per_size_counts_as_few_windows():
     sizes = np.geomspace(1e5, 1e8, 6)
     loss = 400 * sizes ** (-0.45) + 1.5 + 1e-4 * np.random.default_rng(0).standard_normal(6)
     fit = fit_power_law(sizes, loss, [[x] for x in loss], n_bootstrap=400)
-    assert fit.ci_method == "residuals" and fit.n_windows == 1
+    assert fit.ci_method == "residuals" and fit.n_batches == 1
     v = verdict(fit)
     assert not v.decisive and "rests on 1 validation window (under 10" in v.text
 
@@ -274,7 +274,7 @@ def prepared(tmp_path_factory):
     corpus = root / "corpus"
     corpus.mkdir()
     for i in range(60):
-        (corpus / f"doc{i}.txt").write_text(" ".join(rng.choice(words, 120)) + ".\n")
+        (corpus / f"doc{i}.txt").write_text(" ".join(rng.choice(words, 8)) + ".\n")  # several per 256 tokens
     prepare_shards(f"files:{corpus}/*.txt", "byte", root / "data", val_fraction=0.2)
     return root
 
@@ -297,7 +297,8 @@ def test_a_tiny_ladder_trains_fits_plots_and_resumes(prepared, tmp_path, monkeyp
     for r in rungs:
         summary = json.loads((out / "baseline" / r["label"] / "summary.json").read_text())
         assert r["loss"] == pytest.approx(summary["final"]["val_loss"], abs=1e-4)  # the trainer's own windows
-        assert len(r["window_losses"]) == 256 // 32 and r["flops"] == pytest.approx(r["flops_per_token"] * 1024)
+        assert sum(r["document_tokens"]) == 256 and r["flops"] == pytest.approx(r["flops_per_token"] * 1024)
+        assert r["document_tokens"] == rungs[0]["document_tokens"] and len(r["document_tokens"]) >= 5
     assert v["fit_params"]["ci_method"] == "batches" and v["fit_params"]["alpha_ci"] is not None
     assert v["verdict"]["decision"] in ("proceed", "will not scale", "inconclusive")
     assert v["verdict"]["text"] in (out / "scaling.md").read_text()
@@ -379,3 +380,23 @@ def test_scale_out_dir_that_is_a_file_is_refused_before_training(tmp_path, capsy
         main(["scale", "--out-dir", str(tmp_path / "taken"), "--sizes", "d64l1,d64l2,d128l1", "--tokens", "100"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "is a file, not a directory" in err
+
+
+def test_document_batches_are_weighted_by_their_tokens_and_resampled_whole():
+    """A ladder's batches are documents of unequal length (their windows are correlated): the loss is
+    their token-weighted mean, and equal weights give exactly the window bootstrap."""
+    rng = np.random.default_rng(3)
+    sizes = np.geomspace(1e5, 1e8, 6)
+    curve = 400 * sizes ** (-0.45) + 1.5
+    docs = curve[:, None] + rng.normal(0, 0.05, 12)[None, :] + rng.normal(0, 0.002, (6, 12))  # (sizes, documents)
+    tokens = rng.integers(10, 500, 12)
+    weighted = fit_power_law(sizes, (docs * tokens).sum(1) / tokens.sum(), docs, 400, 0, tokens)
+    assert weighted.ci_method == "batches" and weighted.n_batches == 12 and weighted.batch_unit == "document"
+    assert weighted.alpha_ci[0] < 0.45 < weighted.alpha_ci[1]
+    equal = fit_power_law(sizes, docs.mean(1), docs, 400, 0, np.ones(12))
+    windows = fit_power_law(sizes, docs.mean(1), docs, 400, 0)
+    assert [*equal.alpha_ci, equal.noise] == pytest.approx([*windows.alpha_ci, windows.noise])
+    few = verdict(fit_power_law(sizes, docs[:, :4].mean(1), docs[:, :4], 400, 0, np.ones(4)))
+    assert "rests on 4 validation documents (under 10" in few.text
+    with pytest.raises(MemlabError, match="batch_tokens weighs the same batches at every point"):
+        fit_power_law(sizes, curve, [[1.0, 2.0]] * 5 + [[1.0]], 400, 0, [1, 1])

@@ -14,10 +14,9 @@ move the ladder.
 Every rung is a training run ``<out_dir>/<variant>/<size>``; a finished run with the same
 recipe is not retrained, an unfinished one resumes.  All rungs share one data directory (one
 tokenizer).  Each rung's loss is the mean validation loss of its final model over the same
-validation windows the trainer uses; the per-window losses drive the bootstrap of the fit.
-Windows that are consecutive parts of one document are correlated, and the bootstrap treats them as
-independent: where documents span many windows, its interval is narrower than the evaluation noise.
-(The lm eval suite resamples whole documents for this reason; the ladder does not yet.)
+validation windows the trainer uses, kept per document (the split's EOS ids end them): the fit's
+bootstrap resamples whole documents, the same for every rung, since the consecutive windows of one
+document are correlated (resampling windows had given intervals narrower than the evaluation noise).
 """
 
 from __future__ import annotations
@@ -33,12 +32,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from memlab.analysis.info import human
 from memlab.config import SIZES, build_config, size_fields
 from memlab.errors import MemlabError, check_dir_target
+from memlab.eval.lm import document_losses
+from memlab.eval.stats import document_bootstrap
 from memlab.markdown import markdown_table
 from memlab.models.lm import LanguageModel
 
@@ -140,19 +141,18 @@ class Rung:
     tokens: int  # tokens trained on
     flops_per_token: float  # training FLOPs per token at the recipe's sequence length
     loss: float  # mean validation loss of the final model
-    window_losses: list[float] = field(default_factory=list)  # per validation window
+    document_losses: list[float] = field(default_factory=list)  # mean NLL per validation document
+    document_tokens: list[int] = field(default_factory=list)  # its predicted tokens
 
     @property
     def flops(self) -> float:
         return self.flops_per_token * self.tokens
 
     @property
-    def loss_ci95(self) -> tuple[float, float]:
-        """Normal interval of the mean over windows (a zero-width interval for one window)."""
-        n = len(self.window_losses)
-        sd = float(torch.tensor(self.window_losses, dtype=torch.float64).std()) if n > 1 else 0.0
-        half = 1.96 * sd / math.sqrt(max(n, 1))
-        return self.loss - half, self.loss + half
+    def loss_ci95(self) -> list[float | None]:
+        """Bootstrap interval of the loss over whole documents (``[None, None]`` under ``MIN_DOCUMENTS``)."""
+        tokens = np.asarray(self.document_tokens, dtype=float)
+        return document_bootstrap(np.asarray(self.document_losses) * tokens, tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "flops": self.flops, "loss_ci95": list(self.loss_ci95)}
@@ -217,18 +217,20 @@ def train_rung(recipe, variant: str, label: str, size: str, tokens: int, out_dir
     summary = json.loads(summary_file.read_text())
     if summary.get("status") != "completed":
         raise MemlabError(f"the run {run_dir} ended {summary.get('status')!r}; see its metrics.jsonl")
-    model, window_losses = final_model_losses(run_dir, cfg)
+    model, doc_nll, doc_tokens = final_model_losses(run_dir, cfg)
     return Rung(
         variant=variant, label=label, size=size, run_dir=str(run_dir), params=model.num_params(),
         non_embedding_params=model.num_params(non_embedding=True), tokens=int(summary["tokens_seen"]),
         flops_per_token=model.estimate_flops_per_token(cfg.seq_len),
-        loss=sum(window_losses) / len(window_losses), window_losses=window_losses,
+        loss=float(doc_nll.sum() / doc_tokens.sum()), document_losses=(doc_nll / doc_tokens).tolist(),
+        document_tokens=doc_tokens.tolist(),
     )
 
 
 @torch.no_grad()
-def final_model_losses(run_dir: Path, cfg) -> tuple[LanguageModel, list[float]]:
-    """The run's final model and its mean next-token loss on each validation window the trainer reads."""
+def final_model_losses(run_dir: Path, cfg) -> tuple[LanguageModel, np.ndarray, np.ndarray]:
+    """The run's final model, and its summed next-token loss and predicted tokens (D,), (D,) on each
+    document of the validation windows the trainer reads."""
     from memlab.data.shards import TokenShards
     from memlab.models.paths import latest_whole_checkpoint
 
@@ -237,12 +239,7 @@ def final_model_losses(run_dir: Path, cfg) -> tuple[LanguageModel, list[float]]:
         raise MemlabError(f"{run_dir} has no whole checkpoint to measure")
     model = LanguageModel.load(checkpoint).eval()
     val = TokenShards(cfg.data_dir, "val", verify=False)
-    losses: list[float] = []
-    for windows in val.sequential_windows(cfg.batch_size, cfg.seq_len, max_windows=cfg.eval_tokens // cfg.seq_len):
-        logits = model(windows[:, :-1])  # (b, T, V)
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten(), reduction="none")
-        losses += nll.view(windows.shape[0], -1).mean(dim=1).tolist()  # (b,) one mean per window
-    return model, losses
+    return model, *document_losses(model, val, cfg.batch_size, cfg.seq_len, cfg.eval_tokens // cfg.seq_len)
 
 
 # ---------------------------------------------------------------------- ladder
@@ -300,10 +297,10 @@ def run_ladder(
             budget = tokens or max(1, round(tokens_per_param * non_embedding_params(variant, size)))  # type: ignore
             rungs.append(train_rung(recipe, variant, label, size, budget, out_dir))
         rungs_by_variant[variant] = rungs
-        batches = [r.window_losses for r in rungs]
+        batches, tokens = [r.document_losses for r in rungs], rungs[0].document_tokens  # the same documents
         losses = [r.loss for r in rungs]
-        by_params = fit_power_law([r.non_embedding_params for r in rungs], losses, batches, n_bootstrap, seed)
-        by_compute = fit_power_law([r.flops for r in rungs], losses, batches, n_bootstrap, seed)
+        by_params = fit_power_law([r.non_embedding_params for r in rungs], losses, batches, n_bootstrap, seed, tokens)
+        by_compute = fit_power_law([r.flops for r in rungs], losses, batches, n_bootstrap, seed, tokens)
         report["variants"][variant] = {
             "rungs": [r.to_dict() for r in rungs],
             "fit_params": by_params.to_dict(),
@@ -317,6 +314,10 @@ def run_ladder(
     return report
 
 
+def _interval(ci: list[float | None]) -> str:
+    return "" if ci[0] is None else f" [{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
 def markdown_report(report: dict[str, Any]) -> str:
     """The ladder's table and fits, one section per variant."""
     budget = (f"{report['tokens']:,} tokens per rung" if report["tokens"]
@@ -324,10 +325,10 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines = ["# Scaling ladder", "", f"Recipe: {budget}; N = non-embedding parameters; C = training FLOPs.", ""]
     for variant, v in report["variants"].items():
         lines += [f"## {variant}", "", markdown_table(
-            ["size", "trained as", "N", "params", "tokens", "C (FLOPs)", "val loss [95% CI]", "windows"],
+            ["size", "trained as", "N", "params", "tokens", "C (FLOPs)", "val loss [95% CI]", "documents"],
             ([r["label"], r["size"], f"{r['non_embedding_params']:,}", f"{r['params']:,}", f"{r['tokens']:,}",
-              f"{r['flops']:.3g}", f"{r['loss']:.4f} [{r['loss_ci95'][0]:.4f}, {r['loss_ci95'][1]:.4f}]",
-              len(r["window_losses"])] for r in v["rungs"]),
+              f"{r['flops']:.3g}", f"{r['loss']:.4f}" + _interval(r["loss_ci95"]),
+              len(r["document_losses"])] for r in v["rungs"]),
         )]
         fp, fc = v["fit_params"], v["fit_compute"]
         lines += [

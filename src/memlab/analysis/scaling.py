@@ -29,7 +29,7 @@ A fit that rests on a bound of the search (alpha at 0 or 3, c at 0 or at the sma
 or a = 0, where alpha is undetermined) is not a free least-squares optimum; ``at_bound`` says
 which, and its verdict is never decisive.
 
-Goodness of fit: when the points' evaluation noise is known (from their windows), the
+Goodness of fit: when the points' evaluation noise is known (from their batches), the
 statistic chi2 = sum(residual^2) / noise^2 is compared with the 95% point of a chi-square
 distribution on n - 3 degrees of freedom.  Above it the points do not follow a power law within
 their noise (a *poor fit*): the interval, which measures evaluation noise only, is widened about
@@ -42,8 +42,8 @@ curve fits.  A poor fit is never decisive.  Nor is a fit to three sizes (the cur
 them: its fit cannot be checked, and the interval sees no run-to-run variance: in a simulation
 with a 2% run-to-run spread, a quarter of such "decisive" verdicts were wrong), a residual
 bootstrap over fewer than ``MIN_RESIDUAL_SIZES`` sizes (it under-covers, above), or losses
-measured on fewer than ``MIN_WINDOWS`` windows per size (a batch bootstrap over them covered
-the truth half the time with two windows, three quarters with four; one window gives none).
+measured on fewer than ``MIN_BATCHES`` windows or documents per size (a batch bootstrap over them
+covered the truth half the time with two windows, three quarters with four; one gives none).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from memlab.plotting import pyplot, save_figure
 
 PROCEED_ALPHA, NO_SCALE_ALPHA = 0.3, 0.1
 FIT_LEVEL = 0.95  # a chi-square above this quantile on n - 3 degrees of freedom is a poor fit
-MIN_WINDOWS = 10  # validation windows per size a decisive verdict needs
+MIN_BATCHES = 10  # validation windows (or documents) per size a decisive verdict needs
 MIN_RESIDUAL_SIZES = 6  # sizes a residual bootstrap needs for a decisive verdict
 ALPHA_BOUNDS = (0.0, 3.0)
 
@@ -80,7 +80,8 @@ class PowerLawFit:
     ci_method: str  # "batches", "residuals" or "none"
     n_bootstrap: int  # replicates that converged
     at_bound: str | None = None  # the bound of the search the fit rests on, if any
-    n_windows: int | None = None  # validation windows per point (the fewest), when per-window losses are given
+    n_batches: int | None = None  # validation batches per point (the fewest), when per-batch losses are given
+    batch_unit: str = "window"  # what a batch is: a validation window, or a document (weighted by its tokens)
     ci_note: str | None = None  # why there is no interval, when there is none
     ci_inflation: float = 1.0  # the factor alpha_ci was widened by for a poor fit
 
@@ -169,11 +170,14 @@ def fit_power_law(
     batch_losses: Sequence[Sequence[float]] | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    batch_tokens: Sequence[float] | None = None,
 ) -> PowerLawFit:
     """Fit L(x) = a * x^(-alpha) + c to >= 3 points, with a 95% bootstrap interval for alpha.
 
     ``batch_losses[i]`` (optional) are point i's per-batch validation losses, whose mean is
-    ``loss[i]``; when given for every point they drive the bootstrap.
+    ``loss[i]``; when given for every point they drive the bootstrap.  ``batch_tokens`` (optional,
+    the same batches for every point) makes them documents: the mean is weighted by their tokens
+    and whole documents are resampled (a document's windows are correlated; windows are not).
     """
     x_arr, y = np.asarray(x, dtype=float), np.asarray(loss, dtype=float)
     if x_arr.shape != y.shape or x_arr.ndim != 1:
@@ -188,19 +192,26 @@ def fit_power_law(
     fitted = a * xn ** (-alpha) + c
     residuals = y - fitted
 
+    if batch_tokens is not None and (batch_losses is None or {len(b) for b in batch_losses} != {len(batch_tokens)}):
+        raise MemlabError("batch_tokens weighs the same batches at every point; give each point that many losses")
     rng = np.random.default_rng(seed)
     n, noise = len(y), None
     if batch_losses is not None and all(len(b) >= 2 for b in batch_losses):
         method = "batches"
-        if len({len(b) for b in batch_losses}) == 1:  # the same windows: resample their indices jointly
+        if len({len(b) for b in batch_losses}) == 1:  # the same batches: resample their indices jointly
             b = np.asarray(batch_losses, dtype=float)  # (n, W)
             W = b.shape[1]
-            weights = rng.multinomial(W, np.full(W, 1 / W), size=n_bootstrap) / W  # (R, W) resampling counts
-            replicates = weights @ b.T  # (R, n)
-            # the noise a fit can show: each window's losses relative to their mean over the points
-            # (a window's shared difficulty moves every point alike); that centring removes a share
-            # 1/n of each point's own variance, which n / (n - 1) restores
-            noise = float(np.sqrt(np.mean(np.var(b - b.mean(0), axis=1, ddof=1) / W) * n / (n - 1)))
+            tokens = np.ones(W) if batch_tokens is None else np.asarray(batch_tokens, dtype=float)  # (W,)
+            drawn = rng.multinomial(W, np.full(W, 1 / W), size=n_bootstrap) * tokens  # (R, W) tokens resampled
+            replicates = (drawn @ b.T) / drawn.sum(1, keepdims=True)  # (R, n)
+            # the noise a fit can show: each batch's losses relative to their mean over the points
+            # (a batch's shared difficulty moves every point alike), the variance of their weighted
+            # mean (W / (W - 1): about its own mean); the centring removes a share 1/n of each point's
+            # own variance, which n / (n - 1) restores
+            share = tokens / tokens.sum()  # (W,)
+            d = b - b.mean(0)  # (n, W)
+            spread = ((d - (d * share).sum(1, keepdims=True)) ** 2 * share**2).sum(1) * W / (W - 1)  # (n,)
+            noise = float(np.sqrt(np.mean(spread) * n / (n - 1)))
         else:
             noise = float(np.sqrt(np.mean([np.var(b, ddof=1) / len(b) for b in batch_losses])))
             replicates = np.stack(  # (R, n): each point's batches resampled with replacement
@@ -234,7 +245,8 @@ def fit_power_law(
         ci_method=method if ci is not None else "none",
         n_bootstrap=len(alphas),
         at_bound=_at_bound(a, alpha, c, float(y.min())),
-        n_windows=min(len(b) for b in batch_losses) if batch_losses is not None else None,
+        n_batches=min(len(b) for b in batch_losses) if batch_losses is not None else None,
+        batch_unit="window" if batch_tokens is None else "document",
         ci_note=note,
     )
     if fit.poor_fit and ci is not None:  # widen the interval about alpha by the reduced chi-square
@@ -277,9 +289,9 @@ def verdict(fit: PowerLawFit) -> Verdict:
     )
     exact = fit.n_points <= 3  # as many points as parameters: the curve passes through them all
     few_sizes = fit.ci_method == "residuals" and fit.n_points < MIN_RESIDUAL_SIZES
-    few_windows = fit.n_windows is not None and fit.n_windows < MIN_WINDOWS
+    few_batches = fit.n_batches is not None and fit.n_batches < MIN_BATCHES
     decisive = (
-        fit.alpha_ci is not None and not fit.poor_fit and not exact and not few_sizes and not few_windows
+        fit.alpha_ci is not None and not fit.poor_fit and not exact and not few_sizes and not few_batches
         and fit.at_bound is None and _region(fit.alpha_ci[0]) == _region(fit.alpha_ci[1]) == decision
     )
     if decisive:
@@ -287,9 +299,9 @@ def verdict(fit: PowerLawFit) -> Verdict:
     elif exact:
         support = ("tentative: 3 sizes fit the 3 parameters exactly, so neither the power law nor the "
                    "run-to-run variance is checked; add sizes")
-    elif few_windows:
-        windows = f"{fit.n_windows} validation window{'s' * (fit.n_windows != 1)}"
-        support = (f"tentative: each size's loss rests on {windows} (under {MIN_WINDOWS} the interval "
+    elif few_batches:
+        batches = f"{fit.n_batches} validation {fit.batch_unit}{'s' * (fit.n_batches != 1)}"
+        support = (f"tentative: each size's loss rests on {batches} (under {MIN_BATCHES} the interval "
                    "under-covers); evaluate more tokens")
     elif few_sizes:
         support = (f"tentative: insufficient sizes, a residual bootstrap over {fit.n_points} sizes under-covers "

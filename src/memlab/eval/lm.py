@@ -88,19 +88,16 @@ def _exp(x: float) -> float:
         return math.inf
 
 
-@register_suite("lm", check=check)
 @torch.no_grad()
-def run(ctx: EvalContext) -> dict[str, Any]:
-    model, options = ctx.model, ctx.options
-    spec, seq_len = corpus_and_window(ctx)  # checked by evaluate_model before any suite ran
-    name, shards = open_corpus(ctx, spec)
+def document_losses(
+    model: torch.nn.Module, shards: TokenShards, batch: int, seq_len: int, max_windows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed NLL and predicted tokens (D,), (D,) of each document (ended by the split's EOS ids) of
+    the split's first ``max_windows`` consecutive windows, in text order; every index holds tokens."""
     device = next(model.parameters()).device
-    batch = max(1, options.batch_tokens // seq_len)
-    max_windows = max(1, options.lm_tokens // seq_len)
     eos_id = shards.header["eos_id"]
     nlls, doc_ids = [], []  # per predicted token, in text order: its NLL and its document's index
     docs_before = 0  # documents ended by the tokens of the earlier batches
-    t0 = time.perf_counter()
     for windows in shards.sequential_windows(batch, seq_len, max_windows=max_windows):  # (b, T + 1)
         windows = windows.to(device)
         logits = model(windows[:, :-1])  # (b, T, V)
@@ -109,11 +106,23 @@ def run(ctx: EvalContext) -> dict[str, Any]:
         ends = (targets == eos_id).long().cpu()  # (b T,) an EOS belongs to the document it ends
         doc_ids.append(docs_before + torch.cumsum(ends, 0) - ends)
         docs_before += int(ends.sum())
-    seconds = time.perf_counter() - t0
     nll, ids = torch.cat(nlls).numpy(), torch.cat(doc_ids).numpy()  # (N,), (N,)
-    doc_nll, doc_tokens = np.bincount(ids, weights=nll), np.bincount(ids)  # (D,) every index holds tokens
-    total_tokens = int(nll.size)
-    loss = float(nll.sum()) / total_tokens
+    return np.bincount(ids, weights=nll), np.bincount(ids)
+
+
+@register_suite("lm", check=check)
+@torch.no_grad()
+def run(ctx: EvalContext) -> dict[str, Any]:
+    model, options = ctx.model, ctx.options
+    spec, seq_len = corpus_and_window(ctx)  # checked by evaluate_model before any suite ran
+    name, shards = open_corpus(ctx, spec)
+    batch = max(1, options.batch_tokens // seq_len)
+    max_windows = max(1, options.lm_tokens // seq_len)
+    t0 = time.perf_counter()
+    doc_nll, doc_tokens = document_losses(model, shards, batch, seq_len, max_windows)
+    seconds = time.perf_counter() - t0
+    total_tokens = int(doc_tokens.sum())
+    loss = float(doc_nll.sum()) / total_tokens
     interval = document_bootstrap(doc_nll, doc_tokens, seed=options.seed)
     return {
         "corpus": name,
