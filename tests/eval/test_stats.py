@@ -105,11 +105,11 @@ def test_document_bootstrap_resamples_whole_documents():
     good part of their difference (a per-token or per-window interval would be far narrower)."""
     sums, counts = np.tile([1000.0, 3000.0], 3), np.full(6, 1000)  # mean NLL 1 and 3, three of each
     low, high = document_bootstrap(sums, counts)
-    assert 1.0 <= low < 1.6 and 2.4 < high <= 3.0
+    assert (low + high) / 2 == pytest.approx(2.0) and high - low > 1.0  # normal theory: 2 x 1.96 / sqrt(6) = 1.6
     assert document_bootstrap(sums[:4], counts[:4]) == [None, None]  # four: too few distinct resamples
     many = np.tile([1.0, 3.0], 200)  # 400 short documents alike: a narrow interval around 2
     low, high = document_bootstrap(many * 10, np.full(400, 10))
-    assert 1.85 < low < 2.0 < high < 2.15
+    assert (low + high) / 2 == pytest.approx(2.0, abs=0.01) and high - low == pytest.approx(2 * 1.96 / 20, rel=0.1)
 
 
 def test_document_bootstrap_is_weighted_by_tokens_and_needs_five_documents():

@@ -132,11 +132,11 @@ def task_levels(spec: str) -> tuple[int, ...]:
 __all__ = [
     "GRIDS",
     "GRID_VERSION",
-    "RETRIEVAL_VERSION",
     "IGNORE_INDEX",
     "MQAR",
     "RETRIEVAL_LEVELS",
     "RETRIEVAL_TASKS",
+    "RETRIEVAL_VERSION",
     "SNIAH",
     "TASKS",
     "Batch",
