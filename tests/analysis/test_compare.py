@@ -6,13 +6,14 @@ import csv
 import json
 import logging
 
+import numpy as np
 import pytest
 
 from memlab.analysis.compare import Criteria, Metric, Row, compare, difference_interval, verdict
 from memlab.analysis.report import ablation_markdown
 from memlab.errors import MemlabError
 from memlab.eval import schema
-from memlab.eval.stats import accuracy_record, wilson_interval
+from memlab.eval.stats import accuracy_record, outcomes_string, tango_paired_interval, wilson_interval
 
 
 def acc(fraction: float, n: int = 1000) -> dict:
@@ -84,6 +85,56 @@ def test_the_difference_interval_is_newcombes(a, b, expected):
     ra, rb = (accuracy_record([True] * k + [False] * (n - k)) for k, n in (a, b))
     lo, hi = difference_interval(Metric.of_accuracy(ra), Metric.of_accuracy(rb))
     assert (lo, hi) == pytest.approx(expected, abs=1e-4)
+
+
+def with_outcomes(run, correct, sha="examples-a"):
+    """Give the run's IID summary per-example outcomes (as the algorithmic suite keeps them)."""
+    record = {**accuracy_record(correct), "outcomes": outcomes_string(correct), "examples_sha256": sha}
+    path = run / "eval" / "results_all.json"
+    doc = json.loads(path.read_text())
+    doc["results"]["algorithmic"]["summary"]["iid"] = record
+    path.write_text(json.dumps(doc))
+    return run
+
+
+def test_runs_scored_on_the_same_examples_are_compared_example_by_example(tmp_path, base):
+    """0.58 vs 0.50 on 1000 examples: unpaired, the interval reaches +3.6 pts (within noise of +5);
+    when the candidate answers every example the baseline answers and 80 more, pairing shows the gain."""
+    baseline_correct = np.arange(1000) < 500
+    with_outcomes(base, baseline_correct)
+    nested = with_outcomes(make_run(tmp_path, "nested", ood=0.3), np.arange(1000) < 580)
+    criterion = compare([base, nested], plots=False).verdicts["nested"]["criteria"]["algorithmic"]
+    assert criterion["paired"] is True and criterion["passed"] is True and " paired vs >= +5 pts" in criterion["detail"]
+    assert criterion["interval"] == pytest.approx(tango_paired_interval(np.arange(1000) < 580, baseline_correct))
+    assert criterion["interval"][0] > 0.06
+    shuffled = np.random.default_rng(0).permutation(np.arange(1000) < 580)  # same accuracy, other examples right
+    crossed = with_outcomes(make_run(tmp_path, "crossed", ood=0.3), shuffled)
+    criterion = compare([base, crossed], plots=False).verdicts["crossed"]["criteria"]["algorithmic"]
+    assert criterion["paired"] is True and criterion["passed"] is None  # discordant both ways: no narrower
+    elsewhere = with_outcomes(make_run(tmp_path, "elsewhere", ood=0.3), np.arange(1000) < 580, sha="examples-b")
+    criterion = compare([base, elsewhere], plots=False).verdicts["elsewhere"]["criteria"]["algorithmic"]
+    assert criterion["paired"] is False and criterion["passed"] is None  # other examples: Newcombe's interval
+    assert criterion["interval"] == pytest.approx(difference_interval(Metric.of_accuracy(acc(0.58)),
+                                                                      Metric.of_accuracy(acc(0.50))))
+
+
+def test_seed_averaged_rows_are_not_paired(tmp_path):
+    runs = [with_outcomes(make_run(tmp_path, f"baseline-s{s}", variant="baseline"), np.arange(1000) < 500)
+            for s in range(2)]
+    runs += [with_outcomes(make_run(tmp_path, f"gdn-s{s}", ood=0.3), np.arange(1000) < 580) for s in range(2)]
+    result = compare(runs, aggregate_seeds=True, plots=False)
+    assert result.verdicts["gdn"]["criteria"]["algorithmic"]["paired"] is False
+
+
+@pytest.mark.parametrize("outcomes", ["01x", "0" * 999 + "1"])
+def test_outcomes_that_do_not_add_up_are_a_schema_error(tmp_path, base, outcomes):
+    run = with_outcomes(make_run(tmp_path, "broken"), np.arange(1000) < 500)
+    path = run / "eval" / "results_all.json"
+    doc = json.loads(path.read_text())
+    doc["results"]["algorithmic"]["summary"]["iid"]["outcomes"] = outcomes
+    path.write_text(json.dumps(doc))
+    with pytest.raises(MemlabError, match="do not follow the schema"):
+        compare([base, run], plots=False)
 
 
 def row(name: str, alg: Metric, **metrics: Metric) -> Row:

@@ -206,7 +206,7 @@ def test_a_shard_damaged_in_place_is_refused_where_it_is_read(corpus_dir, tmp_pa
     with pytest.raises(MemlabError, match="outside the tokenizer's 261: they are damaged"):
         shards.random_windows(2, 8, np.random.default_rng(0))
     with pytest.raises(MemlabError, match="damaged"):
-        next(shards.sequential_windows(2, 8))
+        next(shards.evaluation_windows(2, 8))
 
 
 def test_tokenizer_mismatch_and_bad_header(documents, byte_shards, tmp_path):
@@ -343,15 +343,35 @@ def test_random_windows_are_deterministic_slices(byte_shards):
         assert any(np.array_equal(flat[i : i + 51], row) for i in np.flatnonzero(flat == row[0]))
 
 
-def test_sequential_windows_predict_every_token_once(byte_shards):
+def test_evaluation_windows_predict_every_token_once(byte_shards):
     shards = TokenShards(byte_shards, "val")
     flat = stream(byte_shards, "val")
-    windows = list(shards.sequential_windows(3, 40))
+    batches = list(shards.evaluation_windows(3, 40))
     n = shards.num_sequential_windows(40)
-    assert [w.shape[0] for w in windows][:-1] == [3] * (len(windows) - 1) and sum(w.shape[0] for w in windows) == n
-    targets = np.concatenate([w[:, 1:].numpy().ravel() for w in windows])
+    sizes = [w.shape[0] for _, w in batches]
+    assert sizes[:-1] == [3] * (len(batches) - 1) and sum(sizes) == n
+    targets = np.concatenate([w[:, 1:].numpy().ravel() for _, w in batches])
     assert (targets == flat[1 : n * 40 + 1]).all()
-    assert sum(w.shape[0] for w in shards.sequential_windows(3, 40, max_windows=4)) == 4
+    assert (np.concatenate([s for s, _ in batches]) == np.arange(n) * 40).all()
+
+
+def test_fewer_evaluation_windows_are_spread_over_the_whole_split(byte_shards):
+    """A prefix had measured the split's first documents only."""
+    shards = TokenShards(byte_shards, "val")
+    flat, n = stream(byte_shards, "val"), shards.num_sequential_windows(40)
+    starts = np.concatenate([s for s, _ in shards.evaluation_windows(3, 40, max_windows=4)])
+    assert len(starts) == 4 < n and starts[0] == 0 and starts[-1] >= (n - n // 4 - 1) * 40  # the last quarter
+    assert (np.diff(starts) >= 40).all() and (starts % 40 == 0).all()  # slots of the consecutive windows
+    for start, window in zip(starts, next(shards.evaluation_windows(4, 40, max_windows=4))[1].numpy()):
+        assert (window == flat[start : start + 41]).all()
+
+
+def test_documents_before_counts_the_eos_ids_before_a_position(byte_shards, byte_tok):
+    shards = TokenShards(byte_shards, "val")
+    flat = stream(byte_shards, "val")
+    positions = np.arange(0, len(flat), 7)
+    naive = [int((flat[:p] == byte_tok.eos_id).sum()) for p in positions]  # an EOS belongs to the document it ends
+    assert shards.documents_before(positions).tolist() == naive and naive[-1] > 2
 
 
 def test_ranks_see_disjoint_slices(byte_shards):
@@ -360,7 +380,7 @@ def test_ranks_see_disjoint_slices(byte_shards):
     assert [r.lo for r in ranks[1:]] == [r.hi for r in ranks[:-1]] and sum(r.num_tokens for r in ranks) == total
     flat = stream(byte_shards, "train")
     for r in ranks:
-        w = next(r.sequential_windows(1, 20))[0].numpy()
+        w = next(r.evaluation_windows(1, 20))[1][0].numpy()
         assert (w == flat[r.lo : r.lo + 21]).all()
     reads = []
     ranks[1].tokens = lambda a, b: reads.append((a, b)) or flat[a:b]  # record what the windows read

@@ -36,7 +36,7 @@ def test_every_required_field_is_documented():
     assert set(schema.METADATA_FIELDS) | set(schema.OPTIONAL_METADATA_FIELDS) == documented_fields("## Metadata block")
     assert {"schema_version", "suite", "metadata", "results"} == documented_fields("## Document")
     records = documented_fields("## Records")
-    assert set(schema.ACCURACY_FIELDS) | set(schema.DELTA_FIELDS) <= records
+    assert set(schema.ACCURACY_FIELDS) | set(schema.DELTA_FIELDS) | set(schema.OUTCOME_FIELDS) <= records
     for suite, fields in schema.SUITE_FIELDS.items():
         assert set(fields) <= documented_fields(f"### `{suite}`"), suite
 
@@ -48,7 +48,8 @@ def test_every_field_written_is_documented(evaluated):
         assert set(payload) - {"seconds"} == documented_fields(f"### `{suite}`"), suite
     records = documented_fields("## Records")
     assert set(doc["results"]["ablation"]["delta"]) == set(schema.DELTA_FIELDS) <= records
-    assert set(doc["results"]["algorithmic"]["summary"]["iid"]) == set(schema.ACCURACY_FIELDS)
+    assert set(doc["results"]["algorithmic"]["summary"]["iid"]) == set(schema.ACCURACY_FIELDS + schema.OUTCOME_FIELDS)
+    assert set(doc["results"]["algorithmic"]["tasks"]["copy"]["iid"]) == set(schema.ACCURACY_FIELDS)
 
 
 def minimal(**changes):

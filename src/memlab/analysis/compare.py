@@ -8,13 +8,16 @@ A variant *wins* against the baseline when all four criteria hold (``Criteria``)
 4. no perplexity collapse: perplexity at most ``max_ppl_ratio`` (1.5x) the baseline's; a
    non-finite loss (perplexity written as null) in any seed is a collapse and fails it.
 
-The accuracy criteria are decided on a 95% interval for the difference of the two accuracies:
-Newcombe's hybrid score interval (from the two Wilson intervals; for seed-averaged rows the
-same combination of their t intervals, Zou and Donner's MOVER).  The results keep no
-per-example outcomes, so the interval cannot pair the examples both runs saw; unpaired, it is
-conservative for positively correlated outcomes.  A criterion holds when the whole interval
-clears its threshold (at least +5 points; above 0 for OOD), fails when the whole interval
-misses it, and is undecided (``None``, "within noise") otherwise.  Training time and perplexity
+The accuracy criteria are decided on a 95% interval for the difference of the two accuracies.
+Where both runs were scored on the same examples (their results keep per-example outcomes and the
+examples' hashes agree: same tasks, grid, samples and evaluation seed), the interval pairs them:
+Tango's score interval for paired proportions, which rests on the examples the two models
+answer differently.  Otherwise (results of an older memlab, another evaluation seed, seed-averaged
+rows) it is Newcombe's hybrid score interval from the two Wilson intervals (for seed-averaged rows
+the same combination of their t intervals, Zou and Donner's MOVER), which is conservative when the
+outcomes are positively correlated, as two models' on one example set usually are.  A criterion
+holds when the whole interval clears its threshold (at least +5 points; above 0 for OOD), fails
+when the whole interval misses it, and is undecided (``None``, "within noise") otherwise.  Training time and perplexity
 are compared as measured (time has no interval).
 
 A verdict is ``does not win`` when a criterion fails, ``wins`` when all hold, else
@@ -30,11 +33,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from memlab.errors import MemlabError, check_dir_target
 from memlab.eval.schema import read_results
-from memlab.eval.stats import mean_interval, wilson_interval
+from memlab.eval.stats import mean_interval, parse_outcomes, tango_paired_interval, wilson_interval
 from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
 from memlab.models.paths import measured_model, resolve_model_dir, same_model_dir
@@ -62,6 +67,13 @@ class Metric:
         return cls(record["accuracy"], record["ci95"], record["n"])
 
 
+class Outcomes(NamedTuple):
+    """An accuracy's per-example outcomes and the hash of the examples they were scored on."""
+
+    examples_sha256: str
+    correct: np.ndarray  # (n,) bool, in the order the hash covers
+
+
 @dataclass
 class Row:
     """What ``memlab compare`` shows of one run (or of one variant's seeds, ``runs`` > 1)."""
@@ -83,6 +95,7 @@ class Row:
     measured_on: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # see check_comparable
     recipe: dict[str, Any] = field(default_factory=dict, repr=False)  # the model and training, but the seed
     seed: int | None = None  # the training seed, when the run recorded it
+    outcomes: dict[str, Outcomes] = field(default_factory=dict, repr=False)  # algorithmic / ood, where recorded
 
 
 METRICS = ("algorithmic", "ood", "needle", "perplexity", "delta", "train_time_s")
@@ -147,15 +160,16 @@ def _run_model_dir(run_dir: Path) -> Path | None:
 
 # What each compared suite's numbers were measured on, from its payload and its metadata: runs compared
 # must agree on these (sample counts and seeds may differ: they change an interval, not what it estimates).
-# The windows of a text are a prefix of its split (another number of them is other text), and haystack lengths
+# The windows of a text are placed by their number (another number of them is other text), and haystack lengths
 # and texts are counted in the tokenizer's tokens (a task grid counts elements).
 MEASURED_ON = {
     "algorithmic": ("grids",),
     "longctx": ("tasks", "context_lengths", "depths", "retrieval_version"),
-    "lm": ("corpus_request", "context_len", "tokens"),
+    "lm": ("corpus_request", "context_len", "tokens", "tokens_from"),
     "ablation": ("task", "context_len", "retrieval_version"),
 }
-UNRECORDED = {"retrieval_version": "memlab-retrieval-v1"}  # what a file that does not record the fact was measured on
+# what a file that does not record the fact was measured on
+UNRECORDED = {"retrieval_version": "memlab-retrieval-v1", "tokens_from": "prefix"}
 MEASURED_WITH = {
     "algorithmic": ("grid_version",),
     "longctx": ("grid_version", "tokenizer_hash"),
@@ -211,7 +225,7 @@ def load_run(run_dir: str | Path) -> Row:
     payloads, meta, measured = load_payloads(run_dir)
     try:
         row = _row(run_dir, payloads, meta, measured)
-    except (KeyError, TypeError, AttributeError) as e:  # a file damaged by hand below the validated top level
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # damaged by hand below the validated top level
         raise MemlabError(f"the results in {run_dir} do not follow the schema ({type(e).__name__}: {e})") from None
     seconds = training_seconds(run_dir)
     if seconds is not None:
@@ -234,6 +248,8 @@ def _row(run_dir: Path, payloads: dict[str, Any], meta: dict[str, Any], measured
     if "algorithmic" in payloads:
         summary = payloads["algorithmic"]["summary"]
         row.algorithmic, row.ood = Metric.of_accuracy(summary.get("iid")), Metric.of_accuracy(summary.get("ood"))
+        row.outcomes = {name: o for name, split in (("algorithmic", "iid"), ("ood", "ood"))
+                        if (o := recorded_outcomes(summary.get(split))) is not None}
     if "longctx" in payloads:
         row.needle = Metric.of_accuracy(payloads["longctx"]["overall"])
     if "lm" in payloads:
@@ -247,6 +263,17 @@ def _row(run_dir: Path, payloads: dict[str, Any], meta: dict[str, Any], measured
         d = payloads["ablation"]["delta"]
         row.delta = Metric(d["delta"], d["ci95"], d["n"])
     return row
+
+
+def recorded_outcomes(record: dict[str, Any] | None) -> Outcomes | None:
+    """The per-example outcomes an accuracy record keeps (None where it keeps none); a ValueError
+    (reported as a schema error) where they are not 0s and 1s or disagree with its counts."""
+    if not record or "outcomes" not in record or "examples_sha256" not in record:
+        return None
+    correct = parse_outcomes(record["outcomes"])
+    if correct.size != record["n"] or int(correct.sum()) != record["correct"]:
+        raise ValueError(f"outcomes that do not add up to n={record['n']} and correct={record['correct']}")
+    return Outcomes(record["examples_sha256"], correct)
 
 
 def training_recipe(run_dir: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
@@ -337,15 +364,30 @@ def difference_interval(a: Metric, b: Metric) -> list[float] | None:
     return [d - math.hypot(a.value - a_lo, b_hi - b.value), d + math.hypot(a_hi - a.value, b.value - b_lo)]
 
 
+def paired_outcomes(row: Row, base: Row, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two runs' outcomes on accuracy ``name``, example by example, where both were scored on
+    the same examples (None otherwise: unrecorded, other examples, or a seed-averaged row)."""
+    a, b = row.outcomes.get(name), base.outcomes.get(name)
+    if a is None or b is None or a.examples_sha256 != b.examples_sha256 or a.correct.size != b.correct.size:
+        return None
+    return a.correct, b.correct
+
+
 def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
-    """``{"criteria": {name: {"passed", "detail"[, "interval"]}}, "verdict": "wins" | "does not win" |
-    "within noise" | "incomplete"}``; an accuracy criterion's ``interval`` is that of the difference."""
+    """``{"criteria": {name: {"passed", "detail"[, "interval", "paired"]}}, "verdict": "wins" | "does not win" |
+    "within noise" | "incomplete"}``; an accuracy criterion's ``interval`` is that of the difference,
+    ``paired`` whether it paired the examples both runs were scored on."""
 
     def both(a: Metric, b: Metric) -> bool:
         return a.value is not None and b.value is not None and math.isfinite(a.value) and math.isfinite(b.value)
 
-    def gain(a: Metric, b: Metric, limit: float, at_least: bool, what: str) -> dict[str, Any]:
-        ci = difference_interval(a, b) if both(a, b) else None
+    def gain(name: str, limit: float, at_least: bool, what: str) -> dict[str, Any]:
+        a, b = getattr(row, name), getattr(base, name)
+        pairs = paired_outcomes(row, base, name)
+        if pairs is not None:
+            ci = list(tango_paired_interval(*pairs))
+        else:
+            ci = difference_interval(a, b) if both(a, b) else None
         if ci is None:
             return {"passed": None, "detail": "missing"}
         lo, hi = (round(x, 9) for x in ci)
@@ -354,7 +396,9 @@ def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
         shown = f"{_pts(a.value - b.value)} [{_signed_pts(lo, limit)}, {_signed_pts(hi, limit)}]"
         rule = f"{'>=' if at_least else '>'} {100 * limit:+g} pts"
         state = {True: "passes", False: "fails", None: "within noise"}[ok]
-        return {"passed": ok, "detail": f"{shown}{what} vs {rule}: {state}", "interval": ci}
+        how = " paired" if pairs is not None else ""
+        return {"passed": ok, "detail": f"{shown}{how}{what} vs {rule}: {state}", "interval": ci,
+                "paired": pairs is not None}
 
     def ratio(a: Metric, b: Metric, limit: float) -> dict[str, Any]:
         if not (both(a, b) and b.value > 0):
@@ -364,8 +408,8 @@ def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
         return {"passed": ok, "detail": f"{_beside(r, limit, 2)}x vs <= {limit:g}x: {'passes' if ok else 'fails'}"}
 
     c: dict[str, dict[str, Any]] = {
-        "algorithmic": gain(row.algorithmic, base.algorithmic, criteria.min_alg_gain, True, ""),
-        "ood": gain(row.ood, base.ood, 0.0, False, " OOD"),
+        "algorithmic": gain("algorithmic", criteria.min_alg_gain, True, ""),
+        "ood": gain("ood", 0.0, False, " OOD"),
         "train_time": ratio(row.train_time_s, base.train_time_s, criteria.max_time_ratio),
     }
     if row.perplexity.collapsed:
@@ -465,7 +509,8 @@ def terminal(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]]) -> str:
 def criteria_markdown(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]], base: Row, criteria: Criteria) -> str:
     head = (f"Verdicts against `{base.name}` (wins = algorithmic >= +{100 * criteria.min_alg_gain:g} pts, better OOD, "
             f"training time <= {criteria.max_time_ratio:g}x, perplexity <= {criteria.max_ppl_ratio:g}x; an accuracy "
-            "criterion holds when the 95% interval of the difference, shown in brackets, clears its threshold):\n\n")
+            "criterion holds when the 95% interval of the difference, shown in brackets, clears its threshold; "
+            "\"paired\" where both runs were scored on the same examples):\n\n")
     def mark(c: dict[str, Any]) -> str:  # an undecided criterion has an interval; a missing one none
         return {True: "yes", False: "no", None: "?" if "interval" in c else "n/a"}[c["passed"]]
 
@@ -538,7 +583,7 @@ def compare_rows(
         write_csv(out / "compare.csv", rows, verdicts)
         data = {"baseline": base.name, "criteria": asdict(criteria), "verdicts": verdicts,
                 "rows": [{k: v for k, v in asdict(r).items()
-                          if k not in ("results", "members", "measured_on", "recipe")} for r in rows]}
+                          if k not in ("results", "members", "measured_on", "recipe", "outcomes")} for r in rows]}
         (out / "compare.json").write_text(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
         files += [out / "compare.md", out / "compare.csv", out / "compare.json"]
         if plots:

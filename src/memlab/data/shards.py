@@ -13,9 +13,10 @@ with ``checksum=`` also that the directory holds the data a run recorded, see ``
 and serves training windows::
 
     shards.random_windows(batch_size, seq_len, rng)   # (B, T + 1) int64, uniform start offsets
-    shards.sequential_windows(batch_size, seq_len)    # iterator of (b, T + 1): consecutive windows,
-                                                      # each token after the first predicted at most
-                                                      # once; the last (N - 1) mod T are not scored
+    shards.evaluation_windows(batch_size, seq_len, max_windows)
+        # iterator of (starts (b,), windows (b, T + 1)): the split's consecutive windows (each token
+        # after the first predicted at most once; the last (N - 1) mod T not scored), or where there
+        # are more than max_windows, that many of them spread evenly over the split
 
 With ``rank``/``world_size`` each rank sees a disjoint, contiguous slice of the split.
 """
@@ -171,6 +172,7 @@ class TokenShards:
         self._starts = np.cumsum([0] + [len(a) for a in self._arrays])  # (n_shards + 1,)
         total = int(self._starts[-1])
         self.lo, self.hi = total * rank // world_size, total * (rank + 1) // world_size  # this rank's slice
+        self._eos_positions: np.ndarray | None = None  # (E,) global positions of the split's EOS ids, sorted
 
     @property
     def num_tokens(self) -> int:
@@ -217,13 +219,30 @@ class TokenShards:
     def num_sequential_windows(self, seq_len: int) -> int:
         return max(0, (self.num_tokens - 1) // seq_len)
 
-    def sequential_windows(
-        self, batch_size: int, seq_len: int, max_windows: int | None = None
-    ) -> Iterator[torch.Tensor]:
-        """Consecutive (b, T + 1) windows overlapping by one token, for perplexity; b <= B."""
+    def evaluation_starts(self, seq_len: int, max_windows: int | None = None) -> np.ndarray:
+        """(n,) global start positions of the windows that evaluate this slice: its consecutive
+        windows (overlapping by one token), or where there are more than ``max_windows``, that many
+        of them spread evenly over the whole slice (a prefix would measure its first documents only)."""
         self._need(seq_len + 1)
         n = self.num_sequential_windows(seq_len)
-        n = n if max_windows is None else min(n, max_windows)
-        for first in range(0, n, batch_size):
-            starts = range(self.lo + first * seq_len, self.lo + min(n, first + batch_size) * seq_len, seq_len)
-            yield self._batch([self.tokens(s, s + seq_len + 1) for s in starts])
+        slots = np.arange(n) if max_windows is None or n <= max_windows else np.arange(max_windows) * n // max_windows
+        return self.lo + slots * seq_len
+
+    def evaluation_windows(
+        self, batch_size: int, seq_len: int, max_windows: int | None = None
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(starts (b,), windows (b, T + 1)) batches of :meth:`evaluation_starts`' windows; b <= B."""
+        starts = self.evaluation_starts(seq_len, max_windows)
+        for first in range(0, len(starts), batch_size):
+            batch = starts[first : first + batch_size]
+            yield batch, self._batch([self.tokens(int(s), int(s) + seq_len + 1) for s in batch])
+
+    def documents_before(self, positions: np.ndarray) -> np.ndarray:
+        """How many documents of the split (EOS ids) end before each global position: its document's
+        index, an EOS counting in the document it ends.  (The first call reads the whole split.)"""
+        if self._eos_positions is None:
+            eos_id = self.header["eos_id"]
+            self._eos_positions = np.concatenate(
+                [np.flatnonzero(np.asarray(a) == eos_id) + start for a, start in zip(self._arrays, self._starts)]
+            )
+        return np.searchsorted(self._eos_positions, positions, side="left")

@@ -9,17 +9,23 @@ over tasks (the correct answers and examples of every cell summed).
 The IID grid's levels are trained on, and where a level has few distinct examples the
 training stream holds most of them (two-bit parity: all 4): IID accuracy then measures recall
 as much as generalisation.  The OOD levels lie beyond every trained one.
+
+Each split's summary keeps its per-example outcomes (``outcomes``, in cell order) and a hash of
+the examples' texts in that order (``examples_sha256``): two models scored on the same examples
+(same tasks, grid, samples and seed) can be compared example by example (a paired interval).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from functools import partial
 from typing import Any
 
 from memlab.data.tasks import GRIDS, TASKS, Example, encode_example
 from memlab.errors import MemlabError, choose
 from memlab.eval.hub import EvalContext, distinct, register_suite
-from memlab.eval.stats import accuracy_record, pool
+from memlab.eval.stats import accuracy_record, outcomes_string, pool
 
 
 def check_tasks(names: list[str] | None) -> list[str]:
@@ -45,11 +51,12 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     grids = {split: {t: list(getattr(GRIDS[t], split)) for t in tasks} for split in splits}
     payload: dict[str, Any] = {"grids": grids, "tasks": {}}
     cells = [(task, split, d) for task in tasks for split in splits for d in grids[split][task]]
-    examples, bounds = [], [0]  # each cell's examples, cell after cell; scored together (fewer, fuller batches)
+    examples, texts, bounds = [], [], [0]  # each cell's examples, cell after cell; scored together (fuller batches)
     for task, _, difficulty in cells:
         rng = ctx.rng(f"algorithmic/{task}/{difficulty}")
         drawn = distinct(partial(TASKS[task], rng, difficulty), options.samples, key=_text)
         examples += [encode_example(e, ctx.tokenizer) for e in drawn]
+        texts += [_text(e) for e in drawn]
         bounds.append(len(examples))
     hits = ctx.score(examples, "algorithmic")
     records: dict[str, list[dict[str, Any]]] = {task: [] for task in tasks}
@@ -60,7 +67,16 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     for task, by_difficulty in records.items():
         per_split = {split: pool([c for c in by_difficulty if c["split"] == split]) for split in splits}
         payload["tasks"][task] = {**per_split, "by_difficulty": by_difficulty}
-    payload["summary"] = {
-        split: pool([payload["tasks"][t][split] for t in tasks]) for split in splits
-    }
+    payload["summary"] = {}
+    for split in splits:
+        taken = [i for (_, cell_split, _), start, stop in zip(cells, bounds, bounds[1:]) if cell_split == split
+                 for i in range(start, stop)]  # this split's examples, cell after cell
+        payload["summary"][split] = {**pool([payload["tasks"][t][split] for t in tasks]),
+                                     "outcomes": outcomes_string(hits[taken]),
+                                     "examples_sha256": examples_sha256([texts[i] for i in taken])}
     return payload
+
+
+def examples_sha256(texts: list[tuple[str, str, str]]) -> str:
+    """Hash of the (prompt, query, answer) texts of examples, in order: equal for the same examples."""
+    return hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()

@@ -1,13 +1,15 @@
-"""Suite ``lm``: validation perplexity on a corpus, in consecutive windows, with tokens/s.
+"""Suite ``lm``: validation perplexity on a corpus, in windows of its validation split, with tokens/s.
 
 The corpus is a prepared shard directory, a corpus source (prepared once with the model's
 tokenizer into ``<out_dir>/lm_data/``, split as the run split its own data, so that a source it
 trained on is measured on the documents it held out), or by default the validation split of the
-data the run was trained on.  Every validation token after the first of a window is predicted once.
+data the run was trained on.  Every token after the first of a window is predicted once.
 
-The windows are the prefix of the split (``tokens_from: "prefix"``): the same text for every model
-given the same corpus, window and ``--lm-tokens``.  The interval is a bootstrap over the documents
-(the split's EOS ids end them) those tokens fall in, not over windows: consecutive windows of one
+The windows are the split's consecutive windows, or where they hold more than ``--lm-tokens``, that
+many tokens' worth of them spread evenly over the whole split (``tokens_from: "spread"``; an older
+memlab measured the split's prefix, its first documents only): the same text for every model given
+the same corpus, window and ``--lm-tokens``.  The interval is a bootstrap over the documents (the
+split's EOS ids end them) those tokens fall in, not over windows: consecutive windows of one
 document are correlated, and a t-interval over them had been about twice too narrow.
 """
 
@@ -92,22 +94,20 @@ def _exp(x: float) -> float:
 def document_losses(
     model: torch.nn.Module, shards: TokenShards, batch: int, seq_len: int, max_windows: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Summed NLL and predicted tokens (D,), (D,) of each document (ended by the split's EOS ids) of
-    the split's first ``max_windows`` consecutive windows, in text order; every index holds tokens."""
+    """Summed NLL and predicted tokens (D,), (D,) of each document (ended by the split's EOS ids) that
+    the split's evaluation windows (at most ``max_windows``, :meth:`TokenShards.evaluation_starts`)
+    predict tokens of, in text order."""
     device = next(model.parameters()).device
-    eos_id = shards.header["eos_id"]
-    nlls, doc_ids = [], []  # per predicted token, in text order: its NLL and its document's index
-    docs_before = 0  # documents ended by the tokens of the earlier batches
-    for windows in shards.sequential_windows(batch, seq_len, max_windows=max_windows):  # (b, T + 1)
+    nlls, doc_ids = [], []  # per predicted token, in text order: its NLL and its document's index in the split
+    for starts, windows in shards.evaluation_windows(batch, seq_len, max_windows=max_windows):  # (b,), (b, T + 1)
         windows = windows.to(device)
         logits = model(windows[:, :-1])  # (b, T, V)
-        targets = windows[:, 1:].flatten()  # (b T,) consecutive text: the windows overlap by one token
-        nlls.append(F.cross_entropy(logits.flatten(0, 1).float(), targets, reduction="none").double().cpu())
-        ends = (targets == eos_id).long().cpu()  # (b T,) an EOS belongs to the document it ends
-        doc_ids.append(docs_before + torch.cumsum(ends, 0) - ends)
-        docs_before += int(ends.sum())
-    nll, ids = torch.cat(nlls).numpy(), torch.cat(doc_ids).numpy()  # (N,), (N,)
-    return np.bincount(ids, weights=nll), np.bincount(ids)
+        targets = windows[:, 1:].flatten()  # (b T,)
+        nlls.append(F.cross_entropy(logits.flatten(0, 1).float(), targets, reduction="none").double().cpu().numpy())
+        positions = starts[:, None] + np.arange(1, seq_len + 1)  # (b, T) the targets' places in the split
+        doc_ids.append(shards.documents_before(positions.ravel()))
+    _, ids = np.unique(np.concatenate(doc_ids), return_inverse=True)  # (N,) the documents met, renumbered
+    return np.bincount(ids, weights=np.concatenate(nlls)), np.bincount(ids)
 
 
 @register_suite("lm", check=check)
@@ -130,7 +130,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
         "context_len": seq_len,
         "tokens": total_tokens,
         "windows": total_tokens // seq_len,
-        "tokens_from": "prefix",
+        "tokens_from": "spread",
         "documents": int(doc_tokens.size),
         "loss": loss,
         "perplexity": _exp(loss),

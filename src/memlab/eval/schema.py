@@ -21,8 +21,10 @@ from memlab.jsonfile import finite, write_json
 from memlab.models.paths import weights_sha256
 
 # 2: lm's interval resamples documents (documents, tokens_from, ci95_note); longctx and ablation record
-# their chance level, draw distinct examples, and the niah distractors are facts of other people
-SCHEMA_VERSION = 2
+# their chance level, draw distinct examples, and the niah distractors are facts of other people;
+# 3: lm's windows are spread over the split (tokens_from "spread", was the prefix); the algorithmic
+# summary keeps per-example outcomes and the examples' hash (outcomes, examples_sha256)
+SCHEMA_VERSION = 3
 
 METADATA_FIELDS = (
     "memlab_version",  # the package version that wrote the file
@@ -44,6 +46,7 @@ METADATA_FIELDS = (
 OPTIONAL_METADATA_FIELDS = ("weights_sha256", "git_dirty", "python_version")  # files of an older memlab lack them
 
 ACCURACY_FIELDS = ("accuracy", "correct", "n", "ci95")
+OUTCOME_FIELDS = ("outcomes", "examples_sha256")  # the algorithmic summary's records (an older memlab's lack them)
 DELTA_FIELDS = ("delta", "ci95", "n")
 
 # The keys every payload of a suite must hold (nested records are described in the docs).

@@ -6,6 +6,8 @@
   pair differs the same way (none at all, often) the bootstrap has nothing to resample (a
   zero-width interval would overstate certainty), so Tango's score interval for paired
   proportions is used: it rests on the discordant pairs, as the difference does;
+* two models' accuracies on the same examples (``memlab compare``) differ by Tango's paired interval,
+  from the per-example outcomes kept as a string of 0s and 1s (:func:`outcomes_string`);
 * a mean over seeds carries a Student-t interval (none from a single value); a non-finite or
   missing value leaves the mean undefined rather than being dropped;
 * a token-weighted mean over documents (the perplexity's loss) carries a bootstrap interval over
@@ -36,6 +38,18 @@ def accuracy_record(outcomes: Sequence[bool] | np.ndarray) -> dict[str, Any]:
     """``{"accuracy", "correct", "n", "ci95"}`` of per-example 0/1 outcomes (accuracy is None if n == 0)."""
     outcomes = np.asarray(outcomes, dtype=bool)
     return _record(int(outcomes.sum()), int(outcomes.size))
+
+
+def outcomes_string(outcomes: Sequence[bool] | np.ndarray) -> str:
+    """Per-example 0/1 outcomes as a string of ``0`` and ``1``, one character per example."""
+    return "".join("1" if o else "0" for o in np.asarray(outcomes, dtype=bool))
+
+
+def parse_outcomes(text: str) -> np.ndarray:
+    """(n,) bool of an :func:`outcomes_string`; a ValueError for any other character."""
+    if set(text) - {"0", "1"}:
+        raise ValueError("outcomes hold characters other than 0 and 1")
+    return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
 
 
 def pool(records: Sequence[dict[str, Any]]) -> dict[str, Any]:

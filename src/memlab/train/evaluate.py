@@ -55,11 +55,12 @@ class EvalResult:
 def validation_loss(
     model: nn.Module, shards: TokenShards, seq_len: int, max_tokens: int, batch_tokens: int, autocast
 ) -> float:
-    """Mean next-token loss over the first ``max_tokens`` tokens of the split, in consecutive windows."""
+    """Mean next-token loss over at most ``max_tokens`` tokens of the split, in windows spread evenly
+    over it (:meth:`TokenShards.evaluation_starts`)."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     rows = max(1, batch_tokens // seq_len)
-    for windows in shards.sequential_windows(rows, seq_len, max_windows=max(1, max_tokens // seq_len)):
+    for _, windows in shards.evaluation_windows(rows, seq_len, max_windows=max(1, max_tokens // seq_len)):
         windows = windows.to(device)  # (b, T + 1)
         with autocast:
             total += float(model(windows[:, :-1], labels=windows[:, 1:]))  # summed, no (b, T, V) logits
