@@ -6,7 +6,7 @@ first tokens of the 8 colours (BPE-512: purple and pink share the first token "p
 choice; chance is 1/8 per colour, 2/8 for p).  Correct: the argmax among them is the true colour's
 first token.  Normal vs every memory layer zeroed (memlab.ablate), Delta with a paired bootstrap.
 
-Usage: .venv/bin/python experiments/gdn_source/colour_choice.py RUN_DIR [--context 1344] [--samples 200]
+Usage: .venv/bin/python experiments/gdn_source/colour_choice.py RUN_DIR [--task niah] [--context 1344] [--samples 200]
 Writes RUN_DIR/eval/colour_choice.json.
 """
 
@@ -46,6 +46,7 @@ def choices(model, prompts: list[list[int]], candidates: list[int], pad_id: int,
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
+    ap.add_argument("--task", default="niah", help="the fact NIAH spec (niah:distractors=sky: the source's task)")
     ap.add_argument("--context", type=int, default=1344)
     ap.add_argument("--samples", type=int, default=200)
     args = ap.parse_args()
@@ -53,7 +54,7 @@ def main() -> None:
     model.eval()
     options = EvalOptions(ablation_context=args.context, ablation_samples=args.samples)
     ctx = EvalContext(model=model, tokenizer=tokenizer, options=options)
-    examples = retrieval_examples(ctx, "niah", args.context, args.samples, ctx.rng("ablation"))  # the suite's draw
+    examples = retrieval_examples(ctx, args.task, args.context, args.samples, ctx.rng("ablation"))  # the suite's draw
     first = {c: tokenizer.encode(c)[0] for c in COLORS}
     candidates = sorted(set(first.values()))
     prompts, truth, buckets = [], [], []
@@ -68,6 +69,7 @@ def main() -> None:
         zeroed = choices(model, prompts, candidates, tokenizer.pad_id) == truth
     result = {
         "metric": "argmax over the colours' first tokens at the answer position (7 distinct; purple/pink share one)",
+        "task": args.task,
         "context_len": args.context,
         "normal": accuracy_record(normal),
         "zeroed": accuracy_record(zeroed),

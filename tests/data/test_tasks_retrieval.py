@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from memlab.data.tasks import MQAR, SNIAH, FactNIAH, get_task, parse_task_spec, task_levels
-from memlab.data.tasks.retrieval import NAMES, NOISE, default_prose
+from memlab.data.tasks.retrieval import NAMES, NOISE, SKY, default_prose
 from memlab.errors import MemlabError
 
 FACT = re.compile(r"(\w+) has a (\w+) (\w+)\.")
@@ -54,6 +54,17 @@ def test_the_has_a_shortcut_answers_no_better_than_chance():
     last = [re.findall(r"has a (\w+)", e.prompt)[-1] == e.answer for e in examples]
     assert sum(shortcut) / 400 < 0.25 and sum(last) / 400 < 0.25  # chance 1/8, plus the fact first (1/31)
     assert {e.meta["chance"] for e in examples} == {1 / 8}
+
+
+def test_the_sources_sky_distractors_are_answered_by_the_has_a_shortcut():
+    """niah:distractors=sky is the source experiments' task: one fact among copies of one sentence."""
+    rng = random.Random(0)
+    task = get_task("niah:distractors=sky,position=middle")
+    for n in (0, 10, 100):
+        ex = task(rng, n)
+        assert ex.prompt.count(SKY) == n and len(facts(ex.prompt)) == 1
+        assert ex.meta["index"] == n // 2 and re.search(r"has a (\w+)", ex.prompt).group(1) == ex.answer
+    assert task.distractor_sentences() == [SKY] and len(FactNIAH().distractor_sentences()) == 8 * len(NAMES)
 
 
 def test_fact_niah_depth_percent():
@@ -174,6 +185,7 @@ def test_sniah_counts_with_a_given_tokenizer(byte_tok):
         (lambda: SNIAH(n_keys=1, n_queries=2), "n_queries <= n_keys"),
         (lambda: SNIAH(variant=1)(random.Random(0), 100), "too short"),
         (lambda: FactNIAH("top"), "unknown niah position"),
+        (lambda: FactNIAH(distractors="grass"), "unknown niah distractors 'grass'; valid choices: people, sky"),
         (lambda: FactNIAH()(random.Random(0), -1), "needs difficulty >= 0"),
     ],
 )

@@ -17,7 +17,7 @@ def ctx(trained_baseline, byte_tok):
 
 
 @pytest.mark.parametrize("task, unit", [("niah", 2 * len(" Alice has a purple lamp.")), ("sniah1", 60),
-                                        ("sniah3", 60)])
+                                        ("sniah3", 60), ("niah:distractors=sky", len(" The sky is blue."))])
 def test_examples_fill_but_never_exceed_the_context(ctx, task, unit):
     for length in (400, 700):
         examples = retrieval_examples(ctx, task, length, 4, random.Random(0))

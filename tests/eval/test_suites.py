@@ -106,6 +106,17 @@ def test_each_split_keeps_its_outcomes_in_cell_order_and_the_hash_of_its_example
     assert summary(trained_baseline, seed=1)["summary"]["iid"]["examples_sha256"] != other["iid"]["examples_sha256"]
 
 
+def test_needle_tasks_take_parameters(trained_baseline, byte_tok, tmp_path):
+    """niah:distractors=sky, the source experiments' task, beside the default niah."""
+    options = EvalOptions(needle_tasks=["niah:distractors=sky", "niah"], context_lengths=[128], depths=[0.5],
+                          needle_samples=3)
+    r = evaluate_model(EvalContext(trained_baseline, byte_tok, options, out_dir=tmp_path), "longctx")["results"]
+    assert list(r["tasks"]) == ["niah:distractors=sky", "niah"] and r["overall"]["n"] == 6
+    sky = r["tasks"]["niah:distractors=sky"]
+    assert sky["heatmap"] == "longctx_niah_distractors_sky.png" and (tmp_path / sky["heatmap"]).is_file()
+    assert sky["chance"] == 1 / 8 and sky["cells"][0]["needle_depth"]["mean"] == 0.5
+
+
 def test_a_cell_holds_distinct_examples_only(trained_baseline, byte_tok):
     """Drawn with replacement, two-bit parity's 4 examples had counted as 20 independent ones (audit)."""
     ctx = EvalContext(trained_baseline, byte_tok, EvalOptions(tasks=["parity"], samples=20, grid="iid"))
@@ -181,6 +192,7 @@ def test_the_lm_interval_is_over_the_documents_of_the_evaluated_tokens(byte_tok,
         ("everything", {}, "unknown suite 'everything'; valid choices: ablation, algorithmic"),
         ("algorithmic", {"tasks": ["copy", "sort"]}, "unknown algorithmic task 'sort'; valid choices: addition"),
         ("longctx", {"needle_tasks": ["haystack"]}, "unknown needle task 'haystack'; valid choices: niah, sniah1"),
+        ("longctx", {"needle_tasks": ["niah:colour=red"]}, "task niah has no parameter(s) ['colour']"),
         ("longctx", {"context_lengths": [64], "needle_tasks": ["sniah1"]}, "sniah1 does not fit in a context of 64"),
         ("ablation", {"ablation_task": "sort"}, "unknown retrieval task 'sort'"),
         ("lm", {}, "the lm suite needs a corpus"),

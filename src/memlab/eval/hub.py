@@ -66,6 +66,12 @@ class EvalContext:
         return exact_match(self.model, examples, self.tokenizer.pad_id, self.options.batch_tokens, bar)
 
 
+def file_safe(name: str) -> str:
+    """``name`` (a corpus or task spec) with every run of other characters than letters, digits, ``_.-``
+    made one ``_``: a file or directory name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
 def distinct(draw: Callable[[], T], n: int, key: Callable[[T], Hashable], draws_per_example: int = 20) -> list[T]:
     """Up to ``n`` examples of distinct ``key`` from ``draw()``, found within ``draws_per_example * n``
     draws: fewer where the task has fewer (two-bit parity has 4).  Repeats would count one example

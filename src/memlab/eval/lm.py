@@ -16,7 +16,6 @@ document are correlated, and a t-interval over them had been about twice too nar
 from __future__ import annotations
 
 import math
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from memlab.data.shards import HEADER_FILE, TokenShards
 from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
-from memlab.eval.hub import EvalContext, register_suite, run_data, run_data_dir, run_held_out_split
+from memlab.eval.hub import EvalContext, file_safe, register_suite, run_data, run_data_dir, run_held_out_split
 from memlab.eval.stats import MIN_DOCUMENTS, document_bootstrap
 
 
@@ -64,7 +63,7 @@ def open_corpus(ctx: EvalContext, spec: str) -> tuple[str, TokenShards]:
 
         if ctx.out_dir is None:
             raise MemlabError(f"corpus {spec!r} is not a prepared shard directory and there is no out_dir for it")
-        directory = ctx.out_dir / "lm_data" / re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
+        directory = ctx.out_dir / "lm_data" / file_safe(spec)
         split = None if ctx.run_dir is None else run_held_out_split(ctx.run_dir)
         fraction, seed = split or (0.01, 0)  # the run's: its held-out documents, if it trained on this source
         prepare_shards(spec, ctx.tokenizer, directory, val_fraction=fraction, split_seed=seed)

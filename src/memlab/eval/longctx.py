@@ -1,6 +1,7 @@
 """Suite ``longctx``: needle-in-a-haystack accuracy over context length x needle depth.
 
-For each needle task (the fact/distractor NIAH and RULER's S-NIAH-1/2/3) and each cell
+For each needle task (the fact/distractor NIAH and RULER's S-NIAH-1/2/3, each with the
+task's ``:key=value`` parameters if given, e.g. ``niah:distractors=sky``) and each cell
 (context length, depth) of the grid, ``needle_samples`` examples are scored by exact
 match; each task gets a heat-map PNG.  A cell records where its needles really are
 (``needle_depth``: mean, min, max), which in a short prose haystack can be far from its depth.
@@ -23,7 +24,7 @@ import numpy as np
 from memlab.data.tasks import RETRIEVAL_VERSION
 from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
-from memlab.eval.hub import EvalContext, register_suite
+from memlab.eval.hub import EvalContext, file_safe, register_suite
 from memlab.eval.retrieval import NEEDLE_TASKS, check_needle_tasks, retrieval_examples
 from memlab.eval.stats import accuracy_record, pool
 from memlab.plotting import pyplot, save_figure
@@ -70,7 +71,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                  for (length, depth), start, stop in zip(grid, bounds, bounds[1:])]  # fmt: skip
         heatmap = None
         if ctx.out_dir is not None:
-            path = ctx.out_dir / f"longctx_{task}.png"
+            path = ctx.out_dir / f"longctx_{file_safe(task)}.png"
             heatmap = plot_heatmap(cells, lengths, depths, f"{task}: exact match %", path)
         chance = float(np.mean([e.meta["chance"] for e in examples]))
         payload["tasks"][task] = {"cells": cells, "overall": pool(cells), "chance": chance, "heatmap": heatmap}

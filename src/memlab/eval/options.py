@@ -26,7 +26,7 @@ class EvalOptions:
     samples: int = 100
     """algorithmic: distinct examples per task and difficulty (fewer where a level has fewer); lm-eval: per task"""
     needle_tasks: list[str] | None = None
-    """longctx: needle tasks (default: every one)"""
+    """longctx: needle tasks, NAME[:key=value,...] (e.g. niah:distractors=sky; default: niah, sniah1, sniah2, sniah3)"""
     context_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
     """longctx: example lengths in tokens (haystack, needle, question and answer)"""
     depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])

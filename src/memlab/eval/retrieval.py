@@ -1,8 +1,8 @@
 """Retrieval examples of a given length in tokens, for the ``longctx`` and ``ablation`` suites.
 
 The tasks are :mod:`memlab.data.tasks`' own (``niah``, ``sniah1/2/3``, ``mqar``, with
-``NAME:key=value`` parameters); this module only sizes them: each example is the
-longest one whose tokens (context + answer) fit in ``context_len``, and draws them distinct.
+``NAME:key=value`` parameters, e.g. ``niah:distractors=sky``); this module only sizes them: each
+example is the longest one whose tokens (context + answer) fit in ``context_len``, and draws them distinct.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import random
 from collections.abc import Sequence
 
 from memlab.data.tasks import RETRIEVAL_TASKS, TokenizedExample, encode_example, get_task, parse_task_spec
-from memlab.data.tasks.retrieval import COLORS, NAMES, OBJECTS, fact
 from memlab.data.tokenizer import Tokenizer
 from memlab.errors import MemlabError, choose
 from memlab.eval.hub import EvalContext, distinct
@@ -20,10 +19,14 @@ from memlab.eval.hub import EvalContext, distinct
 NEEDLE_TASKS = ("niah", "sniah1", "sniah2", "sniah3")
 
 
-def check_needle_tasks(names: Sequence[str]) -> list[str]:
-    for name in names:
+def check_needle_tasks(specs: Sequence[str]) -> list[str]:
+    """The needle task specs (``NAME[:key=value,...]``, NAME one of :data:`NEEDLE_TASKS`), once each;
+    a MemlabError for another name or a parameter the task does not take."""
+    for spec in specs:
+        name, params = parse_task_spec(spec)
         choose("needle task", name, NEEDLE_TASKS)
-    return list(dict.fromkeys(names))
+        get_task(name, **params)
+    return list(dict.fromkeys(specs))
 
 
 def retrieval_examples(
@@ -44,7 +47,7 @@ def retrieval_examples(
         params["depth"] = 100 * depth
     task = get_task(name, tokenizer=ctx.tokenizer, **params)
     # difficulty is the haystack size: tokens for S-NIAH, distractor sentences for the fact NIAH
-    units = (1, 1) if name.startswith("sniah") else fact_units(ctx.tokenizer)
+    units = (1, 1) if name.startswith("sniah") else sentence_units(ctx.tokenizer, task.distractor_sentences())
     return distinct(lambda: _fit(task, name, context_len, units, rng.random(), ctx), n, key=_ids)
 
 
@@ -52,10 +55,9 @@ def _ids(example: TokenizedExample) -> tuple[int, ...]:
     return tuple(example.ids)
 
 
-def fact_units(tokenizer: Tokenizer) -> tuple[int, int]:
-    """(fewest, most) tokens of one fact NIAH distractor sentence, with its leading space."""
-    lengths = [len(tokenizer.encode(" " + fact(name, color, obj))) for name in NAMES for color, obj in
-               zip(COLORS, OBJECTS)]  # fmt: skip
+def sentence_units(tokenizer: Tokenizer, sentences: Sequence[str]) -> tuple[int, int]:
+    """(fewest, most) tokens of one of ``sentences`` (a fact NIAH's distractors), with its leading space."""
+    lengths = [len(tokenizer.encode(" " + sentence)) for sentence in sentences]
     return min(lengths), max(lengths)
 
 

@@ -11,7 +11,9 @@ Each is a small frozen dataclass of parameters whose instances are tasks
   distractors), then the distractors' names repeat; the asked name is never repeated.
   ``position``: start, middle, end or random; ``meta`` records the fact's sentence index, its
   depth (0..1) and bucket (early/middle/late).  The distractor curriculum of the source
-  experiments is ``NIAH_LEVELS`` = 0, 10, 30, 50, 100.
+  experiments is ``NIAH_LEVELS`` = 0, 10, 30, 50, 100.  ``distractors=sky`` gives the source
+  experiments' own task (``SKY``, "The sky is blue.", repeated), to reproduce their numbers: it is
+  answered without retrieval, by the colour after "has a".
 
 - :class:`SNIAH` (``sniah1/2/3``, as in RULER): "One of the special magic numbers for
   ambitious-kettle is: 4827151." hidden in a haystack of ``difficulty`` tokens at the sentence
@@ -67,6 +69,7 @@ OBJECTS = ("ball", "car", "hat", "book", "pen", "cup", "ring", "lamp")
 COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "pink", "white")
 NIAH_LEVELS = (0, 10, 30, 50, 100)
 RETRIEVAL_VERSION = "memlab-retrieval-v2"  # v1: one fixed distractor sentence, cells could repeat examples
+SKY = "The sky is blue."  # the source experiments' distractor sentence (niah:distractors=sky)
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 KEY_ADJECTIVES = (
     "ambitious", "bitter", "brave", "calm", "clever", "curious", "eager", "fancy", "gentle", "grumpy",
@@ -94,31 +97,45 @@ class FactNIAH:
 
     position: Literal["start", "middle", "end", "random"] = "random"
     depth: float | None = None  # percent (0..100) of the distractors before the fact; overrides position
+    distractors: Literal["people", "sky"] = "people"  # facts of other people, or the source's SKY sentence
 
     def __post_init__(self) -> None:
         if self.position not in ("start", "middle", "end", "random"):
             raise MemlabError(f"unknown niah position {self.position!r}; valid choices: start, middle, end, random")
+        if self.distractors not in ("people", "sky"):
+            raise MemlabError(f"unknown niah distractors {self.distractors!r}; valid choices: people, sky")
         if self.depth is not None and not 0 <= self.depth <= 100:
             raise MemlabError(f"niah depth must be a percentage in [0, 100], got {self.depth}")
 
     def __call__(self, rng: random.Random, difficulty: int) -> Example:
         check_difficulty("niah", difficulty, 0)
         obj = rng.choice(OBJECTS)
-        name, *others = rng.sample(NAMES, min(difficulty + 1, len(NAMES)))  # the asked name is never repeated
-        while len(others) < difficulty:  # more distractors than names: theirs repeat
-            others += rng.sample(others, min(len(others), difficulty - len(others)))
-        color, *colors = (rng.choice(COLORS) for _ in range(difficulty + 1))
+        if self.distractors == "sky":
+            name, color = rng.choice(NAMES), rng.choice(COLORS)
+            sentences = [SKY] * difficulty
+        else:
+            name, *others = rng.sample(NAMES, min(difficulty + 1, len(NAMES)))  # the asked name is never repeated
+            while len(others) < difficulty:  # more distractors than names: theirs repeat
+                others += rng.sample(others, min(len(others), difficulty - len(others)))
+            color, *colors = (rng.choice(COLORS) for _ in range(difficulty + 1))
+            sentences = [fact(other, c, obj) for other, c in zip(others, colors)]
         index = {"start": 0, "middle": difficulty // 2, "end": difficulty}.get(self.position)
         if self.depth is not None:
             index = round(difficulty * self.depth / 100)
         elif index is None:
             index = rng.randint(0, difficulty)
-        sentences = [fact(other, c, obj) for other, c in zip(others, colors)]
         sentences.insert(index, fact(name, color, obj))
         depth = index / difficulty if difficulty else 0.0
         meta = {"task": "niah", "difficulty": difficulty, "index": index, "depth": depth, "bucket": _bucket(depth),
                 "chance": 1 / len(COLORS)}
         return Example(" ".join(sentences), color, query=f"What color is {name}'s {obj}?", meta=meta)
+
+    def distractor_sentences(self) -> list[str]:
+        """The distractor sentences this task draws from (people's: every name with each colour-object
+        pair of one index, enough to span their lengths)."""
+        if self.distractors == "sky":
+            return [SKY]
+        return [fact(name, color, obj) for name in NAMES for color, obj in zip(COLORS, OBJECTS)]
 
 
 def _sentences(text: str) -> list[str]:
