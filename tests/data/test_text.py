@@ -422,6 +422,14 @@ def test_a_streamed_local_hf_dataset_is_rebuilt_when_its_file_changes(tmp_path, 
     assert not again.reused and again.header["splits"]["train"]["documents"] == 3
 
 
+def test_hf_reads_zstandard_compressed_json_lines(tmp_path):
+    """Corpora often ship as .jsonl.zst; the hf extra brings zstandard for them."""
+    pytest.importorskip("datasets")
+    zstandard = pytest.importorskip("zstandard")
+    (tmp_path / "rows.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b'{"text": "zst row"}\n'))
+    assert list(open_source(f"hf:{tmp_path / 'rows.jsonl.zst'}").documents()) == ["zst row"]
+
+
 def test_hf_local_files_by_format_compressed_or_saved(tmp_path):
     """A .txt had been one document per line and a .jsonl.gz raw JSON text; save_to_disk had failed."""
     datasets = pytest.importorskip("datasets")
@@ -507,3 +515,15 @@ def test_cli_error_is_the_last_line_after_the_progress_bar(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.endswith("\n")
     assert err.splitlines()[-1] == f"memlab: error: {tmp_path}/a.jsonl:2 is not a JSON object (files: reads JSON lines)"
+
+
+@pytest.mark.parametrize("val_fraction, warned", [(0.03, True), (0.3, False)])
+def test_a_validation_split_too_small_for_a_perplexity_interval_is_warned_of(corpus_dir, byte_tok, tmp_path, caplog,
+                                                                             val_fraction, warned):
+    with caplog.at_level("WARNING", logger="memlab.data.text"):
+        prepare_shards(f"files:{corpus_dir}/*.txt", byte_tok, tmp_path, val_fraction=val_fraction)
+    documents = read_header(tmp_path)["splits"]["val"]["documents"]
+    assert (documents < 5) == warned and (0 < documents or not warned)
+    messages = [r.getMessage() for r in caplog.records if "fell into the validation split" in r.getMessage()]
+    assert messages == ([f"only {documents} document(s) of files:{corpus_dir}/*.txt fell into the validation split: "
+                         "a perplexity interval resamples documents and needs 5; raise val_fraction"] if warned else [])

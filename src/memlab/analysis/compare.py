@@ -17,8 +17,8 @@ rows) it is Newcombe's hybrid score interval from the two Wilson intervals (for 
 the same combination of their t intervals, Zou and Donner's MOVER), which is conservative when the
 outcomes are positively correlated, as two models' on one example set usually are.  A criterion
 holds when the whole interval clears its threshold (at least +5 points; above 0 for OOD), fails
-when the whole interval misses it, and is undecided (``None``, "within noise") otherwise.  Training time and perplexity
-are compared as measured (time has no interval).
+when the whole interval misses it, and is undecided (``None``, "within noise") otherwise.
+Training time and perplexity are compared as measured (time has no interval).
 
 A verdict is ``does not win`` when a criterion fails, ``wins`` when all hold, else
 ``incomplete`` when numbers are missing and ``within noise`` when an interval straddles a threshold.

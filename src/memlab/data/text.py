@@ -277,6 +277,13 @@ def _write_shards(
         raise MemlabError(f"source {src.spec} yielded no documents (empty corpus)")
     if request["val_fraction"] > 0 and not splits["val"]["documents"]:
         log.warning("no document of %s fell into the validation split; raise val_fraction", src.spec)
+    elif request["val_fraction"] > 0:
+        from memlab.eval.stats import MIN_DOCUMENTS
+
+        if splits["val"]["documents"] < MIN_DOCUMENTS:
+            log.warning("only %d document(s) of %s fell into the validation split: a perplexity interval resamples "
+                        "documents and needs %d; raise val_fraction", splits["val"]["documents"], src.spec,
+                        MIN_DOCUMENTS)  # fmt: skip
     return {
         "format": FORMAT,
         "source": src.spec,
