@@ -1,8 +1,9 @@
 """Summarise runs/experiments/gdn_source/expN into a markdown table (and copy the small result files).
 
-Usage (repo root): .venv/bin/python experiments/gdn_source/summarize.py [--copy] [--runs DIR]
+Usage (repo root): .venv/bin/python experiments/gdn_source/summarize.py [--copy] [--runs DIR] [--to DIR]
 --copy: copy each run's eval JSONs, summary.json and metrics.jsonl (the curriculum walk) and times.tsv
-into experiments/gdn_source/results/.  --runs experiments/gdn_source/results: the tables from the copies.
+into --to (default experiments/gdn_source/results/).  --runs experiments/gdn_source/results: the tables
+from the copies.
 """
 
 from __future__ import annotations
@@ -60,9 +61,10 @@ def curriculum_walk(path: Path) -> str:
         return "- (no metrics.jsonl)"
     levels: list[tuple[int, int]] = []
     for line in path.read_text().splitlines():
-        d = json.loads(line)
-        if "difficulty" in d and "niah" in d["difficulty"] and (not levels or levels[-1][1] != d["difficulty"]["niah"]):
-            levels.append((d["step"], d["difficulty"]["niah"]))
+        d = json.loads(line).get("difficulty", {})
+        level = next((v for task, v in d.items() if task.split(":")[0] == "niah"), None)  # niah, niah:distractors=sky
+        if level is not None and (not levels or levels[-1][1] != level):
+            levels.append((json.loads(line)["step"], level))
     return ", ".join(f"{lvl}@{s}" for s, lvl in levels) or "-"
 
 
@@ -70,6 +72,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--copy", action="store_true", help="copy the small result files into results/")
     p.add_argument("--runs", type=Path, default=RUNS, help="where the expN directories are (default: %(default)s)")
+    p.add_argument("--to", type=Path, default=HERE / "results", help="where --copy copies to (default: %(default)s)")
     opts = p.parse_args()
     runs = opts.runs
     t = times(runs)
@@ -102,7 +105,8 @@ def main() -> None:
             )
             layer_rows.append(f"| {n} | {per} |")
         if lc:
-            cells = lc["tasks"]["niah"]["cells"]
+            (task,) = lc["tasks"].values()  # the one NIAH task run.sh evaluates (niah, or niah:distractors=sky)
+            cells = task["cells"]
             by = {b: pool([c for c in cells if round(c["depth"], 2) in ds]) for b, ds in BUCKETS.items()}
             pos_rows.append(
                 f"| {n} | {name} | " + " | ".join(pct(by[b]) for b in BUCKETS) + f" | {pct(lc['overall'])} |"
@@ -136,22 +140,22 @@ def main() -> None:
     print("|---|---|---|---|---|")
     print("\n".join(train_rows))
     if opts.copy:
-        dest = HERE / "results"
+        dest = opts.to
         for n in NAMES:
             for sub in ("eval", "eval_start"):
                 for f in [
-                    *(RUNS / f"exp{n}" / sub).glob("results_*.json"),
-                    *(RUNS / f"exp{n}" / sub).glob("colour_*.json"),
+                    *(runs / f"exp{n}" / sub).glob("results_*.json"),
+                    *(runs / f"exp{n}" / sub).glob("colour_*.json"),
                 ]:
                     target = dest / f"exp{n}" / sub / f.name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(f, target)
             for f in ("summary.json", "metrics.jsonl"):
-                if (RUNS / f"exp{n}" / f).is_file():
+                if (runs / f"exp{n}" / f).is_file():
                     (dest / f"exp{n}").mkdir(parents=True, exist_ok=True)
-                    shutil.copy(RUNS / f"exp{n}" / f, dest / f"exp{n}" / f)
-        if (RUNS / "times.tsv").is_file():
-            shutil.copy(RUNS / "times.tsv", dest / "times.tsv")
+                    shutil.copy(runs / f"exp{n}" / f, dest / f"exp{n}" / f)
+        if (runs / "times.tsv").is_file():
+            shutil.copy(runs / "times.tsv", dest / "times.tsv")
 
 
 if __name__ == "__main__":
