@@ -372,6 +372,8 @@ def _edit(run, suite=None, metadata=None, **changes):
          'different retrieval_version ("memlab-retrieval-v1" vs "memlab-retrieval-v2")'),
         ("ablation", dict(retrieval_version="memlab-retrieval-v2"), "ablation results of base and gdn were measured "
                                                                     "on different retrieval_version"),
+        # an older memlab's perplexity windows were the split's prefix (a file without tokens_from)
+        ("lm", dict(tokens_from="spread"), 'different tokens_from ("prefix" vs "spread"): evaluate both with this memlab'),
     ],
 )
 def test_runs_evaluated_on_different_things_are_refused(tmp_path, base, suite, change, fragment):
