@@ -30,7 +30,7 @@ experiment() {  # experiment N VARIANT CONFIG LM(yes/no) NIAH-TRAINED(yes/no)
   [ "$niah" = yes ] && task_flags=(--retrieval_tasks "$NIAH")
   # shellcheck disable=SC2086  # TRAIN_FLAGS are words
   timed "exp${n}_train" $MEMLAB train --variant "$variant" --model-size tiny --config "$HERE/$config" \
-      --output-dir "$run" --overwrite "${task_flags[@]}" $TRAIN_FLAGS
+      --output-dir "$run" --overwrite ${task_flags[@]+"${task_flags[@]}"} $TRAIN_FLAGS
   # state ablation: fact at a random position among ~100 distractors; Delta = normal - zeroed (paired)
   timed "exp${n}_ablation" $MEMLAB eval --checkpoint "$run" --suite ablation --out-dir "$run/eval" \
       --ablation-task "$NIAH" --ablation-context $CTX --ablation-samples 200 --horizons $CTX --horizon-samples 1

@@ -70,7 +70,7 @@ def curriculum_walk(path: Path) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--copy", action="store_true", help="copy the small result files into results/")
+    p.add_argument("--copy", action="store_true", help="copy the small result files into --to")
     p.add_argument("--runs", type=Path, default=RUNS, help="where the expN directories are (default: %(default)s)")
     p.add_argument("--to", type=Path, default=HERE / "results", help="where --copy copies to (default: %(default)s)")
     opts = p.parse_args()

@@ -126,6 +126,13 @@ def test_seed_averaged_rows_are_not_paired(tmp_path):
     assert result.verdicts["gdn"]["criteria"]["algorithmic"]["paired"] is False
 
 
+def test_no_examples_on_either_side_is_a_missing_number_not_a_pairing(tmp_path, base):
+    with_outcomes(base, np.zeros(0, dtype=bool))
+    run = with_outcomes(make_run(tmp_path, "empty"), np.zeros(0, dtype=bool))
+    criterion = compare([base, run], plots=False).verdicts["empty"]["criteria"]["algorithmic"]
+    assert criterion == {"passed": None, "detail": "missing"}
+
+
 @pytest.mark.parametrize("outcomes", ["01x", "0" * 999 + "1"])
 def test_outcomes_that_do_not_add_up_are_a_schema_error(tmp_path, base, outcomes):
     run = with_outcomes(make_run(tmp_path, "broken"), np.arange(1000) < 500)

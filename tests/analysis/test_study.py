@@ -11,6 +11,7 @@ import memlab.eval.hub
 import memlab.train
 from memlab.analysis.study import Preset, StudyConfig, run_study
 from memlab.errors import MemlabError
+from memlab.eval.schema import SCHEMA_VERSION
 
 VARIANTS = ["baseline", "gdn"]
 
@@ -73,11 +74,17 @@ def test_study_trains_evaluates_reports_and_resumes(toy_preset, tmp_path, monkey
     run_study(cfg)
     assert trained == [] and evaluated == []
 
+    # results an older memlab wrote (perplexity measured elsewhere in the split) are evaluated again
+    results = out / "runs" / "baseline-s0" / "eval" / "results_all.json"
+    results.write_text(json.dumps({**json.loads(results.read_text()), "schema_version": 2}))
+    run_study(cfg)
+    assert trained == [] and len(evaluated) == 1 and json.loads(results.read_text())["schema_version"] == SCHEMA_VERSION
+
     # a run cut off before it finished is resumed (and then evaluated again); the other is left alone
     summary = out / "runs" / "gdn-s0" / "summary.json"
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "interrupted"}))
     run_study(cfg)
-    assert len(trained) == 1 and len(evaluated) == 1
+    assert len(trained) == 1 and len(evaluated) == 2
     assert json.loads(summary.read_text())["status"] == "completed"
 
     # a second seed: one more run, and the variant's rows aggregate over seeds

@@ -30,6 +30,7 @@ def documented_fields(section: str) -> set[str]:
 
 def test_the_page_documents_this_schema_version():
     assert f"`schema_version` {schema.SCHEMA_VERSION}" in DOC.read_text().splitlines()[0]
+    assert f'"schema_version": {schema.SCHEMA_VERSION},' in DOC.read_text()  # the example document
 
 
 def test_every_required_field_is_documented():

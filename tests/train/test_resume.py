@@ -96,3 +96,28 @@ def test_resume_sets_aside_a_best_model_saved_after_the_resumed_step(tmp_path, c
     assert json.loads((aside / "best.json").read_text())["step"] == 4 and str(aside) in caplog.text
     assert not (run / "best_model").exists()
     assert resolve_model_dir(run) == run / "checkpoints" / "step_2"  # what `memlab eval RUN` loads
+
+
+def test_a_best_loss_an_older_memlab_measured_on_the_split_prefix_is_not_compared(tmp_path, text_corpus, caplog):
+    """Validation windows are now spread over the split: a resumed run's best loss of the prefix is other text."""
+    from memlab.data.text import prepare_shards
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    prepare_shards(text_corpus, "byte", data, val_fraction=0.2)
+
+    def config(steps, **overrides):
+        return tiny_config(run, steps=steps, corpus=None, data_dir=str(data), eval_interval=2, save_interval=2,
+                           keep_last=0, **overrides)
+
+    train(config(2))
+    checkpoint = run / "checkpoints" / "step_2"
+    state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
+    assert state["best"]["val_windows"] == "spread" and state["best"]["step"] == 2
+    del state["best"]["val_windows"]
+    state["best"]["loss"] = -1.0  # as an older memlab wrote it; lower than any loss, it would never be beaten
+    (checkpoint / TRAINER_STATE_FILE).write_text(json.dumps(state))
+    write_manifest(checkpoint)
+    with caplog.at_level(logging.WARNING, logger="memlab"):
+        train(config(4, resume=True))
+    assert "measured on the start of the validation split" in caplog.text
+    assert json.loads((run / "best_model" / "best.json").read_text())["step"] == 4

@@ -370,7 +370,7 @@ def paired_outcomes(row: Row, base: Row, name: str) -> tuple[np.ndarray, np.ndar
     """The two runs' outcomes on accuracy ``name``, example by example, where both were scored on
     the same examples (None otherwise: unrecorded, other examples, or a seed-averaged row)."""
     a, b = row.outcomes.get(name), base.outcomes.get(name)
-    if a is None or b is None or a.examples_sha256 != b.examples_sha256 or a.correct.size != b.correct.size:
+    if a is None or b is None or a.examples_sha256 != b.examples_sha256 or not a.correct.size == b.correct.size > 0:
         return None
     return a.correct, b.correct
 

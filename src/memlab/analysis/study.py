@@ -160,15 +160,18 @@ def eval_options(preset: Preset, variants: list[str]) -> tuple[EvalOptions, str 
 
 
 def evaluated(run_dir: Path, options: EvalOptions) -> bool:
-    from memlab.eval.schema import read_results
+    """Whether the run holds results of these options in this memlab's schema (an older schema's, measured
+    otherwise, would be refused beside new ones by the comparison, so the run is evaluated again)."""
+    from memlab.eval.schema import SCHEMA_VERSION, read_results
 
     path = run_dir / "eval" / "results_all.json"
     if not path.is_file():
         return False
     try:
-        return read_results(path)["metadata"]["options"] == asdict(options)
+        doc = read_results(path)
     except MemlabError:
         return False
+    return doc["schema_version"] == SCHEMA_VERSION and doc["metadata"]["options"] == asdict(options)
 
 
 def run_study(cfg: StudyConfig) -> StudyResult:

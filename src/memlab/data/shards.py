@@ -39,6 +39,7 @@ from memlab.jsonfile import read_json_object
 FORMAT = "memlab-shards-v1"
 HEADER_FILE = "shards.json"
 SPLITS = ("train", "val")
+WINDOW_PLACEMENT = "spread"  # where evaluation windows lie (evaluation_starts); an older memlab read the "prefix"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -222,10 +223,13 @@ class TokenShards:
     def evaluation_starts(self, seq_len: int, max_windows: int | None = None) -> np.ndarray:
         """(n,) global start positions of the windows that evaluate this slice: its consecutive
         windows (overlapping by one token), or where there are more than ``max_windows``, that many
-        of them spread evenly over the whole slice (a prefix would measure its first documents only)."""
+        of them spread evenly over the whole slice, one in the middle of each ``1 / max_windows`` of
+        it (a prefix would measure its first documents only)."""
         self._need(seq_len + 1)
         n = self.num_sequential_windows(seq_len)
-        slots = np.arange(n) if max_windows is None or n <= max_windows else np.arange(max_windows) * n // max_windows
+        if max_windows is None or n <= max_windows:
+            return self.lo + np.arange(n) * seq_len
+        slots = (2 * np.arange(max_windows) + 1) * n // (2 * max_windows)  # the middle slot of each m-th of the slice
         return self.lo + slots * seq_len
 
     def evaluation_windows(

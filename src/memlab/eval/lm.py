@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from memlab.data.shards import HEADER_FILE, TokenShards
+from memlab.data.shards import HEADER_FILE, WINDOW_PLACEMENT, TokenShards
 from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
 from memlab.eval.hub import EvalContext, file_safe, register_suite, run_data, run_data_dir, run_held_out_split
@@ -129,7 +129,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
         "context_len": seq_len,
         "tokens": total_tokens,
         "windows": total_tokens // seq_len,
-        "tokens_from": "spread",
+        "tokens_from": WINDOW_PLACEMENT,
         "documents": int(doc_tokens.size),
         "loss": loss,
         "perplexity": _exp(loss),

@@ -30,7 +30,7 @@ from safetensors.torch import load_model
 
 import memlab
 from memlab.config import build_config
-from memlab.data.shards import read_header
+from memlab.data.shards import WINDOW_PLACEMENT, read_header
 from memlab.data.tasks import GRID_VERSION, IGNORE_INDEX, get_task
 from memlab.data.tokenizer import load_tokenizer
 from memlab.errors import MemlabError, check_dir_target
@@ -196,7 +196,7 @@ class Trainer:
         self.total_steps = math.ceil(cfg.total_tokens / self.tokens_per_step)
         self.step, self.skipped, self.bad_in_row, self.lr = 0, 0, 0, 0.0
         self.last_valid: torch.Tensor | None = None  # the real positions of the last micro-batch (None: all)
-        self.best: dict[str, Any] = {"loss": None, "step": None, "acc": {}}
+        self.best: dict[str, Any] = {"loss": None, "step": None, "acc": {}, "val_windows": WINDOW_PLACEMENT}
         self.wall_before = 0.0  # seconds of earlier sessions of this run
         self.window = _Window()
         if d.is_main:  # every check has passed: only now is the run --overwrite replaces deleted
@@ -280,6 +280,13 @@ class Trainer:
             raise MemlabError(f"{checkpoint} has trained {self.step * self.tokens_per_step} tokens, more than "
                               f"--total_tokens {self.cfg.total_tokens}; resume with at least that many")
         self.best, self.wall_before = state["best"], state["wall_time_s"]
+        measured_elsewhere = self.best.get("val_windows") != WINDOW_PLACEMENT  # (absent: an older memlab's prefix)
+        if self.data.val is not None and self.best["loss"] is not None and measured_elsewhere:
+            log.warning("the best validation loss of %s was measured on the start of the validation split (an older "
+                        "memlab); losses are now measured on windows spread over it, so the next evaluation starts "
+                        "the comparison for best_model/ afresh", checkpoint)
+            self.best["loss"] = None
+        self.best["val_windows"] = WINDOW_PLACEMENT
         self.window.load_state_dict(state["window"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -12,8 +12,9 @@ Each is a small frozen dataclass of parameters whose instances are tasks
   ``position``: start, middle, end or random; ``meta`` records the fact's sentence index, its
   depth (0..1) and bucket (early/middle/late).  The distractor curriculum of the source
   experiments is ``NIAH_LEVELS`` = 0, 10, 30, 50, 100.  ``distractors=sky`` gives the source
-  experiments' own task (``SKY``, "The sky is blue.", repeated), to reproduce their numbers: it is
-  answered without retrieval, by the colour after "has a".
+  experiments' own task (``SKY``, "The sky is blue.", repeated), to reproduce their numbers: the
+  fact is the only sentence of its form, so the colour after "has a" answers it (a state must still
+  carry that colour to the question, but need not bind it to the name).
 
 - :class:`SNIAH` (``sniah1/2/3``, as in RULER): "One of the special magic numbers for
   ambitious-kettle is: 4827151." hidden in a haystack of ``difficulty`` tokens at the sentence
