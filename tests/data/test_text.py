@@ -271,6 +271,38 @@ def test_a_run_is_not_a_shard_directory_and_a_killed_preparation_is_cleared(corp
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
+def test_two_preparations_of_one_directory_at_once_wait_for_each_other(corpus_dir, tmp_path, byte_tok):
+    """Two runs sharing the cache: the second had removed the first's staging directory as stale."""
+    import threading
+    import time
+
+    class Slow(sources.Source):  # the corpus directory's documents, slowly: the preparations overlap
+        spec, fingerprint = "slow", "slow-1"
+
+        def documents(self):
+            for text in open_source(f"files:{corpus_dir}/*.txt").documents():
+                time.sleep(0.01)
+                yield text
+
+    out, results, errors = tmp_path / "data", [], []
+
+    def prepare():
+        try:
+            results.append(prepare_shards(Slow(), byte_tok, out, val_fraction=0.2))
+        except Exception as e:  # noqa: BLE001 (the failure is what the test reports)
+            errors.append(e)
+
+    threads = [threading.Thread(target=prepare) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.2)  # the first is writing its staging directory when the second starts
+    for thread in threads:
+        thread.join()
+    assert errors == [] and sorted(r.reused for r in results) == [False, True]  # the second reused the first's
+    TokenShards(out, "val")  # whole: sizes and checksums verified
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
 def test_a_model_export_is_not_a_shard_directory(corpus_dir, tmp_path, byte_tok, name):
     """prepare --out had overwritten an export's tokenizer."""

@@ -12,6 +12,8 @@ stdlib-docs docstring the text of its source file) falls below ``val_fraction``:
 document never depends on the order or presence of the others.
 Documents are followed by EOS.  Re-running with the same request (source fingerprint, tokenizer,
 options) reuses the existing shards after checking their sizes and checksums; ``force`` rebuilds.
+One preparation of a directory runs at a time (a lock file ``.<name>.lock`` beside it): another
+process asking for the same shards waits, then reuses them.
 The ``bpe`` tokenizer is trained on the training split (its first ``bpe_train_bytes`` of text) and
 saved next to the shards, so ``load_tokenizer(out_dir)`` returns the tokenizer the ids belong to.
 """
@@ -31,6 +33,7 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from memlab.data.shards import (
     FORMAT,
@@ -156,34 +159,39 @@ def prepare_shards(
     if tokenizer != "bpe":
         tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     request = data_request(src, tokenizer, vocab_size, val_fraction, split_seed, max_docs, bpe_train_bytes)
-    if not force and (reused := _reuse(out, request)) is not None:
-        return PrepareResult(out, reused[0], reused[1], True, time.perf_counter() - t0)
+    where = out.resolve()
+    where.parent.mkdir(parents=True, exist_ok=True)
+    # one preparation of a directory at a time: a second process (another run sharing the cache) waits,
+    # then reuses the shards the first wrote (it had removed the first's staging directory as stale)
+    with FileLock(where.parent / f".{where.name}.lock"):
+        if not force and (reused := _reuse(out, request)) is not None:
+            return PrepareResult(out, reused[0], reused[1], True, time.perf_counter() - t0)
 
-    if tokenizer == "bpe":
-        texts = _bpe_training_text(src, max_docs, val_fraction, split_seed, bpe_train_bytes)
-        tokenizer = build_tokenizer("bpe", texts=texts, vocab_size=vocab_size)
-    assert isinstance(tokenizer, Tokenizer)
-    # the shards are written into a staging directory inside ``out`` (the same file system) and moved
-    # in once whole: a preparation that fails (an empty corpus, a bad document, an interrupt) leaves
-    # the shards already there intact
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f"{_STAGING_PREFIX}*"):  # left by a killed preparation
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
-    try:
-        header = _write_shards(src, tokenizer, staging, request, max_docs, shard_tokens, progress)
-        _remove_shards(out)
-        for split in header["splits"].values():
-            for shard in split["shards"]:
-                os.replace(staging / shard["file"], out / shard["file"])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and not any(out.iterdir()):  # a failed first preparation leaves no empty directory
-            out.rmdir()
-    tokenizer.save(out)
-    (out / HEADER_FILE).write_text(json.dumps(header, indent=2) + "\n")  # written last: marks completion
-    return PrepareResult(out, header, tokenizer, False, time.perf_counter() - t0)
+        if tokenizer == "bpe":
+            texts = _bpe_training_text(src, max_docs, val_fraction, split_seed, bpe_train_bytes)
+            tokenizer = build_tokenizer("bpe", texts=texts, vocab_size=vocab_size)
+        assert isinstance(tokenizer, Tokenizer)
+        # the shards are written into a staging directory inside ``out`` (the same file system) and moved
+        # in once whole: a preparation that fails (an empty corpus, a bad document, an interrupt) leaves
+        # the shards already there intact
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(f"{_STAGING_PREFIX}*"):  # left by a killed preparation
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
+        try:
+            header = _write_shards(src, tokenizer, staging, request, max_docs, shard_tokens, progress)
+            _remove_shards(out)
+            for split in header["splits"].values():
+                for shard in split["shards"]:
+                    os.replace(staging / shard["file"], out / shard["file"])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if created and not any(out.iterdir()):  # a failed first preparation leaves no empty directory
+                out.rmdir()
+        tokenizer.save(out)
+        (out / HEADER_FILE).write_text(json.dumps(header, indent=2) + "\n")  # written last: marks completion
+        return PrepareResult(out, header, tokenizer, False, time.perf_counter() - t0)
 
 
 def data_request(
