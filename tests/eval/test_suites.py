@@ -110,8 +110,11 @@ def test_needle_tasks_take_parameters(trained_baseline, byte_tok, tmp_path):
     """niah:distractors=sky, the source experiments' task, beside the default niah."""
     options = EvalOptions(needle_tasks=["niah:distractors=sky", "niah"], context_lengths=[128], depths=[0.5],
                           needle_samples=3)
-    r = evaluate_model(EvalContext(trained_baseline, byte_tok, options, out_dir=tmp_path), "longctx")["results"]
+    doc = evaluate_model(EvalContext(trained_baseline, byte_tok, options, out_dir=tmp_path), "longctx")
+    r = doc["results"]
     assert list(r["tasks"]) == ["niah:distractors=sky", "niah"] and r["overall"]["n"] == 6
+    column = len("  niah:distractors=sky ")  # where the accuracies start, in one column
+    assert [(line[column - 1], line[column].isdigit()) for line in summary_lines(doc)[1:]] == [(" ", True)] * 2
     sky = r["tasks"]["niah:distractors=sky"]
     assert sky["heatmap"] == "longctx_niah_distractors_sky.png" and (tmp_path / sky["heatmap"]).is_file()
     assert sky["chance"] == 1 / 8 and sky["cells"][0]["needle_depth"]["mean"] == 0.5

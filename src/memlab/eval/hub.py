@@ -318,7 +318,8 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
             lines += [f"  {t:<15} IID {_acc(r.get('iid'))}  OOD {_acc(r.get('ood'))}" for t, r in p["tasks"].items()]
         elif suite == "longctx":
             lines.append(f"longctx: {_acc(p['overall'])}")
-            lines += [f"  {task:<8} {_acc(r['overall'])}" for task, r in p["tasks"].items()]
+            width = max([8, *map(len, p["tasks"])])  # (a task spec with parameters is longer)
+            lines += [f"  {task:<{width}} {_acc(r['overall'])}" for task, r in p["tasks"].items()]
         elif suite == "lm":
             lines.append(f"lm: perplexity {_number(p['perplexity'], 2)} (loss {_number(p['loss'], 4)}) on "
                          f"{p['tokens']} tokens ({p.get('documents', '?')} documents) of {p['corpus']}, "
