@@ -56,7 +56,7 @@ PRESETS: dict[str, Preset] = {
         "pipeline; its numbers are close to chance and noisy: use --preset nano for conclusions.",
         size="tiny",
         train=dict(
-            tokenizer="byte", corpus="stdlib-docs", corpus_max_docs=300, seq_len=128, batch_size=16,
+            tokenizer="byte", corpus="stdlib-docs", corpus_max_docs=300, val_fraction=0.05, seq_len=128, batch_size=16,
             total_tokens=32_768, alg_tokens=20_480, retrieval_tasks=["niah"], retrieval_ratio=0.3,
             lr=3e-3, warmup=2, eval_interval=0, eval_samples=5, eval_tokens=4096, save_interval=0, keep_last=1,
         ),
