@@ -121,6 +121,10 @@ def test_a_study_directory_keeps_its_budget(toy_preset, tmp_path):
     (tmp_path / "study.json").write_text(json.dumps({"preset": "quick", "budget": {"size": "tiny"}}))
     with pytest.raises(MemlabError, match="holds a study with preset 'quick'"):
         run_study(StudyConfig(preset=toy_preset, out_dir=str(tmp_path), variants=["baseline"]))
+    budget = {"size": "tiny", "train": {**study.PRESETS[toy_preset].train, "val_fraction": 0.01}}  # changed since
+    (tmp_path / "study.json").write_text(json.dumps({"preset": toy_preset, "budget": budget}))
+    with pytest.raises(MemlabError, match=r"trained under another budget \(val_fraction differ: the preset changed"):
+        run_study(StudyConfig(preset=toy_preset, out_dir=str(tmp_path), variants=["baseline"]))
 
 
 def test_a_study_interrupted_in_its_first_run_keeps_its_budget(toy_preset, tmp_path, monkeypatch):

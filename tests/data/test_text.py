@@ -303,6 +303,20 @@ def test_two_preparations_of_one_directory_at_once_wait_for_each_other(corpus_di
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
+def test_without_a_lock_file_shards_are_still_prepared_and_reused(corpus_dir, tmp_path, byte_tok, monkeypatch):
+    """A parent directory that cannot hold the lock (a read-only cache, another user's lock file) had
+    failed with a PermissionError, even to reuse shards that were there."""
+    from memlab.data import text
+
+    def no_lock(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(text, "FileLock", no_lock)
+    spec = f"files:{corpus_dir}/*.txt"
+    assert not prepare_shards(spec, byte_tok, tmp_path / "data", val_fraction=0.2).reused  # prepared alone
+    assert prepare_shards(spec, byte_tok, tmp_path / "data", val_fraction=0.2).reused  # reuse takes no lock
+
+
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
 def test_a_model_export_is_not_a_shard_directory(corpus_dir, tmp_path, byte_tok, name):
     """prepare --out had overwritten an export's tokenizer."""

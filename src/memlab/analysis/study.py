@@ -134,8 +134,14 @@ def check_plan(cfg: StudyConfig, out: Path) -> dict[str, Any]:
     previous = out / PLAN_FILE
     if previous.is_file():  # the evaluation may change (runs are then re-evaluated), the training may not
         old = read_json_object(previous, "; choose another --out_dir")
-        if old.get("budget") != json.loads(json.dumps(plan["budget"])):
-            raise MemlabError(f"{out} holds a study with preset {old.get('preset')!r} (another budget); "
+        budget = json.loads(json.dumps(plan["budget"]))
+        if old.get("budget") != budget:
+            before = old.get("budget") if isinstance(old.get("budget"), dict) else {}
+            a, b = before.get("train") or {}, budget["train"]
+            changed = ["size"] * (before.get("size") != budget["size"]) + sorted(
+                k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            raise MemlabError(f"{out} holds a study with preset {old.get('preset')!r} trained under another budget "
+                              f"({', '.join(changed)} differ: the preset changed since, or another was asked for); "
                               "choose another --out_dir")
         runs = old.get("runs", {})
         plan["runs"] = {k: v for k, v in runs.items() if isinstance(v, dict)} if isinstance(runs, dict) else {}

@@ -28,12 +28,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from memlab.data.shards import (
     FORMAT,
@@ -159,12 +160,10 @@ def prepare_shards(
     if tokenizer != "bpe":
         tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     request = data_request(src, tokenizer, vocab_size, val_fraction, split_seed, max_docs, bpe_train_bytes)
-    where = out.resolve()
-    where.parent.mkdir(parents=True, exist_ok=True)
-    # one preparation of a directory at a time: a second process (another run sharing the cache) waits,
-    # then reuses the shards the first wrote (it had removed the first's staging directory as stale)
-    with FileLock(where.parent / f".{where.name}.lock"):
-        if not force and (reused := _reuse(out, request)) is not None:
+    if not force and (reused := _reuse(out, request)) is not None:
+        return PrepareResult(out, reused[0], reused[1], True, time.perf_counter() - t0)
+    with _preparation_lock(out) as waited:
+        if waited and not force and (reused := _reuse(out, request)) is not None:  # the other process's shards
             return PrepareResult(out, reused[0], reused[1], True, time.perf_counter() - t0)
 
         if tokenizer == "bpe":
@@ -192,6 +191,32 @@ def prepare_shards(
         tokenizer.save(out)
         (out / HEADER_FILE).write_text(json.dumps(header, indent=2) + "\n")  # written last: marks completion
         return PrepareResult(out, header, tokenizer, False, time.perf_counter() - t0)
+
+
+@contextmanager
+def _preparation_lock(out: Path) -> Iterator[bool]:
+    """Hold ``.<name>.lock`` beside ``out`` while preparing it, yielding whether another process held it
+    first: a second process preparing the same shards (another run sharing the cache) waits, then reuses
+    them (it had removed the first's staging directory as stale).  Without a lock where the parent cannot
+    hold the file (read-only, another user's lock)."""
+    where = out.resolve()
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        lock, waited = FileLock(where.parent / f".{where.name}.lock"), False
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("waiting for another process preparing %s", out)
+            lock.acquire()
+            waited = True
+    except OSError as e:  # (PermissionError) nothing to share the lock with: prepare alone
+        log.info("preparing %s without a lock (%s)", out, e)
+        yield False
+        return
+    try:
+        yield waited
+    finally:
+        lock.release()
 
 
 def data_request(
