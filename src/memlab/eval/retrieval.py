@@ -21,16 +21,20 @@ NEEDLE_TASKS = ("niah", "sniah1", "sniah2", "sniah3")
 
 def check_needle_tasks(specs: Sequence[str]) -> list[str]:
     """The needle task specs (``NAME[:key=value,...]``, NAME one of :data:`NEEDLE_TASKS`), once each;
-    a MemlabError for another name, a parameter the task does not take, or one that places the needle
-    (the grid's depths do)."""
-    for spec in specs:
+    a MemlabError for another name, a parameter the task does not take, one that places the needle
+    (the grid's depths do), or two specs of one task (``niah`` and ``niah:distractors=people``)."""
+    tasks: dict[object, str] = {}  # task -> the spec that named it first
+    for spec in dict.fromkeys(specs):
         name, params = parse_task_spec(spec)
         choose("needle task", name, NEEDLE_TASKS)
-        get_task(name, **params)
+        task = get_task(name, **params)
         placed = sorted({"depth", "position"} & params.keys())
         if placed:
             raise MemlabError(f"needle task {spec!r}: {', '.join(placed)} is the grid's (--depths), not a parameter")
-    return list(dict.fromkeys(specs))
+        if task in tasks:
+            raise MemlabError(f"needle tasks {tasks[task]!r} and {spec!r} are the same task; give it once")
+        tasks[task] = spec
+    return list(tasks.values())
 
 
 def retrieval_examples(
