@@ -197,8 +197,8 @@ def check_comparable(rows: Sequence[Row]) -> None:
             name, reference = first.setdefault(suite, (row.name, facts))
             for key, value in facts.items():
                 if value is not None and reference.get(key) is not None and value != reference[key]:
-                    advice = "evaluate both with this memlab" if key in UNRECORDED else (
-                        "evaluate them with the same options")  # a version fact: an older memlab's file
+                    outdated = key in UNRECORDED  # a version fact: one of the files is an older memlab's
+                    advice = "evaluate both with this memlab" if outdated else "evaluate them with the same options"
                     raise MemlabError(
                         f"the {suite} results of {name} and {row.name} were measured on different {key} "
                         f"({_brief(reference[key])} vs {_brief(value)}): {advice}"

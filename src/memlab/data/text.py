@@ -170,27 +170,36 @@ def prepare_shards(
             texts = _bpe_training_text(src, max_docs, val_fraction, split_seed, bpe_train_bytes)
             tokenizer = build_tokenizer("bpe", texts=texts, vocab_size=vocab_size)
         assert isinstance(tokenizer, Tokenizer)
-        # the shards are written into a staging directory inside ``out`` (the same file system) and moved
-        # in once whole: a preparation that fails (an empty corpus, a bad document, an interrupt) leaves
-        # the shards already there intact
-        created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(f"{_STAGING_PREFIX}*"):  # left by a killed preparation
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
-        try:
-            header = _write_shards(src, tokenizer, staging, request, max_docs, shard_tokens, progress)
-            _remove_shards(out)
-            for split in header["splits"].values():
-                for shard in split["shards"]:
-                    os.replace(staging / shard["file"], out / shard["file"])
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            if created and not any(out.iterdir()):  # a failed first preparation leaves no empty directory
-                out.rmdir()
-        tokenizer.save(out)
-        (out / HEADER_FILE).write_text(json.dumps(header, indent=2) + "\n")  # written last: marks completion
+        header = _write_staged(src, tokenizer, out, request, max_docs, shard_tokens, progress)
         return PrepareResult(out, header, tokenizer, False, time.perf_counter() - t0)
+
+
+def _write_staged(
+    src: Source, tokenizer: Tokenizer, out: Path, request: dict, max_docs, shard_tokens: int, progress: bool
+) -> dict:
+    """Write the shards, the tokenizer and last the header (which marks completion) into ``out``; the header.
+
+    The shards are written into a staging directory inside ``out`` (the same file system) and moved in
+    once whole: a preparation that fails (an empty corpus, a bad document, an interrupt) leaves the
+    shards already there intact."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f"{_STAGING_PREFIX}*"):  # left by a killed preparation
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
+    try:
+        header = _write_shards(src, tokenizer, staging, request, max_docs, shard_tokens, progress)
+        _remove_shards(out)
+        for split in header["splits"].values():
+            for shard in split["shards"]:
+                os.replace(staging / shard["file"], out / shard["file"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(out.iterdir()):  # a failed first preparation leaves no empty directory
+            out.rmdir()
+    tokenizer.save(out)
+    (out / HEADER_FILE).write_text(json.dumps(header, indent=2) + "\n")
+    return header
 
 
 @contextmanager
@@ -308,15 +317,14 @@ def _write_shards(
     if not any(s["documents"] for s in splits.values()):
         _remove_shards(out)
         raise MemlabError(f"source {src.spec} yielded no documents (empty corpus)")
-    if request["val_fraction"] > 0 and not splits["val"]["documents"]:
-        log.warning("no document of %s fell into the validation split; raise val_fraction", src.spec)
-    elif request["val_fraction"] > 0:
-        from memlab.eval.stats import MIN_DOCUMENTS
+    from memlab.eval.stats import MIN_DOCUMENTS  # (scipy: only once shards are written)
 
-        if splits["val"]["documents"] < MIN_DOCUMENTS:
-            log.warning("only %d document(s) of %s fell into the validation split: a perplexity interval resamples "
-                        "documents and needs %d; raise val_fraction", splits["val"]["documents"], src.spec,
-                        MIN_DOCUMENTS)  # fmt: skip
+    held_out = splits["val"]["documents"]
+    if request["val_fraction"] > 0 and not held_out:
+        log.warning("no document of %s fell into the validation split; raise val_fraction", src.spec)
+    elif request["val_fraction"] > 0 and held_out < MIN_DOCUMENTS:
+        log.warning("only %d document(s) of %s fell into the validation split: a perplexity interval resamples "
+                    "documents and needs %d; raise val_fraction", held_out, src.spec, MIN_DOCUMENTS)
     return {
         "format": FORMAT,
         "source": src.spec,
