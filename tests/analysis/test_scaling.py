@@ -325,6 +325,31 @@ def test_a_tiny_ladder_trains_fits_plots_and_resumes(prepared, tmp_path, monkeyp
     assert "was trained otherwise (total_tokens: 1024 -> 2048); use another --out-dir, or delete" in err
 
 
+@pytest.mark.parametrize("budget", [{"tokens": 5000}, {"tokens_per_param": 20}])
+def test_every_variant_of_a_ladder_trains_on_its_own_budget(budget, tmp_path, monkeypatch):
+    """The first variant's fit had overwritten the budget with its documents' token counts, so the
+    second variant's rungs were asked to train on a list (a traceback)."""
+    trained = []
+
+    def fake_rung(recipe, variant, label, size, tokens, out_dir):
+        trained.append((variant, size, tokens))
+        n = non_embedding_params(variant, size)
+        return ladder.Rung(variant, label, size, "run", n, n, tokens, 6.0 * n, loss=2 + 10 * n**-0.3,
+                           document_losses=[2 + 10 * n**-0.3] * 6, document_tokens=[40] * 6)
+
+    monkeypatch.setattr(ladder, "train_rung", fake_rung)
+    monkeypatch.setattr("memlab.analysis.scaling.plot_ladder", lambda report, path: None)
+    recipe = ladder.default_recipe()
+    recipe.corpus = "stdlib-docs"
+    sizes = ["d64l1", "d64l2", "d128l2"]
+    report = run_ladder(["baseline", "gdn"], sizes, recipe, tmp_path / "ladder", n_bootstrap=0, **budget)
+    expected = [(v, s, budget.get("tokens") or round(20 * non_embedding_params(v, s)))
+                for v in ("baseline", "gdn") for s in sizes]
+    assert trained == expected
+    assert report["tokens"] == budget.get("tokens")  # the report keeps the budget asked for
+    assert set(report["variants"]) == {"baseline", "gdn"}
+
+
 def test_a_recipe_yaml_leaves_the_rest_language_modelling_only(tmp_path):
     """A YAML setting lr alone had brought memlab train's 200k tokens of algorithmic tasks into every rung."""
     from memlab.analysis.ladder import default_recipe

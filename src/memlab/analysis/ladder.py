@@ -297,10 +297,11 @@ def run_ladder(
             budget = tokens or max(1, round(tokens_per_param * non_embedding_params(variant, size)))  # type: ignore
             rungs.append(train_rung(recipe, variant, label, size, budget, out_dir))
         rungs_by_variant[variant] = rungs
-        batches, tokens = [r.document_losses for r in rungs], rungs[0].document_tokens  # the same documents
+        batches, doc_tokens = [r.document_losses for r in rungs], rungs[0].document_tokens  # the same documents
         losses = [r.loss for r in rungs]
-        by_params = fit_power_law([r.non_embedding_params for r in rungs], losses, batches, n_bootstrap, seed, tokens)
-        by_compute = fit_power_law([r.flops for r in rungs], losses, batches, n_bootstrap, seed, tokens)
+        by_params = fit_power_law([r.non_embedding_params for r in rungs], losses, batches, n_bootstrap, seed,
+                                  doc_tokens)
+        by_compute = fit_power_law([r.flops for r in rungs], losses, batches, n_bootstrap, seed, doc_tokens)
         report["variants"][variant] = {
             "rungs": [r.to_dict() for r in rungs],
             "fit_params": by_params.to_dict(),
