@@ -71,7 +71,7 @@ def test_model_card_has_architecture_training_and_this_models_results(run_dir, t
 
 def test_results_of_weights_saved_over_since_are_left_out(run_dir, tmp_path):
     """A best_model replaced by more training had been exported with the old weights' perplexity (audit)."""
-    from memlab.models.paths import weights_sha256
+    from memlab.paths import weights_sha256
 
     doc = json.loads((run_dir / "eval" / "results_lm.json").read_text())
     doc["metadata"]["weights_sha256"] = weights_sha256(run_dir / "best_model")  # as memlab eval records it

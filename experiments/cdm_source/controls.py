@@ -257,7 +257,7 @@ def alpha_trajectory(run_dir: Path) -> dict:
     """V3: sigmoid(log_alpha) of every layer at every saved checkpoint (read from the weights)."""
     from safetensors.numpy import load_file
 
-    from memlab.models.paths import checkpoint_dirs
+    from memlab.paths import checkpoint_dirs
 
     rows = []
     for path in checkpoint_dirs(run_dir):

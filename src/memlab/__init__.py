@@ -31,7 +31,7 @@ def build_model(variant: str = "baseline", size: str = "tiny", **overrides: Any)
 def load(path: str | Path, device: str = "cpu"):
     """Load a model from a model directory, a checkpoint, a run directory or an export."""
     from memlab.models.lm import LanguageModel
-    from memlab.models.paths import resolve_model_dir
+    from memlab.paths import resolve_model_dir
 
     return LanguageModel.load(resolve_model_dir(path), device=device)
 

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 
 
 class MemlabError(Exception):
     """An error the user can cause and fix (bad flag, unknown name, missing or corrupt file)."""
+
+
+def fail(message: str) -> None:
+    """The end of every user-facing error: one line on stderr, exit code 2."""
+    print(f"memlab: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def choose(kind: str, name: str, choices) -> None:

@@ -27,7 +27,7 @@ from memlab.eval.hub import default_out_dir, load_checkpoint, run_dir_of
 from memlab.eval.schema import read_results
 from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
-from memlab.models.paths import checkpoint_step, holds_training_output, measured_model, resolve_model_dir
+from memlab.paths import checkpoint_step, holds_training_output, measured_model, resolve_model_dir
 from memlab.train.checkpoint import replace_directory
 
 SUMMARY_FILE, CARD_FILE = "summary.json", "README.md"

@@ -9,6 +9,7 @@ import logging
 import numpy as np
 import pytest
 
+import memlab
 from memlab.analysis.compare import Criteria, Metric, Row, compare, difference_interval, verdict
 from memlab.analysis.report import ablation_markdown
 from memlab.errors import MemlabError
@@ -203,7 +204,10 @@ def test_outputs_table_markdown_csv_json_and_plots(tmp_path, base):
     assert float(rows[1]["algorithmic"]) == 0.6 and rows[1]["algorithmic_n"] == "1000"
     assert float(rows[1]["algorithmic_ci_low"]) < 0.6 < float(rows[1]["algorithmic_ci_high"])
     assert [r["verdict"] for r in rows] == ["baseline", "wins", "does not win"]
-    assert json.loads((out / "compare.json").read_text())["verdicts"]["gdn"]["verdict"] == "wins"
+    written = json.loads((out / "compare.json").read_text())
+    assert written["verdicts"]["gdn"]["verdict"] == "wins"
+    assert written["metadata"]["memlab_version"] == memlab.__version__  # which code decided it, and when
+    assert {"git_commit", "git_dirty", "torch_version", "timestamp"} <= set(written["metadata"])
 
 
 def test_seeds_aggregate_to_mean_and_interval(tmp_path):

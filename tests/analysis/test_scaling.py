@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+import memlab
 import memlab.analysis.ladder as ladder
 from memlab.analysis.ladder import non_embedding_params, parse_param_count, plan, resolve_size, run_ladder
 from memlab.analysis.scaling import PowerLawFit, fit_power_law, verdict
@@ -347,6 +348,8 @@ def test_every_variant_of_a_ladder_trains_on_its_own_budget(budget, tmp_path, mo
                 for v in ("baseline", "gdn") for s in sizes]
     assert trained == expected
     assert report["tokens"] == budget.get("tokens")  # the report keeps the budget asked for
+    written = json.loads((tmp_path / "ladder" / "scaling.json").read_text())
+    assert written["metadata"]["seed"] == 0 and written["metadata"]["memlab_version"] == memlab.__version__
     assert set(report["variants"]) == {"baseline", "gdn"}
 
 

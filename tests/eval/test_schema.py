@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from memlab import provenance
 from memlab.errors import MemlabError
 from memlab.eval import schema
 
@@ -122,18 +123,18 @@ def committed_repo(repo, package, other, *tracked):
 def test_the_commit_is_memlab_s_own_not_the_working_directory_s(tmp_path, monkeypatch):
     """An installed memlab inside a user's repository had recorded the user's HEAD as its commit."""
     package = committed_repo(tmp_path / "user_repo", ".venv/memlab", "analysis.py", "analysis.py")
-    monkeypatch.setattr(schema, "PACKAGE_DIR", package)
-    assert schema.source_revision() == (None, None) and schema.git_commit() is None
-    monkeypatch.setattr(schema, "PACKAGE_DIR", tmp_path)  # no git work tree at all
-    assert schema.source_revision() == (None, None)
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
+    assert provenance.source_revision() == (None, None) and provenance.git_commit() is None
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", tmp_path)  # no git work tree at all
+    assert provenance.source_revision() == (None, None)
 
 
 def test_a_memlab_checkout_records_its_commit_and_whether_its_source_was_changed(tmp_path, monkeypatch):
     package = committed_repo(tmp_path, "src/memlab", "notes.txt", ".")
-    monkeypatch.setattr(schema, "PACKAGE_DIR", package)
-    commit, dirty = schema.source_revision()
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
+    commit, dirty = provenance.source_revision()
     assert re.fullmatch(r"[0-9a-f]{40}", commit) and dirty is False
     (tmp_path / "notes.txt").write_text("changed outside the package")
-    assert schema.source_revision() == (commit, False)
+    assert provenance.source_revision() == (commit, False)
     (package / "__init__.py").write_text("x = 1")
-    assert schema.source_revision() == (commit, True)
+    assert provenance.source_revision() == (commit, True)

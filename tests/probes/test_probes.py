@@ -380,7 +380,7 @@ def test_text_field_selects_the_field_of_jsonl_rows(tmp_path):
 
 
 def test_checkpoint_step_reads_trainer_state_best_json_or_the_name(tmp_path):
-    from memlab.models.paths import checkpoint_step
+    from memlab.paths import checkpoint_step
 
     (tmp_path / "best_model").mkdir()
     (tmp_path / "best_model" / "best.json").write_text('{"loss": 1.5, "step": 700, "acc": {}}')

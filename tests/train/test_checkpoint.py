@@ -12,7 +12,7 @@ import torch
 
 import memlab
 from memlab.errors import MemlabError
-from memlab.models.paths import latest_whole_checkpoint, manifest_problem, resolve_model_dir
+from memlab.paths import latest_whole_checkpoint, manifest_problem, resolve_model_dir
 from memlab.train import checkpoint as ckpt
 
 

@@ -16,7 +16,7 @@ import torch
 from conftest import cli_args, curve, subprocess_env, tiny_config
 
 from memlab.errors import MemlabError
-from memlab.models.paths import resolve_model_dir, write_manifest
+from memlab.paths import resolve_model_dir, write_manifest
 from memlab.train import train
 from memlab.train.checkpoint import TRAINER_STATE_FILE, read_optimizer_state
 

@@ -85,7 +85,7 @@ def test_metrics_and_summary(run):
     assert summary["best"]["val_loss"] == best["val_loss"] and summary["best"]["step"] == best["step"]
     assert summary["final"]["val_loss"] == evals[-1]["val_loss"]
     assert summary["metadata"]["seed"] == cfg.seed and summary["metadata"]["memlab_version"]
-    from memlab.eval.schema import source_revision
+    from memlab.provenance import source_revision
 
     assert (summary["metadata"]["git_commit"], summary["metadata"]["git_dirty"]) == source_revision()
 

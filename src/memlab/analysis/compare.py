@@ -42,7 +42,8 @@ from memlab.eval.schema import read_results
 from memlab.eval.stats import mean_interval, parse_outcomes, tango_paired_interval, wilson_interval
 from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
-from memlab.models.paths import measured_model, resolve_model_dir, same_model_dir
+from memlab.paths import measured_model, resolve_model_dir, same_model_dir
+from memlab.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -583,7 +584,7 @@ def compare_rows(
             markdown(rows, verdicts) + "\n\n" + criteria_markdown(rows, verdicts, base, criteria) + "\n"
         )
         write_csv(out / "compare.csv", rows, verdicts)
-        data = {"baseline": base.name, "criteria": asdict(criteria), "verdicts": verdicts,
+        data = {"metadata": provenance(), "baseline": base.name, "criteria": asdict(criteria), "verdicts": verdicts,
                 "rows": [{k: v for k, v in asdict(r).items()
                           if k not in ("results", "members", "measured_on", "recipe", "outcomes")} for r in rows]}
         (out / "compare.json").write_text(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")

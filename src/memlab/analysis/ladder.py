@@ -42,6 +42,7 @@ from memlab.eval.lm import document_losses
 from memlab.eval.stats import document_bootstrap
 from memlab.markdown import markdown_table
 from memlab.models.lm import LanguageModel
+from memlab.provenance import provenance
 
 log = logging.getLogger(__name__)
 MIN_BOOTSTRAP = 200  # replicates for a 95% percentile interval
@@ -232,7 +233,7 @@ def final_model_losses(run_dir: Path, cfg) -> tuple[LanguageModel, np.ndarray, n
     """The run's final model, and its summed next-token loss and predicted tokens (D,), (D,) on each
     document of the validation windows the trainer reads."""
     from memlab.data.shards import TokenShards
-    from memlab.models.paths import latest_whole_checkpoint
+    from memlab.paths import latest_whole_checkpoint
 
     checkpoint = latest_whole_checkpoint(run_dir)
     if checkpoint is None:
@@ -284,6 +285,7 @@ def run_ladder(
     plans = plan(variants, labels, aspect)
     recipe = dataclasses.replace(recipe, data_dir=recipe.data_dir or str(out_dir / "data"))  # one tokenizer
     report: dict[str, Any] = {
+        "metadata": {**provenance(), "seed": seed},
         "recipe": recipe.to_dict(),
         "tokens": tokens,
         "tokens_per_param": tokens_per_param,

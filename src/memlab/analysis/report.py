@@ -41,7 +41,7 @@ def ablation_markdown(comparison: Comparison) -> str:
 def write_report(path: Path, plan: dict[str, Any], preset, comparison: Comparison, out: Path) -> Path:
     """Write the study's report.md (relative links to the plots and runs)."""
     from memlab import __version__
-    from memlab.eval.schema import git_commit, utc_timestamp
+    from memlab.provenance import git_commit, utc_timestamp
 
     base = next(r for r in comparison.rows if r.name == comparison.baseline)
     rel = [os.path.relpath(f, path.parent) for f in comparison.files if f.suffix == ".png"]

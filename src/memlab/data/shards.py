@@ -35,8 +35,13 @@ import torch
 from memlab.data.tokenizer import Tokenizer, check_tokenizer
 from memlab.errors import MemlabError
 from memlab.jsonfile import read_json_object
+from memlab.paths import file_sha256
 
 FORMAT = "memlab-shards-v1"
+# The fewest documents of a split that a perplexity interval resamples (memlab.eval.stats); fewer give
+# a bootstrap too few distinct resamples to be an interval (two give three: both documents, or either
+# one twice, so the "interval" is just the two documents' own losses).
+MIN_DOCUMENTS = 5
 HEADER_FILE = "shards.json"
 SPLITS = ("train", "val")
 WINDOW_PLACEMENT = "spread"  # where evaluation windows lie (evaluation_starts); an older memlab read the "prefix"
@@ -61,14 +66,6 @@ def read_header(directory: str | Path) -> dict:
         raise MemlabError(f"{path} is corrupt (missing or malformed {', '.join(missing) or 'request/splits'}); "
                           "prepare the data again")
     return header
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_split(directory: Path, header: dict, split: str, checksums: bool = True) -> None:

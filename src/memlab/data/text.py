@@ -39,6 +39,7 @@ from filelock import FileLock, Timeout
 from memlab.data.shards import (
     FORMAT,
     HEADER_FILE,
+    MIN_DOCUMENTS,
     SPLITS,
     ShardWriter,
     TokenShards,
@@ -49,7 +50,7 @@ from memlab.data.shards import (
 from memlab.data.sources import Document, Source, open_source
 from memlab.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from memlab.errors import MemlabError, check_dir_target
-from memlab.models.paths import holds_training_output, is_model_dir
+from memlab.paths import holds_training_output, is_model_dir
 
 __all__ = ["PrepareResult", "TokenShards", "data_request", "is_validation", "open_source", "prepare_shards"]
 log = logging.getLogger(__name__)
@@ -317,8 +318,6 @@ def _write_shards(
     if not any(s["documents"] for s in splits.values()):
         _remove_shards(out)
         raise MemlabError(f"source {src.spec} yielded no documents (empty corpus)")
-    from memlab.eval.stats import MIN_DOCUMENTS  # (scipy: only once shards are written)
-
     held_out = splits["val"]["documents"]
     if request["val_fraction"] > 0 and not held_out:
         log.warning("no document of %s fell into the validation split; raise val_fraction", src.spec)

@@ -35,8 +35,8 @@ from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval import schema
 from memlab.eval.exact_match import exact_match
 from memlab.eval.options import EvalOptions
-from memlab.models.paths import resolve_model_dir
 from memlab.models.recursion import fix_act_steps
+from memlab.paths import resolve_model_dir
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from memlab.data.shards import HEADER_FILE, WINDOW_PLACEMENT, TokenShards
+from memlab.data.shards import HEADER_FILE, MIN_DOCUMENTS, WINDOW_PLACEMENT, TokenShards
 from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
 from memlab.eval.hub import EvalContext, file_safe, register_suite, run_data, run_data_dir, run_held_out_split
-from memlab.eval.stats import MIN_DOCUMENTS, document_bootstrap
+from memlab.eval.stats import document_bootstrap
 
 
 def corpus_and_window(ctx: EvalContext) -> tuple[str, int]:

@@ -30,7 +30,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from torch import nn
 
 from memlab.data.tokenizer import Tokenizer
-from memlab.errors import MemlabError
+from memlab.errors import MemlabError, fail
 from memlab.models.lm import sample_next
 
 log = logging.getLogger(__name__)
@@ -233,8 +233,6 @@ class MemlabLM(TemplateLM):
 def main() -> None:
     """lm-eval's command line, with the ``memlab`` model registered."""
     from lm_eval.__main__ import cli_evaluate
-
-    from memlab.cli import fail
 
     try:
         cli_evaluate()

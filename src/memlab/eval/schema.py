@@ -9,16 +9,14 @@ in ``docs/results_schema.md``; :func:`validate` checks a document against it and
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from memlab.errors import MemlabError
 from memlab.jsonfile import finite, write_json
-from memlab.models.paths import weights_sha256
+from memlab.paths import weights_sha256
+from memlab.provenance import provenance
 
 # 2: lm's interval resamples documents (documents, tokens_from, ci95_note); longctx and ablation record
 # their chance level, draw distinct examples, and the niah distractors are facts of other people;
@@ -63,38 +61,6 @@ def results_filename(suite: str) -> str:
     return f"results_{suite}.json"
 
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # memlab's own source
-
-
-def _git(*args: str) -> str | None:
-    """Stdout of ``git args`` run in memlab's package directory; None when git fails."""
-    try:
-        out = subprocess.run(["git", *args], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout if out.returncode == 0 else None
-
-
-def source_revision() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the git checkout memlab's source is tracked in; (None, None) when memlab
-    runs from elsewhere (an installed copy, even one inside a user's own repository: its files are
-    not tracked there).  ``dirty``: uncommitted changes to files under memlab's package."""
-    if not _git("ls-files", "--", "__init__.py"):  # (None: no git; "": not tracked by this work tree)
-        return None, None
-    commit = (_git("rev-parse", "HEAD") or "").strip() or None
-    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".")
-    return commit, None if commit is None or status is None else bool(status.strip())
-
-
-def git_commit() -> str | None:
-    """The commit of the source tree memlab runs from, or None when it is not a git checkout of memlab."""
-    return source_revision()[0]
-
-
-def utc_timestamp() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def metadata(
     model: Any,
     tokenizer: Any,
@@ -109,16 +75,9 @@ def metadata(
 
     ``options`` is the dataclass of the command's options; ``model_facts`` join the model's entry.
     """
-    import torch
-
-    from memlab import __version__
-
     config = model.config
-    commit, dirty = source_revision()
     return {
-        "memlab_version": __version__,
-        "git_commit": commit,
-        "git_dirty": dirty,  # uncommitted changes to memlab's source: the commit alone does not name the code
+        **provenance(),
         "checkpoint": checkpoint,
         "model_dir": model_dir,
         "config": config.to_dict(),
@@ -137,9 +96,6 @@ def metadata(
         "grid_version": grid_version,
         "options": asdict(options),
         "device": str(next(model.parameters()).device),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),  # S-NIAH's prose haystack is the Python docs' own
-        "timestamp": utc_timestamp(),
     }
 
 

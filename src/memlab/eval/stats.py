@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from scipy import optimize, stats
 
+from memlab.data.shards import MIN_DOCUMENTS
+
 CONFIDENCE = 0.95
 
 
@@ -133,11 +135,6 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> di
     std = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * std / math.sqrt(n)
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": n, "std": std}
-
-
-# Fewer documents give a bootstrap too few distinct resamples to be an interval (two give three: both
-# documents, or either one twice, so the "interval" is just the two documents' own losses).
-MIN_DOCUMENTS = 5
 
 
 def document_bootstrap(

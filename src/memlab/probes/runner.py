@@ -22,7 +22,7 @@ import torch
 from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval import schema
 from memlab.eval.hub import load_checkpoint, run_data, run_dir_of, run_held_out_split
-from memlab.models.paths import checkpoint_step
+from memlab.paths import checkpoint_step
 from memlab.probes.activity import LayerActivity, record_activity, slot_layers
 from memlab.probes.corpus import ProbeText, read_probe_text
 from memlab.probes.options import PROBES, ProbeOptions

@@ -16,7 +16,7 @@ import numpy as np
 import memlab
 from memlab.errors import MemlabError
 from memlab.eval.hub import find_tokenizer
-from memlab.models.paths import checkpoint_dirs, checkpoint_step
+from memlab.paths import checkpoint_dirs, checkpoint_step
 from memlab.probes import plots
 from memlab.probes.activity import slot_layers
 from memlab.probes.routing import routing_results

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from memlab.errors import MemlabError
-from memlab.models.paths import checkpoint_dirs, manifest_problem, write_manifest
+from memlab.paths import checkpoint_dirs, manifest_problem, write_manifest
 
 TRAINER_STATE_FILE, OPTIMIZER_FILE = "trainer_state.json", "optimizer.pt"
 STATE_FORMAT = "memlab-trainer-state-v1"

@@ -36,7 +36,8 @@ from memlab.data.tokenizer import load_tokenizer
 from memlab.errors import MemlabError, check_dir_target
 from memlab.jsonfile import read_json_object, write_json
 from memlab.models.lm import WEIGHTS_FILE, LanguageModel
-from memlab.models.paths import BEST_FILE, checkpoint_dirs, is_model_dir, latest_whole_checkpoint
+from memlab.paths import BEST_FILE, checkpoint_dirs, is_model_dir, latest_whole_checkpoint
+from memlab.provenance import provenance
 from memlab.train import checkpoint as ckpt
 from memlab.train import distributed
 from memlab.train.allocator import keep_freed_memory
@@ -528,10 +529,7 @@ class Trainer:
             plot_accuracy(records, self.run_dir / "accuracy.png")
 
     def summary(self, status: str) -> dict[str, Any]:
-        from memlab.eval.schema import source_revision, utc_timestamp
-
         records = self.metrics.records
-        commit, dirty = source_revision()
 
         def last(key: str):
             return next((r[key] for r in reversed(records) if r.get(key) is not None), None)
@@ -560,14 +558,10 @@ class Trainer:
             "device": str(self.d.device),
             "precision": str(self.amp_dtype or torch.float32).replace("torch.", ""),
             "metadata": {
-                "memlab_version": memlab.__version__,
-                "git_commit": commit,
-                "git_dirty": dirty,  # uncommitted changes to memlab's source: the commit alone does not name the code
+                **provenance(),
                 "seed": self.cfg.seed,
                 "tokenizer_hash": self.tokenizer.hash,
                 "grid_version": GRID_VERSION,
-                "torch_version": torch.__version__,
-                "timestamp": utc_timestamp(),
             },
         }
 

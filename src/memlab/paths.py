@@ -1,5 +1,8 @@
 """Finding the model directory inside a run, a checkpoint or an export; checking it is whole.
 
+A leaf module (it imports nothing of memlab's but its errors): the data, training, evaluation
+and export code all read and write these directories.
+
 A directory written by the trainer ends with ``manifest.json`` (the size and sha256 of every
 other file), written last and renamed into place with the directory, so a checkpoint that is
 partial, truncated or altered is detected and skipped for the one before it, with a warning.
@@ -8,18 +11,27 @@ partial, truncated or altered is detected and skipped for the one before it, wit
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import re
 from pathlib import Path
 
-from memlab.data.shards import file_sha256
 from memlab.errors import MemlabError
 
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 BEST_FILE = "best.json"  # in best_model/: the step it was saved at and its selection loss
 log = logging.getLogger(__name__)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file's bytes (read ``chunk`` bytes at a time), as hex."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_manifest(directory: Path) -> None:
