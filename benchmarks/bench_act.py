@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 import tyro
-from bench_decode import decoder
 from common import emit, interleaved_seconds, machine, peak_rss_mib
 
 import memlab
+from memlab.analysis.speed import decoder
 
 
 @dataclass

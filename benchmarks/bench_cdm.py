@@ -26,11 +26,10 @@ from functools import partial
 
 import torch
 import tyro
-from bench_decode import decode_by_context, decode_length
-from bench_train import train_step
 from common import emit, interleaved_seconds, machine, peak_rss_mib
 
 import memlab
+from memlab.analysis.speed import decode_by_context, decode_length, train_step
 from memlab.config import CDMConfig
 from memlab.ops.slot_scan import score_read, slot_scan, slot_states_naive, slot_step, weighted_read
 

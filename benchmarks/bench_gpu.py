@@ -24,13 +24,12 @@ from pathlib import Path
 
 import torch
 import tyro
-from bench_decode import decode_tokens_per_s
 from bench_kernels import kernel_inputs
 from bench_ssm import ssd_inputs
-from bench_train import step_tokens_per_s
 from common import emit, fwd_bwd_seconds, machine
 
 import memlab
+from memlab.analysis.speed import decode_tokens_per_s, step_tokens_per_s
 from memlab.ops.gated_delta import fla_chunk_kernel, gated_delta_rule
 from memlab.ops.ssd import mamba_chunk_kernel, ssd_chunked, ssd_scan
 

@@ -21,11 +21,10 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 import tyro
-from bench_decode import decode_length, decoder
-from bench_train import train_step
 from common import emit, fwd_bwd_seconds, fwd_bwd_step, interleaved_seconds, machine, peak_rss_mib
 
 import memlab
+from memlab.analysis.speed import decode_length, decoder, train_step
 from memlab.ops.gated_delta import chunk_gated_delta_rule, naive_gated_delta_rule
 
 

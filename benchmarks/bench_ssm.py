@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 import tyro
-from bench_decode import decode_by_context, decode_length
-from bench_train import train_step
 from common import emit, fwd_bwd_seconds, interleaved_seconds, machine, peak_rss_mib
 
 import memlab
+from memlab.analysis.speed import decode_by_context, decode_length, train_step
 from memlab.config import build_config
 from memlab.ops.ssd import ssd_chunked, ssd_naive
 

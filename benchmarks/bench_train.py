@@ -17,19 +17,17 @@ checkpointing) is a measured ratio.  Target: loop >= 0.9x bare step at nano:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import tyro
-from common import MATMUL_FLOPS, emit, interleaved_seconds, machine, peak_rss_mib, square_matmul, timed
+from common import MATMUL_FLOPS, emit, interleaved_seconds, machine, peak_rss_mib, square_matmul
 
 import memlab
+from memlab.analysis.speed import step_tokens_per_s, train_step
 from memlab.train.config import TrainConfig
-from memlab.train.optim import build_optimizer, no_decay_names
 
 
 @dataclass
@@ -46,33 +44,6 @@ class Args:
     loop_interval: int = 30
     """full loop: steps between evaluations and between checkpoints"""
     out: str | None = None
-
-
-def train_step(model, batch: int, seq_len: int, autocast_dtype=None) -> Callable[[], None]:
-    """One full training step as ``memlab train`` makes it (forward with the model's auxiliary
-    losses, backward, gradient clipping, AdamW as it builds it) on fixed random tokens, on the
-    model's device; data loading and logging left out."""
-    device = next(model.parameters()).device
-    cfg = TrainConfig()  # memlab train's defaults
-    opt = build_optimizer(model, no_decay_names(model), cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-    x = torch.randint(0, model.config.vocab_size, (batch, seq_len + 1), device=device)
-    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-
-    def step():
-        with ctx:
-            loss = model(x[:, :-1], labels=x[:, 1:]) / x[:, 1:].numel()
-            loss = loss + sum(model.aux_losses().values(), torch.zeros((), device=device))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
-def step_tokens_per_s(model, batch: int, seq_len: int, steps: int, autocast_dtype=None) -> float:
-    """Tokens/s of :func:`train_step` (median of ``steps`` after two warm-up steps)."""
-    return batch * seq_len / timed(train_step(model, batch, seq_len, autocast_dtype), steps, warmup=2)
 
 
 def loop_throughput(args: Args, vocab_size: int) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 
@@ -50,7 +51,7 @@ def test_info_all_is_a_markdown_table(capsys):
         (["info", "--vocab-size", "0"], "vocab_size must be >= 1, got 0"),
         (["info", "--variant", ""], "unknown variant ''"),  # had described baseline
         (["info", "--context-len", "0"], "--context-len must be >= 1, got 0"),
-        ([], "give a command: compare, data prepare, eval"),
+        ([], "give a command: bench, compare, data prepare, eval"),
         (["frobnicate"], "unknown command 'frobnicate'"),
         (["data"], "give a subcommand: data prepare"),
         (["info", "--all", "--variant", "gdn"], "give it or --variant, not both"),
@@ -75,6 +76,19 @@ def test_user_errors_are_one_line_and_exit_2(args, fragment):
     code, out, err = run_cli(*args)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("memlab: error:") and fragment in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--lr", "fast"], "Error parsing --lr: could not convert string to float: 'fast'"),
+    (["train", "--variant", "gdn", "--bogus"], "Unrecognized options: --bogus"),
+    (["eval", "--checkpoint", "x", "--grid", "bogus"], "invalid choice 'bogus' for argument '--grid'. Expected one of"),
+])
+def test_parse_errors_say_what_is_wrong_where_stdout_is_not_utf8(args, message):
+    """Without UTF-8, tyro draws no box but a title over a rule; the title ("Value error") had been
+    the whole message."""
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    p = subprocess.run([sys.executable, "-m", "memlab.cli", *args], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and message in p.stderr
 
 
 def test_an_interrupt_is_one_line(monkeypatch, capsys):

@@ -17,8 +17,9 @@ from typing import Annotated, Any
 
 import tyro
 
+from memlab.analysis.speed_options import BenchConfig
 from memlab.analysis.study import StudyConfig
-from memlab.errors import MemlabError, check_at_least
+from memlab.errors import MemlabError, check_at_least, fail
 from memlab.eval.options import EvalOptions
 from memlab.probes.options import ProbeOptions
 from memlab.train.config import TrainArgs
@@ -335,6 +336,17 @@ def run_study(args: StudyConfig) -> None:
     print(f"\nwrote {result.report}")
 
 
+# ----------------------------------------------------------------------- bench
+
+
+def run_bench(args: BenchConfig) -> None:
+    from memlab.analysis.speed import markdown_report
+    from memlab.analysis.speed import run_bench as bench
+
+    print(markdown_report(bench(args)))
+    print(f"\nwrote {args.output_dir}/bench.json, bench.md, bench.png")
+
+
 # ----------------------------------------------------------------------- probe
 
 
@@ -371,18 +383,21 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], None]]] = {
     "scale": (ScaleArgs, run_scale),
     "train": (TrainArgs, run_train),
     "probe": (ProbeArgs, run_probe),
+    "bench": (BenchConfig, run_bench),
 }
 
 
 def _one_line(tyro_message: str) -> str:
     """The first content line of tyro's boxed error message, with the flags it lists when it is a
     heading ("Missing from memlab probe: --checkpoint")."""
+    raw = [text for line in tyro_message.splitlines() if (text := line.strip().strip("│").strip())]
+    if len(raw) > 1 and raw[1].startswith("---"):  # a title over a rule: tyro's layout where stdout is not UTF-8
+        raw = raw[1:]
     lines = []
-    for line in tyro_message.splitlines():
-        text = line.strip().strip("│").strip()
+    for text in raw:
         if text.startswith("For full helptext"):
             break
-        if text and not text.startswith(("╭", "╰", "─")):
+        if not text.startswith(("╭", "╰", "─", "---")):
             lines.append(text)
     if not lines:
         return "invalid arguments"
@@ -443,12 +458,6 @@ def main(argv: list[str] | None = None) -> None:
 def _listing(names: list[str]) -> str:
     """A line per command: its name and the first line of its arguments' docstring."""
     return "\n".join(f"  {n:<14} {(COMMANDS[n][0].__doc__ or '').strip()}" for n in names)
-
-
-def fail(message: str) -> None:
-    """The end of every user-facing error: one line on stderr, exit code 2."""
-    print(f"memlab: error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ class EvalOptions:
     needle_tasks: list[str] | None = None
     """longctx: needle tasks, NAME[:key=value,...] (e.g. niah:distractors=sky; default: niah, sniah1, sniah2, sniah3)"""
     context_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
-    """longctx: example lengths in tokens (haystack, needle, question and answer)"""
+    """longctx: example lengths in tokens (haystack, needle, question and answer); the default stops at the
+    size presets' max_seq_len (2048), which learned positions cannot pass; add 4096 for the source's 1k/2k/4k grid"""
     depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     """longctx: needle depths as a fraction of the haystack"""
     needle_samples: int = 20

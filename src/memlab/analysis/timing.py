@@ -1,0 +1,75 @@
+"""Timing on a shared machine: medians of runs, contenders timed in alternating rounds, peak memory.
+
+``memlab bench`` and the scripts in ``benchmarks/`` report ratios of rates measured in the same
+rounds, so a load change on the machine slows every contender alike.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from collections.abc import Callable, Hashable
+
+import torch
+from tqdm.auto import tqdm
+
+from memlab.train.allocator import keep_freed_memory
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1, setup: Callable[[], object] | None = None) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CUDA work included);
+    ``setup()``, untimed, before every run."""
+    times = []
+    for run in range(warmup + repeats):
+        if setup is not None:
+            setup()
+        _sync()
+        start = time.perf_counter()
+        fn()
+        _sync()
+        if run >= warmup:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def interleaved_seconds(
+    fns: dict[Hashable, Callable[[], object]],
+    rounds: int,
+    warmup: int = 1,
+    setups: dict[Hashable, Callable[[], object]] | None = None,
+    progress: str | None = None,
+) -> dict[Hashable, float]:
+    """Median seconds of each ``fns[name]()``, timed in alternating rounds so that load changes on a
+    shared machine hit every contender alike (the ratios are what is reported); every other round
+    runs them in reverse order, so that none always follows the same one.  ``setups[name]()``,
+    untimed, before every run of ``fns[name]``; ``progress``: a bar over the rounds, so described."""
+    setups = setups or {}
+    times: dict[Hashable, list[float]] = {name: [] for name in fns}
+    for run in tqdm(range(warmup + rounds), desc=progress, disable=progress is None, unit="round"):
+        for name, fn in list(fns.items())[:: 1 if run % 2 == 0 else -1]:
+            seconds = timed(fn, repeats=1, warmup=0, setup=setups.get(name))
+            if run >= warmup:
+                times[name].append(seconds)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict:
+    """What the timings ran on (the process keeps freed memory, as ``memlab train`` does)."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "malloc_keeps_freed_memory": keep_freed_memory(),
+    }

@@ -1,0 +1,93 @@
+"""``memlab bench``: what it times, the ratios it reports, its files and its errors (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import memlab
+from memlab.analysis.speed import decoder, run_bench
+from memlab.analysis.speed_options import BenchConfig
+from memlab.analysis.timing import interleaved_seconds
+from memlab.cli import main
+
+
+def test_every_timed_decode_run_starts_at_the_stated_context():
+    """Each run had continued where the last left off: '4096' had been timed at 4160 to 4480 tokens."""
+    model = memlab.build_model("baseline", "tiny", d_model=32, n_layers=1, n_heads=2, d_ff=64).eval()
+    d = decoder(model, 8, 3)
+    seen, forward = [], model.forward
+    model.forward = lambda ids, state=None, labels=None: seen.append(state.position) or forward(ids, state, labels)
+    for _ in range(2):
+        d.restore()
+        d.run()
+    assert seen == [8, 9, 10] * 2
+
+
+def test_rounds_alternate_their_order_and_set_up_every_run():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "ab"}
+    setups = {name: (lambda name=name: calls.append(f"setup {name}")) for name in "ab"}
+    seconds = interleaved_seconds(fns, rounds=3, warmup=1, setups=setups)
+    runs = [c for c in calls if not c.startswith("setup")]
+    assert runs == ["a", "b", "b", "a", "a", "b", "b", "a"]  # a warm-up round, then 3 timed ones
+    assert all(calls[i] == f"setup {calls[i + 1]}" for i in range(0, len(calls), 2))
+    assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    cfg = BenchConfig(variants=["baseline", "gdn"], model_size="d32l1", seq_len=16, batch_size=2,
+                      contexts=[8, 24], new_tokens=2, rounds=1, out_dir=str(out))
+    return run_bench(cfg), out
+
+
+def test_bench_times_every_variant_against_the_first(report):
+    result, _ = report
+    base, gdn = result["variants"]["baseline"], result["variants"]["gdn"]
+    assert base["train_ratio"] == 1 and [d["ratio"] for d in base["decode"]] == [1, 1]
+    assert gdn["train_ratio"] == pytest.approx(gdn["train_tokens_per_s"] / base["train_tokens_per_s"])
+    for g, b in zip(gdn["decode"], base["decode"]):
+        assert g["ratio"] == pytest.approx(g["tokens_per_s"] / b["tokens_per_s"])
+    assert [d["context"] for d in gdn["decode"]] == [8, 24]
+    kv, delta = [d["state_bytes"] for d in base["decode"]], [d["state_bytes"] for d in gdn["decode"]]
+    assert kv[1] > kv[0] and delta[0] == delta[1]  # a KV cache grows with the context; a delta state does not
+    assert gdn["layer_pattern"] == "G" and gdn["params"] == memlab.build_model("gdn", "d32l1").num_params()
+    assert result["metadata"]["memlab_version"] == memlab.__version__ and result["peak_rss_mib"] > 0
+
+
+def test_bench_writes_json_markdown_and_a_plot(report):
+    result, out = report
+    assert json.loads((out / "bench.json").read_text()) == json.loads(json.dumps(result))
+    table = (out / "bench.md").read_text()
+    assert "| gdn | " in table and "decode tok/s after 24" in table and "train tok/s (B=2, T=16)" in table
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_times_only_the_parts_asked_for(tmp_path, capsys):
+    main(["bench", "--variants", "ssm", "baseline", "--model-size", "d32l1", "--parts", "decode", "--contexts", "4",
+          "--new-tokens", "1", "--rounds", "1", "--out-dir", str(tmp_path)])
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert list(result["variants"]) == ["ssm", "baseline"]  # the first is the baseline of the ratios
+    assert "train_tokens_per_s" not in result["variants"]["ssm"] and result["variants"]["ssm"]["decode"]
+    assert result["variants"]["ssm"]["decode"][0]["ratio"] == 1
+    assert f"wrote {tmp_path}/bench.json" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--variants", "baseline", "nope"], "unknown variant 'nope'; valid choices:"),
+    (["--variants", "gdn", "gdn"], "--variants needs distinct variants"),
+    (["--contexts", "0"], "--contexts must be >= 1, got 0"),
+    (["--rounds", "0"], "--rounds must be >= 1, got 0"),
+    (["--parts", "prefill"], "prefill"),
+    (["--model-size", "huge"], "huge"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_bench_user_errors_are_one_line_exit_2(args, fragment, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--out-dir", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and fragment in err
+    assert not (tmp_path / "out").exists()
