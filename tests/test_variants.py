@@ -6,6 +6,7 @@ A new variant joins these tests by being registered; nothing here names a varian
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -374,3 +375,16 @@ def test_a_model_copies_after_a_training_forward(variant):
     clone = copy.deepcopy(model)
     with torch.no_grad():
         torch.testing.assert_close(clone.eval()(x), model.eval()(x))
+
+
+def test_residual_output_projections_start_smaller_by_the_depth():
+    """N(0, init_std) for every matrix; the projections that write into the residual stream
+    (attention's out_proj, the MLP's down_proj) N(0, init_std / sqrt(2 * n_layers))."""
+    torch.manual_seed(0)
+    model = memlab.build_model("baseline", "d256l8")
+    std = model.config.init_std
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            residual = name.endswith(("out_proj", "down_proj"))
+            expected = std / math.sqrt(2 * 8) if residual else std
+            assert module.weight.std().item() == pytest.approx(expected, rel=0.03), name

@@ -49,6 +49,32 @@ def test_ring_buffer_state_is_constant_size():
     assert len(set(sizes)) == 1 and sizes[0] == model.state_nbytes(10_000)
 
 
+@pytest.mark.parametrize("pattern, lengths", [("A", (10, 1, 1, 1)), ("S", (5,)), ("S", (5, 9, 1))])
+def test_the_state_carries_the_bytes_state_nbytes_predicts(pattern, lengths):
+    """A KV cache counts its filled part (its buffer grows geometrically); a ring buffer is the whole
+    window from the first token."""
+    model = model_with(pattern, n_layers=1, **{"attention.window": 8})
+    state = model.init_state(1)
+    with torch.no_grad():
+        for n in lengths:
+            model(torch.randint(0, 512, (1, n)), state)
+    assert state.nbytes == model.state_nbytes(sum(lengths))
+    if pattern == "A":
+        assert state.layers[0].k.shape[2] > sum(lengths)  # the buffer holds more than the sequence
+
+
+@pytest.mark.parametrize("pattern, window, seq_len", [("A", None, 50), ("S", 8, 50), ("S", 64, 50)])
+def test_attention_flops_count_the_keys_each_query_attends(pattern, window, seq_len):
+    """12 FLOPs per head dimension per (query, key) pair the causal (windowed) mask lets through."""
+    model = model_with(pattern, n_layers=1, **({"attention.window": window} if window else {}))
+    mixer = model.body.blocks[0].mixer
+    i, j = torch.arange(seq_len)[:, None], torch.arange(seq_len)[None, :]
+    visible = (j <= i) & (i - j < (window or seq_len))  # query i sees keys i - window + 1 .. i
+    pairs_per_token = visible.sum().item() / seq_len
+    expected = 12.0 * mixer.n_heads * mixer.head_dim * pairs_per_token
+    assert mixer.extra_flops_per_token(seq_len) == pytest.approx(expected, rel=1e-12)
+
+
 def test_horizon_is_honoured_while_decoding():
     model = model_with("A")
     x = torch.randint(0, 512, (1, 30))

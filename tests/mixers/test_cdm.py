@@ -74,6 +74,15 @@ def test_hard_routing_writes_one_slot_and_trains_the_router():
     assert mixer.router.weight.grad.abs().sum() > 0  # straight-through gradient of the soft routing
 
 
+def test_hard_routing_trains_the_router_through_the_straight_through_estimator_alone():
+    """With the cross-attention read-out and no auxiliary losses, the one-hot forward is the router's
+    only path to the loss: its gradient is that of the soft routing in the backward."""
+    mixer = layer("C", version="v3", hard_routing=True, readout="xattn", load_balance=0.0, entropy_reg=0.0)
+    mixer(inputs()).square().mean().backward()
+    grad = mixer.router.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("version", ["v2", "v3"])
 def test_a_write_gate_of_one_keeps_the_scan_finite(version):
     """float32 rounds sigmoid(17) to 1: a winner's gate is then exactly 1, and log(1 - gate) must not be -inf."""

@@ -85,6 +85,23 @@ def test_zero_ablation_removes_the_state_read_but_keeps_the_local_path():
     assert not torch.allclose(ablated_x[:, 3:4], ablated_y[:, 3:4])
 
 
+def test_zero_ablation_still_writes_the_state():
+    """As in every mixer, decoding goes on as without the ablation: the prefill (in pieces, one-token
+    steps included) writes the same SSM and conv states, and the continuation after it is the same."""
+    m = mamba()
+    x = torch.randn(2, 40, m.config.d_model)
+    with torch.no_grad():
+        normal, ablated = m.init_state(2), m.init_state(2)
+        for a, b in [(0, 17), (17, 18), (18, 30)]:
+            m(x[:, a:b], normal)
+            m.ablation = Ablation("zero")
+            m(x[:, a:b], ablated)
+            m.ablation = None
+        torch.testing.assert_close(ablated.ssm, normal.ssm, atol=1e-6, rtol=1e-5)  # (a one-token step: the scan)
+        torch.testing.assert_close(ablated.conv, normal.conv, atol=0, rtol=0)
+        torch.testing.assert_close(m(x[:, 30:], ablated), m(x[:, 30:], normal), atol=1e-5, rtol=1e-5)
+
+
 def test_low_precision_runs_the_scan_in_float32(monkeypatch):
     """bf16 inputs, a float32 scan: over 512 tokens of weak decay the layer's scan stays within bf16's
     rounding of the exact (float64) recurrence (a bf16 state drifts ~8% of the largest output)."""

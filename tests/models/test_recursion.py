@@ -66,6 +66,18 @@ def test_shared_loop_iterations_compose_the_blocks():
         torch.testing.assert_close(loop(x), base.head(base.norm(h)), atol=1e-6, rtol=1e-6)
 
 
+def test_shared_loop_reinjects_the_input_before_every_iteration_after_the_first():
+    """Two iterations with re-injection = blocks(blocks(x) + x), the baseline's blocks composed by hand."""
+    base = build("baseline")
+    loop = build("shared_loop", **{"recursion.n_unroll": 2, "recursion.reinject": True})
+    loop.load_state_dict(base.state_dict())
+    x = tokens(1, 20)
+    with torch.no_grad():
+        inputs = base.embed(x)
+        h = base.body(base.body(inputs) + inputs)
+        torch.testing.assert_close(loop(x), base.head(base.norm(h)), atol=1e-6, rtol=1e-6)
+
+
 def test_shared_loop_reinjection_is_causal_and_recurrent():
     plain, reinject = build("shared_loop"), build("shared_loop", **{"recursion.reinject": True})
     x = tokens(2, 40)
@@ -221,6 +233,49 @@ def test_act_steps_follow_the_halting_probability():
         assert d["act.mean_steps"] == expected
         assert d[f"act.steps_{expected}_frac"] == 1.0
         assert d["effective_depth"] == expected * model.config.n_layers
+
+
+def fixed_step_outputs(model, x: torch.Tensor, steps: range) -> dict[int, torch.Tensor]:
+    """The ACT body's output (B, T, D) after exactly k steps of its core, for each k."""
+    out = {}
+    with torch.no_grad():
+        for k in steps:
+            model.config.recursion.act_fixed_steps = k
+            out[k] = model.body(model.embed(x))
+    model.config.recursion.act_fixed_steps = None
+    return out
+
+
+def test_act_output_weighs_each_step_by_its_halting_probability_and_the_last_by_the_remainder():
+    """With p = 0.3 at every step (min 2, threshold 0.99): the steps 2, 3, 4 weigh 0.3 each and the
+    halting step 5 the remainder 1 - 0.9 = 0.1 (Graves 2016), so the weights sum to 1."""
+    model = build("act")
+    rc = model.config.recursion
+    assert (rc.act_min_steps, rc.act_threshold) == (2, 0.99) and rc.act_max_steps >= 5
+    with torch.no_grad():
+        model.body.halt.weight.zero_()
+        model.body.halt.bias.fill_(torch.logit(torch.tensor(0.3)).item())
+    x = tokens(2, 24)
+    h = fixed_step_outputs(model, x, range(2, 6))
+    with torch.no_grad():
+        out = model.body(model.embed(x))
+    torch.testing.assert_close(out, 0.3 * (h[2] + h[3] + h[4]) + 0.1 * h[5], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.body._last.ponder, torch.full((2, 24), 5 + 0.1), atol=1e-6, rtol=0)
+
+
+def test_act_halts_every_position_at_the_step_limit():
+    """A halting probability that never reaches the threshold: the last allowed step takes the whole
+    remainder, so the output is the core's after max_steps (not a sum of near-zero weights)."""
+    model = build("act")
+    rc = model.config.recursion
+    with torch.no_grad():
+        model.body.halt.weight.zero_()
+        model.body.halt.bias.fill_(-20.0)
+    x = tokens(2, 24)
+    last = fixed_step_outputs(model, x, range(rc.act_max_steps, rc.act_max_steps + 1))[rc.act_max_steps]
+    with torch.no_grad():
+        torch.testing.assert_close(model.body(model.embed(x)), last, atol=1e-5, rtol=1e-5)
+    assert (model.body._steps == rc.act_max_steps).all()
 
 
 def test_act_diagnostics_describe_the_step_distribution():
