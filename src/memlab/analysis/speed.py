@@ -235,6 +235,10 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
             for name, r in rows.items():
                 ax.plot([d["context"] for d in r["decode"]], [d["tokens_per_s"] for d in r["decode"]], "o-",
                         label=name)
-            ax.set(xscale="log", xlabel="context (tokens)", ylabel="decode tokens/s", title="decoding")
+            contexts = report["settings"]["contexts"]
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(contexts, [str(c) for c in contexts])
+            ax.minorticks_off()
+            ax.set(xlabel="context (tokens)", ylabel="decode tokens/s", title="decoding", ylim=(0, None))
             ax.legend()
     return save_figure(fig, path)
