@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,6 +69,71 @@ def test_pruning_renames_before_deleting(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [f"{ckpt.TMP_PREFIX}step_1", "step_2", "step_3"]
     ckpt.remove_partial(tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_2", "step_3"]
+
+
+def test_an_interrupted_re_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
+    """A re-save (best_model/, or a step re-run after a resume) must move the old directory aside, not delete
+    it, before renaming the new one into place: deleted first, a kill between the two left no model at all."""
+    old, new = (memlab.build_model("baseline", "tiny", n_layers=1) for _ in range(2))
+    ckpt.save_checkpoint(tmp_path / "best_model", old.save, None, {"step": 2})
+    real_replace = ckpt.os.replace
+
+    def killed(src, dst):
+        if Path(src).name.startswith(ckpt.TMP_PREFIX):  # the new directory, about to be renamed into place
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path / "best_model", new.save, None, {"step": 4})
+    monkeypatch.undo()
+    ckpt.remove_partial(tmp_path)  # what the next start does
+    assert [p.name for p in tmp_path.iterdir()] == ["best_model"]
+    assert manifest_problem(tmp_path / "best_model") is None
+    assert ckpt.read_trainer_state(tmp_path / "best_model")["step"] == 2
+    assert resolve_model_dir(tmp_path) == tmp_path / "best_model"
+    x = torch.randint(0, 512, (1, 9))
+    torch.testing.assert_close(memlab.load(tmp_path)(x), old(x), rtol=0, atol=0)
+
+
+def test_a_checkpoint_is_on_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """Every file and directory of a new checkpoint is fsynced before the rename that publishes it, and the
+    parent directory after it: unflushed, a power cut after the rename could leave step_N/ with empty files
+    (or the rename itself lost) while the old checkpoint was already deleted."""
+    events = []
+    real_fsync, real_replace = ckpt.os.fsync, ckpt.os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", (st.st_dev, st.st_ino)))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    def identity(path):
+        st = path.stat()
+        return st.st_dev, st.st_ino
+
+    monkeypatch.setattr(ckpt.os, "fsync", fsync)
+    monkeypatch.setattr(ckpt.os, "replace", replace)
+    model = memlab.build_model("baseline", "tiny", n_layers=1)
+    final = tmp_path / "checkpoints" / "step_1"
+    for state in ({"step": 1}, {"step": 1, "again": True}):  # a first save, then a re-save over it
+        events.clear()
+        ckpt.save_checkpoint(final, model.save, {"state": {}, "param_groups": []}, state)
+        published = [i for i, e in enumerate(events) if e[0] == "replace" and e[2] == final]
+        assert len(published) == 1 and events[published[0]][1].name.startswith(ckpt.TMP_PREFIX)
+        before = {e[1] for e in events[: published[0]] if e[0] == "fsync"}
+        after = {e[1] for e in events[published[0] :] if e[0] == "fsync"}
+        tree = [*final.rglob("*"), final]  # the temporary directory's files and directories, renamed
+        assert {"manifest.json", "model.safetensors", ckpt.OPTIMIZER_FILE, ckpt.TRAINER_STATE_FILE} <= {
+            p.name for p in tree
+        }
+        assert [p for p in tree if identity(p) not in before] == []
+        assert identity(final.parent) in after
+    assert ckpt.read_trainer_state(final)["again"] is True
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest"])

@@ -13,10 +13,11 @@ import time
 
 import pytest
 import torch
-from conftest import cli_args, curve, subprocess_env, tiny_config
+from conftest import TINY_MODEL, cli_args, curve, records, subprocess_env, tiny_config
 
 from memlab.errors import MemlabError
 from memlab.paths import resolve_model_dir, write_manifest
+from memlab.train import checkpoint as ckpt
 from memlab.train import train
 from memlab.train.checkpoint import TRAINER_STATE_FILE, read_optimizer_state
 
@@ -56,6 +57,36 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_pa
     assert curve(crashed.run_dir) == curve(whole.run_dir)
     assert (crashed.run_dir / "best_model" / "model.safetensors").read_bytes() == (
         whole.run_dir / "best_model" / "model.safetensors"
+    ).read_bytes()
+
+
+def test_resume_continues_the_random_stream_training_draws_from(tmp_path, monkeypatch):
+    """gdn_hybrid's local drop draws a keep mask per sequence from torch's global RNG: a resume that did
+    not restore the checkpoint's RNG state drew other masks than the uninterrupted run from then on."""
+    def config(name, **overrides):
+        return tiny_config(tmp_path / name, steps=6, variant="gdn_hybrid", save_interval=3, keep_last=0,
+                           model={**TINY_MODEL, "gdn.local_drop_prob": 0.5}, **overrides)
+
+    whole = config("whole")
+    train(whole)
+    save = ckpt.save_checkpoint
+
+    def killed_after_step_3(directory, *args):
+        save(directory, *args)
+        if directory.name == "step_3":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", killed_after_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config("crashed"))
+    monkeypatch.undo()
+    crashed = config("crashed", resume=True)
+    train(crashed)
+
+    assert [r["step"] for r in records(crashed.run_dir)] == [1, 2, 3, 4, 5, 6]
+    assert curve(crashed.run_dir) == curve(whole.run_dir)
+    assert (crashed.run_dir / "checkpoints" / "step_6" / "model.safetensors").read_bytes() == (
+        whole.run_dir / "checkpoints" / "step_6" / "model.safetensors"
     ).read_bytes()
 
 
