@@ -159,6 +159,9 @@ def test_an_accuracy_gain_at_least_the_threshold_passes_and_its_interval_is_repo
     assert alg["detail"] == "+10.0 pts [+5.0, +15.0] vs >= +5 pts: passes"
     just_under = verdict(row("under", Metric(0.6, [0.5496, 0.65], 1000)), base, Criteria())["criteria"]
     assert just_under["algorithmic"]["passed"] is None and "[+4.96, +15.0]" in just_under["algorithmic"]["detail"]
+    # the interval's top exactly at the threshold: the gain may still reach it, so it has not failed
+    at_top = verdict(row("top", Metric(0.53, [0.50, 0.55], 1000)), base, Criteria(min_alg_gain=0.05))["criteria"]
+    assert at_top["algorithmic"]["interval"] == pytest.approx([0.0, 0.05]) and at_top["algorithmic"]["passed"] is None
 
 
 def test_details_show_which_side_of_a_ratio_limit_a_value_lies(tmp_path, base):

@@ -121,6 +121,8 @@ def make_fit(alpha: float, ci: tuple[float, float] | None, rmse: float = 0.005, 
         (0.2, (0.15, 0.25), "inconclusive", True),
         (0.2, (0.05, 0.4), "inconclusive", False),
         (0.5, None, "proceed", False),  # no interval: never decisive
+        (0.3, None, "inconclusive", False),  # "proceed" is alpha > 0.3, "will not scale" alpha < 0.1
+        (0.1, None, "inconclusive", False),
     ],
 )
 def test_verdict_follows_the_go_no_go_rule_and_states_the_interval(alpha, ci, decision, decisive):
@@ -428,3 +430,22 @@ def test_document_batches_are_weighted_by_their_tokens_and_resampled_whole():
     assert "rests on 4 validation documents (under 10" in few.text
     with pytest.raises(MemlabError, match="batch_tokens weighs the same batches at every point"):
         fit_power_law(sizes, curve, [[1.0, 2.0]] * 5 + [[1.0]], 400, 0, [1, 1])
+
+
+def test_a_long_document_weighs_in_the_resamples_by_its_tokens():
+    """One document of 1000 tokens that follows alpha = 0.6 beside eleven of 10 tokens that follow 0.45:
+    the token-weighted loss follows ~0.55, and so must the resampled fits (unweighted resamples
+    would follow ~0.46 and leave the fitted alpha outside its own interval)."""
+    rng = np.random.default_rng(0)
+    sizes = np.geomspace(1e5, 1e8, 6)
+    docs = np.stack([400 * sizes ** (-0.6) + 1.5] + [400 * sizes ** (-0.45) + 1.5] * 11, axis=1)  # (sizes, docs)
+    docs = docs + rng.normal(0, 0.002, docs.shape)
+    tokens = np.array([1000] + [10] * 11)
+    fit = fit_power_law(sizes, (docs * tokens).sum(1) / tokens.sum(), docs, 400, 0, tokens)
+    assert fit.alpha > 0.5 and fit.alpha_ci[0] <= fit.alpha <= fit.alpha_ci[1]
+
+
+def test_the_chi_square_limit_has_n_minus_3_degrees_of_freedom():
+    """Three parameters are fitted: five points leave two degrees of freedom (95% point 5.991)."""
+    assert make_fit(0.45, (0.4, 0.5), n_points=5).chi2_limit == pytest.approx(5.991465)
+    assert make_fit(0.45, (0.4, 0.5), n_points=6).chi2_limit == pytest.approx(7.814728)

@@ -121,3 +121,59 @@ def test_document_bootstrap_is_weighted_by_tokens_and_needs_five_documents():
     assert document_bootstrap(sums, counts) == [low, high]  # seeded
     assert document_bootstrap(np.array([5.0]), np.array([3])) == [None, None]
     assert document_bootstrap(np.array([5.0, 1, 1, 1, math.inf]), np.array([3, 3, 3, 3, 3])) == [None, None]
+
+
+def restricted_score(only_a: int, only_b: int, n: int, d: float) -> float:
+    """Tango's score statistic at the difference ``d``, its nuisance P(only_b) maximised numerically
+    (the multinomial likelihood of the four cells under ``d``), not by the closed form."""
+    from scipy import optimize
+
+    rest = n - only_a - only_b
+
+    def negative_log_likelihood(q: float) -> float:
+        p_a, p_b = q + d, q  # P(only_a), P(only_b)
+        if min(p_a, p_b) <= 0 or p_a + p_b >= 1:
+            return math.inf
+        return -(only_a * math.log(p_a) + only_b * math.log(p_b) + rest * math.log(1 - p_a - p_b))
+
+    q = optimize.minimize_scalar(negative_log_likelihood, bounds=(max(0.0, -d) + 1e-12, (1 - d) / 2 - 1e-12),
+                                 method="bounded", options={"xatol": 1e-12}).x
+    return (only_a - only_b - n * d) / math.sqrt(n * (2 * q + d * (1 - d)))
+
+
+@pytest.mark.parametrize("only_a, only_b, both, neither", [(30, 10, 40, 20), (0, 4, 10, 6), (12, 3, 60, 25)])
+def test_tango_interval_ends_where_the_restricted_score_reaches_the_normal_quantile(only_a, only_b, both, neither):
+    """The closed-form restricted estimate of P(only_b) agrees with the likelihood's own maximum: at
+    each end of the interval the score statistic is -+1.96."""
+    normal = np.array([1] * only_a + [0] * only_b + [1] * both + [0] * neither, dtype=bool)
+    ablated = np.array([0] * only_a + [1] * only_b + [1] * both + [0] * neither, dtype=bool)
+    n = normal.size
+    low, high = tango_paired_interval(normal, ablated)
+    assert low < (only_a - only_b) / n < high
+    assert restricted_score(only_a, only_b, n, low) == pytest.approx(1.959964, abs=1e-4)
+    assert restricted_score(only_a, only_b, n, high) == pytest.approx(-1.959964, abs=1e-4)
+
+
+def test_the_paired_bootstrap_is_a_95_percent_interval():
+    """Its width is that of the normal approximation at 1.96 standard errors (a 90% one is 16% narrower)."""
+    rng = np.random.default_rng(0)
+    normal = rng.random(400) < 0.8
+    ablated = normal & (rng.random(400) < 0.5)
+    lo, hi = paired_bootstrap(normal, ablated, n_resamples=4000, seed=1)["ci95"]
+    diff = normal.astype(float) - ablated
+    assert hi - lo == pytest.approx(2 * 1.959964 * diff.std() / math.sqrt(400), rel=0.06)
+
+
+def test_the_document_bootstrap_resamples_a_ratio_of_sums_not_a_mean_of_ratios():
+    """Ten documents of 1000 tokens at loss 1 and ten of one token at loss 10: the token-weighted
+    loss is ~1.01 and every resample stays near it (a mean of per-document losses would be ~5.5)."""
+    sums, counts = np.array([1000.0] * 10 + [10.0] * 10), np.array([1000] * 10 + [1] * 10)
+    low, high = document_bootstrap(sums, counts)
+    assert 1.0 <= low < sums.sum() / counts.sum() < high < 1.1
+
+
+def test_five_documents_are_enough_for_an_interval():
+    sums, counts = np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.ones(5)
+    low, high = document_bootstrap(sums, counts)
+    assert 1.0 <= low < 3.0 < high <= 5.0
+    assert document_bootstrap(sums[:4], counts[:4]) == [None, None]
