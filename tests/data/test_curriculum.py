@@ -124,6 +124,27 @@ def test_cooldown_and_min_evals(byte_tok):
     assert c.stats()["parity"]["difficulty"] == level
 
 
+def test_an_ema_exactly_at_the_threshold_raises_the_level(byte_tok):
+    """Reaching the threshold is enough (ema >= threshold): three evaluations at exactly 0.9 had not raised it."""
+    c = Curriculum(tasks_only(tasks=["parity"], strategy="competence", cooldown_steps=0, min_evals=3, threshold=0.9),
+                   byte_tok)  # fmt: skip
+    for _ in range(2):
+        c.observe("parity", 0.9)
+    assert c.difficulty("parity") == 1 and c.stats()["parity"]["ema"] == 0.9  # at the threshold, 2 of 3 evals
+    c.observe("parity", 0.9)
+    assert c.difficulty("parity") == 2
+
+
+def test_a_new_level_starts_a_fresh_ema(byte_tok):
+    """The EMA of the level left had carried over: 1.0 there and 0.85 at the next level averaged 0.925,
+    past the 0.9 threshold, and the level had risen again on an evaluation below it."""
+    c = Curriculum(tasks_only(tasks=["parity"], strategy="competence", cooldown_steps=0, min_evals=1), byte_tok)
+    c.observe("parity", 1.0)
+    assert c.difficulty("parity") == 2 and c.stats()["parity"]["ema"] is None and c.state["parity"].evals == 0
+    c.observe("parity", 0.85)
+    assert c.difficulty("parity") == 2 and c.stats()["parity"]["ema"] == 0.85
+
+
 @pytest.mark.parametrize("decay, evals_to_rise", [(0.5, 4), (0.9, 22)])
 def test_a_failed_first_evaluation_delays_the_rise_by_the_ema_decay(byte_tok, decay, evals_to_rise):
     """After an evaluation at 0%, the EMA reaches the 0.9 threshold after this many at 100%."""
@@ -193,6 +214,20 @@ def test_dag_replay_mixes_mastered_tasks(byte_tok):
     text = "".join(byte_tok.decode(c.next_batch()[0].flatten().tolist()) for _ in range(20))
     n_copy, n_reverse = text.count("copy: "), text.count("reverse: ")
     assert 0.1 < n_copy / (n_copy + n_reverse) < 0.45
+
+
+def test_a_task_is_mastered_only_after_min_evals_at_its_top_level(byte_tok):
+    """Mastery had ignored min_evals: one evaluation at 100% on reaching the top level had counted."""
+    cfg = tasks_only(tasks=["copy", "reverse"], strategy="dag", min_evals=3, cooldown_steps=0, levels={"copy": [2, 4]})
+    c = Curriculum(cfg, byte_tok)
+    for _ in range(3):
+        c.observe("copy", 1.0)  # passed at the first level: up to the top one, reverse unlocked
+    assert c.difficulty("copy") == 4 and c.state["reverse"].unlocked
+    mastered = []
+    for _ in range(3):
+        c.observe("copy", 1.0)
+        mastered.append(c._mastered("copy"))
+    assert mastered == [False, False, True]
 
 
 def test_resume_draws_the_same_batches(byte_tok, byte_shards):

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from memlab.data.tasks import MQAR, SNIAH, FactNIAH, get_task, parse_task_spec, task_levels
-from memlab.data.tasks.retrieval import NAMES, NOISE, SKY, default_prose
+from memlab.data.tasks.retrieval import NAMES, NOISE, SKY, _nearest, default_prose
 from memlab.errors import MemlabError
 
 FACT = re.compile(r"(\w+) has a (\w+) (\w+)\.")
@@ -70,6 +70,23 @@ def test_the_sources_sky_distractors_are_answered_by_the_has_a_shortcut():
 def test_fact_niah_depth_percent():
     ex = FactNIAH(depth=25)(random.Random(0), 40)
     assert ex.meta["index"] == 10 and facts(ex.prompt)[10][0] in ex.query
+
+
+def test_fact_niah_depth_is_the_nearest_sentence_index():
+    """The index had been truncated, not rounded: 66% of 10 distractors put the fact after 6 of them, not 7."""
+    indices = [FactNIAH(depth=d)(random.Random(0), 10).meta["index"] for d in (0, 34, 66, 96, 100)]
+    assert indices == [0, 3, 7, 10, 10]  # 0, 3.4, 6.6, 9.6, 10 distractors before it
+
+
+def test_the_asked_name_stays_unique_however_many_distractors_repeat():
+    """Past len(NAMES) - 1 distractors their names repeat; refilled from every name, the asked one had been
+    among them too (at 300 distractors nearly always), and the question had had two answers."""
+    for seed in range(5):
+        ex = FactNIAH()(random.Random(seed), 300)
+        names = [name for name, _, _ in facts(ex.prompt)]
+        asked = names[ex.meta["index"]]
+        assert len(names) == 301 and f"{asked}'s" in ex.query and names.count(asked) == 1
+        assert set(names) == set(NAMES)  # the 127 others, each used more than once
 
 
 def test_fact_niah_random_position_covers_every_bucket():
@@ -149,6 +166,13 @@ def test_sniah_depth_counts_the_other_needles():
             assert ex.meta["depth"] == pytest.approx(queried.start() / around, abs=0.02)
 
 
+def test_nearest_boundary_ties_go_to_the_later_one():
+    """Of two boundaries equally near the target depth, the later one (round half up), as documented."""
+    assert _nearest([0, 10], 5) == 1
+    targets = (-3, 0, 4.9, 5, 10, 14.9, 15, 19, 20, 25)
+    assert [_nearest([0, 10, 20], t) for t in targets] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+
+
 @pytest.mark.parametrize("variant", [1, 2, 3])
 def test_sniah_depth_is_the_nearest_sentence_boundary_in_tokens(variant):
     pool = [f"Filler {'word ' * (1 + 12 * (i % 3))}ends here." for i in range(6)]  # of very different lengths
@@ -164,6 +188,17 @@ def test_sniah_depth_is_the_nearest_sentence_boundary_in_tokens(variant):
             boundaries = [0, *(m.end() for m in re.finditer(r"\. ", hay)), total]
             nearest = min(boundaries, key=lambda b: (abs(b - depth / 100 * total), -b))  # ties: the later one
             assert at == nearest and ex.meta["depth"] == pytest.approx(at / total), (depth, length)
+
+
+def test_a_sentence_that_fills_the_budget_exactly_is_kept_whole():
+    """A haystack sentence costing exactly the rest of the budget had been treated as too long and re-joined
+    from its words: the line break of a user's haystack lost, the haystack 4 bytes short of its budget."""
+    sentence = "A haystack line that breaks\n    and goes on."
+    task, cost = SNIAH(variant=2, haystack=[sentence]), len(" " + sentence)
+    for n in (1, 3):
+        hay = task._haystack(random.Random(0), n * cost)
+        assert hay == [sentence] * n and sum(len(" " + s) for s in hay) == n * cost
+    assert task._haystack(random.Random(0), 2 * cost + 3) == [sentence, sentence, "A"]  # the rest: whole words
 
 
 def test_sniah_counts_with_a_given_tokenizer(byte_tok):
@@ -275,3 +310,14 @@ def test_every_retrieval_example_records_its_chance_level():
     assert SNIAH(variant=2, n_keys=2, n_queries=2)(rng, 600).meta["chance"] == pytest.approx(1 / 9e6**2)
     assert SNIAH(variant=3)(rng, 600).meta["chance"] == 2.0**-122
     assert MQAR(vocab_size=64, seq_len=32)(rng, 3).meta["chance"] == pytest.approx(1 / 6)  # 3 values, 3! orders
+
+
+def test_sniah_chance_is_that_of_guessing_every_answered_value():
+    """A multi-value example answers each queried key's n_values values; its chance had counted one per key."""
+    rng = random.Random(0)
+    for task, one in ((SNIAH(variant=1, n_values=2), 1 / 9_000_000),
+                      (SNIAH(variant=3, n_keys=3, n_values=3, n_queries=2), 2.0**-122)):  # fmt: skip
+        ex = task(rng, 1200)
+        answered = ex.answer.split(", ")
+        assert len(answered) == task.n_values * task.n_queries and ex.meta["chance"] == one ** len(answered)
+    assert SNIAH(variant=1, n_values=2)(rng, 600).meta["chance"] == (1 / 9e6) ** 2

@@ -354,6 +354,23 @@ def test_bpe_on_stdlib_code(tmp_path):
     assert prepare_shards("stdlib-code", "bpe", tmp_path, vocab_size=300, max_docs=8, val_fraction=0).reused
 
 
+def test_the_bpe_learns_from_the_training_documents_only(corpus_dir, documents, tmp_path, monkeypatch):
+    """The validation documents must not shape the tokenizer that their perplexity is measured with."""
+    learned = []
+
+    def recording(spec, texts=None, vocab_size=8192):
+        learned.extend(texts)
+        return build_tokenizer(spec, texts=learned, vocab_size=vocab_size)
+
+    monkeypatch.setattr("memlab.data.text.build_tokenizer", recording)
+    result = prepare_shards(f"files:{corpus_dir}/*.txt", "bpe", tmp_path, vocab_size=300, val_fraction=0.3)
+    train = split_documents(stream(tmp_path, "train"), result.tokenizer)
+    val = split_documents(stream(tmp_path, "val"), result.tokenizer)
+    assert len(val) > 10 and len(train) + len(val) == len(documents)
+    assert learned == train and not set(learned) & set(val)
+    assert not any(is_validation(d, 0.3) for d in learned)
+
+
 def test_another_corpus_in_a_saved_tokenizer(corpus_dir, tmp_path):
     """--tokenizer DIR reads the tokenizer saved there (a run's trained BPE), not a Hugging Face one."""
     first = prepare_shards(f"files:{corpus_dir}/*.txt", "bpe", tmp_path / "a", vocab_size=300)
@@ -412,6 +429,20 @@ def test_fewer_evaluation_windows_are_spread_over_the_whole_split(byte_shards):
     assert abs(middle[0] / 40 - n / 2) <= 1  # one window: the middle of the split, not its start
     for start, window in zip(starts, next(shards.evaluation_windows(4, 40, max_windows=4))[1].numpy()):
         assert (window == flat[start : start + 41]).all()
+
+
+def test_a_window_needs_one_token_more_than_its_length(byte_shards):
+    """A window of T inputs reads T + 1 tokens (its targets are shifted by one): a split of exactly T tokens
+    holds none, of T + 1 one.  Counting N // T had promised a window too many whenever T divides N."""
+    shards = TokenShards(byte_shards, "val")
+    n = shards.num_tokens
+    for seq_len in (1, 2, 3, 8, 40, n // 4, n // 2, n - 2, n - 1, n, n + 1):
+        fitting = sum(1 for start in range(0, n, seq_len) if start + seq_len + 1 <= n)  # consecutive starts
+        assert shards.num_sequential_windows(seq_len) == fitting, seq_len
+    assert shards.num_sequential_windows(n - 1) == 1 and shards.num_sequential_windows(n) == 0
+    assert len(shards.evaluation_starts(n - 1)) == 1
+    with pytest.raises(MemlabError, match="fewer than one window"):
+        shards.evaluation_starts(n)
 
 
 def test_documents_before_counts_the_eos_ids_before_a_position(byte_shards, byte_tok):

@@ -11,6 +11,7 @@ from memlab.data.tokenizer import (
     META_FILE,
     SPECIAL_TOKENS,
     BPETokenizer,
+    ByteTokenizer,
     HFTokenizer,
     build_tokenizer,
     check_tokenizer,
@@ -59,6 +60,16 @@ def test_save_load_keeps_ids_and_hash(bpe, byte_tok, tmp_path):
         assert loaded.encode(SAMPLE) == tok.encode(SAMPLE) and loaded.specials == tok.specials
     other = build_tokenizer("bpe", texts=TEXTS[:3], vocab_size=300)
     assert len({bpe.hash, byte_tok.hash, other.hash}) == 3
+
+
+def test_the_byte_tokenizers_hash_is_pinned_and_covers_its_special_ids(byte_tok):
+    """Checkpoints, shards and runs record this hash: a change of what it covers would orphan them all.  The
+    special ids are part of it (a hash of the kind and backend alone had passed every test): other ids, other
+    tokenizer."""
+    assert byte_tok.hash == "a6462ddd1ea1c2c6d3cd4f0adbdab823e63ffb0f8bc541ff1922b85fad3ac4fa"
+    swapped = ByteTokenizer()
+    swapped.specials = {**swapped.specials, "pad": byte_tok.eos_id, "eos": byte_tok.pad_id}
+    assert swapped.encode(SAMPLE) == byte_tok.encode(SAMPLE) and swapped.hash != byte_tok.hash
 
 
 def test_edited_tokenizer_is_rejected(bpe, tmp_path):

@@ -31,16 +31,19 @@ def oracle_letter():
 
 @pytest.fixture
 def planted_model(byte_tok, oracle_letter):
-    def build(answer_fn: Callable[[str], str | None], max_seq_len: int = 1024) -> LanguageModel:
+    def build(answer_fn: Callable[[str], str | None], max_seq_len: int = 1024, n_layers: int = 1) -> LanguageModel:
+        """The oracle in the first layer; further layers are oracles that never answer (memory left unused)."""
         V = byte_tok.vocab_size
         D = V + V % 2
-        config = ModelConfig(vocab_size=V, d_model=D, n_layers=1, n_heads=1, d_ff=0, pos_encoding="none",
-                             layer_pattern=oracle_letter, max_seq_len=max_seq_len, variant="planted_oracle")
+        config = ModelConfig(vocab_size=V, d_model=D, n_layers=n_layers, n_heads=1, d_ff=0, pos_encoding="none",
+                             layer_pattern=oracle_letter * n_layers, max_seq_len=max_seq_len,
+                             variant="planted_oracle")
         model = LanguageModel(config).eval()
         with torch.no_grad():
             model.embed.weight.copy_(torch.eye(V, D))
-        mixer = model.mixers[0]
-        mixer.answer_fn, mixer.tokenizer = answer_fn, byte_tok
+        for mixer in model.mixers:
+            mixer.tokenizer = byte_tok
+        model.mixers[0].answer_fn = answer_fn
         return model
 
     return build

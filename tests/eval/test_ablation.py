@@ -7,6 +7,7 @@ import re
 import pytest
 from eval_planted import niah_answer
 
+from memlab.eval.ablation import default_horizons
 from memlab.eval.hub import EvalContext, EvalOptions, evaluate_model
 
 CONTEXT = 160
@@ -42,6 +43,21 @@ def test_a_model_whose_answer_is_in_its_state_has_a_large_delta(planted_model, b
     sweep = {r["horizon"]: r["accuracy"] for r in result["horizon"]}
     # the fact and the question are ~40 tokens apart at best: a short horizon cannot see both
     assert sweep == {1: 0.0, 8: 0.0, CONTEXT: 1.0}
+    assert all(r["n"] == 12 for r in result["horizon"])  # --horizon-samples examples at every horizon
+
+
+def test_each_layer_s_delta_zeroes_that_layer_alone(planted_model, byte_tok):
+    """Two memory layers, the answer in the first: zeroing the second alone changes nothing."""
+    result = ablation(planted_model(niah_answer, n_layers=2), byte_tok, horizons=[CONTEXT])
+    assert result["memory_layers"] == [0, 1] and result["delta"]["delta"] == 1.0
+    by_layer = {r["layer"]: r for r in result["per_layer"]}
+    assert by_layer[0]["delta"]["delta"] == 1.0 and by_layer[0]["zeroed"]["accuracy"] == 0.0
+    assert by_layer[1]["delta"]["delta"] == 0.0 and by_layer[1]["zeroed"]["accuracy"] == 1.0
+
+
+def test_default_horizons_are_powers_of_four_below_the_context_then_the_context():
+    assert default_horizons(96) == [1, 4, 16, 64, 96]
+    assert default_horizons(64) == [1, 4, 16, 64] and default_horizons(1) == [1]
 
 
 def test_delta_interval_is_a_paired_bootstrap(planted_model, byte_tok):

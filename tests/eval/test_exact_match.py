@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 from eval_planted import copy_answer
 
@@ -65,3 +66,20 @@ def test_teacher_forced_agrees_with_generate_on_a_trained_model(trained_baseline
     slow = exact_match_by_generation(model, everything)
     np.testing.assert_array_equal(fast, slow)
     assert fast[len(examples) : len(examples) + 4].all() and not fast[-4:].any()
+
+
+def test_learned_positions_score_an_example_that_fills_them_and_refuse_one_more():
+    """An example of max_seq_len + 1 ids is max_seq_len inputs (its last id is only a target): it fits."""
+    import memlab
+    from memlab.errors import MemlabError
+    from memlab.eval.exact_match import check_context
+
+    model = memlab.build_model("nano_baseline", "tiny", vocab_size=64, d_model=32, n_layers=1, n_heads=1, d_ff=64,
+                               max_seq_len=16).eval()
+    check_context(model, 16)
+    with pytest.raises(MemlabError, match="needs 17 tokens but the model's learned positions end at max_seq_len=16"):
+        check_context(model, 17)
+    fits = TokenizedExample(list(range(17)), [False] * 16 + [True])
+    assert exact_match(model, [fits], pad_id=0).shape == (1,)
+    with pytest.raises(MemlabError, match="needs 17 tokens"):
+        exact_match(model, [TokenizedExample(list(range(18)), [False] * 17 + [True])], pad_id=0)

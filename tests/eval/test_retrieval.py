@@ -49,3 +49,10 @@ def test_the_examples_are_distinct_and_fewer_only_where_the_task_has_fewer(ctx, 
     # one key, two values, 7 query places: 14 examples exist (drawn with replacement, 30 had repeated them)
     few = retrieval_examples(ctx, "mqar:vocab_size=4,random_non_queries=false", 16, 30, random.Random(0))
     assert len({tuple(e.ids) for e in few}) == len(few) == 14
+
+
+def test_mqar_in_an_odd_context_uses_the_even_length_below_it(ctx):
+    """MQAR needs an even seq_len: an odd context length leaves one token unused instead of an error."""
+    for length in (96, 97):
+        examples = retrieval_examples(ctx, "mqar", length, 3, random.Random(0))
+        assert [len(e) for e in examples] == [97] * 3  # 96 inputs and the last target

@@ -84,6 +84,36 @@ def test_validation_rejects_what_does_not_follow_the_schema(doc, message):
         schema.validate(doc)
 
 
+def test_each_required_field_of_a_real_document_is_checked(evaluated):
+    """Drop any one required field of a real ``all`` document: validation names it."""
+    import copy
+
+    doc = evaluated[0]
+    schema.validate(doc)
+    places = [("document", [], f) for f in ("suite", "metadata", "results")]
+    places += [("metadata", ["metadata"], f) for f in schema.METADATA_FIELDS]
+    places += [(f"{suite} results", ["results", suite], f) for suite, fields in schema.SUITE_FIELDS.items()
+               for f in fields]
+    for what, path, field in places:
+        broken = copy.deepcopy(doc)
+        parent = broken
+        for key in path:
+            parent = parent[key]
+        del parent[field]
+        with pytest.raises(MemlabError, match=re.escape(f"{what} lacks the fields ['{field}']")):
+            schema.validate(broken)
+    for version in (0, -1, 1.5, None):
+        with pytest.raises(MemlabError, match="invalid schema_version"):
+            schema.validate({**doc, "schema_version": version})
+    # named here, not read from the schema's own lists: what compare and report rely on
+    for section, field in [("metadata", "timestamp"), ("metadata", "git_commit"), ("lm", "loss_ci95"),
+                           ("ablation", "delta"), ("longctx", "overall"), ("algorithmic", "summary")]:
+        broken = copy.deepcopy(doc)
+        del (broken["metadata"] if section == "metadata" else broken["results"][section])[field]
+        with pytest.raises(MemlabError, match=re.escape(f"lacks the fields ['{field}']")):
+            schema.validate(broken)
+
+
 def test_files_are_strict_json_and_written_atomically(tmp_path):
     doc = minimal(results={"checks": {"x": {"passed": True, "value": float("inf")}}, "passed": True})
     doc = schema.document("selftest", doc["metadata"], doc["results"])

@@ -189,6 +189,34 @@ def test_the_lm_interval_is_over_the_documents_of_the_evaluated_tokens(byte_tok,
         assert r["loss_ci95"][0] < r["loss"] < r["loss_ci95"][1]
 
 
+def test_the_lm_loss_and_its_documents_follow_from_the_windows_alone(byte_tok, shards):
+    """Recomputed outside the suite: each document counts the targets that fall in it (an EOS in the
+    document it ends; every window of the split, so the targets just after an EOS are met), the loss
+    is the token-weighted cross-entropy over the windows, and a budget that is not a whole number of
+    windows is rounded down."""
+    import torch.nn.functional as F
+
+    from memlab.data.shards import TokenShards
+    from memlab.eval.lm import document_losses
+
+    model, val = small_model(byte_tok), TokenShards(shards, "val")
+    eos = np.flatnonzero(val.tokens(0, val.num_tokens) == byte_tok.eos_id) + val.lo  # (global places)
+    n = val.num_sequential_windows(64)
+    targets = (val.evaluation_starts(64)[:, None] + np.arange(1, 65)).ravel()  # each target's place
+    expected = np.bincount(np.searchsorted(eos, targets, side="left"))
+    _, counts = document_losses(model, val, 8, 64, n)
+    assert list(counts) == list(expected[expected > 0]) and counts.sum() == 64 * n
+
+    nll = 0.0
+    with torch.no_grad():
+        for _, windows in val.evaluation_windows(4, 64, max_windows=10):
+            logits = model(windows[:, :-1])
+            nll += F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten(), reduction="sum").item()
+    options = EvalOptions(corpus=str(shards), lm_tokens=640 + 63, lm_context=64)  # ten windows and a bit
+    r = evaluate_model(EvalContext(model, byte_tok, options), "lm")["results"]
+    assert r["tokens"] == 640 and r["loss"] == pytest.approx(nll / 640, rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "suite, options, message",
     [
