@@ -177,3 +177,12 @@ def test_cli_export(run_dir, tmp_path, capsys):
     p = subprocess.run([sys.executable, "-m", "memlab.cli", "export", "--checkpoint", str(tmp_path / "nope"),
                         "--out", str(tmp_path / "y")], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no such checkpoint" in p.stderr
+
+
+def test_the_model_card_prints_each_interval_low_then_high():
+    from memlab.export import _metric_rows
+
+    record = {"accuracy": 0.5, "ci95": [0.4, 0.6], "n": 10}
+    assert _metric_rows({"iid": record}) == [["iid", "0.5", "[0.4, 0.6]", "10"]]
+    lm = {"loss": 2.5, "loss_ci95": [2.25, 2.75], "documents": 7}
+    assert _metric_rows(lm) == [["loss", "2.5", "[2.25, 2.75]", "7"]]

@@ -201,3 +201,19 @@ def test_soft_mi_equals_argmax_mi_for_one_hot_routing():
 def test_cosine_similarity():
     sim = cosine_similarity_matrix(np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]]))
     np.testing.assert_allclose(sim, [[1, 1, 0], [1, 1, 0], [0, 0, 1]], atol=1e-12)
+
+
+def test_miller_madow_adds_half_the_bins_over_n_in_bits():
+    """A one-to-one table of 4 labels x 3 tokens: plug-in MI 2 bits, corrected by
+    ((4 - 1) + (4 - 1) - (4 - 1)) / (2 N ln 2) = 3 / (24 ln 2) bits."""
+    labels = np.repeat(np.arange(4), 3)
+    r = mi_test(labels, np.eye(4)[labels], 4, permutations=0)["argmax"]
+    assert r["bits"] == pytest.approx(2.0) and r["bits_corrected"] == pytest.approx(2 + 3 / (24 * np.log(2)))
+
+
+def test_the_soft_mi_is_corrected_by_its_shuffles():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    routing = rng.dirichlet(np.ones(4), 300) * 0.5 + np.eye(4)[labels] * 0.5
+    r = mi_test(labels, routing, 3, permutations=50)["soft"]
+    assert r["bits_corrected"] == pytest.approx(r["bits"] - r["shuffled_mean_bits"]) and r["shuffled_mean_bits"] > 0

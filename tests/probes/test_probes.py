@@ -123,6 +123,56 @@ def test_dominant_slots_are_only_slots_that_a_depth_uses():
     assert all(d["share"] > 0 for d in report["dominant_slots"]["0"])
 
 
+def test_activity_is_recorded_over_real_tokens_only_whatever_the_batch(tmp_path, corpora):
+    """Windows of unequal length padded into one batch: the padding adds nothing to the mean decay."""
+    from memlab.eval.hub import load_checkpoint
+    from memlab.probes.activity import record_activity
+    from memlab.probes.runner import ProbeContext
+
+    model, tokenizer, _ = load_checkpoint(save_model(tmp_path / "m", variant="cdm"), "cpu")
+    text = ProbeContext(model, tokenizer, options(corpora), 0, tmp_path).text()
+    assert len({len(w) for w in text.windows}) > 1  # some windows are shorter: their batch is padded
+    alone, together = record_activity(model, text, batch_size=1), record_activity(model, text, batch_size=8)
+    for a, b in zip(alone, together):
+        assert a.routing.shape == b.routing.shape == (text.tokens, a.routing.shape[1])
+        np.testing.assert_allclose(a.alpha_mean, b.alpha_mean, rtol=1e-5)
+        np.testing.assert_allclose(a.routing, b.routing, rtol=1e-4, atol=1e-6)
+
+
+def test_dominant_slots_are_ranked_by_lift_not_share():
+    """At depth 0 slot 0 takes 60% of the tokens (50% overall) and slot 1 40% (10% overall): slot 1,
+    four times its usual share, is the one depth 0 favours."""
+    from memlab.probes.routing import depth_report
+
+    depth = np.repeat([0, 1], [100, 300]).astype(np.int16)
+    slots = np.concatenate([[0] * 60 + [1] * 40, [0] * 140 + [2] * 160])
+    report = depth_report(depth, np.eye(3, dtype=np.float32)[slots], ProbeOptions(max_depth=2, permutations=0))
+    top = report["dominant_slots"]["0"]
+    assert [d["slot"] for d in top] == [1, 0]
+    assert [d["share"] for d in top] == pytest.approx([0.4, 0.6]) and [d["lift"] for d in top] == pytest.approx([4, 1.2])
+
+
+def test_usage_entropy_is_that_of_the_mean_routing():
+    """Near-uniform routing whose largest weight is always slot 0: every slot is used (log2 K bits),
+    although slot 0 wins every argmax."""
+    from memlab.probes.routing import slot_usage
+
+    routing = np.full((50, 8), 1 / 8) + np.eye(8)[0] * 1e-3
+    usage = slot_usage(routing / routing.sum(1, keepdims=True))
+    assert usage["max_slot_share"] == 1.0 and usage["usage_entropy_bits"] == pytest.approx(3.0, abs=1e-4)
+
+
+def test_the_best_layer_is_the_one_whose_routing_follows_depth():
+    depth = np.repeat([0, 1, 2, 3, 5], 200).astype(np.int16)
+    text = ProbeText(windows=[np.zeros(len(depth), dtype=np.int64)], indent=[depth], bracket=[depth * 0],
+                     role=[depth * 0], documents=1)  # fmt: skip
+    planted = np.eye(6, dtype=np.float32)[np.minimum(depth, 4) + 1] * 0.9 + 0.1 / 6
+    noise = np.random.default_rng(0).dirichlet(np.ones(6), len(depth)).astype(np.float32)
+    activity = [LayerActivity(i, r, r * 0.1, np.full(6, 0.5)) for i, r in enumerate([noise, planted, noise])]
+    summary = routing_results(activity, text, ProbeOptions(max_depth=4, permutations=20))["summary"]
+    assert summary["indent_argmax_best_layer"] == summary["indent_soft_best_layer"] == 1
+
+
 def test_a_slot_nothing_writes_to_favours_no_role_and_has_no_timescale_to_rank(tmp_path, corpora, monkeypatch):
     from memlab.eval.hub import load_checkpoint
     from memlab.probes.alphas import alphas_probe
@@ -140,6 +190,7 @@ def test_a_slot_nothing_writes_to_favours_no_role_and_has_no_timescale_to_rank(t
     slots = gates_probe(ctx)["layers"][0]["slots"]
     assert slots[0]["favoured_role"] is not None and slots[1]["triggers"]
     assert all(t["mean_gate"] > 0 for slot in slots for t in slot["triggers"])  # no trigger that never writes
+    assert [t["mean_gate"] for t in slots[0]["triggers"]] == pytest.approx([0.5] * len(slots[0]["triggers"]))  # means
     for unused in slots[2:]:
         assert unused["favoured_role"] is unused["favoured_role_mean_gate"] is None and unused["triggers"] == []
     layer = alphas_probe(ctx)["layers"][0]
@@ -234,6 +285,9 @@ def test_trajectory_over_the_checkpoints_of_a_run(tmp_path, corpora):
     assert r["figures"] == ["trajectory_probe_step100.png"]
     assert r["steps"] == [20, 100] and len(r["series"]["max slot share"]["mean"]) == 2
     assert "MI(slot; indent) / H(indent), soft, corrected" in r["series"]
+    for metric, curves in r["series"].items():  # "mean": over the layers at each step
+        layers = np.array([v for k, v in curves.items() if k != "mean"], dtype=float)
+        assert curves["mean"] == pytest.approx(np.nanmean(layers, axis=0).tolist(), nan_ok=True), metric
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no 'Mean of empty slice' for a curve that was not measured
         r = results(run_probe(run, "trajectory", tmp_path / "unpermuted", options=options(corpora, permutations=0)))
