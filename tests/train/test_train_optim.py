@@ -7,7 +7,7 @@ import math
 import pytest
 
 import memlab
-from memlab.train.optim import build_optimizer, lr_at, no_decay_names
+from memlab.train.optim import build_optimizer, lr_at, no_decay_names, set_lr
 
 
 def test_no_weight_decay_on_norms_biases_embeddings_and_marked_parameters():
@@ -54,3 +54,11 @@ def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
     assert lrs[middle - 1] == pytest.approx(peak * (floor + (1 - floor) * 0.5), rel=1e-9)
     assert lr_at(total + 50, peak, warmup, total, floor) == pytest.approx(peak * floor)
     assert math.isclose(lr_at(1, peak, 0, total, floor), peak, rel_tol=1e-3)
+
+
+def test_set_lr_sets_every_parameter_group():
+    """The undecayed group (norms, biases, embeddings) follows the schedule too, not only the decayed one."""
+    model = memlab.build_model("baseline", "tiny", n_layers=1)
+    opt = build_optimizer(model, no_decay_names(model), 1e-3, 0.1, (0.9, 0.95))
+    set_lr(opt, 2.5e-4)
+    assert len(opt.param_groups) == 2 and [g["lr"] for g in opt.param_groups] == [2.5e-4, 2.5e-4]

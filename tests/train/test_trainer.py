@@ -133,9 +133,11 @@ def test_rerunning_a_finished_run_trains_no_further(run):
     assert records(run_dir) == before
 
 
-def test_gradient_accumulation_matches_the_full_batch(tmp_path):
-    full = train(tiny_config(tmp_path / "full", steps=3, batch_size=4))
-    accumulated = train(tiny_config(tmp_path / "accum", steps=3, batch_size=2, grad_accum=2))
+@pytest.mark.parametrize("variant", ["baseline", "cdm"])
+def test_gradient_accumulation_matches_the_full_batch(tmp_path, variant):
+    """cdm has an auxiliary loss: one not divided by grad_accum would count grad_accum times."""
+    full = train(tiny_config(tmp_path / "full", steps=3, batch_size=4, variant=variant))
+    accumulated = train(tiny_config(tmp_path / "accum", steps=3, batch_size=2, grad_accum=2, variant=variant))
     a, b = records(full), records(accumulated)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
     for x, y in zip(a, b):
@@ -245,3 +247,126 @@ def test_a_nan_evaluation_is_not_a_best_model_and_a_rerun_keeps_the_summary(tmp_
     json.loads((run / "best_model" / "best.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
     train(cfg)  # finished: trains nothing
     assert json.loads((run / "summary.json").read_text())["tokens_per_s"] == summary["tokens_per_s"] > 0
+
+
+def test_every_parameter_group_trains_at_the_scheduled_learning_rate(tmp_path):
+    """Warm-up 2 of 3 steps at lr 3e-3, floor 0.1: lr = peak * step / warmup while warming up, then
+    peak * (0.1 + 0.9 * (1 + cos(pi * progress)) / 2), progress 1 at the last step. Step 1 must not train
+    at lr 0, and the undecayed group (norms, biases, embeddings) must not stay at the peak."""
+    cfg = tiny_config(tmp_path / "run", steps=3, save_interval=1, keep_last=0)
+    run_dir = train(cfg)
+    logged = [r["lr"] for r in records(run_dir)]
+    assert logged == pytest.approx([1.5e-3, 3e-3, 3e-4], rel=1e-12)
+    for step, lr in enumerate(logged, 1):
+        groups = read_optimizer_state(run_dir / "checkpoints" / f"step_{step}", torch.device("cpu"))["param_groups"]
+        assert len(groups) == 2 and [g["lr"] for g in groups] == [lr, lr], step
+
+
+def test_a_good_step_resets_the_count_of_bad_steps_in_a_row(tmp_path, monkeypatch):
+    """Three bad steps, none of them consecutive, are not a divergence at max_bad_steps=3."""
+    _poison(monkeypatch, {2, 4, 6})
+    run_dir = train(tiny_config(tmp_path / "run", steps=8, max_bad_steps=3))
+    lines = records(run_dir)
+    assert [r["step"] for r in lines if r["loss"] is None] == [2, 4, 6]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["steps"], summary["skipped_steps"]) == ("completed", 8, 3)
+
+
+def test_the_best_accuracy_of_each_task_is_its_highest_at_the_first_step_it_was_reached(tmp_path, monkeypatch):
+    import memlab.train.trainer as trainer
+
+    scripted = [  # the accuracies of the evaluations at steps 1, 2, 3, 4
+        {"copy": 0.25, "parity": 0.5, "addition": 0.0},
+        {"copy": 0.75, "parity": 0.5, "addition": 0.125},
+        {"copy": 0.5, "parity": 0.25, "addition": 0.375},
+        {"copy": 0.75, "parity": 0.125, "addition": 0.375},
+    ]
+    real, calls = trainer.evaluate, []
+
+    def scripted_acc(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.acc = dict(scripted[len(calls)])
+        calls.append(1)
+        return result
+
+    monkeypatch.setattr(trainer, "evaluate", scripted_acc)
+    run_dir = train(tiny_config(tmp_path / "run", steps=4, eval_interval=1))
+    best = json.loads((run_dir / "summary.json").read_text())["best"]["acc"]
+    assert best == {"copy": {"acc": 0.75, "step": 2}, "parity": {"acc": 0.5, "step": 1},
+                    "addition": {"acc": 0.375, "step": 3}}
+    evaluated = [r for r in records(run_dir) if "acc" in r]
+    assert [r["acc"] for r in evaluated] == scripted
+    for task, b in best.items():
+        top = max(r["acc"][task] for r in evaluated)
+        assert b == {"acc": top, "step": next(r["step"] for r in evaluated if r["acc"][task] == top)}
+
+
+@pytest.mark.parametrize("grad_clip, max_norm", [(1.0, 1.0), (0.0, float("inf"))])
+def test_the_gradient_norm_is_clipped_to_grad_clip(tmp_path, monkeypatch, grad_clip, max_norm):
+    """grad_clip=0 turns clipping off; the logged grad_norm is the norm before clipping."""
+    clip, seen = torch.nn.utils.clip_grad_norm_, []
+
+    def spy(parameters, limit, *args, **kwargs):
+        parameters = list(parameters)
+        before = clip(parameters, limit, *args, **kwargs)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None]))
+        seen.append((limit, float(before), float(after)))
+        return before
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    run_dir = train(tiny_config(tmp_path / "run", steps=2, grad_clip=grad_clip))
+    assert [limit for limit, _, _ in seen] == [max_norm, max_norm]
+    assert [r["grad_norm"] for r in records(run_dir)] == pytest.approx([before for _, before, _ in seen], rel=1e-6)
+    assert all(before > 1.5 for _, before, _ in seen)  # large enough for a limit of 1 to matter
+    for _, before, after in seen:
+        assert after == pytest.approx(min(before, max_norm), rel=1e-5)
+
+
+def test_a_log_line_holds_the_means_over_its_window(tmp_path):
+    """log_interval=3 logs the mean of the three steps' loss, ce and grad norm (not the last step's); with
+    algorithmic batches alone, loss_by_kind["alg"] is that same mean (not the window's sum)."""
+    every = records(train(tiny_config(tmp_path / "every", steps=3, log_interval=1)))
+    window = records(train(tiny_config(tmp_path / "window", steps=3, log_interval=3)))
+    assert [r["step"] for r in every] == [1, 2, 3] and [r["step"] for r in window] == [3]
+    assert len({r["loss"] for r in every}) == 3  # distinct: the last step's loss is not the mean
+    for key in ("loss", "ce", "grad_norm"):
+        assert window[0][key] == pytest.approx(sum(r[key] for r in every) / 3, rel=1e-12), key
+    for r in every + window:
+        assert r["loss_by_kind"] == {"alg": pytest.approx(r["loss"], rel=1e-12)}
+
+
+def test_padding_is_left_out_of_the_auxiliary_losses_and_the_diagnostics(tmp_path, monkeypatch):
+    """The mask of real positions marks each row's real input length (not one pad position more), and the
+    logged diagnostics are computed over it too (not over every position, padding included)."""
+    from memlab.data.curriculum import Curriculum
+
+    batches, masks, diagnosed = [], [], []
+    next_batch, aux_losses, diagnostics = Curriculum.next_batch, LanguageModel.aux_losses, LanguageModel.diagnostics
+
+    def drawn(self):
+        input_ids, labels = next_batch(self)
+        batches.append((input_ids.clone(), self.last_lengths.clone(), self.tokenizer.pad_id))
+        return input_ids, labels
+
+    monkeypatch.setattr(Curriculum, "next_batch", drawn)
+    monkeypatch.setattr(LanguageModel, "aux_losses", lambda self, valid=None: masks.append(valid) or aux_losses(self, valid))
+    monkeypatch.setattr(LanguageModel, "diagnostics",
+                        lambda self, valid=None: diagnosed.append(valid) or diagnostics(self, valid))
+    train(tiny_config(tmp_path / "run", steps=2, variant="cdm"))
+    assert len(batches) == len(masks) == len(diagnosed) == 2
+    for (input_ids, lengths, pad), mask, diagnosed_over in zip(batches, masks, diagnosed):
+        assert (lengths < input_ids.shape[1]).any()  # some rows are padded
+        assert mask.sum(dim=1).tolist() == lengths.tolist()
+        for row, length, row_mask in zip(input_ids, lengths.tolist(), mask):
+            assert row_mask[:length].all() and not row_mask[length:].any()
+            assert row[length - 1] != pad and (row[length:] == pad).all()  # the first pad is the first masked position
+        assert diagnosed_over is not None and torch.equal(diagnosed_over, mask)
+
+
+def test_an_fp16_skipped_step_lowers_the_loss_scale(tmp_path, monkeypatch):
+    """GradScaler halves its scale (65536 at the start) after a step with a non-finite gradient, and the next
+    step trains."""
+    _poison(monkeypatch, {2})
+    run_dir = train(tiny_config(tmp_path / "run", steps=3, precision="fp16"))
+    assert [r["loss"] is None for r in records(run_dir)] == [False, True, False]
+    assert read_trainer_state(run_dir / "checkpoints" / "step_3")["scaler"]["scale"] == 32768.0
