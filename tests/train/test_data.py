@@ -4,12 +4,14 @@ train split shorter than one window refused at start-up."""
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_config
+import torch
+from conftest import records, tiny_config
 
 from memlab.data.shards import HEADER_FILE, data_checksum, read_header
 from memlab.data.text import prepare_shards
 from memlab.errors import MemlabError
-from memlab.train.data import _prepared, build_data
+from memlab.train import train
+from memlab.train.data import _prepared, build_data, curriculum_config
 from memlab.train.distributed import Dist
 
 
@@ -59,8 +61,6 @@ def test_a_train_split_shorter_than_one_window_is_refused_at_start_up(tmp_path):
 
 def test_a_resume_refuses_data_prepared_again_with_other_text(tmp_path):
     """The run's --data-dir rebuilt since would resume it on other documents and another held-out split."""
-    from memlab.train import train
-
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(8):
@@ -73,3 +73,40 @@ def test_a_resume_refuses_data_prepared_again_with_other_text(tmp_path):
     prepare_shards(f"files:{corpus}/*.txt", "byte", data, val_fraction=0.25)
     with pytest.raises(MemlabError, match="no longer holds the data the run recorded"):
         train(tiny_config(run, steps=3, corpus=None, data_dir=str(data), resume=True))
+
+
+def _kinds(run_dir) -> set[str]:
+    return set().union(*(r["loss_by_kind"] for r in records(run_dir)))
+
+
+def test_a_corpus_run_with_a_retrieval_ratio_trains_retrieval(tmp_path, text_corpus):
+    """The ratio had not reached the curriculum: a run asked for half retrieval batches trained none."""
+    data = tmp_path / "data"
+    prepare_shards(text_corpus, "byte", data, val_fraction=0.2)
+    cfg = tiny_config(tmp_path / "run", steps=6, corpus=None, data_dir=str(data), seq_len=64,
+                      retrieval_tasks=["niah"], retrieval_ratio=0.5)  # fmt: skip
+    cfg.alg_tokens = 0  # language phase only: text and niah
+    assert curriculum_config(cfg, 1).retrieval_ratio == 0.5
+    train(cfg)
+    assert _kinds(cfg.run_dir) == {"lm", "retrieval"}
+
+
+def test_tasks_only_with_replay_and_retrieval_filling_the_language_phase_trains(tmp_path):
+    """--corpus none with replay 0.5 + retrieval 0.5 draws no text, but had been refused for want of a
+    corpus (the check left the retrieval ratio out)."""
+    cfg = tiny_config(tmp_path / "run", steps=6, seq_len=64, replay_fraction=0.5, retrieval_tasks=["niah"],
+                      retrieval_ratio=0.5)  # fmt: skip
+    cfg.alg_tokens = 0
+    train(cfg.validate())
+    assert _kinds(cfg.run_dir) == {"alg", "retrieval"}
+
+
+def test_the_curriculum_draws_from_the_run_seed(tmp_path):
+    """Its seed had been fixed at 0: runs with other --seed values trained on the same batches."""
+
+    def first_batch(seed: int) -> torch.Tensor:
+        cfg = tiny_config(tmp_path / "run", steps=2, seed=seed)
+        return build_data(cfg, Dist(), None).curriculum.next_batch()[0]
+
+    assert torch.equal(first_batch(0), first_batch(0)) and torch.equal(first_batch(1), first_batch(1))
+    assert not torch.equal(first_batch(0), first_batch(1))

@@ -8,7 +8,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import cli_args, records, subprocess_env, tiny_config
+from safetensors.torch import load_file
 
 import memlab
 from memlab.train.checkpoint import read_trainer_state
@@ -50,6 +52,25 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, sing
     by_rank = read_trainer_state(cfg.run_dir / "checkpoints" / f"step_{STEPS}")["rng_by_rank"]
     assert len(by_rank) == 2 and by_rank[0]["torch"] != by_rank[1]["torch"]
     assert sorted(p.name for p in cfg.run_dir.iterdir() if p.name.startswith(".")) == []
+
+
+def test_two_processes_accumulating_gradients_match_one_process(tmp_path, single):
+    """2 processes x 2 micro-batches of 1 row: the single process's batch of 4.  Each process had taken
+    overlapping rows (its slice ignored grad_accum), and DDP had synchronised the gradients of the first
+    micro-batch instead of the last (the processes' weights parted)."""
+    cfg = tiny_config(tmp_path / "run", steps=STEPS, batch_size=2, grad_accum=2, eval_interval=2, save_interval=2)
+    cfg.batch_size = 1  # per process and micro-batch: a global batch of 1 x 2 x 2 = 4 rows
+    assert cfg.total_tokens == single.total_tokens
+    _run([*TORCHRUN, "-m", "memlab.cli", "train", *cli_args(cfg)])
+    parallel, alone = records(cfg.run_dir), records(single.run_dir)
+    assert [r["step"] for r in parallel] == [r["step"] for r in alone] == list(range(1, STEPS + 1))
+    for a, b in zip(parallel, alone):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    weights = [load_file(run / "checkpoints" / f"step_{STEPS}" / "model.safetensors")
+               for run in (cfg.run_dir, single.run_dir)]  # fmt: skip
+    assert len(weights[0]) > 10
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-6)  # (names the tensor that differs)
 
 
 ACT_UNDER_FSDP = """

@@ -96,6 +96,10 @@ def _error(argv, capsys) -> str:
         (["--corpus_max_docs", "0"], "--corpus_max_docs must be >= 1, got 0"),
         (["--device", "tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda, cuda:N"),
         (["--corpus", "none", "--seed", "-1"], "--seed must be >= 0, got -1"),  # had been a numpy traceback
+        # a floor above the peak had made the schedule rise, a negative one a negative learning rate (the
+        # same config, valid, fails later on --corpus none: the range check has to come first)
+        (["--corpus", "none", "--min_lr_ratio", "1.5"], "need lr > 0 and 0 <= min_lr_ratio <= 1, got 0.001 and 1.5"),
+        (["--corpus", "none", "--min_lr_ratio", "-0.1"], "need lr > 0 and 0 <= min_lr_ratio <= 1, got 0.001 and -0.1"),
         # non-finite values had trained (every step skipped, or NaN weights) or failed in torch
         (["--lr", "nan"], "--lr must be a finite number, got nan"),
         (["--weight_decay", "inf"], "--weight_decay must be a finite number, got inf"),

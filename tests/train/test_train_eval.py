@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
+from conftest import records, tiny_config
 from torch import nn
 
+import memlab
 from memlab.data.curriculum import Curriculum, CurriculumConfig
+from memlab.data.shards import TokenShards
 from memlab.data.tasks import IGNORE_INDEX
+from memlab.data.text import prepare_shards
 from memlab.data.tokenizer import build_tokenizer
-from memlab.train.evaluate import evaluate
+from memlab.train import train
+from memlab.train.evaluate import EvalResult, evaluate
 
 TASKS = ["copy", "addition", "reverse"]
 
@@ -128,3 +134,50 @@ def test_longest_answer_span():
 
     labelled = torch.tensor([[0, 1, 1, 0, 1, 1, 1], [1, 0, 1, 0, 1, 0, 1], [0, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
     assert longest_answer_span(labelled).tolist() == [3, 1, 0]
+
+
+def test_the_task_loss_is_the_mean_over_the_answer_positions_alone():
+    """Divided by every position of the padded rows (prompts and padding too), the task loss of a
+    perfect model had come out several times too small."""
+    curriculum, oracle, drawn = _setup(6)
+    vocab = build_tokenizer("byte").vocab_size
+    result = evaluate(oracle, curriculum, None, seq_len=64, eval_tokens=0, samples=6, max_new_tokens=1000,
+                      batch_tokens=60)  # fmt: skip
+    # the oracle's logits are one-hot (1 on the answer, 0 elsewhere): each answer token costs log(V - 1 + e) - 1
+    assert vocab == 261 and result.task_loss == pytest.approx(math.log(vocab - 1 + math.e) - 1, rel=1e-6)  # 4.57108
+    assert result.task_loss == pytest.approx(4.57108, abs=1e-5)
+    answers = sum(int((b.labels != IGNORE_INDEX).sum()) for b in drawn.values())
+    assert answers < sum(b.labels.numel() for b in drawn.values()) // 2  # most positions are not answers
+
+
+def test_the_validation_perplexity_is_e_to_the_validation_loss():
+    """It had been 2 ** loss (bits), for a loss in nats."""
+    record = EvalResult(val_loss=2.0, task_loss=3.0).record()
+    assert record["val_ppl"] == pytest.approx(math.exp(2.0)) == pytest.approx(7.389056)
+    assert record["task_loss"] == 3.0 and "acc" not in record
+
+
+def test_the_run_evaluates_the_validation_split_token_weighted_and_at_its_last_step(tmp_path, text_corpus):
+    """The trainer's val_loss is the cross-entropy per predicted token over the val split's evaluation
+    windows, recomputed here from the final weights.  It had been divided by T + 1 tokens per window,
+    had been read from the train split, and a run whose steps were not a multiple of eval_interval had
+    ended unevaluated."""
+    data = tmp_path / "data"
+    prepare_shards(text_corpus, "byte", data, val_fraction=0.2)
+    cfg = tiny_config(tmp_path / "run", steps=5, corpus=None, data_dir=str(data), eval_interval=3, eval_samples=2)
+    cfg.alg_tokens = 0  # language only
+    train(cfg)
+    evaluated = [r for r in records(cfg.run_dir) if "val_loss" in r]
+    assert [r["step"] for r in evaluated] == [3, 5]  # every 3 steps, and the last
+    for r in evaluated:
+        assert r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]), rel=1e-9)
+
+    model = memlab.load(cfg.run_dir / "checkpoints" / "step_5").eval()
+    val, total, count = TokenShards(data, "val"), 0.0, 0
+    with torch.no_grad():
+        for _, windows in val.evaluation_windows(3, cfg.seq_len, max_windows=cfg.eval_tokens // cfg.seq_len):
+            logits = model(windows[:, :-1])  # (b, T, V)
+            total += float(nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten(), reduction="sum"))
+            count += windows[:, 1:].numel()
+    assert count > 20 * cfg.seq_len  # the whole split: dozens of windows
+    assert evaluated[-1]["val_loss"] == pytest.approx(total / count, rel=1e-5)
