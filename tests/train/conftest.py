@@ -55,6 +55,23 @@ def curve(run_dir: Path) -> list[tuple]:
     ]
 
 
+def poison_forward(monkeypatch, bad_calls: set[int]) -> None:
+    """Make the listed training forward calls (1-based, counted over every run of the test) return a NaN loss."""
+    from memlab.models.lm import LanguageModel
+
+    forward, calls = LanguageModel.forward, {"n": 0}
+
+    def poisoned(self, input_ids, state=None, labels=None):
+        out = forward(self, input_ids, state, labels)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in bad_calls:
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(LanguageModel, "forward", poisoned)
+
+
 def subprocess_env() -> dict[str, str]:
     """One thread per process, so that runs are fast on a shared CPU and numerically reproducible."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

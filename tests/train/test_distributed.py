@@ -34,18 +34,23 @@ def _run(command: list[str]) -> None:
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
 
 
+def assert_same_curves(parallel_run, single_run) -> None:
+    """The same steps, losses, gradient norms and accuracies as the single process."""
+    parallel, alone = records(parallel_run), records(single_run)
+    assert [r["step"] for r in parallel] == [r["step"] for r in alone] == list(range(1, STEPS + 1))
+    for a, b in zip(parallel, alone):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a.get("acc") == b.get("acc")
+
+
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
 def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, single, sharding):
     cfg = tiny_config(tmp_path / "run", steps=STEPS, batch_size=4, eval_interval=2, save_interval=2,
                       fsdp=sharding == "fsdp")
     cfg.batch_size = 2  # per process: the same global batch and token budget as the single process
     _run([*TORCHRUN, "-m", "memlab.cli", "train", *cli_args(cfg)])
-    parallel, alone = records(cfg.run_dir), records(single.run_dir)
-    assert [r["step"] for r in parallel] == [r["step"] for r in alone] == list(range(1, STEPS + 1))
-    for a, b in zip(parallel, alone):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
-        assert a.get("acc") == b.get("acc")
+    assert_same_curves(cfg.run_dir, single.run_dir)
     # rank 0 alone wrote the run: one log line per step, whole checkpoints
     assert (cfg.run_dir / "checkpoints" / f"step_{STEPS}" / "model.safetensors").is_file()
     # each process draws its own random stream (a local drop per row), and a resume gets each back
@@ -62,11 +67,7 @@ def test_two_processes_accumulating_gradients_match_one_process(tmp_path, single
     cfg.batch_size = 1  # per process and micro-batch: a global batch of 1 x 2 x 2 = 4 rows
     assert cfg.total_tokens == single.total_tokens
     _run([*TORCHRUN, "-m", "memlab.cli", "train", *cli_args(cfg)])
-    parallel, alone = records(cfg.run_dir), records(single.run_dir)
-    assert [r["step"] for r in parallel] == [r["step"] for r in alone] == list(range(1, STEPS + 1))
-    for a, b in zip(parallel, alone):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert_same_curves(cfg.run_dir, single.run_dir)
     weights = [load_file(run / "checkpoints" / f"step_{STEPS}" / "model.safetensors")
                for run in (cfg.run_dir, single.run_dir)]  # fmt: skip
     assert len(weights[0]) > 10

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY_MODEL, cli_args, curve, records, subprocess_env, tiny_config
+from conftest import TINY_MODEL, cli_args, curve, poison_forward, records, subprocess_env, tiny_config
 
 from memlab.errors import MemlabError
 from memlab.paths import resolve_model_dir, write_manifest
@@ -155,26 +155,9 @@ def test_a_best_loss_an_older_memlab_measured_on_the_split_prefix_is_not_compare
 
 
 
-def _poison(monkeypatch, bad_calls: set[int]) -> None:
-    """Make the listed training forward calls (1-based, counted over every run of the test) return a NaN loss."""
-    from memlab.models.lm import LanguageModel
-
-    forward, calls = LanguageModel.forward, {"n": 0}
-
-    def poisoned(self, input_ids, state=None, labels=None):
-        out = forward(self, input_ids, state, labels)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] in bad_calls:
-                return out * float("nan")
-        return out
-
-    monkeypatch.setattr(LanguageModel, "forward", poisoned)
-
-
 def test_a_resume_keeps_the_count_of_skipped_steps(tmp_path, monkeypatch):
     """The checkpoint's skipped steps are part of the resumed run's total (not restarted at 0)."""
-    _poison(monkeypatch, {2})
+    poison_forward(monkeypatch, {2})
     run = tmp_path / "run"
     train(tiny_config(run, steps=2))  # step 2 skipped, then checkpointed
     assert json.loads((run / "summary.json").read_text())["skipped_steps"] == 1
@@ -188,7 +171,7 @@ def test_a_resume_keeps_the_count_of_bad_steps_in_a_row(tmp_path, monkeypatch):
     """A bad step just before the checkpoint and the first bad step after the resume are two in a row."""
     from memlab.train import TrainingDiverged
 
-    _poison(monkeypatch, {2, 3})
+    poison_forward(monkeypatch, {2, 3})
     run = tmp_path / "run"
     train(tiny_config(run, steps=2, max_bad_steps=2))  # step 2 skipped, then checkpointed
     with pytest.raises(TrainingDiverged, match=r"2 consecutive steps .*\(step 3\)"):

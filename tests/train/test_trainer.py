@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import records, tiny_config
+from conftest import poison_forward, records, tiny_config
 
 import memlab
 from memlab.data.shards import data_checksum, read_header
@@ -157,23 +157,8 @@ def test_auxiliary_losses_are_logged_separately_and_added(tmp_path, monkeypatch)
         assert r["loss"] == pytest.approx(r["ce"] + sum(r["aux"].values()), rel=1e-9)
 
 
-def _poison(monkeypatch, bad_calls: set[int]):
-    """Make the listed training forward calls (1-based) return a NaN loss."""
-    forward, calls = LanguageModel.forward, {"n": 0}
-
-    def poisoned(self, input_ids, state=None, labels=None):
-        out = forward(self, input_ids, state, labels)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] in bad_calls:
-                return out * float("nan")
-        return out
-
-    monkeypatch.setattr(LanguageModel, "forward", poisoned)
-
-
 def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
-    _poison(monkeypatch, {2, 3})
+    poison_forward(monkeypatch, {2, 3})
     run_dir = train(tiny_config(tmp_path / "run", steps=5))
     lines = records(run_dir)
     assert [r["loss"] for r in lines][1:3] == [None, None]  # a skipped step trains nothing
@@ -184,7 +169,7 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
 
 def test_a_run_shorter_than_max_bad_steps_whose_every_step_is_bad_diverged(tmp_path, monkeypatch):
     """It had been reported completed."""
-    _poison(monkeypatch, set(range(100)))
+    poison_forward(monkeypatch, set(range(100)))
     cfg = tiny_config(tmp_path / "run", steps=3)
     with pytest.raises(TrainingDiverged, match="3 consecutive steps"):
         train(cfg)
@@ -192,7 +177,7 @@ def test_a_run_shorter_than_max_bad_steps_whose_every_step_is_bad_diverged(tmp_p
 
 
 def test_too_many_bad_steps_in_a_row_stop_with_the_checkpoint_intact(tmp_path, monkeypatch):
-    _poison(monkeypatch, set(range(4, 100)))
+    poison_forward(monkeypatch, set(range(4, 100)))
     cfg = tiny_config(tmp_path / "run", steps=20, save_interval=3, max_bad_steps=3)
     with pytest.raises(TrainingDiverged, match="3 consecutive steps.*step 6.*is intact"):
         train(cfg)
@@ -264,7 +249,7 @@ def test_every_parameter_group_trains_at_the_scheduled_learning_rate(tmp_path):
 
 def test_a_good_step_resets_the_count_of_bad_steps_in_a_row(tmp_path, monkeypatch):
     """Three bad steps, none of them consecutive, are not a divergence at max_bad_steps=3."""
-    _poison(monkeypatch, {2, 4, 6})
+    poison_forward(monkeypatch, {2, 4, 6})
     run_dir = train(tiny_config(tmp_path / "run", steps=8, max_bad_steps=3))
     lines = records(run_dir)
     assert [r["step"] for r in lines if r["loss"] is None] == [2, 4, 6]
@@ -366,7 +351,7 @@ def test_padding_is_left_out_of_the_auxiliary_losses_and_the_diagnostics(tmp_pat
 def test_an_fp16_skipped_step_lowers_the_loss_scale(tmp_path, monkeypatch):
     """GradScaler halves its scale (65536 at the start) after a step with a non-finite gradient, and the next
     step trains."""
-    _poison(monkeypatch, {2})
+    poison_forward(monkeypatch, {2})
     run_dir = train(tiny_config(tmp_path / "run", steps=3, precision="fp16"))
     assert [r["loss"] is None for r in records(run_dir)] == [False, True, False]
     assert read_trainer_state(run_dir / "checkpoints" / "step_3")["scaler"]["scale"] == 32768.0
