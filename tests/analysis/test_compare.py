@@ -11,7 +11,8 @@ import pytest
 
 import memlab
 from memlab.analysis.compare import Criteria, Metric, Row, compare, difference_interval, verdict
-from memlab.analysis.report import ablation_markdown
+from memlab.analysis.report import _pct, ablation_markdown, write_report
+from memlab.analysis.study import Preset
 from memlab.errors import MemlabError
 from memlab.eval import schema
 from memlab.eval.stats import accuracy_record, outcomes_string, tango_paired_interval, wilson_interval
@@ -466,3 +467,25 @@ def test_seeds_that_agree_keep_the_uncertainty_of_their_examples(tmp_path):
     assert row.needle.value == 0.0 and row.needle.ci95 == pytest.approx(list(wilson_interval(0, 2000)))
     # a Delta on which they agree keeps their own paired interval (it had been [0.3, 0.3])
     assert row.delta.value == pytest.approx(0.3) and row.delta.ci95 == pytest.approx([0.25, 0.35])
+
+
+def test_an_accuracy_cell_is_the_percentage_then_its_interval_low_to_high():
+    assert _pct({"accuracy": 0.5, "ci95": [0.3, 0.7]}) == "50% [30, 70]"
+    assert _pct({"accuracy": 0.125, "ci95": [0.05, 0.25]}) == "12% [5, 25]"
+    assert _pct({"accuracy": None, "n": 0, "ci95": None}) == "-" and _pct(None) == "-"
+
+
+def test_the_study_report_shows_what_the_files_hold(tmp_path, base):
+    """The ablation row reads normal then zeroed from results_all.json, the runs table the plan's seconds,
+    and the setup the plan's note."""
+    runs = tmp_path / "runs"
+    compared = compare([base, make_run(runs, "gdn-s0")], tmp_path / "compare", plots=False)
+    ablation = json.loads((runs / "gdn-s0" / "eval" / "results_all.json").read_text())["results"]["ablation"]
+    assert (ablation["normal"]["accuracy"], ablation["zeroed"]["accuracy"]) == (0.5, 0.2)
+    plan = {"preset": "toy", "variants": ["baseline", "gdn"], "seeds": [0], "baseline": "base", "session_s": 40.0,
+            "runs": {"gdn-s0": {"train_s": 12.4, "eval_s": 345.6}}, "note": "evaluation contexts capped at 512 tokens"}
+    preset = Preset("toy budget", "tiny", train={"seq_len": 64}, eval={"samples": 1})
+    report = write_report(tmp_path / "report.md", plan, preset, compared, tmp_path).read_text()
+    assert "| gdn-s0 | [0] | 50% [47, 53] | 20% [18, 23] | +30.0 [+25.0, +35.0] |" in report
+    assert "| gdn-s0 | 12 | 346 | `runs/gdn-s0` |" in report and "| base | - | - | `runs/base` |" in report
+    assert "- evaluation (the same examples for every model): samples=1; evaluation contexts capped at 512 tokens\n" in report

@@ -98,6 +98,16 @@ def test_study_trains_evaluates_reports_and_resumes(toy_preset, tmp_path, monkey
     runs_table = report[report.index("## Runs"):]
     assert "| baseline-s1 | " in runs_table and "gdn-s0" not in runs_table  # only the runs this study compares
 
+    # other evaluation options (the training budget unchanged): every run is evaluated again, none retrained
+    preset = study.PRESETS[toy_preset]
+    monkeypatch.setitem(study.PRESETS, toy_preset, Preset(preset.description, preset.size, preset.train,
+                                                          {**preset.eval, "samples": 2}))
+    result = run_study(StudyConfig(preset=toy_preset, out_dir=str(out), variants=["baseline"], seeds=2,
+                                   progress=False))
+    assert len(trained) == 2 and len(evaluated) == 5
+    for run in result.runs:
+        assert json.loads((run / "eval" / "results_all.json").read_text())["metadata"]["options"]["samples"] == 2
+
 
 @pytest.mark.parametrize(
     "changes, message",
@@ -172,3 +182,12 @@ def test_evaluation_contexts_are_capped_by_the_shortest_model():
     assert note == "evaluation contexts capped at 512 tokens, the max_seq_len of `cdm_v3`"
     options, note = study.eval_options(preset, ["baseline"])
     assert options.context_lengths == [256, 1024] and note is None
+
+
+def test_a_language_model_context_beyond_the_shortest_model_is_capped_alone():
+    preset = Preset("p", "tiny", train={}, eval=dict(context_lengths=[256], ablation_context=256, lm_context=600))
+    options, note = study.eval_options(preset, ["baseline", "cdm_v3"])  # cdm_v3 is built for 512 tokens
+    assert options.lm_context == 512 and options.context_lengths == [256] and options.ablation_context == 256
+    assert note == "evaluation contexts capped at 512 tokens, the max_seq_len of `cdm_v3`"
+    options, note = study.eval_options(preset, ["baseline"])
+    assert options.lm_context == 600 and note is None

@@ -76,6 +76,46 @@ def test_files_source_reads_parquet(tmp_path):
         list(open_source(f"files:{tmp_path}/lists.parquet").documents())
 
 
+def test_text_is_the_first_field_tried_then_content(tmp_path):
+    """TEXT_FIELDS is tried in its documented order: a row with both text and content gives its text."""
+    (tmp_path / "both.jsonl").write_text('{"content": "c1", "text": "t1"}\n{"content": "c2", "text": "t2"}\n')
+    assert list(open_source(f"files:{tmp_path}/both.jsonl").documents()) == ["t1", "t2"]
+    (tmp_path / "content.jsonl").write_text('{"content": "c1", "story": "s1"}\n')
+    assert list(open_source(f"files:{tmp_path}/content.jsonl").documents()) == ["c1"]
+
+
+def test_files_parquet_reads_the_chosen_text_field(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"title": ["Title A", "Title B"], "text": ["body a", "body b"]}), tmp_path / "d.parquet")
+    assert list(open_source(f"files:{tmp_path}/d.parquet").documents()) == ["body a", "body b"]
+    assert list(open_source(f"files:{tmp_path}/d.parquet", text_field="title").documents()) == ["Title A", "Title B"]
+
+
+def test_shards_of_another_text_field_are_not_reused(tmp_path, byte_tok):
+    """The same file read through another field is another corpus: its shards are rebuilt, not reused."""
+    (tmp_path / "rows.jsonl").write_text('{"a": "first alpha", "b": "first beta"}\n{"a": "second alpha", "b": "2b"}\n')
+    spec, out = f"files:{tmp_path}/rows.jsonl", tmp_path / "out"
+    prepare_shards(open_source(spec, text_field="a"), byte_tok, out, val_fraction=0)
+    assert split_documents(stream(out, "train"), byte_tok) == ["first alpha", "second alpha"]
+    again = prepare_shards(open_source(spec, text_field="b"), byte_tok, out, val_fraction=0)
+    assert not again.reused
+    assert split_documents(stream(out, "train"), byte_tok) == ["first beta", "2b"]
+    assert prepare_shards(open_source(spec, text_field="b"), byte_tok, out, val_fraction=0).reused
+
+
+def test_stdlib_docs_leave_out_the_test_suite(tmp_path, monkeypatch):
+    """stdlib-code holds the test suite, stdlib-docs only the docstrings of the other modules."""
+    (tmp_path / "test").mkdir()
+    (tmp_path / "a.py").write_text('"""Docs of module a."""\n')
+    (tmp_path / "test" / "test_a.py").write_text('"""Docs of the tests of a."""\n')
+    monkeypatch.setattr(sources, "stdlib_root", lambda: tmp_path)
+    monkeypatch.setattr(sources, "pydoc_topics", lambda: [])
+    assert list(open_source("stdlib-docs").documents()) == ["Docs of module a."]
+    assert list(open_source("stdlib-code").documents()) == ['"""Docs of module a."""\n', '"""Docs of the tests of a."""\n']
+
+
 def test_stdlib_sources_are_real_code_and_prose():
     code = open_source("stdlib-code")
     first = next(iter(code.documents()))
@@ -538,6 +578,13 @@ def test_hf_local_files_by_format_compressed_or_saved(tmp_path):
     assert list(open_source(f"hf:{tmp_path / 'saved_dict'}:test").documents()) == ["t"]
     with pytest.raises(MemlabError, match="has no split 'validation'; valid choices: train, test"):
         list(open_source(f"hf:{tmp_path / 'saved_dict'}:validation").documents())
+
+
+def test_hf_reads_the_chosen_text_field(tmp_path):
+    pytest.importorskip("datasets")
+    (tmp_path / "rows.jsonl").write_text('{"title": "Title A", "text": "body a"}\n{"title": "Title B", "text": "body b"}\n')
+    assert list(open_source(f"hf:{tmp_path / 'rows.jsonl'}").documents()) == ["body a", "body b"]
+    assert list(open_source(f"hf:{tmp_path / 'rows.jsonl'}", text_field="title").documents()) == ["Title A", "Title B"]
 
 
 def test_hf_stream_errors_and_unknown_columns_are_clear(tmp_path, monkeypatch):
