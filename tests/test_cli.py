@@ -12,8 +12,10 @@ import pytest
 from memlab.cli import main
 
 
-def run_cli(*args: str) -> tuple[int, str, str]:
-    p = subprocess.run([sys.executable, "-m", "memlab.cli", *args], capture_output=True, text=True, timeout=120)
+def run_cli(*args: str, cwd: str | os.PathLike | None = None) -> tuple[int, str, str]:
+    """``memlab *args`` in a subprocess, in ``cwd`` (a relative --out had gone into the checkout)."""
+    p = subprocess.run([sys.executable, "-m", "memlab.cli", *args], capture_output=True, text=True, timeout=120,
+                       cwd=cwd)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -72,8 +74,8 @@ def test_info_all_is_a_markdown_table(capsys):
         (["train", "--variant", "gdn", "--bogus"], "Unrecognized options: --bogus"),
     ],
 )
-def test_user_errors_are_one_line_and_exit_2(args, fragment):
-    code, out, err = run_cli(*args)
+def test_user_errors_are_one_line_and_exit_2(args, fragment, tmp_path):
+    code, out, err = run_cli(*args, cwd=tmp_path)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("memlab: error:") and fragment in err
 
@@ -155,6 +157,50 @@ def test_generate_samples_with_a_tiny_temperature_and_a_nucleus(capsys):
     assert generate("--temperature", "1e-39") == greedy  # the limit of sampling is greedy decoding
     assert generate("--temperature", "1e-46") == greedy  # below float32's smallest number too
     assert generate("--temperature", "1", "--top-p", "1e-9") == greedy  # a nucleus of one token
+
+
+def test_generate_with_top_k_1_is_greedy(capsys):
+    def generate(*flags: str) -> str:
+        main(["generate", "--init", "--prompt", "hello", "--max-new-tokens", "6", *flags])
+        return capsys.readouterr().out
+
+    greedy = generate()
+    assert generate("--temperature", "1", "--top-k", "1") == greedy
+    assert generate("--temperature", "1") != greedy  # (so that --top-k 1 is what makes it greedy)
+
+
+def test_data_prepare_passes_max_docs_and_the_split_seed(tmp_path, capsys):
+    import json
+
+    headers = []
+    for seed in (1, 2):
+        out = tmp_path / f"seed{seed}"
+        main(["data", "prepare", "--source", "stdlib-docs", "--out", str(out), "--tokenizer", "byte",
+              "--max-docs", "3", "--val-fraction", "0.5", "--split-seed", str(seed)])
+        headers.append(json.loads((out / "shards.json").read_text()))
+    for seed, header in zip((1, 2), headers):
+        assert sum(split["documents"] for split in header["splits"].values()) == 3
+        assert (header["request"]["max_docs"], header["request"]["split_seed"]) == (3, seed)
+    assert headers[0]["splits"]["val"]["shards"] != headers[1]["splits"]["val"]["shards"]  # other documents
+
+
+def test_compare_passes_its_criteria_and_aggregate_seeds(monkeypatch, capsys, tmp_path):
+    from types import SimpleNamespace
+
+    from memlab.analysis import compare as compare_module
+
+    calls = []
+
+    def spy(runs, out_dir, baseline, aggregate_seeds, criteria):
+        calls.append((runs, out_dir, baseline, aggregate_seeds, criteria))
+        return SimpleNamespace(terminal="table", files=[])
+
+    monkeypatch.setattr(compare_module, "compare", spy)
+    main(["compare", "a", "b", "--out-dir", str(tmp_path), "--baseline", "a", "--aggregate-seeds",
+          "--min-alg-gain", "0.1", "--max-time-ratio", "3", "--max-ppl-ratio", "1.2"])
+    assert calls == [(["a", "b"], str(tmp_path), "a", True, compare_module.Criteria(0.1, 3.0, 1.2))]
+    main(["compare", "a"])
+    assert calls[1][3] is False and calls[1][4] == compare_module.Criteria(0.05, 2.0, 1.5)
 
 
 def test_a_tokenizer_other_than_the_trained_one_is_refused_though_it_fits(tmp_path, capsys):

@@ -355,6 +355,41 @@ def test_sampling_keeps_the_nucleus_and_the_top_k():
     assert (sample_next(logits, 1.0, None, 0.0, g) == 0).all()  # the top token stays (it had masked every one)
 
 
+def test_sampling_divides_the_logits_by_the_temperature_once():
+    from memlab.models.lm import sample_next
+
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(sample_next(p.log()[None].expand(4000, -1), 2.0, None, None, g), minlength=4)
+    expected = torch.softmax(p.log().double() / 2, -1)  # [0.379, 0.294, 0.207, 0.120]
+    assert (counts / 4000 - expected).abs().max() < 0.03  # divided twice: token 0 had 0.314
+
+
+def test_the_nucleus_stops_at_the_token_that_reaches_top_p():
+    """Four equal tokens and top_p = 0.5: the first two already hold 0.5, so the nucleus is two tokens."""
+    from memlab.models.lm import sample_next
+
+    g = torch.Generator().manual_seed(0)
+    drawn = sample_next(torch.zeros(4000, 4), 1.0, None, 0.5, g)
+    counts = torch.bincount(drawn, minlength=4)
+    assert (counts > 0).sum() == 2 and abs(counts.max() / 4000 - 0.5) < 0.03
+
+
+def test_generate_stops_at_eos_and_pads_the_rows_that_emitted_it():
+    torch.manual_seed(0)
+    model = memlab.build_model("baseline", "tiny", init_std=0.2).eval()  # (at 0.02 a row repeats one token)
+    prompt = tokens(model, 2, 9)
+    free = model.generate(prompt, max_new_tokens=6)
+    first = int(free[0, 9])
+    assert model.generate(prompt[:1], max_new_tokens=6, eos_id=first).tolist() == [free[0, :10].tolist()]
+    eos = int(free[0, 10])  # row 0's second new token; row 1 never emits it
+    assert eos not in free[1, 9:].tolist() and free[0, 11:].ne(eos).any()
+    out = model.generate(prompt, max_new_tokens=6, eos_id=eos)
+    assert out.shape == (2, 15)
+    assert out[0].tolist() == free[0, :11].tolist() + [eos] * 4  # padded with eos from there on
+    assert out[1].tolist() == free[1].tolist()  # the other row goes on
+
+
 def test_generate_fills_learned_positions_to_the_last_one():
     """The last new token is not run through the model: a prompt of T and N new tokens need T + N - 1 positions."""
     model = build("nano_baseline")

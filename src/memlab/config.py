@@ -320,7 +320,8 @@ def list_variants() -> list[str]:
 
 
 def build_config(variant: str = "baseline", size: str = "tiny", **overrides: Any) -> ModelConfig:
-    """The config of ``variant`` at ``size``, with ``overrides`` (dotted names for sub-configs)."""
+    """The config of ``variant`` at ``size``, with ``overrides``: sub-config fields by dotted names
+    (``**{"gdn.chunk_size": 8}``) or, as keyword arguments, with ``__`` for the dot (``gdn__chunk_size=8``)."""
     _load_variant_modules()
     choose("variant", variant, VARIANTS)
     cfg = ModelConfig(**size_fields(size), variant=variant, size=size)
@@ -331,7 +332,8 @@ def build_config(variant: str = "baseline", size: str = "tiny", **overrides: Any
 
 
 def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> None:
-    """Set ``overrides`` on a (nested) dataclass; keys may be dotted (``gdn.chunk_size``)."""
+    """Set ``overrides`` on a (nested) dataclass; keys may be dotted (``gdn.chunk_size``) or spell the dot
+    ``__`` (``gdn__chunk_size``)."""
     for key, value in overrides.items():
         target, *rest = key.replace("__", ".").split(".", 1)
         names = [f.name for f in dataclasses.fields(cfg)]
