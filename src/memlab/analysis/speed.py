@@ -107,18 +107,25 @@ def decode_length(contexts: list[int], new_tokens: int) -> int:
     return max(contexts) + new_tokens
 
 
+def timed_decoding(
+    models: dict[str, Any], contexts: list[int], new_tokens: int, batch: int = 1, rounds: int = 3,
+    progress: str | None = None,
+) -> dict[tuple[str, int], tuple[float, int]]:
+    """``{(model name, context): (decode tokens/s, state bytes)}``, every model and context timed in
+    turn each round (median of ``rounds``)."""
+    decoders = {(name, c): decoder(m, c, new_tokens, batch) for name, m in models.items() for c in contexts}
+    seconds = interleaved_seconds({k: d.run for k, d in decoders.items()}, rounds,
+                                  setups={k: d.restore for k, d in decoders.items()}, progress=progress)
+    return {k: (batch * new_tokens / seconds[k], d.state_bytes) for k, d in decoders.items()}
+
+
 def decode_by_context(model, contexts: list[int], new_tokens: int, batch: int = 1, rounds: int = 3) -> dict:
-    """Decode tokens/s after each context, the contexts timed in turn each round (median of ``rounds``),
-    with the state bytes and the slowest/fastest ratio (1 = flat)."""
-    decoders = {c: decoder(model, c, new_tokens, batch) for c in contexts}
-    seconds = interleaved_seconds({c: d.run for c, d in decoders.items()}, rounds,
-                                  setups={c: d.restore for c, d in decoders.items()})  # fmt: skip
-    rows = [
-        {"context": c, "decode_tokens_per_s": batch * new_tokens / seconds[c], "state_bytes": decoders[c].state_bytes}
-        for c in contexts
-    ]
-    speeds = [r["decode_tokens_per_s"] for r in rows]
-    return {"results": rows, "slowest_over_fastest": min(speeds) / max(speeds)}
+    """Decode tokens/s after each context (:func:`timed_decoding`), with the state bytes and the
+    slowest/fastest ratio (1 = flat)."""
+    speeds = timed_decoding({"": model}, contexts, new_tokens, batch, rounds)
+    rows = [{"context": c, "decode_tokens_per_s": speeds["", c][0], "state_bytes": speeds["", c][1]} for c in contexts]
+    rates = [r["decode_tokens_per_s"] for r in rows]
+    return {"results": rows, "slowest_over_fastest": min(rates) / max(rates)}
 
 
 # ------------------------------------------------------------------ memlab bench
@@ -180,14 +187,12 @@ def _time_training(cfg: BenchConfig, models: dict, rows: dict[str, dict]) -> Non
 
 
 def _time_decoding(cfg: BenchConfig, models: dict, rows: dict[str, dict]) -> None:
-    decoders = {(v, c): decoder(m.eval(), c, cfg.new_tokens, cfg.decode_batch)
-                for v, m in models.items() for c in cfg.contexts}
-    seconds = interleaved_seconds({k: d.run for k, d in decoders.items()}, cfg.rounds,
-                                  setups={k: d.restore for k, d in decoders.items()}, progress="decoding")
+    speeds = timed_decoding({v: m.eval() for v, m in models.items()}, cfg.contexts, cfg.new_tokens,
+                            cfg.decode_batch, cfg.rounds, progress="decoding")
     for v in cfg.variants:
         rows[v]["decode"] = [
-            {"context": c, "tokens_per_s": cfg.decode_batch * cfg.new_tokens / seconds[v, c],
-             "ratio": seconds[cfg.variants[0], c] / seconds[v, c], "state_bytes": decoders[v, c].state_bytes}
+            {"context": c, "tokens_per_s": speeds[v, c][0], "ratio": speeds[v, c][0] / speeds[cfg.variants[0], c][0],
+             "state_bytes": speeds[v, c][1]}
             for c in cfg.contexts
         ]
 

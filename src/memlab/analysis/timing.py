@@ -17,22 +17,18 @@ from tqdm.auto import tqdm
 from memlab.train.allocator import keep_freed_memory
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1, setup: Callable[[], object] | None = None) -> float:
     """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CUDA work included);
     ``setup()``, untimed, before every run."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None  # (asked once, not while timed)
     times = []
     for run in range(warmup + repeats):
         if setup is not None:
             setup()
-        _sync()
+        sync()
         start = time.perf_counter()
         fn()
-        _sync()
+        sync()
         if run >= warmup:
             times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
