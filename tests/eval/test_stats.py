@@ -165,15 +165,26 @@ def test_the_paired_bootstrap_is_a_95_percent_interval():
 
 
 def test_the_document_bootstrap_resamples_a_ratio_of_sums_not_a_mean_of_ratios():
-    """Ten documents of 1000 tokens at loss 1 and ten of one token at loss 10: the token-weighted
-    loss is ~1.01 and every resample stays near it (a mean of per-document losses would be ~5.5)."""
+    """Ten documents of 1000 tokens at loss 1 and ten of one token at loss 10: a resample that draws k
+    long documents has the loss (1000 k + 10 (20 - k)) / (1000 k + 20 - k), so the interval runs
+    between k = 14 and k = 6, the binomial's 97.5% and 2.5% points (a mean of per-document losses
+    would centre near 5.5)."""
     sums, counts = np.array([1000.0] * 10 + [10.0] * 10), np.array([1000] * 10 + [1] * 10)
-    low, high = document_bootstrap(sums, counts)
-    assert 1.0 <= low < sums.sum() / counts.sum() < high < 1.1
+
+    def loss(k: int) -> float:
+        return (1000 * k + 10 * (20 - k)) / (1000 * k + 20 - k)
+
+    assert document_bootstrap(sums, counts) == pytest.approx([loss(14), loss(6)], abs=5e-4)  # [1.0039, 1.0210]
 
 
 def test_five_documents_are_enough_for_an_interval():
+    """Five documents of losses 1..5: the mean of five draws has the 2.5% and 97.5% points 1.8 and 4.2
+    (its exact distribution, by convolution)."""
     sums, counts = np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.ones(5)
-    low, high = document_bootstrap(sums, counts)
-    assert 1.0 <= low < 3.0 < high <= 5.0
+    pmf = np.ones(1)
+    for _ in range(5):
+        pmf = np.convolve(pmf, np.full(5, 0.2))  # the sum of the draws, from 5 up
+    cdf = np.cumsum(pmf)
+    exact = [(5 + np.searchsorted(cdf, q)) / 5 for q in (0.025, 0.975)]
+    assert exact == [1.8, 4.2] and document_bootstrap(sums, counts) == pytest.approx(exact, abs=0.1)
     assert document_bootstrap(sums[:4], counts[:4]) == [None, None]
