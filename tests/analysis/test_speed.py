@@ -33,7 +33,7 @@ def test_rounds_alternate_their_order_and_set_up_every_run():
     runs = [c for c in calls if not c.startswith("setup")]
     assert runs == ["a", "b", "b", "a", "a", "b", "b", "a"]  # a warm-up round, then 3 timed ones
     assert all(calls[i] == f"setup {calls[i + 1]}" for i in range(0, len(calls), 2))
-    assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
+    assert set(seconds) == {"a", "b"}  # a median per contender
 
 
 @pytest.fixture(scope="module")
