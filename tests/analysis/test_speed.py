@@ -7,9 +7,9 @@ import json
 import pytest
 
 import memlab
-from memlab.analysis.speed import decoder, run_bench
+from memlab.analysis.speed import MemoryJob, decoder, peak_memory, run_bench
 from memlab.analysis.speed_options import BenchConfig
-from memlab.analysis.timing import interleaved_seconds
+from memlab.analysis.timing import in_fresh_process, interleaved_seconds
 from memlab.cli import main
 
 
@@ -40,7 +40,7 @@ def test_rounds_alternate_their_order_and_set_up_every_run():
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     cfg = BenchConfig(variants=["baseline", "gdn"], model_size="d32l1", seq_len=16, batch_size=2,
-                      contexts=[8, 24], new_tokens=2, rounds=1, out_dir=str(out))
+                      contexts=[8, 24], new_tokens=2, rounds=1, peak_memory=False, out_dir=str(out))
     return run_bench(cfg), out
 
 
@@ -55,7 +55,7 @@ def test_bench_times_every_variant_against_the_first(report):
     kv, delta = [d["state_bytes"] for d in base["decode"]], [d["state_bytes"] for d in gdn["decode"]]
     assert kv[1] > kv[0] and delta[0] == delta[1]  # a KV cache grows with the context; a delta state does not
     assert gdn["layer_pattern"] == "G" and gdn["params"] == memlab.build_model("gdn", "d32l1").num_params()
-    assert result["metadata"]["memlab_version"] == memlab.__version__ and result["peak_rss_mib"] > 0
+    assert result["metadata"]["memlab_version"] == memlab.__version__ and "memory" not in gdn  # (--no-peak-memory)
 
 
 def test_bench_writes_json_markdown_and_a_plot(report):
@@ -74,6 +74,18 @@ def test_bench_times_only_the_parts_asked_for(tmp_path, capsys):
     assert "train_tokens_per_s" not in result["variants"]["ssm"] and result["variants"]["ssm"]["decode"]
     assert result["variants"]["ssm"]["decode"][0]["ratio"] == 1
     assert f"wrote {tmp_path}/bench.json" in capsys.readouterr().out
+    for variant in ("ssm", "baseline"):  # each measured alone in a fresh process, after an unmeasured run
+        memory = result["variants"][variant]["memory"]
+        assert list(memory) == ["decode"] and memory["decode"]["context"] == 4 and memory["decode"]["peak_reset"]
+        assert 0 < memory["decode"]["above_idle_mib"] < 40  # a d32l1 model; torch's first-use ~170 MB left out
+    assert "prefill+decode memory @ 4" in (tmp_path / "bench.md").read_text()
+
+
+def test_peak_memory_grows_with_the_training_batch():
+    """Activations scale with B x T: 64 sequences of 128 tokens take well over 8 do."""
+    small, large = (in_fresh_process(peak_memory, MemoryJob("baseline", "d32l1", 128, "train", b, seq_len=128))
+                    for b in (8, 64))
+    assert large["above_idle_mib"] > small["above_idle_mib"] + 56 * 128 * 32 * 4 * 4 / 2**20
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -42,6 +42,12 @@ def test_byte_round_trip_and_specials(byte_tok):
     assert byte_tok.decode([*byte_tok.encode("ab"), byte_tok.eos_id]) == "ab<|eos|>"
 
 
+def test_byte_decode_renders_every_special_and_drops_ids_past_the_vocabulary(byte_tok):
+    """The pad id (256) is the first past the bytes; a model wider than its tokenizer can emit ids it lacks."""
+    assert [byte_tok.decode([i]) for i in byte_tok.specials.values()] == list(SPECIAL_TOKENS.values())
+    assert byte_tok.decode([*b"ok", byte_tok.vocab_size, *b"!"]) == "ok!"
+
+
 def test_bpe_round_trip_vocab_and_digits(bpe):
     assert isinstance(bpe, BPETokenizer) and bpe.vocab_size <= 320
     assert bpe.decode(bpe.encode(SAMPLE)) == SAMPLE  # byte-level: unseen characters still round-trip
@@ -51,11 +57,26 @@ def test_bpe_round_trip_vocab_and_digits(bpe):
     assert len(bpe.encode("return")) < len("return")  # it did learn merges
     assert set(bpe.specials) == set(SPECIAL_TOKENS) and len(set(bpe.specials.values())) == len(SPECIAL_TOKENS)
     assert bpe.encode_batch(["12 ab", SAMPLE]) == [bpe.encode("12 ab"), bpe.encode(SAMPLE)]
+    assert bpe.decode([*bpe.encode("ab"), bpe.eos_id]) == "ab<|eos|>"  # special ids render as their strings
+
+
+def test_bpe_splits_digits_even_when_its_corpus_is_all_numbers():
+    numbers = build_tokenizer("bpe", texts=["12345 67890 " * 50] * 5, vocab_size=300)
+    assert [numbers.decode([i]) for i in numbers.encode("1234567890")] == list("1234567890")
+
+
+def test_bpe_offsets_are_the_character_span_of_each_id(bpe):
+    text = "x = 90210 + foo(<|eos|>)  # 3.14"
+    ids, offsets = bpe.encode_with_offsets(text)
+    assert ids == bpe.encode(text)
+    assert [text[s:e] for s, e in offsets] == [bpe.decode([i]) for i in ids]  # ASCII: one character per byte
 
 
 def test_save_load_keeps_ids_and_hash(bpe, byte_tok, tmp_path):
     for tok, sub in ((bpe, "bpe"), (byte_tok, "byte")):
-        loaded = load_tokenizer(tok.save(tmp_path / sub))
+        loaded = load_tokenizer(tok.save(tmp_path / "new" / sub))  # missing parents are created
+        meta = json.loads((tmp_path / "new" / sub / META_FILE).read_text())
+        assert meta == {"kind": tok.kind, "hash": tok.hash, "vocab_size": tok.vocab_size, "specials": tok.specials}
         assert type(loaded) is type(tok) and loaded.hash == tok.hash
         assert loaded.encode(SAMPLE) == tok.encode(SAMPLE) and loaded.specials == tok.specials
     other = build_tokenizer("bpe", texts=TEXTS[:3], vocab_size=300)
@@ -90,6 +111,7 @@ def test_edited_tokenizer_is_rejected(bpe, tmp_path):
         (lambda d: (d / META_FILE).write_text("[1, 2]"), "tokenizer.memlab.json is corrupt \\(not a JSON object"),
         (lambda d: (d / BPE_FILE).write_text("XXXXX not json"), "corrupt tokenizer file .*tokenizer.json"),
         (lambda d: (d / BPE_FILE).unlink(), "tokenizer.json is missing"),
+        (lambda d: (d / META_FILE).write_text(json.dumps({"kind": "spm"})), "unknown tokenizer kind 'spm'"),
     ],
 )
 def test_a_damaged_saved_tokenizer_is_one_clear_error(bpe, tmp_path, damage, fragment):
@@ -112,6 +134,8 @@ def test_check_tokenizer(bpe, byte_tok):
     [
         (lambda: build_tokenizer("bpe"), "trained on a corpus"),
         (lambda: build_tokenizer("bpe", texts=TEXTS, vocab_size=100), "too small"),
+        (lambda: build_tokenizer("bpe", texts=TEXTS, vocab_size=260), "needs at least 261"),  # bytes + specials
+        (lambda: build_tokenizer(""), "empty tokenizer spec"),
         (lambda: build_tokenizer("bpe", texts=[], vocab_size=300), "empty corpus"),
         (lambda: load_tokenizer("bpe"), "saved one"),
         (lambda: build_tokenizer("no-such-org/no-such-tokenizer"), "no-such-org/no-such-tokenizer"),
@@ -141,5 +165,59 @@ def test_local_hugging_face_tokenizer(bpe, tmp_path):
     assert tok.encode(SAMPLE) == bpe.encode(SAMPLE) and tok.decode(tok.encode(SAMPLE)) == SAMPLE
     assert tok.eos_id == bpe.eos_id and tok.sep_id == bpe.sep_id
     assert tok.encode_batch([SAMPLE, "1 2"]) == [bpe.encode(SAMPLE), bpe.encode("1 2")]
+    assert tok.encode_with_offsets(SAMPLE) == bpe.encode_with_offsets(SAMPLE)  # "<|eos|>" stays plain text here too
     again = load_tokenizer(tok.save(tmp_path / "saved"))
     assert isinstance(again, HFTokenizer) and again.hash == tok.hash and again.specials == tok.specials
+
+
+def word_level(transformers, lowercase: bool = False):
+    """A Hugging Face tokenizer of three words, with its own end of text "</s>" (that its post-processor
+    appends) and none of memlab's special tokens."""
+    from tokenizers import Tokenizer as RawTokenizer
+    from tokenizers import models, normalizers, pre_tokenizers, processors
+
+    raw = RawTokenizer(models.WordLevel({"[UNK]": 0, "</s>": 1, "a": 2, "b": 3}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    if lowercase:
+        raw.normalizer = normalizers.Lowercase()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", eos_token="</s>")
+
+
+def test_a_hugging_face_tokenizer_keeps_its_end_of_text_and_gains_memlabs_other_specials():
+    transformers = pytest.importorskip("transformers")
+    tok = HFTokenizer(word_level(transformers), "words")
+    assert tok.eos_id == 1 and tok.decode([tok.eos_id]) == "</s>"
+    added = ("pad", "bos", "sep", "query")
+    assert [tok.decode([tok.specials[k]]) for k in added] == [SPECIAL_TOKENS[k] for k in added]
+    assert tok.vocab_size == 4 + len(added) and len(set(tok.specials.values())) == len(SPECIAL_TOKENS)
+    assert tok.encode("a b") == [2, 3] and tok.encode_batch(["a b", "b"]) == [[2, 3], [3]]  # no "</s>" appended
+    assert tok.encode_with_offsets("a b") == ([2, 3], [(0, 1), (2, 3)])
+
+
+def test_a_hugging_face_tokenizers_hash_covers_more_than_its_vocabulary():
+    """Equal hash == same ids: a lowercasing tokenizer of the same words encodes "A" otherwise."""
+    transformers = pytest.importorskip("transformers")
+    plain, lower = (HFTokenizer(word_level(transformers, lowercase), "words") for lowercase in (False, True))
+    assert plain.encode("A") != lower.encode("A") and plain.hash != lower.hash
+
+
+def test_a_hugging_face_tokenizer_is_only_looked_up_locally(monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    calls = []
+
+    def not_cached(name, **kwargs):
+        calls.append(kwargs)
+        raise OSError(f"{name} is not cached")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", not_cached)
+    with pytest.raises(MemlabError, match="`hf download org/name`"):
+        build_tokenizer("org/name")
+    assert calls == [{"local_files_only": True}]  # never a download
+
+
+def test_a_directory_transformers_cannot_load_is_one_clear_error(tmp_path):
+    pytest.importorskip("transformers")
+    (tmp_path / "tokenizer_config.json").write_text("{}")  # no vocabulary: transformers raises a ValueError
+    with pytest.raises(MemlabError, match="is not available locally"):
+        load_tokenizer(tmp_path)

@@ -19,6 +19,7 @@ pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noqa: E402
 
+from memlab.eval import lm_eval_adapter  # noqa: E402
 from memlab.eval.lm_eval_adapter import MemlabLM  # noqa: E402
 
 
@@ -164,6 +165,118 @@ def test_generate_until_keeps_the_prompt_and_takes_the_tasks_sampling_options(mo
     assert lm.generate_until([request("generate_until", prompt, nucleus)] * 3) == [greedy] * 3  # a nucleus of one
     with pytest.raises(MemlabError, match=r"generation options \['num_beams'\] are not supported"):
         lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 8, "num_beams": 4})])
+
+
+def test_a_model_needs_exactly_one_source_and_its_tokenizer(model_dir, baseline, tok):
+    with pytest.raises(ValueError, match="give exactly one of checkpoint=DIR or model="):
+        MemlabLM(checkpoint=str(model_dir), model=baseline, tokenizer=tok)
+    with pytest.raises(ValueError, match="give exactly one of checkpoint=DIR or model="):
+        MemlabLM()
+    with pytest.raises(ValueError, match="a model object needs its tokenizer"):
+        MemlabLM(model=baseline)
+
+
+def test_an_unavailable_cuda_device_falls_back_to_the_cpu(model_dir, monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    lm = MemlabLM(checkpoint=str(model_dir), device="cuda:0")  # lm-eval's default device
+    assert lm.device.type == "cpu" and "device cuda:0 is not available" in caplog.text
+
+
+def test_the_tokenizer_name_tells_tokenizers_of_one_kind_apart(baseline):
+    """lm-eval keys its cached requests by it: two BPE tokenizers must not share one."""
+    names = {MemlabLM(model=baseline, tokenizer=build_tokenizer("bpe", texts=[t * 50], vocab_size=300)).tokenizer_name
+             for t in ("foo bar ", "baz qux ")}
+    assert len(names) == 2 and all(name.startswith("memlab-bpe-") for name in names)
+
+
+class InputRecorder:
+    """The model, recording the ids of every forward it is given."""
+
+    def __init__(self, model):
+        self.model, self.inputs = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, ids, *args, **kwargs):
+        self.inputs.append(ids.tolist())
+        return self.model(ids, *args, **kwargs)
+
+
+@pytest.mark.parametrize("batch_size, batch_tokens", [(2, 8192), (3, 24), ("auto:4", 24)])  # auto:N from lm-eval
+def test_scoring_batches_keep_to_the_row_and_token_budgets(baseline, tok, batch_size, batch_tokens):
+    lm = MemlabLM(model=baseline, tokenizer=tok, batch_size=batch_size, batch_tokens=batch_tokens)
+    lm.model = recorder = InputRecorder(baseline)
+    pairs = [("a", "b"), ("abcdefg", "h"), ("abc", "d"), ("abcdefg", "hi"), ("ab", "c"), ("abcde", "f")]  # 1..8 wide
+    got = lm.loglikelihood([request("loglikelihood", c, t) for c, t in pairs])
+    max_rows = batch_size if isinstance(batch_size, int) else len(pairs)
+    shapes = [(len(batch), len(batch[0])) for batch in recorder.inputs]
+    assert sum(rows for rows, _ in shapes) == len(pairs)
+    assert all(rows <= max_rows and rows * width <= batch_tokens for rows, width in shapes)
+    for (context, continuation), (logprob, _) in zip(pairs, got):
+        assert logprob == pytest.approx(direct_logprob(baseline, tok.encode(context), tok.encode(continuation))[0],
+                                        abs=1e-4)
+
+
+class CacheRecorder:
+    """lm-eval's cache hook, recording what it is given."""
+
+    def __init__(self):
+        self.entries = []
+
+    def add_partial(self, kind, request, result):
+        self.entries.append((kind, request, result))
+
+
+def test_every_answer_reaches_lm_evals_cache(baseline, tok):
+    lm = MemlabLM(model=baseline, tokenizer=tok, max_length=16)
+    lm.cache_hook = hook = CacheRecorder()
+    (scored,) = lm.loglikelihood([request("loglikelihood", "The cat", " sat")])
+    (rolled,) = lm.loglikelihood_rolling([request("loglikelihood_rolling", "a document of several windows")])
+    gen_kwargs = {"until": ["\n"], "max_gen_toks": 4}
+    (text,) = lm.generate_until([request("generate_until", "Once", gen_kwargs)])
+    assert hook.entries == [("loglikelihood", ("The cat", " sat"), scored),  # (no entry per rolling window)
+                            ("loglikelihood_rolling", ("a document of several windows",), rolled),
+                            ("generate_until", ("Once", gen_kwargs), text)]
+
+
+def generate(lm, prompt: str, **gen_kwargs) -> str:
+    (text,) = lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 8, **gen_kwargs})])
+    return text
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Makes generation draw the given token ids, one per step, whatever the model predicts (the tiny
+    random models repeat one byte)."""
+    def script(ids: list[int]):
+        steps = iter(ids)
+        monkeypatch.setattr(lm_eval_adapter, "sample_next", lambda *args: torch.tensor([next(steps)]))
+    return script
+
+
+def test_generation_stops_at_the_earliest_stop_sequence(baseline, tok, scripted):
+    lm = MemlabLM(model=baseline, tokenizer=tok)
+    scripted(tok.encode("abcdefgh"))
+    assert generate(lm, "Once", until=["bcd", "d"]) == "a"  # both complete with "d": the cut is at the earlier
+    scripted(tok.encode("abcdefgh"))
+    assert generate(lm, "Once", until=["", "z"]) == "abcdefgh"  # an empty stop sequence stops nothing
+
+
+def test_generation_ends_at_the_end_of_text_token(baseline, tok, scripted):
+    lm = MemlabLM(model=baseline, tokenizer=tok)
+    scripted([*tok.encode("ab"), tok.eos_id, *tok.encode("cdefg")])
+    assert generate(lm, "Once") == "ab"
+    scripted(tok.encode("ab<|eos|>cdefg"))  # the special token's string, as plain text, ends nothing
+    assert generate(lm, "Once", max_gen_toks=12) == "ab<|eos|>cde"
+
+
+def test_a_long_prompt_keeps_the_tokens_nearest_the_continuation(model, tok):
+    lm = MemlabLM(model=model, tokenizer=tok, max_length=16)
+    lm.model = recorder = InputRecorder(model)
+    prompt = "The quick brown fox jumps over the lazy dog"
+    generate(lm, prompt, max_gen_toks=4)
+    assert recorder.inputs[0] == [tok.encode(prompt)[-12:]]  # the prefill: 16 - 4 positions
 
 
 def write_tasks(tmp_path, answers: list[str] | None = None) -> tuple[list[str], list[dict]]:

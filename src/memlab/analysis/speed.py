@@ -5,30 +5,41 @@ clipping, AdamW) on fixed random tokens; decoding as single-token steps after an
 of each context, every timed run starting from a copy of that context's state.  All variants
 (and, for decoding, all contexts) are timed in the same alternating rounds
 (:func:`memlab.analysis.timing.interleaved_seconds`), so the ratios to the baseline hold on a
-busy machine.  Writes ``bench.json``, ``bench.md`` and ``bench.png``.
+busy machine.  Peak memory is measured per variant and part, each alone in a fresh process
+(:func:`peak_memory`).  Writes ``bench.json``, ``bench.md`` and ``bench.png``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from tqdm.auto import tqdm
 
 import memlab
 from memlab.analysis.info import human
 from memlab.analysis.speed_options import BenchConfig
-from memlab.analysis.timing import interleaved_seconds, machine, peak_rss_mib, timed
+from memlab.analysis.timing import (
+    in_fresh_process,
+    interleaved_seconds,
+    machine,
+    peak_rss_mib,
+    reset_peak_rss,
+    timed,
+)
 from memlab.devices import resolve_device
 from memlab.errors import MemlabError, check_at_least, check_dir_target, choose
 from memlab.markdown import markdown_table
 from memlab.plotting import pyplot, save_figure
 from memlab.provenance import provenance
+from memlab.train.allocator import keep_freed_memory, release_freed_memory
 from memlab.train.config import TrainConfig
 from memlab.train.optim import build_optimizer, no_decay_names
 
@@ -128,6 +139,62 @@ def decode_by_context(model, contexts: list[int], new_tokens: int, batch: int = 
     return {"results": rows, "slowest_over_fastest": min(rates) / max(rates)}
 
 
+@dataclass(frozen=True)
+class MemoryJob:
+    """One variant's training steps or decoding, to be measured by :func:`peak_memory`."""
+
+    variant: str
+    model_size: str
+    max_seq_len: int
+    part: Literal["train", "decode"]
+    batch: int  # sequences per training step, or decoded together
+    seq_len: int = 0  # training: tokens per sequence
+    context: int = 0  # decoding: the prefill's length
+    new_tokens: int = 0  # decoding: tokens decoded after it
+    device: str = "cpu"
+    seed: int = 0
+
+
+def peak_memory(job: MemoryJob) -> dict[str, float | bool]:
+    """Peak memory of ``job`` in this process: two :func:`train_step` calls (the second with AdamW's
+    moments), or a prefill of ``context`` tokens and ``new_tokens`` decode steps, on a model built
+    for it.  Run it alone in a fresh process (:func:`memlab.analysis.timing.in_fresh_process`).
+
+    The job runs twice: the first run loads what torch loads on first use (about 170 MB of code
+    and buffers for a training step on CPU, whatever the model), then its memory is freed and handed
+    back to the OS; the second is measured.  ``peak_rss_mib``: the process's peak resident memory;
+    ``above_idle_mib``: that less what the process held just before the second run, so the job's
+    own memory, weights included; ``peak_reset``: whether the first run's peak could be cleared
+    (Linux; where not, ``above_idle_mib`` reads low); on CUDA, ``peak_cuda_mib``: the peak that
+    the caching allocator handed out in the second run."""
+    keep_freed_memory()  # as memlab train does
+    device = torch.device(job.device)
+    _run_memory_job(job, device)
+    gc.collect()
+    release_freed_memory()
+    peak_reset = reset_peak_rss()
+    idle = peak_rss_mib()  # (what the process holds now, where the peak was reset)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _run_memory_job(job, device)
+    peak = peak_rss_mib()
+    out = {"peak_rss_mib": peak, "above_idle_mib": peak - idle, "peak_reset": peak_reset}
+    if device.type == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def _run_memory_job(job: MemoryJob, device: torch.device) -> None:
+    torch.manual_seed(job.seed)
+    model = memlab.build_model(job.variant, job.model_size, max_seq_len=job.max_seq_len).to(device)
+    if job.part == "train":
+        step = train_step(model.train(), job.batch, job.seq_len)
+        step()
+        step()
+    else:
+        decoder(model.eval(), job.context, job.new_tokens, job.batch).run()  # (one state: no restore)
+
+
 # ------------------------------------------------------------------ memlab bench
 
 
@@ -166,9 +233,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         _time_training(cfg, models, report["variants"])
     if "decode" in cfg.parts:
         _time_decoding(cfg, models, report["variants"])
-    report["peak_rss_mib"] = peak_rss_mib()  # the whole process's, over every variant and part
-    if device.type == "cuda":
-        report["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if cfg.peak_memory:
+        _measure_memory(cfg, max_len, device, report["variants"])
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -197,6 +263,22 @@ def _time_decoding(cfg: BenchConfig, models: dict, rows: dict[str, dict]) -> Non
         ]
 
 
+def _measure_memory(cfg: BenchConfig, max_len: int, device: torch.device, rows: dict[str, dict]) -> None:
+    """Each variant's peak memory in each part (decoding after the longest context), alone in a
+    fresh process."""
+    jobs = {}
+    for v in cfg.variants:
+        common = MemoryJob(v, cfg.model_size, max_len, "train", cfg.batch_size, device=str(device), seed=cfg.seed)
+        if "train" in cfg.parts:
+            jobs[v, "train"] = replace(common, seq_len=cfg.seq_len)
+        if "decode" in cfg.parts:
+            jobs[v, "decode"] = replace(common, part="decode", batch=cfg.decode_batch, context=max(cfg.contexts),
+                                        new_tokens=cfg.new_tokens)
+    for (v, part), job in tqdm(jobs.items(), desc="peak memory", unit="process"):
+        rows[v].setdefault("memory", {})[part] = in_fresh_process(peak_memory, job) | (
+            {"context": job.context} if part == "decode" else {})
+
+
 def markdown_report(report: dict[str, Any]) -> str:
     """One row per variant: parameters, training and decoding tokens/s with their ratio to the baseline."""
     s, rows = report["settings"], report["variants"]
@@ -206,13 +288,17 @@ def markdown_report(report: dict[str, Any]) -> str:
     if "train_tokens_per_s" in first:
         headers.append(f"train tok/s (B={s['batch_size']}, T={s['seq_len']})")
     headers += [f"decode tok/s after {c}" for c in contexts] + ([f"state @ {contexts[-1]}"] if contexts else [])
+    memory_parts = list(first.get("memory", {}))
+    headers += ["train memory" if part == "train" else f"prefill+decode memory @ {contexts[-1]}"
+                for part in memory_parts]
 
     def cells(name: str, row: dict) -> list[str]:
         out = [name, human(row["params"]), f"`{row['layer_pattern']}`"]
         if "train_tokens_per_s" in row:
             out.append(f"{row['train_tokens_per_s']:,.0f} ({row['train_ratio']:.2f}x)")
         out += [f"{d['tokens_per_s']:,.1f} ({d['ratio']:.2f}x)" for d in row.get("decode", [])]
-        return out + ([f"{human(row['decode'][-1]['state_bytes'])}B"] if contexts else [])
+        out += [f"{human(row['decode'][-1]['state_bytes'])}B"] if contexts else []
+        return out + [f"{row['memory'][part]['above_idle_mib']:,.1f} MiB" for part in memory_parts]
 
     machine_facts = report["metadata"]["machine"]
     return "\n".join([
@@ -220,22 +306,28 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"{s['model_size']}",
         "",
         f"Ratios are to {s['variants'][0]}, timed in the same alternating rounds (medians of {s['rounds']}); "
-        f"decoding {s['decode_batch']} sequence(s), {s['new_tokens']} tokens per run.",
+        f"decoding {s['decode_batch']} sequence(s), {s['new_tokens']} tokens per run."
+        + (" Memory: the peak resident memory of each variant and part, alone in a fresh process, above what"
+           " the process held before (after a first, unmeasured run)." if memory_parts else ""),
         "",
         markdown_table(headers, [cells(name, row) for name, row in rows.items()]),
     ])
 
 
 def plot_bench(report: dict[str, Any], path: Path) -> Path:
-    """Training tokens/s per variant (bars) beside decoding tokens/s against the context (lines)."""
+    """Training tokens/s per variant (bars) beside decoding tokens/s against the context (lines) and
+    each variant's peak memory per part (bars)."""
     rows = report["variants"]
     panels = [p for p in ("train", "decode") if p in report["settings"]["parts"]]
+    panels += ["memory"] if report["settings"]["peak_memory"] else []
     fig, axes = pyplot().subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         if panel == "train":
             ax.bar(list(rows), [r["train_tokens_per_s"] for r in rows.values()], color="tab:blue")
             ax.set(ylabel="training tokens/s", title="training")
             ax.tick_params(axis="x", rotation=30)
+        elif panel == "memory":
+            _memory_bars(ax, rows)
         else:
             for name, r in rows.items():
                 ax.plot([d["context"] for d in r["decode"]], [d["tokens_per_s"] for d in r["decode"]], "o-",
@@ -247,3 +339,16 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
             ax.set(xlabel="context (tokens)", ylabel="decode tokens/s", title="decoding", ylim=(0, None))
             ax.legend()
     return save_figure(fig, path)
+
+
+def _memory_bars(ax, rows: dict[str, dict]) -> None:
+    """Grouped bars: each variant's peak memory in each part measured (:func:`peak_memory`)."""
+    measured = next(iter(rows.values()))["memory"]
+    width = 0.8 / len(measured)
+    for i, (part, first) in enumerate(measured.items()):
+        mib = [r["memory"][part]["above_idle_mib"] for r in rows.values()]
+        label = part if part == "train" else f"prefill {first['context']} + decode"
+        ax.bar([j + i * width for j in range(len(rows))], mib, width, label=label)
+    ax.set_xticks([j + width * (len(measured) - 1) / 2 for j in range(len(rows))], list(rows), rotation=30)
+    ax.set(ylabel="peak resident memory above idle (MiB)", title="memory")
+    ax.legend()

@@ -28,6 +28,9 @@ class BenchConfig:
     """timed rounds (medians are reported), after one warm-up round (two for training)"""
     parts: list[Literal["train", "decode"]] = field(default_factory=lambda: ["train", "decode"])
     """what to time: train, decode or both"""
+    peak_memory: bool = True
+    """measure each variant's peak memory, training and decoding after the longest context, each alone
+    in a fresh process (a few seconds per variant and part)"""
     device: str = "auto"
     seed: int = 0
     out_dir: str | None = None

@@ -1,4 +1,5 @@
-"""Timing on a shared machine: medians of runs, contenders timed in alternating rounds, peak memory.
+"""Timing on a shared machine: medians of runs, contenders timed in alternating rounds, peak memory
+(of this process, or of a function run alone in a fresh one).
 
 ``memlab bench`` and the scripts in ``benchmarks/`` report ratios of rates measured in the same
 rounds, so a load change on the machine slows every contender alike.
@@ -6,15 +7,21 @@ rounds, so a load change on the machine slows every contender alike.
 
 from __future__ import annotations
 
+import multiprocessing
 import platform
+import re
 import resource
 import time
 from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import TypeVar
 
 import torch
 from tqdm.auto import tqdm
 
 from memlab.train.allocator import keep_freed_memory
+
+T = TypeVar("T")
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1, setup: Callable[[], object] | None = None) -> float:
@@ -56,8 +63,31 @@ def interleaved_seconds(
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (MiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far (MiB), or since :func:`reset_peak_rss`: Linux's
+    VmHWM, else getrusage's maximum (which on Linux also counts the launching process's peak, kept
+    across the fork and exec of a spawned process)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Lower this process's peak resident memory to what it holds now (Linux >= 4.0, through
+    /proc/self/clear_refs); whether it could."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def in_fresh_process(fn: Callable[..., T], *args) -> T:
+    """``fn(*args)`` in a newly spawned Python process, so that what it measures of its process (peak
+    memory) is its own; ``fn`` and its arguments must pickle, and its exceptions are raised here."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
 
 
 def machine() -> dict:
