@@ -449,3 +449,18 @@ def test_the_chi_square_limit_has_n_minus_3_degrees_of_freedom():
     """Three parameters are fitted: five points leave two degrees of freedom (95% point 5.991)."""
     assert make_fit(0.45, (0.4, 0.5), n_points=5).chi2_limit == pytest.approx(5.991465)
     assert make_fit(0.45, (0.4, 0.5), n_points=6).chi2_limit == pytest.approx(7.814728)
+
+
+def test_a_ladder_whose_splits_give_no_interval_still_plots(tmp_path, monkeypatch):
+    """Rungs scored on 2 documents have loss_ci95 [None, None]; the plot had ended in a traceback."""
+    def fake_rung(recipe, variant, label, size, tokens, out_dir):
+        n = non_embedding_params(variant, size)
+        return ladder.Rung(variant, label, size, "run", n, n, tokens, 6.0 * n, loss=2 + 10 * n**-0.3,
+                           document_losses=[2 + 10 * n**-0.3] * 2, document_tokens=[40] * 2)
+
+    monkeypatch.setattr(ladder, "train_rung", fake_rung)
+    recipe = ladder.default_recipe()
+    recipe.corpus = "stdlib-docs"
+    report = run_ladder(["baseline"], ["d64l1", "d64l2", "d128l2"], recipe, tmp_path, n_bootstrap=0, tokens=5000)
+    assert all(r["loss_ci95"] == [None, None] for r in report["variants"]["baseline"]["rungs"])
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"

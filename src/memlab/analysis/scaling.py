@@ -338,7 +338,8 @@ def plot_ladder(report: dict[str, Any], path: str | Path) -> Path:
     for (variant, v), color in zip(report["variants"].items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 9):
         rungs = v["rungs"]
         losses = np.array([r["loss"] for r in rungs])
-        errors = np.abs(np.array([r["loss_ci95"] for r in rungs]).T - losses)  # (2, n) below/above
+        bounds = np.array([r["loss_ci95"] for r in rungs], dtype=float).T  # (2, n); nan where a split had no interval
+        errors = np.nan_to_num(np.abs(bounds - losses))  # below/above; no bar without an interval
         for ax, key, fit_key in ((axes[0], "non_embedding_params", "fit_params"), (axes[1], "flops", "fit_compute")):
             x = np.array([r[key] for r in rungs], dtype=float)
             fit = v[fit_key]
