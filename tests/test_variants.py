@@ -311,6 +311,13 @@ def test_a_stateful_forward_under_a_horizon_without_a_recurrent_form_is_one_clea
         model(tokens(model, 1, 4), model.init_state(1))  # (a RuntimeError had said so)
 
 
+def test_saved_weights_are_as_readable_as_the_config(tmp_path):
+    """safetensors had written model.safetensors 0600, so a shared checkpoint or export was unreadable to others."""
+    build("baseline").save(tmp_path / "m")
+    mode = (tmp_path / "m" / "config.json").stat().st_mode
+    assert mode & 0o044 and (tmp_path / "m" / "model.safetensors").stat().st_mode == mode
+
+
 def test_a_bf16_model_loads_as_bf16(tmp_path):
     """It had come back float32, with other logits and twice the memory."""
     model = build("gdn").to(torch.bfloat16)
