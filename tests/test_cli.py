@@ -106,6 +106,31 @@ def test_an_interrupt_is_one_line(monkeypatch, capsys):
     assert exit_.value.code == 130 and capsys.readouterr().err == "memlab: interrupted\n"
 
 
+def test_sigterm_ends_a_run_as_an_interrupt_does(monkeypatch, capsys):
+    """SIGTERM (a scheduler's preemption, torchrun stopping workers) had killed a run with no summary
+    and no message; it now reaches the command as an interrupt, and the handler before it comes back."""
+    import os
+    import signal
+
+    from memlab import cli
+
+    seen = []
+
+    def terminated(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:  # what the trainer catches to record status "interrupted"
+            seen.append("interrupt")
+            raise
+
+    monkeypatch.setitem(cli.COMMANDS, "info", (cli.COMMANDS["info"][0], terminated))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_:
+        main(["info"])
+    assert exit_.value.code == 143 and capsys.readouterr().err == "memlab: terminated\n" and seen == ["interrupt"]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 @pytest.mark.parametrize("command", [["eval"], ["probe"], ["data", "prepare"], ["study"]])
 def test_only_train_runs_under_torchrun(command, capsys, monkeypatch):
     """Every process had run the whole evaluation, racing for the same results files (audit)."""

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -446,13 +447,25 @@ def main(argv: list[str] | None = None) -> None:
         if e.code not in (0, None):
             fail(f"{_one_line(stderr.getvalue())} (see memlab {command} --help)")
         raise
+    previous = signal.signal(signal.SIGTERM, _terminate)  # a scheduler's preemption ends a run as Ctrl-C does
     try:
         run(args)
     except (MemlabError, OSError) as e:  # OSError: the file system refused (no such directory, no permission, full)
         fail(str(e))
-    except KeyboardInterrupt:  # a training run has recorded the interruption and kept its checkpoints
-        print("memlab: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # a training run has recorded the interruption and kept its checkpoints
+        terminated = isinstance(e, Terminated)
+        print(f"memlab: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM if terminated else 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: handled as Ctrl-C is (the trainer records it and keeps its checkpoints)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
 
 
 def _listing(names: list[str]) -> str:
