@@ -121,3 +121,10 @@ def test_needle_maps_show_only_runs_with_needle_results_lengths_upward(tmp_path,
     np.testing.assert_array_equal(image.get_array().filled(np.nan), [[50, np.nan], [np.nan, 100]])
     assert [t.get_text() for t in heat.get_yticklabels()] == ["256", "1024"]
     assert [t.get_text() for t in heat.get_xticklabels()] == ["0", "0.5"]
+
+
+def test_a_metric_with_an_interval_but_no_value_is_an_empty_bar(tmp_path, figures):
+    """paired_bootstrap of no outcomes gives delta None with ci95 [-1, 1]; the bars had ended in a TypeError."""
+    plot_comparison([Row("gdn", "gdn", "tiny", delta=Metric(None, [-1.0, 1.0], 0))], tmp_path)
+    (delta,) = bars(figures["compare.png"].axes[3])
+    assert [bar.get_height() for bar in delta] == [0]

@@ -32,8 +32,8 @@ def _bars(ax, rows: Sequence[Row], values: str | list[tuple[str, list[Metric]]],
     x = np.arange(len(rows))
     for i, (label, ms) in enumerate(series):
         v = np.array([np.nan if m.value is None else scale * m.value for m in ms])
-        lo = np.array([0 if not m.ci95 or m.ci95[0] is None else scale * m.value - scale * m.ci95[0] for m in ms])
-        hi = np.array([0 if not m.ci95 or m.ci95[1] is None else scale * m.ci95[1] - scale * m.value for m in ms])
+        bounds = np.array([m.ci95 if m.ci95 and m.value is not None else [None, None] for m in ms], dtype=float)
+        lo, hi = np.nan_to_num(v - scale * bounds[:, 0]), np.nan_to_num(scale * bounds[:, 1] - v)  # none: no bar
         ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(v), width, yerr=[lo, hi], capsize=3,
                label=label)
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
