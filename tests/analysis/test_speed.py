@@ -78,7 +78,15 @@ def test_bench_times_only_the_parts_asked_for(tmp_path, capsys):
         memory = result["variants"][variant]["memory"]
         assert list(memory) == ["decode"] and memory["decode"]["context"] == 4 and memory["decode"]["peak_reset"]
         assert 0 < memory["decode"]["above_idle_mib"] < 40  # a d32l1 model; torch's first-use ~170 MB left out
-    assert "prefill+decode memory @ 4" in (tmp_path / "bench.md").read_text()
+    table = (tmp_path / "bench.md").read_text()
+    assert "prefill+decode memory @ 4" in table and "decoding 1 sequence(s), 1 tokens per run" in table
+
+
+def test_a_training_only_bench_says_nothing_of_decoding(tmp_path):
+    run_bench(BenchConfig(variants=["baseline"], model_size="d32l1", seq_len=8, batch_size=1, rounds=1,
+                          parts=["train"], peak_memory=False, out_dir=str(tmp_path)))
+    table = (tmp_path / "bench.md").read_text()
+    assert "decod" not in table and "train tok/s (B=1, T=8)" in table
 
 
 def test_peak_memory_grows_with_the_training_batch():

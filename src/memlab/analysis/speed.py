@@ -305,8 +305,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"# Speed on {report['metadata']['device']} ({machine_facts['cpu']}, {machine_facts['threads']} threads), "
         f"{s['model_size']}",
         "",
-        f"Ratios are to {s['variants'][0]}, timed in the same alternating rounds (medians of {s['rounds']}); "
-        f"decoding {s['decode_batch']} sequence(s), {s['new_tokens']} tokens per run."
+        f"Ratios are to {s['variants'][0]}, timed in the same alternating rounds (medians of {s['rounds']})"
+        + (f"; decoding {s['decode_batch']} sequence(s), {s['new_tokens']} tokens per run." if contexts else ".")
         + (" Memory: the peak resident memory of each variant and part, alone in a fresh process, above what"
            " the process held before (after a first, unmeasured run)." if memory_parts else ""),
         "",
