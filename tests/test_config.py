@@ -140,3 +140,10 @@ def test_a_keyword_override_spells_the_dot_of_a_sub_config_field_with_two_unders
     assert build_config("gdn", "tiny", gdn__chunk_size=16).gdn.chunk_size == 16
     assert build_config("gdn", "tiny", **{"gdn.chunk_size": 16}) == build_config("gdn", "tiny", gdn__chunk_size=16)
     assert memlab.build_model("cdm", "tiny", cdm__n_slots=8).config.cdm.n_slots == 8
+
+
+@pytest.mark.parametrize("variant", ["gdn", "gdn_hybrid"])
+def test_local_drop_prob_is_checked_whatever_the_pattern(variant):
+    """Only a pattern with a 'W' layer had checked it: gdn trained with --gdn.local-drop-prob 1.5."""
+    with pytest.raises(MemlabError, match=r"gdn.local_drop_prob must lie in \[0, 1\), got 1.5"):
+        memlab.build_model(variant, "d32l2", gdn__local_drop_prob=1.5)

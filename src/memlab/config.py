@@ -178,6 +178,8 @@ class ModelConfig:
         check_types(ModelConfig, self.to_dict(), "the model config")
         check_finite(self, prefix="")
         _check_bounds(self)
+        if not 0.0 <= self.gdn.local_drop_prob < 1.0:  # (checked whatever the pattern: no flag is taken and ignored)
+            raise MemlabError(f"gdn.local_drop_prob must lie in [0, 1), got {self.gdn.local_drop_prob}")
         if self.ssm.dt_min > self.ssm.dt_max:
             raise MemlabError(f"ssm.dt_min={self.ssm.dt_min} exceeds ssm.dt_max={self.ssm.dt_max}")
         if self.d_model % self.n_heads:

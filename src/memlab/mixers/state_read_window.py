@@ -56,8 +56,6 @@ class StateReadWindowAttention(SlidingWindowAttention):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
         opts = self.options = config.gdn
-        if not 0.0 <= opts.local_drop_prob < 1.0:
-            raise MemlabError(f"gdn.local_drop_prob must lie in [0, 1), got {opts.local_drop_prob}")
         self.reads_state = opts.state_read
         self.carries_memory = opts.state_read
         self.native_horizon = not opts.state_read  # without the read it is plain windowed attention
