@@ -7,7 +7,7 @@ import json
 import pytest
 
 import memlab
-from memlab.analysis.speed import MemoryJob, decoder, peak_memory, run_bench
+from memlab.analysis.speed import MemoryJob, decoder, markdown_report, peak_memory, run_bench
 from memlab.analysis.speed_options import BenchConfig
 from memlab.analysis.timing import in_fresh_process, interleaved_seconds
 from memlab.cli import main
@@ -111,3 +111,12 @@ def test_bench_user_errors_are_one_line_exit_2(args, fragment, tmp_path, capsys)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and fragment in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_memory_column_names_the_context_decoded_after(report):
+    """The longest context, which --contexts need not list last."""
+    result, _ = report
+    rows = {v: {**row, "decode": row["decode"][::-1], "memory": {"decode": {"above_idle_mib": 1.0, "context": 24}}}
+            for v, row in result["variants"].items()}  # as --contexts 24 8 times them
+    table = markdown_report({**result, "settings": {**result["settings"], "contexts": [24, 8]}, "variants": rows})
+    assert "prefill+decode memory @ 24" in table

@@ -16,7 +16,7 @@ import copy
 import gc
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -268,12 +268,13 @@ def _measure_memory(cfg: BenchConfig, max_len: int, device: torch.device, rows: 
     fresh process."""
     jobs = {}
     for v in cfg.variants:
-        common = MemoryJob(v, cfg.model_size, max_len, "train", cfg.batch_size, device=str(device), seed=cfg.seed)
+        model = {"variant": v, "model_size": cfg.model_size, "max_seq_len": max_len, "device": str(device),
+                 "seed": cfg.seed}
         if "train" in cfg.parts:
-            jobs[v, "train"] = replace(common, seq_len=cfg.seq_len)
+            jobs[v, "train"] = MemoryJob(**model, part="train", batch=cfg.batch_size, seq_len=cfg.seq_len)
         if "decode" in cfg.parts:
-            jobs[v, "decode"] = replace(common, part="decode", batch=cfg.decode_batch, context=max(cfg.contexts),
-                                        new_tokens=cfg.new_tokens)
+            jobs[v, "decode"] = MemoryJob(**model, part="decode", batch=cfg.decode_batch, context=max(cfg.contexts),
+                                          new_tokens=cfg.new_tokens)
     for (v, part), job in tqdm(jobs.items(), desc="peak memory", unit="process"):
         rows[v].setdefault("memory", {})[part] = in_fresh_process(peak_memory, job) | (
             {"context": job.context} if part == "decode" else {})
@@ -289,8 +290,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         headers.append(f"train tok/s (B={s['batch_size']}, T={s['seq_len']})")
     headers += [f"decode tok/s after {c}" for c in contexts] + ([f"state @ {contexts[-1]}"] if contexts else [])
     memory_parts = list(first.get("memory", {}))
-    headers += ["train memory" if part == "train" else f"prefill+decode memory @ {contexts[-1]}"
-                for part in memory_parts]
+    headers += ["train memory" if part == "train" else f"prefill+decode memory @ {first['memory'][part]['context']}"
+                for part in memory_parts]  # (the longest context, wherever --contexts puts it)
 
     def cells(name: str, row: dict) -> list[str]:
         out = [name, human(row["params"]), f"`{row['layer_pattern']}`"]
