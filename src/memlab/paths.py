@@ -158,23 +158,27 @@ def latest_whole_checkpoint(run_dir: Path, checksums: bool = True) -> Path | Non
     return None
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """``path`` itself if it holds weights, else its ``best_model/``, else its newest whole checkpoint."""
+def resolve_model_dir(path: str | Path, checksums: bool = True) -> Path:
+    """``path`` itself if it holds weights, else its ``best_model/``, else its newest whole checkpoint.
+
+    With ``checksums`` (to load the model) every file is checked against its manifest's sha256, so
+    bytes altered in place are refused; without (only to name the directory) sizes are compared.
+    """
     path = Path(path)
     if not path.exists():
         raise MemlabError(f"no such checkpoint or model directory: {path}")
     if (path / WEIGHTS_FILE).is_file():
-        problem = manifest_problem(path, checksums=False)
+        problem = manifest_problem(path, checksums)
         if problem:
             raise MemlabError(f"{path} is corrupt: {problem}")
         return path
     best = path / "best_model"
     if (best / WEIGHTS_FILE).is_file():
-        problem = manifest_problem(best, checksums=False)
+        problem = manifest_problem(best, checksums)
         if problem is None:
             return best
         log.warning("skipping %s: %s", best, problem)
-    latest = latest_whole_checkpoint(path, checksums=False)
+    latest = latest_whole_checkpoint(path, checksums)
     if latest is not None:
         return latest
     raise MemlabError(f"{path} holds no model ({WEIGHTS_FILE}, best_model/ or checkpoints/step_N/)")

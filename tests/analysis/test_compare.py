@@ -376,19 +376,19 @@ def _edit(run, suite=None, metadata=None, **changes):
     "suite, change, fragment",
     [
         ("longctx", dict(context_lengths=[512]), "longctx results of base and gdn were measured on different "
-                                                  "context_lengths ([256] vs [512])"),
-        ("lm", dict(context_len=128), "different context_len (64 vs 128)"),
+                                                  "context_lengths ([256] vs [512]; "),
+        ("lm", dict(context_len=128), "different context_len (64 vs 128; "),
         ("lm", dict(tokens=8192), "different tokens"),  # another prefix of the split: other text
         ("lm", dict(corpus_request={"source": "stdlib-docs"}), 'different corpus_request ({"source": "stdlib-code"}'),
-        ("ablation", dict(task="mqar"), 'different task ("niah" vs "mqar")'),
+        ("ablation", dict(task="mqar"), 'different task ("niah" vs "mqar"; '),
         ("algorithmic", dict(grids={"iid": {"copy": [8]}}), "different grids"),
         # a file that does not record it was measured with the first retrieval tasks (one fixed distractor)
         ("longctx", dict(retrieval_version="memlab-retrieval-v2"),
-         'different retrieval_version ("memlab-retrieval-v1" vs "memlab-retrieval-v2")'),
+         'different retrieval_version ("memlab-retrieval-v1" vs "memlab-retrieval-v2"; '),
         ("ablation", dict(retrieval_version="memlab-retrieval-v2"), "ablation results of base and gdn were measured "
                                                                     "on different retrieval_version"),
         # an older memlab's perplexity windows were the split's prefix (a file without tokens_from)
-        ("lm", dict(tokens_from="spread"), 'different tokens_from ("prefix" vs "spread"): evaluate both with this memlab'),
+        ("lm", dict(tokens_from="spread"), 'different tokens_from ("prefix" vs "spread"'),
     ],
 )
 def test_runs_evaluated_on_different_things_are_refused(tmp_path, base, suite, change, fragment):
@@ -400,6 +400,21 @@ def test_runs_evaluated_on_different_things_are_refused(tmp_path, base, suite, c
     with pytest.raises(MemlabError) as e:
         compare([base, other])
     assert fragment in str(e.value) and "\n" not in str(e.value)
+    # which two files: compare reads each suite from the newest file that holds it, not necessarily the one expected
+    assert f"{base}/eval/results_all.json vs {other}/eval/results_all.json): evaluate" in str(e.value)
+
+
+def test_each_suite_is_read_from_the_newest_file_holding_it_and_compare_json_names_it(tmp_path, base):
+    doc = json.loads((base / "eval" / "results_all.json").read_text())
+    lm = {**doc["results"]["lm"], "perplexity": 18.0}
+    later = {**doc["metadata"], "timestamp": "2026-02-01T00:00:00+00:00"}
+    schema.write_results(base / "eval" / "results_lm.json", schema.document("lm", later, lm))
+    compare([base], out_dir=tmp_path / "out")
+    row = json.loads((tmp_path / "out" / "compare.json").read_text())["rows"][0]
+    assert row["perplexity"]["value"] == 18.0
+    assert row["result_files"] == {"lm": str(base / "eval" / "results_lm.json"),
+                                   **{s: str(base / "eval" / "results_all.json")
+                                      for s in ("algorithmic", "longctx", "ablation")}}
 
 
 def test_sample_counts_may_differ_and_a_fact_an_older_file_lacks_is_not_compared(tmp_path, base):

@@ -14,6 +14,7 @@ import torch
 
 import memlab
 from memlab.errors import MemlabError
+from memlab.eval.hub import load_checkpoint
 from memlab.paths import latest_whole_checkpoint, manifest_problem, resolve_model_dir
 from memlab.train import checkpoint as ckpt
 
@@ -198,6 +199,25 @@ def test_load_falls_back_from_a_corrupt_best_model(tmp_path, caplog):
         resolve_model_dir(tmp_path / "best_model")
     x = torch.randint(0, 512, (1, 9))
     torch.testing.assert_close(memlab.load(tmp_path)(x), model(x), rtol=0, atol=0)
+
+
+def test_loading_refuses_weights_altered_in_place(tmp_path, caplog):
+    """Same size, other bytes: only the sha256 tells (eval, generate and export had loaded them)."""
+    model = memlab.build_model("baseline", "tiny", n_layers=1)
+    for name in ("best_model", "checkpoints/step_3"):
+        with ckpt.atomic_directory(tmp_path / name) as tmp:
+            model.save(tmp)
+    weights = tmp_path / "best_model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])  # the last float of the last tensor
+    weights.write_bytes(bytes(data))
+    with pytest.raises(MemlabError, match="best_model is corrupt: model.safetensors fails its sha256"):
+        memlab.load(tmp_path / "best_model")
+    with pytest.raises(MemlabError, match="fails its sha256"):  # what eval, generate, probe and export load with
+        load_checkpoint(tmp_path / "best_model", "cpu")
+    with caplog.at_level(logging.WARNING):
+        assert resolve_model_dir(tmp_path) == tmp_path / "checkpoints" / "step_3"
+    assert resolve_model_dir(tmp_path, checksums=False) == tmp_path / "best_model"  # naming it only: sizes
 
 
 def test_rng_state_is_json_and_restores_every_generator():

@@ -94,6 +94,7 @@ class Row:
     results: dict[str, Any] = field(default_factory=dict, repr=False)  # suite -> payload, for plots
     members: list[Row] = field(default_factory=list, repr=False)  # the runs an aggregated row averages
     measured_on: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # see check_comparable
+    result_files: dict[str, str] = field(default_factory=dict)  # suite -> the results file it was read from
     recipe: dict[str, Any] = field(default_factory=dict, repr=False)  # the model and training, but the seed
     seed: int | None = None  # the training seed, when the run recorded it
     outcomes: dict[str, Outcomes] = field(default_factory=dict, repr=False)  # algorithmic / ood, where recorded
@@ -119,10 +120,14 @@ def eval_dir(run_dir: Path) -> Path:
     return run_dir / "eval" if (run_dir / "eval").is_dir() else run_dir
 
 
-def load_payloads(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+def load_payloads(
+    run_dir: Path,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]], dict[str, str]]:
     """(suite -> newest payload, metadata of the newest file, suite -> what that payload was
-    measured on) from the run's results files of one model: the one the run stands for (its
-    best_model, else its newest checkpoint) where it was evaluated, else the newest file's.  The
+    measured on, suite -> the file it was read from) from the run's results files of one model
+    (a suite in two files, ``results_lm.json`` and an ``all``'s, is read from the later one): the
+    one the run stands for (its best_model, else its newest checkpoint) where it was evaluated,
+    else the newest file's.  The
     results of other checkpoints (an older memlab wrote them there too), or of weights saved over
     since (a best_model replaced by further training), are left out, with a warning."""
     files = sorted(eval_dir(run_dir).glob("results_*.json"))
@@ -137,24 +142,25 @@ def load_payloads(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[s
     for path in [p for p, r in zip(docs, recorded) if r and not measured_model(docs[p]["metadata"], model_dir)]:
         log.warning("%s evaluated %s, another model of the run or weights saved over since: left out of the "
                     "comparison", path, docs.pop(path)["metadata"]["model_dir"])  # fmt: skip
-    newest: dict[str, tuple[str, Any, dict[str, Any]]] = {}
+    newest: dict[str, tuple[str, Any, dict[str, Any], Path]] = {}
     meta: dict[str, Any] = {}
-    for doc in docs.values():
+    for path, doc in docs.items():
         stamp = doc["metadata"]["timestamp"]
         payloads = doc["results"] if doc["suite"] == "all" else {doc["suite"]: doc["results"]}
         for suite, payload in payloads.items():
             if suite not in newest or stamp >= newest[suite][0]:
-                newest[suite] = (stamp, payload, doc["metadata"])
+                newest[suite] = (stamp, payload, doc["metadata"], path)
         if not meta or stamp >= meta["timestamp"]:
             meta = doc["metadata"]
-    measured = {s: measured_on(s, p, m) for s, (_, p, m) in newest.items() if s in MEASURED_ON}
-    return {s: p for s, (_, p, _) in newest.items()}, meta, measured
+    measured = {s: measured_on(s, p, m) for s, (_, p, m, _) in newest.items() if s in MEASURED_ON}
+    files = {s: str(path) for s, (*_, path) in newest.items()}
+    return {s: p for s, (_, p, _, _) in newest.items()}, meta, measured, files
 
 
 def _run_model_dir(run_dir: Path) -> Path | None:
     """The model ``run_dir`` stands for (its best_model, else its newest checkpoint); None where it holds none."""
     try:
-        return resolve_model_dir(run_dir)
+        return resolve_model_dir(run_dir, checksums=False)
     except MemlabError:
         return None
 
@@ -191,19 +197,25 @@ def measured_on(suite: str, payload: dict[str, Any], meta: dict[str, Any]) -> di
 
 def check_comparable(rows: Sequence[Row]) -> None:
     """Refuse runs whose suites were measured on different things, in one line naming the first
-    difference; a fact a run's (older) results file does not record is not compared."""
-    first: dict[str, tuple[str, dict[str, Any]]] = {}
+    difference and the two results files; a fact a run's (older) results file does not record is not compared."""
+    first: dict[str, Row] = {}  # suite -> the first run that has it
     for row in (m for r in rows for m in (r.members or [r])):
         for suite, facts in row.measured_on.items():
-            name, reference = first.setdefault(suite, (row.name, facts))
+            reference_row = first.setdefault(suite, row)
+            name, reference = reference_row.name, reference_row.measured_on[suite]
             for key, value in facts.items():
                 if value is not None and reference.get(key) is not None and value != reference[key]:
                     outdated = key in UNRECORDED  # a version fact: one of the files is an older memlab's
                     advice = "evaluate both with this memlab" if outdated else "evaluate them with the same options"
                     raise MemlabError(
                         f"the {suite} results of {name} and {row.name} were measured on different {key} "
-                        f"({_brief(reference[key])} vs {_brief(value)}): {advice}"
+                        f"({_brief(reference[key])} vs {_brief(value)}; {_file(suite, reference_row)} vs "
+                        f"{_file(suite, row)}): {advice}"
                     )
+
+
+def _file(suite: str, row: Row) -> str:
+    return row.result_files.get(suite, "its results")
 
 
 def _brief(value: Any, width: int = 60) -> str:
@@ -225,9 +237,10 @@ def load_run(run_dir: str | Path) -> Row:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MemlabError(f"no such run directory: {run_dir}")
-    payloads, meta, measured = load_payloads(run_dir)
+    payloads, meta, measured, files = load_payloads(run_dir)
     try:
         row = _row(run_dir, payloads, meta, measured)
+        row.result_files = files
     except (KeyError, TypeError, AttributeError, ValueError) as e:  # damaged by hand below the validated top level
         raise MemlabError(f"the results in {run_dir} do not follow the schema ({type(e).__name__}: {e})") from None
     seconds = training_seconds(run_dir)

@@ -35,6 +35,7 @@ from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval import schema
 from memlab.eval.exact_match import exact_match
 from memlab.eval.options import EvalOptions
+from memlab.models.lm import LanguageModel
 from memlab.models.recursion import fix_act_steps
 from memlab.paths import resolve_model_dir
 
@@ -135,7 +136,7 @@ def default_out_dir(model_dir: Path, run_dir: Path | None, act_steps: int | None
     ``eval/<checkpoint>/`` for another of its checkpoints (they had shared, and overwritten, the
     run's files), the model directory's ``eval/`` outside a run; ``act_steps_K/`` below for a fixed ACT depth."""
     out = (run_dir or model_dir) / "eval"
-    if run_dir is not None and model_dir.resolve() != resolve_model_dir(run_dir).resolve():
+    if run_dir is not None and model_dir.resolve() != resolve_model_dir(run_dir, checksums=False).resolve():
         out = out / model_dir.name
     return out if act_steps is None else out / f"act_steps_{act_steps}"
 
@@ -175,7 +176,7 @@ def load_checkpoint(path: str | Path, device: str = "auto") -> tuple[nn.Module, 
     model_dir = resolve_model_dir(path)
     device = resolve_device(device)
     try:
-        model = memlab.load(model_dir, device=device).eval()
+        model = LanguageModel.load(model_dir, device=device).eval()  # (resolved and checked above: once)
     except MemlabError as e:
         written_by = _written_by(model_dir)
         if written_by is not None and _version(written_by) > _version(memlab.__version__):
