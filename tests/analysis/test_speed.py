@@ -83,15 +83,17 @@ def test_bench_times_only_the_parts_asked_for(tmp_path, capsys):
 
 
 def test_a_training_only_bench_says_nothing_of_decoding(tmp_path):
-    run_bench(BenchConfig(variants=["baseline"], model_size="d32l1", seq_len=8, batch_size=1, rounds=1,
-                          parts=["train"], peak_memory=False, out_dir=str(tmp_path)))
+    result = run_bench(BenchConfig(variants=["baseline", "nano_baseline"], model_size="d32l1", seq_len=8, batch_size=1,
+                                   rounds=1, parts=["train"], peak_memory=False, out_dir=str(tmp_path)))
     table = (tmp_path / "bench.md").read_text()
     assert "decod" not in table and "train tok/s (B=1, T=8)" in table
+    # timed as trained: its table of learned positions neither cut to --seq-len nor grown to the longest context
+    assert result["variants"]["nano_baseline"]["params"] == memlab.build_model("nano_baseline", "d32l1").num_params()
 
 
 def test_peak_memory_grows_with_the_training_batch():
     """Activations scale with B x T: 64 sequences of 128 tokens take well over 8 do."""
-    small, large = (in_fresh_process(peak_memory, MemoryJob("baseline", "d32l1", 128, "train", b, seq_len=128))
+    small, large = (in_fresh_process(peak_memory, MemoryJob("baseline", "d32l1", "train", b, seq_len=128))
                     for b in (8, 64))
     assert large["above_idle_mib"] > small["above_idle_mib"] + 56 * 128 * 32 * 4 * 4 / 2**20
 
@@ -104,6 +106,8 @@ def test_peak_memory_grows_with_the_training_batch():
     (["--parts", "prefill"], "prefill"),
     (["--model-size", "huge"], "huge"),
     (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--variants", "baseline", "nano_baseline", "--model-size", "d32l1", "--contexts", "2048"],
+     "nano_baseline at d32l1 has learned positions for 2048 tokens, fewer than the 2064 that"),
 ])
 def test_bench_user_errors_are_one_line_exit_2(args, fragment, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -34,6 +34,7 @@ from memlab.analysis.timing import (
     reset_peak_rss,
     timed,
 )
+from memlab.config import build_config
 from memlab.devices import resolve_device
 from memlab.errors import MemlabError, check_at_least, check_dir_target, choose
 from memlab.markdown import markdown_table
@@ -145,7 +146,6 @@ class MemoryJob:
 
     variant: str
     model_size: str
-    max_seq_len: int
     part: Literal["train", "decode"]
     batch: int  # sequences per training step, or decoded together
     seq_len: int = 0  # training: tokens per sequence
@@ -186,7 +186,7 @@ def peak_memory(job: MemoryJob) -> dict[str, float | bool]:
 
 def _run_memory_job(job: MemoryJob, device: torch.device) -> None:
     torch.manual_seed(job.seed)
-    model = memlab.build_model(job.variant, job.model_size, max_seq_len=job.max_seq_len).to(device)
+    model = memlab.build_model(job.variant, job.model_size).to(device)
     if job.part == "train":
         step = train_step(model.train(), job.batch, job.seq_len)
         step()
@@ -212,6 +212,13 @@ def check(cfg: BenchConfig) -> None:
     check_at_least(cfg, ("seed",), 0)
     if min(cfg.contexts, default=1) < 1:
         raise MemlabError(f"--contexts must be >= 1, got {min(cfg.contexts)}")
+    needed = max(cfg.seq_len, decode_length(cfg.contexts, cfg.new_tokens) if "decode" in cfg.parts else 0)
+    for variant in cfg.variants:  # (the models are timed as trained: a longer table of positions is another model)
+        model = build_config(variant, cfg.model_size)
+        if model.pos_encoding == "learned" and needed > model.max_seq_len:
+            raise MemlabError(f"{variant} at {cfg.model_size} has learned positions for {model.max_seq_len} tokens, "
+                              f"fewer than the {needed} that --seq-len or --contexts + --new-tokens need; "
+                              "shorten them or leave it out")
     check_dir_target(cfg.output_dir, "--out-dir")
 
 
@@ -221,8 +228,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     facts = machine()  # (it keeps freed memory in the process, as memlab train does, before any model is built)
     torch.manual_seed(cfg.seed)
-    max_len = max(cfg.seq_len, decode_length(cfg.contexts, cfg.new_tokens) if "decode" in cfg.parts else 0)
-    models = {v: memlab.build_model(v, cfg.model_size, max_seq_len=max_len).to(device) for v in cfg.variants}
+    models = {v: memlab.build_model(v, cfg.model_size).to(device) for v in cfg.variants}
     report: dict[str, Any] = {
         "metadata": {**provenance(), "machine": facts, "device": str(device)},
         "settings": asdict(cfg),
@@ -234,7 +240,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if "decode" in cfg.parts:
         _time_decoding(cfg, models, report["variants"])
     if cfg.peak_memory:
-        _measure_memory(cfg, max_len, device, report["variants"])
+        _measure_memory(cfg, device, report["variants"])
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -263,12 +269,12 @@ def _time_decoding(cfg: BenchConfig, models: dict, rows: dict[str, dict]) -> Non
         ]
 
 
-def _measure_memory(cfg: BenchConfig, max_len: int, device: torch.device, rows: dict[str, dict]) -> None:
+def _measure_memory(cfg: BenchConfig, device: torch.device, rows: dict[str, dict]) -> None:
     """Each variant's peak memory in each part (decoding after the longest context), alone in a
     fresh process."""
     jobs = {}
     for v in cfg.variants:
-        model = {"variant": v, "model_size": cfg.model_size, "max_seq_len": max_len, "device": str(device),
+        model = {"variant": v, "model_size": cfg.model_size, "device": str(device),
                  "seed": cfg.seed}
         if "train" in cfg.parts:
             jobs[v, "train"] = MemoryJob(**model, part="train", batch=cfg.batch_size, seq_len=cfg.seq_len)
