@@ -64,9 +64,20 @@ def test_model_card_has_architecture_training_and_this_models_results(run_dir, t
     model = memlab.load(out)
     assert "# memlab baseline (tiny)" in card and f"{model.num_params():,}" in card
     assert "memlab.load(PATH)" in card and "| final.val_loss | 3.25 |" in card
-    assert "| lm | perplexity | 33.1 | [30, 36.6] | 8 |" in card
+    assert "| `results_lm.json` | lm | perplexity | 33.1 | [30, 36.6] | 8 |" in card
     assert "selftest" not in card  # those results belong to checkpoints/step_4, not best_model/
     assert sorted(p.name for p in (out / "eval").iterdir()) == ["results_lm.json"]
+
+
+def test_each_row_of_the_model_card_names_the_results_file_it_came_from(run_dir, tmp_path):
+    """lm alone and lm inside `eval --suite all`: two measurements, which the card had listed as two
+    unlabelled rows of one metric."""
+    lm = {**json.loads((run_dir / "eval" / "results_lm.json").read_text())["results"], "perplexity": 34.0}
+    schema.write_results(run_dir / "eval" / "results_all.json", results_doc(run_dir / "best_model", "all", {"lm": lm}))
+    card = (export(run_dir, tmp_path / "export") / "README.md").read_text()
+    assert "| file | suite | metric | value | 95% CI | n |" in card
+    assert "| `results_all.json` | lm | perplexity | 34 | [30, 36.6] | 8 |" in card
+    assert "| `results_lm.json` | lm | perplexity | 33.1 | [30, 36.6] | 8 |" in card
 
 
 def test_results_of_weights_saved_over_since_are_left_out(run_dir, tmp_path):

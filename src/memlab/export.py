@@ -137,11 +137,11 @@ def model_card(
         lines.append("No evaluation results (`eval/results_*.json`) were found with the checkpoint.")
     else:
         rows = []
-        for doc in results.values():
+        for name, doc in results.items():  # (a suite run alone and in `all` is two measurements: each names its file)
             payloads = doc["results"] if doc["suite"] == "all" else {doc["suite"]: doc["results"]}
             for suite, payload in payloads.items():
-                rows += [[suite, *cells] for cells in _metric_rows(payload)]
-        lines.append(markdown_table(["suite", "metric", "value", "95% CI", "n"], rows))
+                rows += [[f"`{name}`", suite, *cells] for cells in _metric_rows(payload)]
+        lines.append(markdown_table(["file", "suite", "metric", "value", "95% CI", "n"], rows))
         lines += ["", "Every result file is in `eval/`, with its metadata (seed, decoding, options, commit)."]
     return "\n".join(lines) + "\n"
 
