@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from memlab.cli import main
+from memlab.cli import COMMANDS, main
+from memlab.provenance import provenance
 
 
 def run_cli(*args: str, cwd: str | os.PathLike | None = None) -> tuple[int, str, str]:
@@ -142,6 +144,24 @@ def test_only_train_runs_under_torchrun(command, capsys, monkeypatch):
                                       "torchrun only memlab train does\n"
 
 
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_states_each_default_once(command, capsys, monkeypatch):
+    """An option whose None stands for a default its help states had read "(default: 8192) (default: None)"."""
+    monkeypatch.setenv("COLUMNS", "1000")  # one option per line
+    with pytest.raises(SystemExit) as exit_:
+        main([*command.split(), "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--help" in out
+    stated_twice = [line for line in out.splitlines() if re.search(r"default[:=]? .*\(default: None\)", line)]
+    assert not stated_twice
+
+
+def test_version_is_the_one_results_files_record(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"memlab {provenance()['memlab_version']}\n"
+
+
 def test_a_command_group_lists_its_subcommands(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["data", "--help"])
@@ -161,6 +181,8 @@ def test_a_command_group_lists_its_subcommands(capsys):
         (["--temperature", "1", "--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
         (["--temperature", "1", "--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
         (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--top-k", "5"], "--top-k restricts sampling, but --temperature 0 decodes greedily; give --temperature > 0"),
+        (["--top-p", "0.9"], "--top-p restricts sampling, but --temperature 0 decodes greedily"),
     ],
 )
 def test_generate_refuses_bad_sampling_options(flags, fragment, capsys):

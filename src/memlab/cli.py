@@ -20,6 +20,7 @@ import tyro
 
 from memlab.analysis.speed_options import BenchConfig
 from memlab.analysis.study import StudyConfig
+from memlab.cli_help import DefaultInDoc
 from memlab.errors import MemlabError, check_at_least, fail
 from memlab.eval.options import EvalOptions
 from memlab.probes.options import ProbeOptions
@@ -38,12 +39,12 @@ def _log_progress(prefix: str, quiet: bool = False) -> None:
 class InfoArgs:
     """Parameter counts, layer pattern, FLOPs and per-sequence state bytes of a variant at a size."""
 
-    variant: str | None = None
+    variant: Annotated[str | None, DefaultInDoc] = None
     """the variant to describe (default: baseline)"""
     model_size: str = "tiny"
     context_len: int = 2048
     """context length at which the recurrent state is measured"""
-    vocab_size: int | None = None
+    vocab_size: Annotated[int | None, DefaultInDoc] = None
     """vocabulary size (default: the preset's); 50257 gives the counts the source cards quote with GPT-2's"""
     all: bool = False
     """every registered variant (at --model-size), as a markdown table"""
@@ -76,9 +77,9 @@ class GenerateArgs:
     checkpoint: str | None = None
     init: bool = False
     """use a freshly initialised model (with --variant/--model-size and the byte tokenizer)"""
-    variant: str | None = None
+    variant: Annotated[str | None, DefaultInDoc] = None
     """with --init: the variant (default: baseline)"""
-    model_size: str | None = None
+    model_size: Annotated[str | None, DefaultInDoc] = None
     """with --init: the size (default: tiny)"""
     max_new_tokens: int = 64
     temperature: float = 0.0
@@ -136,13 +137,13 @@ class DataPrepareArgs:
     """output directory: shards.json, {train,val}_NNN.bin and the tokenizer"""
     tokenizer: str = "bpe"
     """bpe (trained on the corpus), byte, a run/checkpoint/export directory (its tokenizer), or a local HF name/path"""
-    vocab_size: int | None = None
+    vocab_size: Annotated[int | None, DefaultInDoc] = None
     """the vocabulary size of a bpe tokenizer trained here (default: 8192)"""
     val_fraction: float = 0.01
     """fraction of documents (chosen by a hash of their text) in the validation split"""
     split_seed: int = 0
     max_docs: int | None = None
-    text_field: str | None = None
+    text_field: Annotated[str | None, DefaultInDoc] = None
     """field/column holding the text (default: text, content, story, code or document)"""
     streaming: bool = False
     """hf: stream the dataset instead of loading it from the local cache"""
@@ -178,7 +179,7 @@ class EvalArgs:
     """a run directory, a checkpoint (checkpoints/step_N) or a model directory"""
     suite: str = "all"
     """algorithmic, longctx, lm, ablation, selftest, lm-eval or all (all: every suite but lm-eval)"""
-    out_dir: str | None = None
+    out_dir: Annotated[str | None, DefaultInDoc] = None
     """where results_<suite>.json and plots go (default: eval/ of the run)"""
     options: Annotated[EvalOptions, tyro.conf.arg(name="")] = field(default_factory=EvalOptions)
 
@@ -201,7 +202,7 @@ class CompareArgs:
     runs: tyro.conf.Positional[list[str]]
     """run directories (each holding eval/results_*.json)"""
     out_dir: str = "compare"
-    baseline: str | None = None
+    baseline: Annotated[str | None, DefaultInDoc] = None
     """run name or variant of the baseline (default: the 'baseline' variant, else the first run)"""
     aggregate_seeds: bool = False
     """average the runs of each variant (mean and interval over seeds)"""
@@ -285,9 +286,9 @@ class ScaleArgs:
     """the ladder: <out_dir>/<variant>/<size>/ runs, data/, scaling.json, scaling.md, scaling.png"""
     config: str | None = None
     """a `memlab train` YAML used as the recipe of every rung; what it does not set is language modelling only"""
-    corpus: str | None = None
+    corpus: Annotated[str | None, DefaultInDoc] = None
     """recipe overrides (default: from --config, else memlab train's defaults): the text corpus"""
-    data_dir: str | None = None
+    data_dir: Annotated[str | None, DefaultInDoc] = None
     """prepared shards shared by every rung (default: <out_dir>/data, prepared by the first rung)"""
     tokenizer: str | None = None
     seq_len: int | None = None
@@ -359,16 +360,19 @@ class ProbeArgs:
     """a run directory, a checkpoint (checkpoints/step_N) or a model directory; trajectory: a run directory"""
     probe: str = "routing"
     """routing, gates, alphas, domains or trajectory"""
-    out_dir: str | None = None
+    out_dir: Annotated[str | None, DefaultInDoc] = None
     """where <probe>_probe_step<N>.json and .png go (default: probes/ of the run)"""
     options: Annotated[ProbeOptions, tyro.conf.arg(name="")] = field(default_factory=ProbeOptions)
 
 
 def run_probe(args: ProbeArgs) -> None:
+    from memlab.eval.schema import read_results
     from memlab.probes import run_probe as probe
 
     _log_progress("memlab probe")
-    print(f"wrote {probe(args.checkpoint, args.probe, args.out_dir, args.options)}")
+    written = probe(args.checkpoint, args.probe, args.out_dir, args.options)
+    figures = [written.parent / name for name in read_results(written)["results"]["figures"]]
+    print(f"wrote {', '.join(str(f) for f in [written, *figures])}")  # (the figures had gone to the log)
 
 
 # ---------------------------------------------------------------------- main
@@ -419,7 +423,12 @@ def main(argv: list[str] | None = None) -> None:
     if not argv:
         fail(f"give a command: {', '.join(names)} (memlab --help describes them)")
     if argv[0] in ("-h", "--help"):
-        print("usage: memlab {" + ",".join(names) + "} [--help]\n" + _listing(names))
+        print("usage: memlab {" + ",".join(names) + "} [--help] | --version\n" + _listing(names))
+        sys.exit(0)
+    if argv[0] in ("-V", "--version"):  # (what a results file's memlab_version will say)
+        from memlab import __version__
+
+        print(f"memlab {__version__}")
         sys.exit(0)
     command = argv[0]
     if len(argv) > 1 and f"{argv[0]} {argv[1]}" in COMMANDS:  # two-word commands: memlab data prepare

@@ -418,7 +418,7 @@ def test_probe_windows_are_the_seq_len_the_run_trained_with(tmp_path, corpora):
     assert windows(run, seq_len=None) == windows(save_model(tmp_path / "alone"), seq_len=None) == 256
 
 
-def test_text_field_selects_the_field_of_jsonl_rows(tmp_path):
+def test_text_field_selects_the_field_of_jsonl_rows(tmp_path, capsys):
     from memlab.eval.hub import load_checkpoint
     from memlab.probes.runner import ProbeContext
 
@@ -428,9 +428,12 @@ def test_text_field_selects_the_field_of_jsonl_rows(tmp_path):
     text = ProbeContext(model, tokenizer, opts, 0, tmp_path).text()
     assert text.documents == 3 and tokenizer.decode(text.flat("ids").tolist()) == CODE * 3
     assert (text.flat("indent") == 3).any()  # read as the Python it is
+    capsys.readouterr()
     assert main(["probe", "--checkpoint", str(tmp_path / "m"), "--corpus", opts.corpus, "--documents", "all",
                  "--text-field", "content", "--max-tokens", "300", "--out-dir", str(tmp_path / "out")]) in (None, 0)
-    assert (tmp_path / "out" / "routing_probe_step0.json").is_file()
+    out = tmp_path / "out"  # both files named on stdout (the figure had been logged to stderr)
+    assert capsys.readouterr().out == f"wrote {out}/routing_probe_step0.json, {out}/routing_probe_step0.png\n"
+    assert (out / "routing_probe_step0.json").is_file() and (out / "routing_probe_step0.png").is_file()
 
 
 def test_checkpoint_step_reads_trainer_state_best_json_or_the_name(tmp_path):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+from memlab.cli_help import DefaultInDoc
 
 
 @dataclass
@@ -33,7 +35,7 @@ class BenchConfig:
     in a fresh process (a few seconds per variant and part)"""
     device: str = "auto"
     seed: int = 0
-    out_dir: str | None = None
+    out_dir: Annotated[str | None, DefaultInDoc] = None
     """where bench.json, bench.md and bench.png go (default: runs/bench)"""
 
     @property

@@ -6,8 +6,9 @@ A plain dataclass (no torch import) so that the command line can be built from i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
+from memlab.cli_help import DefaultInDoc
 from memlab.errors import MemlabError, check_at_least
 
 # options that count something: each must be >= 1 (None where allowed: the default)
@@ -19,13 +20,13 @@ COUNTS = ("samples", "needle_samples", "lm_tokens", "lm_context", "ablation_cont
 class EvalOptions:
     """What the suites evaluate, and how much of it (every field is a CLI flag of ``memlab eval``)."""
 
-    tasks: list[str] | None = None
+    tasks: Annotated[list[str] | None, DefaultInDoc] = None
     """algorithmic: restrict to these tasks (default: every task); lm-eval: the tasks to run (required)"""
     grid: Literal["iid", "ood", "all"] = "all"
     """algorithmic: which grid of difficulties to evaluate"""
     samples: int = 100
     """algorithmic: distinct examples per task and difficulty (fewer where a level has fewer); lm-eval: per task"""
-    needle_tasks: list[str] | None = None
+    needle_tasks: Annotated[list[str] | None, DefaultInDoc] = None
     """longctx: needle tasks, NAME[:key=value,...] (e.g. niah:distractors=sky; default: niah, sniah1, sniah2, sniah3)"""
     context_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
     """longctx: example lengths in tokens (haystack, needle, question and answer); the default stops at the
@@ -34,11 +35,11 @@ class EvalOptions:
     """longctx: needle depths as a fraction of the haystack"""
     needle_samples: int = 20
     """longctx: examples per (context length, depth) cell"""
-    corpus: str | None = None
+    corpus: Annotated[str | None, DefaultInDoc] = None
     """lm: a prepared shard directory, or a corpus source (stdlib-docs, files:GLOB, ...); default: the run's data"""
     lm_tokens: int = 65536
     """lm: at most this many validation tokens"""
-    lm_context: int | None = None
+    lm_context: Annotated[int | None, DefaultInDoc] = None
     """lm: window length (default: min(max_seq_len, 512))"""
     ablation_task: str = "niah"
     """ablation: the retrieval task whose accuracy the memory ablation measures"""
@@ -46,11 +47,11 @@ class EvalOptions:
     """ablation: context length of its examples in tokens"""
     ablation_samples: int = 200
     """ablation: examples (the same ones for every condition: Delta is paired)"""
-    horizons: list[int] | None = None
+    horizons: Annotated[list[int] | None, DefaultInDoc] = None
     """ablation: horizons h of the sweep (default: 1, 4, 16, ... and the whole context)"""
     horizon_samples: int = 50
     """ablation: examples per horizon (a horizon ablation recomputes windows: slow for recurrent mixers)"""
-    act_steps: int | None = None
+    act_steps: Annotated[int | None, DefaultInDoc] = None
     """act models: run exactly this many steps at every position instead of halting adaptively,
     to compare with shared_loop at the same depth (default: adaptive; results go to eval/act_steps_K/)"""
     seed: int = 0

@@ -302,6 +302,10 @@ def check_sampling(
         raise MemlabError(f"{spell('top_k')} must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise MemlabError(f"{spell('top_p')} must be in (0, 1], got {top_p}")
+    if temperature == 0 and (top_k is not None or top_p is not None):  # (it had been ignored without a word)
+        name = spell("top_k" if top_k is not None else "top_p")
+        raise MemlabError(f"{name} restricts sampling, but {spell('temperature')} 0 decodes greedily; "
+                          f"give {spell('temperature')} > 0")
 
 
 def sample_next(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
+from memlab.cli_help import DefaultInDoc
 from memlab.errors import MemlabError, check_at_least
 
 PROBES = ("routing", "gates", "alphas", "domains", "trajectory")
@@ -23,16 +24,16 @@ class ProbeOptions:
     text_field: str | None = None
     """the field of a files: (jsonl, parquet) or hf: corpus's rows that holds the text; every corpus
     the probe reads takes it, so the domains probe compares files: and hf: corpora alone with it"""
-    seq_len: int | None = None
+    seq_len: Annotated[int | None, DefaultInDoc] = None
     """window length the text is cut into (slots start fresh in every window); default: the seq_len
     the run trained with, else 256; at most the model's max_seq_len"""
     batch_size: int = 8
     documents: Literal["val", "all"] = "val"
     """val: only documents of the validation split (held out from training); all: every document"""
-    val_fraction: float | None = None
+    val_fraction: Annotated[float | None, DefaultInDoc] = None
     """the validation fraction that selects the held-out documents (default: the run's, from its
     prepared data or its config; 0.01 for a model outside a run)"""
-    split_seed: int | None = None
+    split_seed: Annotated[int | None, DefaultInDoc] = None
     """the split seed of that selection (default: the run's, else 0)"""
     max_depth: int = 4
     """nesting depths >= this are pooled into one class"""

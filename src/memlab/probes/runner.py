@@ -11,7 +11,6 @@ unset are the run's: its held-out split and the seq_len it trained with.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +27,6 @@ from memlab.probes.corpus import ProbeText, read_probe_text
 from memlab.probes.options import PROBES, ProbeOptions
 from memlab.train.config import run_config_section
 
-log = logging.getLogger(__name__)
 DEFAULT_SEQ_LEN = 256  # probe windows of a model whose run does not record its training seq_len
 
 
@@ -144,9 +142,7 @@ def default_out_dir(model_dir: Path, out_dir: str | Path | None) -> Path:
 
 
 def write_document(ctx: ProbeContext, probe: str, results: dict[str, Any], checkpoint: str, model_dir: Path) -> Path:
-    """Write the probe's results file, naming (and logging) the figures it wrote."""
-    for figure in ctx.figures:
-        log.info("wrote %s", figure)
+    """Write the probe's results file, naming the figures it wrote."""
     results = without_negative_zero({**results, "figures": [f.name for f in ctx.figures]})
     doc = schema.document(f"probe_{probe}", metadata(ctx, checkpoint, model_dir), results)
     return schema.write_results(ctx.path(probe, ".json"), doc)

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import tyro
 import yaml
 
+from memlab.cli_help import DefaultInDoc
 from memlab.config import ModelConfig, check_types, from_dict
 from memlab.errors import MemlabError, check_at_least, check_finite, choose
 
@@ -47,13 +48,13 @@ class TrainConfig:
     """ModelConfig overrides, dotted names for sub-configs ({"gdn.chunk_size": 32})"""
 
     # ------------------------------------------------------------------- data
-    tokenizer: str | None = None
+    tokenizer: Annotated[str | None, DefaultInDoc] = None
     """byte, bpe (trained on the corpus; vocab_size of the size preset), the directory of a saved one (a run,
     checkpoint or export) or a local Hugging Face tokenizer; default: a prepared --data-dir's, else bpe"""
-    corpus: str | None = None
+    corpus: Annotated[str | None, DefaultInDoc] = None
     """text source: stdlib-code, stdlib-docs, hf:NAME[:SPLIT], files:GLOB, or none (tasks only);
     default: the shards of a prepared --data-dir, else stdlib-code"""
-    data_dir: str | None = None
+    data_dir: Annotated[str | None, DefaultInDoc] = None
     """where the corpus's token shards are (or are prepared); default: a cache under ~/.cache/memlab"""
     corpus_max_docs: int | None = None
     """use only the first N documents of the corpus"""
@@ -134,7 +135,7 @@ class TrainConfig:
     """steps between checkpoints (0: only at the end)"""
     keep_last: int = 2
     """checkpoints kept (0: all)"""
-    output_dir: str | None = None
+    output_dir: Annotated[str | None, DefaultInDoc] = None
     """the run directory; default runs/<variant>_<model_size>"""
     resume: bool = False
     """continue the run in --output-dir from its last checkpoint, with the same model and global batch;
@@ -245,7 +246,7 @@ def _optional_fields(cls: type, skip: tuple[str, ...] = ()) -> type:
             sub = _optional_fields(kind)
             fields.append((f.name, sub, dataclasses.field(default_factory=sub)))
         else:
-            doc = tyro.conf.arg(help="model option (default: set by --variant and --model-size)")
+            doc = tyro.conf.arg(help="model option (default: set by --variant and --model-size)", help_behavior_hint="")
             fields.append((f.name, Annotated[kind | None, doc], dataclasses.field(default=None)))
     return dataclasses.make_dataclass(f"{cls.__name__}Overrides", fields)
 
