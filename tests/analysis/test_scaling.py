@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def make_fit(alpha: float, ci: tuple[float, float] | None, rmse: float = 0.005, 
     return PowerLawFit(a=1.0, alpha=alpha, c=1.0, n_points=n_points, rmse=rmse, noise=noise, alpha_ci=ci,
                        ci_method="batches" if ci else "none", n_bootstrap=100 if ci else 0,
                        n_batches=n_batches if ci else None, ci_note=None if ci else "3 sizes without per-batch "
-                       "losses fit exactly; add sizes or batches")  # fmt: skip
+                       "losses leave no residuals to resample; add sizes or batches")  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -136,6 +137,8 @@ def test_three_sizes_or_few_windows_are_never_decisive():
     """Three points fit three parameters exactly; a bootstrap over few windows under-covers."""
     exact = verdict(make_fit(0.45, (0.4, 0.5), rmse=0.0, n_points=3))
     assert exact.decision == "proceed" and not exact.decisive and "3 sizes fit the 3 parameters exactly" in exact.text
+    on_bound = verdict(replace(make_fit(0.0, None, rmse=0.19, n_points=3), at_bound="alpha = 0"))
+    assert "rests on a bound (alpha = 0)" in on_bound.text and "exactly" not in on_bound.text  # it misses them
     few = verdict(make_fit(0.45, (0.4, 0.5), n_batches=4))
     assert not few.decisive and "rests on 4 validation windows" in few.text
     assert verdict(make_fit(0.45, (0.4, 0.5), n_batches=10)).decisive
@@ -253,6 +256,8 @@ def test_plan_fails_early_on_too_few_sizes_duplicates_and_unknown_variants():
         plan(["baseline"], ["d64l1", "d64l1", "d128l1"])
     with pytest.raises(MemlabError, match="unknown variant 'nope'"):
         plan(["nope"], ["d64l1", "d64l2", "d128l1"])
+    with pytest.raises(MemlabError, match="unknown variant 'nope'"):  # the name first: another size won't fix it
+        plan(["baseline", "nope"], ["1M"])
 
 
 def test_plan_refuses_a_size_beyond_the_machine_before_training_any(monkeypatch):

@@ -164,11 +164,12 @@ def plan(variants: list[str], labels: list[str], aspect: float = 32.0) -> dict[s
     from memlab.config import list_variants
     from memlab.errors import choose
 
+    for variant in variants:  # (a misspelt variant first: its fix is not another size)
+        choose("variant", variant, list_variants())
     if len(labels) < 3:
         raise MemlabError(f"a fit of L = a * N^-alpha + c needs >= 3 sizes, got {len(labels)}: {', '.join(labels)}")
     out = {}
     for variant in variants:
-        choose("variant", variant, list_variants())
         sizes = [(label, resolve_size(variant, label, aspect)) for label in labels]
         counts: dict[int, str] = {}
         for label, size in sizes:

@@ -22,8 +22,8 @@ The interval for alpha is a bootstrap:
   resampled residuals, inflated by sqrt(n / (n - 3)) for the three fitted parameters, to the
   fitted curve and refits.  With a handful of points this interval still under-covers (about
   80% for a nominal 95% with five sizes): read it as a lower bound on the uncertainty;
-* ``none``: with exactly three points and no batches the curve interpolates the points and
-  no interval can be had; the verdict says so.
+* ``none``: with exactly three points and no batches the curve interpolates the points (unless
+  the fit rests on a bound) and no interval can be had; the verdict says so.
 
 A fit that rests on a bound of the search (alpha at 0 or 3, c at 0 or at the smallest loss,
 or a = 0, where alpha is undetermined) is not a free least-squares optimum; ``at_bound`` says
@@ -231,7 +231,7 @@ def fit_power_law(
     if ci is not None:
         note = None
     elif method == "none":
-        note = "3 sizes without per-batch losses fit exactly; add sizes or batches"
+        note = "3 sizes without per-batch losses leave no residuals to resample; add sizes or batches"
     else:
         note = f"{len(alphas)} usable bootstrap replicates of {n_bootstrap}, fewer than 20"
     fit = PowerLawFit(
@@ -287,7 +287,7 @@ def verdict(fit: PowerLawFit) -> Verdict:
         if fit.alpha_ci
         else f"no bootstrap interval: {fit.ci_note}"
     )
-    exact = fit.n_points <= 3  # as many points as parameters: the curve passes through them all
+    exact = fit.n_points <= 3 and fit.at_bound is None  # the curve passes through them all (off a bound)
     few_sizes = fit.ci_method == "residuals" and fit.n_points < MIN_RESIDUAL_SIZES
     few_batches = fit.n_batches is not None and fit.n_batches < MIN_BATCHES
     decisive = (
