@@ -151,6 +151,10 @@ def test_a_split_shorter_than_the_lm_window_is_refused_before_any_suite_runs(byt
                           context_lengths=[96])
     with pytest.raises(MemlabError, match=r"fewer than one lm window of 64 \+ 1; shorten the window \(--lm-context\)"):
         evaluate_model(EvalContext(small_model(byte_tok), byte_tok, options), "all")
+    prepare_shards(f"files:{text}/*.txt", byte_tok, tmp_path / "none_held_out", val_fraction=0)
+    options.corpus = str(tmp_path / "none_held_out")  # no window would help: a larger corpus or held-out share
+    with pytest.raises(MemlabError, match="holds no document: use a larger corpus .*a larger --val-fraction$"):
+        evaluate_model(EvalContext(small_model(byte_tok), byte_tok, options), "all")
 
 
 def test_a_diverged_model_has_infinite_perplexity(byte_tok, shards):
@@ -227,8 +231,11 @@ def test_the_lm_loss_and_its_documents_follow_from_the_windows_alone(byte_tok, s
         ("longctx", {"needle_tasks": ["niah:position=start"]}, "'niah:position=start': position is the grid's (--depths)"),
         ("longctx", {"needle_tasks": ["niah", "niah:distractors=people"]},
          "needle tasks 'niah' and 'niah:distractors=people' are the same task"),
-        ("longctx", {"context_lengths": [64], "needle_tasks": ["sniah1"]}, "sniah1 does not fit in a context of 64"),
+        ("longctx", {"context_lengths": [64, 512], "needle_tasks": ["sniah1"]},
+         "sniah1 does not fit in a context of 64 tokens: S-NIAH context of 64 tokens is too short for its 1 needle(s) "
+         "and question (291 tokens); leave 64 out of --context-lengths"),  # lengths given: none is dropped
         ("ablation", {"ablation_task": "sort"}, "unknown retrieval task 'sort'"),
+        ("ablation", {"ablation_task": "sniah2", "ablation_context": 128}, "; give a longer --ablation-context"),
         ("lm", {}, "the lm suite needs a corpus"),
     ],
 )
@@ -237,6 +244,18 @@ def test_bad_input_is_one_clear_error(trained_baseline, byte_tok, suite, options
     with pytest.raises(MemlabError, match=None) as e:
         evaluate_model(ctx, suite)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_default_needle_grid_leaves_out_a_length_too_short_for_a_task(trained_baseline, byte_tok, caplog):
+    """In byte tokens S-NIAH's needle and question need 291: `memlab eval` of a byte-tokenizer run had failed."""
+    from memlab.eval import longctx
+
+    options = EvalOptions(needle_tasks=["niah", "sniah1"])
+    ctx = EvalContext(trained_baseline, byte_tok, options)
+    with caplog.at_level("WARNING"):
+        longctx.check(ctx)
+    assert ctx.options.context_lengths == [512, 1024, 2048] and "the default grid leaves out 256: sniah1" in caplog.text
+    assert options.context_lengths == [256, 512, 1024, 2048]  # the caller's options are left as they were
 
 
 @pytest.mark.parametrize("suite, options", [

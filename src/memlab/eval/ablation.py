@@ -25,9 +25,10 @@ import numpy as np
 
 import memlab
 from memlab.data.tasks import RETRIEVAL_VERSION
+from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
 from memlab.eval.hub import EvalContext, register_suite
-from memlab.eval.retrieval import retrieval_examples
+from memlab.eval.retrieval import ContextTooShort, retrieval_examples
 from memlab.eval.stats import accuracy_record, paired_bootstrap
 
 NO_MEMORY = "no memory-carrying layer (attention only): nothing to zero, Delta does not apply"
@@ -46,7 +47,10 @@ def check(ctx: EvalContext) -> None:
     """Refuse an ablation context beyond the model's, or a task that does not fit it (one example is drawn)."""
     T = ctx.options.ablation_context
     check_context(ctx.model, T, "the ablation context (--ablation-context)")
-    retrieval_examples(ctx, ctx.options.ablation_task, T, 1, random.Random(0))
+    try:
+        retrieval_examples(ctx, ctx.options.ablation_task, T, 1, random.Random(0))
+    except ContextTooShort as e:
+        raise MemlabError(f"{e}; give a longer --ablation-context") from None
 
 
 @register_suite("ablation", check=check)

@@ -49,6 +49,9 @@ def check(ctx: EvalContext) -> None:
         raise MemlabError(f"--lm-tokens {ctx.options.lm_tokens} is less than one window of {seq_len} tokens; "
                           "raise it or shorten the window (--lm-context)")
     name, shards = open_corpus(ctx, spec)
+    if shards.num_tokens == 0:  # (shortening the window had been the advice)
+        raise MemlabError(f"the validation split of {name} holds no document: use a larger corpus (--corpus), or "
+                          "shards prepared with a larger --val-fraction")
     if shards.num_tokens < seq_len + 1:  # (the shards' own error came after the other suites, naming seq_len)
         raise MemlabError(f"the validation split of {name} has {shards.num_tokens} tokens, fewer than one lm window "
                           f"of {seq_len} + 1; shorten the window (--lm-context) or use a larger corpus (--corpus)")

@@ -10,12 +10,15 @@ its ``chance``: the accuracy of a uniform guess among the answer's candidate val
 fact NIAH's colours, about 0 for S-NIAH's numbers and UUIDs).
 Lengths beyond the model's ``max_seq_len`` measure length generalisation (RoPE and position-free
 models); a model with learned absolute positions has none there and refuses them, as a length too
-short for a task's needle and question is refused, before any suite runs.
+short for a task's needle and question is refused, before any suite runs.  The default grid
+instead leaves such a length out, with a warning (256 is too short for S-NIAH in byte tokens).
 """
 
 from __future__ import annotations
 
+import logging
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +28,12 @@ from memlab.data.tasks import RETRIEVAL_VERSION
 from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
 from memlab.eval.hub import EvalContext, file_safe, register_suite
-from memlab.eval.retrieval import NEEDLE_TASKS, check_needle_tasks, retrieval_examples
+from memlab.eval.options import DEFAULT_CONTEXT_LENGTHS
+from memlab.eval.retrieval import NEEDLE_TASKS, ContextTooShort, check_needle_tasks, retrieval_examples
 from memlab.eval.stats import accuracy_record, pool
 from memlab.plotting import pyplot, save_figure
+
+log = logging.getLogger(__name__)
 
 
 def needle_grid(ctx: EvalContext) -> tuple[list[str], list[int], list[float]]:
@@ -47,9 +53,22 @@ def check(ctx: EvalContext) -> None:
     if min(depths) < 0 or max(depths) > 1:
         raise MemlabError(f"needle depths are fractions in [0, 1], got {depths}")
     check_context(ctx.model, max(lengths), "the needle context (--context-lengths)")
-    for task in tasks:
-        for length in lengths:
-            retrieval_examples(ctx, task, length, 1, random.Random(0), depth=depths[0])
+    too_short: dict[int, ContextTooShort] = {}
+    for length in lengths:
+        for task in tasks:
+            try:
+                retrieval_examples(ctx, task, length, 1, random.Random(0), depth=depths[0])
+            except ContextTooShort as e:
+                too_short.setdefault(length, e)
+    fitting = [n for n in lengths if n not in too_short]
+    if not too_short:
+        return
+    if ctx.options.context_lengths != DEFAULT_CONTEXT_LENGTHS or not fitting:
+        length, problem = next(iter(too_short.items()))
+        raise MemlabError(f"{problem}; leave {length} out of --context-lengths") from None
+    left_out = ", ".join(map(str, too_short))
+    log.warning("longctx: the default grid leaves out %s: %s", left_out, next(iter(too_short.values())))
+    ctx.options = replace(ctx.options, context_lengths=fitting)  # (what run() reads and the results file records)
 
 
 @register_suite("longctx", check=check)

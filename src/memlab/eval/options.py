@@ -16,6 +16,9 @@ COUNTS = ("samples", "needle_samples", "lm_tokens", "lm_context", "ablation_cont
           "horizon_samples", "batch_tokens")
 
 
+DEFAULT_CONTEXT_LENGTHS = [256, 512, 1024, 2048]
+
+
 @dataclass
 class EvalOptions:
     """What the suites evaluate, and how much of it (every field is a CLI flag of ``memlab eval``)."""
@@ -28,9 +31,10 @@ class EvalOptions:
     """algorithmic: distinct examples per task and difficulty (fewer where a level has fewer); lm-eval: per task"""
     needle_tasks: Annotated[list[str] | None, DefaultInDoc] = None
     """longctx: needle tasks, NAME[:key=value,...] (e.g. niah:distractors=sky; default: niah, sniah1, sniah2, sniah3)"""
-    context_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
+    context_lengths: list[int] = field(default_factory=lambda: list(DEFAULT_CONTEXT_LENGTHS))
     """longctx: example lengths in tokens (haystack, needle, question and answer); the default stops at the
-    size presets' max_seq_len (2048), which learned positions cannot pass; add 4096 for the source's 1k/2k/4k grid"""
+    size presets' max_seq_len (2048), which learned positions cannot pass, and leaves out a length too short for
+    a task's needle and question in the tokenizer's tokens; add 4096 for the source's 1k/2k/4k grid"""
     depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     """longctx: needle depths as a fraction of the haystack"""
     needle_samples: int = 20

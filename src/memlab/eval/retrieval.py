@@ -59,6 +59,10 @@ def retrieval_examples(
     return distinct(lambda: _fit(task, name, context_len, units, rng.random(), ctx), n, key=_ids)
 
 
+class ContextTooShort(MemlabError):
+    """A needle task's needle and question (in the tokenizer's tokens) do not fit the context asked for."""
+
+
 def _ids(example: TokenizedExample) -> tuple[int, ...]:
     return tuple(example.ids)
 
@@ -80,9 +84,9 @@ def _fit(task, name: str, context_len: int, units: tuple[int, int], seed: float,
         try:
             example = encode_example(task(random.Random(seed), difficulty), ctx.tokenizer)
         except MemlabError as e:  # the needle and question alone exceed the budget
-            raise MemlabError(f"{name} does not fit in a context of {context_len} tokens: {e}") from None
+            raise ContextTooShort(f"{name} does not fit in a context of {context_len} tokens: {e}") from None
         excess = len(example) - context_len
         if excess <= 0:
             return example
         difficulty -= math.ceil(excess / most)
-    raise MemlabError(f"a {name} example does not fit in a context of {context_len} tokens; use a longer one")
+    raise ContextTooShort(f"a {name} example does not fit in a context of {context_len} tokens")
