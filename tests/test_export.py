@@ -148,6 +148,20 @@ def test_overwrite_never_deletes_a_run_or_its_checkpoints(run_dir, tmp_path):
     export(run_dir, tmp_path / "e", overwrite=True)  # an earlier export is still replaced
 
 
+def test_export_refuses_an_out_that_training_would_delete_or_that_is_a_file(run_dir, tmp_path):
+    """An export inside best_model/ or a checkpoint was deleted, without a word, by the next resume."""
+    for out in (run_dir / "best_model" / "exported", run_dir / "checkpoints" / "step_4" / "exported",
+                run_dir / "checkpoints" / "exported"):
+        with pytest.raises(MemlabError, match=f"--out {out} is inside .*, which training replaces or prunes"):
+            export(run_dir / "checkpoints" / "step_4", out)
+    (tmp_path / "plain").write_text("mine")
+    for out in (tmp_path / "plain", tmp_path / "plain" / "sub"):
+        with pytest.raises(MemlabError, match="not a directory"):  # --overwrite had replaced the file
+            export(run_dir, out, overwrite=True)
+    assert (tmp_path / "plain").read_text() == "mine"
+    export(run_dir, run_dir / "export")  # beside the checkpoints: nothing of training's
+
+
 def test_an_interrupted_overwrite_leaves_the_old_export_whole(run_dir, tmp_path, monkeypatch):
     """The old export had been deleted before the new one was moved in: an interruption left neither."""
     out = export(run_dir, tmp_path / "e")

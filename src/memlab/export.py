@@ -22,7 +22,7 @@ from typing import Any
 
 import memlab
 from memlab.analysis.info import human
-from memlab.errors import MemlabError
+from memlab.errors import MemlabError, check_dir_target
 from memlab.eval.hub import default_out_dir, load_checkpoint, run_dir_of
 from memlab.eval.schema import read_results
 from memlab.jsonfile import read_json_object
@@ -36,9 +36,13 @@ SUMMARY_FILE, CARD_FILE = "summary.json", "README.md"
 def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Export the model of a run, checkpoint, model or export directory into ``out``; returns ``out``."""
     model_dir = resolve_model_dir(checkpoint)
+    run_dir = run_dir_of(model_dir)
     out = Path(out)
-    if out.resolve() == model_dir.resolve():
-        raise MemlabError(f"--out {out} is the checkpoint itself; choose another directory")
+    check_dir_target(out, "--out")
+    for kept in [model_dir, *([run_dir / "best_model", run_dir / "checkpoints"] if run_dir else [])]:
+        if out.resolve().is_relative_to(kept.resolve()):  # (a resumed run prunes and replaces these)
+            raise MemlabError(f"--out {out} is inside {kept}, which training replaces or prunes; "
+                              "choose another directory")
     if model_dir.resolve().is_relative_to(out.resolve()):
         raise MemlabError(f"--out {out} holds the checkpoint {model_dir}; choose another directory")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -48,7 +52,6 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
             raise MemlabError(f"--out {out} holds a training run or checkpoints, which --overwrite does not "
                               "delete; choose another directory")
     model, tokenizer, _ = load_checkpoint(model_dir, "cpu")  # refuses a tokenizer of another model
-    run_dir = run_dir_of(model_dir)
     sources = [d for d in dict.fromkeys([model_dir, run_dir]) if d is not None]
     summary_file = next((d / SUMMARY_FILE for d in sources if (d / SUMMARY_FILE).is_file()), None)
     results = {p.name: read_results(p) for p in sorted((model_dir / "eval").glob("results_*.json"))}  # an export's
@@ -59,10 +62,13 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
             if measured_model(doc["metadata"], model_dir):  # not another checkpoint's, nor older weights'
                 results.setdefault(p.name, doc)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.{os.getpid()}.tmp"  # whole or nothing (mkdtemp's would be owner-only)
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as e:  # (its message had named the staging directory, not --out)
+        raise MemlabError(f"--out {out} cannot be written: {e.strerror or e}") from None
     try:
         model.save(staging)
         tokenizer.save(staging)
