@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -54,6 +55,16 @@ def test_jsonl_null_text_is_no_document_and_other_non_text_is_an_error(tmp_path,
     (tmp_path / "b.jsonl").write_text('{"text": "one"}\n{"text": 7}\n')
     with pytest.raises(MemlabError, match=r"b\.jsonl:2: field 'text' holds int, not text; pass --text-field$"):
         list(open_source(f"files:{tmp_path}/b.jsonl").documents())
+
+
+def test_shards_are_not_written_where_the_source_reads(tmp_path, byte_tok):
+    """Shards beside the text files: the next run had read shards.json as a document and failed."""
+    (tmp_path / "a.txt").write_text("some text\n")
+    for pattern in ("*", "*.txt", "**/*.txt"):
+        with pytest.raises(MemlabError, match=f"files:{tmp_path}/{re.escape(pattern)} reads files in {tmp_path}, "):
+            prepare_shards(f"files:{tmp_path}/{pattern}", byte_tok, tmp_path, val_fraction=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+    assert prepare_shards(f"files:{tmp_path}/*.txt", byte_tok, tmp_path / "shards", val_fraction=0).header
 
 
 def test_jsonl_with_a_byte_order_mark_and_a_cut_emoji_escape(tmp_path, byte_tok):
@@ -652,4 +663,4 @@ def test_a_validation_split_too_small_for_a_perplexity_interval_is_warned_of(cor
     assert (documents < 5) == warned and (0 < documents or not warned)
     messages = [r.getMessage() for r in caplog.records if "fell into the validation split" in r.getMessage()]
     assert messages == ([f"only {documents} document(s) of files:{corpus_dir}/*.txt fell into the validation split: "
-                         "a perplexity interval resamples documents and needs 5; raise val_fraction"] if warned else [])
+                         "a perplexity interval resamples documents and needs 5; raise --val-fraction"] if warned else [])

@@ -47,7 +47,7 @@ from memlab.data.shards import (
     token_dtype,
     verify_split,
 )
-from memlab.data.sources import Document, Source, open_source
+from memlab.data.sources import Document, Files, Source, open_source
 from memlab.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from memlab.errors import MemlabError, check_dir_target
 from memlab.paths import holds_training_output, is_model_dir
@@ -158,6 +158,9 @@ def prepare_shards(
     if out.is_dir() and (is_model_dir(out) or (out / "config.json").is_file()):  # an export: the same
         raise MemlabError(f"{out} holds a model (its weights or config.json); prepare the shards in another directory")
     src = open_source(source) if isinstance(source, str) else source
+    if isinstance(src, Files) and any(path.resolve().is_relative_to(out.resolve()) for path in src.paths()):
+        raise MemlabError(f"{src.spec} reads files in {out}, where the shards go (the next run would read the shards "
+                          "as text); prepare them in another directory")
     if tokenizer != "bpe":
         tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     request = data_request(src, tokenizer, vocab_size, val_fraction, split_seed, max_docs, bpe_train_bytes)
@@ -320,10 +323,10 @@ def _write_shards(
         raise MemlabError(f"source {src.spec} yielded no documents (empty corpus)")
     held_out = splits["val"]["documents"]
     if request["val_fraction"] > 0 and not held_out:
-        log.warning("no document of %s fell into the validation split; raise val_fraction", src.spec)
+        log.warning("no document of %s fell into the validation split; raise --val-fraction", src.spec)
     elif request["val_fraction"] > 0 and held_out < MIN_DOCUMENTS:
         log.warning("only %d document(s) of %s fell into the validation split: a perplexity interval resamples "
-                    "documents and needs %d; raise val_fraction", held_out, src.spec, MIN_DOCUMENTS)
+                    "documents and needs %d; raise --val-fraction", held_out, src.spec, MIN_DOCUMENTS)
     return {
         "format": FORMAT,
         "source": src.spec,
