@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from memlab.cli import COMMANDS, main
 from memlab.provenance import provenance
@@ -46,6 +47,14 @@ def test_info_all_is_a_markdown_table(capsys):
     assert out[0].startswith("| variant |") and any(line.startswith("| baseline | tiny |") for line in out)
 
 
+def test_info_all_lists_the_variants_a_size_cannot_build_after_the_others(capsys):
+    """A hybrid needs two layers for its pattern; at one layer it had failed the whole table without a name."""
+    main(["info", "--all", "--model-size", "d32l1"])
+    out = capsys.readouterr().out
+    assert "| gdn | d32l1 |" in out and "| gdn_hybrid |" not in out
+    assert "`gdn_hybrid` does not build at d32l1: n_layers=1 cuts the layer pattern 'GW' to 'G'" in out
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -61,6 +70,7 @@ def test_info_all_is_a_markdown_table(capsys):
         (["info", "--all", "--variant", "gdn"], "give it or --variant, not both"),
         (["data", "prepare", "--source", "stdlib-code", "--out", "x", "--streaming"], "streaming is for hf:"),
         (["data", "prepare", "--source", "stdlib-docs", "--out", "x", "--text-field", "body"], "has no fields"),
+        (["data", "prepare", "--source", "stdlib-docs", "--out", "x", "--vocab-size", "0"], "vocab_size=0 is too small"),
         (["data", "prepare", "--source", "stdlib-docs", "--out", "x", "--bpe-train-bytes", "0"],
          "bpe_train_bytes must be positive"),
         (["probe"], "Missing from memlab probe: --checkpoint"),
@@ -80,6 +90,14 @@ def test_user_errors_are_one_line_and_exit_2(args, fragment, tmp_path):
     code, out, err = run_cli(*args, cwd=tmp_path)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("memlab: error:") and fragment in err
+
+
+def test_a_bad_value_wrapped_onto_the_next_line_is_named():
+    """In an 80-column box the value falls on the line after "...base 10:"; the flag had stood in for it."""
+    p = subprocess.run([sys.executable, "-m", "memlab.cli", "generate", "--init", "--prompt", "a", "--max-new-tokens",
+                        "abc"], capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "80"})
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert "Error parsing --max-new-tokens: invalid literal for int() with base 10: 'abc'" in p.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -162,6 +180,25 @@ def test_version_is_the_one_results_files_record(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out == f"memlab {provenance()['memlab_version']}\n"
 
 
+def test_a_library_that_prints_its_own_log_is_not_printed_twice(monkeypatch, capsys):
+    """huggingface_hub's logger has its own handler: every offline retry had come twice, once with memlab's prefix."""
+    import io
+    import logging
+
+    from memlab.cli import _log_progress
+
+    monkeypatch.setattr(logging.root, "handlers", [])  # as in a fresh process (pytest's own are set aside)
+    monkeypatch.setattr(logging.root, "level", logging.root.level)  # (basicConfig sets it)
+    own = io.StringIO()
+    library = logging.getLogger("a_library_with_a_handler")
+    monkeypatch.setattr(library, "handlers", [logging.StreamHandler(own)])
+    _log_progress("memlab test")
+    library.warning("retrying")
+    logging.getLogger("memlab.somewhere").warning("memlab's own")
+    assert own.getvalue() == "retrying\n"
+    assert capsys.readouterr().err == "memlab test: memlab's own\n"
+
+
 def test_a_command_group_lists_its_subcommands(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["data", "--help"])
@@ -214,6 +251,17 @@ def test_generate_with_top_k_1_is_greedy(capsys):
     greedy = generate()
     assert generate("--temperature", "1", "--top-k", "1") == greedy
     assert generate("--temperature", "1") != greedy  # (so that --top-k 1 is what makes it greedy)
+
+
+def test_generate_prints_the_text_without_its_end_of_text_token(monkeypatch, capsys):
+    from memlab.data.tokenizer import build_tokenizer
+    from memlab.models.lm import LanguageModel
+
+    tok = build_tokenizer("byte")
+    ending = torch.tensor([[*tok.encode("!"), tok.eos_id]])
+    monkeypatch.setattr(LanguageModel, "generate", lambda self, ids, *args: torch.cat([ids, ending], dim=1))
+    main(["generate", "--init", "--prompt", "hello", "--max-new-tokens", "6"])
+    assert capsys.readouterr().out == "hello!\n"
 
 
 def test_data_prepare_passes_max_docs_and_the_split_seed(tmp_path, capsys):

@@ -30,6 +30,19 @@ from memlab.train.config import TrainArgs
 def _log_progress(prefix: str, quiet: bool = False) -> None:
     """Progress messages of the library's loggers on stderr as ``<prefix>: message`` (warnings only if quiet)."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format=f"{prefix}: %(message)s")
+    for handler in logging.root.handlers:
+        handler.addFilter(_printed_by_its_own_logger)
+
+
+def _printed_by_its_own_logger(record: logging.LogRecord) -> bool:
+    """False for a record that a handler of its own logger's line already prints (huggingface_hub's and
+    lm_eval's print theirs: every retry of an offline Hub request had been printed twice)."""
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None and logger is not logging.root:
+        if logger.handlers:
+            return False
+        logger = logger.parent if logger.propagate else None
+    return True
 
 
 # ------------------------------------------------------------------------ info
@@ -58,8 +71,17 @@ def run_info(args: InfoArgs) -> None:
     if args.all:
         if args.variant is not None:
             raise MemlabError("--all describes every variant: give it or --variant, not both")
-        rows = [describe(v, args.model_size, args.context_len, **overrides) for v in list_variants()]
+        rows, unbuilt = [], {}
+        for v in list_variants():  # (one variant that cannot be built at the size had failed the whole table)
+            try:
+                rows.append(describe(v, args.model_size, args.context_len, **overrides))
+            except MemlabError as e:
+                unbuilt[v] = str(e)
+        if not rows:  # the size or the context, not a variant
+            raise MemlabError(next(iter(unbuilt.values())))
         print(variants_table(rows))
+        for v, why in unbuilt.items():
+            print(f"\n`{v}` does not build at {args.model_size}: {why}")
         return
     variant = "baseline" if args.variant is None else args.variant  # ("" is an unknown variant)
     for key, value in describe(variant, args.model_size, args.context_len, **overrides).items():
@@ -121,7 +143,10 @@ def run_generate(args: GenerateArgs) -> None:
         ids, args.max_new_tokens, args.temperature, args.top_k, tokenizer.eos_id,
         torch.Generator().manual_seed(args.seed), args.top_p,
     )
-    print(args.prompt + tokenizer.decode(out[0, ids.shape[1] :].tolist()))
+    new = out[0, ids.shape[1] :].tolist()
+    if new[-1:] == [tokenizer.eos_id]:  # the end of the text, not a part of it (it had printed <|eos|>)
+        new = new[:-1]
+    print(args.prompt + tokenizer.decode(new))
 
 
 # ---------------------------------------------------------------- data prepare
@@ -160,8 +185,9 @@ def run_data_prepare(args: DataPrepareArgs) -> None:
     if args.vocab_size is not None and args.tokenizer != "bpe":  # (it had been ignored)
         raise MemlabError(f"--vocab-size sizes a bpe tokenizer trained here; --tokenizer {args.tokenizer} has its own")
     source = open_source(args.source, text_field=args.text_field, streaming=args.streaming)
+    vocab_size = BPE_VOCAB_SIZE if args.vocab_size is None else args.vocab_size  # (0 had become 8192)
     result = prepare_shards(
-        source, args.tokenizer, args.out, vocab_size=args.vocab_size or BPE_VOCAB_SIZE, val_fraction=args.val_fraction,
+        source, args.tokenizer, args.out, vocab_size=vocab_size, val_fraction=args.val_fraction,
         split_seed=args.split_seed, max_docs=args.max_docs, bpe_train_bytes=args.bpe_train_bytes,
         force=args.force, progress=True,
     )
@@ -407,7 +433,7 @@ def _one_line(tyro_message: str) -> str:
     if not lines:
         return "invalid arguments"
     flags = [text.split()[0] for text in lines[1:] if text.startswith("--")]
-    if lines[0].endswith(":") and flags:
+    if lines[0].endswith(":") and lines[1:2] and lines[1].startswith("--"):  # a list of flags (not a value wrapped)
         return f"{lines[0]} {', '.join(flags)}"
     first = lines[0]  # the box wraps a long message (a list of choices) at the terminal's width: join it back
     for text in lines[1:]:
