@@ -42,6 +42,15 @@ def test_all_writes_one_valid_document_with_every_suite(evaluated):
     assert meta["grid_version"].startswith("memlab-alg-grid")
 
 
+def test_a_refused_evaluation_leaves_no_directory_behind(evaluated, tmp_path):
+    from memlab.eval.hub import evaluate
+
+    model_dir = evaluated[1].parent
+    with pytest.raises(MemlabError, match="the lm suite needs a corpus"):  # refused before any suite runs
+        evaluate(model_dir, "lm", tmp_path / "eval" / "step_3", EvalOptions())
+    assert not (tmp_path / "eval").exists()  # an empty eval/ had stayed (and been exported)
+
+
 def test_every_accuracy_carries_n_and_a_wilson_interval(evaluated):
     records = list(accuracy_records(evaluated[0]["results"]))
     assert len(records) > 30

@@ -12,6 +12,7 @@ A suite is a function ``(ctx: EvalContext) -> dict`` (its payload), registered w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -243,12 +244,19 @@ def evaluate(
     if options.act_steps is not None:
         fix_act_steps(model, options.act_steps)
     check_dir_target(out, "--out-dir")  # before the suites run, not when their results are written
+    made = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # (a read-only or missing file system: it had been a traceback after all the work)
         raise MemlabError(f"--out-dir {out} cannot be made: {e.strerror or e}") from None
     ctx = EvalContext(model, tokenizer, options, out, run_dir, progress)
-    doc = evaluate_model(ctx, suite, checkpoint=str(checkpoint), model_dir=str(model_dir))
+    try:
+        doc = evaluate_model(ctx, suite, checkpoint=str(checkpoint), model_dir=str(model_dir))
+    except BaseException:  # (a refused option had left an empty eval/ behind)
+        for directory in made:
+            with contextlib.suppress(OSError):  # not empty: a plot was written
+                directory.rmdir()
+        raise
     schema.write_results(out / schema.results_filename(suite), doc)
     return doc
 
