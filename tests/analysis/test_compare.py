@@ -28,7 +28,8 @@ def make_run(root, name, variant="gdn", alg=0.5, ood=0.2, needle=0.8, ppl=20.0, 
     """A run directory with summary.json and a hand-written results_all.json."""
     run = root / name
     (run / "eval").mkdir(parents=True)
-    (run / "summary.json").write_text(json.dumps({"status": "completed", "wall_time_s": seconds}))
+    summary = {"status": "completed", "wall_time_s": 3 * seconds, "train_time_s": seconds}  # evaluation: the rest
+    (run / "summary.json").write_text(json.dumps(summary))
     payloads = {
         "algorithmic": {"grids": {}, "summary": {"iid": acc(alg), "ood": acc(ood)}, "tasks": {"copy": {
             "iid": acc(alg), "ood": acc(ood), "by_difficulty": [{"split": "iid", "difficulty": 4, **acc(alg)},
@@ -415,6 +416,15 @@ def test_each_suite_is_read_from_the_newest_file_holding_it_and_compare_json_nam
     assert row["result_files"] == {"lm": str(base / "eval" / "results_lm.json"),
                                    **{s: str(base / "eval" / "results_all.json")
                                       for s in ("algorithmic", "longctx", "ablation")}}
+
+
+def test_training_time_is_the_steps_and_an_older_summary_gives_its_wall_time(tmp_path, base, caplog):
+    """Evaluating every step had made a run with the same training 'not win' on time (25x its wall time)."""
+    assert compare([base]).rows[0].train_time_s.value == 100.0  # not the 300 s of its wall time
+    (base / "summary.json").write_text(json.dumps({"status": "completed", "wall_time_s": 300.0}))
+    with caplog.at_level(logging.WARNING):
+        assert compare([base]).rows[0].train_time_s.value == 300.0
+    assert "records no train_time_s (an older memlab)" in caplog.text
 
 
 def test_sample_counts_may_differ_and_a_fact_an_older_file_lacks_is_not_compared(tmp_path, base):

@@ -167,6 +167,30 @@ def test_a_resume_keeps_the_count_of_skipped_steps(tmp_path, monkeypatch):
     assert [r["skipped_steps"] for r in records(run)] == [0, 1, 1, 1]
 
 
+def test_training_time_counts_the_steps_of_every_session(tmp_path, monkeypatch):
+    """compare's time criterion: steps only (evaluation, plots and checkpoints had been counted with them)."""
+    from memlab.train.trainer import Trainer
+
+    step = Trainer._train_step
+    monkeypatch.setattr(Trainer, "_train_step", lambda self: time.sleep(0.05) or step(self))
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=2))
+    first = json.loads((run / "summary.json").read_text())
+    assert 0.1 <= first["train_time_s"] <= sum(first["seconds"].values()) and first["train_time_s"] < first["wall_time_s"]
+    train(tiny_config(run, steps=4, resume=True))
+    both = json.loads((run / "summary.json").read_text())
+    assert both["train_time_s"] == pytest.approx(first["train_time_s"] + both["seconds"]["train"])  # both sessions'
+
+    # a checkpoint of an older memlab does not know its steps' time: unknown, not the second session's alone
+    step_4 = run / "checkpoints" / "step_4"
+    state = json.loads((step_4 / TRAINER_STATE_FILE).read_text())
+    del state["train_time_s"]
+    (step_4 / TRAINER_STATE_FILE).write_text(json.dumps(state))
+    write_manifest(step_4)
+    train(tiny_config(run, steps=5, resume=True))
+    assert json.loads((run / "summary.json").read_text())["train_time_s"] is None
+
+
 def test_a_resume_keeps_the_count_of_bad_steps_in_a_row(tmp_path, monkeypatch):
     """A bad step just before the checkpoint and the first bad step after the resume are two in a row."""
     from memlab.train import TrainingDiverged

@@ -4,7 +4,7 @@ A variant *wins* against the baseline when all four criteria hold (``Criteria``)
 
 1. algorithmic accuracy (IID grid) at least ``min_alg_gain`` (5 points) above the baseline's;
 2. better out-of-distribution accuracy (OOD grid) than the baseline;
-3. training time at most ``max_time_ratio`` (2x) the baseline's;
+3. training time (its steps, evaluation and checkpoints left out) at most ``max_time_ratio`` (2x) the baseline's;
 4. no perplexity collapse: perplexity at most ``max_ppl_ratio`` (1.5x) the baseline's; a
    non-finite loss (perplexity written as null) in any seed is a collapse and fails it.
 
@@ -224,11 +224,19 @@ def _brief(value: Any, width: int = 60) -> str:
 
 
 def training_seconds(run_dir: Path) -> float | None:
-    """The run's training wall time (``wall_time_s`` of its summary.json, over every resumed session)."""
+    """The run's time in training steps over every resumed session (``train_time_s`` of its
+    summary.json: evaluation, plots and checkpoints left out, which --eval-interval had made a
+    criterion of); an older run's wall time, with a warning, where it records none."""
     path = run_dir / "summary.json"
     if not path.is_file():
         return None
-    seconds = read_json_object(path).get("wall_time_s")
+    summary = read_json_object(path)
+    seconds = summary.get("train_time_s")
+    if not isinstance(seconds, (int, float)):
+        seconds = summary.get("wall_time_s")
+        if isinstance(seconds, (int, float)):
+            log.warning("%s records no train_time_s (an older memlab): its training time is its wall time, "
+                        "evaluation and checkpoints included", path)
     return float(seconds) if isinstance(seconds, (int, float)) else None
 
 

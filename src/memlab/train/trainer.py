@@ -199,6 +199,7 @@ class Trainer:
         self.last_valid: torch.Tensor | None = None  # the real positions of the last micro-batch (None: all)
         self.best: dict[str, Any] = {"loss": None, "step": None, "acc": {}, "val_windows": WINDOW_PLACEMENT}
         self.wall_before = 0.0  # seconds of earlier sessions of this run
+        self.train_before: float | None = 0.0  # their seconds in training steps (None: an older checkpoint's run)
         self.window = _Window()
         if d.is_main:  # every check has passed: only now is the run --overwrite replaces deleted
             if cfg.overwrite and self.run_dir.exists():
@@ -257,6 +258,7 @@ class Trainer:
             "bad_in_row": self.bad_in_row,
             "best": self.best,
             "wall_time_s": self.wall_before + self.session_wall(),
+            "train_time_s": self.train_time(),
             "window": self.window.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "world_size": self.d.world_size,
@@ -281,6 +283,7 @@ class Trainer:
             raise MemlabError(f"{checkpoint} has trained {self.step * self.tokens_per_step} tokens, more than "
                               f"--total_tokens {self.cfg.total_tokens}; resume with at least that many")
         self.best, self.wall_before = state["best"], state["wall_time_s"]
+        self.train_before = state.get("train_time_s")  # (absent from older checkpoints)
         measured_elsewhere = self.best.get("val_windows") != WINDOW_PLACEMENT  # (absent: an older memlab's prefix)
         if self.data.val is not None and self.best["loss"] is not None and measured_elsewhere:
             log.warning("the best validation loss of %s was measured on the start of the validation split (an older "
@@ -366,6 +369,10 @@ class Trainer:
                 (tmp / BEST_FILE).write_text(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------ loop
+    def train_time(self) -> float | None:
+        """Seconds in training steps over every session of the run (evaluation and checkpoints left out)."""
+        return None if self.train_before is None else self.train_before + self.seconds["train"]
+
     def session_wall(self) -> float:
         return time.perf_counter() - self.loop_start
 
@@ -549,6 +556,7 @@ class Trainer:
             "tokens_per_step": self.tokens_per_step,
             "skipped_steps": self.skipped,
             "wall_time_s": self.wall_before + session,
+            "train_time_s": self.train_time(),  # the steps alone: what compare's time criterion weighs
             "tokens_per_s": session_tokens / session if session > 0 else None,
             "train_tokens_per_s": session_tokens / self.seconds["train"] if self.seconds["train"] else None,
             "seconds": dict(self.seconds),  # of this session: setup, train steps, eval, checkpoints, outputs
