@@ -109,6 +109,33 @@ def test_resume_refuses_another_global_batch(tmp_path):
     assert json.loads((run / "summary.json").read_text())["steps"] == 4
 
 
+def test_resume_refuses_another_seed(tmp_path):
+    """A resume draws the checkpoint's random stream: config.yaml had recorded the new seed of a run drawn with
+    the old, and compare --aggregate-seeds had averaged it as an independent seed."""
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=2))
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(MemlabError, match=r"continues the random stream of .* \(seed 0\); --seed 7 takes effect in a "
+                                          "new run only"):
+        train(tiny_config(run, steps=2, seed=7, resume=True))
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_it_starts_afresh(tmp_path, monkeypatch, caplog):
+    from memlab.train.trainer import Trainer
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(Trainer, "_train_step", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(run, steps=2))
+    assert not (run / "checkpoints").exists() and (run / "config.yaml").is_file()
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING):
+        train(tiny_config(run, steps=2, resume=True))
+    assert "holds no checkpoint (it stopped before its first save): training starts afresh" in caplog.text
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+
+
 def test_resume_takes_weight_decay_and_betas_from_the_command_line(tmp_path):
     run = tmp_path / "run"
     train(tiny_config(run, steps=2, weight_decay=0.1, beta1=0.9, beta2=0.95))

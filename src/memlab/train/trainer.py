@@ -106,12 +106,16 @@ def plan_start(cfg: TrainConfig) -> Path | None:
             read_run_config(run)  # refuse to delete what is not a training run
         return None
     previous = read_run_config(run)
-    changes = cfg.changes_from(previous)
-    model_changes = {k: v for k, v in cfg.differences(previous).items() if k in _MODEL_FIELDS}
+    changes, differences = cfg.changes_from(previous), cfg.differences(previous)
+    model_changes = {k: v for k, v in differences.items() if k in _MODEL_FIELDS}
     if model_changes and cfg.resume:
         shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in model_changes.items())
         raise MemlabError(f"--resume continues the model of {run}, which these settings change ({shown}); "
                           "start a new run in another --output-dir")
+    if "seed" in differences and cfg.resume:  # (config.yaml had said 7 of a run drawn with 0)
+        new, old = differences["seed"]
+        raise MemlabError(f"--resume continues the random stream of {run} (seed {old!r}); --seed {new} takes effect "
+                          "in a new run only: give another --output-dir")
     if changes and not cfg.resume:
         raise MemlabError(
             f"{run} holds a different run ({changes}); pass --resume to continue it with these settings "
@@ -123,6 +127,8 @@ def plan_start(cfg: TrainConfig) -> Path | None:
             f"no checkpoint in {run / 'checkpoints'} is whole (see the warnings above), so the run cannot be "
             "continued; start again with --overwrite"
         )
+    if latest is None and cfg.resume:  # (it had started again from step 0 without a word)
+        log.warning("--resume: %s holds no checkpoint (it stopped before its first save): training starts afresh", run)
     return latest
 
 
