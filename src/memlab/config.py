@@ -251,6 +251,8 @@ def check_types(cls: type, data: dict[str, Any], path: str | Path, prefix: str =
         else:
             try:
                 check_type(value, field_type, collection_check_strategy=CollectionCheckStrategy.ALL_ITEMS)
+                if isinstance(value, bool) and not (field_type in (bool, Any) or bool in typing.get_args(field_type)):
+                    raise TypeCheckError("a bool is no number")  # (an int field had taken `true` as 1)
             except TypeCheckError:
                 expected = field_type.__name__ if isinstance(field_type, type) else str(field_type)
                 expected = expected.replace("typing.", "")

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import tyro
+import yaml
 from conftest import TINY_MODEL, cli_args, tiny_config
 
 from memlab.cli import main
@@ -61,6 +62,15 @@ def test_yaml_sets_defaults_and_the_command_line_wins(tmp_path):
     cfg = parse(["--config", str(yaml_file), "--seq-len", "32", "--d_model", "96"]).to_config()
     assert (cfg.lr, cfg.seq_len, cfg.alg_tasks) == (0.005, 32, ["copy"])
     assert cfg.model == {"gdn.chunk_size": 16, "d_model": 96}
+
+
+def test_yaml_reads_an_exponent_without_a_dot_as_a_number(tmp_path):
+    """PyYAML reads `3e-4` as a string (YAML 1.1), which `lr` had refused though `--lr 3e-4` works."""
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("lr: 3e-4\nweight_decay: 1E-2\nwarmup: 10\nmodel:\n  gdn.beta_floor: 5e-2\n")
+    cfg = parse(["--config", str(yaml_file)]).to_config()
+    assert (cfg.lr, cfg.weight_decay, cfg.warmup, cfg.model) == (3e-4, 1e-2, 10, {"gdn.beta_floor": 0.05})
+    assert yaml.safe_load("lr: 3e-4") == {"lr": "3e-4"}  # PyYAML's own loader is left as it is
 
 
 def _error(argv, capsys) -> str:
@@ -144,6 +154,8 @@ def test_yaml_with_unknown_keys_is_refused(tmp_path, capsys):
         ("model:\n  d_model: big\n", "model.d_model must be of type int, got 'big'"),
         ("model:\n  gdn: {chunk_size: [32]}\n", "model.gdn.chunk_size must be of type int, got [32]"),
         ("format: memlab-train-v1\n", "holds no `train:` mapping"),
+        ("batch_size: true\n", "batch_size must be of type int, got True"),  # had been a batch of 1
+        ("model:\n  n_layers: false\n", "model.n_layers must be of type int, got False"),
     ],
 )
 def test_yaml_values_of_the_wrong_type_are_refused(tmp_path, capsys, text, fragment):

@@ -10,6 +10,7 @@ the dataclasses.  Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,12 +217,22 @@ def run_config_section(run_dir: Path, section: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, but a number in exponent form without a dot (``3e-4``) is a float, as
+    YAML 1.2 and the command line have it (PyYAML had read a string, which `lr` then refused)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MemlabError(f"no such config file: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_YamlLoader) or {}
     except yaml.YAMLError as e:
         raise MemlabError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     except UnicodeDecodeError:
