@@ -298,7 +298,7 @@ class ScaleArgs:
     """Train a ladder of sizes per variant; fit L(N) = a N^-alpha + c and L(FLOPs); plot; go/no-go verdict."""
 
     variant: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
-    """a variant to scale (repeat the flag, or a,b); default: baseline"""
+    """a variant to scale (repeat the flag, or a,b); default: the --config recipe's, else baseline"""
     sizes: str = "1M,2M,4M,8M"
     """comma-separated presets (tiny, 125M), width/depth pairs (d256l4) or parameter counts (1M, 2.5M, 300K);
     a decisive verdict needs more than 3 (3 sizes fit the 3 parameters of the law exactly), each measured on at least
@@ -342,7 +342,8 @@ def run_scale(args: ScaleArgs) -> None:
     given = {k: getattr(args, k) for k in ("corpus", "data_dir", "tokenizer", "seq_len", "batch_size", "lr",
                                            "eval_tokens", "device") if getattr(args, k) is not None}
     recipe = dataclasses.replace(recipe, seed=args.seed, **given).validate()
-    variants = [v for item in args.variant or ["baseline"] for v in item.split(",") if v]
+    variants = [v for item in args.variant or [recipe.variant] for v in item.split(",") if v]  # (a run's config.yaml
+    # as the recipe had scaled baseline)
     if not variants:  # (--variant "" had written an empty report)
         raise MemlabError("--variant is empty; name a variant (memlab info --all lists them)")
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]

@@ -400,6 +400,9 @@ def write_recipe(tmp_path):
         # had been found after the first rung was trained
         (["--sizes", "d64l1,d64l2,d128l1", "--tokens", "100", "--seq-len", "32", "--eval-tokens", "16"],
          "--eval-tokens 16 is less than one window of --seq-len 32"),
+        # its sizes had been "the same model; drop one", which no choice of sizes mends
+        (["--variant", "cdm_code", "--sizes", "d32l1,d64l1,d96l1", "--tokens", "100"],
+         "cdm_code has a fixed shape (d384 x 8 layers, whatever the size): it cannot be scaled"),
     ],
 )
 def test_scale_user_errors_are_one_line_exit_2(args, fragment, tmp_path, capsys):
@@ -407,6 +410,21 @@ def test_scale_user_errors_are_one_line_exit_2(args, fragment, tmp_path, capsys)
         main(["scale", "--out-dir", str(tmp_path / "s"), *args])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and fragment in err
+
+
+@pytest.mark.parametrize("yaml_text, fragment", [
+    # every rung had trained the one model it sets, and the fit was refused after the training
+    ("model:\n  n_layers: 1\n", "the recipe's model sets n_layers, which each rung's size sets; remove it"),
+    ("variant: cdm_code\n", "cdm_code has a fixed shape"),  # the recipe's variant is scaled (it had been baseline)
+])
+def test_scale_takes_the_recipes_variant_and_refuses_its_size(yaml_text, fragment, tmp_path, capsys):
+    (tmp_path / "recipe.yaml").write_text(yaml_text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["scale", "--config", str(tmp_path / "recipe.yaml"), "--sizes", "d32l1,d32l2,d32l3", "--tokens", "100",
+              "--out-dir", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and fragment in err
+    assert not (tmp_path / "s").exists()
 
 
 def test_scale_out_dir_that_is_a_file_is_refused_before_training(tmp_path, capsys):

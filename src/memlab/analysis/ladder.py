@@ -166,6 +166,10 @@ def plan(variants: list[str], labels: list[str], aspect: float = 32.0) -> dict[s
 
     for variant in variants:  # (a misspelt variant first: its fix is not another size)
         choose("variant", variant, list_variants())
+        shape = build_config(variant, "d64l2")
+        if (shape.d_model, shape.n_layers) != (64, 2):  # (sizes had been "the same model; drop one")
+            raise MemlabError(f"{variant} has a fixed shape (d{shape.d_model} x {shape.n_layers} layers, whatever the "
+                              "size): it cannot be scaled")
     if len(labels) < 3:
         raise MemlabError(f"a fit of L = a * N^-alpha + c needs >= 3 sizes, got {len(labels)}: {', '.join(labels)}")
     out = {}
@@ -247,6 +251,9 @@ def final_model_losses(run_dir: Path, cfg) -> tuple[LanguageModel, np.ndarray, n
 # ---------------------------------------------------------------------- ladder
 
 
+RUNG_SIZE_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")  # what a rung's size decides
+
+
 def default_recipe():
     """The trainer's defaults for language modelling alone: no algorithmic phase, no task evaluation."""
     from memlab.train.config import TrainConfig
@@ -281,6 +288,10 @@ def run_ladder(
     if n_bootstrap != 0 and n_bootstrap < MIN_BOOTSTRAP:
         raise MemlabError(f"--bootstrap must be 0 (no interval) or >= {MIN_BOOTSTRAP} (for the 2.5 and 97.5 "
                           f"percentiles), got {n_bootstrap}")
+    sized = sorted(k for k in recipe.model if k.split(".")[0] in RUNG_SIZE_FIELDS)
+    if sized:  # (every rung had trained the one model they set, and the fit was refused at the end)
+        raise MemlabError(f"the recipe's model sets {', '.join(sized)}, which each rung's size sets; remove "
+                          f"{'it' if len(sized) == 1 else 'them'} from --config")
     check_dir_target(out_dir, "--out-dir")
     out_dir = Path(out_dir)
     plans = plan(variants, labels, aspect)
