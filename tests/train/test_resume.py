@@ -3,6 +3,7 @@ what a resume with other settings keeps, takes from the command line, or refuses
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -134,6 +135,22 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_it_starts_afre
         train(tiny_config(run, steps=2, resume=True))
     assert "holds no checkpoint (it stopped before its first save): training starts afresh" in caplog.text
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
+
+
+def test_a_run_with_a_relative_data_dir_resumes_from_another_directory(tmp_path, text_corpus, monkeypatch):
+    """config.yaml had recorded `data_dir: shards` as given: a resume from elsewhere prepared the corpus in a stray
+    ./shards with a new tokenizer, then refused it as another tokenizer's."""
+    from memlab.train.config import TrainConfig
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=2, corpus=text_corpus, data_dir="shards", tokenizer="byte", alg_tokens=0))
+    monkeypatch.chdir(tmp_path / "b")
+    recorded = TrainConfig.from_yaml(run / "config.yaml")
+    assert recorded.data_dir == str(tmp_path / "a" / "shards")
+    train(dataclasses.replace(recorded, total_tokens=3 * recorded.total_tokens // 2, resume=True))
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3 and not any((tmp_path / "b").iterdir())
 
 
 def test_resume_takes_weight_decay_and_betas_from_the_command_line(tmp_path):

@@ -149,6 +149,10 @@ class TrainConfig:
     """also log to TensorBoard (needs the tensorboard package)"""
 
     # ---------------------------------------------------------------- helpers
+    def __post_init__(self) -> None:
+        if self.data_dir:  # absolute, as config.yaml records it: a resume from another directory had prepared
+            self.data_dir = str(Path(self.data_dir).expanduser().resolve())  # the corpus afresh in a stray dir
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.variant}_{self.model_size}")
