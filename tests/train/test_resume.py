@@ -153,6 +153,17 @@ def test_a_run_with_a_relative_data_dir_resumes_from_another_directory(tmp_path,
     assert json.loads((run / "summary.json").read_text())["steps"] == 3 and not any((tmp_path / "b").iterdir())
 
 
+def test_the_same_model_written_otherwise_resumes_and_another_model_is_not_advised_to(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=2, model={**TINY_MODEL, "gdn": {"chunk_size": 16}}))
+    same = {**TINY_MODEL, "gdn.chunk_size": 16, "n_heads": 2}  # dotted, and a value given twice: one model
+    train(tiny_config(run, steps=3, model=same, resume=True))  # had been refused as a change of model
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+    with pytest.raises(MemlabError, match=r"holds a different run \(model: .*\); start a new run in another "
+                                          "--output-dir or --overwrite"):  # --resume had been advised, then refused
+        train(tiny_config(run, steps=3, model={**TINY_MODEL, "d_ff": 64}))
+
+
 def test_resume_takes_weight_decay_and_betas_from_the_command_line(tmp_path):
     run = tmp_path / "run"
     train(tiny_config(run, steps=2, weight_decay=0.1, beta1=0.9, beta2=0.95))

@@ -20,7 +20,7 @@ import tyro
 import yaml
 
 from memlab.cli_help import DefaultInDoc
-from memlab.config import ModelConfig, check_types, from_dict
+from memlab.config import ModelConfig, build_config, check_types, from_dict
 from memlab.errors import MemlabError, check_at_least, check_finite, choose
 
 ALG_TASKS = [
@@ -30,6 +30,7 @@ ALG_TASKS = [
 RUN_FORMAT = "memlab-train-v1"  # the config.yaml of a run: {format, train: <these fields>, model_config, data}
 
 # Fields that do not change what is trained: a run directory may be re-run with other values.
+MODEL_FIELDS = frozenset({"variant", "model_size", "model"})  # what builds the model; a resumed run must keep it
 OPERATIONAL_FIELDS = frozenset(
     {"output_dir", "resume", "overwrite", "progress", "tensorboard", "keep_last", "save_interval", "log_interval",
      "compile", "device"}
@@ -178,9 +179,21 @@ class TrainConfig:
         return cls.from_dict({**(base.to_dict() if base else {}), **data})
 
     def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
-        """Fields (other than the operational ones) whose values differ: name -> (self's, other's)."""
+        """Fields (other than the operational ones) whose values differ: name -> (self's, other's); the
+        variant, size and model overrides only where they build another model (``gdn: {chunk_size: 16}``
+        and ``gdn.chunk_size: 16``, or a size's own width given again, had been a change of model)."""
         a, b = self.to_dict(), other.to_dict()
-        return {k: (a[k], b[k]) for k in a if k not in OPERATIONAL_FIELDS and a[k] != b.get(k)}
+        out = {k: (a[k], b[k]) for k in a if k not in OPERATIONAL_FIELDS and a[k] != b.get(k)}
+        if MODEL_FIELDS & out.keys() and (built := self.model_config()) is not None and built == other.model_config():
+            out = {k: v for k, v in out.items() if k not in MODEL_FIELDS}
+        return out
+
+    def model_config(self) -> ModelConfig | None:
+        """The model these options build; None where they build none (a value the model refuses)."""
+        try:
+            return build_config(self.variant, self.model_size, **self.model)
+        except MemlabError:
+            return None
 
     def changes_from(self, previous: TrainConfig, shown: int = 4) -> str:
         """The first ``shown`` differences as ``name: previous -> this``, for an error message ('' if none)."""

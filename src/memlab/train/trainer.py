@@ -41,7 +41,7 @@ from memlab.provenance import provenance
 from memlab.train import checkpoint as ckpt
 from memlab.train import distributed
 from memlab.train.allocator import keep_freed_memory
-from memlab.train.config import RUN_FORMAT, TrainConfig, read_yaml, run_config_section
+from memlab.train.config import MODEL_FIELDS, RUN_FORMAT, TrainConfig, read_yaml, run_config_section
 from memlab.train.data import RunData, build_data
 from memlab.train.evaluate import EvalResult, evaluate
 from memlab.train.metrics import MetricsLog, summary_writer
@@ -87,9 +87,6 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_yaml(run_dir / CONFIG_FILE)
 
 
-_MODEL_FIELDS = ("variant", "model_size", "model")  # what a resumed run must keep
-
-
 def plan_start(cfg: TrainConfig) -> Path | None:
     """The checkpoint to resume from (None: start afresh); refuses a directory holding another run."""
     run = cfg.run_dir
@@ -107,7 +104,7 @@ def plan_start(cfg: TrainConfig) -> Path | None:
         return None
     previous = read_run_config(run)
     changes, differences = cfg.changes_from(previous), cfg.differences(previous)
-    model_changes = {k: v for k, v in differences.items() if k in _MODEL_FIELDS}
+    model_changes = {k: v for k, v in differences.items() if k in MODEL_FIELDS}
     if model_changes and cfg.resume:
         shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in model_changes.items())
         raise MemlabError(f"--resume continues the model of {run}, which these settings change ({shown}); "
@@ -117,10 +114,9 @@ def plan_start(cfg: TrainConfig) -> Path | None:
         raise MemlabError(f"--resume continues the random stream of {run} (seed {old!r}); --seed {new} takes effect "
                           "in a new run only: give another --output-dir")
     if changes and not cfg.resume:
-        raise MemlabError(
-            f"{run} holds a different run ({changes}); pass --resume to continue it with these settings "
-            "or --overwrite to start again"
-        )
+        advice = ("start a new run in another --output-dir" if model_changes  # (--resume had been advised)
+                  else "pass --resume to continue it with these settings")
+        raise MemlabError(f"{run} holds a different run ({changes}); {advice} or --overwrite to start again")
     latest = latest_whole_checkpoint(run)
     if latest is None and checkpoint_dirs(run):  # starting afresh would prune them: refuse, keep them
         raise MemlabError(
