@@ -316,13 +316,18 @@ class ScaleArgs:
     """recipe overrides (default: from --config, else memlab train's defaults): the text corpus"""
     data_dir: Annotated[str | None, DefaultInDoc] = None
     """prepared shards shared by every rung (default: <out_dir>/data, prepared by the first rung)"""
-    tokenizer: str | None = None
-    seq_len: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    eval_tokens: int | None = None
-    """validation tokens measured per rung (their windows drive the bootstrap)"""
-    device: str | None = None
+    tokenizer: Annotated[str | None, DefaultInDoc] = None
+    """recipe override (default: the recipe's): the tokenizer"""
+    seq_len: Annotated[int | None, DefaultInDoc] = None
+    """recipe override (default: the recipe's): tokens per training sequence"""
+    batch_size: Annotated[int | None, DefaultInDoc] = None
+    """recipe override (default: the recipe's): sequences per step"""
+    lr: Annotated[float | None, DefaultInDoc] = None
+    """recipe override (default: the recipe's): the peak learning rate"""
+    eval_tokens: Annotated[int | None, DefaultInDoc] = None
+    """validation tokens measured per rung (their windows drive the bootstrap; default: the recipe's)"""
+    device: Annotated[str | None, DefaultInDoc] = None
+    """recipe override (default: the recipe's, else auto)"""
     seed: int = 0
     """training seed of every rung, and the bootstrap's"""
     aspect: float = 32.0

@@ -340,7 +340,7 @@ def test_bad_input_is_one_clear_error(tmp_path, base, case):
         message = "summary.json is corrupt (not JSON"
     else:
         kwargs["baseline"] = "transformer"
-        message = "unknown baseline 'transformer'; valid choices: base"
+        message = "unknown baseline 'transformer'; valid choices (a run or a variant): base, baseline"
     with pytest.raises(MemlabError) as e:
         compare(runs, **kwargs)
     assert message in str(e.value) and "\n" not in str(e.value)

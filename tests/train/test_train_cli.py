@@ -142,7 +142,8 @@ def test_two_config_files_are_refused(tmp_path, capsys):
 
 def test_yaml_with_unknown_keys_is_refused(tmp_path, capsys):
     (tmp_path / "run.yaml").write_text("learning_rate: 1\n")
-    assert "unknown TrainConfig fields ['learning_rate']" in _error(["--config", str(tmp_path / "run.yaml")], capsys)
+    err = _error(["--config", str(tmp_path / "run.yaml")], capsys)
+    assert f"{tmp_path / 'run.yaml'}: unknown TrainConfig fields ['learning_rate']" in err  # which file holds it
 
 
 @pytest.mark.parametrize(

@@ -460,7 +460,8 @@ def pick_baseline(rows: Sequence[Row], baseline: str | None) -> Row:
     for row in rows:
         if baseline in (row.name, row.variant):
             return row
-    raise MemlabError(f"unknown baseline {baseline!r}; valid choices: {', '.join(sorted({r.name for r in rows}))}")
+    names = sorted({r.name for r in rows} | {r.variant for r in rows})  # (variants are taken too)
+    raise MemlabError(f"unknown baseline {baseline!r}; valid choices (a run or a variant): {', '.join(names)}")
 
 
 # ------------------------------------------------------------------------ tables

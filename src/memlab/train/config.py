@@ -176,7 +176,10 @@ class TrainConfig:
                 raise MemlabError(f"{path} holds no `train:` mapping of training options")
         check_types(cls, data, path)
         check_types(ModelConfig, data.get("model") or {}, path, prefix="model.")
-        return cls.from_dict({**(base.to_dict() if base else {}), **data})
+        try:
+            return cls.from_dict({**(base.to_dict() if base else {}), **data})
+        except MemlabError as e:  # an unknown key: which file holds it
+            raise MemlabError(f"{path}: {e}") from None
 
     def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """Fields (other than the operational ones) whose values differ: name -> (self's, other's); the
