@@ -185,11 +185,17 @@ def test_newest_whole_checkpoint_skips_broken_ones_with_a_warning(tmp_path, capl
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_6", "step_8"]
 
 
-def test_load_falls_back_from_a_corrupt_best_model(tmp_path, caplog):
+def _best_model_and_a_checkpoint(run):
+    """A model saved as ``run``'s best_model/ and checkpoints/step_3/."""
     model = memlab.build_model("baseline", "tiny", n_layers=1)
     for name in ("best_model", "checkpoints/step_3"):
-        with ckpt.atomic_directory(tmp_path / name) as tmp:
+        with ckpt.atomic_directory(run / name) as tmp:
             model.save(tmp)
+    return model
+
+
+def test_load_falls_back_from_a_corrupt_best_model(tmp_path, caplog):
+    model = _best_model_and_a_checkpoint(tmp_path)
     weights = tmp_path / "best_model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with caplog.at_level(logging.WARNING):
@@ -203,10 +209,7 @@ def test_load_falls_back_from_a_corrupt_best_model(tmp_path, caplog):
 
 def test_loading_refuses_weights_altered_in_place(tmp_path, caplog):
     """Same size, other bytes: only the sha256 tells (eval, generate and export had loaded them)."""
-    model = memlab.build_model("baseline", "tiny", n_layers=1)
-    for name in ("best_model", "checkpoints/step_3"):
-        with ckpt.atomic_directory(tmp_path / name) as tmp:
-            model.save(tmp)
+    _best_model_and_a_checkpoint(tmp_path)
     weights = tmp_path / "best_model" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-4:] = bytes(b ^ 0xFF for b in data[-4:])  # the last float of the last tensor

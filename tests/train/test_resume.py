@@ -91,6 +91,14 @@ def test_resume_continues_the_random_stream_training_draws_from(tmp_path, monkey
     ).read_bytes()
 
 
+def _as_an_older_memlab_wrote(checkpoint, missing: str) -> None:
+    """Leave ``missing`` out of the checkpoint's trainer state (a field an older memlab did not record)."""
+    state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
+    del state[missing]
+    (checkpoint / TRAINER_STATE_FILE).write_text(json.dumps(state))
+    write_manifest(checkpoint)
+
+
 def test_resume_refuses_another_global_batch(tmp_path):
     run = tmp_path / "run"
     train(tiny_config(run, steps=2, batch_size=4))  # 48 x 4 = 192 tokens per step
@@ -101,11 +109,7 @@ def test_resume_refuses_another_global_batch(tmp_path):
     assert json.loads((run / "summary.json").read_text())["tokens_seen"] == 3 * 192
 
     # a checkpoint written before the global batch was recorded is resumed as before
-    step_3 = run / "checkpoints" / "step_3"
-    state = json.loads((step_3 / TRAINER_STATE_FILE).read_text())
-    del state["tokens_per_step"]
-    (step_3 / TRAINER_STATE_FILE).write_text(json.dumps(state))
-    write_manifest(step_3)
+    _as_an_older_memlab_wrote(run / "checkpoints" / "step_3", "tokens_per_step")
     train(tiny_config(run, steps=4, resume=True))
     assert json.loads((run / "summary.json").read_text())["steps"] == 4
 
@@ -237,11 +241,7 @@ def test_training_time_counts_the_steps_of_every_session(tmp_path, monkeypatch):
     assert both["train_time_s"] == pytest.approx(first["train_time_s"] + both["seconds"]["train"])  # both sessions'
 
     # a checkpoint of an older memlab does not know its steps' time: unknown, not the second session's alone
-    step_4 = run / "checkpoints" / "step_4"
-    state = json.loads((step_4 / TRAINER_STATE_FILE).read_text())
-    del state["train_time_s"]
-    (step_4 / TRAINER_STATE_FILE).write_text(json.dumps(state))
-    write_manifest(step_4)
+    _as_an_older_memlab_wrote(run / "checkpoints" / "step_4", "train_time_s")
     train(tiny_config(run, steps=5, resume=True))
     assert json.loads((run / "summary.json").read_text())["train_time_s"] is None
 
