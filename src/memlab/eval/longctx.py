@@ -60,9 +60,9 @@ def check(ctx: EvalContext) -> None:
                 retrieval_examples(ctx, task, length, 1, random.Random(0), depth=depths[0])
             except ContextTooShort as e:
                 too_short.setdefault(length, e)
-    fitting = [n for n in lengths if n not in too_short]
     if not too_short:
         return
+    fitting = [n for n in lengths if n not in too_short]
     if ctx.options.context_lengths != DEFAULT_CONTEXT_LENGTHS or not fitting:
         length, problem = next(iter(too_short.items()))
         raise MemlabError(f"{problem}; leave {length} out of --context-lengths") from None
