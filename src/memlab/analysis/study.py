@@ -53,7 +53,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         description="smoke scale: tiny models, 32k training tokens each (16 steps), small evaluation "
-        "samples; about 15 s per variant on a 2-core CPU (3.5 minutes for all 15). It exercises the whole "
+        "samples; about 20 s per variant on a 2-core CPU (5 to 6 minutes for all 15). It exercises the whole "
         "pipeline; its numbers are close to chance and noisy: use --preset nano for conclusions. Its 128-token "
         "sequences hold niah's one-fact level only (its 10+ distractors need 289 byte tokens; the curriculum "
         "warns so): the retrieval training teaches the question's format, not the search.",
