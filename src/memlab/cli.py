@@ -347,8 +347,8 @@ def run_scale(args: ScaleArgs) -> None:
     given = {k: getattr(args, k) for k in ("corpus", "data_dir", "tokenizer", "seq_len", "batch_size", "lr",
                                            "eval_tokens", "device") if getattr(args, k) is not None}
     recipe = dataclasses.replace(recipe, seed=args.seed, **given).validate()
-    variants = [v for item in args.variant or [recipe.variant] for v in item.split(",") if v]  # (a run's config.yaml
-    # as the recipe had scaled baseline)
+    # the recipe's variant by default (a run's config.yaml as the recipe had scaled baseline)
+    variants = [v for item in args.variant or [recipe.variant] for v in item.split(",") if v]
     if not variants:  # (--variant "" had written an empty report)
         raise MemlabError("--variant is empty; name a variant (memlab info --all lists them)")
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]

@@ -248,9 +248,9 @@ def load_run(run_dir: str | Path) -> Row:
     payloads, meta, measured, files = load_payloads(run_dir)
     try:
         row = _row(run_dir, payloads, meta, measured)
-        row.result_files = files
     except (KeyError, TypeError, AttributeError, ValueError) as e:  # damaged by hand below the validated top level
         raise MemlabError(f"the results in {run_dir} do not follow the schema ({type(e).__name__}: {e})") from None
+    row.result_files = files
     seconds = training_seconds(run_dir)
     if seconds is not None:
         row.train_time_s = Metric(seconds, None, 1)

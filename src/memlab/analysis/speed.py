@@ -274,8 +274,7 @@ def _measure_memory(cfg: BenchConfig, device: torch.device, rows: dict[str, dict
     fresh process."""
     jobs = {}
     for v in cfg.variants:
-        model = {"variant": v, "model_size": cfg.model_size, "device": str(device),
-                 "seed": cfg.seed}
+        model = {"variant": v, "model_size": cfg.model_size, "device": str(device), "seed": cfg.seed}
         if "train" in cfg.parts:
             jobs[v, "train"] = MemoryJob(**model, part="train", batch=cfg.batch_size, seq_len=cfg.seq_len)
         if "decode" in cfg.parts:

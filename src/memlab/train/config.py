@@ -198,10 +198,9 @@ class TrainConfig:
         except MemlabError:
             return None
 
-    def changes_from(self, previous: TrainConfig, shown: int = 4) -> str:
-        """The first ``shown`` differences as ``name: previous -> this``, for an error message ('' if none)."""
-        changed = list(self.differences(previous).items())[:shown]
-        return ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in changed)
+    def changes_from(self, previous: TrainConfig) -> str:
+        """The differences from ``previous``, for an error message (:func:`shown_changes`; '' if none)."""
+        return shown_changes(self.differences(previous))
 
     def validate(self) -> TrainConfig:
         check_finite(self)
@@ -228,6 +227,11 @@ class TrainConfig:
         choose("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         choose("task curriculum strategy", self.task_curriculum_strategy, ("competence", "dag"))
         return self
+
+
+def shown_changes(differences: dict[str, tuple[Any, Any]], shown: int = 4) -> str:
+    """The first ``shown`` of :meth:`TrainConfig.differences` as ``name: previous -> this``."""
+    return ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in list(differences.items())[:shown])
 
 
 def run_config_section(run_dir: Path, section: str) -> dict[str, Any]:

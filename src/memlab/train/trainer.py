@@ -41,7 +41,14 @@ from memlab.provenance import provenance
 from memlab.train import checkpoint as ckpt
 from memlab.train import distributed
 from memlab.train.allocator import keep_freed_memory
-from memlab.train.config import MODEL_FIELDS, RUN_FORMAT, TrainConfig, read_yaml, run_config_section
+from memlab.train.config import (
+    MODEL_FIELDS,
+    RUN_FORMAT,
+    TrainConfig,
+    read_yaml,
+    run_config_section,
+    shown_changes,
+)
 from memlab.train.data import RunData, build_data
 from memlab.train.evaluate import EvalResult, evaluate
 from memlab.train.metrics import MetricsLog, summary_writer
@@ -103,20 +110,20 @@ def plan_start(cfg: TrainConfig) -> Path | None:
             read_run_config(run)  # refuse to delete what is not a training run
         return None
     previous = read_run_config(run)
-    changes, differences = cfg.changes_from(previous), cfg.differences(previous)
+    differences = cfg.differences(previous)
     model_changes = {k: v for k, v in differences.items() if k in MODEL_FIELDS}
     if model_changes and cfg.resume:
-        shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in model_changes.items())
-        raise MemlabError(f"--resume continues the model of {run}, which these settings change ({shown}); "
-                          "start a new run in another --output-dir")
+        raise MemlabError(f"--resume continues the model of {run}, which these settings change "
+                          f"({shown_changes(model_changes)}); start a new run in another --output-dir")
     if "seed" in differences and cfg.resume:  # (config.yaml had said 7 of a run drawn with 0)
         new, old = differences["seed"]
         raise MemlabError(f"--resume continues the random stream of {run} (seed {old!r}); --seed {new} takes effect "
                           "in a new run only: give another --output-dir")
-    if changes and not cfg.resume:
+    if differences and not cfg.resume:
         advice = ("start a new run in another --output-dir" if model_changes  # (--resume had been advised)
                   else "pass --resume to continue it with these settings")
-        raise MemlabError(f"{run} holds a different run ({changes}); {advice} or --overwrite to start again")
+        raise MemlabError(f"{run} holds a different run ({shown_changes(differences)}); {advice} or --overwrite to "
+                          "start again")
     latest = latest_whole_checkpoint(run)
     if latest is None and checkpoint_dirs(run):  # starting afresh would prune them: refuse, keep them
         raise MemlabError(
