@@ -240,6 +240,16 @@ def test_size_rule_meets_the_target_within_the_aspect_band(variant, target):
     assert 16 <= width / depth <= 64 and width % 64 == 0
 
 
+def test_the_size_rule_counts_the_model_the_recipe_builds():
+    """The rule had counted the variant without the recipe's overrides: with values twice as wide
+    (``gdn.expand_v: 2``) a 1M rung came out well over 1M parameters."""
+    wide = {"gdn.expand_v": 2.0}
+    size = resolve_size("gdn", "1M", model=wide)
+    assert size != resolve_size("gdn", "1M")
+    assert non_embedding_params("gdn", size, wide) > non_embedding_params("gdn", size)
+    assert abs(math.log(non_embedding_params("gdn", size, wide) / 1e6)) < math.log(1.25)
+
+
 def test_presets_and_pairs_pass_through_and_bad_sizes_name_the_choices():
     assert resolve_size("baseline", "50M") == "50M"  # a preset wins over the parameter count
     assert resolve_size("baseline", "d256l4") == "d256l4"
@@ -341,7 +351,7 @@ def test_every_variant_of_a_ladder_trains_on_its_own_budget(budget, tmp_path, mo
 
     def fake_rung(recipe, variant, label, size, tokens, out_dir):
         trained.append((variant, size, tokens))
-        n = non_embedding_params(variant, size)
+        n = non_embedding_params(variant, size, recipe.model)
         return ladder.Rung(variant, label, size, "run", n, n, tokens, 6.0 * n, loss=2 + 10 * n**-0.3,
                            document_losses=[2 + 10 * n**-0.3] * 6, document_tokens=[40] * 6)
 
@@ -349,10 +359,12 @@ def test_every_variant_of_a_ladder_trains_on_its_own_budget(budget, tmp_path, mo
     monkeypatch.setattr("memlab.analysis.scaling.plot_ladder", lambda report, path: None)
     recipe = ladder.default_recipe()
     recipe.corpus = "stdlib-docs"
+    recipe.model = {"gdn.expand_v": 2.0}  # the budget per parameter counts the model the recipe builds
     sizes = ["d64l1", "d64l2", "d128l2"]
     report = run_ladder(["baseline", "gdn"], sizes, recipe, tmp_path / "ladder", n_bootstrap=0, **budget)
-    expected = [(v, s, budget.get("tokens") or round(20 * non_embedding_params(v, s)))
+    expected = [(v, s, budget.get("tokens") or round(20 * non_embedding_params(v, s, recipe.model)))
                 for v in ("baseline", "gdn") for s in sizes]
+    assert "tokens" in budget or expected[-1][2] > round(20 * non_embedding_params("gdn", sizes[-1]))
     assert trained == expected
     assert report["tokens"] == budget.get("tokens")  # the report keeps the budget asked for
     written = json.loads((tmp_path / "ladder" / "scaling.json").read_text())

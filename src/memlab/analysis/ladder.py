@@ -9,7 +9,9 @@ minimises ``|log(count / N)| + 0.1 * |log((d / l) / aspect)|``, where ``count`` 
 variant's *non-embedding* parameter count (estimated from shallow builds on the meta device,
 then measured exactly for the best candidates).
 N counts non-embedding parameters (as in Kaplan et al., 2020): the vocabulary then does not
-move the ladder.
+move the ladder.  Counts are of the model the recipe builds: its ``model`` overrides
+(``gdn.expand_v``, ``layer_pattern``, ...) apply to every count, to the size rule and to a
+``--tokens-per-param`` budget.
 
 Every rung is a training run ``<out_dir>/<variant>/<size>``; a finished run with the same
 recipe is not retrained, an unfinished one resumes.  All rungs share one data directory (one
@@ -61,22 +63,29 @@ def parse_param_count(label: str) -> float | None:
     return float(m.group(1)) * _UNITS[m.group(2).upper()] if m else None
 
 
+Overrides = dict[str, Any] | None  # a recipe's model overrides (TrainConfig.model)
+
+
+def non_embedding_params(variant: str, size: str, model: Overrides = None) -> int:
+    """The variant's non-embedding parameter count at ``size`` with the ``model`` overrides."""
+    return _non_embedding_params(variant, size, json.dumps(model or {}, sort_keys=True))
+
+
 @cache
-def non_embedding_params(variant: str, size: str) -> int:
-    """The variant's non-embedding parameter count at ``size`` (built on the meta device)."""
-    with torch.device("meta"):
-        return LanguageModel(build_config(variant, size)).num_params(non_embedding=True)
+def _non_embedding_params(variant: str, size: str, model_json: str) -> int:
+    with torch.device("meta"):  # (no memory: the count alone)
+        return LanguageModel(build_config(variant, size, **json.loads(model_json))).num_params(non_embedding=True)
 
 
-def size_for_params(variant: str, target: float, aspect: float = 32.0) -> str:
+def size_for_params(variant: str, target: float, aspect: float = 32.0, model: Overrides = None) -> str:
     """The ``dWlL`` size of ``variant`` closest to ``target`` non-embedding parameters (the size rule).
 
     Every candidate's count is first estimated as linear in depth from two shallow builds per
     width (one and two periods of the layer pattern); the best few estimates are then measured
     exactly on full builds, and the rule picks among those.
     """
-    min_depth = _min_depth(variant)
-    period = len(build_config(variant, f"d64l{min_depth}").layer_pattern)
+    min_depth = _min_depth(variant, model)
+    period = len(build_config(variant, f"d64l{min_depth}", **(model or {})).layer_pattern)
 
     def score(count: float, d: int, depth: int) -> float:
         return abs(math.log(count / target)) + 0.1 * abs(math.log(d / depth / aspect))
@@ -86,7 +95,7 @@ def size_for_params(variant: str, target: float, aspect: float = 32.0) -> str:
         depths = range(max(min_depth, math.ceil(d / (2 * aspect))), min(MAX_DEPTH, math.floor(2 * d / aspect)) + 1)
         if not depths:
             continue
-        one, two = non_embedding_params(variant, f"d{d}l{period}"), non_embedding_params(variant, f"d{d}l{2 * period}")
+        one, two = (non_embedding_params(variant, f"d{d}l{depth}", model) for depth in (period, 2 * period))
         per_layer = (two - one) / period
         counts = [(one + per_layer * (depth - period), depth) for depth in depths]
         if min(c for c, _ in counts) > 4 * target:  # wider only grows
@@ -95,23 +104,24 @@ def size_for_params(variant: str, target: float, aspect: float = 32.0) -> str:
     if not estimates:
         raise MemlabError(f"no width/depth pair of {variant} comes near {target:.3g} non-embedding parameters")
     shortlist = sorted(estimates)[:4]
-    exact = [(score(non_embedding_params(variant, f"d{d}l{depth}"), d, depth), d, depth) for _, d, depth in shortlist]
+    exact = [(score(non_embedding_params(variant, f"d{d}l{depth}", model), d, depth), d, depth)
+             for _, d, depth in shortlist]
     _, d, depth = min(exact)
     return f"d{d}l{depth}"
 
 
-def _min_depth(variant: str) -> int:
+def _min_depth(variant: str, model: Overrides = None) -> int:
     """The fewest layers that hold every kind of layer of ``variant`` (a hybrid needs two)."""
     for depth in range(1, MAX_DEPTH + 1):
         try:
-            build_config(variant, f"d64l{depth}")
+            build_config(variant, f"d64l{depth}", **(model or {}))
             return depth
         except MemlabError:
             continue
     raise MemlabError(f"{variant} builds at no depth up to {MAX_DEPTH} layers")
 
 
-def resolve_size(variant: str, label: str, aspect: float = 32.0) -> str:
+def resolve_size(variant: str, label: str, aspect: float = 32.0, model: Overrides = None) -> str:
     """A size the model builder accepts: presets and ``dWlL`` as given, parameter counts by the size rule."""
     if label in SIZES or parse_param_count(label) is None:
         try:
@@ -121,9 +131,9 @@ def resolve_size(variant: str, label: str, aspect: float = 32.0) -> str:
                 f"unknown size {label!r}; valid: a preset ({', '.join(SIZES)}), a width/depth pair like d256l4, "
                 "or a parameter count like 1M, 2.5M, 300K"
             ) from None
-        build_config(variant, label)  # a pair that cannot be built (heads do not divide) fails here
+        build_config(variant, label, **(model or {}))  # a pair that cannot be built (heads do not divide) fails here
         return label
-    return size_for_params(variant, parse_param_count(label), aspect)  # type: ignore[arg-type]
+    return size_for_params(variant, parse_param_count(label), aspect, model)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------- rungs
@@ -159,14 +169,17 @@ class Rung:
         return {**dataclasses.asdict(self), "flops": self.flops, "loss_ci95": list(self.loss_ci95)}
 
 
-def plan(variants: list[str], labels: list[str], aspect: float = 32.0) -> dict[str, list[tuple[str, str]]]:
-    """Per variant, the (label, size) pairs to train; fails early on bad names and on too few sizes."""
+def plan(
+    variants: list[str], labels: list[str], aspect: float = 32.0, model: Overrides = None
+) -> dict[str, list[tuple[str, str]]]:
+    """Per variant, the (label, size) pairs to train with the ``model`` overrides; fails early on bad
+    names and on too few sizes."""
     from memlab.config import list_variants
     from memlab.errors import choose
 
     for variant in variants:  # (a misspelt variant first: its fix is not another size)
         choose("variant", variant, list_variants())
-        shape = build_config(variant, "d64l2")
+        shape = build_config(variant, "d64l2", **(model or {}))
         if (shape.d_model, shape.n_layers) != (64, 2):  # (sizes had been "the same model; drop one")
             raise MemlabError(f"{variant} has a fixed shape (d{shape.d_model} x {shape.n_layers} layers, whatever the "
                               "size): it cannot be scaled")
@@ -174,10 +187,10 @@ def plan(variants: list[str], labels: list[str], aspect: float = 32.0) -> dict[s
         raise MemlabError(f"a fit of L = a * N^-alpha + c needs >= 3 sizes, got {len(labels)}: {', '.join(labels)}")
     out = {}
     for variant in variants:
-        sizes = [(label, resolve_size(variant, label, aspect)) for label in labels]
+        sizes = [(label, resolve_size(variant, label, aspect, model)) for label in labels]
         counts: dict[int, str] = {}
         for label, size in sizes:
-            n = non_embedding_params(variant, size)
+            n = non_embedding_params(variant, size, model)
             if n in counts:
                 raise MemlabError(f"sizes {counts[n]} and {label} of {variant} are the same model ({size}); drop one")
             counts[n] = label
@@ -294,7 +307,7 @@ def run_ladder(
                           f"{'it' if len(sized) == 1 else 'them'} from --config")
     check_dir_target(out_dir, "--out-dir")
     out_dir = Path(out_dir)
-    plans = plan(variants, labels, aspect)
+    plans = plan(variants, labels, aspect, recipe.model)
     recipe = dataclasses.replace(recipe, data_dir=recipe.data_dir or str(out_dir / "data"))  # one tokenizer
     report: dict[str, Any] = {
         "metadata": {**provenance(), "seed": seed},
@@ -308,7 +321,8 @@ def run_ladder(
     for variant, sizes in plans.items():
         rungs = []
         for label, size in sizes:
-            budget = tokens or max(1, round(tokens_per_param * non_embedding_params(variant, size)))  # type: ignore
+            n = non_embedding_params(variant, size, recipe.model)
+            budget = tokens or max(1, round(tokens_per_param * n))  # type: ignore[operator]
             rungs.append(train_rung(recipe, variant, label, size, budget, out_dir))
         rungs_by_variant[variant] = rungs
         batches, doc_tokens = [r.document_losses for r in rungs], rungs[0].document_tokens  # the same documents
