@@ -418,6 +418,30 @@ def test_probe_windows_are_the_seq_len_the_run_trained_with(tmp_path, corpora):
     assert windows(run, seq_len=None) == windows(save_model(tmp_path / "alone"), seq_len=None) == 256
 
 
+def test_windows_pass_max_seq_len_where_the_positions_allow(tmp_path, corpora):
+    """Windows had been cut to max_seq_len silently, RoPE models' too (they read any length).
+    Learned positions stop there: a longer --seq-len is refused and the default window cut."""
+    from memlab.eval.hub import load_checkpoint
+    from memlab.probes.runner import ProbeContext, with_readable_windows
+
+    rope = save_model(tmp_path / "rope", max_seq_len=32)
+    model, tokenizer, _ = load_checkpoint(rope, "cpu")
+    given = options(corpora, seq_len=64)
+    text = ProbeContext(model, tokenizer, with_readable_windows(given, 64, model), 0, tmp_path).text()
+    assert max(len(window) for window in text.windows) == 64
+    assert run_probe(rope, "routing", tmp_path / "out", given).is_file()  # the model reads them
+
+    learned = save_model(tmp_path / "learned", max_seq_len=32, pos_encoding="learned")
+    written = run_probe(learned, "routing", tmp_path / "out", options(corpora, seq_len=None))
+    assert json.loads(written.read_text())["metadata"]["options"]["seq_len"] == 32  # 256 outside a run, cut
+    with pytest.raises(MemlabError, match="--seq-len 64 is longer than the 32 positions this model learned; give at"):
+        run_probe(learned, "routing", tmp_path / "out", given)
+    trajectory_run = tmp_path / "run"
+    save_model(trajectory_run / "checkpoints" / "step_1", max_seq_len=32, pos_encoding="learned")
+    with pytest.raises(MemlabError, match="--seq-len 64 is longer than the 32 positions"):
+        run_probe(trajectory_run, "trajectory", tmp_path / "out", given)
+
+
 def test_text_field_selects_the_field_of_jsonl_rows(tmp_path, capsys):
     from memlab.eval.hub import load_checkpoint
     from memlab.probes.runner import ProbeContext

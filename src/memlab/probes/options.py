@@ -26,7 +26,7 @@ class ProbeOptions:
     the probe reads takes it, so the domains probe compares files: and hf: corpora alone with it"""
     seq_len: Annotated[int | None, DefaultInDoc] = None
     """window length the text is cut into (slots start fresh in every window); default: the seq_len
-    the run trained with, else 256; at most the model's max_seq_len"""
+    the run trained with, else 256 (a model with learned positions: at most its max_seq_len)"""
     batch_size: int = 8
     documents: Literal["val", "all"] = "val"
     """val: only documents of the validation split (held out from training); all: every document"""
@@ -44,7 +44,8 @@ class ProbeOptions:
     min_token_count: int = 5
     """gates probe: a token must occur this often to be a trigger, a role to be a slot's favoured role"""
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (cuda when available), cpu, cuda, cuda:N"""
 
     def check(self) -> None:
         """Refuse a count out of range, a fraction outside [0, 1) or a malformed ``--domains`` with

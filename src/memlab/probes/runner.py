@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from memlab.devices import resolve_device
 from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval import schema
 from memlab.eval.hub import load_checkpoint, run_data, run_dir_of, run_held_out_split
@@ -46,9 +47,8 @@ class ProbeContext:
         spec = spec or self.options.corpus
         if spec not in self._texts:
             o = self.options
-            seq_len = min(o.seq_len, self.model.config.max_seq_len)
             self._texts[spec] = read_probe_text(
-                spec, self.tokenizer, o.max_tokens, seq_len, o.documents, o.val_fraction, o.split_seed,
+                spec, self.tokenizer, o.max_tokens, o.seq_len, o.documents, o.val_fraction, o.split_seed,
                 text_field=o.text_field,
             )
         return self._texts[spec]
@@ -87,14 +87,17 @@ def run_probe(
     options.check()
     if out_dir is not None:
         check_dir_target(out_dir, "--out-dir")
+    given_seq_len = options.seq_len
     options = with_run_seq_len(with_held_out_split(options, Path(checkpoint)), Path(checkpoint))
+    options = replace(options, device=str(resolve_device(options.device)))
     torch.manual_seed(options.seed)
     if probe == "trajectory":
         from memlab.probes.trajectory import trajectory_probe
 
-        return trajectory_probe(Path(checkpoint), out_dir, options)
+        return trajectory_probe(Path(checkpoint), out_dir, options, given_seq_len)
     model, tokenizer, model_dir = load_checkpoint(checkpoint, options.device)
     slot_layers(model)  # refuse a model without slots before reading any text
+    options = with_readable_windows(options, given_seq_len, model)
     ctx = ProbeContext(model, tokenizer, options, checkpoint_step(model_dir), default_out_dir(model_dir, out_dir))
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     return write_document(ctx, probe, probe_functions()[probe](ctx), str(checkpoint), model_dir)
@@ -132,6 +135,18 @@ def with_run_seq_len(options: ProbeOptions, checkpoint: Path) -> ProbeOptions:
     run = run_dir_of(checkpoint)
     trained = None if run is None else run_config_section(run, "train").get("seq_len")
     return replace(options, seq_len=int(trained) if trained else DEFAULT_SEQ_LEN)
+
+
+def with_readable_windows(options: ProbeOptions, given_seq_len: int | None, model: torch.nn.Module) -> ProbeOptions:
+    """``options`` with windows ``model`` can read: learned positions stop at max_seq_len, so a
+    longer default window is cut to it and a longer ``--seq-len`` refused (RoPE reads any length)."""
+    limit = model.config.max_seq_len
+    if model.config.pos_encoding != "learned" or options.seq_len <= limit:
+        return options
+    if given_seq_len is not None:
+        raise MemlabError(f"--seq-len {given_seq_len} is longer than the {limit} positions this model learned; "
+                          f"give at most {limit}")
+    return replace(options, seq_len=limit)
 
 
 def default_out_dir(model_dir: Path, out_dir: str | Path | None) -> Path:

@@ -20,7 +20,7 @@ from memlab.paths import checkpoint_dirs, checkpoint_step
 from memlab.probes import plots
 from memlab.probes.activity import slot_layers
 from memlab.probes.routing import routing_results
-from memlab.probes.runner import ProbeContext, ProbeOptions, default_out_dir, write_document
+from memlab.probes.runner import ProbeContext, ProbeOptions, default_out_dir, with_readable_windows, write_document
 
 log = logging.getLogger(__name__)
 METRICS = {
@@ -35,7 +35,8 @@ METRICS = {
 }
 
 
-def trajectory_probe(run_dir: Path, out_dir: str | Path | None, options: ProbeOptions) -> Path:
+def trajectory_probe(run_dir: Path, out_dir: str | Path | None, options: ProbeOptions,
+                     given_seq_len: int | None = None) -> Path:
     checkpoints = checkpoint_dirs(run_dir)
     if not checkpoints:
         raise MemlabError(f"{run_dir} holds no checkpoints/step_N: the trajectory probe needs a run directory")
@@ -50,6 +51,7 @@ def trajectory_probe(run_dir: Path, out_dir: str | Path | None, options: ProbeOp
             log.warning("skipping %s: %s", path, e)
             continue
         slot_layers(model)
+        options = with_readable_windows(options, given_seq_len, model)  # (every checkpoint: the same model)
         ctx = ProbeContext(model, tokenizer, options, checkpoint_step(path), out, texts)
         text = ctx.text()
         results = routing_results(ctx.activity(text), text, options)
