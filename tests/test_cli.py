@@ -61,7 +61,7 @@ def test_info_all_lists_the_variants_a_size_cannot_build_after_the_others(capsys
         (["info", "--variant", "nope"], "unknown variant 'nope'"),
         (["info", "--bogus", "1"], "Unrecognized options: --bogus"),
         (["info", "--context-len", "x"], "--context-len"),
-        (["info", "--vocab-size", "0"], "vocab_size must be >= 1, got 0"),
+        (["info", "--vocab-size", "0"], "--vocab-size must be >= 1, got 0"),
         (["info", "--variant", ""], "unknown variant ''"),  # had described baseline
         (["info", "--context-len", "0"], "--context-len must be >= 1, got 0"),
         ([], "give a command: bench, compare, data prepare, eval"),

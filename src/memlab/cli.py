@@ -67,6 +67,7 @@ def run_info(args: InfoArgs) -> None:
     from memlab.analysis.info import describe, variants_table
     from memlab.config import list_variants
 
+    check_at_least(args, ("context_len", "vocab_size"), 1)  # (the model's own check named vocab_size, no flag)
     overrides = {} if args.vocab_size is None else {"vocab_size": args.vocab_size}
     if args.all:
         if args.variant is not None:

@@ -7,15 +7,12 @@ from typing import Any
 import torch
 
 from memlab.config import build_config
-from memlab.errors import MemlabError
 from memlab.markdown import markdown_table
 from memlab.models.lm import LanguageModel
 
 
 def describe(variant: str, size: str, context_len: int = 2048, **overrides: Any) -> dict[str, Any]:
     """Build the model on the meta device (no memory) and report what it really is."""
-    if context_len < 1:
-        raise MemlabError(f"--context-len must be >= 1, got {context_len}")
     config = build_config(variant, size, **overrides)
     with torch.device("meta"):
         model = LanguageModel(config)
