@@ -235,6 +235,11 @@ def test_seeds_of_several_sizes_aggregate_to_one_row_per_size(tmp_path):
     result = compare(runs, aggregate_seeds=True, plots=False)
     assert [r.name for r in result.rows] == ["baseline", "gdn-tiny", "gdn-nano"]
     assert [r.runs for r in result.rows] == [2, 2, 2] and set(result.verdicts) == {"baseline", "gdn-tiny", "gdn-nano"}
+    one_seed = make_run(tmp_path, "gdn-small-s0", alg=0.6, size="d64l2")  # named like the means beside it
+    result = compare([*runs, one_seed], aggregate_seeds=True, plots=False)
+    assert [r.name for r in result.rows] == ["baseline", "gdn-tiny", "gdn-nano", "gdn-d64l2"]
+    assert result.rows[-1].runs == 1 and result.rows[-1].algorithmic.value == pytest.approx(0.6)
+    assert [m.name for m in result.rows[-1].members] == ["gdn-small-s0"]  # the run it is, for plots and reports
 
 
 def test_a_collapsed_seed_fails_the_perplexity_criterion(tmp_path):

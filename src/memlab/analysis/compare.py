@@ -31,7 +31,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -334,7 +334,8 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
     metric on which the seeds agree exactly (a t interval of zero width) keeps the uncertainty of
     its examples (:func:`_agreeing_seeds_interval`).
     The per-length and needle plots of an aggregated row show its first run's curves.
-    An aggregated row is named after its variant, or ``variant-size`` where the variant comes in several sizes.
+    An aggregated row, even of a single run, is named after its variant, or ``variant-size`` where the
+    variant comes in several sizes.
     """
     groups: dict[tuple[str, str], list[Row]] = {}
     for row in rows:
@@ -342,11 +343,12 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
     sized = {variant for variant, size in groups if sum(v == variant for v, _ in groups) > 1}
     out = []
     for (variant, size), members in groups.items():
-        if len(members) == 1:
-            out.append(members[0])
+        name = f"{variant}-{size}" if variant in sized else variant
+        if len(members) == 1:  # one seed: the same name as a mean over several (it had kept its run's)
+            out.append(replace(members[0], name=name, members=members))  # (its run still named in plots)
             continue
         check_seeds_of_one_model(variant, members)
-        agg = Row(name=f"{variant}-{size}" if variant in sized else variant, variant=variant, size=size,
+        agg = Row(name=name, variant=variant, size=size,
                   params=members[0].params, state_bytes=members[0].state_bytes, runs=len(members),
                   results=members[0].results, members=members)
         for name in METRICS:
