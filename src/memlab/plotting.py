@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def pyplot():
@@ -26,3 +30,13 @@ def save_figure(fig, path: Path) -> Path:
     pyplot().close(fig)
     os.replace(tmp, path)
     return path
+
+
+def remove_stale_figures(directory: Path, pattern: str, written: Iterable[str | Path]) -> None:
+    """Delete the figures in ``directory`` matching ``pattern`` that were not ``written`` now (paths or names): an
+    earlier run's plot of a task, or of data this run lacks, must not pass for this run's."""
+    kept = {Path(path).name for path in written}
+    for stale in sorted(directory.glob(pattern)):
+        if stale.name not in kept:
+            stale.unlink()
+            log.info("removed %s: an earlier run's figure", stale)

@@ -119,9 +119,13 @@ def test_needle_tasks_take_parameters(trained_baseline, byte_tok, tmp_path):
     """niah:distractors=sky, the source experiments' task, beside the default niah."""
     options = EvalOptions(needle_tasks=["niah:distractors=sky", "niah"], context_lengths=[128], depths=[0.5],
                           needle_samples=3)
+    (tmp_path / "longctx_sniah2.png").write_bytes(b"an earlier evaluation's task")  # (it had stayed)
+    (tmp_path / "ablation.png").write_bytes(b"another suite's")
     doc = evaluate_model(EvalContext(trained_baseline, byte_tok, options, out_dir=tmp_path), "longctx")
     r = doc["results"]
     assert list(r["tasks"]) == ["niah:distractors=sky", "niah"] and r["overall"]["n"] == 6
+    assert sorted(f.name for f in tmp_path.glob("*.png")) == ["ablation.png", "longctx_niah.png",
+                                                                "longctx_niah_distractors_sky.png"]
     column = len("  niah:distractors=sky ")  # where the accuracies start, in one column
     assert [(line[column - 1], line[column].isdigit()) for line in summary_lines(doc)[1:]] == [(" ", True)] * 2
     sky = r["tasks"]["niah:distractors=sky"]

@@ -80,12 +80,17 @@ def test_routing_probe(tmp_path, corpora):
 
 
 def test_routing_on_prose_names_no_figure_and_writes_none(tmp_path, corpora, capsys):
-    """Without Python code no token has a depth to draw: the CLI reports only the file written."""
+    """Without Python code no token has a depth to draw: the CLI reports only the file written, and
+    the figure of an earlier probe on code goes (it had stayed beside the new results)."""
     model_dir = save_model(tmp_path / "m")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "routing_probe_step0.png").write_bytes(b"an earlier run's figure")
+    (tmp_path / "out" / "gates_probe_step0.png").write_bytes(b"another probe's")
     main(["probe", "--checkpoint", str(model_dir), "--corpus", corpora["prose"], "--documents", "all",
           "--max-tokens", "200", "--permutations", "0", "--out-dir", str(tmp_path / "out")])  # fmt: skip
     captured = capsys.readouterr()
-    assert not list((tmp_path / "out").glob("*.png")) and ".png" not in captured.out + captured.err
+    assert [f.name for f in (tmp_path / "out").glob("*.png")] == ["gates_probe_step0.png"]
+    assert ".png" not in captured.out  # (the log says the earlier figure went)
     assert results(tmp_path / "out" / "routing_probe_step0.json")["figures"] == []
 
 

@@ -43,6 +43,7 @@ from memlab.eval.stats import mean_interval, parse_outcomes, tango_paired_interv
 from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
 from memlab.paths import measured_model, resolve_model_dir, same_model_dir
+from memlab.plotting import remove_stale_figures
 from memlab.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -617,6 +618,7 @@ def compare_rows(
             from memlab.analysis.compare_plots import plot_comparison
 
             files += plot_comparison(rows, out)
+        remove_stale_figures(out, "compare*.png", files)
     return Comparison(rows, base.name, criteria, verdicts, files, terminal(rows, verdicts))
 
 

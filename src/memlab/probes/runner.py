@@ -23,6 +23,7 @@ from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval import schema
 from memlab.eval.hub import load_checkpoint, run_data, run_dir_of, run_held_out_split
 from memlab.paths import checkpoint_step
+from memlab.plotting import remove_stale_figures
 from memlab.probes.activity import LayerActivity, record_activity, slot_layers
 from memlab.probes.corpus import ProbeText, read_probe_text
 from memlab.probes.options import PROBES, ProbeOptions
@@ -159,6 +160,7 @@ def default_out_dir(model_dir: Path, out_dir: str | Path | None) -> Path:
 def write_document(ctx: ProbeContext, probe: str, results: dict[str, Any], checkpoint: str, model_dir: Path) -> Path:
     """Write the probe's results file, naming the figures it wrote."""
     results = without_negative_zero({**results, "figures": [f.name for f in ctx.figures]})
+    remove_stale_figures(ctx.out_dir, ctx.path(probe, ".png").name, ctx.figures)
     doc = schema.document(f"probe_{probe}", metadata(ctx, checkpoint, model_dir), results)
     return schema.write_results(ctx.path(probe, ".json"), doc)
 
