@@ -86,6 +86,9 @@ def test_residual_bootstrap_and_no_interval_with_three_exact_points():
     assert fit.ci_method == "residuals" and fit.alpha_ci[0] <= fit.alpha <= fit.alpha_ci[1]
     three = fit_power_law(SIZES_N[:3], loss[:3], n_bootstrap=300)
     assert three.alpha_ci is None and three.ci_method == "none" and three.rmse < 1e-6
+    one_document = fit_power_law(SIZES_N[:3], loss[:3], [[v] for v in loss[:3]], n_bootstrap=300)
+    assert one_document.ci_note.endswith("(batches; a ladder's validation documents) leave no residuals to "
+                                         "resample; add sizes or validation data")  # (it had said per-batch)
 
 
 def test_fit_rejects_bad_points():
@@ -108,8 +111,8 @@ def make_fit(alpha: float, ci: tuple[float, float] | None, rmse: float = 0.005, 
              n_points: int = 4, n_batches: int = 64) -> PowerLawFit:
     return PowerLawFit(a=1.0, alpha=alpha, c=1.0, n_points=n_points, rmse=rmse, noise=noise, alpha_ci=ci,
                        ci_method="batches" if ci else "none", n_bootstrap=100 if ci else 0,
-                       n_batches=n_batches if ci else None, ci_note=None if ci else "3 sizes without per-batch "
-                       "losses leave no residuals to resample; add sizes or batches")  # fmt: skip
+                       n_batches=n_batches if ci else None, ci_note=None if ci else "3 sizes without 2 or more "
+                       "losses each to resample leave no residuals to resample; add sizes or validation data")  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -231,7 +231,8 @@ def fit_power_law(
     if ci is not None:
         note = None
     elif method == "none":
-        note = "3 sizes without per-batch losses leave no residuals to resample; add sizes or batches"
+        note = ("3 sizes without 2 or more losses each to resample (batches; a ladder's validation documents) "
+                "leave no residuals to resample; add sizes or validation data")
     else:
         note = f"{len(alphas)} usable bootstrap replicates of {n_bootstrap}, fewer than 20"
     fit = PowerLawFit(

@@ -24,7 +24,8 @@ class EvalOptions:
     """What the suites evaluate, and how much of it (every field is a CLI flag of ``memlab eval``)."""
 
     tasks: Annotated[list[str] | None, DefaultInDoc] = None
-    """algorithmic: restrict to these tasks (default: every task); lm-eval: the tasks to run (required)"""
+    """algorithmic: restrict to these tasks (default: every task); lm-eval: the tasks to run (required; its
+    names may also be comma-separated, as lm_eval's --tasks takes them)"""
     grid: Literal["iid", "ood", "all"] = "all"
     """algorithmic: which grid of difficulties to evaluate"""
     samples: int = 100
