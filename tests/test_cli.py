@@ -230,6 +230,23 @@ def test_generate_refuses_bad_sampling_options(flags, fragment, capsys):
     assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("memlab: error: ") and fragment in err
 
 
+@pytest.mark.parametrize(
+    "argv, advice",
+    [
+        (["generate", "--init", "--prompt", "-x = 1"], ": '-x = 1' reads as a flag; write --prompt='-x = 1' (see"),
+        (["generate", "--init", "--prompt", "--"], ": '--' reads as a flag; write --prompt=-- (see"),
+        (["generate", "--init", "--prompt"], ". (see"),  # no value at all: nothing to advise
+    ],
+)
+def test_a_value_starting_with_a_dash_is_shown_how_to_be_given(argv, advice, capsys):
+    """argparse reads it as a flag and reported only a missing value, with no way out."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("memlab: error: Missing value for argument '--prompt'. Expected 1 values") and advice in err
+
+
 def test_generate_samples_with_a_tiny_temperature_and_a_nucleus(capsys):
     """A temperature of 1e-39 had overflowed the logits to a crash in torch.multinomial."""
 

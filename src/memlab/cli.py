@@ -10,6 +10,8 @@ import contextlib
 import io
 import logging
 import os
+import re
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -450,6 +452,22 @@ def _one_line(tyro_message: str) -> str:
     return first
 
 
+_MISSING_VALUE = re.compile(r"Missing value for argument '(--[\w.-]+)'")
+
+
+def _with_dash_value_advice(message: str, argv: list[str]) -> str:
+    """``message``, with how to give a value that starts with '-' where it is the missing value of a
+    flag followed by one (``--prompt -x`` reads -x as a flag)."""
+    missing = _MISSING_VALUE.match(message)
+    if missing is None:
+        return message
+    flag = missing.group(1)
+    for given, following in zip(argv, argv[1:]):
+        if "--" + given[2:].replace("_", "-") == flag and following.startswith("-"):
+            return f"{message.rstrip('.')}: {following!r} reads as a flag; write {flag}={shlex.quote(following)}"
+    return message
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = sorted(COMMANDS)
@@ -487,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
             args = tyro.cli(args_type, args=argv[1:], default=default, prog=f"memlab {command}")
     except SystemExit as e:
         if e.code not in (0, None):
-            fail(f"{_one_line(stderr.getvalue())} (see memlab {command} --help)")
+            fail(f"{_with_dash_value_advice(_one_line(stderr.getvalue()), argv)} (see memlab {command} --help)")
         raise
     previous = signal.signal(signal.SIGTERM, _terminate)  # a scheduler's preemption ends a run as Ctrl-C does
     try:
