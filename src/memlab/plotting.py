@@ -32,11 +32,11 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def remove_stale_figures(directory: Path, pattern: str, written: Iterable[str | Path]) -> None:
-    """Delete the figures in ``directory`` matching ``pattern`` that were not ``written`` now (paths or names): an
-    earlier run's plot of a task, or of data this run lacks, must not pass for this run's."""
+def remove_stale_figures(candidates: Iterable[Path], written: Iterable[str | Path]) -> None:
+    """Delete the existing ``candidates`` (a command's figures) that were not ``written`` now (paths or
+    names): an earlier run's plot of a task, or of data this run lacks, must not pass for this run's."""
     kept = {Path(path).name for path in written}
-    for stale in sorted(directory.glob(pattern)):
-        if stale.name not in kept:
+    for stale in sorted(candidates):
+        if stale.name not in kept and stale.is_file():
             stale.unlink()
             log.info("removed %s: an earlier run's figure", stale)

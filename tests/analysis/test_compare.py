@@ -196,8 +196,9 @@ def test_outputs_table_markdown_csv_json_and_plots(tmp_path, base):
     assert {f.name for f in result.files} == {"compare.md", "compare.csv", "compare.json", "compare.png",
                                               "compare_length.png", "compare_needle.png"}
     assert all(f.stat().st_size > 0 for f in result.files)
-    compare(runs, out_dir=out, plots=False)  # the plots of the earlier comparison go
-    assert not list(out.glob("*.png")) and (out / "compare.json").is_file()
+    (out / "compare_mine.png").write_bytes(b"a figure of the user's")
+    compare(runs, out_dir=out, plots=False)  # the plots of the earlier comparison go, and only they
+    assert [f.name for f in out.glob("*.png")] == ["compare_mine.png"] and (out / "compare.json").is_file()
     lines = result.terminal.splitlines()
     assert lines[0].split()[:2] == ["run", "variant"] and len(lines) == 2 + 3
     assert "60.0 [" in result.terminal and "wins" in result.terminal

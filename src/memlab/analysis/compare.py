@@ -47,6 +47,7 @@ from memlab.plotting import remove_stale_figures
 from memlab.provenance import provenance
 
 log = logging.getLogger(__name__)
+FIGURES = ("compare.png", "compare_length.png", "compare_needle.png")  # what plot_comparison may write
 
 
 @dataclass
@@ -618,7 +619,7 @@ def compare_rows(
             from memlab.analysis.compare_plots import plot_comparison
 
             files += plot_comparison(rows, out)
-        remove_stale_figures(out, "compare*.png", files)
+        remove_stale_figures([out / name for name in FIGURES], files)
     return Comparison(rows, base.name, criteria, verdicts, files, terminal(rows, verdicts))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.lines import Line2D
 
-from memlab.analysis.compare import Metric, Row
+from memlab.analysis.compare import FIGURES, Metric, Row
 from memlab.plotting import pyplot, save_figure
 
 plt = pyplot()
@@ -16,11 +16,12 @@ plt = pyplot()
 
 def plot_comparison(rows: Sequence[Row], out_dir: Path) -> list[Path]:
     """Write ``compare.png`` (+ ``compare_length.png``, ``compare_needle.png`` when the data exist)."""
-    files = [_headline(rows, out_dir / "compare.png")]
+    headline, by_length, needles = (out_dir / name for name in FIGURES)
+    files = [_headline(rows, headline)]
     if any(r.results.get("algorithmic", {}).get("tasks") for r in rows):
-        files.append(_by_length(rows, out_dir / "compare_length.png"))
+        files.append(_by_length(rows, by_length))
     if any(r.results.get("longctx", {}).get("tasks") for r in rows):
-        files.append(_needle_maps(rows, out_dir / "compare_needle.png"))
+        files.append(_needle_maps(rows, needles))
     return files
 
 

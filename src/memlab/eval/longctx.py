@@ -95,7 +95,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
         chance = float(np.mean([e.meta["chance"] for e in examples]))
         payload["tasks"][task] = {"cells": cells, "overall": pool(cells), "chance": chance, "heatmap": heatmap}
     if ctx.out_dir is not None:
-        remove_stale_figures(ctx.out_dir, "longctx_*.png", [t["heatmap"] for t in payload["tasks"].values()])
+        remove_stale_figures(ctx.out_dir.glob("longctx_*.png"), [t["heatmap"] for t in payload["tasks"].values()])
     payload["overall"] = pool([t["overall"] for t in payload["tasks"].values()])
     return payload
 
