@@ -119,18 +119,33 @@ def test_needle_tasks_take_parameters(trained_baseline, byte_tok, tmp_path):
     """niah:distractors=sky, the source experiments' task, beside the default niah."""
     options = EvalOptions(needle_tasks=["niah:distractors=sky", "niah"], context_lengths=[128], depths=[0.5],
                           needle_samples=3)
-    (tmp_path / "longctx_sniah2.png").write_bytes(b"an earlier evaluation's task")  # (it had stayed)
-    (tmp_path / "ablation.png").write_bytes(b"another suite's")
     doc = evaluate_model(EvalContext(trained_baseline, byte_tok, options, out_dir=tmp_path), "longctx")
     r = doc["results"]
     assert list(r["tasks"]) == ["niah:distractors=sky", "niah"] and r["overall"]["n"] == 6
-    assert sorted(f.name for f in tmp_path.glob("*.png")) == ["ablation.png", "longctx_niah.png",
-                                                                "longctx_niah_distractors_sky.png"]
     column = len("  niah:distractors=sky ")  # where the accuracies start, in one column
     assert [(line[column - 1], line[column].isdigit()) for line in summary_lines(doc)[1:]] == [(" ", True)] * 2
     sky = r["tasks"]["niah:distractors=sky"]
     assert sky["heatmap"] == "longctx_niah_distractors_sky.png" and (tmp_path / sky["heatmap"]).is_file()
     assert sky["chance"] == 1 / 8 and sky["cells"][0]["needle_depth"]["mean"] == 0.5
+
+
+def test_an_evaluation_removes_the_heatmaps_that_no_results_file_names(trained_baseline, byte_tok, tmp_path):
+    """Heatmaps of needle tasks evaluated no more had stayed beside the new results; one that an
+    older results_all.json still names stays with it."""
+    from memlab.eval.hub import evaluate
+
+    model_dir = tmp_path / "model"
+    trained_baseline.save(model_dir)
+    byte_tok.save(model_dir)
+    out = tmp_path / "eval"
+    out.mkdir()
+    older_all = {"results": {"longctx": {"tasks": {"sniah3": {"heatmap": "longctx_sniah3.png"}}}}}
+    (out / "results_all.json").write_text(json.dumps(older_all))
+    for name in ("longctx_sniah2.png", "longctx_sniah3.png", "ablation.png"):
+        (out / name).write_bytes(b"an earlier evaluation's")
+    options = EvalOptions(needle_tasks=["niah"], context_lengths=[128], depths=[0.5], needle_samples=2)
+    evaluate(model_dir, "longctx", out, options)
+    assert sorted(f.name for f in out.glob("*.png")) == ["ablation.png", "longctx_niah.png", "longctx_sniah3.png"]
 
 
 def test_a_cell_holds_distinct_examples_only(trained_baseline, byte_tok):

@@ -39,6 +39,7 @@ from memlab.eval.options import EvalOptions
 from memlab.models.lm import LanguageModel
 from memlab.models.recursion import fix_act_steps
 from memlab.paths import resolve_model_dir
+from memlab.plotting import remove_stale_figures
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,22 @@ def evaluate(
                 directory.rmdir()
         raise
     schema.write_results(out / schema.results_filename(suite), doc)
+    remove_stale_figures(out.glob("longctx_*.png"), heatmaps_named(out))
     return doc
+
+
+def heatmaps_named(out: Path) -> set[str]:
+    """The heatmaps that the longctx results in ``out`` name (results_longctx.json, results_all.json);
+    any other ``longctx_*.png`` there is of an earlier evaluation's needle tasks, evaluated no more."""
+    named: set[str] = set()
+    for suite in ("longctx", "all"):
+        try:
+            results = json.loads((out / schema.results_filename(suite)).read_text())["results"]
+            tasks = (results["longctx"] if suite == "all" else results)["tasks"]
+            named |= {task["heatmap"] for task in tasks.values() if task["heatmap"]}
+        except (OSError, ValueError, KeyError, TypeError):  # no such file, or none memlab wrote
+            continue
+    return named
 
 
 def evaluate_model(ctx: EvalContext, suite: str = "all", checkpoint: str = "", model_dir: str = "") -> dict[str, Any]:

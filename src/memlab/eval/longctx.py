@@ -31,7 +31,7 @@ from memlab.eval.hub import EvalContext, file_safe, register_suite
 from memlab.eval.options import DEFAULT_CONTEXT_LENGTHS
 from memlab.eval.retrieval import NEEDLE_TASKS, ContextTooShort, check_needle_tasks, retrieval_examples
 from memlab.eval.stats import accuracy_record, pool
-from memlab.plotting import pyplot, remove_stale_figures, save_figure
+from memlab.plotting import pyplot, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,6 @@ def run(ctx: EvalContext) -> dict[str, Any]:
             heatmap = plot_heatmap(cells, lengths, depths, f"{task}: exact match %", path)
         chance = float(np.mean([e.meta["chance"] for e in examples]))
         payload["tasks"][task] = {"cells": cells, "overall": pool(cells), "chance": chance, "heatmap": heatmap}
-    if ctx.out_dir is not None:
-        remove_stale_figures(ctx.out_dir.glob("longctx_*.png"), [t["heatmap"] for t in payload["tasks"].values()])
     payload["overall"] = pool([t["overall"] for t in payload["tasks"].values()])
     return payload
 
