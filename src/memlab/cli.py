@@ -318,7 +318,7 @@ class ScaleArgs:
     corpus: Annotated[str | None, DefaultInDoc] = None
     """recipe overrides (default: from --config, else memlab train's defaults): the text corpus"""
     data_dir: Annotated[str | None, DefaultInDoc] = None
-    """prepared shards shared by every rung (default: <out_dir>/data, prepared by the first rung)"""
+    """prepared shards shared by every rung (default: <out_dir>/data, prepared before the first rung)"""
     tokenizer: Annotated[str | None, DefaultInDoc] = None
     """recipe override (default: the recipe's): the tokenizer"""
     seq_len: Annotated[int | None, DefaultInDoc] = None

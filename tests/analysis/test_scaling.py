@@ -359,6 +359,7 @@ def test_every_variant_of_a_ladder_trains_on_its_own_budget(budget, tmp_path, mo
                            document_losses=[2 + 10 * n**-0.3] * 6, document_tokens=[40] * 6)
 
     monkeypatch.setattr(ladder, "train_rung", fake_rung)
+    monkeypatch.setattr(ladder, "with_prepared_data", lambda recipe, out_dir: recipe)  # rungs faked: no data
     monkeypatch.setattr("memlab.analysis.scaling.plot_ladder", lambda report, path: None)
     recipe = ladder.default_recipe()
     recipe.corpus = "stdlib-docs"
@@ -373,6 +374,20 @@ def test_every_variant_of_a_ladder_trains_on_its_own_budget(budget, tmp_path, mo
     written = json.loads((tmp_path / "ladder" / "scaling.json").read_text())
     assert written["metadata"]["seed"] == 0 and written["metadata"]["memlab_version"] == memlab.__version__
     assert set(report["variants"]) == {"baseline", "gdn"}
+
+
+def test_a_ladder_without_a_validation_window_is_refused_before_any_rung_trains(tmp_path, monkeypatch):
+    """The first rung had trained, then its loss could not be measured ("has 0 tokens for rank 0")."""
+    monkeypatch.setattr(ladder, "train_rung", lambda *args: pytest.fail("a rung trained"))
+    (tmp_path / "text").mkdir()
+    for i in range(4):
+        (tmp_path / "text" / f"doc{i}.txt").write_text(f"Document {i} says a few words. " * 40)
+    recipe = ladder.default_recipe()
+    recipe.corpus, recipe.tokenizer, recipe.val_fraction = f"files:{tmp_path}/text/*.txt", "byte", 0.0
+    recipe.seq_len, recipe.eval_tokens = 32, 256
+    with pytest.raises(MemlabError, match=r"ladder/data holds no window of --seq-len 32 tokens, and a ladder is "
+                                          r"fitted to validation loss; raise val_fraction in the --config recipe"):
+        run_ladder(["baseline"], ["d64l1", "d64l2", "d128l2"], recipe, tmp_path / "ladder", tokens=1000, n_bootstrap=0)
 
 
 def test_a_recipe_yaml_leaves_the_rest_language_modelling_only(tmp_path):
@@ -497,6 +512,7 @@ def test_a_ladder_whose_splits_give_no_interval_still_plots(tmp_path, monkeypatc
                            document_losses=[2 + 10 * n**-0.3] * 2, document_tokens=[40] * 2)
 
     monkeypatch.setattr(ladder, "train_rung", fake_rung)
+    monkeypatch.setattr(ladder, "with_prepared_data", lambda recipe, out_dir: recipe)  # rungs faked: no data
     recipe = ladder.default_recipe()
     recipe.corpus = "stdlib-docs"
     report = run_ladder(["baseline"], ["d64l1", "d64l2", "d128l2"], recipe, tmp_path, n_bootstrap=0, tokens=5000)

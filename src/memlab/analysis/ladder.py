@@ -267,6 +267,21 @@ def final_model_losses(run_dir: Path, cfg) -> tuple[LanguageModel, np.ndarray, n
 RUNG_SIZE_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")  # what a rung's size decides
 
 
+def with_prepared_data(recipe, out_dir: Path):
+    """``recipe`` with its data prepared once for every rung (one tokenizer; in ``out_dir/data`` unless it
+    names a directory), refused before any rung trains if its validation split holds no window."""
+    from memlab.train.data import build_data
+    from memlab.train.distributed import Dist
+
+    recipe = dataclasses.replace(recipe, data_dir=recipe.data_dir or str(out_dir / "data"))
+    data = build_data(recipe, Dist(), None)
+    if data.val is None:  # (the first rung had trained, then its loss could not be measured)
+        raise MemlabError(f"the validation split of {data.data_dir} holds no window of --seq-len {recipe.seq_len} "
+                          "tokens, and a ladder is fitted to validation loss; raise val_fraction in the --config "
+                          "recipe, or give more data")
+    return recipe
+
+
 def default_recipe():
     """The trainer's defaults for language modelling alone: no algorithmic phase, no task evaluation."""
     from memlab.train.config import TrainConfig
@@ -308,7 +323,7 @@ def run_ladder(
     check_dir_target(out_dir, "--out-dir")
     out_dir = Path(out_dir)
     plans = plan(variants, labels, aspect, recipe.model)
-    recipe = dataclasses.replace(recipe, data_dir=recipe.data_dir or str(out_dir / "data"))  # one tokenizer
+    recipe = with_prepared_data(recipe, out_dir)
     report: dict[str, Any] = {
         "metadata": {**provenance(), "seed": seed},
         "recipe": recipe.to_dict(),

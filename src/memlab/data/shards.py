@@ -195,7 +195,8 @@ class TokenShards:
     def _need(self, length: int) -> None:
         if self.num_tokens < length:
             raise MemlabError(
-                f"the {self.split} split of {self.directory} has {self.num_tokens} tokens for rank {self.rank}, "
+                f"the {self.split} split of {self.directory} has {self.num_tokens} tokens"
+                f"{f' for rank {self.rank}' if self.world_size > 1 else ''}, "
                 f"fewer than one window of {length}; use a shorter seq_len or more data"
             )
 
