@@ -86,6 +86,7 @@ def test_residual_bootstrap_and_no_interval_with_three_exact_points():
     assert fit.ci_method == "residuals" and fit.alpha_ci[0] <= fit.alpha <= fit.alpha_ci[1]
     three = fit_power_law(SIZES_N[:3], loss[:3], n_bootstrap=300)
     assert three.alpha_ci is None and three.ci_method == "none" and three.rmse < 1e-6
+    assert fit_power_law(SIZES_N, loss, n_bootstrap=0).ci_note == "none was asked for (0 replicates)"
     one_document = fit_power_law(SIZES_N[:3], loss[:3], [[v] for v in loss[:3]], n_bootstrap=300)
     assert one_document.ci_note.endswith("(batches; a ladder's validation documents) leave no residuals to "
                                          "resample; add sizes or validation data")  # (it had said per-batch)

@@ -230,6 +230,8 @@ def fit_power_law(
     ci = (float(np.percentile(alphas, 2.5)), float(np.percentile(alphas, 97.5))) if len(alphas) >= 20 else None
     if ci is not None:
         note = None
+    elif n_bootstrap == 0:
+        note = "none was asked for (0 replicates)"
     elif method == "none":
         note = ("3 sizes without 2 or more losses each to resample (batches; a ladder's validation documents) "
                 "leave no residuals to resample; add sizes or validation data")
