@@ -160,9 +160,10 @@ def default_out_dir(model_dir: Path, out_dir: str | Path | None) -> Path:
 def write_document(ctx: ProbeContext, probe: str, results: dict[str, Any], checkpoint: str, model_dir: Path) -> Path:
     """Write the probe's results file, naming the figures it wrote."""
     results = without_negative_zero({**results, "figures": [f.name for f in ctx.figures]})
-    remove_stale_figures([ctx.path(probe, ".png")], ctx.figures)
     doc = schema.document(f"probe_{probe}", metadata(ctx, checkpoint, model_dir), results)
-    return schema.write_results(ctx.path(probe, ".json"), doc)
+    written = schema.write_results(ctx.path(probe, ".json"), doc)
+    remove_stale_figures([ctx.path(probe, ".png")], ctx.figures)  # (once no results file names it)
+    return written
 
 
 def without_negative_zero(value: Any) -> Any:
