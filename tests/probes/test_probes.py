@@ -280,6 +280,17 @@ def test_argmax_profiles_separate_domains_that_near_uniform_soft_profiles_do_not
     assert all(layer["mean_cross_domain_similarity"] == pytest.approx(0.0) for layer in r["argmax"]["layers"])
 
 
+def test_trajectory_skips_a_checkpoint_whose_tokenizer_does_not_belong_to_it(tmp_path, corpora, caplog):
+    """It loaded the weights alone and read the text with the first checkpoint's tokenizer: ids beyond
+    a model's vocabulary ended in an IndexError."""
+    run = tmp_path / "run"
+    save_model(run / "checkpoints" / "step_20", vocab_size=100)  # the byte tokenizer has 259 ids
+    save_model(run / "checkpoints" / "step_100")
+    r = results(run_probe(run, "trajectory", options=options(corpora, permutations=0)))
+    assert r["steps"] == [100]
+    assert "skipping" in caplog.text and "step_20" in caplog.text and "ids but the model only 100" in caplog.text
+
+
 def test_trajectory_over_the_checkpoints_of_a_run(tmp_path, corpora):
     run = tmp_path / "run"
     for step in (100, 20):

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-import memlab
 from memlab.errors import MemlabError
-from memlab.eval.hub import find_tokenizer
+from memlab.eval.hub import load_checkpoint
 from memlab.paths import checkpoint_dirs, checkpoint_step
 from memlab.probes import plots
 from memlab.probes.activity import slot_layers
@@ -41,15 +40,17 @@ def trajectory_probe(run_dir: Path, out_dir: str | Path | None, options: ProbeOp
     if not checkpoints:
         raise MemlabError(f"{run_dir} holds no checkpoints/step_N: the trajectory probe needs a run directory")
     out = default_out_dir(run_dir, out_dir)
-    tokenizer = find_tokenizer(checkpoints[0])
-    texts: dict = {}  # the same probe text for every checkpoint
-    rows, ctx = [], None
+    texts: dict = {}  # the same probe text, in the first checkpoint's tokens, for every checkpoint
+    rows, ctx, tokenizer = [], None, None
     for path in checkpoints:
-        try:
-            model = memlab.load(path, device=options.device).eval()
+        try:  # (eval's loading: checksums, and a tokenizer that belongs to the model)
+            model, own_tokenizer, _ = load_checkpoint(path, options.device)
+            if tokenizer is not None and own_tokenizer.hash != tokenizer.hash:
+                raise MemlabError(f"its tokenizer is not that of {rows[0]['checkpoint']}")
         except MemlabError as e:
             log.warning("skipping %s: %s", path, e)
             continue
+        tokenizer = tokenizer or own_tokenizer
         slot_layers(model)
         options = with_readable_windows(options, given_seq_len, model)  # (every checkpoint: the same model)
         ctx = ProbeContext(model, tokenizer, options, checkpoint_step(path), out, texts)
