@@ -450,11 +450,13 @@ def test_windows_pass_max_seq_len_where_the_positions_allow(tmp_path, corpora):
     learned = save_model(tmp_path / "learned", max_seq_len=32, pos_encoding="learned")
     written = run_probe(learned, "routing", tmp_path / "out", options(corpora, seq_len=None))
     assert json.loads(written.read_text())["metadata"]["options"]["seq_len"] == 32  # 256 outside a run, cut
-    with pytest.raises(MemlabError, match="--seq-len 64 is longer than the 32 positions this model learned; give at"):
+    refusal = ("a window of --seq-len needs 64 tokens but the model's learned positions end at max_seq_len=32; "
+               "choose shorter")
+    with pytest.raises(MemlabError, match=refusal):
         run_probe(learned, "routing", tmp_path / "out", given)
     trajectory_run = tmp_path / "run"
     save_model(trajectory_run / "checkpoints" / "step_1", max_seq_len=32, pos_encoding="learned")
-    with pytest.raises(MemlabError, match="--seq-len 64 is longer than the 32 positions"):
+    with pytest.raises(MemlabError, match=refusal):
         run_probe(trajectory_run, "trajectory", tmp_path / "out", given)
 
 

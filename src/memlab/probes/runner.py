@@ -21,6 +21,7 @@ import torch
 from memlab.devices import resolve_device
 from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval import schema
+from memlab.eval.exact_match import check_context
 from memlab.eval.hub import load_checkpoint, run_data, run_dir_of, run_held_out_split
 from memlab.paths import checkpoint_step
 from memlab.plotting import remove_stale_figures
@@ -141,13 +142,10 @@ def with_run_seq_len(options: ProbeOptions, checkpoint: Path) -> ProbeOptions:
 def with_readable_windows(options: ProbeOptions, given_seq_len: int | None, model: torch.nn.Module) -> ProbeOptions:
     """``options`` with windows ``model`` can read: learned positions stop at max_seq_len, so a
     longer default window is cut to it and a longer ``--seq-len`` refused (RoPE reads any length)."""
-    limit = model.config.max_seq_len
-    if model.config.pos_encoding != "learned" or options.seq_len <= limit:
-        return options
-    if given_seq_len is not None:
-        raise MemlabError(f"--seq-len {given_seq_len} is longer than the {limit} positions this model learned; "
-                          f"give at most {limit}")
-    return replace(options, seq_len=limit)
+    if given_seq_len is None and model.config.pos_encoding == "learned":
+        return replace(options, seq_len=min(options.seq_len, model.config.max_seq_len))
+    check_context(model, options.seq_len, "a window of --seq-len")
+    return options
 
 
 def default_out_dir(model_dir: Path, out_dir: str | Path | None) -> Path:

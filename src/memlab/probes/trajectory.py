@@ -50,7 +50,8 @@ def trajectory_probe(run_dir: Path, out_dir: str | Path | None, options: ProbeOp
         except MemlabError as e:
             log.warning("skipping %s: %s", path, e)
             continue
-        tokenizer = tokenizer or own_tokenizer
+        if tokenizer is None:
+            tokenizer = own_tokenizer
         slot_layers(model)
         options = with_readable_windows(options, given_seq_len, model)  # (every checkpoint: the same model)
         ctx = ProbeContext(model, tokenizer, options, checkpoint_step(path), out, texts)
