@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from memlab.analysis.info import human
-from memlab.config import SIZES, build_config, size_fields
+from memlab.config import SIZES, ModelConfig, build_config, size_fields
 from memlab.errors import MemlabError, check_dir_target
 from memlab.eval.lm import document_losses
 from memlab.eval.stats import document_bootstrap
@@ -66,6 +66,11 @@ def parse_param_count(label: str) -> float | None:
 Overrides = dict[str, Any] | None  # a recipe's model overrides (TrainConfig.model)
 
 
+def _config(variant: str, size: str, model: Overrides = None) -> ModelConfig:
+    """The config of ``variant`` at ``size`` with the recipe's ``model`` overrides."""
+    return build_config(variant, size, **(model or {}))
+
+
 def non_embedding_params(variant: str, size: str, model: Overrides = None) -> int:
     """The variant's non-embedding parameter count at ``size`` with the ``model`` overrides."""
     return _non_embedding_params(variant, size, json.dumps(model or {}, sort_keys=True))
@@ -74,7 +79,7 @@ def non_embedding_params(variant: str, size: str, model: Overrides = None) -> in
 @cache
 def _non_embedding_params(variant: str, size: str, model_json: str) -> int:
     with torch.device("meta"):  # (no memory: the count alone)
-        return LanguageModel(build_config(variant, size, **json.loads(model_json))).num_params(non_embedding=True)
+        return LanguageModel(_config(variant, size, json.loads(model_json))).num_params(non_embedding=True)
 
 
 def size_for_params(variant: str, target: float, aspect: float = 32.0, model: Overrides = None) -> str:
@@ -85,7 +90,7 @@ def size_for_params(variant: str, target: float, aspect: float = 32.0, model: Ov
     exactly on full builds, and the rule picks among those.
     """
     min_depth = _min_depth(variant, model)
-    period = len(build_config(variant, f"d64l{min_depth}", **(model or {})).layer_pattern)
+    period = len(_config(variant, f"d64l{min_depth}", model).layer_pattern)
 
     def score(count: float, d: int, depth: int) -> float:
         return abs(math.log(count / target)) + 0.1 * abs(math.log(d / depth / aspect))
@@ -114,7 +119,7 @@ def _min_depth(variant: str, model: Overrides = None) -> int:
     """The fewest layers that hold every kind of layer of ``variant`` (a hybrid needs two)."""
     for depth in range(1, MAX_DEPTH + 1):
         try:
-            build_config(variant, f"d64l{depth}", **(model or {}))
+            _config(variant, f"d64l{depth}", model)
             return depth
         except MemlabError:
             continue
@@ -131,7 +136,7 @@ def resolve_size(variant: str, label: str, aspect: float = 32.0, model: Override
                 f"unknown size {label!r}; valid: a preset ({', '.join(SIZES)}), a width/depth pair like d256l4, "
                 "or a parameter count like 1M, 2.5M, 300K"
             ) from None
-        build_config(variant, label, **(model or {}))  # a pair that cannot be built (heads do not divide) fails here
+        _config(variant, label, model)  # a pair that cannot be built (heads do not divide) fails here
         return label
     return size_for_params(variant, parse_param_count(label), aspect, model)  # type: ignore[arg-type]
 
@@ -179,7 +184,7 @@ def plan(
 
     for variant in variants:  # (a misspelt variant first: its fix is not another size)
         choose("variant", variant, list_variants())
-        shape = build_config(variant, "d64l2", **(model or {}))
+        shape = _config(variant, "d64l2", model)
         if (shape.d_model, shape.n_layers) != (64, 2):  # (sizes had been "the same model; drop one")
             raise MemlabError(f"{variant} has a fixed shape (d{shape.d_model} x {shape.n_layers} layers, whatever the "
                               "size): it cannot be scaled")
