@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import memlab
 from memlab.ops.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
@@ -55,6 +56,29 @@ def test_without_gradients_and_under_bf16_autocast():
     assert got[0].dtype == torch.float32 and got[2].dtype == torch.float32
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+class _CountMatmuls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_)
+        return func(*args, **(kwargs or {}))
+
+
+def test_no_gradient_work_under_no_grad_even_for_trainable_weights():
+    """Validation scores a model whose head weight requires grad: under no_grad the op computes the
+    logits only (one matmul per block), not the gradients it would otherwise make in its forward."""
+    hidden, weight = torch.randn(30, 16, requires_grad=True), torch.randn(100, 16, requires_grad=True)
+    targets = torch.randint(0, 100, (30,))
+    with torch.no_grad(), _CountMatmuls() as counted:
+        loss = linear_cross_entropy(hidden, weight, targets, block_rows=8)
+    assert counted.count == 4 and not loss.requires_grad  # 4 blocks of at most 8 rows
+    with _CountMatmuls() as counted:
+        linear_cross_entropy(hidden, weight, targets, block_rows=8)
+    assert counted.count == 4 * 3  # with gradients: logits, hidden's and weight's gradient per block
 
 
 def test_model_loss_equals_cross_entropy_of_its_logits():

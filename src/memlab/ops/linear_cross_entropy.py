@@ -46,16 +46,18 @@ def linear_cross_entropy(
     most = block_rows or max(1, BLOCK_BYTES // (4 * weight.shape[0]))
     blocks = max(1, -(-hidden.shape[0] // most))
     rows = max(1, -(-hidden.shape[0] // blocks))  # equal blocks: no small, slow tail block
+    grad_enabled = torch.is_grad_enabled()  # (inside forward it never is, and needs_input_grad ignores it)
     with torch.autocast(device_type, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, rows, dtype)
+        return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, rows, dtype, grad_enabled)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index: int, block_rows: int, dtype: torch.dtype):
+    def forward(ctx, hidden, weight, targets, ignore_index: int, block_rows: int, dtype: torch.dtype,
+                grad_enabled: bool):
         N, V = hidden.shape[0], weight.shape[0]
         h, w = hidden.to(dtype), weight.to(dtype)
-        want_h, want_w = ctx.needs_input_grad[:2]
+        want_h, want_w = ctx.needs_input_grad[:2] if grad_enabled else (False, False)
         grad_h = torch.empty_like(hidden) if want_h else None
         softmax_dtype = at_least_float32(dtype)
         grad_w = None  # (V, D) in the softmax dtype, from the first block's product on
@@ -103,4 +105,4 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # the forward's gradients, scaled in place (the weight's cast back from the softmax dtype)
         dh = grad_h.mul_(grad_loss) if grad_h is not None else None
         dw = grad_w.mul_(grad_loss).to(ctx.weight_dtype) if grad_w is not None else None
-        return dh, dw, None, None, None, None
+        return dh, dw, None, None, None, None, None
