@@ -13,10 +13,13 @@ def score_at(q: torch.Tensor, k: torch.Tensor, position: int, offset: int) -> fl
     """q at ``position`` against k at ``position - offset``: (1, 1, 1, Dh) each."""
     rq = apply_rope(q, torch.tensor([position]))
     rk = apply_rope(k, torch.tensor([position - offset]))
-    return float((rq.float() * rk.float()).sum())
+    return float((rq.double() * rk.double()).sum())
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-3), (torch.bfloat16, 0.1)])
+@pytest.mark.parametrize(
+    "dtype, tolerance",
+    [(torch.float32, 1e-3), (torch.bfloat16, 0.1), (torch.float64, 1e-10)],  # float64: float32 angles had moved it 1e-5
+)
 def test_a_score_depends_on_the_offset_alone(dtype, tolerance):
     """In bf16 the angles had been bf16 too: at 2001 tokens the score had moved from 0.70 to 3.6."""
     g = torch.Generator().manual_seed(0)

@@ -4,7 +4,9 @@
   parallel (training) form; with a state the mixer consumes the ``T`` new tokens and
   updates the state in place, so prefill and decode are the same call.
 * ``init_state(batch_size, device, dtype)`` returns the layer's :class:`MixerState`;
-  ``state.nbytes`` is exact and ``state_nbytes(context_len)`` predicts it.
+  ``state.nbytes`` is exact and ``state_nbytes(context_len)`` predicts it: the bytes of what the
+  state holds (a fixed buffer — ring, delta matrix, slots — whole; a growing KV cache its filled
+  part, not the spare capacity its geometric growth allocates ahead).
 * Ablations, set through :func:`memlab.ablate` (never by re-implementing a forward):
   ``zero`` replaces the memory read-out by zeros (mixers with ``carries_memory``);
   ``horizon=h`` limits every position to the last ``h`` tokens (itself included).
@@ -64,7 +66,7 @@ class MixerState:
 
     @property
     def nbytes(self) -> int:
-        """Bytes this state holds for the whole batch."""
+        """Bytes this state holds for the whole batch (its tensors; a growing cache counts its filled part)."""
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
 
