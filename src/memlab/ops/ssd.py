@@ -144,6 +144,8 @@ def ssd_chunked(
     literal recurrence, one elementwise step per chunk.
     T is padded internally to a multiple of the chunk (padding has ``dt = 0``: no decay, no
     input), so any length works and the final state is that after the last real token.
+    The chunk length is chosen for the whole call, so where decays are strong enough to halve it,
+    a row's rounding (never its value beyond rounding) depends on the other rows and on later tokens.
 
     These per-token and per-chunk factors are computed here, under autograd; the work on
     full-size tensors is :class:`_ChunkedSSD`, with a hand-written backward.
