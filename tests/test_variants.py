@@ -6,6 +6,7 @@ A new variant joins these tests by being registered; nothing here names a varian
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 
 import pytest
@@ -19,9 +20,9 @@ VARIANTS = memlab.list_variants()
 T_LONG = 80  # crosses a 64-token chunk boundary
 
 
-def build(variant: str, seed: int = 0) -> LanguageModel:
+def build(variant: str, seed: int = 0, **overrides) -> LanguageModel:
     torch.manual_seed(seed)
-    return memlab.build_model(variant, size="tiny").eval()
+    return memlab.build_model(variant, size="tiny", **overrides).eval()
 
 
 def tokens(model: LanguageModel, batch: int, length: int, seed: int = 1) -> torch.Tensor:
@@ -29,10 +30,15 @@ def tokens(model: LanguageModel, batch: int, length: int, seed: int = 1) -> torc
     return torch.randint(0, model.config.vocab_size, (batch, length), generator=g)
 
 
-def prefill_then_decode(model: LanguageModel, x: torch.Tensor, prefix: int) -> tuple[torch.Tensor, ModelState]:
-    """Logits of ``x`` from one prefill of ``prefix`` tokens then single-token steps, and the state left."""
+def prefill_then_decode(
+    model: LanguageModel, x: torch.Tensor, prefix: int, chunks: tuple[int, ...] = ()
+) -> tuple[torch.Tensor, ModelState]:
+    """Logits of ``x`` from a prefill of ``prefix`` tokens (in ``chunks`` of those lengths, then the rest
+    of the prefix in one call) then single-token steps, and the state left."""
     state = model.init_state(batch_size=x.shape[0])
-    steps = [model(x[:, :prefix], state)] + [model(x[:, t : t + 1], state) for t in range(prefix, x.shape[1])]
+    bounds = [0, *itertools.accumulate(chunks), prefix]
+    steps = [model(x[:, a:b], state) for a, b in itertools.pairwise(bounds)]
+    steps += [model(x[:, t : t + 1], state) for t in range(prefix, x.shape[1])]
     return torch.cat(steps, dim=1), state
 
 
@@ -92,13 +98,27 @@ def test_diagnostics_leave_out_padding(variant):
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-10)])  # float64: no float32 inside
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_parallel_equals_prefill_then_decode(variant, dtype, tolerance):
-    model = build(variant).to(dtype)
-    x = tokens(model, 2, T_LONG)
+    """Ragged prefill chunks (one token, then lengths that are no chunk size), a sliding window of 16
+    that wraps in the prefill and while decoding, three rows."""
+    model = build(variant, **{"attention.window": 16}).to(dtype)
+    x = tokens(model, 3, T_LONG)
     with torch.no_grad():
         full = model(x)
-        decoded, state = prefill_then_decode(model, x, prefix=67)
+        decoded, state = prefill_then_decode(model, x, prefix=67, chunks=(1, 17))
     assert state.position == T_LONG and full.dtype == dtype
     torch.testing.assert_close(decoded, full, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_row_is_scored_alike_alone_and_in_a_batch(variant):
+    """No row's logits depend on the other rows of its batch (ACT packs the rows still running, Mamba-2
+    picks one chunk length for the batch, CDM routes per token)."""
+    model = build(variant)
+    x = tokens(model, 3, T_LONG)
+    with torch.no_grad():
+        together = model(x)
+        for row in range(3):
+            torch.testing.assert_close(model(x[row : row + 1])[0], together[row], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("variant", ["baseline", "gdn", "act"])
