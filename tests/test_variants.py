@@ -60,6 +60,24 @@ def test_causality(variant):
     assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
 
 
+@pytest.mark.parametrize("variant, overrides", [(v, {}) for v in VARIANTS] + [("gdn_hybrid", {"gdn.local_drop_prob": 0.5})])
+def test_causality_in_training_mode(variant, overrides):
+    """Training's stochastic parts (the hybrid's local drop, drawn per sequence) draw the same whatever
+    the later tokens: with one seed per forward, changing them changes no earlier logit."""
+    model = build(variant, **overrides).train()
+    x = tokens(model, 2, T_LONG)
+    t = 41
+    y = x.clone()
+    y[:, t + 1 :] = tokens(model, 2, T_LONG - t - 1, seed=7)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        a = model(x)
+        torch.manual_seed(3)
+        b = model(y)
+    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_aux_losses_leave_out_padding(variant):
     """Packed task batches end in padding; the losses over the real positions are those of the unpadded rows."""
