@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from local_tokenizers import metaspace_tokenizer
 
 from memlab.cli import COMMANDS, main
 from memlab.provenance import provenance
@@ -332,6 +333,26 @@ def test_a_tokenizer_other_than_the_trained_one_is_refused_though_it_fits(tmp_pa
             main(["generate", "--checkpoint", str(tmp_path), "--prompt", "hi", "--max-new-tokens", "2"])
         err = capsys.readouterr().err
         assert not fails or (e.value.code == 2 and "is not the one the model was trained with (0123456789ab)" in err)
+
+
+def test_generate_prints_the_space_a_sentencepiece_tokenizer_decodes_before_a_word(tmp_path, capsys, monkeypatch):
+    """A continuation decoded alone loses its leading meta-space: "hello" + "world" had been printed for
+    the ids of "hello world"."""
+    import memlab
+    from memlab.models.lm import LanguageModel
+
+    tokenizer = metaspace_tokenizer("hello world hello world")
+    memlab.build_model("baseline", "tiny", vocab_size=tokenizer.vocab_size).save(tmp_path)
+    tokenizer.save(tmp_path)
+    world = tokenizer.encode("hello world")[len(tokenizer.encode("hello")) :]
+    assert tokenizer.decode(world) == "world"  # alone: no space
+
+    def say_world(self, ids, max_new_tokens, *args, **kwargs):
+        return torch.cat([ids, torch.tensor([world])], dim=1)
+
+    monkeypatch.setattr(LanguageModel, "generate", say_world)
+    main(["generate", "--checkpoint", str(tmp_path), "--prompt", "hello", "--max-new-tokens", str(len(world))])
+    assert capsys.readouterr().out == "hello world\n"
 
 
 def test_generate_refuses_a_tokenizer_of_another_model(tmp_path, capsys):

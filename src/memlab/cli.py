@@ -149,7 +149,7 @@ def run_generate(args: GenerateArgs) -> None:
     new = out[0, ids.shape[1] :].tolist()
     if new[-1:] == [tokenizer.eos_id]:  # the end of the text, not a part of it (it had printed <|eos|>)
         new = new[:-1]
-    print(args.prompt + tokenizer.decode(new))
+    print(args.prompt + tokenizer.decode_continuation(ids[0].tolist(), new))
 
 
 # ---------------------------------------------------------------- data prepare

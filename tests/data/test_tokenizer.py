@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from local_tokenizers import metaspace_tokenizer
 
 from memlab.data.tokenizer import (
     BPE_FILE,
@@ -221,3 +222,13 @@ def test_a_directory_transformers_cannot_load_is_one_clear_error(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("{}")  # no vocabulary: transformers raises a ValueError
     with pytest.raises(MemlabError, match="is not available locally"):
         load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe", "metaspace"])
+def test_a_continuation_decodes_as_it_reads_after_its_prefix(kind, bpe):
+    """SentencePiece-style ids decoded alone drop the meta-space that separates them from the prefix."""
+    tok = {"byte": build_tokenizer("byte"), "bpe": bpe, "metaspace": metaspace_tokenizer(SAMPLE)}[kind]
+    prefix, whole = tok.encode("the key is"), tok.encode("the key is k7 and")
+    assert whole[: len(prefix)] == prefix
+    assert tok.decode_continuation(prefix, whole[len(prefix) :]) == " k7 and"
+    assert tok.decode_continuation(prefix, []) == ""

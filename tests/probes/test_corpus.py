@@ -6,30 +6,18 @@ import json
 
 import numpy as np
 import pytest
+from local_tokenizers import metaspace_tokenizer
 
-from memlab.data.tokenizer import HFTokenizer, build_tokenizer
+from memlab.data.tokenizer import build_tokenizer
 from memlab.errors import MemlabError
 from memlab.probes.corpus import encode_spans, read_probe_text, token_spans
 
 CODE = "class A:\n    def f(self, x):\n        return g(x, 'héllo 🙂')\n\nprint(42)\n"
 
 
-def metaspace_tokenizer() -> HFTokenizer:
-    """A SentencePiece-style BPE (a "▁" meta-space before words) trained here, as a fast HF tokenizer."""
-    pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>"], show_progress=False)
-    tok.train_from_iterator([CODE, "The value is 42 and the key is k7.\n"] * 20, trainer=trainer)
-    return HFTokenizer(PreTrainedTokenizerFast(tokenizer_object=tok), "metaspace")
-
-
 def test_a_metaspace_tokenizer_is_probed_through_its_offsets(tmp_path):
     """One id decoded alone drops its meta-space, so the decode path could not align such a tokenizer."""
-    tok = metaspace_tokenizer()
+    tok = metaspace_tokenizer(CODE)
     ids = tok.encode(CODE)
     assert token_spans(tok, CODE, ids) is None  # what the probes had used: every document skipped
     offset_ids, spans = encode_spans(tok, CODE)

@@ -68,6 +68,12 @@ class Tokenizer(ABC):
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def decode_continuation(self, prefix: Sequence[int], new: Sequence[int]) -> str:
+        """The text ``new`` adds after ``prefix``: the two decoded together, the prefix's text cut off
+        (a SentencePiece-style decoder drops the leading space of ids decoded alone)."""
+        whole, head = self.decode([*prefix, *new]), self.decode(prefix)
+        return whole[len(head) :] if whole.startswith(head) else self.decode(new)
+
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]] | None:
         """The ids of ``text`` and the character [start, end) each came from, where the backend
         (a `tokenizers` tokenizer) reports them; None where it does not."""

@@ -57,7 +57,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     new = out[0, len(prompt) :].tolist()
     checks["generates"] = {
         "passed": len(new) == 8 and all(0 <= t < model.config.vocab_size for t in new),
-        "sample": ctx.tokenizer.decode(new),
+        "sample": ctx.tokenizer.decode_continuation(prompt, new),
     }
 
     t = T // 2
