@@ -167,6 +167,49 @@ def test_files_undecodable_bytes_warn_and_a_byte_order_mark_is_no_text(tmp_path,
     assert len(warnings) == 2 and "b.txt is not valid UTF-8" in warnings[0] and "1 line(s)" in warnings[1]
 
 
+def test_files_decompresses_and_refuses_binary_files(tmp_path):
+    """A .jsonl.gz had been one document of gzip bytes, with only a warning."""
+    import bz2
+    import gzip
+    import lzma
+
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(b'{"text": "gz row"}\n{"text": "second"}\n'))
+    (tmp_path / "b.txt.bz2").write_bytes(bz2.compress("bz2 caf\u00e9".encode()))
+    (tmp_path / "c.md.xz").write_bytes(lzma.compress(b"# xz"))
+    assert list(open_source(f"files:{tmp_path}/*").documents()) == ["gz row", "second", "bz2 caf\u00e9", "# xz"]
+    (tmp_path / "d.txt.gz").write_bytes(gzip.compress(b"cut short")[:-6])
+    with pytest.raises(MemlabError, match=r"cannot read .*d.txt.gz: .* \(a corrupt or truncated compressed file\?\)"):
+        list(open_source(f"files:{tmp_path}/d.txt.gz").documents())
+    (tmp_path / "e.png").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(MemlabError, match=r"e.png does not read as text \(50% undecodable bytes\)"):
+        list(open_source(f"files:{tmp_path}/e.png").documents())
+
+
+def test_a_text_file_is_the_same_document_through_files_and_hf(tmp_path, byte_tok):
+    """hf: had made CRLF line ends LF and kept a byte-order mark, files: the opposite: the same corpus
+    named the other way split otherwise, and its "held-out" documents had been trained on."""
+    pytest.importorskip("datasets")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = [b"\xef\xbb\xbfmarked\r\nwindows\r\n", b"old mac\rline", b"caf\xe9 au lait, tr\xe8s bon", b"plain\nunix"]
+    for i, raw in enumerate(texts):
+        (corpus / f"{i}.txt").write_bytes(raw)
+    by_files = list(open_source(f"files:{corpus}/*.txt").documents())
+    assert by_files == ["marked\nwindows\n", "old mac\nline", "caf\ufffd au lait, tr\ufffds bon", "plain\nunix"]
+    assert sorted(open_source(f"hf:{corpus}").documents()) == sorted(by_files)
+    assert list(open_source(f"hf:{corpus / '0.txt'}").documents()) == by_files[:1]
+
+
+def test_an_hf_error_names_the_error_it_wraps(tmp_path):
+    """datasets wraps a file's error in "An error occurred while generating the dataset"; the file's own
+    error (here a row that is no JSON) had been left out."""
+    pytest.importorskip("datasets")
+    (tmp_path / "rows.jsonl").write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(MemlabError, match=r"cannot load hf:.*rows.jsonl:train: .+: .+") as e:
+        list(open_source(f"hf:{tmp_path / 'rows.jsonl'}").documents())
+    assert "occurred while generating the dataset: " in str(e.value)
+
+
 @pytest.mark.parametrize(
     "spec, fragment",
     [

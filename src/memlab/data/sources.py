@@ -12,9 +12,13 @@
   rows, or ``.txt``/``.md`` one document per file, each possibly compressed
   ``.gz``/``.bz2``/``.xz``/``.zst``); SPLIT may slice (``train[:1000]``);
 - ``files:GLOB``: local files, read as UTF-8 (a byte-order mark dropped; undecodable bytes become
-  U+FFFD, with a warning); ``.jsonl``/``.json`` (one document per line, from the text field chosen
-  on the file's first object), ``.parquet`` (a text column, needs ``pyarrow``), anything else one
-  document per file.
+  U+FFFD, with a warning; a file mostly undecodable is refused as binary), decompressed where named
+  ``.gz``/``.bz2``/``.xz``/``.zst``; ``.jsonl``/``.json`` (one document per line, from the text field
+  chosen on the file's first object), ``.parquet`` (a text column, needs ``pyarrow``), anything else
+  one document per file, its line ends made ``\n``.
+
+A local text file reads as the same document through ``files:`` and ``hf:`` (no byte-order mark, line
+ends ``\n``, undecodable bytes U+FFFD), so its train/validation split is the same whichever names it.
 
 A source has ``documents()`` (an iterator of ``str``, the same order every time),
 ``keyed_documents()`` (the same documents as ``Document(text, split_key)``: the train/validation
@@ -27,10 +31,14 @@ against to decide whether they are up to date.
 from __future__ import annotations
 
 import ast
+import bz2
+import contextlib
 import glob
+import gzip
 import hashlib
 import json
 import logging
+import lzma
 import os
 import sys
 import sysconfig
@@ -38,7 +46,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from memlab.errors import MemlabError
 
@@ -48,8 +56,12 @@ TEXT_FIELDS = ("text", "content", "story", "code", "document")  # tried in this 
 HF_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text", ".md": "text"}
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")  # a data file's suffix before one of these names its format
 # in the fingerprints of files: and local hf: sources: their documents had been read otherwise (a byte-order
-# mark kept, a JSON-lines field chosen per row, a .txt file one document per line), so shards of those are rebuilt
-READER = "reader 2"
+# mark kept, a JSON-lines field chosen per row, a .txt file one document per line; line ends and a mark that
+# files: and hf: read differently, a compressed file read as its bytes), so shards of those are rebuilt
+READER = "reader 3"
+BINARY_SHARE = 0.1  # a file whose text is more than this share U+FFFD (undecodable bytes) is refused as binary
+# datasets' text builder reading a file as files: does (it makes line ends \n itself: universal newlines)
+TEXT_BUILDER_OPTIONS = {"sample_by": "document", "encoding": "utf-8-sig", "encoding_errors": "replace"}
 
 
 class Document(NamedTuple):
@@ -204,21 +216,18 @@ class Files(Source):
 
     def documents(self) -> Iterator[str]:
         for path in self.paths():
-            suffix = path.suffix.lower()
-            if suffix in (".jsonl", ".json"):
+            kind = _format(path)
+            if kind in (".jsonl", ".json"):
                 yield from self._jsonl(path)
-            elif suffix == ".parquet":
+            elif kind == ".parquet":
                 yield from self._parquet(path)
             else:
-                text, bad = _decode(path.read_bytes())
-                if bad:
-                    _warn_undecodable(path, "the file")
-                yield text
+                yield _text_file(path)
 
     def _jsonl(self, path: Path) -> Iterator[str]:
         """One document per line, from the text field chosen on the file's first object."""
         bad_lines, field = 0, None
-        with path.open("rb") as f:
+        with _reading(path) as f:
             for line_no, raw in enumerate(f, 1):
                 line, bad = _decode(raw)
                 bad_lines += bad
@@ -259,6 +268,41 @@ class Files(Source):
     @property
     def fingerprint(self) -> str:
         return _files_fingerprint(self.paths(), f"{self.text_field or ''}\0{READER}")
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[BinaryIO]:
+    """A local file opened for its bytes, decompressed by its last suffix (.gz/.bz2/.xz/.zst); a corrupt
+    or truncated compressed stream, met while the body reads it, is a MemlabError."""
+    suffix = path.suffix.lower()
+    if suffix == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise MemlabError(f"reading {path} needs zstandard: pip install 'memlab[hf]'") from None
+        opener, errors = zstandard.open, (OSError, zstandard.ZstdError)
+    else:
+        opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffix, open)
+        errors = (OSError, EOFError, lzma.LZMAError)  # what gzip, bz2 and lzma raise for a corrupt stream
+    try:
+        with opener(path, "rb") as f:
+            yield f
+    except errors as e:
+        hint = " (a corrupt or truncated compressed file?)" if suffix in COMPRESSIONS else ""
+        raise MemlabError(f"cannot read {path}: {_first_line(e)}{hint}") from None
+
+
+def _text_file(path: Path) -> str:
+    """A whole file as one document: UTF-8 without a byte-order mark, line ends \\n; refused if binary."""
+    with _reading(path) as f:
+        raw = f.read()
+    text, bad = _decode(raw)
+    if bad:
+        share = text.count("\ufffd") / len(text)
+        if share > BINARY_SHARE:
+            raise MemlabError(f"{path} does not read as text ({share:.0%} undecodable bytes): leave it out of files:")
+        _warn_undecodable(path, "the file")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _decode(raw: bytes) -> tuple[str, bool]:
@@ -326,13 +370,13 @@ class HFDataset(Source):
             if local.is_file():  # a single data file: the packaged builder of its format
                 path, kwargs = _builder(local)
             elif local.is_dir() and _plain_text_dir(local):  # one document per file, not per line
-                path, kwargs = "text", {"data_dir": str(local), "sample_by": "document"}
+                path, kwargs = "text", {"data_dir": str(local), **TEXT_BUILDER_OPTIONS}
             return datasets.load_dataset(path, split=self.split, streaming=self.streaming, **kwargs)
         except MemlabError:
             raise
         except Exception as e:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError...)
             raise MemlabError(
-                f"cannot load {self.spec}: {_first_line(e)} (hub datasets must be in the local cache when "
+                f"cannot load {self.spec}: {_with_cause(e)} (hub datasets must be in the local cache when "
                 f"offline; a local directory or .jsonl/.parquet file also works)"
             ) from None
 
@@ -378,7 +422,7 @@ class HFDataset(Source):
             except StopIteration:
                 return
             except Exception as e:
-                raise MemlabError(f"cannot read {self.spec}: {_first_line(e)}") from None
+                raise MemlabError(f"cannot read {self.spec}: {_with_cause(e)}") from None
             yield row
 
     @property
@@ -419,9 +463,18 @@ def _builder(path: Path) -> tuple[str, dict]:
             f"(optionally {', '.join(COMPRESSIONS)})"
         )
     builder = HF_BUILDERS[suffix]
-    return builder, {"data_files": str(path)} | ({"sample_by": "document"} if builder == "text" else {})
+    return builder, {"data_files": str(path)} | (TEXT_BUILDER_OPTIONS if builder == "text" else {})
 
 
 def _first_line(e: Exception) -> str:
     """The first line of an exception's message (at most 200 characters), else its type."""
     return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
+def _with_cause(e: BaseException) -> str:
+    """The first line of an exception and, where it wraps another (datasets' "An error occurred while
+    generating the dataset"), of the innermost one: the file and what is wrong with it."""
+    inner = e
+    while (nested := inner.__cause__ or inner.__context__) is not None:
+        inner = nested
+    return _first_line(e) if inner is e else f"{_first_line(e)}: {_first_line(inner)}"
