@@ -3,6 +3,8 @@ train split shorter than one window refused at start-up."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import records, tiny_config
@@ -31,6 +33,27 @@ def test_the_cache_directory_names_the_resolved_data(tmp_path, monkeypatch):
     cfg.val_fraction = 0.5
     assert _prepared(cfg, Dist())[1] != first
     assert data_checksum(read_header(first)) == before  # the first run's shards are untouched
+
+
+def test_a_corpus_field_is_chosen_by_text_field(tmp_path, monkeypatch):
+    """The refusal of a row without a known text field had advised --text-field, which train lacked."""
+    monkeypatch.setenv("MEMLAB_CACHE", str(tmp_path / "cache"))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"id": i, "body": f"body number {i}"}) + "\n" for i in range(4)))
+    cfg = tiny_config(tmp_path / "run", steps=1, corpus=f"files:{rows}", tokenizer="byte", val_fraction=0.0)
+    with pytest.raises(MemlabError, match="pass --text-field, one of: id, body"):
+        _prepared(cfg, Dist())
+    cfg.text_field = "body"
+    tokenizer, data, _ = _prepared(cfg, Dist())
+    assert read_header(data)["splits"]["train"]["documents"] == 4
+    cfg.text_field, cfg.corpus, cfg.data_dir = "title", None, str(data)  # shards of another field
+    with pytest.raises(MemlabError, match="were not prepared from text field 'title'"):
+        _prepared(cfg, Dist())
+    cfg.text_field = "body"
+    assert _prepared(cfg, Dist())[1] == data
+    cfg.corpus, cfg.data_dir = "none", None
+    with pytest.raises(MemlabError, match="--corpus none trains on tasks only; drop --text_field"):
+        _prepared(cfg, Dist())
 
 
 def test_data_dir_shards_are_checksum_verified(tmp_path, text_corpus):

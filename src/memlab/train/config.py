@@ -56,6 +56,8 @@ class TrainConfig:
     corpus: Annotated[str | None, DefaultInDoc] = None
     """text source: stdlib-code, stdlib-docs, hf:NAME[:SPLIT], files:GLOB, or none (tasks only);
     default: the shards of a prepared --data-dir, else stdlib-code"""
+    text_field: Annotated[str | None, DefaultInDoc] = None
+    """field/column of a files:/hf: corpus's rows holding the text (default: text, content, story, code or document)"""
     data_dir: Annotated[str | None, DefaultInDoc] = None
     """where the corpus's token shards are (or are prepared); default: a cache under ~/.cache/memlab"""
     corpus_max_docs: int | None = None

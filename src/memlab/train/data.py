@@ -87,8 +87,8 @@ def _prepared(cfg: TrainConfig, d: Dist) -> tuple[Tokenizer, Path | None, str]:
     """(tokenizer, shard directory or None, corpus name), preparing the shards if needed (main process first)."""
     explicit = Path(cfg.data_dir) if cfg.data_dir else None
     if cfg.corpus == NO_CORPUS:
-        if explicit is not None:
-            raise MemlabError("--corpus none trains on tasks only; drop --data-dir")
+        if explicit is not None or cfg.text_field is not None:
+            raise MemlabError(f"--corpus none trains on tasks only; drop --{'data-dir' if explicit else 'text_field'}")
         if _language_batches(cfg):
             raise MemlabError(
                 "--corpus none trains on tasks only: set --alg_tokens to --total_tokens "
@@ -106,6 +106,11 @@ def _prepared(cfg: TrainConfig, d: Dist) -> tuple[Tokenizer, Path | None, str]:
                 "drop --corpus or choose another --data-dir"
             )
         _check_prepared_request(cfg, header["request"], explicit)
+        if cfg.text_field is not None and open_source(header["source"], cfg.text_field).fingerprint != (
+            header["request"]["fingerprint"]
+        ):
+            raise MemlabError(f"the shards in {explicit} were not prepared from text field {cfg.text_field!r} (or "
+                              "their files changed since); drop --text_field, or name a new --data-dir")
         for split in SPLITS:
             verify_split(explicit, header, split)
         tokenizer = load_tokenizer(explicit)
@@ -113,7 +118,7 @@ def _prepared(cfg: TrainConfig, d: Dist) -> tuple[Tokenizer, Path | None, str]:
             _check_tokenizer_request(cfg.tokenizer, tokenizer, explicit)
         return tokenizer, explicit, header["source"]
     corpus, spec = cfg.corpus or DEFAULT_CORPUS, cfg.tokenizer or "bpe"
-    source, tokenizer = open_source(corpus), spec if spec == "bpe" else load_tokenizer(spec)
+    source, tokenizer = open_source(corpus, cfg.text_field), spec if spec == "bpe" else load_tokenizer(spec)
     options = {"vocab_size": bpe_vocab_size(cfg), "val_fraction": cfg.val_fraction, "max_docs": cfg.corpus_max_docs}
     directory = explicit or cache_dir() / "data" / _cache_name(corpus, spec, data_request(source, tokenizer, **options))
     if not d.is_main:
