@@ -66,6 +66,7 @@ from memlab.errors import MemlabError
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
 FIT_SAMPLES = 128  # examples per level the start-up length check draws: lengths vary within a level
+REDRAWS = 100  # draws of a training example, at most, until one fits in seq_len
 DEFAULT_DAG: dict[str, list[str]] = {
     "copy": [],
     "parity": [],
@@ -166,6 +167,7 @@ class Curriculum:
         self._check_streams()
         self._tasks = {s: get_task(s, tokenizer=tokenizer, seq_len=c.seq_len) for s in self.task_specs}
         self._levels = {s: self._fitting_levels(s) for s in self.task_specs}
+        self._redrawn: set[tuple[str, int]] = set()  # (task, level) whose too-long examples were warned of
         self._prereqs = self._dag() if c.strategy == "dag" else {}
         self.state = {s: TaskState(unlocked=not self._prereqs.get(s)) for s in self.task_specs}
         self.step = self.tokens_seen = self._since_unlock = 0
@@ -295,15 +297,26 @@ class Curriculum:
     def _examples(self, group: str) -> Iterator[TokenizedExample]:
         while True:
             spec = self._sample_task(group)
-            level = self._sample_difficulty(spec)
+            yield self._fitting_example(spec, self._sample_difficulty(spec))
+
+    def _fitting_example(self, spec: str, level: int) -> TokenizedExample:
+        """An example of ``spec`` at ``level`` that fits in seq_len. One longer than all the start-up check
+        saw (a rare long name, say) is drawn again, with a warning (once per task and level); a level whose
+        examples no longer fit at all is an error."""
+        for _ in range(REDRAWS):
             example = self._encode(spec, self._rng, level)
-            if len(example) - 1 > self.config.seq_len:  # longer than all the start-up check saw
-                raise MemlabError(
-                    f"task {spec} at difficulty {level} drew an example of {len(example) - 1} tokens, more than "
-                    f"seq_len={self.config.seq_len} and than the {FIT_SAMPLES} examples checked at start-up; "
-                    f"raise seq_len or set easier levels for {spec}"
-                )
-            yield example
+            if len(example) - 1 <= self.config.seq_len:
+                return example
+            if (spec, level) not in self._redrawn:
+                self._redrawn.add((spec, level))
+                log.warning("task %s at difficulty %d drew an example of %d tokens, more than seq_len=%d and than "
+                            "the %d examples checked at start-up: such examples are drawn again (raise seq_len to "
+                            "train on them)", spec, level, len(example) - 1, self.config.seq_len, FIT_SAMPLES)
+        raise MemlabError(
+            f"task {spec} at difficulty {level} drew {REDRAWS} examples in a row longer than seq_len="
+            f"{self.config.seq_len} (the {FIT_SAMPLES} checked at start-up fit); raise seq_len or set easier "
+            f"levels for {spec}"
+        )
 
     def _kind(self) -> str:
         """The next batch's kind, drawn from (seed, step) alone: the same schedule for every model
