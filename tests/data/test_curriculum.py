@@ -289,7 +289,7 @@ def test_ranks_and_seeds_draw_different_streams(byte_tok):
         (dict(strategy="dag", tasks=["copy"], retrieval_tasks=["niah"], dag={"copy": ["niah"]}), "no alg task"),
         (dict(tasks=["parity", "parity"]), "listed twice"),
         (dict(ema_decay=1.0), "ema_decay must lie in"),
-        (dict(retrieval_tasks=["mqar:vocab_size=4096"], retrieval_ratio=1.0), "ids >= the vocabulary size"),
+        (dict(retrieval_tasks=["mqar:vocab_size=4096"], retrieval_ratio=1.0), "vocab_size=4096 exceeds the tokenizer.s 261 ids"),
     ],
 )
 def test_bad_configurations(byte_tok, kw, fragment):

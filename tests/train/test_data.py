@@ -82,6 +82,26 @@ def test_a_train_split_shorter_than_one_window_is_refused_at_start_up(tmp_path):
     assert (data / HEADER_FILE).is_file()
 
 
+def test_a_validation_split_shorter_than_a_window_is_warned_of_as_it_is(tmp_path, caplog):
+    """Without tasks the warning had said "validation uses the tasks": there were none."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(8):
+        (corpus / f"doc{i}.txt").write_text(f"Document number {i}. " * 40)
+    data = tmp_path / "data"
+    prepare_shards(f"files:{corpus}/*.txt", "byte", data, val_fraction=0.2)
+    splits = read_header(data)["splits"]
+    seq_len = splits["val"]["tokens"]  # one token short of a validation window; the train split holds more
+    assert 0 < seq_len < splits["train"]["tokens"] - 1
+    for tasks, said in ((["copy"], True), ([], False)):
+        caplog.clear()
+        cfg = tiny_config(tmp_path / "run", steps=1, corpus=None, data_dir=str(data), alg_tasks=tasks, alg_tokens=0,
+                          seq_len=seq_len)
+        assert build_data(cfg, Dist(), None).val is None
+        assert "is shorter than one window: no validation loss is measured" in caplog.text
+        assert ("validation uses the tasks" in caplog.text) == said
+
+
 def test_a_resume_refuses_data_prepared_again_with_other_text(tmp_path):
     """The run's --data-dir rebuilt since would resume it on other documents and another held-out split."""
     corpus = tmp_path / "corpus"

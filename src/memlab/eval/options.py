@@ -13,7 +13,7 @@ from memlab.errors import MemlabError, check_at_least
 
 # options that count something: each must be >= 1 (None where allowed: the default)
 COUNTS = ("samples", "needle_samples", "lm_tokens", "lm_context", "ablation_context", "ablation_samples",
-          "horizon_samples", "batch_tokens")
+          "horizon_samples", "batch_tokens", "act_steps")
 
 
 DEFAULT_CONTEXT_LENGTHS = [256, 512, 1024, 2048]

@@ -160,7 +160,8 @@ def build_data(cfg: TrainConfig, d: Dist, run_tokenizer: Tokenizer | None, run_c
     if data_dir is not None and cfg.eval_tokens > 0:
         val = TokenShards(data_dir, "val", tokenizer, verify=False)
         if val.num_sequential_windows(cfg.seq_len) == 0:
-            log.warning("the validation split of %s is shorter than one window; validation uses the tasks", data_dir)
+            log.warning("the validation split of %s is shorter than one window: no validation loss is measured%s",
+                        data_dir, "; validation uses the tasks" if cfg.alg_tasks or cfg.retrieval_tasks else "")
             val = None
     curriculum = Curriculum(curriculum_config(cfg, d.world_size), tokenizer, lm=lm)
     return RunData(tokenizer, data_dir, corpus, curriculum, val, data_checksum(lm.header) if lm else None)

@@ -109,6 +109,9 @@ def get_task(spec: str, tokenizer=None, seq_len: int | None = None, **params: An
         params.setdefault("count_tokens", lambda text: len(tokenizer.encode(text)))
     if tokenizer is not None and "vocab_size" in fields:
         params.setdefault("vocab_size", tokenizer.vocab_size)
+        if params["vocab_size"] > tokenizer.vocab_size:  # (had been refused as a task too long for seq_len)
+            raise MemlabError(f"task {spec}: vocab_size={params['vocab_size']} exceeds the tokenizer's "
+                              f"{tokenizer.vocab_size} ids; give vocab_size <= {tokenizer.vocab_size}, or none")
     if tokenizer is not None and "reserved_ids" in fields:
         params.setdefault("reserved_ids", frozenset(tokenizer.specials.values()))
     if seq_len is not None and "seq_len" in fields:
