@@ -189,15 +189,19 @@ def test_a_text_file_is_the_same_document_through_files_and_hf(tmp_path, byte_to
     """hf: had made CRLF line ends LF and kept a byte-order mark, files: the opposite: the same corpus
     named the other way split otherwise, and its "held-out" documents had been trained on."""
     pytest.importorskip("datasets")
+    import gzip
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     texts = [b"\xef\xbb\xbfmarked\r\nwindows\r\n", b"old mac\rline", b"caf\xe9 au lait, tr\xe8s bon", b"plain\nunix"]
     for i, raw in enumerate(texts):
         (corpus / f"{i}.txt").write_bytes(raw)
-    by_files = list(open_source(f"files:{corpus}/*.txt").documents())
-    assert by_files == ["marked\nwindows\n", "old mac\nline", "caf\ufffd au lait, tr\ufffds bon", "plain\nunix"]
+    (corpus / "4.txt.gz").write_bytes(gzip.compress(b"\xef\xbb\xbfgzipped\r\nmarked"))  # (datasets keeps its mark)
+    by_files = list(open_source(f"files:{corpus}/*.txt*").documents())
+    assert by_files == ["marked\nwindows\n", "old mac\nline", "caf\ufffd au lait, tr\ufffds bon", "plain\nunix",
+                        "gzipped\nmarked"]
     assert sorted(open_source(f"hf:{corpus}").documents()) == sorted(by_files)
     assert list(open_source(f"hf:{corpus / '0.txt'}").documents()) == by_files[:1]
+    assert list(open_source(f"hf:{corpus / '4.txt.gz'}").documents()) == by_files[-1:]
 
 
 def test_an_hf_error_names_the_error_it_wraps(tmp_path):

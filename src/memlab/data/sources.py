@@ -409,9 +409,18 @@ class HFDataset(Source):
                 return
             names, rows = list(first), chain([first], rows)
         field = text_field(names, self.text_field, self.spec)
+        text_files = self._reads_text_files()
         for row in rows:
             if (text := _document(row.get(field), field, self.spec)) is not None:
-                yield text
+                yield text.removeprefix("\ufeff") if text_files else text
+
+    def _reads_text_files(self) -> bool:
+        """Whether the rows are local text files read whole by datasets' text builder (which keeps the
+        byte-order mark of a compressed file, whatever its encoding option says)."""
+        local = Path(os.path.expanduser(self.name))
+        if local.is_file():
+            return HF_BUILDERS.get(_format(local)) == "text"
+        return local.is_dir() and _plain_text_dir(local)
 
     def _rows(self) -> Iterator[dict]:
         """The dataset's rows; an error while reading them (a stream parses as it goes) is a MemlabError."""
