@@ -18,7 +18,8 @@
   one document per file, its line ends made ``\n``.
 
 A local text file reads as the same document through ``files:`` and ``hf:`` (no byte-order mark, line
-ends ``\n``, undecodable bytes U+FFFD), so its train/validation split is the same whichever names it.
+ends ``\n``, undecodable bytes U+FFFD), so its train/validation split is the same whichever names it;
+only a compressed one with undecodable bytes differs: datasets refuses it.
 
 A source has ``documents()`` (an iterator of ``str``, the same order every time),
 ``keyed_documents()`` (the same documents as ``Document(text, split_key)``: the train/validation
