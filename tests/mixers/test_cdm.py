@@ -240,3 +240,18 @@ def test_low_precision_models_run_the_recurrence_in_float32(monkeypatch):
     assert state.nbytes == model.state_nbytes(20, batch_size=2, dtype=torch.bfloat16)
     for out in (mixed, decoded):
         assert (out.float() - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+def test_the_router_routes_under_bf16_autocast_as_in_float32():
+    """Hard routing takes the argmax of the router's logits, so they are computed in float32 (as MoE
+    routers are): under autocast they had been bf16, 6e-4 off the float32 routing at initialisation."""
+    torch.manual_seed(0)
+    model = memlab.build_model("cdm_v3", "tiny").eval()
+    first = next(m for m in model.modules() if isinstance(m, CDM))
+    x = torch.randint(0, model.config.vocab_size, (2, 40))
+    with torch.no_grad():
+        model(x)
+        reference = first.slot_activity().routing
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)
+    torch.testing.assert_close(first.slot_activity().routing, reference, atol=1e-6, rtol=1e-6)

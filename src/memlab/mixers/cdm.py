@@ -182,7 +182,9 @@ class CDM(Mixer):
         rounding and reach -inf (NaN in the scan) at a gate of exactly 1.
         """
         c = self.config.cdm
-        routing = torch.softmax(self.router(x).to(dtype), dim=-1)
+        with torch.autocast(x.device.type, enabled=False):  # in float32 at least, as MoE routers are: bf16
+            logits = F.linear(x.to(dtype), self.router.weight.to(dtype))  # near-ties flip the hard route
+        routing = torch.softmax(logits, dim=-1)
         route = routing
         if c.hard_routing:  # winner-take-all forward, gradient of the soft distribution
             winner = F.one_hot(routing.argmax(dim=-1), self.n_slots).to(routing.dtype)
