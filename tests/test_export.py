@@ -211,3 +211,25 @@ def test_the_model_card_prints_each_interval_low_then_high():
     assert _metric_rows({"iid": record}) == [["iid", "0.5", "[0.4, 0.6]", "10"]]
     lm = {"loss": 2.5, "loss_ci95": [2.25, 2.75], "documents": 7}
     assert _metric_rows(lm) == [["loss", "2.5", "[2.25, 2.75]", "7"]]
+
+
+def test_an_export_keeps_how_its_model_was_trained(run_dir, tmp_path):
+    """Perplexity of an export on its run's corpus had been measured on a 0.01 split of seed 0, not on
+    the documents the run held out; and the export's step had read 0."""
+    import yaml
+
+    from memlab.eval.hub import evaluate
+    from memlab.eval.options import EvalOptions
+    from memlab.paths import checkpoint_step
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"{i}.txt").write_text(f"document {i} " * 30)
+    data = {"data_dir": str(tmp_path / "gone"), "val_fraction": 0.5, "split_seed": 7}
+    (run_dir / "checkpoints" / "step_4" / "config.yaml").write_text(yaml.safe_dump({"train": {}, "data": data}))
+    out = export(run_dir / "checkpoints" / "step_4", tmp_path / "export")
+    assert checkpoint_step(out) == 4 and yaml.safe_load((out / "training.yaml").read_text())["data"] == data
+    evaluate(out, "lm", tmp_path / "eval", EvalOptions(corpus=f"files:{corpus}/*.txt", lm_context=32, lm_tokens=64))
+    request = json.loads(next((tmp_path / "eval" / "lm_data").glob("*/shards.json")).read_text())["request"]
+    assert (request["val_fraction"], request["split_seed"]) == (0.5, 7)

@@ -6,6 +6,8 @@
     out/model.safetensors       the weights (no pickled code)
     out/tokenizer.memlab.json   the tokenizer (plus tokenizer.json for BPE)
     out/summary.json            the training summary, when the checkpoint belongs to a run
+    out/training.yaml           the config.yaml it was trained under (its data, held-out split, seq_len)
+    out/export.json             the training step of the weights and the directory they came from
     out/eval/results_*.json     the evaluation results of this very model directory, when present
     out/README.md               a model card: architecture, usage, training summary, evaluation
 
@@ -27,8 +29,9 @@ from memlab.eval.hub import default_out_dir, load_checkpoint, run_dir_of
 from memlab.eval.schema import read_results
 from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
-from memlab.paths import checkpoint_step, holds_training_output, measured_model, resolve_model_dir
+from memlab.paths import EXPORT_FILE, checkpoint_step, holds_training_output, measured_model, resolve_model_dir
 from memlab.train.checkpoint import replace_directory
+from memlab.train.config import TRAINING_RECORD, training_record
 
 SUMMARY_FILE, CARD_FILE = "summary.json", "README.md"
 
@@ -54,6 +57,8 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
     model, tokenizer, _ = load_checkpoint(model_dir, "cpu")  # refuses a tokenizer of another model
     sources = [d for d in dict.fromkeys([model_dir, run_dir]) if d is not None]
     summary_file = next((d / SUMMARY_FILE for d in sources if (d / SUMMARY_FILE).is_file()), None)
+    record = next(filter(None, map(training_record, sources)), None)  # (eval and probe read its held-out split)
+    step = checkpoint_step(model_dir)
     results = {p.name: read_results(p) for p in sorted((model_dir / "eval").glob("results_*.json"))}  # an export's
     if run_dir is not None:  # this model's results in its run (an older memlab wrote every checkpoint's into eval/)
         places = dict.fromkeys([default_out_dir(model_dir, run_dir, None), run_dir / "eval"])
@@ -76,12 +81,15 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
         if summary_file is not None:
             shutil.copy2(summary_file, staging / SUMMARY_FILE)
             summary = read_json_object(summary_file)
+        if record is not None:
+            shutil.copy2(record, staging / TRAINING_RECORD)
+        (staging / EXPORT_FILE).write_text(json.dumps({"step": step, "source": str(model_dir)}, indent=2) + "\n")
         if results:
             (staging / "eval").mkdir()
             for name, doc in results.items():
                 (staging / "eval" / name).write_text(json.dumps(doc, indent=2) + "\n")
         source = run_dir or model_dir
-        card = model_card(model, tokenizer, source, checkpoint_step(model_dir), summary, results)
+        card = model_card(model, tokenizer, source, step, summary, results)
         (staging / CARD_FILE).write_text(card)
         replace_directory(staging, out)  # the old export stays whole until the new one is in place
     finally:

@@ -22,6 +22,7 @@ from memlab.errors import MemlabError
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 BEST_FILE = "best.json"  # in best_model/: the step it was saved at and its selection loss
+EXPORT_FILE = "export.json"  # in an export: the training step of its weights and the directory it came from
 log = logging.getLogger(__name__)
 
 
@@ -126,9 +127,9 @@ def measured_model(metadata: dict, model_dir: Path) -> bool:
 
 
 def checkpoint_step(model_dir: Path) -> int:
-    """The training step of a checkpoint (its trainer_state.json, a best_model's best.json, or its
-    step_N name); 0 if unknown."""
-    for record in (model_dir / "trainer_state.json", model_dir / BEST_FILE):
+    """The training step of a checkpoint (its trainer_state.json, a best_model's best.json, an export's
+    export.json, or its step_N name); 0 if unknown."""
+    for record in (model_dir / "trainer_state.json", model_dir / BEST_FILE, model_dir / EXPORT_FILE):
         if record.is_file():
             try:
                 return int(json.loads(record.read_text())["step"])

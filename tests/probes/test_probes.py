@@ -434,6 +434,25 @@ def test_probe_windows_are_the_seq_len_the_run_trained_with(tmp_path, corpora):
     assert windows(run, seq_len=None) == windows(save_model(tmp_path / "alone"), seq_len=None) == 256
 
 
+def test_an_export_probes_as_its_run_does(tmp_path, corpora):
+    """An export had lost its run's held-out split (0.01 and seed 0 instead: training documents probed
+    as held out), its training windows (256 instead of the run's seq_len) and its step (0)."""
+    import yaml
+
+    from memlab.export import export
+
+    run = tmp_path / "run"
+    save_model(run / "checkpoints" / "step_10")
+    config = {"train": {"seq_len": 48}, "data": {"data_dir": str(tmp_path / "elsewhere"), "val_fraction": 0.2,
+                                                 "split_seed": 7}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    exported = export(run / "checkpoints" / "step_10", tmp_path / "export")
+    doc = json.loads(run_probe(exported, "routing", tmp_path / "out", options(corpora, seq_len=None)).read_text())
+    chosen = doc["metadata"]["options"]
+    assert (chosen["val_fraction"], chosen["split_seed"], chosen["seq_len"]) == (0.2, 7, 48)
+    assert (tmp_path / "out" / "routing_probe_step10.json").is_file()
+
+
 def test_windows_pass_max_seq_len_where_the_positions_allow(tmp_path, corpora):
     """Windows had been cut to max_seq_len silently, RoPE models' too (they read any length).
     Learned positions stop there: a longer --seq-len is refused and the default window cut."""

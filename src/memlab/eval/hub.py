@@ -56,7 +56,7 @@ class EvalContext:
     tokenizer: Tokenizer
     options: EvalOptions
     out_dir: Path | None = None  # where plots go; None: no plots
-    run_dir: Path | None = None  # the training run, when the checkpoint is one
+    run_dir: Path | None = None  # the training run, or where the model records it (trained_by): its data, split
     progress: bool = False  # progress bars while scoring
 
     def rng(self, name: str) -> random.Random:
@@ -132,6 +132,15 @@ def run_dir_of(model_dir: Path) -> Path | None:
     return None
 
 
+def trained_by(model_dir: Path) -> Path | None:
+    """The directory recording how ``model_dir`` was trained: its run (config.yaml), or the model
+    directory itself where it holds a record (an export's training.yaml, a checkpoint's config.yaml)."""
+    from memlab.train.config import training_record
+
+    run = run_dir_of(model_dir)
+    return run if run is not None or training_record(model_dir) is None else model_dir
+
+
 def default_out_dir(model_dir: Path, run_dir: Path | None, act_steps: int | None) -> Path:
     """Where ``memlab eval`` writes without --out-dir: the run's ``eval/`` for the model the run
     stands for (its best_model, else its newest checkpoint: what compare and study evaluate),
@@ -199,9 +208,9 @@ def load_checkpoint(path: str | Path, device: str = "auto") -> tuple[nn.Module, 
 
 
 def trained_tokenizer_hash(model_dir: Path) -> str | None:
-    """The hash of the tokenizer the model was trained with, as its run's config.yaml or the
-    summary.json beside it (an export's) records it; None where neither does."""
-    run_dir = run_dir_of(model_dir)
+    """The hash of the tokenizer the model was trained with, as its training record (:func:`trained_by`)
+    or the summary.json beside it (an export's) records it; None where neither does."""
+    run_dir = trained_by(model_dir)
     if run_dir is not None and (recorded := run_data(run_dir).get("tokenizer_hash")):
         return str(recorded)
     try:
@@ -250,7 +259,7 @@ def evaluate(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # (a read-only or missing file system: it had been a traceback after all the work)
         raise MemlabError(f"--out-dir {out} cannot be made: {e.strerror or e}") from None
-    ctx = EvalContext(model, tokenizer, options, out, run_dir, progress)
+    ctx = EvalContext(model, tokenizer, options, out, trained_by(model_dir), progress)
     try:
         doc = evaluate_model(ctx, suite, checkpoint=str(checkpoint), model_dir=str(model_dir))
     except BaseException:  # (a refused option had left an empty eval/ behind)

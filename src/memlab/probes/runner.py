@@ -22,7 +22,7 @@ from memlab.devices import resolve_device
 from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval import schema
 from memlab.eval.exact_match import check_context
-from memlab.eval.hub import load_checkpoint, run_data, run_dir_of, run_held_out_split
+from memlab.eval.hub import load_checkpoint, run_data, run_dir_of, run_held_out_split, trained_by
 from memlab.paths import checkpoint_step
 from memlab.plotting import remove_stale_figures
 from memlab.probes.activity import LayerActivity, record_activity, slot_layers
@@ -113,7 +113,7 @@ def with_held_out_split(options: ProbeOptions, checkpoint: Path) -> ProbeOptions
     if options.val_fraction is not None and options.split_seed is not None:
         return options
     fraction, seed = 0.01, 0
-    run = run_dir_of(checkpoint)  # a run directory itself, or a checkpoint or best_model/ in one
+    run = trained_by(checkpoint)  # a run directory itself, a checkpoint or best_model/ in one, an export
     split = None if run is None else run_held_out_split(run)
     if split is not None:
         fraction, seed = split
@@ -134,7 +134,7 @@ def with_run_seq_len(options: ProbeOptions, checkpoint: Path) -> ProbeOptions:
     holding ``checkpoint`` trained with (its config.yaml), else DEFAULT_SEQ_LEN."""
     if options.seq_len is not None:
         return options
-    run = run_dir_of(checkpoint)
+    run = trained_by(checkpoint)
     trained = None if run is None else run_config_section(run, "train").get("seq_len")
     return replace(options, seq_len=int(trained) if trained else DEFAULT_SEQ_LEN)
 

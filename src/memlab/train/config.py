@@ -28,6 +28,7 @@ ALG_TASKS = [
 ]
 
 RUN_FORMAT = "memlab-train-v1"  # the config.yaml of a run: {format, train: <these fields>, model_config, data}
+TRAINING_RECORD = "training.yaml"  # an export's copy of the config.yaml its model was trained under
 
 # Fields that do not change what is trained: a run directory may be re-run with other values.
 MODEL_FIELDS = frozenset({"variant", "model_size", "model"})  # what builds the model; a resumed run must keep it
@@ -236,10 +237,16 @@ def shown_changes(differences: dict[str, tuple[Any, Any]], shown: int = 4) -> st
     return ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in list(differences.items())[:shown])
 
 
+def training_record(directory: Path) -> Path | None:
+    """The config.yaml a training run (or checkpoint) wrote in ``directory``, or an export's copy of
+    it (TRAINING_RECORD); None where there is neither."""
+    return next((p for p in (Path(directory) / "config.yaml", Path(directory) / TRAINING_RECORD) if p.is_file()), None)
+
+
 def run_config_section(run_dir: Path, section: str) -> dict[str, Any]:
-    """One section (``train``, ``data``) of the config.yaml a training run wrote; {} where there is none."""
-    path = Path(run_dir) / "config.yaml"
-    value = read_yaml(path).get(section) if path.is_file() else None
+    """One section (``train``, ``data``) of a training record (:func:`training_record`); {} where there is none."""
+    path = training_record(run_dir)
+    value = read_yaml(path).get(section) if path is not None else None
     return value if isinstance(value, dict) else {}
 
 
