@@ -94,6 +94,25 @@ def test_results_of_weights_saved_over_since_are_left_out(run_dir, tmp_path):
     assert not (out / "eval").exists() and "33.1" not in (out / "README.md").read_text()
 
 
+def test_an_export_evaluated_again_still_compares_with_the_results_it_carries(run_dir, tmp_path, caplog):
+    """The carried results name the run's best_model, the new ones the export: compare had dropped the
+    carried ones as "another model of the run", though both record the same weights."""
+    from memlab.analysis.compare import load_payloads
+    from memlab.paths import weights_sha256
+
+    weights = weights_sha256(run_dir / "best_model")
+    doc = json.loads((run_dir / "eval" / "results_lm.json").read_text())
+    doc["metadata"] |= {"weights_sha256": weights, "timestamp": "2026-01-01T00:00:00"}
+    schema.write_results(run_dir / "eval" / "results_lm.json", doc)
+    out = export(run_dir, tmp_path / "export")
+    again = results_doc(out, "selftest", {"checks": {"loads": {"passed": True}}, "passed": True})
+    again["metadata"] |= {"weights_sha256": weights, "timestamp": "2026-01-02T00:00:00"}
+    schema.write_results(out / "eval" / "results_selftest.json", again)
+    payloads, *_ = load_payloads(out)
+    assert set(payloads) == {"lm", "selftest"} and payloads["lm"]["perplexity"] == 33.1
+    assert "left out of the comparison" not in caplog.text
+
+
 def test_exporting_a_checkpoint_then_the_export_keeps_its_summary_and_results(run_dir, tmp_path):
     first = export(run_dir / "checkpoints" / "step_4", tmp_path / "a")
     second = export(first, tmp_path / "b")

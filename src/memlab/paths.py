@@ -118,12 +118,12 @@ def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
 
 def measured_model(metadata: dict, model_dir: Path) -> bool:
     """Whether a results file (its ``metadata``) measured the weights now in ``model_dir``: the same
-    directory and, where the file records them, the same weights (a best_model saved again since
-    holds others)."""
-    if not same_model_dir(metadata.get("model_dir"), model_dir):
-        return False
+    weights where the file records them (a best_model saved again since holds others; an export
+    carries results measured in its run's directory), else the same directory."""
     recorded, now = metadata.get("weights_sha256"), weights_sha256(model_dir)
-    return recorded is None or now is None or recorded == now
+    if recorded is not None and now is not None:
+        return recorded == now
+    return same_model_dir(metadata.get("model_dir"), model_dir)
 
 
 def checkpoint_step(model_dir: Path) -> int:
