@@ -492,6 +492,17 @@ def test_aggregating_refuses_runs_that_are_not_seeds_of_one_recipe(tmp_path):
     with pytest.raises(MemlabError, match=r"runs of gdn share a seed \(\[0, 1, 1\]\)"):
         compare(runs, aggregate_seeds=True, plots=False)
 
+    def data(run, seed, data_dir, shards):  # seeds of one recipe read the same shards, copied elsewhere or not
+        config = {"train": {"seed": seed, "lr": 3e-3, "data_dir": data_dir}, "data": {"shards_sha256": shards}}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+    for seed, run in enumerate(runs):
+        data(run, seed, f"/machine{seed}/data", "abc")
+    assert compare(runs, aggregate_seeds=True, plots=False).rows[0].runs == 3  # (they had been refused: data_dir)
+    data(runs[2], 2, "/machine2/data", "other text")
+    with pytest.raises(MemlabError, match=r"gdn-s0 and gdn-s2 \(gdn\) differ in more than their seed \(train: data\)"):
+        compare(runs, aggregate_seeds=True, plots=False)
+
 
 def test_seeds_that_agree_keep_the_uncertainty_of_their_examples(tmp_path):
     """Two seeds at 0% needle accuracy had shown '0.0' with no interval, as if it were exact."""
