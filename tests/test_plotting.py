@@ -126,5 +126,9 @@ def test_needle_maps_show_only_runs_with_needle_results_lengths_upward(tmp_path,
 def test_a_metric_with_an_interval_but_no_value_is_an_empty_bar(tmp_path, figures):
     """paired_bootstrap of no outcomes gives delta None with ci95 [-1, 1]; the bars had ended in a TypeError."""
     plot_comparison([Row("gdn", "gdn", "tiny", delta=Metric(None, [-1.0, 1.0], 0))], tmp_path)
-    (delta,) = bars(figures["compare.png"].axes[3])
+    ax = figures["compare.png"].axes[3]
+    (delta,) = bars(ax)
     assert [bar.get_height() for bar in delta] == [0]
+    # marked n/a, with no error bar: its caps at 0 had read as a Delta measured to be 0
+    assert [t.get_text() for t in ax.texts] == ["n/a"]
+    assert not np.isfinite(np.concatenate(delta.errorbar.lines[2][0].get_segments())).any()

@@ -61,6 +61,9 @@ def test_study_trains_evaluates_reports_and_resumes(toy_preset, tmp_path, monkey
     assert "## Comparison" in report and "## Memory ablation" in report and "![compare](compare/compare.png)" in report
     assert "| gdn-s0 | [0, 1] |" in report  # the gdn layers carry memory; the baseline's do not
     assert "| baseline-s0 | none |" in report
+    # what the table holds: the steps' time (not the wall time), Delta n/a for a model without memory (not 0)
+    assert "training time is the seconds of the training steps" in report and "wall time" not in report
+    assert "Delta does not apply (n/a) to a model without memory-carrying layers" in report
     assert result.comparison.verdicts["baseline-s0"]["verdict"] == "baseline"
     # every number is there: not "incomplete"
     assert result.comparison.verdicts["gdn-s0"]["verdict"] in ("wins", "does not win", "within noise")

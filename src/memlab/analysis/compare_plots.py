@@ -26,7 +26,8 @@ def plot_comparison(rows: Sequence[Row], out_dir: Path) -> list[Path]:
 
 
 def _bars(ax, rows: Sequence[Row], values: str | list[tuple[str, list[Metric]]], title: str, scale: float = 1.0):
-    """Bars (with 95% intervals) of one metric (an attribute name) or of labelled series, per run."""
+    """Bars (with 95% intervals) of one metric (an attribute name) or of labelled series, per run; a
+    missing value (a metric not measured, a Delta that does not apply) is an empty bar marked n/a."""
     names = [r.name for r in rows]
     series = values if isinstance(values, list) else [(None, [getattr(r, values) for r in rows])]
     width = 0.8 / len(series)
@@ -34,9 +35,13 @@ def _bars(ax, rows: Sequence[Row], values: str | list[tuple[str, list[Metric]]],
     for i, (label, ms) in enumerate(series):
         v = np.array([np.nan if m.value is None else scale * m.value for m in ms])
         bounds = np.array([m.ci95 if m.ci95 and m.value is not None else [None, None] for m in ms], dtype=float)
-        lo, hi = np.nan_to_num(v - scale * bounds[:, 0]), np.nan_to_num(scale * bounds[:, 1] - v)  # none: no bar
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(v), width, yerr=[lo, hi], capsize=3,
-               label=label)
+        missing = np.isnan(v)  # no error bar either: its caps at 0 had read as a measured 0
+        below, above = v - scale * bounds[:, 0], scale * bounds[:, 1] - v
+        lo, hi = (np.where(missing, np.nan, np.nan_to_num(e)) for e in (below, above))  # a value without one: 0
+        at = x + (i - (len(series) - 1) / 2) * width
+        ax.bar(at, np.nan_to_num(v), width, yerr=[lo, hi], capsize=3, label=label)
+        for where in at[missing]:
+            ax.annotate("n/a", (where, 0), ha="center", va="bottom", fontsize=7, color="0.4")
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
     ax.set_title(title, fontsize=10)
     if len(series) > 1:

@@ -50,7 +50,7 @@ def write_report(path: Path, plan: dict[str, Any], preset, comparison: Compariso
     ablation_head = (
         f"On `{first_ablation['task']}` at {first_ablation['context_len']} tokens: every memory-carrying layer's "
         "read-out zeroed (Delta = normal - zeroed, paired bootstrap interval), and every mixer limited to its "
-        "last h tokens. A model without memory-carrying layers has Delta = 0 by construction.\n\n"
+        "last h tokens. Delta does not apply (n/a) to a model without memory-carrying layers.\n\n"
         if first_ablation else ""
     )
     sections = [
@@ -68,7 +68,8 @@ def write_report(path: Path, plan: dict[str, Any], preset, comparison: Compariso
         "## Comparison\n",
         "Accuracies in % with 95% intervals (Wilson over examples for one run; Student t over seeds, clipped "
         "to the possible range, for several); perplexity on the validation split of the training corpus; Delta "
-        "is the memory ablation below (its seeds one by one); training time is the run's wall time.\n",
+        "is the memory ablation below (its seeds one by one); training time is the seconds of the training steps "
+        "(evaluations and checkpoints left out).\n",
         markdown(comparison.rows, comparison.verdicts) + "\n",
         criteria_markdown(comparison.rows, comparison.verdicts, base, comparison.criteria) + "\n",
         "## Memory ablation\n",
