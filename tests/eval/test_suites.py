@@ -71,6 +71,7 @@ def test_suite_payloads(evaluated):
     assert set(longctx["tasks"]) == {"niah", "sniah1", "sniah2", "sniah3"}
     for task, record in longctx["tasks"].items():
         assert len(record["cells"]) == 4 and (out / record["heatmap"]).stat().st_size > 1000, task
+        assert record["heatmap"] == f"all_longctx_{task}.png"  # results_all.json's own, not results_longctx's
         for cell in record["cells"]:  # where the needles really are, next to the cell's depth
             spread = cell["needle_depth"]
             assert 0 <= spread["min"] <= spread["mean"] <= spread["max"] <= 1, (task, cell)
@@ -127,6 +128,32 @@ def test_needle_tasks_take_parameters(trained_baseline, byte_tok, tmp_path):
     sky = r["tasks"]["niah:distractors=sky"]
     assert sky["heatmap"] == "longctx_niah_distractors_sky.png" and (tmp_path / sky["heatmap"]).is_file()
     assert sky["chance"] == 1 / 8 and sky["cells"][0]["needle_depth"]["mean"] == 0.5
+
+
+def test_a_failed_evaluation_leaves_the_last_heatmaps_and_each_results_file_has_its_own(
+    trained_baseline, byte_tok, tmp_path, monkeypatch
+):
+    """results_longctx.json and results_all.json had named one longctx_<task>.png, which the later of the
+    two drew; and an evaluation that failed after plotting had replaced the heatmap of the results kept."""
+    from memlab.eval import hub
+    from memlab.eval.hub import evaluate
+
+    model_dir = tmp_path / "model"
+    trained_baseline.save(model_dir)
+    byte_tok.save(model_dir)
+    out = tmp_path / "eval"
+    options = EvalOptions(needle_tasks=["niah"], context_lengths=[128], depths=[0.5], needle_samples=2)
+    evaluate(model_dir, "longctx", out, options)
+    drawn = (out / "longctx_niah.png").read_bytes()
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hub.schema, "write_results", fail)
+    with pytest.raises(OSError, match="disk full"):
+        evaluate(model_dir, "longctx", out, EvalOptions(**{**vars(options), "depths": [0.0, 1.0]}))
+    assert (out / "longctx_niah.png").read_bytes() == drawn  # the heatmap of the results still there
+    assert sorted(p.name for p in out.iterdir()) == ["longctx_niah.png", "results_longctx.json"]  # no staging left
 
 
 def test_an_evaluation_removes_the_heatmaps_that_no_results_file_names(trained_baseline, byte_tok, tmp_path):

@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
 import re
+import shutil
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -58,6 +60,12 @@ class EvalContext:
     out_dir: Path | None = None  # where plots go; None: no plots
     run_dir: Path | None = None  # the training run, or where the model records it (trained_by): its data, split
     progress: bool = False  # progress bars while scoring
+    figure_prefix: str = ""  # before a figure's file name: the results file's it goes with ("all_" for results_all)
+    figure_dir: Path | None = None  # where figures are written while the suites run (None: out_dir)
+
+    def figure_path(self, name: str) -> Path:
+        """Where the figure ``name`` (as its results record it) is written now."""
+        return (self.figure_dir or self.out_dir) / name
 
     def rng(self, name: str) -> random.Random:
         """A generator fixed by the seed and ``name``: a suite draws the same examples every time."""
@@ -259,22 +267,29 @@ def evaluate(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # (a read-only or missing file system: it had been a traceback after all the work)
         raise MemlabError(f"--out-dir {out} cannot be made: {e.strerror or e}") from None
-    ctx = EvalContext(model, tokenizer, options, out, trained_by(model_dir), progress)
+    # figures wait beside the results until those are written: a failed evaluation leaves the last ones whole
+    staging = out / f".figures.{os.getpid()}"
+    prefix = "" if suite == "longctx" else f"{suite}_"  # results_longctx.json and results_all.json: their own
+    ctx = EvalContext(model, tokenizer, options, out, trained_by(model_dir), progress, prefix, staging)
     try:
         doc = evaluate_model(ctx, suite, checkpoint=str(checkpoint), model_dir=str(model_dir))
+        schema.write_results(out / schema.results_filename(suite), doc)
+        for figure in sorted(staging.glob("*")):
+            figure.replace(out / figure.name)
     except BaseException:  # (a refused option had left an empty eval/ behind)
+        shutil.rmtree(staging, ignore_errors=True)
         for directory in made:
             with contextlib.suppress(OSError):  # not empty: a plot was written
                 directory.rmdir()
         raise
-    schema.write_results(out / schema.results_filename(suite), doc)
-    remove_stale_figures(out.glob("longctx_*.png"), heatmaps_named(out))
+    shutil.rmtree(staging, ignore_errors=True)
+    remove_stale_figures(out.glob("*longctx_*.png"), heatmaps_named(out))
     return doc
 
 
 def heatmaps_named(out: Path) -> set[str]:
     """The heatmaps that the longctx results in ``out`` name (results_longctx.json, results_all.json);
-    any other ``longctx_*.png`` there is of an earlier evaluation's needle tasks, evaluated no more."""
+    any other ``*longctx_*.png`` there is of an earlier evaluation's needle tasks, evaluated no more."""
     named: set[str] = set()
     for suite in ("longctx", "all"):
         try:

@@ -90,8 +90,8 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                  for (length, depth), start, stop in zip(grid, bounds, bounds[1:])]  # fmt: skip
         heatmap = None
         if ctx.out_dir is not None:
-            path = ctx.out_dir / f"longctx_{file_safe(task)}.png"
-            heatmap = plot_heatmap(cells, lengths, depths, f"{task}: exact match %", path)
+            heatmap = f"{ctx.figure_prefix}longctx_{file_safe(task)}.png"
+            plot_heatmap(cells, lengths, depths, f"{task}: exact match %", ctx.figure_path(heatmap))
         chance = float(np.mean([e.meta["chance"] for e in examples]))
         payload["tasks"][task] = {"cells": cells, "overall": pool(cells), "chance": chance, "heatmap": heatmap}
     payload["overall"] = pool([t["overall"] for t in payload["tasks"].values()])
