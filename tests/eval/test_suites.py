@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from memlab.data.tokenizer import build_tokenizer
 from memlab.errors import MemlabError
 from memlab.eval import schema
 from memlab.eval.hub import SUITE_ORDER, EvalContext, EvalOptions, evaluate_model, summary_lines
@@ -385,4 +386,17 @@ def test_the_runs_own_data_prepared_again_with_other_text_is_refused(byte_tok, t
     (text / "doc0.txt").write_text("Other text. " * 40)
     prepare_shards(f"files:{text}/*.txt", byte_tok, data, val_fraction=0.5)
     with pytest.raises(MemlabError, match="no longer holds the data the run recorded"):
+        evaluate_model(ctx, "lm")
+
+
+def test_the_lm_suite_says_what_a_command_line_can_do_about_its_corpus(trained_baseline, byte_tok, shards, tmp_path):
+    """Shards of another tokenizer had advised Python (load_tokenizer on its directory); a run whose data is
+    gone had not been named."""
+    other = build_tokenizer("bpe", texts=["some text 123 and more"] * 20, vocab_size=300)
+    ctx = EvalContext(trained_baseline, other, EvalOptions(corpus=str(shards), lm_context=64, lm_tokens=128))
+    with pytest.raises(MemlabError, match=r"not the model's \(.*\); prepare them in the model's: memlab data prepare"):
+        evaluate_model(ctx, "lm")
+    (tmp_path / "config.yaml").write_text(f"data:\n  data_dir: {tmp_path / 'gone'}\n")
+    ctx = EvalContext(trained_baseline, byte_tok, EvalOptions(), run_dir=tmp_path)
+    with pytest.raises(MemlabError, match=r"needs a corpus: the run's data .*gone is not found; --corpus DIR"):
         evaluate_model(ctx, "lm")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from memlab.data.shards import HEADER_FILE, MIN_DOCUMENTS, WINDOW_PLACEMENT, TokenShards
+from memlab.data.shards import HEADER_FILE, MIN_DOCUMENTS, WINDOW_PLACEMENT, TokenShards, read_header
 from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
 from memlab.eval.hub import EvalContext, file_safe, register_suite, run_data, run_data_dir, run_held_out_split
@@ -35,7 +35,10 @@ def corpus_and_window(ctx: EvalContext) -> tuple[str, int]:
     """The corpus spec and the window length the options name."""
     spec = ctx.options.corpus or run_data_dir(ctx.run_dir)
     if spec is None:
-        raise MemlabError("the lm suite needs a corpus: --corpus DIR (prepared shards) or a source like stdlib-docs")
+        gone = None if ctx.run_dir is None else run_data(ctx.run_dir).get("data_dir")
+        where = f"the run's data {gone} is not found; " if gone else ""  # (a run moved, or its data deleted)
+        raise MemlabError(f"the lm suite needs a corpus: {where}--corpus DIR (prepared shards) or a source like "
+                          "stdlib-docs")
     lm_context = ctx.options.lm_context
     return spec, min(ctx.model.config.max_seq_len, 512) if lm_context is None else lm_context
 
@@ -61,6 +64,13 @@ def open_corpus(ctx: EvalContext, spec: str) -> tuple[str, TokenShards]:
     """(name, validation shards) of corpus ``spec`` (see the module docstring)."""
     if (Path(spec) / HEADER_FILE).is_file():
         directory = Path(spec)
+        made_with = read_header(directory)["tokenizer_hash"]
+        if made_with != ctx.tokenizer.hash:  # (the advice had been Python's: load_tokenizer on its directory)
+            raise MemlabError(
+                f"the shards in {directory} were made with tokenizer {made_with[:12]}, not the model's "
+                f"({ctx.tokenizer.hash[:12]}); prepare them in the model's: memlab data prepare --source SOURCE "
+                "--tokenizer CHECKPOINT --out DIR, or give --corpus SOURCE"
+            )
     else:
         from memlab.data.text import prepare_shards
 
