@@ -388,9 +388,10 @@ def _edit(run, suite=None, metadata=None, **changes):
                                                   "context_lengths ([256] vs [512]; "),
         ("lm", dict(context_len=128), "different context_len (64 vs 128; "),
         ("lm", dict(tokens=8192), "different tokens"),  # another prefix of the split: other text
-        ("lm", dict(corpus_request={"source": "stdlib-docs"}), 'different corpus_request ({"source": "stdlib-code"}'),
+        ("lm", dict(corpus_request={"source": "stdlib-docs"}),
+         'different corpus_request (source: "stdlib-code" vs "stdlib-docs"; '),  # where within it they differ
         ("ablation", dict(task="mqar"), 'different task ("niah" vs "mqar"; '),
-        ("algorithmic", dict(grids={"iid": {"copy": [8]}}), "different grids"),
+        ("algorithmic", dict(grids={"iid": {"copy": [8]}}), 'different grids (iid: absent vs {"copy": [8]}; '),
         # a file that does not record it was measured with the first retrieval tasks (one fixed distractor)
         ("longctx", dict(retrieval_version="memlab-retrieval-v2"),
          'different retrieval_version ("memlab-retrieval-v1" vs "memlab-retrieval-v2"; '),
@@ -533,3 +534,13 @@ def test_the_study_report_shows_what_the_files_hold(tmp_path, base):
     assert "| gdn-s0 | [0] | 50% [47, 53] | 20% [18, 23] | +30.0 [+25.0, +35.0] |" in report
     assert "| gdn-s0 | 12 | 346 | `runs/gdn-s0` |" in report and "| base | - | - | `runs/base` |" in report
     assert "- evaluation (the same examples for every model): samples=1; evaluation contexts capped at 512 tokens\n" in report
+
+
+def test_a_refusal_names_where_two_long_values_differ():
+    """Two grids cut to their first 60 characters had read alike where one lacked its ood part."""
+    from memlab.analysis.compare import _difference
+
+    iid = {"copy": list(range(0, 64, 2)), "parity": list(range(40))}
+    assert _difference({"iid": iid, "ood": {"copy": [128]}}, {"iid": iid}) == 'ood: {"copy": [128]} vs absent'
+    assert _difference({"iid": {**iid, "copy": [2]}}, {"iid": iid}).startswith("iid.copy: [2] vs [0, 2, 4, 6, 8, ")
+    assert _difference(64, 128) == "64 vs 128"

@@ -211,7 +211,7 @@ def check_comparable(rows: Sequence[Row]) -> None:
                     advice = "evaluate both with this memlab" if outdated else "evaluate them with the same options"
                     raise MemlabError(
                         f"the {suite} results of {name} and {row.name} were measured on different {key} "
-                        f"({_brief(reference[key])} vs {_brief(value)}; {_file(suite, reference_row)} vs "
+                        f"({_difference(reference[key], value)}; {_file(suite, reference_row)} vs "
                         f"{_file(suite, row)}): {advice}"
                     )
 
@@ -220,7 +220,21 @@ def _file(suite: str, row: Row) -> str:
     return row.result_files.get(suite, "its results")
 
 
+def _difference(a: Any, b: Any, path: str = "") -> str:
+    """Where two values first differ, briefly: the keys down to it (within dicts) and both sides there
+    (two grids cut to their first 60 characters had read alike when one lacked its ood part)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        key = next(k for k in sorted(a.keys() | b.keys(), key=str) if a.get(k, _ABSENT) != b.get(k, _ABSENT))
+        return _difference(a.get(key, _ABSENT), b.get(key, _ABSENT), f"{path}{key}.")
+    return f"{path.rstrip('.')}{': ' if path else ''}{_brief(a)} vs {_brief(b)}"
+
+
+_ABSENT = object()  # a key one side lacks
+
+
 def _brief(value: Any, width: int = 60) -> str:
+    if value is _ABSENT:
+        return "absent"
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= width else text[: width - 3] + "..."
 
