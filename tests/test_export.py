@@ -123,6 +123,13 @@ def test_exporting_a_checkpoint_then_the_export_keeps_its_summary_and_results(ru
     ids = torch.randint(0, 261, (1, 9))
     assert torch.equal(memlab.load(first)(ids), memlab.load(second)(ids))
     assert "| weights of training step | 4 |" in (first / "README.md").read_text()  # the card had not said
+    assert "went on to step" not in (first / "README.md").read_text()  # the run ended at step 4: its own numbers
+    (run_dir / "checkpoints" / "step_2").mkdir()
+    for f in (run_dir / "checkpoints" / "step_4").iterdir():
+        (run_dir / "checkpoints" / "step_2" / f.name).write_bytes(f.read_bytes())
+    earlier = (export(run_dir / "checkpoints" / "step_2", tmp_path / "c") / "README.md").read_text()
+    assert "The summary of the whole run, which went on to step 4: its `final.*` and `best.*` fields are of other " \
+           "weights than these (step 2)." in earlier
 
 
 def test_exporting_a_checkpoint_takes_the_results_in_its_own_eval_dir(run_dir, tmp_path):

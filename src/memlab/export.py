@@ -143,6 +143,10 @@ def model_card(
     if summary is None:
         lines.append("No training summary was found with the checkpoint.")
     else:
+        run_steps = summary.get("steps")
+        if step and isinstance(run_steps, int) and run_steps != step:  # (they had read as this model's)
+            lines += [f"The summary of the whole run, which went on to step {run_steps}: its `final.*` and "
+                      f"`best.*` fields are of other weights than these (step {step}).", ""]
         lines.append(markdown_table(
             ["field", "value"], ([key, _fmt(value)] for key, value in _flat(summary) if not key.startswith("metadata."))
         ))
