@@ -43,6 +43,7 @@ from memlab.provenance import provenance
 from memlab.train.allocator import keep_freed_memory, release_freed_memory
 from memlab.train.config import TrainConfig
 from memlab.train.optim import build_optimizer, no_decay_names
+from memlab.train.trainer import autocast_dtype
 
 
 def train_step(model, batch: int, seq_len: int, autocast_dtype=None) -> Callable[[], None]:
@@ -153,6 +154,7 @@ class MemoryJob:
     new_tokens: int = 0  # decoding: tokens decoded after it
     device: str = "cpu"
     seed: int = 0
+    autocast: str | None = None  # training's autocast dtype ("bfloat16"), None: fp32
 
 
 def peak_memory(job: MemoryJob) -> dict[str, float | bool]:
@@ -188,7 +190,7 @@ def _run_memory_job(job: MemoryJob, device: torch.device) -> None:
     torch.manual_seed(job.seed)
     model = memlab.build_model(job.variant, job.model_size).to(device)
     if job.part == "train":
-        step = train_step(model.train(), job.batch, job.seq_len)
+        step = train_step(model.train(), job.batch, job.seq_len, job.autocast and getattr(torch, job.autocast))
         step()
         step()
     else:
@@ -206,6 +208,7 @@ def check(cfg: BenchConfig) -> None:
         choose("variant", variant, memlab.list_variants())
     if not cfg.parts:
         raise MemlabError("--parts is empty; give train, decode or both")
+    choose("precision", cfg.precision, ("auto", "fp32", "bf16", "fp16"))
     if not cfg.contexts and "decode" in cfg.parts:
         raise MemlabError("--contexts is empty; give the context lengths to decode after")
     check_at_least(cfg, ("seq_len", "batch_size", "new_tokens", "decode_batch", "rounds"), 1)
@@ -229,18 +232,20 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     facts = machine()  # (it keeps freed memory in the process, as memlab train does, before any model is built)
     torch.manual_seed(cfg.seed)
     models = {v: memlab.build_model(v, cfg.model_size).to(device) for v in cfg.variants}
+    amp = autocast_dtype(cfg.precision, device)  # training as memlab train runs it on this device
     report: dict[str, Any] = {
-        "metadata": {**provenance(), "machine": facts, "device": str(device)},
+        "metadata": {**provenance(), "machine": facts, "device": str(device),
+                     "train_autocast": None if amp is None else str(amp).removeprefix("torch.")},
         "settings": asdict(cfg),
         "variants": {v: {"params": m.num_params(), "non_embedding_params": m.num_params(non_embedding=True),
                          "layer_pattern": m.config.pattern} for v, m in models.items()},
     }
     if "train" in cfg.parts:
-        _time_training(cfg, models, report["variants"])
+        _time_training(cfg, models, report["variants"], amp)
     if "decode" in cfg.parts:
         _time_decoding(cfg, models, report["variants"])
     if cfg.peak_memory:
-        _measure_memory(cfg, device, report["variants"])
+        _measure_memory(cfg, device, report["variants"], report["metadata"]["train_autocast"])
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -249,8 +254,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     return report
 
 
-def _time_training(cfg: BenchConfig, models: dict, rows: dict[str, dict]) -> None:
-    steps = {v: train_step(m.train(), cfg.batch_size, cfg.seq_len) for v, m in models.items()}
+def _time_training(cfg: BenchConfig, models: dict, rows: dict[str, dict], amp: torch.dtype | None) -> None:
+    steps = {v: train_step(m.train(), cfg.batch_size, cfg.seq_len, amp) for v, m in models.items()}
     seconds = interleaved_seconds(steps, cfg.rounds, warmup=2, progress="training steps")
     baseline = seconds[cfg.variants[0]]
     for v in cfg.variants:
@@ -269,14 +274,14 @@ def _time_decoding(cfg: BenchConfig, models: dict, rows: dict[str, dict]) -> Non
         ]
 
 
-def _measure_memory(cfg: BenchConfig, device: torch.device, rows: dict[str, dict]) -> None:
+def _measure_memory(cfg: BenchConfig, device: torch.device, rows: dict[str, dict], amp: str | None) -> None:
     """Each variant's peak memory in each part (decoding after the longest context), alone in a
     fresh process."""
     jobs = {}
     for v in cfg.variants:
         model = {"variant": v, "model_size": cfg.model_size, "device": str(device), "seed": cfg.seed}
         if "train" in cfg.parts:
-            jobs[v, "train"] = MemoryJob(**model, part="train", batch=cfg.batch_size, seq_len=cfg.seq_len)
+            jobs[v, "train"] = MemoryJob(**model, part="train", batch=cfg.batch_size, seq_len=cfg.seq_len, autocast=amp)
         if "decode" in cfg.parts:
             jobs[v, "decode"] = MemoryJob(**model, part="decode", batch=cfg.decode_batch, context=max(cfg.contexts),
                                           new_tokens=cfg.new_tokens)
@@ -292,7 +297,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     contexts = [d["context"] for d in first.get("decode", [])]
     headers = ["variant", "params", "pattern"]
     if "train_tokens_per_s" in first:
-        headers.append(f"train tok/s (B={s['batch_size']}, T={s['seq_len']})")
+        amp = report["metadata"].get("train_autocast") or "fp32"
+        headers.append(f"train tok/s (B={s['batch_size']}, T={s['seq_len']}, {amp})")
     headers += [f"decode tok/s after {c}" for c in contexts] + ([f"state @ {contexts[-1]}"] if contexts else [])
     memory_parts = list(first.get("memory", {}))
     headers += ["train memory" if part == "train" else f"prefill+decode memory @ {first['memory'][part]['context']}"

@@ -34,6 +34,8 @@ class BenchConfig:
     """measure each variant's peak memory, training and decoding after the longest context, each alone
     in a fresh process (a few seconds per variant and part)"""
     device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """training's autocast, as memlab train's --precision: auto is bf16 (else fp16) on CUDA, fp32 on CPU"""
     seed: int = 0
     out_dir: Annotated[str | None, DefaultInDoc] = None
     """where bench.json, bench.md and bench.png go (default: runs/bench)"""

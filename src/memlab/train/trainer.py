@@ -147,12 +147,17 @@ def _check_before_any_work(cfg: TrainConfig, d: distributed.Dist) -> None:
         raise MemlabError("--fsdp shards over processes: launch with torchrun --nproc_per_node N (N >= 2)")
 
 
-def _autocast(precision: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--precision`` on ``device`` (None: fp32); auto is bf16 (else fp16) on CUDA."""
     if precision == "auto":
         precision = "fp32"
         if device.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _autocast(precision: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
+    dtype = autocast_dtype(precision, device)
     return dtype, torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
