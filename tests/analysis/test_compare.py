@@ -544,3 +544,10 @@ def test_a_refusal_names_where_two_long_values_differ():
     assert _difference({"iid": iid, "ood": {"copy": [128]}}, {"iid": iid}) == 'ood: {"copy": [128]} vs absent'
     assert _difference({"iid": {**iid, "copy": [2]}}, {"iid": iid}).startswith("iid.copy: [2] vs [0, 2, 4, 6, 8, ")
     assert _difference(64, 128) == "64 vs 128"
+
+
+def test_runs_that_share_a_name_are_refused_with_what_to_do(tmp_path):
+    """Two studies' gdn-s0 had been refused with no word on how to compare them."""
+    first, second = (make_run(tmp_path / study, "gdn-s0") for study in ("a", "b"))
+    with pytest.raises(MemlabError, match=r"must be unique, got \['gdn-s0', 'gdn-s0'\]: a run is named by its directory"):
+        compare([first, second], plots=False)

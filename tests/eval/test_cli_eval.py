@@ -183,7 +183,8 @@ def test_eval_fixes_the_act_steps_of_an_act_model(model_dir, tmp_path, byte_tok,
     assert fixed["metadata"]["config"]["recursion"]["act_fixed_steps"] == 3
     assert fixed["results"]["loss"] != adaptive["results"]["loss"]  # h^3, not the halting-weighted mixture
     capsys.readouterr()
-    assert "needs an act model, not 'baseline'" in fail(capsys, "eval", "--checkpoint", str(model_dir), "--act-steps", "3")
+    assert "ACT steps (--act-steps) needs an act model, not 'baseline'" in fail(
+        capsys, "eval", "--checkpoint", str(model_dir), "--act-steps", "3")
 
 
 def test_compare_refuses_a_newer_results_schema_in_a_real_process(model_dir, tmp_path, capsys):

@@ -605,7 +605,8 @@ def compare_rows(
         raise MemlabError("nothing to compare: give at least one run directory")
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
-        raise MemlabError(f"run names must be unique, got {names}")
+        raise MemlabError(f"run names must be unique, got {names}: a run is named by its directory, so give the "
+                          "runs that share a name directories (or links) of their own names")
     check_comparable(rows)
     criteria = criteria or Criteria()
     for name in ("max_time_ratio", "max_ppl_ratio", "min_alg_gain"):  # (inf had crashed after writing half the files)

@@ -254,7 +254,7 @@ def fix_act_steps(model: nn.Module, steps: int) -> None:
     """Make a built ``act`` model run exactly ``steps`` steps at every position (before its
     states are made); any other model is refused."""
     if not isinstance(model.body, AdaptiveComputationTime):
-        raise MemlabError(f"a fixed number of ACT steps needs an act model, not {model.config.variant!r} "
+        raise MemlabError(f"a fixed number of ACT steps (--act-steps) needs an act model, not {model.config.variant!r} "
                           f"(recursion {model.config.recursion.kind!r})")
     _check_fixed_steps(steps)
     model.config.recursion.act_fixed_steps = steps
