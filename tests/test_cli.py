@@ -53,7 +53,12 @@ def test_info_all_lists_the_variants_a_size_cannot_build_after_the_others(capsys
     main(["info", "--all", "--model-size", "d32l1"])
     out = capsys.readouterr().out
     assert "| gdn | d32l1 |" in out and "| gdn_hybrid |" not in out
-    assert "`gdn_hybrid` does not build at d32l1: n_layers=1 cuts the layer pattern 'GW' to 'G'" in out
+    assert "`gdn_hybrid` is left out at d32l1: n_layers=1 cuts the layer pattern 'GW' to 'G'" in out
+    main(["info", "--all", "--context-len", "4096"])  # (nano_baseline's figures at 4096 had been given)
+    out = capsys.readouterr().out
+    assert "| baseline | tiny |" in out and "| nano_baseline |" not in out
+    assert "`nano_baseline` is left out at tiny: nano_baseline's learned positions end at max_seq_len=2048: it " \
+           "cannot run --context-len 4096" in out
 
 
 @pytest.mark.parametrize(

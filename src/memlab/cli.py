@@ -84,7 +84,7 @@ def run_info(args: InfoArgs) -> None:
             raise MemlabError(next(iter(unbuilt.values())))
         print(variants_table(rows))
         for v, why in unbuilt.items():
-            print(f"\n`{v}` does not build at {args.model_size}: {why}")
+            print(f"\n`{v}` is left out at {args.model_size}: {why}")
         return
     variant = "baseline" if args.variant is None else args.variant  # ("" is an unknown variant)
     for key, value in describe(variant, args.model_size, args.context_len, **overrides).items():

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from memlab.config import build_config
+from memlab.errors import MemlabError
 from memlab.markdown import markdown_table
 from memlab.models.lm import LanguageModel
 
@@ -14,6 +15,9 @@ from memlab.models.lm import LanguageModel
 def describe(variant: str, size: str, context_len: int = 2048, **overrides: Any) -> dict[str, Any]:
     """Build the model on the meta device (no memory) and report what it really is."""
     config = build_config(variant, size, **overrides)
+    if config.pos_encoding == "learned" and context_len > config.max_seq_len:  # (its figures had been given)
+        raise MemlabError(f"{variant}'s learned positions end at max_seq_len={config.max_seq_len}: it cannot run "
+                          f"--context-len {context_len}")
     with torch.device("meta"):
         model = LanguageModel(config)
     return {
