@@ -82,12 +82,17 @@ def test_a_train_split_shorter_than_one_window_is_refused_at_start_up(tmp_path):
     assert (data / HEADER_FILE).is_file()
 
 
+def sentences(corpus, sentence: str, repeats: int, documents: int = 8):
+    """A directory of ``documents`` text files, file i ``sentence`` (formatted with i) repeated ``repeats`` times."""
+    corpus.mkdir()
+    for i in range(documents):
+        (corpus / f"doc{i}.txt").write_text(sentence.format(i) * repeats)
+    return corpus
+
+
 def test_a_validation_split_shorter_than_a_window_is_warned_of_as_it_is(tmp_path, caplog):
     """Without tasks the warning had said "validation uses the tasks": there were none."""
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(8):
-        (corpus / f"doc{i}.txt").write_text(f"Document number {i}. " * 40)
+    corpus = sentences(tmp_path / "corpus", "Document number {}. ", repeats=40)
     data = tmp_path / "data"
     prepare_shards(f"files:{corpus}/*.txt", "byte", data, val_fraction=0.2)
     splits = read_header(data)["splits"]
@@ -104,10 +109,7 @@ def test_a_validation_split_shorter_than_a_window_is_warned_of_as_it_is(tmp_path
 
 def test_a_resume_refuses_data_prepared_again_with_other_text(tmp_path):
     """The run's --data-dir rebuilt since would resume it on other documents and another held-out split."""
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(8):
-        (corpus / f"doc{i}.txt").write_text(f"Document {i}. " * 20)
+    corpus = sentences(tmp_path / "corpus", "Document {}. ", repeats=20)
     data = tmp_path / "data"
     prepare_shards(f"files:{corpus}/*.txt", "byte", data, val_fraction=0.25)
     run = tmp_path / "run"
