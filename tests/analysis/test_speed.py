@@ -63,7 +63,7 @@ def test_bench_writes_json_markdown_and_a_plot(report):
     result, out = report
     assert json.loads((out / "bench.json").read_text()) == json.loads(json.dumps(result))
     table = (out / "bench.md").read_text()
-    assert "| gdn | " in table and "decode tok/s after 24" in table and "train tok/s (B=2, T=16, fp32)" in table
+    assert "| gdn | " in table and "decode tok/s after 24" in table and "train tok/s (B=2, T=16, float32)" in table
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -87,7 +87,7 @@ def test_a_training_only_bench_says_nothing_of_decoding(tmp_path):
     result = run_bench(BenchConfig(variants=["baseline", "nano_baseline"], model_size="d32l1", seq_len=8, batch_size=1,
                                    rounds=1, parts=["train"], peak_memory=False, out_dir=str(tmp_path)))
     table = (tmp_path / "bench.md").read_text()
-    assert "decod" not in table and "train tok/s (B=1, T=8, fp32)" in table
+    assert "decod" not in table and "train tok/s (B=1, T=8, float32)" in table
     # timed as trained: its table of learned positions neither cut to --seq-len nor grown to the longest context
     assert result["variants"]["nano_baseline"]["params"] == memlab.build_model("nano_baseline", "d32l1").num_params()
 
@@ -99,16 +99,18 @@ def test_bench_trains_with_the_autocast_memlab_train_would_use(tmp_path, monkeyp
     given, step = [], speed.train_step
     monkeypatch.setattr(speed, "train_step", lambda *a: given.append(a[3]) or step(*a))
     jobs = []
-    monkeypatch.setattr(speed, "in_fresh_process", lambda fn, job: jobs.append(job) or {"peak_rss_mib": 1.0, "above_idle_mib": 1.0, "peak_reset": True})
+    measured = {"peak_rss_mib": 1.0, "above_idle_mib": 1.0, "peak_reset": True}
+    monkeypatch.setattr(speed, "in_fresh_process", lambda fn, job: jobs.append(job) or measured)
     for precision, dtype in (("auto", None), ("bf16", torch.bfloat16)):  # auto: fp32 on this CPU
         given.clear()
         result = run_bench(BenchConfig(variants=["baseline"], model_size="d32l1", seq_len=8, batch_size=1, rounds=1,
                                        parts=["train"], precision=precision, out_dir=str(tmp_path)))
-        assert given == [dtype] and result["metadata"]["train_autocast"] == (dtype and "bfloat16")
-        assert jobs[-1].autocast == (dtype and "bfloat16")
+        assert given == [dtype] and result["metadata"]["train_precision"] == ("bfloat16" if dtype else "float32")
+        assert jobs[-1].precision == precision
     assert "train tok/s (B=1, T=8, bfloat16)" in (tmp_path / "bench.md").read_text()
-    memory = peak_memory(MemoryJob("baseline", "d32l1", "train", 1, seq_len=8, autocast="bfloat16"))
-    assert memory["peak_rss_mib"] > 0  # the job runs its steps under that autocast
+    given.clear()
+    peak_memory(MemoryJob("baseline", "d32l1", "train", 1, seq_len=8, precision="bf16"))
+    assert given == [torch.bfloat16] * 2  # the job's steps (an unmeasured run, then the measured one) autocast
 
 
 def test_peak_memory_grows_with_the_training_batch():

@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -34,6 +34,7 @@ from memlab.analysis.timing import (
     reset_peak_rss,
     timed,
 )
+from memlab.cli_help import Precision
 from memlab.config import build_config
 from memlab.devices import resolve_device
 from memlab.errors import MemlabError, check_at_least, check_dir_target, choose
@@ -43,7 +44,7 @@ from memlab.provenance import provenance
 from memlab.train.allocator import keep_freed_memory, release_freed_memory
 from memlab.train.config import TrainConfig
 from memlab.train.optim import build_optimizer, no_decay_names
-from memlab.train.trainer import autocast_dtype
+from memlab.train.trainer import autocast_dtype, precision_name
 
 
 def train_step(model, batch: int, seq_len: int, autocast_dtype=None) -> Callable[[], None]:
@@ -154,7 +155,7 @@ class MemoryJob:
     new_tokens: int = 0  # decoding: tokens decoded after it
     device: str = "cpu"
     seed: int = 0
-    autocast: str | None = None  # training's autocast dtype ("bfloat16"), None: fp32
+    precision: str = "auto"  # training's, as memlab train's --precision
 
 
 def peak_memory(job: MemoryJob) -> dict[str, float | bool]:
@@ -190,7 +191,7 @@ def _run_memory_job(job: MemoryJob, device: torch.device) -> None:
     torch.manual_seed(job.seed)
     model = memlab.build_model(job.variant, job.model_size).to(device)
     if job.part == "train":
-        step = train_step(model.train(), job.batch, job.seq_len, job.autocast and getattr(torch, job.autocast))
+        step = train_step(model.train(), job.batch, job.seq_len, autocast_dtype(job.precision, device))
         step()
         step()
     else:
@@ -208,7 +209,7 @@ def check(cfg: BenchConfig) -> None:
         choose("variant", variant, memlab.list_variants())
     if not cfg.parts:
         raise MemlabError("--parts is empty; give train, decode or both")
-    choose("precision", cfg.precision, ("auto", "fp32", "bf16", "fp16"))
+    choose("precision", cfg.precision, get_args(Precision))
     if not cfg.contexts and "decode" in cfg.parts:
         raise MemlabError("--contexts is empty; give the context lengths to decode after")
     check_at_least(cfg, ("seq_len", "batch_size", "new_tokens", "decode_batch", "rounds"), 1)
@@ -234,8 +235,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     models = {v: memlab.build_model(v, cfg.model_size).to(device) for v in cfg.variants}
     amp = autocast_dtype(cfg.precision, device)  # training as memlab train runs it on this device
     report: dict[str, Any] = {
-        "metadata": {**provenance(), "machine": facts, "device": str(device),
-                     "train_autocast": None if amp is None else str(amp).removeprefix("torch.")},
+        "metadata": {**provenance(), "machine": facts, "device": str(device), "train_precision": precision_name(amp)},
         "settings": asdict(cfg),
         "variants": {v: {"params": m.num_params(), "non_embedding_params": m.num_params(non_embedding=True),
                          "layer_pattern": m.config.pattern} for v, m in models.items()},
@@ -245,7 +245,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if "decode" in cfg.parts:
         _time_decoding(cfg, models, report["variants"])
     if cfg.peak_memory:
-        _measure_memory(cfg, device, report["variants"], report["metadata"]["train_autocast"])
+        _measure_memory(cfg, device, report["variants"])
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -274,14 +274,15 @@ def _time_decoding(cfg: BenchConfig, models: dict, rows: dict[str, dict]) -> Non
         ]
 
 
-def _measure_memory(cfg: BenchConfig, device: torch.device, rows: dict[str, dict], amp: str | None) -> None:
+def _measure_memory(cfg: BenchConfig, device: torch.device, rows: dict[str, dict]) -> None:
     """Each variant's peak memory in each part (decoding after the longest context), alone in a
     fresh process."""
     jobs = {}
     for v in cfg.variants:
         model = {"variant": v, "model_size": cfg.model_size, "device": str(device), "seed": cfg.seed}
         if "train" in cfg.parts:
-            jobs[v, "train"] = MemoryJob(**model, part="train", batch=cfg.batch_size, seq_len=cfg.seq_len, autocast=amp)
+            jobs[v, "train"] = MemoryJob(**model, part="train", batch=cfg.batch_size, seq_len=cfg.seq_len,
+                                         precision=cfg.precision)
         if "decode" in cfg.parts:
             jobs[v, "decode"] = MemoryJob(**model, part="decode", batch=cfg.decode_batch, context=max(cfg.contexts),
                                           new_tokens=cfg.new_tokens)
@@ -297,8 +298,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     contexts = [d["context"] for d in first.get("decode", [])]
     headers = ["variant", "params", "pattern"]
     if "train_tokens_per_s" in first:
-        amp = report["metadata"].get("train_autocast") or "fp32"
-        headers.append(f"train tok/s (B={s['batch_size']}, T={s['seq_len']}, {amp})")
+        precision = report["metadata"].get("train_precision", "float32")  # (an older bench.json: fp32)
+        headers.append(f"train tok/s (B={s['batch_size']}, T={s['seq_len']}, {precision})")
     headers += [f"decode tok/s after {c}" for c in contexts] + ([f"state @ {contexts[-1]}"] if contexts else [])
     memory_parts = list(first.get("memory", {}))
     headers += ["train memory" if part == "train" else f"prefill+decode memory @ {first['memory'][part]['context']}"

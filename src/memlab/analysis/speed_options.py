@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from memlab.cli_help import DefaultInDoc
+from memlab.cli_help import DefaultInDoc, Precision
 
 
 @dataclass
@@ -34,7 +34,7 @@ class BenchConfig:
     """measure each variant's peak memory, training and decoding after the longest context, each alone
     in a fresh process (a few seconds per variant and part)"""
     device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     """training's autocast, as memlab train's --precision: auto is bf16 (else fp16) on CUDA, fp32 on CPU"""
     seed: int = 0
     out_dir: Annotated[str | None, DefaultInDoc] = None

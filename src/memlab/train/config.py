@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import tyro
 import yaml
 
-from memlab.cli_help import DefaultInDoc
+from memlab.cli_help import DefaultInDoc, Precision
 from memlab.config import ModelConfig, build_config, check_types, from_dict
 from memlab.errors import MemlabError, check_at_least, check_finite, choose
 
@@ -113,7 +113,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     """clip the global gradient norm (0: off)"""
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     """autocast dtype; auto: bf16 on a CUDA GPU that has it, fp16 on one that has not, fp32 on the CPU"""
     compile: bool = False
     """torch.compile the model"""
@@ -227,7 +227,7 @@ class TrainConfig:
                               f"{self.replay_fraction} + {self.retrieval_ratio}")
         if self.resume and self.overwrite:
             raise MemlabError("--resume and --overwrite exclude each other")
-        choose("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        choose("precision", self.precision, typing.get_args(Precision))
         choose("task curriculum strategy", self.task_curriculum_strategy, ("competence", "dag"))
         return self
 

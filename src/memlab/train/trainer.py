@@ -156,6 +156,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """What results record of an autocast dtype (None: float32): ``bfloat16``, ``float32``."""
+    return str(dtype or torch.float32).removeprefix("torch.")
+
+
 def _autocast(precision: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
     dtype = autocast_dtype(precision, device)
     return dtype, torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
@@ -578,7 +583,7 @@ class Trainer:
             "best": {"val_loss": self.best["loss"], "step": self.best["step"], "acc": self.best["acc"]},
             "world_size": self.d.world_size,
             "device": str(self.d.device),
-            "precision": str(self.amp_dtype or torch.float32).replace("torch.", ""),
+            "precision": precision_name(self.amp_dtype),
             "metadata": {
                 **provenance(),
                 "seed": self.cfg.seed,
