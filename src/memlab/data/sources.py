@@ -367,11 +367,7 @@ class HFDataset(Source):
         try:
             if (local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file():
                 return self._load_saved(datasets, local)
-            path, kwargs = self.name, {}
-            if local.is_file():  # a single data file: the packaged builder of its format
-                path, kwargs = _builder(local)
-            elif local.is_dir() and _plain_text_dir(local):  # one document per file, not per line
-                path, kwargs = "text", {"data_dir": str(local), **TEXT_BUILDER_OPTIONS}
+            path, kwargs = self._builder()
             return datasets.load_dataset(path, split=self.split, streaming=self.streaming, **kwargs)
         except MemlabError:
             raise
@@ -380,6 +376,17 @@ class HFDataset(Source):
                 f"cannot load {self.spec}: {_with_cause(e)} (hub datasets must be in the local cache when "
                 f"offline; a local directory or .jsonl/.parquet file also works)"
             ) from None
+
+    def _builder(self) -> tuple[str, dict]:
+        """(what ``datasets.load_dataset`` loads, its keyword arguments): a single local data file by the
+        packaged builder of its format, a directory of text files one document per file (not per line),
+        else the name itself (a hub dataset, or a directory datasets reads by its own rules)."""
+        local = Path(os.path.expanduser(self.name))
+        if local.is_file():
+            return _builder(local)
+        if local.is_dir() and _plain_text_dir(local):
+            return "text", {"data_dir": str(local), **TEXT_BUILDER_OPTIONS}
+        return self.name, {}
 
     def _load_saved(self, datasets, local: Path):
         """A dataset written by ``save_to_disk`` (one Dataset, or a DatasetDict of splits), sliced by SPLIT."""
@@ -410,18 +417,10 @@ class HFDataset(Source):
                 return
             names, rows = list(first), chain([first], rows)
         field = text_field(names, self.text_field, self.spec)
-        text_files = self._reads_text_files()
+        text_files = self._builder()[0] == "text"  # (datasets keeps a compressed file's byte-order mark)
         for row in rows:
             if (text := _document(row.get(field), field, self.spec)) is not None:
                 yield text.removeprefix("\ufeff") if text_files else text
-
-    def _reads_text_files(self) -> bool:
-        """Whether the rows are local text files read whole by datasets' text builder (which keeps the
-        byte-order mark of a compressed file, whatever its encoding option says)."""
-        local = Path(os.path.expanduser(self.name))
-        if local.is_file():
-            return HF_BUILDERS.get(_format(local)) == "text"
-        return local.is_dir() and _plain_text_dir(local)
 
     def _rows(self) -> Iterator[dict]:
         """The dataset's rows; an error while reading them (a stream parses as it goes) is a MemlabError."""

@@ -272,17 +272,18 @@ def evaluate(
     prefix = "" if suite == "longctx" else f"{suite}_"  # results_longctx.json and results_all.json: their own
     ctx = EvalContext(model, tokenizer, options, out, trained_by(model_dir), progress, prefix, staging)
     try:
-        doc = evaluate_model(ctx, suite, checkpoint=str(checkpoint), model_dir=str(model_dir))
-        schema.write_results(out / schema.results_filename(suite), doc)
-        for figure in sorted(staging.glob("*")):
-            figure.replace(out / figure.name)
+        try:
+            doc = evaluate_model(ctx, suite, checkpoint=str(checkpoint), model_dir=str(model_dir))
+            schema.write_results(out / schema.results_filename(suite), doc)
+            for figure in sorted(staging.glob("*")):
+                figure.replace(out / figure.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     except BaseException:  # (a refused option had left an empty eval/ behind)
-        shutil.rmtree(staging, ignore_errors=True)
         for directory in made:
-            with contextlib.suppress(OSError):  # not empty: a plot was written
+            with contextlib.suppress(OSError):  # not empty: the lm suite prepared its corpus there
                 directory.rmdir()
         raise
-    shutil.rmtree(staging, ignore_errors=True)
     remove_stale_figures(out.glob("*longctx_*.png"), heatmaps_named(out))
     return doc
 
