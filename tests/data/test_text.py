@@ -185,11 +185,12 @@ def test_files_decompresses_and_refuses_binary_files(tmp_path):
         list(open_source(f"files:{tmp_path}/e.png").documents())
 
 
-def test_a_text_file_is_the_same_document_through_files_and_hf(tmp_path, byte_tok):
+def test_a_text_file_is_the_same_document_through_files_and_hf(tmp_path):
     """hf: had made CRLF line ends LF and kept a byte-order mark, files: the opposite: the same corpus
     named the other way split otherwise, and its "held-out" documents had been trained on."""
-    pytest.importorskip("datasets")
     import gzip
+
+    pytest.importorskip("datasets")
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     texts = [b"\xef\xbb\xbfmarked\r\nwindows\r\n", b"old mac\rline", b"caf\xe9 au lait, tr\xe8s bon", b"plain\nunix"]
