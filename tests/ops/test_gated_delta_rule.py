@@ -99,6 +99,16 @@ def test_split_sequence_continues_from_the_carried_state():
     torch.testing.assert_close(state, s_full, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("fn", [naive_gated_delta_rule, chunk_gated_delta_rule])
+def test_an_empty_sequence_keeps_the_state(fn):
+    q, k, v, g, beta, h0 = inputs(T=0)
+    o, s = fn(q, k, v, g, beta, initial_state=h0, output_final_state=True)
+    assert o.shape == (1, 0, 2, 6)
+    torch.testing.assert_close(s, h0)
+    s.sum().backward()
+    torch.testing.assert_close(h0.grad, torch.ones_like(h0))
+
+
 def test_single_step_is_one_token_of_the_recurrence():
     q, k, v, g, beta, h0 = (t.detach() for t in inputs(T=1, gate="strong"))
     o, s = gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], h0)
@@ -139,6 +149,17 @@ def test_single_step_leaves_the_input_state_intact(gate, state_dtype):
     _, s = gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], None if g is None else g[:, 0], beta[:, 0], h0)
     torch.testing.assert_close(h0, before, rtol=0, atol=0)
     assert not torch.equal(s.to(state_dtype), before)
+
+
+@pytest.mark.parametrize("gate", ["strong", "none"])
+def test_single_step_takes_a_state_stored_head_major(gate):
+    """A (B, H, K, V) state laid out (H, B, K, V) in memory gives what its contiguous copy gives."""
+    q, k, v, g, beta, h0 = (None if t is None else t.detach() for t in inputs(B=2, T=1, gate=gate))
+    g = None if g is None else g[:, 0]
+    head_major = h0.transpose(0, 1).contiguous().transpose(0, 1)
+    expected = gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g, beta[:, 0], h0)
+    for a, b in zip(gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g, beta[:, 0], head_major), expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_delta_rule_stores_and_recalls_orthogonal_keys():

@@ -41,3 +41,16 @@ def test_output_has_unit_norm_and_keeps_dtype():
     y = l2_normalize(torch.randn(2, 7, 16, dtype=torch.bfloat16) * 30)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float().norm(dim=-1), torch.ones(2, 7), atol=1e-2, rtol=0)
+
+
+def test_half_precision_vectors_longer_than_256_are_normalised():
+    """Their squared norm overflows float16 (65504): the norm is computed in float32."""
+    x = (torch.randn(4, 64, dtype=torch.float64) * 60).requires_grad_()  # |x| ~ 480
+    dy = torch.randn(4, 64, dtype=torch.float64)
+    half = x.detach().half().requires_grad_()
+    y = l2_normalize(half)
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y.double(), reference(x).detach(), atol=2e-3, rtol=0)
+    y.backward(dy.half())
+    reference(x).backward(dy)
+    torch.testing.assert_close(half.grad.double(), x.grad, atol=1e-5, rtol=1e-2)

@@ -64,7 +64,7 @@ def gated_delta_rule_step(
     if g is None:
         S = torch.baddbmm(S.reshape(B * H, K, V), *rank_one)
     else:  # decay into a new tensor, then add the write in place: two passes
-        S = (S * decay[..., None]).view(B * H, K, V).baddbmm_(*rank_one)
+        S = (S * decay[..., None]).reshape(B * H, K, V).baddbmm_(*rank_one)
     return o.to(out_dtype), S.view(B, H, K, V)
 
 
@@ -92,7 +92,8 @@ def naive_gated_delta_rule(
         error = v_t - torch.einsum("bhk,bhkv->bhv", k_t, S)  # what the memory gets wrong about v
         S = S + torch.einsum("bhk,bhv->bhkv", k_t, beta_t[..., None] * error)
         outputs.append(torch.einsum("bhk,bhkv->bhv", q_t * scale, S))
-    return torch.stack(outputs, dim=1).to(v.dtype), S if output_final_state else None
+    o = torch.stack(outputs, dim=1) if outputs else v.new_zeros(B, 0, H, v.shape[-1])  # (an empty sequence)
+    return o.to(v.dtype), S if output_final_state else None
 
 
 @full_precision
@@ -124,7 +125,7 @@ def chunk_gated_delta_rule(
     V, out_dtype = v.shape[-1], v.dtype
     dt = at_least_float32(v.dtype)
     scale = K**-0.5 if scale is None else scale
-    C = min(chunk_size, T)
+    C = max(1, min(chunk_size, T))  # (an empty sequence: no chunk)
     pad = (-T) % C
     N = (T + pad) // C
 
