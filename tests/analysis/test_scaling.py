@@ -97,12 +97,23 @@ def test_fit_rejects_bad_points():
         fit_power_law([1e6, 1e6, 2e6], [3.0, 3.0, 2.9])
     with pytest.raises(MemlabError, match="positive"):
         fit_power_law([1e6, 2e6, 4e6], [3.0, float("nan"), 2.9])
+    windows = [[3.0, 3.2], [2.9, math.inf], [2.8, 3.0]]  # (a mean of 2.95 given for the second)
+    with pytest.raises(MemlabError, match="batch losses must be finite"):
+        fit_power_law([1e6, 2e6, 4e6], [3.1, 2.95, 2.9], windows)
 
 
 def test_the_fit_respects_its_bounds_on_flat_or_rising_losses():
     fit = fit_power_law(SIZES_N, [3.0, 3.1, 3.2, 3.3, 3.4], n_bootstrap=0)  # bigger is worse: no scaling
     assert fit.alpha >= 0 and fit.a >= 0 and 0 <= fit.c <= 3.0
     assert verdict(fit).decision == "will not scale" or fit.a == 0
+
+
+def test_equal_losses_are_a_flat_curve_whose_exponent_is_undetermined():
+    """Not a ~1e-9 term under c's bound that fits any alpha (it had read 0.94, "proceed")."""
+    fit = fit_power_law(np.geomspace(1e5, 6.4e6, 7), [3.0] * 7, n_bootstrap=200)
+    assert fit.a == 0 and fit.alpha == 0 and fit.c == pytest.approx(3.0)
+    assert fit.at_bound.startswith("a = 0") and fit.alpha_ci == (0.0, 0.0)
+    assert verdict(fit).decision == "will not scale" and not verdict(fit).decisive
 
 
 # --------------------------------------------------------------------- verdict
