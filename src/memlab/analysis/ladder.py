@@ -371,6 +371,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     """The ladder's table and fits, one section per variant."""
     budget = (f"{report['tokens']:,} tokens per rung" if report["tokens"]
               else f"{report['tokens_per_param']} tokens per non-embedding parameter")
+    budget += " asked for (a rung trains whole steps: its tokens column)"
     lines = ["# Scaling ladder", "", f"Recipe: {budget}; N = non-embedding parameters; C = training FLOPs.", ""]
     for variant, v in report["variants"].items():
         lines += [f"## {variant}", "", markdown_table(
