@@ -334,3 +334,15 @@ def test_mismatched_inputs(byte_tok, byte_shards):
         c.load_state_dict(state)
     with pytest.raises(MemlabError, match="not in this curriculum"):
         c.observe("reverse", 1.0)
+
+
+def test_a_level_beyond_what_a_shorter_seq_len_fits_is_refused_on_resume(byte_tok):
+    """A resume at a shorter seq_len (the same tokens per step) had raised an IndexError in its first batch."""
+    long = Curriculum(tasks_only(tasks=["copy"], seq_len=64), byte_tok)
+    short = Curriculum(tasks_only(tasks=["copy"], seq_len=32, batch_size=8), byte_tok)  # leaves copy's top 4 out
+    state = long.state_dict()
+    state["tasks"]["copy"]["level"] = len(short._levels["copy"])  # the first level seq_len 64 leaves out
+    assert state["tasks"]["copy"]["level"] < len(long._levels["copy"])
+    long.load_state_dict(state)
+    with pytest.raises(MemlabError, match="beyond the 12 that fit in seq_len 32; resume with the seq_len the run"):
+        short.load_state_dict(state)

@@ -188,6 +188,70 @@ def test_resume_sets_aside_a_best_model_saved_after_the_resumed_step(tmp_path, c
     assert resolve_model_dir(run) == run / "checkpoints" / "step_2"  # what `memlab eval RUN` loads
 
 
+def test_resume_puts_back_the_best_model_its_checkpoint_records(tmp_path, monkeypatch, caplog):
+    """best_model/ of step 2 (which checkpoint step_2 records) was replaced at steps 3 and 4, then the run
+    was killed before checkpoint step_4: its weights had been lost while summary.json named them best."""
+    import memlab.train.trainer as trainer
+    from memlab.models.lm import LanguageModel
+    from memlab.train.evaluate import EvalResult
+
+    losses = iter(range(100, 0, -1))  # every evaluation improves on the one before
+    monkeypatch.setattr(trainer, "evaluate", lambda *args, **kwargs: EvalResult(task_loss=float(next(losses))))
+    real_save = trainer.Trainer.save_checkpoint
+
+    def killed_at_step_4(self):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        real_save(self)
+
+    monkeypatch.setattr(trainer.Trainer, "save_checkpoint", killed_at_step_4)
+    run = tmp_path / "run"
+    config = dict(eval_interval=1, save_interval=2, keep_last=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(run, steps=4, **config))
+    assert json.loads((run / "best_model.recorded" / "best.json").read_text())["step"] == 2
+    monkeypatch.setattr(trainer.Trainer, "save_checkpoint", real_save)
+    with caplog.at_level(logging.WARNING, logger="memlab"):
+        train(tiny_config(run, steps=2, **config, resume=True))
+    assert json.loads((run / "best_model" / "best.json").read_text())["step"] == 2
+    assert json.loads((run / "summary.json").read_text())["best"]["step"] == 2
+    assert "again the one the resumed checkpoint records (step 2)" in caplog.text
+    assert json.loads((run / "best_model.abandoned-step_4" / "best.json").read_text())["step"] == 4
+    assert not (run / "best_model.recorded").exists()
+    best, checkpoint = (LanguageModel.load(p).state_dict() for p in (run / "best_model", run / "checkpoints/step_2"))
+    assert all(torch.equal(best[k], checkpoint[k]) for k in checkpoint)
+
+    train(tiny_config(run, steps=4, **config, resume=True))  # a checkpoint records each new best: none is kept
+    assert json.loads((run / "best_model" / "best.json").read_text())["step"] == 4
+    assert not (run / "best_model.recorded").exists()
+
+
+def test_a_run_killed_before_it_wrote_its_config_starts_again(tmp_path, monkeypatch):
+    """metrics.jsonl had been written first: a directory holding it alone was refused as not a run's."""
+    from memlab.train.trainer import Trainer
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(Trainer, "_write_config", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(run, steps=2))
+    monkeypatch.undo()
+    train(tiny_config(run, steps=2))
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_second_run_into_a_directory_in_use_is_refused(tmp_path):
+    """Two runs in one directory had interleaved one metrics.jsonl (and one died on the other's plot)."""
+    from filelock import FileLock
+
+    run = tmp_path / "run"
+    with FileLock(tmp_path / ".run.lock"):  # as the process training there holds it
+        with pytest.raises(MemlabError, match=r"another memlab process is training in .*run \(it holds .*\.run\.lock"):
+            train(tiny_config(run, steps=2))
+    assert not run.exists()
+    train(tiny_config(run, steps=2))  # the lock released, and each run releases its own
+    train(tiny_config(run, steps=3, resume=True))
+
+
 def test_a_best_loss_an_older_memlab_measured_on_the_split_prefix_is_not_compared(tmp_path, text_corpus, caplog):
     """Validation windows are now spread over the split: a resumed run's best loss of the prefix is other text."""
     from memlab.data.text import prepare_shards

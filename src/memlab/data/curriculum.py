@@ -413,6 +413,13 @@ class Curriculum:
             raise MemlabError(
                 f"the curriculum state is for tasks {sorted(state['tasks'])}, this run has {sorted(self.task_specs)}"
             )
+        beyond = {s: v["level"] for s, v in state["tasks"].items() if v["level"] >= len(self._levels[s])}
+        if beyond:  # (a shorter seq_len fits fewer levels: the first batch had raised an IndexError)
+            spec, level = next(iter(beyond.items()))
+            raise MemlabError(
+                f"the curriculum state has {spec} at its level {level + 1}, beyond the {len(self._levels[spec])} "
+                f"that fit in seq_len {self.config.seq_len}; resume with the seq_len the run trained at"
+            )
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self._since_unlock = state["since_unlock"]
         self._rng.setstate((state["rng"][0], tuple(state["rng"][1]), state["rng"][2]))

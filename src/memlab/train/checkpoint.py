@@ -126,6 +126,15 @@ def remove_partial(run_dir: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_directory(path: Path) -> None:
+    """Delete directory ``path`` if it exists; renamed first, so a kill while deleting leaves what
+    :func:`remove_partial` clears."""
+    if path.is_dir():
+        doomed = path.parent / f"{TMP_PREFIX}{path.name}"
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
+
+
 def prune(run_dir: Path, keep_last: int, written: Path) -> None:
     """Keep the newest ``keep_last`` whole checkpoints (0 keeps all) and ``written``, the one just
     saved.  A damaged checkpoint counts for nothing (a resume passed it by; the run overwrites it
@@ -133,10 +142,8 @@ def prune(run_dir: Path, keep_last: int, written: Path) -> None:
     if keep_last > 0:
         whole = [p for p in checkpoint_dirs(run_dir) if manifest_problem(p, checksums=False) is None]
         for old in whole[:-keep_last]:
-            if old != written:  # renamed first: a kill while deleting leaves what remove_partial clears
-                doomed = old.parent / f"{TMP_PREFIX}{old.name}"
-                os.replace(old, doomed)
-                shutil.rmtree(doomed)
+            if old != written:
+                remove_directory(old)
 
 
 def save_checkpoint(

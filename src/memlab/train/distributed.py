@@ -48,8 +48,9 @@ class Dist:
         return out
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        """``values`` summed elementwise over the processes, in float64."""
-        values = values.double()
+        """``values`` summed elementwise over the processes, in float64, on this process's device
+        (NCCL reduces CUDA tensors only)."""
+        values = values.to(self.device, torch.float64)
         if self.enabled:
             dist.all_reduce(values)
         return values

@@ -4,8 +4,9 @@ Exact match comes from one teacher-forced forward (greedy decoding gives the sam
 argmax at every answer position is right); an answer span longer than ``max_new_tokens`` (with
 its EOS) counts as wrong, as decoding capped at that many tokens would, and a task whose answers
 run longer is named once in a warning.  (MQAR's values, scored one token each across the
-sequence, are spans of one.)  Every process evaluates the
-same examples, so the curriculum's observations stay identical across processes.
+sequence, are spans of one.)  Each process evaluates examples of its own (``samples`` per
+task each); the accuracies and the task loss are combined over the processes, so the curriculum's
+observations and the choice of ``best_model/`` are the same on every process.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def task_accuracy(
         result.acc[spec] = float(d.all_reduce_sum(torch.tensor([correct / samples]))[0]) / d.world_size
         result.difficulty[spec] = curriculum.difficulty(spec)
         curriculum.observe(spec, result.acc[spec])
-    if loss_tokens:
+    loss_sum, loss_tokens = d.all_reduce_sum(torch.tensor([loss_sum, loss_tokens])).tolist()  # every process's
+    if loss_tokens:  # (each process had selected best_model/ on its own examples' loss)
         result.task_loss = loss_sum / loss_tokens
     return result
 

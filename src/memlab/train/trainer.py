@@ -20,6 +20,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from memlab.train.optim import build_optimizer, lr_at, no_decay_names, set_lr
 from memlab.train.plots import plot_accuracy, plot_loss
 
 log = logging.getLogger(__name__)
+RECORDED_BEST = "best_model.recorded"  # the best_model/ a newer one replaced, until a checkpoint records that
 CONFIG_FILE, SUMMARY_FILE = "config.yaml", "summary.json"
 
 
@@ -70,9 +72,40 @@ def train(cfg: TrainConfig) -> Path:
     if d.device.type == "cpu":
         keep_freed_memory()
     try:
-        return Trainer(cfg, d).run()
+        with _run_lock(cfg.run_dir, d):
+            return Trainer(cfg, d).run()
     finally:
         distributed.teardown(d)
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path, d: distributed.Dist) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside the run directory for the run (main process): a second run into
+    the same directory is refused (the two had interleaved one metrics.jsonl), on every process."""
+    from filelock import FileLock, Timeout
+
+    lock, problem = None, None
+    if d.is_main:
+        try:
+            check_dir_target(run_dir, "--output-dir")
+            where = run_dir.resolve()
+            where.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(where.parent / f".{where.name}.lock")
+            lock.acquire(timeout=0)
+        except Timeout:
+            problem = (f"another memlab process is training in {run_dir} (it holds {lock.lock_file}); wait for it "
+                       "or choose another --output-dir")
+            lock = None
+        except MemlabError as e:
+            problem = str(e)
+    problem = d.all_gather_object(problem)[0]  # (the other processes had waited for the main one forever)
+    if problem:
+        raise MemlabError(problem)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 # ------------------------------------------------------------------ run directory
@@ -228,9 +261,9 @@ class Trainer:
         d.barrier()
         if resume_from is not None:
             self._load(resume_from)
-        self.metrics = MetricsLog(self.run_dir, d.is_main, self.step, cfg.tensorboard)
-        if d.is_main:
+        if d.is_main:  # before metrics.jsonl: a directory holding it alone had been refused as no run's
             self._write_config()
+        self.metrics = MetricsLog(self.run_dir, d.is_main, self.step, cfg.tensorboard)
         self.loop_start, self.session_steps = time.perf_counter(), 0  # run() restarts the clock
         self.seconds = {"setup": time.perf_counter() - t0, "train": 0.0, "eval": 0.0, "checkpoint": 0.0, "outputs": 0.0}
         if resume_from is not None and d.is_main:
@@ -323,7 +356,7 @@ class Trainer:
                 seed = np.random.SeedSequence([self.cfg.seed, self.step, self.d.rank]).generate_state(1)[0]
                 torch.manual_seed(int(seed))
         if self.d.is_main:
-            self._set_aside_later_best()
+            self._settle_best_model()
 
     def _check_global_batch(self, checkpoint: Path, saved: int | None) -> None:
         """Refuse to resume with another global batch: step counts, the schedule and the data stream assume it."""
@@ -335,17 +368,26 @@ class Trainer:
                 f"{self.d.world_size}; resume with the same product or start again with --overwrite"
             )
 
-    def _set_aside_later_best(self) -> None:
-        """Move a best_model/ saved after the resumed step (an abandoned continuation) out of the way."""
-        best = self.run_dir / "best_model"
-        if not (best / BEST_FILE).is_file():
-            return
-        saved_at = read_json_object(best / BEST_FILE, "; move best_model/ away to resume").get("step") or 0
-        if saved_at > self.step:
-            names = (f"best_model.abandoned-step_{saved_at}" + (f".{i}" if i > 1 else "") for i in itertools.count(1))
-            aside = next(self.run_dir / name for name in names if not (self.run_dir / name).exists())
-            best.rename(aside)
-            log.warning("best_model/ is of step %d, after the resumed step %d: moved to %s", saved_at, self.step, aside)
+    def _settle_best_model(self) -> None:
+        """Make best_model/ the one the resumed checkpoint records: one saved after the resumed step
+        (of an abandoned continuation) is moved aside, and the one it replaced, kept as
+        best_model.recorded/ until a checkpoint recorded the new one, is put back."""
+        best, kept = self.run_dir / "best_model", self.run_dir / RECORDED_BEST
+        for directory in (best, kept):
+            if not (directory / BEST_FILE).is_file():
+                continue
+            saved_at = read_json_object(directory / BEST_FILE, f"; move {directory.name}/ away to resume").get("step")
+            if (saved_at or 0) > self.step:
+                names = (f"best_model.abandoned-step_{saved_at}" + f".{i}" * (i > 1) for i in itertools.count(1))
+                aside = next(self.run_dir / n for n in names if not (self.run_dir / n).exists())
+                directory.rename(aside)
+                log.warning("%s/ is of step %d, after the resumed step %d: moved to %s", directory.name, saved_at,
+                            self.step, aside)
+        if kept.is_dir() and best.exists():  # (a checkpoint recorded best_model/, then the process was killed)
+            ckpt.remove_directory(kept)
+        elif kept.is_dir():
+            kept.rename(best)
+            log.warning("best_model/ is again the one the resumed checkpoint records (step %s)", self.best["step"])
 
     def _write_model_files(self, path: Path, model_state: dict | None) -> None:
         if model_state is None:
@@ -375,6 +417,7 @@ class Trainer:
             directory = self.run_dir / "checkpoints" / f"step_{self.step}"
             ckpt.save_checkpoint(directory, lambda path: self._write_model_files(path, model_state), optim_state,
                                  self._trainer_state(rng_by_rank))
+            ckpt.remove_directory(self.run_dir / RECORDED_BEST)  # this checkpoint records best_model/
             ckpt.prune(self.run_dir, self.cfg.keep_last, directory)
         self.d.barrier()
 
@@ -382,7 +425,10 @@ class Trainer:
         """Save the model as best_model/, with best.json: its step, selection loss and accuracy per task."""
         model_state = self._full_model_state()
         if self.d.is_main:
-            with ckpt.atomic_directory(self.run_dir / "best_model") as tmp:
+            best, kept = self.run_dir / "best_model", self.run_dir / RECORDED_BEST
+            if best.is_dir() and not kept.exists():  # what the last checkpoint records, for a resume from it
+                best.rename(kept)
+            with ckpt.atomic_directory(best) as tmp:
                 self._write_model_files(tmp, model_state)
                 record = {"loss": self.best["loss"], "step": self.best["step"], "acc": acc}
                 (tmp / BEST_FILE).write_text(json.dumps(record) + "\n")
