@@ -23,7 +23,8 @@ def test_accuracies_get_wilson_intervals_and_other_metrics_normal_ones():
 def test_every_filter_of_a_metric_is_kept():
     """gsm8k reports exact_match under two filters; keyed by the name alone, one had overwritten the other."""
     metrics = {"exact_match,strict-match": 0.12, "exact_match_stderr,strict-match": 0.01,
-               "exact_match,flexible-extract": 0.31, "exact_match_stderr,flexible-extract": 0.02, "acc,none": 0.5}
+               "exact_match,flexible-extract": 0.31, "exact_match_stderr,flexible-extract": 0.02, "acc,none": 0.5,
+               "sample_len": 100}  # (lm-eval's document count: not a metric)
     record = _task_record(metrics, {"effective": 100})["metrics"]
     assert set(record) == {"exact_match,strict-match", "exact_match,flexible-extract", "acc"}
     assert record["exact_match,strict-match"]["value"] == 0.12 and record["exact_match,strict-match"]["stderr"] == 0.01

@@ -319,3 +319,27 @@ def test_a_resume_keeps_the_count_of_bad_steps_in_a_row(tmp_path, monkeypatch):
     train(tiny_config(run, steps=2, max_bad_steps=2))  # step 2 skipped, then checkpointed
     with pytest.raises(TrainingDiverged, match=r"2 consecutive steps .*\(step 3\)"):
         train(tiny_config(run, steps=4, max_bad_steps=2, resume=True))
+
+
+def test_a_best_loss_measured_on_other_windows_is_not_compared(tmp_path, text_corpus, caplog):
+    """A resume with another --eval-tokens had compared its losses with a best measured on other windows."""
+    from memlab.data.text import prepare_shards
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    prepare_shards(text_corpus, "byte", data, val_fraction=0.2)
+
+    def config(steps, **overrides):
+        return tiny_config(run, steps=steps, corpus=None, data_dir=str(data), eval_interval=2, save_interval=2,
+                           keep_last=0, **overrides)
+
+    train(config(2, eval_tokens=96))
+    state = json.loads((run / "checkpoints" / "step_2" / TRAINER_STATE_FILE).read_text())
+    assert state["best"]["val_tokens"] == 96 and state["best"]["val_seq_len"] == 48
+    with caplog.at_level(logging.WARNING, logger="memlab"):
+        train(config(4, eval_tokens=192, resume=True))
+    assert "measured on 96 tokens in windows of 48, this run measures 192 in windows of 48" in caplog.text
+    assert json.loads((run / "best_model" / "best.json").read_text())["step"] == 4
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="memlab"):
+        train(config(6, eval_tokens=192, resume=True))  # measured alike: compared
+    assert "measured on" not in caplog.text

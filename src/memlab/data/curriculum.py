@@ -229,7 +229,7 @@ class Curriculum:
                 f"task {spec} does not fit in seq_len={self.config.seq_len} ({problems[0]}); "
                 f"raise seq_len or set easier levels for {spec}"
             )
-        if fitting != levels:  # (a NIAH curriculum at seq_len 256 stops at 10 of its 100 distractors)
+        if fitting != levels:  # (a NIAH curriculum at seq_len 256 stops short of its 100 distractors)
             _warn_left_out(spec, tuple(lv for lv in levels if lv not in fitting), self.config.seq_len, problems[0])
         return fitting
 

@@ -86,8 +86,8 @@ def _task_record(metrics: dict[str, Any], counts: dict[str, Any]) -> dict[str, A
     n = counts.get("effective")
     for key, value in metrics.items():
         name, _, _filter = key.partition(",")
-        if name.endswith("_stderr") or not isinstance(value, (int, float)):
-            continue
+        if name.endswith("_stderr") or name == "sample_len" or not isinstance(value, (int, float)):
+            continue  # (sample_len: lm-eval's count of a task's documents, left out of its own tables too)
         stderr = metrics.get(f"{name}_stderr,{_filter}" if _filter else f"{name}_stderr")
         stderr = stderr if isinstance(stderr, (int, float)) else None
         if name in BINARY_METRICS and n:

@@ -120,7 +120,7 @@ def plot_heatmap(cells: list[dict], lengths: list[int], depths: list[float], tit
                         color="white" if grid[i, j] < 60 else "black")
     ax.set_xticks(range(len(depths)), [f"{d:g}" for d in depths])
     ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
-    ax.set_xlabel("needle depth (fraction of the context)")
+    ax.set_xlabel("needle depth (fraction of the haystack before it)")
     ax.set_ylabel("context length (tokens)")
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax)

@@ -29,7 +29,7 @@ def domains_probe(ctx: ProbeContext) -> dict[str, Any]:
         text = ctx.text(source)
         tokens[name] = text.tokens
         activity = ctx.activity(text)
-        soft.append(np.stack([a.routing.mean(0) for a in activity]))  # (layers, K)
+        soft.append(np.stack([a.routing.mean(0, dtype=np.float64) for a in activity]))  # (layers, K)
         hard.append(np.stack([argmax_shares(a.routing) for a in activity]))  # (layers, K)
     layer_ids = [m.layer_idx for m in ctx.model.mixers if hasattr(m, "slot_activity")]
     reports = {kind: similarities(names, np.stack(p), layer_ids) for kind, p in (("soft", soft), ("argmax", hard))}

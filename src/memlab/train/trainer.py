@@ -249,7 +249,7 @@ class Trainer:
         self.total_steps = math.ceil(cfg.total_tokens / self.tokens_per_step)
         self.step, self.skipped, self.bad_in_row, self.lr = 0, 0, 0, 0.0
         self.last_valid: torch.Tensor | None = None  # the real positions of the last micro-batch (None: all)
-        self.best: dict[str, Any] = {"loss": None, "step": None, "acc": {}, "val_windows": WINDOW_PLACEMENT}
+        self.best: dict[str, Any] = {"loss": None, "step": None, "acc": {}, **self._validation_windows()}
         self.wall_before = 0.0  # seconds of earlier sessions of this run
         self.train_before: float | None = 0.0  # their seconds in training steps (None: an older checkpoint's run)
         self.window = _Window()
@@ -336,13 +336,13 @@ class Trainer:
                               f"--total_tokens {self.cfg.total_tokens}; resume with at least that many")
         self.best, self.wall_before = state["best"], state["wall_time_s"]
         self.train_before = state.get("train_time_s")  # (absent from older checkpoints)
-        measured_elsewhere = self.best.get("val_windows") != WINDOW_PLACEMENT  # (absent: an older memlab's prefix)
-        if self.data.val is not None and self.best["loss"] is not None and measured_elsewhere:
-            log.warning("the best validation loss of %s was measured on the start of the validation split (an older "
-                        "memlab); losses are now measured on windows spread over it, so the next evaluation starts "
-                        "the comparison for best_model/ afresh", checkpoint)
-            self.best["loss"] = None
-        self.best["val_windows"] = WINDOW_PLACEMENT
+        if self.data.val is not None and self.best["loss"] is not None:
+            measured_on = self._measured_elsewhere()
+            if measured_on:
+                log.warning("the best validation loss of %s was measured %s, so the next evaluation starts the "
+                            "comparison for best_model/ afresh", checkpoint, measured_on)
+                self.best["loss"] = None
+        self.best.update(self._validation_windows())
         self.window.load_state_dict(state["window"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -357,6 +357,22 @@ class Trainer:
                 torch.manual_seed(int(seed))
         if self.d.is_main:
             self._settle_best_model()
+
+    def _validation_windows(self) -> dict[str, Any]:
+        """What the validation loss is measured on (recorded with the best one): their placement, length, tokens."""
+        return {"val_windows": WINDOW_PLACEMENT, "val_seq_len": self.cfg.seq_len, "val_tokens": self.cfg.eval_tokens}
+
+    def _measured_elsewhere(self) -> str | None:
+        """How the resumed best validation loss was measured, when on other windows than this run's (None: alike)."""
+        if self.best.get("val_windows") != WINDOW_PLACEMENT:  # (absent: an older memlab's prefix)
+            return ("on the start of the validation split (an older memlab); losses are now measured on windows "
+                    "spread over it")
+        ours = self._validation_windows()
+        theirs = {k: self.best.get(k, ours[k]) for k in ours}  # (absent: a checkpoint from before they were kept)
+        if theirs != ours:
+            return (f"on {theirs['val_tokens']} tokens in windows of {theirs['val_seq_len']}, this run measures "
+                    f"{ours['val_tokens']} in windows of {ours['val_seq_len']} (--eval-tokens, --seq-len)")
+        return None
 
     def _check_global_batch(self, checkpoint: Path, saved: int | None) -> None:
         """Refuse to resume with another global batch: step counts, the schedule and the data stream assume it."""
