@@ -121,12 +121,25 @@ def test_runs_scored_on_the_same_examples_are_compared_example_by_example(tmp_pa
                                                                       Metric.of_accuracy(acc(0.50))))
 
 
-def test_seed_averaged_rows_are_not_paired(tmp_path):
-    runs = [with_outcomes(make_run(tmp_path, f"baseline-s{s}", variant="baseline"), np.arange(1000) < 500)
-            for s in range(2)]
-    runs += [with_outcomes(make_run(tmp_path, f"gdn-s{s}", ood=0.3), np.arange(1000) < 580) for s in range(2)]
-    result = compare(runs, aggregate_seeds=True, plots=False)
-    assert result.verdicts["gdn"]["criteria"]["algorithmic"]["paired"] is False
+def test_seeds_scored_on_the_same_examples_keep_the_examples_noise_and_pair_by_example(tmp_path):
+    """Seeds at 500/501/502 and 580/581/582 of 1000 shared examples: a t interval over the seeds had
+    been +-0.3 pts and the gain decisive whichever examples the candidate got right."""
+    def seeds(variant, correct, first):
+        return [with_outcomes(make_run(tmp_path, f"{variant}-{first}{s}", variant=variant, ood=0.3),
+                              np.isin(np.arange(1000), correct[:580 + s] if variant == "gdn" else correct[:500 + s]))
+                for s in range(3)]
+
+    order = np.arange(1000)
+    shuffled = np.random.default_rng(0).permutation(1000)
+    base = seeds("baseline", order, "a")
+    for candidate, passed in ((seeds("gdn", order, "n"), True), (seeds("gdn", shuffled, "x"), None)):
+        result = compare([*base, *candidate], aggregate_seeds=True, plots=False)
+        gdn = result.rows[1]
+        lo, hi = gdn.algorithmic.ci95
+        assert gdn.algorithmic.value == pytest.approx(0.581) and hi - lo > 0.05  # one run's noise
+        criterion = result.verdicts["gdn"]["criteria"]["algorithmic"]
+        assert criterion["paired"] is True and " paired over seeds vs" in criterion["detail"]
+        assert criterion["passed"] is passed  # nested: the gain shows; other examples right: within noise
 
 
 def test_no_examples_on_either_side_is_a_missing_number_not_a_pairing(tmp_path, base):
@@ -509,7 +522,7 @@ def test_seeds_that_agree_keep_the_uncertainty_of_their_examples(tmp_path):
     """Two seeds at 0% needle accuracy had shown '0.0' with no interval, as if it were exact."""
     runs = [make_run(tmp_path, f"gdn-s{seed}", needle=0.0) for seed in range(2)]
     (row,) = compare(runs, aggregate_seeds=True, plots=False).rows
-    assert row.needle.value == 0.0 and row.needle.ci95 == pytest.approx(list(wilson_interval(0, 2000)))
+    assert row.needle.value == 0.0 and row.needle.ci95 == pytest.approx(list(wilson_interval(0, 1000)))  # not 2000
     # a Delta on which they agree keeps their own paired interval (it had been [0.3, 0.3])
     assert row.delta.value == pytest.approx(0.3) and row.delta.ci95 == pytest.approx([0.25, 0.35])
 
@@ -551,3 +564,24 @@ def test_runs_that_share_a_name_are_refused_with_what_to_do(tmp_path):
     first, second = (make_run(tmp_path / study, "gdn-s0") for study in ("a", "b"))
     with pytest.raises(MemlabError, match=r"must be unique, got \['gdn-s0', 'gdn-s0'\]: a run is named by its directory"):
         compare([first, second], plots=False)
+
+
+def test_training_times_compare_per_token_and_not_across_devices(tmp_path, base):
+    """190 s on 100k tokens with 8 GPUs had passed against 100 s on 1M tokens on one CPU (1.90x <= 2x)."""
+    def trained(run, seconds, tokens, device="cpu", processes=1, precision="float32"):
+        summary = {"status": "completed", "train_time_s": seconds, "tokens_seen": tokens, "device": device,
+                   "world_size": processes, "precision": precision}
+        (run / "summary.json").write_text(json.dumps(summary))
+        return run
+
+    trained(base, 100.0, 1_000_000)
+    fewer = trained(make_run(tmp_path, "fewer", ood=0.3), 190.0, 100_000)
+    criterion = compare([base, fewer], plots=False).verdicts["fewer"]["criteria"]["train_time"]
+    assert criterion["passed"] is False and "19.00x" in criterion["detail"] and "per token" in criterion["detail"]
+    gpus = trained(make_run(tmp_path, "gpus", alg=0.7, ood=0.3), 190.0, 1_000_000, "cuda:0", 8, "bfloat16")
+    result = compare([base, gpus], plots=False).verdicts["gpus"]
+    assert result["criteria"]["train_time"]["passed"] is None and result["verdict"] == "incomplete"
+    assert "device cuda vs cpu, processes 8 vs 1, precision bfloat16 vs float32" in result["criteria"]["train_time"][
+        "detail"]
+    alike = trained(make_run(tmp_path, "alike", ood=0.3), 190.0, 1_000_000)
+    assert compare([base, alike], plots=False).verdicts["alike"]["criteria"]["train_time"]["passed"] is True

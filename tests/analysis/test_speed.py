@@ -146,3 +146,12 @@ def test_the_memory_column_names_the_context_decoded_after(report):
             for v, row in result["variants"].items()}  # as --contexts 24 8 times them
     table = markdown_report({**result, "settings": {**result["settings"], "contexts": [24, 8]}, "variants": rows})
     assert "prefill+decode memory @ 24" in table
+
+
+def test_an_even_number_of_runs_reports_their_median(monkeypatch):
+    """Of runs taking 1 s and 3 s, the slower had been reported (the upper middle): their median is 2 s."""
+    import memlab.analysis.timing as timing
+
+    clock = iter([0.0, 1.0, 10.0, 13.0])  # (start, end) of each timed run
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
+    assert timing.timed(lambda: None, repeats=2, warmup=0) == 2.0

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from memlab.eval.stats import (
     accuracy_record,
@@ -188,3 +189,19 @@ def test_five_documents_are_enough_for_an_interval():
     exact = [(5 + np.searchsorted(cdf, q)) / 5 for q in (0.025, 0.975)]
     assert exact == [1.8, 4.2] and document_bootstrap(sums, counts) == pytest.approx(exact, abs=0.1)
     assert document_bootstrap(sums[:4], counts[:4]) == [None, None]
+
+
+def test_seeds_that_agree_on_shared_examples_get_the_examples_t_interval():
+    """With no spread between seeds, only the examples' noise is left: a t interval on n - 1 degrees of freedom."""
+    from memlab.eval.stats import seeds_and_examples_interval
+
+    correct = (np.random.default_rng(0).random(200) < 0.3).astype(float)
+    half = stats.t.ppf(0.975, 199) * correct.std(ddof=1) / np.sqrt(200)
+    expected = [correct.mean() - half, correct.mean() + half]
+    assert seeds_and_examples_interval(np.stack([correct] * 3)) == pytest.approx(expected)
+    # against another model on those examples: the per-example differences' interval (paired)
+    other = (np.random.default_rng(1).random(200) < 0.5).astype(float)
+    d = correct - other
+    half = stats.t.ppf(0.975, 199) * d.std(ddof=1) / np.sqrt(200)
+    assert seeds_and_examples_interval(np.stack([correct] * 2), np.stack([other] * 4)) == pytest.approx(
+        [d.mean() - half, d.mean() + half])

@@ -4,7 +4,9 @@ A variant *wins* against the baseline when all four criteria hold (``Criteria``)
 
 1. algorithmic accuracy (IID grid) at least ``min_alg_gain`` (5 points) above the baseline's;
 2. better out-of-distribution accuracy (OOD grid) than the baseline;
-3. training time (its steps, evaluation and checkpoints left out) at most ``max_time_ratio`` (2x) the baseline's;
+3. training time (its steps, evaluation and checkpoints left out) at most ``max_time_ratio`` (2x) the baseline's
+   (per token where the two trained other numbers of tokens; undecided between runs trained on another
+   device kind, number of processes or precision);
 4. no perplexity collapse: perplexity at most ``max_ppl_ratio`` (1.5x) the baseline's; a
    non-finite loss (perplexity written as null) in any seed is a collapse and fails it.
 
@@ -12,10 +14,13 @@ The accuracy criteria are decided on a 95% interval for the difference of the tw
 Where both runs were scored on the same examples (their results keep per-example outcomes and the
 examples' hashes agree: same tasks, grid, samples and evaluation seed), the interval pairs them:
 Tango's score interval for paired proportions, which rests on the examples the two models
-answer differently.  Otherwise (results of an older memlab, another evaluation seed, seed-averaged
-rows) it is Newcombe's hybrid score interval from the two Wilson intervals (for seed-averaged rows
-the same combination of their t intervals, Zou and Donner's MOVER), which is conservative when the
-outcomes are positively correlated, as two models' on one example set usually are.  A criterion
+answer differently.  Two seed-averaged rows whose every seed was scored on those same examples
+are paired by example as well: the interval adds both models' seed spread to the examples' noise
+(:func:`memlab.eval.stats.seeds_and_examples_interval`).  Otherwise (results of an older memlab,
+another evaluation seed, a seed-averaged row against one run) it is Newcombe's hybrid score
+interval from the two Wilson intervals (for seed-averaged rows the same combination of their own
+intervals, Zou and Donner's MOVER), which is conservative when the outcomes are positively
+correlated, as two models' on one example set usually are.  A criterion
 holds when the whole interval clears its threshold (at least +5 points; above 0 for OOD), fails
 when the whole interval misses it, and is undecided (``None``, "within noise") otherwise.
 Training time and perplexity are compared as measured (time has no interval).
@@ -39,7 +44,13 @@ import numpy as np
 
 from memlab.errors import MemlabError, check_dir_target
 from memlab.eval.schema import read_results
-from memlab.eval.stats import mean_interval, parse_outcomes, tango_paired_interval, wilson_interval
+from memlab.eval.stats import (
+    mean_interval,
+    parse_outcomes,
+    seeds_and_examples_interval,
+    tango_paired_interval,
+    wilson_interval,
+)
 from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
 from memlab.paths import measured_model, resolve_model_dir, same_model_dir
@@ -100,6 +111,7 @@ class Row:
     recipe: dict[str, Any] = field(default_factory=dict, repr=False)  # the model and training, but the seed
     seed: int | None = None  # the training seed, when the run recorded it
     outcomes: dict[str, Outcomes] = field(default_factory=dict, repr=False)  # algorithmic / ood, where recorded
+    trained_on: dict[str, Any] | None = field(default_factory=dict, repr=False)  # see training_setup; None: mixed
 
 
 METRICS = ("algorithmic", "ood", "needle", "perplexity", "delta", "train_time_s")
@@ -256,6 +268,17 @@ def training_seconds(run_dir: Path) -> float | None:
     return float(seconds) if isinstance(seconds, (int, float)) else None
 
 
+def training_setup(run_dir: Path) -> dict[str, Any]:
+    """What a run's training time measured, from its summary.json: ``tokens`` trained, ``device``
+    kind, ``processes`` and ``precision`` (those it records; {} without a summary)."""
+    path = run_dir / "summary.json"
+    summary = read_json_object(path) if path.is_file() else {}
+    device = summary.get("device")
+    setup = {"tokens": summary.get("tokens_seen"), "device": device.split(":")[0] if isinstance(device, str) else None,
+             "processes": summary.get("world_size"), "precision": summary.get("precision")}
+    return {k: v for k, v in setup.items() if v is not None}
+
+
 def load_run(run_dir: str | Path) -> Row:
     """The comparison row of one run directory (or of a directory holding results files)."""
     run_dir = Path(run_dir)
@@ -270,6 +293,7 @@ def load_run(run_dir: str | Path) -> Row:
     seconds = training_seconds(run_dir)
     if seconds is not None:
         row.train_time_s = Metric(seconds, None, 1)
+    row.trained_on = training_setup(run_dir)
     return row
 
 
@@ -344,7 +368,9 @@ def check_seeds_of_one_model(variant: str, members: Sequence[Row]) -> None:
 
 
 def aggregate(rows: Sequence[Row]) -> list[Row]:
-    """One row per (variant, size): each metric's mean over the runs with a t interval over runs;
+    """One row per (variant, size): each metric's mean over the runs with a t interval over runs
+    (for an accuracy whose runs were all scored on the same examples, one that adds those examples'
+    noise, which a t interval over the runs misses: :func:`memlab.eval.stats.seeds_and_examples_interval`);
     the runs must be seeds of one model and training recipe (:func:`check_seeds_of_one_model`).
 
     A metric that any run lacks is missing, and one that any run collapsed is collapsed (with the
@@ -366,9 +392,11 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
             out.append(replace(members[0], name=name, members=members))  # (its run still named in plots)
             continue
         check_seeds_of_one_model(variant, members)
+        setups = [m.trained_on for m in members]
         agg = Row(name=name, variant=variant, size=size,
                   params=members[0].params, state_bytes=members[0].state_bytes, runs=len(members),
-                  results=members[0].results, members=members)
+                  results=members[0].results, members=members,
+                  trained_on=setups[0] if all(s == setups[0] for s in setups) else None)
         for name in METRICS:
             metrics = [getattr(m, name) for m in members]
             collapsed = sum(m.collapsed for m in metrics)
@@ -376,8 +404,10 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
                 setattr(agg, name, Metric(None, None, len(members) if collapsed else 0, collapsed))
                 continue
             stat = mean_interval([m.value for m in metrics])
+            shared = seed_outcomes(agg, name) if name in ACCURACIES else None
+            ci = seeds_and_examples_interval(shared[1]) if shared is not None else stat["ci95"]
             lo, hi = RANGES[name]
-            ci = [min(max(v, lo), hi) for v in stat["ci95"]] if stat["ci95"][0] is not None else None
+            ci = [min(max(v, lo), hi) for v in ci] if ci[0] is not None else None
             if ci is not None and ci[0] == ci[1]:  # seeds that agree exactly: their examples' own uncertainty
                 ci = _agreeing_seeds_interval(name, metrics) or ci
             setattr(agg, name, Metric(stat["mean"], ci, stat["n"]))
@@ -387,10 +417,12 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
 
 def _agreeing_seeds_interval(name: str, metrics: list[Metric]) -> list[float] | None:
     """The interval of a metric on which every seed gave the same value (a t interval of zero
-    width would overstate certainty): an accuracy's Wilson interval of the pooled examples, else the
-    seeds' own intervals averaged (a Delta's paired interval); None where the seeds have none."""
+    width would overstate certainty): an accuracy's Wilson interval over one seed's examples (its
+    fewest: seeds are scored on the same examples, which pooled had counted once per seed), else
+    the seeds' own intervals averaged (a Delta's paired interval); None where the seeds have none."""
     if name in ACCURACIES:
-        return list(wilson_interval(round(sum(m.value * m.n for m in metrics)), sum(m.n for m in metrics)))
+        fewest = min(metrics, key=lambda m: m.n)
+        return list(wilson_interval(round(fewest.value * fewest.n), fewest.n))
     if any(m.ci95 is None or m.ci95[0] is None for m in metrics):
         return None
     return [sum(m.ci95[0] for m in metrics) / len(metrics), sum(m.ci95[1] for m in metrics) / len(metrics)]
@@ -417,6 +449,15 @@ def paired_outcomes(row: Row, base: Row, name: str) -> tuple[np.ndarray, np.ndar
     return a.correct, b.correct
 
 
+def seed_outcomes(row: Row, name: str) -> tuple[str, np.ndarray] | None:
+    """(examples hash, (S, n) outcomes) of accuracy ``name`` for a row averaging S >= 2 seeds that
+    were all scored on the same examples; None otherwise."""
+    found = [m.outcomes.get(name) for m in row.members] if len(row.members) > 1 else [None]
+    if any(o is None for o in found) or len({(o.examples_sha256, o.correct.size) for o in found}) != 1:
+        return None
+    return found[0].examples_sha256, np.stack([o.correct for o in found]).astype(float)
+
+
 def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
     """``{"criteria": {name: {"passed", "detail"[, "interval", "paired"]}}, "verdict": "wins" | "does not win" |
     "within noise" | "incomplete"}``; an accuracy criterion's ``interval`` is that of the difference,
@@ -428,8 +469,12 @@ def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
     def gain(name: str, limit: float, at_least: bool, what: str) -> dict[str, Any]:
         a, b = getattr(row, name), getattr(base, name)
         pairs = paired_outcomes(row, base, name)
+        seeds = [seed_outcomes(row, name), seed_outcomes(base, name)]
+        seeds = seeds if None not in seeds and seeds[0][0] == seeds[1][0] else None  # all on the same examples
         if pairs is not None:
             ci = list(tango_paired_interval(*pairs))
+        elif seeds is not None:
+            ci = seeds_and_examples_interval(seeds[0][1], seeds[1][1])
         else:
             ci = difference_interval(a, b) if both(a, b) else None
         if ci is None:
@@ -440,9 +485,9 @@ def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
         shown = f"{_pts(a.value - b.value)} [{_signed_pts(lo, limit)}, {_signed_pts(hi, limit)}]"
         rule = f"{'>=' if at_least else '>'} {100 * limit:+g} pts"
         state = {True: "passes", False: "fails", None: "within noise"}[ok]
-        how = " paired" if pairs is not None else ""
+        how = " paired" if pairs is not None else " paired over seeds" if seeds is not None else ""
         return {"passed": ok, "detail": f"{shown}{how}{what} vs {rule}: {state}", "interval": ci,
-                "paired": pairs is not None}
+                "paired": pairs is not None or seeds is not None}
 
     def ratio(a: Metric, b: Metric, limit: float) -> dict[str, Any]:
         if not (both(a, b) and b.value > 0):
@@ -451,10 +496,27 @@ def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
         ok = round(r, 9) <= limit
         return {"passed": ok, "detail": f"{_beside(r, limit, 2)}x vs <= {limit:g}x: {'passes' if ok else 'fails'}"}
 
+    def time_ratio() -> dict[str, Any]:
+        """The training times' ratio, per token where the two trained other numbers of tokens; none
+        between runs trained on another device kind, number of processes or precision."""
+        a, b = row.trained_on, base.trained_on
+        if a is None or b is None:
+            return {"passed": None, "detail": "not comparable: its seeds trained on different setups"}
+        differ = [k for k in ("device", "processes", "precision") if k in a and k in b and a[k] != b[k]]
+        if differ:
+            return {"passed": None, "detail": "not comparable: trained with " + ", ".join(
+                f"{k} {a[k]} vs {b[k]}" for k in differ)}
+        if a.get("tokens") and b.get("tokens") and a["tokens"] != b["tokens"]:
+            per_token = [Metric(None if m.value is None else m.value / t, None, m.n)
+                         for m, t in ((row.train_time_s, a["tokens"]), (base.train_time_s, b["tokens"]))]
+            out = ratio(*per_token, criteria.max_time_ratio)
+            return {**out, "detail": out["detail"] + f" (per token: {a['tokens']:,} vs {b['tokens']:,} trained)"}
+        return ratio(row.train_time_s, base.train_time_s, criteria.max_time_ratio)
+
     c: dict[str, dict[str, Any]] = {
         "algorithmic": gain("algorithmic", criteria.min_alg_gain, True, ""),
         "ood": gain("ood", 0.0, False, " OOD"),
-        "train_time": ratio(row.train_time_s, base.train_time_s, criteria.max_time_ratio),
+        "train_time": time_ratio(),
     }
     if row.perplexity.collapsed:
         seeds = f" in {row.perplexity.collapsed} of {row.perplexity.n} seeds" if row.perplexity.n > 1 else ""

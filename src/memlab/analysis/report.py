@@ -66,8 +66,9 @@ def write_report(path: Path, plan: dict[str, Any], preset, comparison: Compariso
         f"memlab {__version__} (commit {git_commit() or 'unknown'}); written {utc_timestamp()}",
         f"- this session of the study took {plan.get('session_s', 0):.0f} s\n",
         "## Comparison\n",
-        "Accuracies in % with 95% intervals (Wilson over examples for one run; Student t over seeds, clipped "
-        "to the possible range, for several); perplexity on the validation split of the training corpus; Delta "
+        "Accuracies in % with 95% intervals (Wilson over examples for one run; for several seeds, a t interval "
+        "that adds the seeds' spread to the noise of the examples they share, clipped to the possible range); "
+        "perplexity on the validation split of the training corpus; Delta "
         "is the memory ablation below (its seeds one by one); training time is the seconds of the training steps "
         "(evaluations and checkpoints left out).\n",
         markdown(comparison.rows, comparison.verdicts) + "\n",

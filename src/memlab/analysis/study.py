@@ -13,8 +13,9 @@ Layout of ``out_dir``::
     compare/                   compare.md / .csv / .json and the side-by-side plots
     report.md                  the table, the verdicts, the memory ablation and the plots
 
-Every run uses the same budget and seed, and every model is evaluated on the same examples
-(the evaluation seed is fixed), so differences are paired.  An interrupted study resumes: a
+Every run uses the same budget (and, seed for seed, the same training seeds), and every model is
+evaluated on the same examples (the evaluation seed is fixed), so differences are paired by
+example (over the seeds too, with ``--seeds`` N).  An interrupted study resumes: a
 finished run is not retrained and an evaluated run is not re-evaluated; a run cut off mid-way
 resumes from its newest checkpoint (``memlab train``'s own resume).
 """

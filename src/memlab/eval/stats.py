@@ -137,6 +137,33 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> di
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": n, "std": std}
 
 
+def seeds_and_examples_interval(
+    a: np.ndarray, b: np.ndarray | None = None, confidence: float = CONFIDENCE
+) -> list[float]:
+    """Interval of mean(a) - mean(b) (of mean(a) when ``b`` is None) for the outcomes (S, n) of
+    S >= 2 training seeds on the same n examples (b's, of another model, on those examples too).
+
+    A t interval over the seeds alone misses the examples' sampling noise, which every seed
+    shares (seeds that nearly agree had given an interval far narrower than one run's).  The
+    variance adds each model's seed spread (the variance of its seeds' accuracies / S) and the
+    examples' (the variance over examples of the seeds' mean outcome, a's minus b's / n: paired
+    by example), with Welch-Satterthwaite degrees of freedom; it counts the seed-by-example
+    interaction twice, so it errs wide.
+    """
+    per_example = a.mean(0)  # (n,)
+    parts = [(a.mean(1).var(ddof=1) / len(a), len(a) - 1)]  # (variance, degrees of freedom)
+    if b is not None:
+        per_example = per_example - b.mean(0)
+        parts.append((b.mean(1).var(ddof=1) / len(b), len(b) - 1))
+    parts.append((per_example.var(ddof=1) / per_example.size, per_example.size - 1))
+    estimate, variance = float(per_example.mean()), sum(v for v, _ in parts)
+    if variance == 0:
+        return [estimate, estimate]
+    df = variance**2 / sum(v * v / d for v, d in parts if v > 0)
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(variance)
+    return [estimate - half, estimate + half]
+
+
 def document_bootstrap(
     sums: np.ndarray, counts: np.ndarray, n_resamples: int = 2000, seed: int = 0, confidence: float = CONFIDENCE
 ) -> list[float | None]:
