@@ -99,8 +99,14 @@ def bench_scan(args: Args) -> dict:
     inputs = layer_inputs(args.batch, args.seq_len, args.slots, args.d_model, args.heads)
     cotangent = torch.randn(args.batch, args.seq_len, 2 * args.d_model)
     forms = ("loop", "reference", "chunked")
+
+    def clear_gradients() -> None:  # (untimed: a backward into a .grad left by the last run also adds)
+        for t in inputs:
+            t.grad = None
+
     seconds = interleaved_seconds(
-        {form: partial(lambda f: layer_read(f, *inputs).backward(cotangent), form) for form in forms}, args.scan_rounds
+        {form: partial(lambda f: layer_read(f, *inputs).backward(cotangent), form) for form in forms}, args.scan_rounds,
+        setups=dict.fromkeys(forms, clear_gradients),
     )
     with torch.no_grad():
         outputs = {form: layer_read(form, *inputs) for form in forms}

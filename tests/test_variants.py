@@ -468,3 +468,12 @@ def test_residual_output_projections_start_smaller_by_the_depth():
             residual = name.endswith(("out_proj", "down_proj"))
             expected = std / math.sqrt(2 * 8) if residual else std
             assert module.weight.std().item() == pytest.approx(expected, rel=0.03), name
+
+
+def test_the_latent_thought_cores_mlp_output_starts_scaled_like_the_other_residual_projections():
+    """Its output layer is named mlp.2, which the name rule (out_proj, down_proj) had left at N(0, init_std)."""
+    torch.manual_seed(0)
+    model = memlab.build_model("latent", "d256l8")
+    core, expected = model.body.thoughts.core, model.config.init_std / math.sqrt(2 * 8)
+    for layer in (core.mlp[-1], core.self_attn.out_proj, core.cross_attn.out_proj):
+        assert layer.weight.std().item() == pytest.approx(expected, rel=0.03)

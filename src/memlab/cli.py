@@ -176,7 +176,7 @@ class DataPrepareArgs:
     streaming: bool = False
     """hf: stream the dataset instead of loading it from the local cache"""
     bpe_train_bytes: int = 10_000_000
-    """text the BPE is trained on (the first documents of the training split)"""
+    """characters of text the BPE is trained on (the first documents of the training split, the last whole)"""
     force: bool = False
     """rebuild even when the shards are up to date"""
 

@@ -40,3 +40,20 @@ def test_the_memory_readers_key_value_projection_counts_once_per_sequence(seq_le
     with torch.no_grad():
         counted = 3 * counted_per_token(block, x, backward=False)  # forward + backward: 3 x the forward's matmuls
     assert block_flops_per_token(block, seq_len) - attention == pytest.approx(counted, rel=0.02)
+
+
+@pytest.mark.parametrize("seq_len", [16, 32, 64, 80])
+def test_the_latent_thoughts_count_the_refinements_a_sequence_runs(seq_len):
+    """floor((T - 1) / L) refinements (none at T <= L: the core never runs), and the read's key/value
+    projection once per segment; T / L refinements and that projection at every token had made the
+    estimate 2.1x the count at T = L."""
+    model = memlab.build_model("latent", "tiny", vocab_size=256)  # segments of L = 16 positions
+    thoughts = model.body.thoughts
+    D, Z, L = model.config.d_model, thoughts.init_thoughts.shape[0], thoughts.segment_len
+    x = torch.randn(1, seq_len, D, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        thoughts(x).pow(2).mean().backward()
+    projections = counter.get_flop_counts()["Global"][torch.ops.aten.mm] / seq_len  # attention left out
+    attention = 12.0 * D * Z * (1 + thoughts.n_iters * ((seq_len - 1) // L) * (Z + L) / seq_len)
+    padding = 6.0 * 2 * D * D * (-seq_len % L) / seq_len  # the read's q and out projections on a partial segment
+    assert thoughts.flops_per_token(seq_len) - attention + padding == pytest.approx(projections, rel=0.01)

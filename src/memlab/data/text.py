@@ -14,8 +14,9 @@ Documents are followed by EOS.  Re-running with the same request (source fingerp
 options) reuses the existing shards after checking their sizes and checksums; ``force`` rebuilds.
 One preparation of a directory runs at a time (a lock file ``.<name>.lock`` beside it): another
 process asking for the same shards waits, then reuses them.
-The ``bpe`` tokenizer is trained on the training split (its first ``bpe_train_bytes`` of text) and
-saved next to the shards, so ``load_tokenizer(out_dir)`` returns the tokenizer the ids belong to.
+The ``bpe`` tokenizer is trained on the training split (its first documents, until they hold
+``bpe_train_bytes`` characters: the last may run past it) and saved next to the shards, so
+``load_tokenizer(out_dir)`` returns the tokenizer the ids belong to.
 """
 
 from __future__ import annotations

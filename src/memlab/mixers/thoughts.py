@@ -30,6 +30,7 @@ ablation uses the exact generic windowed form.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -85,7 +86,10 @@ class LatentThoughts(Mixer):
         self.init_special_parameters()
 
     def init_special_parameters(self) -> None:
-        nn.init.normal_(self.init_thoughts, std=self.config.init_std)
+        std = self.config.init_std
+        nn.init.normal_(self.init_thoughts, std=std)
+        # the core MLP's output is a residual output projection, scaled as the others (its name, mlp.2, had escaped)
+        nn.init.normal_(self.core.mlp[-1].weight, std=std / math.sqrt(2 * self.config.n_layers))
 
     def refine(self, z: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         """The K refinements of thoughts ``z: (B, Z, D)`` on a complete segment ``seg: (B, L, D)``."""
@@ -136,14 +140,17 @@ class LatentThoughts(Mixer):
     def state_nbytes(self, context_len: int, batch_size: int = 1, dtype=torch.float32) -> int:
         return batch_size * (self.init_thoughts.shape[0] + self.segment_len) * self.config.d_model * dtype.itemsize
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: the read (projections + attention over Z thoughts) and the
-        thought core, run K times per segment of L positions on Z thoughts (self-attention over Z,
-        cross-attention over L), amortised over the segment."""
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token of a ``seq_len``-token sequence, as the parallel form runs it:
+        the read (its query and output projections and attention over the Z thoughts at every
+        position; its key/value projection of a segment's thoughts once per segment) and the core's
+        K refinements of the Z thoughts (self-attention over Z, cross-attention over L positions)
+        once per complete segment that a later position reads: floor((T - 1) / L) times."""
         D, Z, L, K = self.config.d_model, self.init_thoughts.shape[0], self.segment_len, self.n_iters
-        read_params = sum(p.numel() for p in (*self.read.parameters(), *self.read_norm.parameters()))
-        read = 6.0 * read_params + 12.0 * D * Z
+        T, read_kv = seq_len, self.read.kv_proj.weight.numel()
+        per_position = self.read.q_proj.weight.numel() + self.read.out_proj.weight.numel()
+        read = 6.0 * per_position + 12.0 * D * Z + 6.0 * read_kv * Z * -(-T // L) / T
         core_params = sum(p.numel() for p in self.core.parameters())
         segment_kv = self.core.cross_attn.kv_proj.weight.numel()  # applied to the L positions, not the Z thoughts
         per_refinement = 6.0 * ((core_params - segment_kv) * Z + segment_kv * L) + 12.0 * D * Z * (Z + L)
-        return read + K * per_refinement / L
+        return read + K * per_refinement * ((T - 1) // L) / T

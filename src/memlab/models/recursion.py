@@ -294,7 +294,7 @@ class LatentThoughtStack(Stack):
         return super().state_nbytes(context_len, batch_size, dtype) + thoughts
 
     def flops_per_token(self, seq_len: int) -> float:
-        return super().flops_per_token(seq_len) + self.thoughts.flops_per_token()
+        return super().flops_per_token(seq_len) + self.thoughts.flops_per_token(seq_len)
 
 
 BODIES.update(shared_loop=SharedLoop, act=AdaptiveComputationTime, latent=LatentThoughtStack)
