@@ -12,12 +12,11 @@ Prints JSON.  Reproduce:
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
 
 import torch
 import tyro
-from common import emit, machine, peak_rss_mib
+from common import emit, interleaved_seconds, machine, peak_rss_mib
 
 import memlab
 from memlab.data.tasks import GRIDS, TASKS, encode_example
@@ -32,6 +31,8 @@ class Args:
     samples: int = 4
     """examples per task and difficulty"""
     batch_tokens: int = 16384
+    rounds: int = 3
+    """timed rounds, the two forms alternating, after one untimed round (the median is reported)"""
     out: str | None = None
 
 
@@ -48,12 +49,13 @@ def main(args: Args) -> dict:
     ]
     tokens = sum(len(e) for e in examples)
 
-    start = time.perf_counter()
     fast = exact_match(model, examples, tok.pad_id, args.batch_tokens)
-    batched_s = time.perf_counter() - start
-    start = time.perf_counter()
     slow = exact_match_by_generation(model, examples)
-    generate_s = time.perf_counter() - start
+    seconds = interleaved_seconds({  # (one run of each had varied by +-25% on a shared machine)
+        "teacher_forced": lambda: exact_match(model, examples, tok.pad_id, args.batch_tokens),
+        "generate": lambda: exact_match_by_generation(model, examples),
+    }, args.rounds)
+    batched_s, generate_s = seconds["teacher_forced"], seconds["generate"]
     return {
         "benchmark": "exact_match",
         "variant": args.variant,
@@ -65,6 +67,7 @@ def main(args: Args) -> dict:
         "teacher_forced": {"seconds": batched_s, "examples_per_s": len(examples) / batched_s},
         "generate": {"seconds": generate_s, "examples_per_s": len(examples) / generate_s},
         "speedup": generate_s / batched_s,
+        "rounds": args.rounds,
         "peak_rss_mib": peak_rss_mib(),
         "machine": machine(),
     }

@@ -109,7 +109,8 @@ def _documents(source: Source, max_docs: int | None) -> Iterator[Document]:
     return islice(docs, max_docs) if max_docs is not None else docs
 
 
-def _bpe_training_text(source: Source, max_docs, val_fraction, split_seed, budget: int) -> Iterator[str]:
+def bpe_training_text(source: Source, max_docs, val_fraction, split_seed, budget: int) -> Iterator[str]:
+    """The documents a BPE of ``source`` learns from: its training split's first, until ``budget`` characters."""
     used = 0
     for doc in _documents(source, max_docs):
         if used >= budget:
@@ -172,7 +173,7 @@ def prepare_shards(
             return PrepareResult(out, reused[0], reused[1], True, time.perf_counter() - t0)
 
         if tokenizer == "bpe":
-            texts = _bpe_training_text(src, max_docs, val_fraction, split_seed, bpe_train_bytes)
+            texts = bpe_training_text(src, max_docs, val_fraction, split_seed, bpe_train_bytes)
             tokenizer = build_tokenizer("bpe", texts=texts, vocab_size=vocab_size)
         assert isinstance(tokenizer, Tokenizer)
         header = _write_staged(src, tokenizer, out, request, max_docs, shard_tokens, progress)
