@@ -1,6 +1,8 @@
 """Suite ``ablation``: does the model use its memory, and how far back does it reach?
 
-On one set of retrieval examples (the answer is only in the context, far back):
+On one set of retrieval examples (the answer is only in the context, at a random depth of it
+by default; ``--ablation-task niah:position=start`` puts it farthest back, beyond the reach of a
+hybrid's windows and convolutions, which a needle just before the question is not):
 
 * ``zero``: accuracy with every memory-carrying layer's read-out zeroed, and with each
   such layer alone zeroed.  Delta = accuracy(normal) - accuracy(zeroed) on the same
