@@ -585,3 +585,24 @@ def test_training_times_compare_per_token_and_not_across_devices(tmp_path, base)
         "detail"]
     alike = trained(make_run(tmp_path, "alike", ood=0.3), 190.0, 1_000_000)
     assert compare([base, alike], plots=False).verdicts["alike"]["criteria"]["train_time"]["passed"] is True
+
+
+def test_seeds_on_shared_examples_where_nothing_varies_fall_back_to_one_seeds_interval(tmp_path):
+    """Both models' seeds right on the same 600 of 1000 examples: the paired interval over seeds had been
+    [0, 0], so OOD (> 0) failed outright where one seed of each gives Tango's interval, within noise."""
+    correct = np.arange(1000) < 600
+    runs = [with_outcomes(make_run(tmp_path, f"baseline-s{s}", variant="baseline"), correct) for s in range(2)]
+    runs += [with_outcomes(make_run(tmp_path, f"gdn-s{s}"), correct) for s in range(2)]
+    result = compare(runs, aggregate_seeds=True, plots=False)
+    criterion = result.verdicts["gdn"]["criteria"]["algorithmic"]
+    assert criterion["interval"] == pytest.approx(list(tango_paired_interval(correct, correct)))
+    assert criterion["interval"][0] < 0 < criterion["interval"][1]
+    lo, hi = result.rows[1].algorithmic.ci95  # the examples' own noise (a t interval over them), not [0.6, 0.6]
+    assert lo == pytest.approx(0.6 - 0.0304, abs=1e-3) and hi == pytest.approx(0.6 + 0.0304, abs=1e-3)
+
+
+def test_the_seed_interval_needs_two_examples():
+    from memlab.eval.stats import seeds_and_examples_interval
+
+    assert seeds_and_examples_interval(np.array([[1.0], [0.0]])) is None  # (var with ddof=1 of one example: NaN)
+    assert seeds_and_examples_interval(np.ones((3, 50))) is None  # nothing varies

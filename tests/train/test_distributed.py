@@ -170,43 +170,6 @@ def test_variants_whose_layers_read_across_blocks_run_under_fsdp(tmp_path):
     ]
 
 
-TASK_LOSS_ON_EVERY_PROCESS = """
-import datetime, torch, torch.distributed as dist, memlab
-from memlab.data.curriculum import Curriculum, CurriculumConfig
-from memlab.data.tokenizer import build_tokenizer
-from memlab.train.distributed import Dist
-from memlab.train.evaluate import evaluate
-torch.set_num_threads(1)
-dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-rank = dist.get_rank()
-tok = build_tokenizer("byte")
-torch.manual_seed(0)
-model = memlab.build_model("baseline", "tiny", d_model=32, n_layers=1, vocab_size=tok.vocab_size)
-config = CurriculumConfig(seq_len=64, batch_size=2, alg_tokens=10**6, total_tokens=10**6, tasks=["addition", "copy"])
-alone = evaluate(model, Curriculum(config, tok, rank=rank), None, seq_len=64, eval_tokens=0, samples=8,
-                 max_new_tokens=32, batch_tokens=1024)
-pooled = evaluate(model, Curriculum(config, tok, rank=rank), None, seq_len=64, eval_tokens=0, samples=8,
-                  max_new_tokens=32, batch_tokens=1024, d=Dist(rank, 2, rank, torch.device("cpu")))
-print(f"rank {rank} alone {alone.task_loss!r} pooled {pooled.task_loss!r}", flush=True)
-dist.barrier()
-dist.destroy_process_group()
-"""
-
-
-def test_the_task_loss_that_selects_best_model_is_pooled_over_the_processes(tmp_path):
-    """Each process evaluates examples of its own: their task losses had stayed apart, so that each
-    process chose best_model/ on its own share (under FSDP, a save some processes skipped would hang)."""
-    script = tmp_path / "task_loss.py"
-    script.write_text(TASK_LOSS_ON_EVERY_PROCESS)
-    p = subprocess.run([*TORCHRUN, str(script)], env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
-    found = {rank: (float(a), float(b)) for rank, a, b in re.findall(r"rank (\d) alone (\S+) pooled (\S+)", p.stdout)}
-    assert sorted(found) == ["0", "1"], p.stdout
-    (alone_0, pooled_0), (alone_1, pooled_1) = found["0"], found["1"]
-    assert alone_0 != alone_1  # other examples
-    assert pooled_0 == pooled_1 and min(alone_0, alone_1) < pooled_0 < max(alone_0, alone_1)
-
-
 def test_a_sum_over_processes_is_reduced_on_the_process_device(monkeypatch):
     """NCCL reduces CUDA tensors only: evaluation's sums were made on the CPU."""
     from memlab.train.distributed import Dist

@@ -21,6 +21,7 @@ from memlab.paths import resolve_model_dir, write_manifest
 from memlab.train import checkpoint as ckpt
 from memlab.train import train
 from memlab.train.checkpoint import TRAINER_STATE_FILE, read_optimizer_state
+from memlab.train.evaluate import EvalResult
 
 
 def _command(cfg) -> list[str]:
@@ -193,7 +194,6 @@ def test_resume_puts_back_the_best_model_its_checkpoint_records(tmp_path, monkey
     was killed before checkpoint step_4: its weights had been lost while summary.json named them best."""
     import memlab.train.trainer as trainer
     from memlab.models.lm import LanguageModel
-    from memlab.train.evaluate import EvalResult
 
     losses = iter(range(100, 0, -1))  # every evaluation improves on the one before
     monkeypatch.setattr(trainer, "evaluate", lambda *args, **kwargs: EvalResult(task_loss=float(next(losses))))
@@ -334,12 +334,71 @@ def test_a_best_loss_measured_on_other_windows_is_not_compared(tmp_path, text_co
 
     train(config(2, eval_tokens=96))
     state = json.loads((run / "checkpoints" / "step_2" / TRAINER_STATE_FILE).read_text())
-    assert state["best"]["val_tokens"] == 96 and state["best"]["val_seq_len"] == 48
+    assert state["best"]["val_count"] == 2 and state["best"]["val_seq_len"] == 48
     with caplog.at_level(logging.WARNING, logger="memlab"):
         train(config(4, eval_tokens=192, resume=True))
-    assert "measured on 96 tokens in windows of 48, this run measures 192 in windows of 48" in caplog.text
+    assert "measured on 2 windows of 48 tokens, this run measures 4 of 48" in caplog.text
     assert json.loads((run / "best_model" / "best.json").read_text())["step"] == 4
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="memlab"):
         train(config(6, eval_tokens=192, resume=True))  # measured alike: compared
     assert "measured on" not in caplog.text
+
+
+def test_a_kill_while_a_new_best_model_is_written_keeps_the_old_one(tmp_path, monkeypatch):
+    """The replaced best_model/ had been moved away before the new one was whole: a kill then left none."""
+    import memlab.train.trainer as trainer
+
+    losses = iter(range(100, 0, -1))
+    monkeypatch.setattr(trainer, "evaluate", lambda *args, **kwargs: EvalResult(task_loss=float(next(losses))))
+    real_write = trainer.Trainer._write_model_files
+
+    def killed_writing_the_best_of_step_3(self, path, model_state):
+        if self.step == 3 and "best_model" in path.name:
+            raise KeyboardInterrupt
+        real_write(self, path, model_state)
+
+    monkeypatch.setattr(trainer.Trainer, "_write_model_files", killed_writing_the_best_of_step_3)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(run, steps=4, eval_interval=1, save_interval=2, keep_last=0))
+    assert json.loads((run / "best_model" / "best.json").read_text())["step"] == 2
+    assert resolve_model_dir(run) == run / "best_model"
+
+
+def test_a_resume_that_finds_the_recorded_best_gone_says_so_and_saves_the_next(tmp_path, monkeypatch, caplog):
+    """Resumed from step_2 (step_4 damaged) after step_4's checkpoint had dropped the step-2 best: the run had
+    kept naming step 2 best with no best_model/ at all."""
+    import memlab.train.trainer as trainer
+
+    losses = iter([5.0, 4.0, 3.0, 2.0, 9.0, 9.0])  # better and better, then worse after the resume
+    monkeypatch.setattr(trainer, "evaluate", lambda *args, **kwargs: EvalResult(task_loss=next(losses)))
+    run = tmp_path / "run"
+    config = dict(eval_interval=1, save_interval=2, keep_last=0)
+    train(tiny_config(run, steps=4, **config))
+    weights = run / "checkpoints" / "step_4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with caplog.at_level(logging.WARNING, logger="memlab"):
+        train(tiny_config(run, steps=4, **config, resume=True))
+    assert "records (step 2) are gone; best_model/ starts again at the next evaluation" in caplog.text
+    assert json.loads((run / "best_model" / "best.json").read_text())["step"] == 3
+    assert json.loads((run / "summary.json").read_text())["best"]["step"] == 3
+
+
+def test_a_lock_the_parent_cannot_hold_is_done_without(tmp_path, monkeypatch):
+    """A read-only parent (the run directory itself writable) had ended the run in a traceback."""
+    from filelock import FileLock
+
+    def read_only(self, *args, **kwargs):
+        raise PermissionError(30, "Read-only file system")
+
+    monkeypatch.setattr(FileLock, "acquire", read_only)
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=2))
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_run_refused_by_its_options_leaves_no_lock_behind(tmp_path):
+    with pytest.raises(MemlabError, match="nosuchtask"):
+        train(tiny_config(tmp_path / "new" / "run", steps=1, alg_tasks=["nosuchtask"]))
+    assert not (tmp_path / "new").exists()

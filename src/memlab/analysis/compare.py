@@ -407,7 +407,9 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
             shared = seed_outcomes(agg, name) if name in ACCURACIES else None
             ci = seeds_and_examples_interval(shared[1]) if shared is not None else stat["ci95"]
             lo, hi = RANGES[name]
-            ci = [min(max(v, lo), hi) for v in ci] if ci[0] is not None else None
+            ci = [min(max(v, lo), hi) for v in ci] if ci is not None and ci[0] is not None else None
+            if shared is not None and ci is None:  # nothing varies: as seeds that agree exactly
+                ci = [stat["mean"], stat["mean"]]
             if ci is not None and ci[0] == ci[1]:  # seeds that agree exactly: their examples' own uncertainty
                 ci = _agreeing_seeds_interval(name, metrics) or ci
             setattr(agg, name, Metric(stat["mean"], ci, stat["n"]))
@@ -473,8 +475,9 @@ def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
         seeds = seeds if None not in seeds and seeds[0][0] == seeds[1][0] else None  # all on the same examples
         if pairs is not None:
             ci = list(tango_paired_interval(*pairs))
-        elif seeds is not None:
-            ci = seeds_and_examples_interval(seeds[0][1], seeds[1][1])
+        elif seeds is not None:  # (where nothing varies, Tango's interval of one seed of each)
+            ci = seeds_and_examples_interval(seeds[0][1], seeds[1][1]) or list(
+                tango_paired_interval(seeds[0][1][0] > 0, seeds[1][1][0] > 0))
         else:
             ci = difference_interval(a, b) if both(a, b) else None
         if ci is None:
@@ -501,7 +504,8 @@ def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
         between runs trained on another device kind, number of processes or precision."""
         a, b = row.trained_on, base.trained_on
         if a is None or b is None:
-            return {"passed": None, "detail": "not comparable: its seeds trained on different setups"}
+            mixed = row.name if a is None else base.name
+            return {"passed": None, "detail": f"not comparable: the seeds of {mixed} trained on different setups"}
         differ = [k for k in ("device", "processes", "precision") if k in a and k in b and a[k] != b[k]]
         if differ:
             return {"passed": None, "detail": "not comparable: trained with " + ", ".join(

@@ -145,7 +145,8 @@ class LatentThoughts(Mixer):
         the read (its query and output projections and attention over the Z thoughts at every
         position; its key/value projection of a segment's thoughts once per segment) and the core's
         K refinements of the Z thoughts (self-attention over Z, cross-attention over L positions)
-        once per complete segment that a later position reads: floor((T - 1) / L) times."""
+        once per complete segment that a later position reads: floor((T - 1) / L) times.  The read's
+        projections of the padding that aligns a last partial segment are left out."""
         D, Z, L, K = self.config.d_model, self.init_thoughts.shape[0], self.segment_len, self.n_iters
         T, read_kv = seq_len, self.read.kv_proj.weight.numel()
         per_position = self.read.q_proj.weight.numel() + self.read.out_proj.weight.numel()

@@ -68,8 +68,9 @@ def _fsync_tree(directory: Path) -> None:
 
 
 @contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temporary directory next to ``final``; on success it gets a manifest and replaces ``final``."""
+def atomic_directory(final: Path, keep_replaced: Path | None = None) -> Iterator[Path]:
+    """Yield a temporary directory next to ``final``; on success it gets a manifest and replaces
+    ``final`` (which moves to ``keep_replaced`` when given, else is deleted)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -78,23 +79,27 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         yield tmp
         write_manifest(tmp)
         _fsync_tree(tmp)
-        replace_directory(tmp, final)  # a re-save: best_model, or a step re-run after a resume
+        replace_directory(tmp, final, keep_replaced)  # a re-save: best_model, or a step re-run after a resume
         _fsync(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def replace_directory(new: Path, final: Path) -> None:
+def replace_directory(new: Path, final: Path, keep_replaced: Path | None = None) -> None:
     """Put directory ``new`` at ``final`` (same file system), replacing what is there: the old one
-    (a directory or a file) is moved aside first and deleted last, so an interruption leaves one
-    whole (the old one under ``.old-<name>`` at worst, cleared by the next replacement)."""
+    (a directory or a file) is moved aside first and deleted last (or moved to ``keep_replaced``),
+    so an interruption leaves one whole (the old one under ``.old-<name>`` at worst, cleared by the
+    next replacement)."""
     old = final.parent / f"{OLD_PREFIX}{final.name}"
     if final.exists():
         _remove(old)
         os.replace(final, old)
     os.replace(new, final)
-    _remove(old)
+    if keep_replaced is not None and old.exists():
+        os.replace(old, keep_replaced)
+    else:
+        _remove(old)
 
 
 def _remove(path: Path) -> None:

@@ -4,9 +4,8 @@ Exact match comes from one teacher-forced forward (greedy decoding gives the sam
 argmax at every answer position is right); an answer span longer than ``max_new_tokens`` (with
 its EOS) counts as wrong, as decoding capped at that many tokens would, and a task whose answers
 run longer is named once in a warning.  (MQAR's values, scored one token each across the
-sequence, are spans of one.)  Each process evaluates examples of its own (``samples`` per
-task each); the accuracies and the task loss are combined over the processes, so the curriculum's
-observations and the choice of ``best_model/`` are the same on every process.
+sequence, are spans of one.)  Every process evaluates the
+same examples, so the curriculum's observations stay identical across processes.
 """
 
 from __future__ import annotations
@@ -101,8 +100,7 @@ def task_accuracy(
         result.acc[spec] = float(d.all_reduce_sum(torch.tensor([correct / samples]))[0]) / d.world_size
         result.difficulty[spec] = curriculum.difficulty(spec)
         curriculum.observe(spec, result.acc[spec])
-    loss_sum, loss_tokens = d.all_reduce_sum(torch.tensor([loss_sum, loss_tokens])).tolist()  # every process's
-    if loss_tokens:  # (each process had selected best_model/ on its own examples' loss)
+    if loss_tokens:
         result.task_loss = loss_sum / loss_tokens
     return result
 

@@ -72,6 +72,7 @@ def train(cfg: TrainConfig) -> Path:
     if d.device.type == "cpu":
         keep_freed_memory()
     try:
+        _check_before_any_work(cfg, d)
         with _run_lock(cfg.run_dir, d):
             return Trainer(cfg, d).run()
     finally:
@@ -81,7 +82,8 @@ def train(cfg: TrainConfig) -> Path:
 @contextlib.contextmanager
 def _run_lock(run_dir: Path, d: distributed.Dist) -> Iterator[None]:
     """Hold ``.<name>.lock`` beside the run directory for the run (main process): a second run into
-    the same directory is refused (the two had interleaved one metrics.jsonl), on every process."""
+    the same directory is refused (the two had interleaved one metrics.jsonl), on every process.
+    Where the parent cannot hold the lock file (read-only), the run goes on without one."""
     from filelock import FileLock, Timeout
 
     lock, problem = None, None
@@ -98,6 +100,9 @@ def _run_lock(run_dir: Path, d: distributed.Dist) -> Iterator[None]:
             lock = None
         except MemlabError as e:
             problem = str(e)
+        except OSError as e:  # (a read-only parent had ended the run in a traceback)
+            log.info("training in %s without a lock (%s)", run_dir, e)
+            lock = None
     problem = d.all_gather_object(problem)[0]  # (the other processes had waited for the main one forever)
     if problem:
         raise MemlabError(problem)
@@ -207,8 +212,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, d: distributed.Dist) -> None:
         t0 = time.perf_counter()
-        self.cfg, self.d, self.run_dir = cfg, d, cfg.run_dir
-        _check_before_any_work(cfg, d)
+        self.cfg, self.d, self.run_dir = cfg, d, cfg.run_dir  # (train() has run _check_before_any_work)
         resume_from = plan_start(cfg)
         if cfg.tensorboard:
             summary_writer()  # missing, it is refused before the run directory is touched
@@ -355,12 +359,14 @@ class Trainer:
             if self.d.rank:
                 seed = np.random.SeedSequence([self.cfg.seed, self.step, self.d.rank]).generate_state(1)[0]
                 torch.manual_seed(int(seed))
-        if self.d.is_main:
-            self._settle_best_model()
+        gone = self._settle_best_model() if self.d.is_main else False
+        if self.d.all_gather_object(gone)[0]:  # (on every process: under FSDP saving a best is a collective)
+            self.best["loss"] = None
 
     def _validation_windows(self) -> dict[str, Any]:
-        """What the validation loss is measured on (recorded with the best one): their placement, length, tokens."""
-        return {"val_windows": WINDOW_PLACEMENT, "val_seq_len": self.cfg.seq_len, "val_tokens": self.cfg.eval_tokens}
+        """What the validation loss is measured on (recorded with the best one): their placement, length, number."""
+        count = max(1, self.cfg.eval_tokens // self.cfg.seq_len)  # (as validation_loss takes them)
+        return {"val_windows": WINDOW_PLACEMENT, "val_seq_len": self.cfg.seq_len, "val_count": count}
 
     def _measured_elsewhere(self) -> str | None:
         """How the resumed best validation loss was measured, when on other windows than this run's (None: alike)."""
@@ -370,8 +376,8 @@ class Trainer:
         ours = self._validation_windows()
         theirs = {k: self.best.get(k, ours[k]) for k in ours}  # (absent: a checkpoint from before they were kept)
         if theirs != ours:
-            return (f"on {theirs['val_tokens']} tokens in windows of {theirs['val_seq_len']}, this run measures "
-                    f"{ours['val_tokens']} in windows of {ours['val_seq_len']} (--eval-tokens, --seq-len)")
+            return (f"on {theirs['val_count']} windows of {theirs['val_seq_len']} tokens, this run measures "
+                    f"{ours['val_count']} of {ours['val_seq_len']} (--eval-tokens, --seq-len)")
         return None
 
     def _check_global_batch(self, checkpoint: Path, saved: int | None) -> None:
@@ -384,10 +390,11 @@ class Trainer:
                 f"{self.d.world_size}; resume with the same product or start again with --overwrite"
             )
 
-    def _settle_best_model(self) -> None:
+    def _settle_best_model(self) -> bool:
         """Make best_model/ the one the resumed checkpoint records: one saved after the resumed step
         (of an abandoned continuation) is moved aside, and the one it replaced, kept as
-        best_model.recorded/ until a checkpoint recorded the new one, is put back."""
+        best_model.recorded/ until a checkpoint recorded the new one, is put back.  Returns whether
+        the recorded best weights are gone (a resume from a checkpoint older than the newest)."""
         best, kept = self.run_dir / "best_model", self.run_dir / RECORDED_BEST
         for directory in (best, kept):
             if not (directory / BEST_FILE).is_file():
@@ -404,6 +411,13 @@ class Trainer:
         elif kept.is_dir():
             kept.rename(best)
             log.warning("best_model/ is again the one the resumed checkpoint records (step %s)", self.best["step"])
+        recorded = self.best["step"]
+        held = read_json_object(best / BEST_FILE).get("step") if (best / BEST_FILE).is_file() else None
+        if recorded is not None and held != recorded:  # (resumed from a checkpoint older than the newest, damaged)
+            log.warning("the best weights the resumed checkpoint records (step %s) are gone; best_model/ starts "
+                        "again at the next evaluation", recorded)
+            return True
+        return False
 
     def _write_model_files(self, path: Path, model_state: dict | None) -> None:
         if model_state is None:
@@ -441,10 +455,9 @@ class Trainer:
         """Save the model as best_model/, with best.json: its step, selection loss and accuracy per task."""
         model_state = self._full_model_state()
         if self.d.is_main:
-            best, kept = self.run_dir / "best_model", self.run_dir / RECORDED_BEST
-            if best.is_dir() and not kept.exists():  # what the last checkpoint records, for a resume from it
-                best.rename(kept)
-            with ckpt.atomic_directory(best) as tmp:
+            kept = self.run_dir / RECORDED_BEST  # the replaced best_model/, which the last checkpoint records
+            keep = None if kept.exists() else kept
+            with ckpt.atomic_directory(self.run_dir / "best_model", keep_replaced=keep) as tmp:
                 self._write_model_files(tmp, model_state)
                 record = {"loss": self.best["loss"], "step": self.best["step"], "acc": acc}
                 (tmp / BEST_FILE).write_text(json.dumps(record) + "\n")
