@@ -29,11 +29,12 @@ def build_model(variant: str = "baseline", size: str = "tiny", **overrides: Any)
 
 
 def load(path: str | Path, device: str = "cpu"):
-    """Load a model from a model directory, a checkpoint, a run directory or an export."""
+    """Load a model from a model directory, a checkpoint, a run directory or an export, in eval mode
+    (as evaluation loads it; ``.train()`` to fine-tune it)."""
     from memlab.models.lm import LanguageModel
     from memlab.paths import resolve_model_dir
 
-    return LanguageModel.load(resolve_model_dir(path), device=device)
+    return LanguageModel.load(resolve_model_dir(path), device=device).eval()
 
 
 def ablate(model, mode: str = "zero", horizon: int | None = None, layers: list[int] | None = None):

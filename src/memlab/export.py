@@ -117,7 +117,7 @@ def model_card(
         "```python",
         "import memlab, torch",
         "from memlab.data.tokenizer import load_tokenizer",
-        "model, tok = memlab.load(PATH).eval(), load_tokenizer(PATH)  # PATH: this directory",
+        "model, tok = memlab.load(PATH), load_tokenizer(PATH)  # PATH: this directory; the model in eval mode",
         "ids = torch.tensor([tok.encode('def add(a, b):')])",
         "print(tok.decode(model.generate(ids, max_new_tokens=32)[0].tolist()))",
         "```",

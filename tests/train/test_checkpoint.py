@@ -254,3 +254,9 @@ def test_optimizer_state_needs_no_pickled_code(tmp_path):
     (tmp_path / "step_1" / ckpt.OPTIMIZER_FILE).write_bytes(b"garbage")
     with pytest.raises(MemlabError, match="cannot load"):
         ckpt.read_optimizer_state(tmp_path / "step_1", torch.device("cpu"))
+
+
+def test_memlab_load_gives_a_model_in_eval_mode(tmp_path):
+    """As evaluation's loader does (a dropout or ACT's training-only paths must not run by default)."""
+    memlab.build_model("baseline", "tiny", d_model=32, n_layers=1).save(tmp_path / "m")
+    assert not memlab.load(tmp_path / "m").training

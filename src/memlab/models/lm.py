@@ -312,8 +312,9 @@ def sample_next(
     logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator=None
 ) -> torch.Tensor:
     """(B, V) logits -> (B,) next tokens: the argmax when ``temperature <= 0``; else a draw from
-    softmax(logits / temperature) restricted to the ``top_k`` most likely tokens and to the
-    smallest set whose probability reaches ``top_p`` (the most likely token always stays)."""
+    softmax(logits / temperature) restricted to the ``top_k`` most likely tokens (and those tied
+    with the k-th) and to the smallest set whose probability reaches ``top_p`` (the most likely
+    token always stays)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     logits = logits.double()  # a temperature below float32's smallest number must not round to 0
