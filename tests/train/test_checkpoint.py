@@ -257,6 +257,6 @@ def test_optimizer_state_needs_no_pickled_code(tmp_path):
 
 
 def test_memlab_load_gives_a_model_in_eval_mode(tmp_path):
-    """As evaluation's loader does (a dropout or ACT's training-only paths must not run by default)."""
+    """As evaluation's loader gives it (it had been in training mode, nn.Module's default)."""
     memlab.build_model("baseline", "tiny", d_model=32, n_layers=1).save(tmp_path / "m")
     assert not memlab.load(tmp_path / "m").training
