@@ -252,8 +252,9 @@ def test_a_second_run_into_a_directory_in_use_is_refused(tmp_path):
     train(tiny_config(run, steps=3, resume=True))
 
 
-def test_a_best_loss_an_older_memlab_measured_on_the_split_prefix_is_not_compared(tmp_path, text_corpus, caplog):
-    """Validation windows are now spread over the split: a resumed run's best loss of the prefix is other text."""
+def validated_runs(tmp_path, text_corpus):
+    """A run directory and the configs of runs there that validate on shards of ``text_corpus``
+    (evaluated and checkpointed every 2 steps, every checkpoint kept)."""
     from memlab.data.text import prepare_shards
 
     data, run = tmp_path / "data", tmp_path / "run"
@@ -262,6 +263,13 @@ def test_a_best_loss_an_older_memlab_measured_on_the_split_prefix_is_not_compare
     def config(steps, **overrides):
         return tiny_config(run, steps=steps, corpus=None, data_dir=str(data), eval_interval=2, save_interval=2,
                            keep_last=0, **overrides)
+
+    return run, config
+
+
+def test_a_best_loss_an_older_memlab_measured_on_the_split_prefix_is_not_compared(tmp_path, text_corpus, caplog):
+    """Validation windows are now spread over the split: a resumed run's best loss of the prefix is other text."""
+    run, config = validated_runs(tmp_path, text_corpus)
 
     train(config(2))
     checkpoint = run / "checkpoints" / "step_2"
@@ -323,14 +331,7 @@ def test_a_resume_keeps_the_count_of_bad_steps_in_a_row(tmp_path, monkeypatch):
 
 def test_a_best_loss_measured_on_other_windows_is_not_compared(tmp_path, text_corpus, caplog):
     """A resume with another --eval-tokens had compared its losses with a best measured on other windows."""
-    from memlab.data.text import prepare_shards
-
-    data, run = tmp_path / "data", tmp_path / "run"
-    prepare_shards(text_corpus, "byte", data, val_fraction=0.2)
-
-    def config(steps, **overrides):
-        return tiny_config(run, steps=steps, corpus=None, data_dir=str(data), eval_interval=2, save_interval=2,
-                           keep_last=0, **overrides)
+    run, config = validated_runs(tmp_path, text_corpus)
 
     train(config(2, eval_tokens=96))
     state = json.loads((run / "checkpoints" / "step_2" / TRAINER_STATE_FILE).read_text())
