@@ -621,7 +621,8 @@ def criteria_markdown(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]], 
     head = (f"Verdicts against `{base.name}` (wins = algorithmic >= +{100 * criteria.min_alg_gain:g} pts, better OOD, "
             f"training time <= {criteria.max_time_ratio:g}x, perplexity <= {criteria.max_ppl_ratio:g}x; an accuracy "
             "criterion holds when the 95% interval of the difference, shown in brackets, clears its threshold; "
-            "\"paired\" where both runs were scored on the same examples):\n\n")
+            "\"paired\" where both runs were scored on the same examples; each verdict is its own test at 95%, "
+            "uncorrected for comparing several variants with one baseline):\n\n")
     def mark(c: dict[str, Any]) -> str:  # an undecided criterion has an interval; a missing one none
         return {True: "yes", False: "no", None: "?" if "interval" in c else "n/a"}[c["passed"]]
 
