@@ -194,3 +194,31 @@ def test_a_language_model_context_beyond_the_shortest_model_is_capped_alone():
     assert note == "evaluation contexts capped at 512 tokens, the max_seq_len of `cdm_v3`"
     options, note = study.eval_options(preset, ["baseline"])
     assert options.lm_context == 600 and note is None
+
+
+def test_a_variant_that_diverges_is_left_out_and_named_and_not_trained_again(toy_preset, tmp_path, monkeypatch):
+    """One variant's divergence had ended the study with no report, and every rerun trained it again."""
+    from memlab.train.trainer import TrainingDiverged
+
+    real_train, trained = memlab.train.train, []
+
+    def gdn_diverges(cfg):
+        trained.append(cfg.variant)
+        if cfg.variant != "gdn":
+            return real_train(cfg)
+        (cfg.run_dir).mkdir(parents=True)
+        (cfg.run_dir / "summary.json").write_text(json.dumps({"status": "diverged"}))  # as the trainer leaves it
+        raise TrainingDiverged("training diverged: 10 consecutive steps with a non-finite loss; lower --lr")
+
+    monkeypatch.setattr(memlab.train, "train", gdn_diverges)
+    cfg = StudyConfig(preset=toy_preset, out_dir=str(tmp_path), variants=["baseline", "gdn", "ssm"], progress=False)
+    result = run_study(cfg)
+    assert [r.name for r in result.comparison.rows] == ["baseline-s0", "ssm-s0"]
+    assert "Left out, diverged (too many non-finite steps in a row; the variant has no verdict): `gdn-s0`." in (
+        result.report.read_text())
+    assert trained == ["baseline", "gdn", "ssm"]
+    run_study(cfg)  # nothing left to train: the diverged run is not trained again
+    assert trained == ["baseline", "gdn", "ssm"]
+    with pytest.raises(MemlabError, match=r"the baseline gdn diverged \(gdn-s0\): there is nothing to compare"):
+        run_study(StudyConfig(preset=toy_preset, out_dir=str(tmp_path), variants=["baseline", "gdn"], baseline="gdn",
+                              progress=False))

@@ -171,15 +171,15 @@ def test_a_run_shorter_than_max_bad_steps_whose_every_step_is_bad_diverged(tmp_p
     """It had been reported completed."""
     poison_forward(monkeypatch, set(range(100)))
     cfg = tiny_config(tmp_path / "run", steps=3)
-    with pytest.raises(TrainingDiverged, match="3 consecutive steps"):
-        train(cfg)
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps.*no checkpoint was saved before it"):
+        train(cfg)  # (it had named checkpoints/ as intact: never written)
     assert json.loads((cfg.run_dir / "summary.json").read_text())["status"] == "diverged"
 
 
 def test_too_many_bad_steps_in_a_row_stop_with_the_checkpoint_intact(tmp_path, monkeypatch):
     poison_forward(monkeypatch, set(range(4, 100)))
     cfg = tiny_config(tmp_path / "run", steps=20, save_interval=3, max_bad_steps=3)
-    with pytest.raises(TrainingDiverged, match="3 consecutive steps.*step 6.*is intact"):
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps.*step 6.*the last checkpoint, .*step_3, is intact"):
         train(cfg)
     assert [p.name for p in (cfg.run_dir / "checkpoints").iterdir()] == ["step_3"]
     assert json.loads((cfg.run_dir / "summary.json").read_text())["status"] == "diverged"

@@ -72,6 +72,8 @@ def write_report(path: Path, plan: dict[str, Any], preset, comparison: Compariso
         "is the memory ablation below (its seeds one by one); training time is the seconds of the training steps "
         "(evaluations and checkpoints left out).\n",
         markdown(comparison.rows, comparison.verdicts) + "\n",
+        *([f"Left out, diverged (too many non-finite steps in a row; the variant has no verdict): "
+           f"{', '.join(f'`{name}`' for name in plan['diverged'])}.\n"] if plan.get("diverged") else []),
         criteria_markdown(comparison.rows, comparison.verdicts, base, comparison.criteria) + "\n",
         "## Memory ablation\n",
         ablation_head + ablation_markdown(comparison) + "\n",
@@ -85,5 +87,7 @@ def write_report(path: Path, plan: dict[str, Any], preset, comparison: Compariso
         ),
         "\n(seconds of training and evaluation, in whichever session did them; -: not recorded.)\n",
     ]
-    path.write_text("\n".join(sections))
+    tmp = path.with_name(f".{path.name}.tmp")  # (a kill mid-write had left a truncated report that looked whole)
+    tmp.write_text("\n".join(sections))
+    tmp.replace(path)
     return path

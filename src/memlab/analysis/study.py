@@ -13,6 +13,10 @@ Layout of ``out_dir``::
     compare/                   compare.md / .csv / .json and the side-by-side plots
     report.md                  the table, the verdicts, the memory ablation and the plots
 
+A run that diverges (too many non-finite steps in a row) is left out, with every seed of its
+variant, and the report names it; it is not trained again on a rerun (the same seed and budget).
+If the baseline diverges there is nothing to compare with, and the study ends with that error.
+
 Every run uses the same budget (and, seed for seed, the same training seeds), and every model is
 evaluated on the same examples (the evaluation seed is fixed), so differences are paired by
 example (over the seeds too, with ``--seeds`` N).  An interrupted study resumes: a
@@ -190,7 +194,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     from memlab.analysis.report import write_report
     from memlab.eval.hub import evaluate
     from memlab.train import TrainConfig, train
-    from memlab.train.trainer import run_completed
+    from memlab.train.trainer import TrainingDiverged, run_status
 
     out = Path(cfg.out_dir)
     plan = check_plan(cfg, out)
@@ -201,18 +205,30 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         log.warning(plan["note"])
     _write_plan(out, plan)  # the budget, before any work: a study interrupted in its first run keeps its guard
     started = time.perf_counter()
-    run_dirs = []
+    run_dirs, diverged, collapsed = [], [], set()  # collapsed: variants a seed of which diverged (no verdict)
     for seed in plan["seeds"]:
         for variant in plan["variants"]:
             name = run_dir_name(variant, seed)
             run_dir = out / "runs" / name
             record = plan["runs"].setdefault(name, {})
-            trained = not run_completed(run_dir)
+            status = run_status(run_dir)
+            if status == "diverged":  # (the same seed and budget would diverge again)
+                log.warning("%s diverged in an earlier session: it is not trained again", name)
+                diverged.append(name)
+                collapsed.add(variant)
+                continue
+            trained = status != "completed"
             if trained:  # afresh, or resumed from the run's newest checkpoint
                 log.info("training %s", name)
                 t0 = time.perf_counter()
-                train(TrainConfig(**preset.train, variant=variant, model_size=preset.size, seed=seed,
-                                  output_dir=str(run_dir), data_dir=str(out / "data"), progress=cfg.progress))
+                try:
+                    train(TrainConfig(**preset.train, variant=variant, model_size=preset.size, seed=seed,
+                                      output_dir=str(run_dir), data_dir=str(out / "data"), progress=cfg.progress))
+                except TrainingDiverged as e:  # (one variant's collapse had ended the study, unreported)
+                    log.warning("%s: %s; the study goes on without it", name, str(e).split(";")[0])
+                    diverged.append(name)
+                    collapsed.add(variant)
+                    continue
                 record["train_s"] = time.perf_counter() - t0
             if trained or not evaluated(run_dir, options):
                 log.info("evaluating %s", name)
@@ -220,13 +236,18 @@ def run_study(cfg: StudyConfig) -> StudyResult:
                 evaluate(run_dir, "all", run_dir / "eval", options, progress=cfg.progress)
                 record["eval_s"] = time.perf_counter() - t0
             _write_plan(out, plan)
-            run_dirs.append(run_dir)
-    rows = [load_run(d) for d in run_dirs]
+            run_dirs.append((variant, run_dir))
+    if cfg.baseline in collapsed:
+        runs = ", ".join(name for name in diverged if name.startswith(f"{cfg.baseline}-s"))
+        raise MemlabError(f"the baseline {cfg.baseline} diverged ({runs}): there is nothing to compare the other "
+                          "variants with; choose another --baseline or another --out_dir")
+    plan["diverged"] = diverged
+    rows = [load_run(d) for variant, d in run_dirs if variant not in collapsed]
     comparison = compare_rows(aggregate(rows) if len(plan["seeds"]) > 1 else rows, out / "compare", cfg.baseline)
     plan["session_s"] = time.perf_counter() - started
     _write_plan(out, plan)
     report = write_report(out / REPORT_FILE, plan, preset, comparison, out)
-    return StudyResult(out, report, comparison, run_dirs)
+    return StudyResult(out, report, comparison, [d for _, d in run_dirs])
 
 
 def _write_plan(out: Path, plan: dict[str, Any]) -> None:

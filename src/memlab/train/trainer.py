@@ -116,12 +116,17 @@ def _run_lock(run_dir: Path, d: distributed.Dist) -> Iterator[None]:
 # ------------------------------------------------------------------ run directory
 
 
+def run_status(run_dir: Path) -> str | None:
+    """The status summary.json records of the run in ``run_dir`` (None: no readable summary)."""
+    try:
+        return json.loads((run_dir / SUMMARY_FILE).read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def run_completed(run_dir: Path) -> bool:
     """Whether the run in ``run_dir`` finished (its summary.json says ``completed``; an unreadable one does not)."""
-    try:
-        return json.loads((run_dir / SUMMARY_FILE).read_text()).get("status") == "completed"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return run_status(run_dir) == "completed"
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
@@ -585,10 +590,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # a run shorter than max_bad_steps whose every step is bad has diverged too (it had been "completed")
         if self.bad_in_row >= min(cfg.max_bad_steps, self.total_steps):
+            saved = checkpoint_dirs(self.run_dir)  # (it had named a checkpoint directory never written)
+            kept = f"the last checkpoint, {saved[-1]}, is intact" if saved else "no checkpoint was saved before it"
             raise TrainingDiverged(
                 f"training diverged: {self.bad_in_row} consecutive steps with a non-finite loss or gradient "
-                f"(step {self.step}); the last checkpoint in {self.run_dir / 'checkpoints'} is intact; "
-                "lower --lr or use --precision fp32"
+                f"(step {self.step}); {kept}; lower --lr or use --precision fp32"
             )
 
     def _evaluate(self) -> dict[str, Any]:
