@@ -37,7 +37,13 @@ def finite(value: Any) -> Any:
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as strict JSON through a temporary file of this process and a rename, so a
     reader sees the old file or the new one, whole."""
+    write_text(path, json.dumps(finite(data), indent=2, allow_nan=False) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` through a temporary file of this process and a rename: a reader (or a process
+    killed mid-write) sees the old file or the new one, whole."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(finite(data), indent=2, allow_nan=False) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)

@@ -111,7 +111,7 @@ class Row:
     recipe: dict[str, Any] = field(default_factory=dict, repr=False)  # the model and training, but the seed
     seed: int | None = None  # the training seed, when the run recorded it
     outcomes: dict[str, Outcomes] = field(default_factory=dict, repr=False)  # algorithmic / ood, where recorded
-    trained_on: dict[str, Any] | None = field(default_factory=dict, repr=False)  # see training_setup; None: mixed
+    trained_on: dict[str, Any] | None = field(default_factory=dict, repr=False)  # see training_time; None: mixed
 
 
 METRICS = ("algorithmic", "ood", "needle", "perplexity", "delta", "train_time_s")
@@ -251,13 +251,15 @@ def _brief(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def training_seconds(run_dir: Path) -> float | None:
+def training_time(run_dir: Path) -> tuple[float | None, dict[str, Any]]:
     """The run's time in training steps over every resumed session (``train_time_s`` of its
     summary.json: evaluation, plots and checkpoints left out, which --eval-interval had made a
-    criterion of); an older run's wall time, with a warning, where it records none."""
+    criterion of; an older run's wall time, with a warning, where it records none), and what that
+    time measured: ``tokens`` trained, ``device`` kind, ``processes`` and ``precision`` (those the
+    summary records).  (None, {}) without a summary."""
     path = run_dir / "summary.json"
     if not path.is_file():
-        return None
+        return None, {}
     summary = read_json_object(path)
     seconds = summary.get("train_time_s")
     if not isinstance(seconds, (int, float)):
@@ -265,18 +267,11 @@ def training_seconds(run_dir: Path) -> float | None:
         if isinstance(seconds, (int, float)):
             log.warning("%s records no train_time_s (an older memlab): its training time is its wall time, "
                         "evaluation and checkpoints included", path)
-    return float(seconds) if isinstance(seconds, (int, float)) else None
-
-
-def training_setup(run_dir: Path) -> dict[str, Any]:
-    """What a run's training time measured, from its summary.json: ``tokens`` trained, ``device``
-    kind, ``processes`` and ``precision`` (those it records; {} without a summary)."""
-    path = run_dir / "summary.json"
-    summary = read_json_object(path) if path.is_file() else {}
     device = summary.get("device")
     setup = {"tokens": summary.get("tokens_seen"), "device": device.split(":")[0] if isinstance(device, str) else None,
              "processes": summary.get("world_size"), "precision": summary.get("precision")}
-    return {k: v for k, v in setup.items() if v is not None}
+    seconds = float(seconds) if isinstance(seconds, (int, float)) else None
+    return seconds, {k: v for k, v in setup.items() if v is not None}
 
 
 def load_run(run_dir: str | Path) -> Row:
@@ -290,10 +285,9 @@ def load_run(run_dir: str | Path) -> Row:
     except (KeyError, TypeError, AttributeError, ValueError) as e:  # damaged by hand below the validated top level
         raise MemlabError(f"the results in {run_dir} do not follow the schema ({type(e).__name__}: {e})") from None
     row.result_files = files
-    seconds = training_seconds(run_dir)
+    seconds, row.trained_on = training_time(run_dir)
     if seconds is not None:
         row.train_time_s = Metric(seconds, None, 1)
-    row.trained_on = training_setup(run_dir)
     return row
 
 

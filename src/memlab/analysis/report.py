@@ -9,6 +9,7 @@ from typing import Any
 
 from memlab.analysis.compare import Comparison, criteria_markdown, markdown
 from memlab.eval.hub import delta_points
+from memlab.jsonfile import write_text
 from memlab.markdown import markdown_table
 
 
@@ -87,7 +88,5 @@ def write_report(path: Path, plan: dict[str, Any], preset, comparison: Compariso
         ),
         "\n(seconds of training and evaluation, in whichever session did them; -: not recorded.)\n",
     ]
-    tmp = path.with_name(f".{path.name}.tmp")  # (a kill mid-write had left a truncated report that looked whole)
-    tmp.write_text("\n".join(sections))
-    tmp.replace(path)
+    write_text(path, "\n".join(sections))  # (a kill mid-write had left a truncated report that looked whole)
     return path

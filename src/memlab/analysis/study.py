@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from memlab.cli_help import DefaultInDoc
 from memlab.errors import MemlabError, check_at_least, check_dir_target, choose
 from memlab.eval.options import EvalOptions
-from memlab.jsonfile import read_json_object
+from memlab.jsonfile import read_json_object, write_json
 
 if TYPE_CHECKING:
     from memlab.analysis.compare import Comparison
@@ -205,7 +205,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         log.warning(plan["note"])
     _write_plan(out, plan)  # the budget, before any work: a study interrupted in its first run keeps its guard
     started = time.perf_counter()
-    run_dirs, diverged, collapsed = [], [], set()  # collapsed: variants a seed of which diverged (no verdict)
+    run_dirs, diverged = [], {}  # diverged: run name -> its variant (which has no verdict then)
     for seed in plan["seeds"]:
         for variant in plan["variants"]:
             name = run_dir_name(variant, seed)
@@ -214,8 +214,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
             status = run_status(run_dir)
             if status == "diverged":  # (the same seed and budget would diverge again)
                 log.warning("%s diverged in an earlier session: it is not trained again", name)
-                diverged.append(name)
-                collapsed.add(variant)
+                diverged[name] = variant
                 continue
             trained = status != "completed"
             if trained:  # afresh, or resumed from the run's newest checkpoint
@@ -226,8 +225,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
                                       output_dir=str(run_dir), data_dir=str(out / "data"), progress=cfg.progress))
                 except TrainingDiverged as e:  # (one variant's collapse had ended the study, unreported)
                     log.warning("%s: %s; the study goes on without it", name, str(e).split(";")[0])
-                    diverged.append(name)
-                    collapsed.add(variant)
+                    diverged[name] = variant
                     continue
                 record["train_s"] = time.perf_counter() - t0
             if trained or not evaluated(run_dir, options):
@@ -237,12 +235,12 @@ def run_study(cfg: StudyConfig) -> StudyResult:
                 record["eval_s"] = time.perf_counter() - t0
             _write_plan(out, plan)
             run_dirs.append((variant, run_dir))
-    if cfg.baseline in collapsed:
-        runs = ", ".join(name for name in diverged if name.startswith(f"{cfg.baseline}-s"))
+    if cfg.baseline in diverged.values():
+        runs = ", ".join(name for name, variant in diverged.items() if variant == cfg.baseline)
         raise MemlabError(f"the baseline {cfg.baseline} diverged ({runs}): there is nothing to compare the other "
                           "variants with; choose another --baseline or another --out_dir")
-    plan["diverged"] = diverged
-    rows = [load_run(d) for variant, d in run_dirs if variant not in collapsed]
+    plan["diverged"] = list(diverged)
+    rows = [load_run(d) for variant, d in run_dirs if variant not in diverged.values()]
     comparison = compare_rows(aggregate(rows) if len(plan["seeds"]) > 1 else rows, out / "compare", cfg.baseline)
     plan["session_s"] = time.perf_counter() - started
     _write_plan(out, plan)
@@ -251,6 +249,4 @@ def run_study(cfg: StudyConfig) -> StudyResult:
 
 
 def _write_plan(out: Path, plan: dict[str, Any]) -> None:
-    tmp = out / f".{PLAN_FILE}.tmp"
-    tmp.write_text(json.dumps(plan, indent=2) + "\n")
-    tmp.replace(out / PLAN_FILE)
+    write_json(out / PLAN_FILE, plan)

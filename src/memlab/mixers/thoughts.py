@@ -30,7 +30,6 @@ ablation uses the exact generic windowed form.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +51,7 @@ class ThoughtCore(nn.Module):
         self.self_attn = CrossAttention(D, H)
         self.cross_attn = CrossAttention(D, H)
         self.mlp = nn.Sequential(nn.Linear(D, 4 * D, bias=False), nn.GELU(), nn.Linear(4 * D, D, bias=False))
+        self.mlp[-1].writes_residual = True  # initialised as a residual output projection (its name is mlp.2)
 
     def forward(self, z: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         zn = self.self_norm(z)
@@ -86,10 +86,7 @@ class LatentThoughts(Mixer):
         self.init_special_parameters()
 
     def init_special_parameters(self) -> None:
-        std = self.config.init_std
-        nn.init.normal_(self.init_thoughts, std=std)
-        # the core MLP's output is a residual output projection, scaled as the others (its name, mlp.2, had escaped)
-        nn.init.normal_(self.core.mlp[-1].weight, std=std / math.sqrt(2 * self.config.n_layers))
+        nn.init.normal_(self.init_thoughts, std=self.config.init_std)
 
     def refine(self, z: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         """The K refinements of thoughts ``z: (B, Z, D)`` on a complete segment ``seg: (B, L, D)``."""

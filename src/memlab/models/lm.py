@@ -84,11 +84,13 @@ class LanguageModel(nn.Module):
 
     # ---------------------------------------------------------------- building
     def reset_parameters(self) -> None:
-        """N(0, init_std) for matrices; residual output projections scaled by 1/sqrt(2 * layers)."""
+        """N(0, init_std) for matrices; residual output projections (named ``out_proj`` or ``down_proj``,
+        or marked ``writes_residual``) scaled by 1/sqrt(2 * layers)."""
         std = self.config.init_std
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("out_proj", "down_proj")) else 1
+                residual = name.endswith(("out_proj", "down_proj")) or getattr(module, "writes_residual", False)
+                scale = 1 / math.sqrt(2 * self.config.n_layers) if residual else 1
                 nn.init.normal_(module.weight, std=std * scale)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)

@@ -402,9 +402,7 @@ class Trainer:
         the recorded best weights are gone (a resume from a checkpoint older than the newest)."""
         best, kept = self.run_dir / "best_model", self.run_dir / RECORDED_BEST
         for directory in (best, kept):
-            if not (directory / BEST_FILE).is_file():
-                continue
-            saved_at = read_json_object(directory / BEST_FILE, f"; move {directory.name}/ away to resume").get("step")
+            saved_at = _best_step(directory)
             if (saved_at or 0) > self.step:
                 names = (f"best_model.abandoned-step_{saved_at}" + f".{i}" * (i > 1) for i in itertools.count(1))
                 aside = next(self.run_dir / n for n in names if not (self.run_dir / n).exists())
@@ -416,9 +414,8 @@ class Trainer:
         elif kept.is_dir():
             kept.rename(best)
             log.warning("best_model/ is again the one the resumed checkpoint records (step %s)", self.best["step"])
-        recorded = self.best["step"]
-        held = read_json_object(best / BEST_FILE).get("step") if (best / BEST_FILE).is_file() else None
-        if recorded is not None and held != recorded:  # (resumed from a checkpoint older than the newest, damaged)
+        recorded = self.best["step"]  # (gone: resumed from a checkpoint older than the newest, damaged)
+        if recorded is not None and _best_step(best) != recorded:
             log.warning("the best weights the resumed checkpoint records (step %s) are gone; best_model/ starts "
                         "again at the next evaluation", recorded)
             return True
@@ -711,6 +708,14 @@ class _Window:
         self.steps, self.loss, self.ce = state.get("steps", 0), state.get("loss", 0.0), state.get("ce", 0.0)
         self.grad_norm, self.aux = state.get("grad_norm", 0.0), dict(state.get("aux", {}))
         self.by_kind = {k: tuple(v) for k, v in state.get("by_kind", {}).items()}
+
+
+def _best_step(directory: Path) -> int | None:
+    """The step a best_model/ (or one kept or moved aside) was saved at, from its best.json; None without one."""
+    record = directory / BEST_FILE
+    if not record.is_file():
+        return None
+    return read_json_object(record, f"; move {directory.name}/ away to resume").get("step")
 
 
 def _sd_options(trainer: Trainer):
