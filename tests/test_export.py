@@ -174,6 +174,17 @@ def test_overwrite_never_deletes_a_run_or_its_checkpoints(run_dir, tmp_path):
     export(run_dir, tmp_path / "e", overwrite=True)  # an earlier export is still replaced
 
 
+def test_an_out_through_a_symbolic_link_is_written_where_the_link_points(run_dir, tmp_path):
+    """Through a link, export had made the link a directory and then failed deleting the old export."""
+    (tmp_path / "exports" / "v1").mkdir(parents=True)
+    link = tmp_path / "latest"
+    link.symlink_to(tmp_path / "exports" / "v1")
+    for overwrite in (False, True):
+        export(run_dir, link, overwrite=overwrite)
+        assert link.is_symlink() and (tmp_path / "exports" / "v1" / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports", "latest", "run"]  # nothing left aside
+
+
 def test_export_refuses_an_out_that_training_would_delete_or_that_is_a_file(run_dir, tmp_path):
     """An export inside best_model/ or a checkpoint was deleted, without a word, by the next resume."""
     for out in (run_dir / "best_model" / "exported", run_dir / "checkpoints" / "step_4" / "exported",

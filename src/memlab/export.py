@@ -67,10 +67,11 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
             if measured_model(doc["metadata"], model_dir):  # not another checkpoint's, nor older weights'
                 results.setdefault(p.name, doc)
 
-    staging = out.parent / f".{out.name}.{os.getpid()}.tmp"  # whole or nothing (mkdtemp's would be owner-only)
+    target = out.resolve()  # through a symbolic link, the directory it names (the link stays)
+    staging = target.parent / f".{target.name}.{os.getpid()}.tmp"  # whole or nothing (mkdtemp's: owner-only)
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         staging.mkdir()
     except OSError as e:  # (its message had named the staging directory, not --out)
         raise MemlabError(f"--out {out} cannot be written: {e.strerror or e}") from None
@@ -91,7 +92,7 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
         source = run_dir or model_dir
         card = model_card(model, tokenizer, source, step, summary, results)
         (staging / CARD_FILE).write_text(card)
-        replace_directory(staging, out)  # the old export stays whole until the new one is in place
+        replace_directory(staging, target)  # the old export stays whole until the new one is in place
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out

@@ -223,6 +223,17 @@ def test_overwrite_deletes_the_old_run_only_once_the_new_one_is_set_up(tmp_path,
         assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
 
 
+def test_overwrite_through_a_symbolic_link_replaces_the_run_it_names(tmp_path, capsys):
+    """--overwrite of an --output-dir that is a link had ended in "Cannot call rmtree on a symbolic link"."""
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    link = tmp_path / "current"
+    link.symlink_to(tmp_path / "runs" / "a")
+    train(tiny_config(link, steps=2, eval_samples=2))
+    main(["train", *cli_args(tiny_config(link, steps=2, eval_samples=2, lr=0.1)), "--overwrite"])
+    assert link.is_symlink()
+    assert parse(["--config", str(tmp_path / "runs" / "a" / "config.yaml")]).to_config().lr == 0.1
+
+
 def test_resume_keeps_the_model_and_the_tokens_already_trained(tmp_path, capsys):
     """A resume with another variant had trained the old weights on as the new one; one with fewer
     total tokens than trained had rewritten config.yaml and trained nothing."""

@@ -103,7 +103,7 @@ def replace_directory(new: Path, final: Path, keep_replaced: Path | None = None)
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()

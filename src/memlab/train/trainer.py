@@ -263,9 +263,9 @@ class Trainer:
         self.train_before: float | None = 0.0  # their seconds in training steps (None: an older checkpoint's run)
         self.window = _Window()
         if d.is_main:  # every check has passed: only now is the run --overwrite replaces deleted
-            if cfg.overwrite and self.run_dir.exists():
-                shutil.rmtree(self.run_dir)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if cfg.overwrite and self.run_dir.exists():  # (through a symbolic link, the directory it names)
+                shutil.rmtree(self.run_dir.resolve())
+            self.run_dir.resolve().mkdir(parents=True, exist_ok=True)
             ckpt.remove_partial(self.run_dir)
         d.barrier()
         if resume_from is not None:
