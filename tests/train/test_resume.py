@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -365,6 +367,29 @@ def test_a_kill_while_a_new_best_model_is_written_keeps_the_old_one(tmp_path, mo
         train(tiny_config(run, steps=4, eval_interval=1, save_interval=2, keep_last=0))
     assert json.loads((run / "best_model" / "best.json").read_text())["step"] == 2
     assert resolve_model_dir(run) == run / "best_model"
+
+
+def test_the_log_is_on_disk_before_a_checkpoint_records_its_step(tmp_path, monkeypatch):
+    """metrics.jsonl had been left to the page cache: a power cut after a checkpoint could lose log
+    lines that a resume from it keeps."""
+    synced = []  # ("log", its last step) or ("checkpoint", its step), in the order they reached the disk
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if path.name == "metrics.jsonl":
+            synced.append(("log", json.loads(path.read_text().splitlines()[-1])["step"]))
+        elif path.name == TRAINER_STATE_FILE:
+            synced.append(("checkpoint", json.loads(path.read_text())["step"]))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    train(tiny_config(tmp_path / "run", steps=4, save_interval=2))
+    checkpoints = [i for i, (kind, _) in enumerate(synced) if kind == "checkpoint"]
+    assert [synced[i][1] for i in checkpoints] == [2, 4]
+    for i in checkpoints:
+        logged = [step for kind, step in synced[:i] if kind == "log"]
+        assert logged and logged[-1] >= synced[i][1]
 
 
 def test_a_resume_that_finds_the_recorded_best_gone_says_so_and_saves_the_next(tmp_path, monkeypatch, caplog):

@@ -69,6 +69,13 @@ class MetricsLog:
                 if name != "step" and isinstance(value, (int, float)):
                     self.writer.add_scalar(name, value, record["step"])
 
+    def sync(self) -> None:
+        """Put ``metrics.jsonl`` on disk (before a checkpoint records its step: a power cut then leaves
+        no hole in the log a resume keeps)."""
+        if self.enabled and self.path.is_file():
+            with self.path.open("rb") as f:
+                os.fsync(f.fileno())
+
     def write_json(self) -> None:
         if self.enabled:
             write_json(self.path.with_name(METRICS_JSON), self.records)

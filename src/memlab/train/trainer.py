@@ -446,6 +446,7 @@ class Trainer:
         optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=_sd_options(self))
         rng_by_rank = self.d.all_gather_object(ckpt.rng_state())  # each process draws its own stream
         if self.d.is_main:
+            self.metrics.sync()
             directory = self.run_dir / "checkpoints" / f"step_{self.step}"
             ckpt.save_checkpoint(directory, lambda path: self._write_model_files(path, model_state), optim_state,
                                  self._trainer_state(rng_by_rank))
