@@ -71,11 +71,18 @@ def test_study_trains_evaluates_reports_and_resumes(toy_preset, tmp_path, monkey
     plan = json.loads((out / "study.json").read_text())
     assert plan["variants"] == VARIANTS and set(plan["runs"]) == {"baseline-s0", "gdn-s0"}
 
-    # run again: nothing is retrained or re-evaluated
+    # run again: nothing is retrained or re-evaluated; each run names the code that trained it
+    gdn_summary = out / "runs" / "gdn-s0" / "summary.json"
+    doc = json.loads(gdn_summary.read_text())
+    doc["metadata"].update(git_commit="0123456789abcdef", git_dirty=True)  # (trained in an earlier session)
+    gdn_summary.write_text(json.dumps(doc))
     trained = count_calls(monkeypatch, memlab.train, "train")
     evaluated = count_calls(monkeypatch, memlab.eval.hub, "evaluate")
-    run_study(cfg)
+    report = run_study(cfg).report.read_text()
     assert trained == [] and evaluated == []
+    runs_table = report[report.index("## Runs"):]
+    assert "| 0123456789 (uncommitted changes), cpu, float32 | `runs/gdn-s0` |" in runs_table
+    assert "0123456789" not in runs_table[runs_table.index("| baseline-s0 |"):].splitlines()[0]
 
     # results an older memlab wrote (perplexity measured elsewhere in the split) are evaluated again
     results = out / "runs" / "baseline-s0" / "eval" / "results_all.json"

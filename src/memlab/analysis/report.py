@@ -9,7 +9,7 @@ from typing import Any
 
 from memlab.analysis.compare import Comparison, criteria_markdown, markdown
 from memlab.eval.hub import delta_points
-from memlab.jsonfile import write_text
+from memlab.jsonfile import read_json_object, write_text
 from memlab.markdown import markdown_table
 
 
@@ -22,6 +22,18 @@ def _pct(record: dict[str, Any] | None) -> str:
 
 def _seconds(record: dict[str, Any], key: str) -> str:
     return f"{record[key]:.0f}" if key in record else "-"
+
+
+def _trained_by(run_dir: Path) -> str:
+    """The code and device that finished a run's training (its summary.json); - where not recorded."""
+    path = run_dir / "summary.json"
+    summary = read_json_object(path) if path.is_file() else {}
+    meta = summary.get("metadata") if isinstance(summary.get("metadata"), dict) else {}
+    commit = meta.get("git_commit")
+    code = f"{commit[:10]}{' (uncommitted changes)' if meta.get('git_dirty') else ''}" if isinstance(commit, str) \
+        else f"memlab {meta['memlab_version']}" if isinstance(meta.get("memlab_version"), str) else "-"
+    setup = [str(summary[k]) for k in ("device", "precision") if isinstance(summary.get(k), str)]
+    return ", ".join([code, *setup])
 
 
 def ablation_markdown(comparison: Comparison) -> str:
@@ -63,8 +75,9 @@ def write_report(path: Path, plan: dict[str, Any], preset, comparison: Compariso
         f"- training (every run the same): {', '.join(f'{k}={v}' for k, v in preset.train.items())}",
         f"- evaluation (the same examples for every model): {', '.join(f'{k}={v}' for k, v in preset.eval.items())}"
         + (f"; {plan['note']}" if plan.get("note") else ""),
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
-        f"memlab {__version__} (commit {git_commit() or 'unknown'}); written {utc_timestamp()}",
+        f"- report written on {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"by memlab {__version__} (commit {git_commit() or 'unknown'}) at {utc_timestamp()}; the code and device "
+        "each run was trained with are in the Runs table",
         f"- this session of the study took {plan.get('session_s', 0):.0f} s\n",
         "## Comparison\n",
         "Accuracies in % with 95% intervals (Wilson over examples for one run; for several seeds, a t interval "
@@ -82,11 +95,13 @@ def write_report(path: Path, plan: dict[str, Any], preset, comparison: Compariso
         *[f"![{Path(p).stem}]({p})\n" for p in rel],
         "## Runs\n",
         markdown_table(
-            ["run", "train s", "eval s", "directory"],
+            ["run", "train s", "eval s", "trained by (commit, device, precision)", "directory"],
             ([name, *(_seconds(plan["runs"].get(name, {}), key) for key in ("train_s", "eval_s")),
-              f"`{os.path.relpath(out / 'runs' / name, path.parent)}`"] for name in compared),
+              _trained_by(out / "runs" / name), f"`{os.path.relpath(out / 'runs' / name, path.parent)}`"]
+             for name in compared),
         ),
-        "\n(seconds of training and evaluation, in whichever session did them; -: not recorded.)\n",
+        "\n(seconds of training and evaluation, in whichever session did them; the commit of the session that "
+        "finished the training; -: not recorded.)\n",
     ]
     write_text(path, "\n".join(sections))  # (a kill mid-write had left a truncated report that looked whole)
     return path
