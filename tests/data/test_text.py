@@ -711,4 +711,5 @@ def test_a_validation_split_too_small_for_a_perplexity_interval_is_warned_of(cor
     assert (documents < 5) == warned and (0 < documents or not warned)
     messages = [r.getMessage() for r in caplog.records if "fell into the validation split" in r.getMessage()]
     assert messages == ([f"only {documents} document(s) of files:{corpus_dir}/*.txt fell into the validation split: "
-                         "a perplexity interval resamples documents and needs 5; raise --val-fraction"] if warned else [])
+                         "a perplexity interval resamples documents and needs 5; a larger --val-fraction (of memlab train or data "
+                         "prepare) or a larger corpus holds out more"] if warned else [])

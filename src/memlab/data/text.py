@@ -56,6 +56,8 @@ from memlab.paths import holds_training_output, is_model_dir
 __all__ = ["PrepareResult", "TokenShards", "data_request", "is_validation", "open_source", "prepare_shards"]
 log = logging.getLogger(__name__)
 BATCH_BYTES = 4 << 20  # documents are tokenised in batches of about this much text
+# (evaluation prepares a run's own split, which it cannot widen: the advice names where it is chosen)
+MORE_HELD_OUT = "a larger --val-fraction (of memlab train or data prepare) or a larger corpus holds out more"
 
 
 @dataclass
@@ -325,10 +327,10 @@ def _write_shards(
         raise MemlabError(f"source {src.spec} yielded no documents (empty corpus)")
     held_out = splits["val"]["documents"]
     if request["val_fraction"] > 0 and not held_out:
-        log.warning("no document of %s fell into the validation split; raise --val-fraction", src.spec)
+        log.warning("no document of %s fell into the validation split; %s", src.spec, MORE_HELD_OUT)
     elif request["val_fraction"] > 0 and held_out < MIN_DOCUMENTS:
         log.warning("only %d document(s) of %s fell into the validation split: a perplexity interval resamples "
-                    "documents and needs %d; raise --val-fraction", held_out, src.spec, MIN_DOCUMENTS)
+                    "documents and needs %d; %s", held_out, src.spec, MIN_DOCUMENTS, MORE_HELD_OUT)
     return {
         "format": FORMAT,
         "source": src.spec,
