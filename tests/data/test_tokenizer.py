@@ -9,6 +9,7 @@ from local_tokenizers import metaspace_tokenizer
 
 from memlab.data.tokenizer import (
     BPE_FILE,
+    MAX_PIECE_CHARS,
     META_FILE,
     SPECIAL_TOKENS,
     BPETokenizer,
@@ -64,6 +65,16 @@ def test_bpe_round_trip_vocab_and_digits(bpe):
 def test_bpe_splits_digits_even_when_its_corpus_is_all_numbers():
     numbers = build_tokenizer("bpe", texts=["12345 67890 " * 50] * 5, vocab_size=300)
     assert [numbers.decode([i]) for i in numbers.encode("1234567890")] == list("1234567890")
+
+
+def test_bpe_learns_no_piece_longer_than_its_cap_from_a_long_run_without_spaces():
+    """A minified line or a base64 blob had been one piece, whose training time grows with its square."""
+    blob = "".join("abcdefgh"[(i * i + 3 * i) % 7] for i in range(4 * MAX_PIECE_CHARS + 5))
+    tok = build_tokenizer("bpe", texts=[blob] * 3, vocab_size=400)
+    pieces = tok._tok.pre_tokenizer.pre_tokenize_str(blob + " and more")
+    assert max(len(piece) for piece, _ in pieces) == MAX_PIECE_CHARS
+    assert "".join(piece for piece, _ in pieces) == blob + "Ġand" + "Ġmore"  # nothing lost or reordered
+    assert tok.decode(tok.encode(blob)) == blob
 
 
 def test_bpe_offsets_are_the_character_span_of_each_id(bpe):
