@@ -545,7 +545,7 @@ def test_the_study_report_shows_what_the_files_hold(tmp_path, base):
     preset = Preset("toy budget", "tiny", train={"seq_len": 64}, eval={"samples": 1})
     report = write_report(tmp_path / "report.md", plan, preset, compared, tmp_path).read_text()
     assert "| gdn-s0 | [0] | 50% [47, 53] | 20% [18, 23] | +30.0 [+25.0, +35.0] |" in report
-    assert "| gdn-s0 | 12 | 346 | `runs/gdn-s0` |" in report and "| base | - | - | `runs/base` |" in report
+    assert "| gdn-s0 | 12 | 346 | - | `runs/gdn-s0` |" in report and "| base | - | - | - | `runs/base` |" in report
     assert "- evaluation (the same examples for every model): samples=1; evaluation contexts capped at 512 tokens\n" in report
 
 
