@@ -363,6 +363,25 @@ def test_a_corpus_source_is_split_as_the_run_split_its_data(byte_tok, tmp_path):
     assert (request["val_fraction"], request["split_seed"]) == (0.3, 7)
 
 
+def test_a_model_without_a_record_of_its_training_is_split_at_the_defaults_with_a_warning(byte_tok, tmp_path, caplog):
+    """A bare model directory's held-out documents had been memlab train's default split without a word."""
+    text = tmp_path / "text"
+    text.mkdir()
+    for i in range(40):
+        (text / f"doc{i}.txt").write_text(f"Document {i}. " * 30)
+    options = EvalOptions(corpus=f"files:{text}/*.txt", lm_tokens=64, lm_context=32)
+    for run_dir, warned in ((None, True), (tmp_path / "run", False)):
+        if run_dir is not None:
+            run_dir.mkdir()
+            (run_dir / "config.yaml").write_text("data: {val_fraction: 0.3, split_seed: 7}\n")
+        ctx = EvalContext(small_model(byte_tok), byte_tok, options, out_dir=tmp_path / f"out{warned}", run_dir=run_dir)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="memlab.eval.hub"):
+            request = evaluate_model(ctx, "lm")["results"]["corpus_request"]
+        assert (request["val_fraction"], request["split_seed"]) == ((0.01, 0) if warned else (0.3, 7))
+        assert any("carries no record of its training" in r.getMessage() for r in caplog.records) == warned
+
+
 def test_the_runs_own_data_prepared_again_with_other_text_is_refused(byte_tok, tmp_path):
     """The lm suite reads the run's data directory; re-prepared since, it holds other documents than the run held out."""
     import yaml

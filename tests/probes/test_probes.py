@@ -385,7 +385,7 @@ def test_probe_text_is_the_held_out_documents_alone(tmp_path):
     assert read(documents="all") == "".join(texts)
 
 
-def test_probes_select_the_held_out_documents_of_the_run(tmp_path, corpora):
+def test_probes_select_the_held_out_documents_of_the_run(tmp_path, corpora, caplog):
     """A run's split is the one its config records, else its prepared data's; an unknown one is
     refused: another split would probe training text as held out."""
     import yaml
@@ -414,6 +414,9 @@ def test_probes_select_the_held_out_documents_of_the_run(tmp_path, corpora):
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     assert split(run) == (0.2, 7)
     assert split(save_model(tmp_path / "alone")) == (0.01, 0)  # outside a run
+    with caplog.at_level("WARNING", logger="memlab.eval.hub"):  # its held-out documents are a guess: said
+        assert split(tmp_path / "alone", documents="val", val_fraction=0.99) == (0.99, 0)
+    assert [r.getMessage() for r in caplog.records if "carries no record of its training" in r.getMessage()]
 
 
 def test_probe_windows_are_the_seq_len_the_run_trained_with(tmp_path, corpora):

@@ -188,6 +188,22 @@ def run_held_out_split(run_dir: Path) -> tuple[float, int] | None:
     return request["val_fraction"], request["split_seed"]
 
 
+def held_out_split(run_dir: Path | None, corpus: str | None) -> tuple[float, int]:
+    """(val_fraction, split_seed) of the documents a model held out: its run's
+    (:func:`run_held_out_split`), else memlab train's defaults, with a warning where the held-out
+    documents of ``corpus`` are read (None: none are) for a model that carries no record of its
+    training (documents it trained on may then be read as held out)."""
+    from memlab.train.config import TrainConfig
+
+    split = None if run_dir is None else run_held_out_split(run_dir)
+    default = (TrainConfig.val_fraction, 0)  # prepare_shards' split_seed, which training keeps
+    if run_dir is None and corpus is not None:
+        log.warning("this model carries no record of its training: the documents of %s it held out are taken as "
+                    "memlab train's default split (val_fraction %s, seed 0) where not given, which may not be the one "
+                    "it trained with", corpus, default[0])
+    return split or default
+
+
 def load_checkpoint(path: str | Path, device: str = "auto") -> tuple[nn.Module, Tokenizer, Path]:
     """(model in eval mode, tokenizer, model directory) of a run, checkpoint or model directory."""
     import memlab

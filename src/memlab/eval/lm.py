@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from memlab.data.shards import HEADER_FILE, MIN_DOCUMENTS, WINDOW_PLACEMENT, TokenShards, read_header
 from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
-from memlab.eval.hub import EvalContext, file_safe, register_suite, run_data, run_data_dir, run_held_out_split
+from memlab.eval.hub import EvalContext, file_safe, held_out_split, register_suite, run_data, run_data_dir
 from memlab.eval.stats import document_bootstrap
 
 
@@ -77,8 +77,7 @@ def open_corpus(ctx: EvalContext, spec: str) -> tuple[str, TokenShards]:
         if ctx.out_dir is None:
             raise MemlabError(f"corpus {spec!r} is not a prepared shard directory and there is no out_dir for it")
         directory = ctx.out_dir / "lm_data" / file_safe(spec)
-        split = None if ctx.run_dir is None else run_held_out_split(ctx.run_dir)
-        fraction, seed = split or (0.01, 0)  # the run's: its held-out documents, if it trained on this source
+        fraction, seed = held_out_split(ctx.run_dir, spec)  # the run's held-out documents, if it trained on spec
         prepare_shards(spec, ctx.tokenizer, directory, val_fraction=fraction, split_seed=seed)
     checksum = _recorded_checksum(ctx, directory)
     return str(spec), TokenShards(directory, "val", tokenizer=ctx.tokenizer, checksum=checksum)

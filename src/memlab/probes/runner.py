@@ -22,7 +22,7 @@ from memlab.devices import resolve_device
 from memlab.errors import MemlabError, check_dir_target, choose
 from memlab.eval import schema
 from memlab.eval.exact_match import check_context
-from memlab.eval.hub import load_checkpoint, run_data, run_dir_of, run_held_out_split, trained_by
+from memlab.eval.hub import held_out_split, load_checkpoint, run_data, run_dir_of, run_held_out_split, trained_by
 from memlab.paths import checkpoint_step
 from memlab.plotting import remove_stale_figures
 from memlab.probes.activity import LayerActivity, record_activity, slot_layers
@@ -107,21 +107,19 @@ def run_probe(
 
 def with_held_out_split(options: ProbeOptions, checkpoint: Path) -> ProbeOptions:
     """``options`` with the validation split filled in where it is not given: that of the run
-    holding ``checkpoint`` (:func:`memlab.eval.hub.run_held_out_split`), else 0.01 and seed 0 (a
-    model outside a run, or a run on tasks only).  Probing with another split than training's
+    holding ``checkpoint`` (:func:`memlab.eval.hub.held_out_split`: else memlab train's default,
+    with a warning for a model outside a run).  Probing with another split than training's
     would read training documents as held out, so a run whose split cannot be read is refused."""
     if options.val_fraction is not None and options.split_seed is not None:
         return options
-    fraction, seed = 0.01, 0
     run = trained_by(checkpoint)  # a run directory itself, a checkpoint or best_model/ in one, an export
-    split = None if run is None else run_held_out_split(run)
-    if split is not None:
-        fraction, seed = split
-    elif run is not None and run_data(run).get("data_dir") and options.documents == "val":
+    held_out = options.documents == "val"
+    if held_out and run is not None and run_held_out_split(run) is None and run_data(run).get("data_dir"):
         raise MemlabError(
             f"the documents {run} held out are unknown: its data {run_data(run)['data_dir']} is not found; "
             "give --val-fraction and --split-seed, or --documents all"
         )
+    fraction, seed = held_out_split(run, options.corpus if held_out else None)
     return replace(
         options,
         val_fraction=fraction if options.val_fraction is None else options.val_fraction,
