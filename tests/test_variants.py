@@ -356,6 +356,19 @@ def test_saved_weights_are_as_readable_as_the_config(tmp_path):
     assert mode & 0o044 and (tmp_path / "m" / "model.safetensors").stat().st_mode == mode
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_trains_and_decodes_with_bf16_weights(variant):
+    """ACT's float32 halting sums had turned a bf16 model's hidden state float32 (the head then failed)."""
+    model = build(variant).to(torch.bfloat16)
+    x = tokens(model, 2, 24)
+    logits = model.train()(x)
+    assert logits.dtype == torch.bfloat16
+    logits.float().sum().backward()
+    assert all(p.grad is None or p.grad.dtype == torch.bfloat16 for p in model.parameters())
+    out = model.eval().generate(x[:, :8], max_new_tokens=3)
+    assert out.shape == (2, 11)
+
+
 def test_a_bf16_model_loads_as_bf16(tmp_path):
     """It had come back float32, with other logits and twice the memory."""
     model = build("gdn").to(torch.bfloat16)

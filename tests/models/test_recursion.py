@@ -208,6 +208,20 @@ def test_act_halting_head_gets_gradients_from_the_language_loss():
     assert model.body.halt.weight.grad.abs().sum() > 0
 
 
+def test_act_halting_probability_is_float32_under_bf16_autocast():
+    """Computed in bf16 it was up to 0.009 off, enough to move positions across the 0.99 threshold."""
+    model = build("act")
+    spread_halting(model, scale=1.0)
+    h = torch.randn(2, 64, model.config.d_model, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        exact = model.body.halting_probability(h)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_autocast = model.body.halting_probability(h)
+    assert under_autocast.dtype == torch.float32 and torch.equal(under_autocast, exact)
+    bf16 = model.to(torch.bfloat16)  # a bf16 model keeps its dtype through the float32 halting sums
+    assert bf16(tokens(2, 16)).dtype == torch.bfloat16 and bf16.train()(tokens(2, 16)).dtype == torch.bfloat16
+
+
 def test_act_ponder_cost_scales_with_lambda():
     x = tokens(2, 24)
     costs = []

@@ -28,6 +28,7 @@ from memlab.mixers.thoughts import LatentThoughts
 from memlab.models.block import build_blocks
 from memlab.models.body import Stack, block_flops_per_token
 from memlab.models.lm import BODIES
+from memlab.ops.precision import at_least_float32
 
 
 class LoopBody(nn.Module):
@@ -134,9 +135,12 @@ class AdaptiveComputationTime(LoopBody):
         return rc.act_fixed_steps or rc.act_max_steps
 
     def halting_probability(self, h: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T) probability of halting after this step."""
-        h = F.rms_norm(h, (h.shape[-1],), eps=self.config.norm_eps)
-        return torch.sigmoid(self.halt(h).squeeze(-1))
+        """(B, T, D) -> (B, T) probability of halting after this step, in at least float32 under
+        autocast too (summed against the threshold: in bf16 it moved some positions' step counts)."""
+        dtype = at_least_float32(h.dtype)
+        with torch.autocast(h.device.type, enabled=False):
+            h = F.rms_norm(h.to(dtype), (h.shape[-1],), eps=self.config.norm_eps)
+            return torch.sigmoid(F.linear(h, self.halt.weight.to(dtype), self.halt.bias.to(dtype)).squeeze(-1))
 
     def forward(self, h: torch.Tensor, states: list | None = None) -> torch.Tensor:
         rc = self.config.recursion
@@ -165,7 +169,7 @@ class AdaptiveComputationTime(LoopBody):
             p = self.halting_probability(h)
             halts = running & ((cum + p >= rc.act_threshold) | (n + 1 == self.n_steps))
             weight = torch.where(halts, 1 - cum, torch.where(running, p, torch.zeros_like(p)))
-            out = out + weight[..., None] * h
+            out = out + weight[..., None].to(h.dtype) * h  # (the halting sums are float32 in a bf16 model)
             remainder = torch.where(halts, 1 - cum, remainder)
             cum = torch.where(running & ~halts, cum + p, cum)
             running = running & ~halts
