@@ -99,6 +99,9 @@ def _error(argv, capsys) -> str:
         (["--replay_fraction", "-1"], "--replay_fraction must be in [0, 1], got -1.0"),
         (["--retrieval_tasks", "niah", "--retrieval_ratio", "1.5"], "--retrieval_ratio must be in [0, 1], got 1.5"),
         (["--replay_fraction", "0.6", "--retrieval_tasks", "niah", "--retrieval_ratio", "0.6"], "at most 1, got 0.6 + 0.6"),
+        # no language phase to share out: its tasks had counted as trained (in the best model's task loss)
+        (["--corpus", "none", "--alg_tokens", "64", "--total_tokens", "64", "--retrieval_tasks", "mqar",
+          "--retrieval_ratio", "0.5"], "no retrieval batch would be drawn; lower --alg_tokens"),
         (["--curriculum_jitter", "2"], "--curriculum_jitter must be in [0, 1], got 2.0"),
         (["--curriculum_threshold", "2"], "--curriculum_threshold must be in [0, 1], got 2.0"),
         (["--curriculum_cooldown", "-1"], "--curriculum_cooldown must be >= 0, got -1"),

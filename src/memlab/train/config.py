@@ -225,6 +225,10 @@ class TrainConfig:
         if self.replay_fraction + self.retrieval_ratio > 1:
             raise MemlabError(f"--replay_fraction + --retrieval_ratio must be at most 1, got "
                               f"{self.replay_fraction} + {self.retrieval_ratio}")
+        if self.retrieval_ratio > 0 and self.alg_tokens >= self.total_tokens:  # (its tasks had counted as trained)
+            raise MemlabError(f"--retrieval_ratio shares out the language phase, which starts after --alg_tokens "
+                              f"{self.alg_tokens}, at or past --total_tokens {self.total_tokens}: no retrieval batch "
+                              "would be drawn; lower --alg_tokens")
         if self.resume and self.overwrite:
             raise MemlabError("--resume and --overwrite exclude each other")
         choose("precision", self.precision, typing.get_args(Precision))
