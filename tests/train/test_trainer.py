@@ -133,9 +133,11 @@ def test_rerunning_a_finished_run_trains_no_further(run):
     assert records(run_dir) == before
 
 
-@pytest.mark.parametrize("variant", ["baseline", "cdm"])
+@pytest.mark.parametrize("variant", ["baseline", "cdm", "act"])
 def test_gradient_accumulation_matches_the_full_batch(tmp_path, variant):
-    """cdm has an auxiliary loss: one not divided by grad_accum would count grad_accum times."""
+    """cdm and act have auxiliary losses: one not divided by grad_accum would count grad_accum times;
+    act's ponder cost, a mean over real positions, had been a mean of the micro-batches' means (their
+    rows hold different numbers of padded positions)."""
     full = train(tiny_config(tmp_path / "full", steps=3, batch_size=4, variant=variant))
     accumulated = train(tiny_config(tmp_path / "accum", steps=3, batch_size=2, grad_accum=2, variant=variant))
     a, b = records(full), records(accumulated)

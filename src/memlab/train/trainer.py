@@ -538,6 +538,7 @@ class Trainer:
         input_ids, labels = self.data.curriculum.next_batch()  # (R, T) the global batch
         kind, lengths = self.data.curriculum.last_kind, self.data.curriculum.last_lengths  # lengths: (R,) or None
         n_labels = max(1, int((labels != IGNORE_INDEX).sum()))  # labelled positions of the global batch
+        n_real = input_ids.numel() if lengths is None else max(1, int(lengths.sum()))  # its real input positions
         rows = slice(d.rank * cfg.batch_size * cfg.grad_accum, (d.rank + 1) * cfg.batch_size * cfg.grad_accum)
         input_ids, labels = input_ids[rows], labels[rows]  # (A * B, T) this process's rows
         real = None if lengths is None else torch.arange(input_ids.shape[1]) < lengths[rows, None]  # not padding
@@ -548,11 +549,14 @@ class Trainer:
             x, y = (t[part].to(d.device, non_blocking=True) for t in (input_ids, labels))
             valid = None if real is None else real[part].to(d.device, non_blocking=True)
             with distributed.no_sync(self.model, sync=micro == cfg.grad_accum - 1):
+                # auxiliary losses are means over a micro-batch's real positions: weighted by its share of the
+                # global batch's, they are those of the global mean, however the batch is split (as the CE is)
+                share = (x.numel() if real is None else int(real[part].sum())) / n_real  # (counted on the CPU)
                 with self.autocast:
                     ce = self.model(x, labels=y)  # summed over labelled positions, no (B, T, V) logits kept
-                    aux = {name: value / cfg.grad_accum for name, value in self.raw_model.aux_losses(valid).items()}
+                    aux = {name: value * share for name, value in self.raw_model.aux_losses(valid).items()}
                 # gradients are averaged over processes: this scaling makes them those of the global mean
-                loss = ce * (d.world_size / n_labels) + sum(aux.values(), torch.zeros((), device=d.device))
+                loss = (ce / n_labels + sum(aux.values(), torch.zeros((), device=d.device))) * d.world_size
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             ce_sum += ce.detach()
             for name, value in aux.items():
@@ -566,7 +570,7 @@ class Trainer:
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
         ce_total, *aux_totals, grad_norm = torch.cat([totals, grad_norm.reshape(1).double()]).tolist()
         ce_mean = ce_total / n_labels
-        aux_means = {n: v / d.world_size for n, v in zip(names, aux_totals)}
+        aux_means = dict(zip(names, aux_totals))
         loss_value = ce_mean + sum(aux_means.values())
         self.lr = lr_at(self.step, cfg.lr, cfg.warmup, self.total_steps, cfg.min_lr_ratio)
         finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
