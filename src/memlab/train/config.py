@@ -70,7 +70,8 @@ class TrainConfig:
     alg_tokens: int = 200_000
     """split curriculum: algorithmic batches only for the first alg_tokens tokens, then language"""
     total_tokens: int = 400_000
-    """tokens to train on (all ranks, all micro-batches)"""
+    """tokens to train on (all ranks, all micro-batches): token positions, seq_len x rows, a task batch's
+    padding included (as in tokens_seen and tokens/s)"""
     replay_fraction: float = 0.0
     """fraction of language-phase batches that replay algorithmic tasks"""
     retrieval_tasks: list[str] = field(default_factory=list)
