@@ -533,6 +533,26 @@ def test_an_accuracy_cell_is_the_percentage_then_its_interval_low_to_high():
     assert _pct({"accuracy": None, "n": 0, "ci95": None}) == "-" and _pct(None) == "-"
 
 
+def test_a_comparison_killed_while_writing_leaves_the_last_files_whole(tmp_path, base, monkeypatch):
+    """compare.md/.csv/.json had been written in place: a kill mid-write left a truncated file."""
+    from pathlib import Path
+
+    out, better = tmp_path / "compare", make_run(tmp_path, "gdn-s1", alg=0.9)
+    compare([base, make_run(tmp_path, "gdn-s0")], out, plots=False)
+    before = {name: (out / name).read_bytes() for name in ("compare.md", "compare.csv", "compare.json")}
+    real_write_text = Path.write_text
+
+    def killed_halfway(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        compare([base, better], out, plots=False)
+    monkeypatch.undo()
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
 def test_the_study_report_shows_what_the_files_hold(tmp_path, base):
     """The ablation row reads normal then zeroed from results_all.json, the runs table the plan's seconds,
     and the setup the plan's note."""

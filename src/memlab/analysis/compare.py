@@ -32,6 +32,7 @@ A verdict is ``does not win`` when a criterion fails, ``wins`` when all hold, el
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -51,7 +52,7 @@ from memlab.eval.stats import (
     tango_paired_interval,
     wilson_interval,
 )
-from memlab.jsonfile import read_json_object
+from memlab.jsonfile import read_json_object, write_text
 from memlab.markdown import markdown_table
 from memlab.paths import measured_model, resolve_model_dir, same_model_dir
 from memlab.plotting import remove_stale_figures
@@ -633,15 +634,16 @@ def write_csv(path: Path, rows: Sequence[Row], verdicts: dict[str, dict[str, Any
     for name in METRICS:
         header += [name, f"{name}_ci_low", f"{name}_ci_high", f"{name}_n", f"{name}_collapsed"]
     header += ["verdict"]
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for r in rows:
-            line: list[Any] = [r.name, r.variant, r.size, r.runs, r.params, r.state_bytes]
-            for name in METRICS:
-                m: Metric = getattr(r, name)
-                line += [m.value, *(m.ci95 or [None, None]), m.n, m.collapsed]
-            writer.writerow([*line, verdicts[r.name]["verdict"]])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    for r in rows:
+        line: list[Any] = [r.name, r.variant, r.size, r.runs, r.params, r.state_bytes]
+        for name in METRICS:
+            m: Metric = getattr(r, name)
+            line += [m.value, *(m.ci95 or [None, None]), m.n, m.collapsed]
+        writer.writerow([*line, verdicts[r.name]["verdict"]])
+    write_text(path, text.getvalue())
 
 
 # ------------------------------------------------------------------------- entry
@@ -684,14 +686,13 @@ def compare_rows(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.md").write_text(
-            markdown(rows, verdicts) + "\n\n" + criteria_markdown(rows, verdicts, base, criteria) + "\n"
-        )
+        write_text(out / "compare.md",  # (each file whole: a kill mid-write had left a truncated one)
+                   markdown(rows, verdicts) + "\n\n" + criteria_markdown(rows, verdicts, base, criteria) + "\n")
         write_csv(out / "compare.csv", rows, verdicts)
         data = {"metadata": provenance(), "baseline": base.name, "criteria": asdict(criteria), "verdicts": verdicts,
                 "rows": [{k: v for k, v in asdict(r).items()
                           if k not in ("results", "members", "measured_on", "recipe", "outcomes")} for r in rows]}
-        (out / "compare.json").write_text(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
+        write_text(out / "compare.json", json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
         files += [out / "compare.md", out / "compare.csv", out / "compare.json"]
         if plots:
             from memlab.analysis.compare_plots import plot_comparison

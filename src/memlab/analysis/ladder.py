@@ -42,6 +42,7 @@ from memlab.config import SIZES, ModelConfig, build_config, size_fields
 from memlab.errors import MemlabError, check_dir_target
 from memlab.eval.lm import document_losses
 from memlab.eval.stats import document_bootstrap
+from memlab.jsonfile import write_json, write_text
 from memlab.markdown import markdown_table
 from memlab.models.lm import LanguageModel
 from memlab.provenance import provenance
@@ -357,8 +358,8 @@ def run_ladder(
             "verdict": dataclasses.asdict(verdict(by_params)),
         }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "scaling.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "scaling.md").write_text(markdown_report(report))
+    write_json(out_dir / "scaling.json", report)  # (each file whole: a kill mid-write had left a truncated one)
+    write_text(out_dir / "scaling.md", markdown_report(report))
     plot_ladder(report, out_dir / "scaling.png")
     return report
 

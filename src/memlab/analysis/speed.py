@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from memlab.cli_help import Precision
 from memlab.config import build_config
 from memlab.devices import resolve_device
 from memlab.errors import MemlabError, check_at_least, check_dir_target, choose
+from memlab.jsonfile import write_json, write_text
 from memlab.markdown import markdown_table
 from memlab.plotting import pyplot, save_figure
 from memlab.provenance import provenance
@@ -248,8 +248,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         _measure_memory(cfg, device, report["variants"])
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "bench.md").write_text(markdown_report(report) + "\n")
+    write_json(out / "bench.json", report)  # (each file whole: a kill mid-write had left a truncated one)
+    write_text(out / "bench.md", markdown_report(report) + "\n")
     plot_bench(report, out / "bench.png")
     return report
 
