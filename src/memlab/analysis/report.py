@@ -29,9 +29,11 @@ def _trained_by(run_dir: Path) -> str:
     path = run_dir / "summary.json"
     summary = read_json_object(path) if path.is_file() else {}
     meta = summary.get("metadata") if isinstance(summary.get("metadata"), dict) else {}
-    commit = meta.get("git_commit")
-    code = f"{commit[:10]}{' (uncommitted changes)' if meta.get('git_dirty') else ''}" if isinstance(commit, str) \
-        else f"memlab {meta['memlab_version']}" if isinstance(meta.get("memlab_version"), str) else "-"
+    commit, version = meta.get("git_commit"), meta.get("memlab_version")
+    if isinstance(commit, str):
+        code = commit[:10] + (" (uncommitted changes)" if meta.get("git_dirty") else "")
+    else:  # (memlab run from an installed copy: its version alone)
+        code = f"memlab {version}" if isinstance(version, str) else "-"
     setup = [str(summary[k]) for k in ("device", "precision") if isinstance(summary.get(k), str)]
     return ", ".join([code, *setup])
 
