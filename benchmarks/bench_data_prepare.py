@@ -5,6 +5,8 @@ and times reading the same documents without tokenising (after one untimed read)
 reference measured in the same run.  BPE training is timed apart from tokenisation.  Prints JSON.  Reproduce:
 
     python benchmarks/bench_data_prepare.py --source stdlib-code --tokenizers byte bpe
+
+(``--source 'files:DIR/*.txt'`` of lines without spaces times BPE training on minified text: see RESULTS.md.)
 """
 
 from __future__ import annotations
