@@ -20,6 +20,7 @@ import bench_gpu  # noqa: E402
 import bench_kernels  # noqa: E402
 import bench_ssm  # noqa: E402
 import bench_train  # noqa: E402
+import bench_window  # noqa: E402
 
 
 def test_gated_delta_benchmark_reports_kernel_and_model_ratios():
@@ -89,3 +90,12 @@ def test_act_benchmark_runs_the_planned_steps_and_fits_both_axes():
     assert set(train["fit_step_s"]) == {"mean_steps", "max_steps"} and train["follows"] in ("mean", "max")
     decode = {(r["steps"], r["form"]) for r in result["decode"]["results"] if r["tokens_per_s"] > 0}
     assert decode == {(k, form) for k in (2, 8) for form in ("rows", "reference")}
+
+
+def test_window_benchmark_times_each_form_at_each_length():
+    result = bench_window.main(bench_window.Args(seq_lens=[16, 40], window=4, heads=2, kv_heads=1, head_dim=8,
+                                                 rounds=1))
+    assert [r["seq_len"] for r in result["rows"]] == [16, 40]
+    for row in result["rows"]:
+        assert all(row[f"{name}_ms"] > 0 for name in ("blocked", "dense_mask", "full_causal"))
+        assert row["blocked_speedup_vs_dense"] == pytest.approx(row["dense_mask_ms"] / row["blocked_ms"], rel=0.05)

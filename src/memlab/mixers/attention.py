@@ -5,7 +5,10 @@ attention is a ring buffer of ``window`` slots, where slot ``i`` holds the newes
 position ``p`` with ``p % window == i`` (so positions are derived, never stored).
 The horizon ablation is native: keys older than ``h`` tokens are masked.  Both run at
 some positions only (:class:`memlab.mixers.base.Rows`) against the keys and values every
-position left at its last such forward (:class:`RowKeys`).
+position left at its last such forward (:class:`RowKeys`).  A forward of several tokens under a
+window (sliding, or a horizon ablation) attends in blocks of queries
+(:func:`memlab.ops.windowed_attention.windowed_attention`): linear in the sequence, where a dense
+mask was quadratic.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from memlab.config import ModelConfig
 from memlab.mixers import register_mixer
 from memlab.mixers.base import Mixer, MixerState, Rows
 from memlab.ops.rope import apply_rope
+from memlab.ops.windowed_attention import windowed_attention
 
 
 @dataclass
@@ -95,20 +99,23 @@ class Attention(Mixer):
             keys, values, k_pos = k, v, q_pos
         else:
             keys, values, k_pos = self._cache_update(state, k, v)
-        y = self._attend(q, keys, values, q_pos, k_pos, aligned=state is None or T == 1)
+        if self.window is not None and T > 1:  # (the keys are consecutive positions up to the last query)
+            y = windowed_attention(q, keys, values, self.window)
+        else:
+            y = self._attend(q, keys, values, q_pos, k_pos, aligned=state is None or T == 1)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_pos: torch.Tensor,
                 k_pos: torch.Tensor, aligned: bool) -> torch.Tensor:
         """Causal attention of ``q (B, H, R, Dh)`` at positions ``q_pos`` ((R,) or (B, R)) to the
-        keys and values ``(B, Hkv, S, Dh)`` at ``k_pos (S,)`` (negative: an empty slot), within the
-        window.  ``aligned``: the queries are the keys' positions, or one query after them all, so
-        without a window no mask is needed."""
+        keys and values ``(B, Hkv, S, Dh)`` at ``k_pos (S,)``, within the window.  ``aligned``: the
+        queries are the keys' positions, or one query after them all, so without a window no mask
+        is needed."""
         window = self.window
         if aligned and window is None:
             return F.scaled_dot_product_attention(q, keys, values, is_causal=q.shape[2] > 1, enable_gqa=self._gqa)
         age = q_pos[..., None] - k_pos  # (R, S) or (B, R, S)
-        allowed = (age >= 0) & (k_pos >= 0)
+        allowed = age >= 0
         if window is not None:
             allowed &= age < window
         mask = allowed if allowed.dim() == 2 else allowed[:, None]  # (B, 1, R, S): every head alike
@@ -214,13 +221,12 @@ class SlidingWindowAttention(Attention):
         return super().state_nbytes(self.config.attention.window, batch_size, dtype)
 
     def _cache_update(self, state: KVCache, k: torch.Tensor, v: torch.Tensor):
+        """The ring's keys and values in position order (the slots it holds), then the new ones."""
         W, T, start = state.k.shape[2], k.shape[2], state.length
-        slots = torch.arange(W, device=k.device)
-        # newest position p < start with p % W == slot (negative: empty slot)
-        cached_pos = start - 1 - (start - 1 - slots) % W
-        keys = torch.cat([state.k, k], dim=2)
-        values = torch.cat([state.v, v], dim=2)
-        positions = torch.cat([cached_pos, torch.arange(start, start + T, device=k.device)])
+        held = torch.arange(max(0, start - W), start, device=k.device)  # the positions in the ring, oldest first
+        keys = torch.cat([state.k[:, :, held % W], k], dim=2)
+        values = torch.cat([state.v[:, :, held % W], v], dim=2)
+        positions = torch.arange(max(0, start - W), start + T, device=k.device)
         keep = min(T, W)
         new_pos = torch.arange(start + T - keep, start + T, device=k.device)
         state.k[:, :, new_pos % W] = k[:, :, T - keep :].to(state.k.dtype)  # (autocast: the cache keeps its dtype)
