@@ -363,6 +363,34 @@ def test_a_corpus_source_is_split_as_the_run_split_its_data(byte_tok, tmp_path):
     assert (request["val_fraction"], request["split_seed"]) == (0.3, 7)
 
 
+def test_the_lm_suite_scores_a_block_of_positions_at_a_time(byte_tok, tmp_path, monkeypatch):
+    """It had held every window's (b, T, V) logits and a log-softmax copy: 4 GB at b=8, T=2048, V=32000."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import memlab.ops.linear_cross_entropy as head
+
+    class LargestOutput(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.numel = max(self.numel, out.numel() if isinstance(out, torch.Tensor) else 0)
+            return out
+
+    text = tmp_path / "text"
+    text.mkdir()
+    for i in range(40):
+        (text / f"doc{i}.txt").write_text(f"Document {i}. " * 30)
+    options = EvalOptions(corpus=f"files:{text}/*.txt", lm_tokens=256, lm_context=32)
+    ctx = EvalContext(small_model(byte_tok), byte_tok, options, out_dir=tmp_path / "out", run_dir=None)
+    whole = evaluate_model(ctx, "lm")["results"]
+    monkeypatch.setattr(head, "BLOCK_BYTES", 4 * byte_tok.vocab_size * 16)  # 16 positions' logits a block
+    with LargestOutput() as largest:
+        blocked = evaluate_model(ctx, "lm")["results"]
+    assert blocked["windows"] == 8 and blocked["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+    assert largest.numel < 8 * 32 * byte_tok.vocab_size  # never every position's logits
+
+
 def test_a_model_without_a_record_of_its_training_is_split_at_the_defaults_with_a_warning(byte_tok, tmp_path, caplog):
     """A bare model directory's held-out documents had been memlab train's default split without a word."""
     text = tmp_path / "text"

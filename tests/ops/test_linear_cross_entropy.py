@@ -7,7 +7,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import memlab
-from memlab.ops.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
+from memlab.errors import MemlabError
+from memlab.ops.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference, linear_token_nll
 
 
 def _loss_and_grads(fn, hidden, weight, targets, **kw):
@@ -97,6 +98,47 @@ def test_model_loss_equals_cross_entropy_of_its_logits():
     torch.testing.assert_close(loss, want)
     for got, p in zip(grads, model.parameters()):
         torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-6)
+
+
+class _LargestOutput(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor):
+            self.numel = max(self.numel, out.numel())
+        return out
+
+
+@pytest.mark.parametrize("n_rows, block_rows", [(0, 4), (1, 4), (13, 4), (40, 7), (40, 64)])
+def test_each_rows_loss_equals_the_cross_entropy_of_the_full_logits(n_rows, block_rows):
+    g = torch.Generator().manual_seed(n_rows)
+    hidden = torch.randn(n_rows, 12, generator=g, dtype=torch.float64)
+    weight = torch.randn(50, 12, generator=g, dtype=torch.float64) * 3
+    targets = torch.randint(0, 50, (n_rows,), generator=g)
+    want = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="none")
+    with _LargestOutput() as largest:
+        got = linear_token_nll(hidden, weight, targets, block_rows=block_rows)
+    torch.testing.assert_close(got, want)
+    if block_rows < n_rows:  # a block's logits at a time, never all of them
+        assert largest.numel < n_rows * 50
+
+
+def test_the_models_per_position_loss_sums_to_its_loss():
+    """``model(ids, labels=..., reduction="none")`` (the lm suite's) against the logits' cross-entropy."""
+    model = memlab.build_model("baseline", "tiny", vocab_size=64, n_layers=1).eval()
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        each = model(ids, labels=ids.roll(-1, 1), reduction="none")
+        want = torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.roll(-1, 1).flatten(), reduction="none")
+        total = model(ids, labels=ids.roll(-1, 1))
+    assert each.shape == (2, 9)
+    torch.testing.assert_close(each.flatten(), want)
+    torch.testing.assert_close(each.sum(), total)
+    with pytest.raises(MemlabError, match="reduction must be 'sum' or 'none'"):
+        model(ids, labels=ids, reduction="mean")
 
 
 def test_a_second_backward_is_refused():

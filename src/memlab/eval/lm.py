@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from memlab.data.shards import HEADER_FILE, MIN_DOCUMENTS, WINDOW_PLACEMENT, TokenShards, read_header
 from memlab.errors import MemlabError
@@ -112,9 +111,8 @@ def document_losses(
     nlls, doc_ids = [], []  # per predicted token, in text order: its NLL and its document's index in the split
     for starts, windows in shards.evaluation_windows(batch, seq_len, max_windows=max_windows):  # (b,), (b, T + 1)
         windows = windows.to(device)
-        logits = model(windows[:, :-1])  # (b, T, V)
-        targets = windows[:, 1:].flatten()  # (b T,)
-        nlls.append(F.cross_entropy(logits.flatten(0, 1).float(), targets, reduction="none").double().cpu().numpy())
+        nll = model(windows[:, :-1], labels=windows[:, 1:], reduction="none")  # (b, T), never the (b, T, V) logits
+        nlls.append(nll.flatten().double().cpu().numpy())
         positions = starts[:, None] + np.arange(1, seq_len + 1)  # (b, T) the targets' places in the split
         doc_ids.append(shards.documents_before(positions.ravel()))
     _, ids = np.unique(np.concatenate(doc_ids), return_inverse=True)  # (N,) the documents met, renumbered

@@ -14,6 +14,7 @@ import stat
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -24,7 +25,7 @@ from memlab.data.tasks.base import IGNORE_INDEX
 from memlab.errors import MemlabError
 from memlab.mixers import Mixer, MixerState
 from memlab.models.body import Stack
-from memlab.ops.linear_cross_entropy import linear_cross_entropy
+from memlab.ops.linear_cross_entropy import linear_cross_entropy, linear_token_nll
 
 BODIES: dict[str, type[nn.Module]] = {"stack": Stack}
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -120,17 +121,22 @@ class LanguageModel(nn.Module):
         state: ModelState | None = None,
         labels: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        reduction: Literal["sum", "none"] = "sum",
     ) -> torch.Tensor:
         """(B, T) token ids -> (B, T, vocab) logits; with ``state``, continue from it and update it.
 
         ``logits_to_keep`` > 0 returns only the last that many positions' logits (B, n, vocab): a
         prefill that needs the next token's distribution only does not hold T x vocab floats.
         With ``labels`` (B, T), returns instead the cross-entropy summed over the positions whose
-        label is not ``IGNORE_INDEX`` (a scalar, float32 at least), without materialising the logits.
+        label is not ``IGNORE_INDEX`` (a scalar, float32 at least), without materialising the logits;
+        with ``reduction="none"`` too, each position's (B, T), for evaluation (no gradients; every
+        label a token id).
         """
         self._check_inputs(input_ids, state, labels)
         if logits_to_keep < 0:
             raise MemlabError(f"logits_to_keep must be >= 0 (0: every position's), got {logits_to_keep}")
+        if reduction not in ("sum", "none"):
+            raise MemlabError(f"reduction must be 'sum' or 'none', got {reduction!r}")
         T = input_ids.shape[1]
         h = self.embed(input_ids)  # (B, T, D)
         start = 0 if state is None else state.position
@@ -144,6 +150,8 @@ class LanguageModel(nn.Module):
         h = self.body(h, None if state is None else state.layers)
         if state is not None:
             state.position += T
+        if labels is not None and reduction == "none":
+            return linear_token_nll(self.norm(h).flatten(0, 1), self.head.weight, labels.flatten()).view_as(labels)
         if labels is not None:
             return linear_cross_entropy(self.norm(h).flatten(0, 1), self.head.weight, labels.flatten(), IGNORE_INDEX)
         return self.head(self.norm(h[:, -logits_to_keep:] if logits_to_keep else h))

@@ -43,12 +43,35 @@ def linear_cross_entropy(
         raise ValueError(f"targets of shape {tuple(targets.shape)} do not match hidden {tuple(hidden.shape)}")
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
-    most = block_rows or max(1, BLOCK_BYTES // (4 * weight.shape[0]))
-    blocks = max(1, -(-hidden.shape[0] // most))
-    rows = max(1, -(-hidden.shape[0] // blocks))  # equal blocks: no small, slow tail block
+    rows = _block_rows(hidden.shape[0], weight.shape[0], block_rows)
     grad_enabled = torch.is_grad_enabled()  # (inside forward it never is, and needs_input_grad ignores it)
     with torch.autocast(device_type, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, rows, dtype, grad_enabled)
+
+
+@torch.no_grad()
+def linear_token_nll(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, block_rows: int | None = None
+) -> torch.Tensor:
+    """The cross-entropy of each row, (N,) in float32 at least: hidden (N, D), weight (V, D),
+    targets (N,); for evaluation (no gradients), a block of rows' logits at a time (in the autocast
+    dtype when autocast is on, normalised in float32 at least), never the (N, V) logits."""
+    if targets.shape != hidden.shape[:1]:
+        raise ValueError(f"targets of shape {tuple(targets.shape)} do not match hidden {tuple(hidden.shape)}")
+    rows = _block_rows(hidden.shape[0], weight.shape[0], block_rows)
+    out = []
+    for start in range(0, hidden.shape[0], rows):
+        logits = F.linear(hidden[start : start + rows], weight)  # (n, V), under autocast as the head would be
+        log_probs = logits.to(at_least_float32(logits.dtype)).log_softmax(-1)
+        out.append(-log_probs.gather(1, targets[start : start + rows, None]).squeeze(1))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=at_least_float32(hidden.dtype))
+
+
+def _block_rows(n_rows: int, vocab_size: int, block_rows: int | None) -> int:
+    """Rows per block: at most ``block_rows`` (default: a float32 block of BLOCK_BYTES), in equal blocks."""
+    most = block_rows or max(1, BLOCK_BYTES // (4 * vocab_size))
+    blocks = max(1, -(-n_rows // most))
+    return max(1, -(-n_rows // blocks))  # equal blocks: no small, slow tail block
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
