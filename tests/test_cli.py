@@ -132,6 +132,23 @@ def test_an_interrupt_is_one_line(monkeypatch, capsys):
     assert exit_.value.code == 130 and capsys.readouterr().err == "memlab: interrupted\n"
 
 
+def test_an_interrupt_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
+    """Ctrl-C in the seconds torch takes to import had printed a traceback and died of SIGINT."""
+    from memlab import launcher
+
+    class Interrupted:  # the import of the command line's modules, cut off
+        def find_spec(self, name, path=None, target=None):
+            if name == "memlab.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "memlab.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    with pytest.raises(SystemExit) as exit_:
+        launcher.main()
+    assert exit_.value.code == 130 and capsys.readouterr().err == "memlab: interrupted\n"
+
+
 def test_sigterm_ends_a_run_as_an_interrupt_does(monkeypatch, capsys):
     """SIGTERM (a scheduler's preemption, torchrun stopping workers) had killed a run with no summary
     and no message; it now reaches the command as an interrupt, and the handler before it comes back."""

@@ -199,6 +199,19 @@ def test_export_refuses_an_out_that_training_would_delete_or_that_is_a_file(run_
     export(run_dir, run_dir / "export")  # beside the checkpoints: nothing of training's
 
 
+def test_a_killed_exports_staging_directory_is_removed_by_the_next(run_dir, tmp_path):
+    """A SIGKILLed export left its staging directory (a whole model's size) for good: each export
+    removed only its own process's."""
+    import socket
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / f".e.{socket.gethostname()}.{int(gone.stdout)}.tmp"
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"partial")
+    export(run_dir, tmp_path / "e")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e", "run"]
+
+
 def test_an_interrupted_overwrite_leaves_the_old_export_whole(run_dir, tmp_path, monkeypatch):
     """The old export had been deleted before the new one was moved in: an interruption left neither."""
     out = export(run_dir, tmp_path / "e")

@@ -17,7 +17,6 @@ and ``memlab.load(out)`` / ``load_tokenizer(out)`` read it back.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from memlab.eval.schema import read_results
 from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
 from memlab.paths import EXPORT_FILE, checkpoint_step, holds_training_output, measured_model, resolve_model_dir
+from memlab.staging import staged_directory
 from memlab.train.checkpoint import replace_directory
 from memlab.train.config import TRAINING_RECORD, training_record
 
@@ -67,34 +67,25 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
             if measured_model(doc["metadata"], model_dir):  # not another checkpoint's, nor older weights'
                 results.setdefault(p.name, doc)
 
+    summary = read_json_object(summary_file) if summary_file is not None else None
     target = out.resolve()  # through a symbolic link, the directory it names (the link stays)
-    staging = target.parent / f".{target.name}.{os.getpid()}.tmp"  # whole or nothing (mkdtemp's: owner-only)
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()
-    except OSError as e:  # (its message had named the staging directory, not --out)
+    try:  # whole or nothing: written beside --out, then renamed (a killed export's is removed by the next)
+        with staged_directory(target) as staging:
+            model.save(staging)
+            tokenizer.save(staging)
+            if summary_file is not None:
+                shutil.copy2(summary_file, staging / SUMMARY_FILE)
+            if record is not None:
+                shutil.copy2(record, staging / TRAINING_RECORD)
+            (staging / EXPORT_FILE).write_text(json.dumps({"step": step, "source": str(model_dir)}, indent=2) + "\n")
+            if results:
+                (staging / "eval").mkdir()
+                for name, doc in results.items():
+                    (staging / "eval" / name).write_text(json.dumps(doc, indent=2) + "\n")
+            (staging / CARD_FILE).write_text(model_card(model, tokenizer, run_dir or model_dir, step, summary, results))
+            replace_directory(staging, target)  # the old export stays whole until the new one is in place
+    except OSError as e:  # (a read-only or full file system; its message had named the staging directory)
         raise MemlabError(f"--out {out} cannot be written: {e.strerror or e}") from None
-    try:
-        model.save(staging)
-        tokenizer.save(staging)
-        summary = None
-        if summary_file is not None:
-            shutil.copy2(summary_file, staging / SUMMARY_FILE)
-            summary = read_json_object(summary_file)
-        if record is not None:
-            shutil.copy2(record, staging / TRAINING_RECORD)
-        (staging / EXPORT_FILE).write_text(json.dumps({"step": step, "source": str(model_dir)}, indent=2) + "\n")
-        if results:
-            (staging / "eval").mkdir()
-            for name, doc in results.items():
-                (staging / "eval" / name).write_text(json.dumps(doc, indent=2) + "\n")
-        source = run_dir or model_dir
-        card = model_card(model, tokenizer, source, step, summary, results)
-        (staging / CARD_FILE).write_text(card)
-        replace_directory(staging, target)  # the old export stays whole until the new one is in place
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

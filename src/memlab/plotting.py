@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from memlab.staging import remove_abandoned, staged_directory, staging_path
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +26,25 @@ def pyplot():
 def save_figure(fig, path: Path) -> Path:
     """Lay out (tightly, unless the figure has a layout engine of its own), write ``path`` through a
     temporary file, close the figure; returns ``path``."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    remove_abandoned(path)
+    tmp = staging_path(path)  # (one per process: two commands writing one figure had collided)
     if fig.get_layout_engine() is None:
         fig.tight_layout()
-    fig.savefig(tmp)
+    fig.savefig(tmp, format=path.suffix.lstrip("."))
     pyplot().close(fig)
     os.replace(tmp, path)
     return path
+
+
+@contextlib.contextmanager
+def staged_figures(out: Path) -> Iterator[Path]:
+    """A directory to draw a command's figures in; they move into ``out`` when the block ends without
+    an error, after the results files written inside it, so a kill or a failure leaves the last
+    whole set (never new results beside old figures, nor the reverse)."""
+    with staged_directory(out / "figures") as staging:
+        yield staging
+        for figure in sorted(staging.iterdir()):
+            figure.replace(out / figure.name)
 
 
 def remove_stale_figures(candidates: Iterable[Path], written: Iterable[str | Path]) -> None:

@@ -553,6 +553,28 @@ def test_a_comparison_killed_while_writing_leaves_the_last_files_whole(tmp_path,
     assert {name: (out / name).read_bytes() for name in before} == before
 
 
+def test_a_comparison_that_fails_while_plotting_leaves_the_last_whole_set(tmp_path, base, monkeypatch):
+    """The text files had been replaced before the figures were drawn: a kill while plotting left the
+    new tables beside the old figures."""
+    import memlab.analysis.compare_plots as compare_plots
+
+    out, better = tmp_path / "compare", make_run(tmp_path, "gdn-s1", alg=0.9)
+    compare([base, make_run(tmp_path, "gdn-s0")], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"compare.json", "compare.png", "compare_length.png"} <= set(before)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_plots, "_by_length", killed)  # after compare.png is drawn
+    with pytest.raises(KeyboardInterrupt):
+        compare([base, better], out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing staged is left either
+    monkeypatch.undo()
+    compare([base, better], out)
+    assert "gdn-s1" in (out / "compare.json").read_text() and (out / "compare.png").read_bytes() != before["compare.png"]
+
+
 def test_the_study_report_shows_what_the_files_hold(tmp_path, base):
     """The ablation row reads normal then zeroed from results_all.json, the runs table the plan's seconds,
     and the setup the plan's note."""

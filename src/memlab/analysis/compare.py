@@ -55,7 +55,7 @@ from memlab.eval.stats import (
 from memlab.jsonfile import read_json_object, write_text
 from memlab.markdown import markdown_table
 from memlab.paths import measured_model, resolve_model_dir, same_model_dir
-from memlab.plotting import remove_stale_figures
+from memlab.plotting import remove_stale_figures, staged_figures
 from memlab.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -684,20 +684,21 @@ def compare_rows(
     verdicts[base.name] = {"criteria": {}, "verdict": "baseline"}
     files: list[Path] = []
     if out_dir is not None:
+        from memlab.analysis.compare_plots import plot_comparison
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "compare.md",  # (each file whole: a kill mid-write had left a truncated one)
-                   markdown(rows, verdicts) + "\n\n" + criteria_markdown(rows, verdicts, base, criteria) + "\n")
-        write_csv(out / "compare.csv", rows, verdicts)
-        data = {"metadata": provenance(), "baseline": base.name, "criteria": asdict(criteria), "verdicts": verdicts,
-                "rows": [{k: v for k, v in asdict(r).items()
-                          if k not in ("results", "members", "measured_on", "recipe", "outcomes")} for r in rows]}
-        write_text(out / "compare.json", json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
-        files += [out / "compare.md", out / "compare.csv", out / "compare.json"]
-        if plots:
-            from memlab.analysis.compare_plots import plot_comparison
-
-            files += plot_comparison(rows, out)
+        with staged_figures(out) as staging:  # each file whole, and the figures moved in with the rest
+            figures = plot_comparison(rows, staging) if plots else []
+            write_text(out / "compare.md",
+                       markdown(rows, verdicts) + "\n\n" + criteria_markdown(rows, verdicts, base, criteria) + "\n")
+            write_csv(out / "compare.csv", rows, verdicts)
+            data = {"metadata": provenance(), "baseline": base.name, "criteria": asdict(criteria),
+                    "verdicts": verdicts, "rows": [{k: v for k, v in asdict(r).items() if k not in
+                                                    ("results", "members", "measured_on", "recipe", "outcomes")}
+                                                   for r in rows]}
+            write_text(out / "compare.json", json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
+        files += [out / "compare.md", out / "compare.csv", out / "compare.json", *(out / f.name for f in figures)]
         remove_stale_figures([out / name for name in FIGURES], files)
     return Comparison(rows, base.name, criteria, verdicts, files, terminal(rows, verdicts))
 

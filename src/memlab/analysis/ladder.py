@@ -45,6 +45,7 @@ from memlab.eval.stats import document_bootstrap
 from memlab.jsonfile import write_json, write_text
 from memlab.markdown import markdown_table
 from memlab.models.lm import LanguageModel
+from memlab.plotting import staged_figures
 from memlab.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -358,9 +359,10 @@ def run_ladder(
             "verdict": dataclasses.asdict(verdict(by_params)),
         }
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "scaling.json", report)  # (each file whole: a kill mid-write had left a truncated one)
-    write_text(out_dir / "scaling.md", markdown_report(report))
-    plot_ladder(report, out_dir / "scaling.png")
+    with staged_figures(out_dir) as staging:  # each file whole, and the figure moved in with the rest
+        plot_ladder(report, staging / "scaling.png")
+        write_json(out_dir / "scaling.json", report)
+        write_text(out_dir / "scaling.md", markdown_report(report))
     return report
 
 

@@ -39,7 +39,7 @@ from memlab.devices import resolve_device
 from memlab.errors import MemlabError, check_at_least, check_dir_target, choose
 from memlab.jsonfile import write_json, write_text
 from memlab.markdown import markdown_table
-from memlab.plotting import pyplot, save_figure
+from memlab.plotting import pyplot, save_figure, staged_figures
 from memlab.provenance import provenance
 from memlab.train.allocator import keep_freed_memory, release_freed_memory
 from memlab.train.config import TrainConfig
@@ -248,9 +248,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         _measure_memory(cfg, device, report["variants"])
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "bench.json", report)  # (each file whole: a kill mid-write had left a truncated one)
-    write_text(out / "bench.md", markdown_report(report) + "\n")
-    plot_bench(report, out / "bench.png")
+    with staged_figures(out) as staging:  # each file whole, and the figure moved in with the rest
+        plot_bench(report, staging / "bench.png")
+        write_json(out / "bench.json", report)
+        write_text(out / "bench.md", markdown_report(report) + "\n")
     return report
 
 

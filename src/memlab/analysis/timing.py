@@ -11,6 +11,7 @@ import multiprocessing
 import platform
 import re
 import resource
+import signal
 import statistics
 import time
 from collections.abc import Callable, Hashable
@@ -88,7 +89,10 @@ def reset_peak_rss() -> bool:
 def in_fresh_process(fn: Callable[..., T], *args) -> T:
     """``fn(*args)`` in a newly spawned Python process, so that what it measures of its process (peak
     memory) is its own; ``fn`` and its arguments must pickle, and its exceptions are raised here."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
+    # Ctrl-C reaches the terminal's whole process group: the worker ignores it (it had printed its own
+    # traceback) and is ended by the pool's exit in this process, which reports the interruption
+    with multiprocessing.get_context("spawn").Pool(1, initializer=signal.signal,
+                                                    initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
         return pool.apply(fn, args)
 
 

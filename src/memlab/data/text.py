@@ -25,8 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -51,7 +49,9 @@ from memlab.data.shards import (
 from memlab.data.sources import Document, Files, Source, open_source
 from memlab.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from memlab.errors import MemlabError, check_dir_target
+from memlab.jsonfile import write_text
 from memlab.paths import holds_training_output, is_model_dir
+from memlab.staging import remove_abandoned, staged_directory
 
 __all__ = ["PrepareResult", "TokenShards", "data_request", "is_validation", "open_source", "prepare_shards"]
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def bpe_training_text(source: Source, max_docs, val_fraction, split_seed, budget
             yield doc.text
 
 
-_STAGING_PREFIX = ".prepare-"
+STAGING = "prepare"  # the shards are written in out/.prepare.<host>.<pid>.tmp, then moved in
 BPE_VOCAB_SIZE = 8192  # the default vocabulary of a BPE trained on the corpus
 
 
@@ -168,6 +168,8 @@ def prepare_shards(
     if tokenizer != "bpe":
         tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     request = data_request(src, tokenizer, vocab_size, val_fraction, split_seed, max_docs, bpe_train_bytes)
+    if out.is_dir():  # (a preparation killed after another had prepared these shards had left its staging)
+        remove_abandoned(out / STAGING)
     if not force and (reused := _reuse(out, request)) is not None:
         return PrepareResult(out, reused[0], reused[1], True, time.perf_counter() - t0)
     with _preparation_lock(out) as waited:
@@ -192,21 +194,18 @@ def _write_staged(
     shards already there intact."""
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f"{_STAGING_PREFIX}*"):  # left by a killed preparation
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
     try:
-        header = _write_shards(src, tokenizer, staging, request, max_docs, shard_tokens, progress)
-        _remove_shards(out)
-        for split in header["splits"].values():
-            for shard in split["shards"]:
-                os.replace(staging / shard["file"], out / shard["file"])
+        with staged_directory(out / STAGING) as staging:
+            header = _write_shards(src, tokenizer, staging, request, max_docs, shard_tokens, progress)
+            _remove_shards(out)
+            for split in header["splits"].values():
+                for shard in split["shards"]:
+                    os.replace(staging / shard["file"], out / shard["file"])
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         if created and not any(out.iterdir()):  # a failed first preparation leaves no empty directory
             out.rmdir()
     tokenizer.save(out)
-    (out / HEADER_FILE).write_text(json.dumps(header, indent=2) + "\n")
+    write_text(out / HEADER_FILE, json.dumps(header, indent=2) + "\n")  # last, whole: it marks the shards done
     return header
 
 

@@ -15,10 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 import re
-import shutil
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -41,7 +39,7 @@ from memlab.eval.options import EvalOptions
 from memlab.models.lm import LanguageModel
 from memlab.models.recursion import fix_act_steps
 from memlab.paths import resolve_model_dir
-from memlab.plotting import remove_stale_figures
+from memlab.plotting import remove_stale_figures, staged_figures
 
 log = logging.getLogger(__name__)
 
@@ -283,18 +281,12 @@ def evaluate(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # (a read-only or missing file system: it had been a traceback after all the work)
         raise MemlabError(f"--out-dir {out} cannot be made: {e.strerror or e}") from None
-    # figures wait beside the results until those are written: a failed evaluation leaves the last ones whole
-    staging = out / f".figures.{os.getpid()}"
     prefix = "" if suite == "longctx" else f"{suite}_"  # results_longctx.json and results_all.json: their own
-    ctx = EvalContext(model, tokenizer, options, out, trained_by(model_dir), progress, prefix, staging)
     try:
-        try:
+        with staged_figures(out) as staging:  # a failed evaluation leaves the last figures whole
+            ctx = EvalContext(model, tokenizer, options, out, trained_by(model_dir), progress, prefix, staging)
             doc = evaluate_model(ctx, suite, checkpoint=str(checkpoint), model_dir=str(model_dir))
             schema.write_results(out / schema.results_filename(suite), doc)
-            for figure in sorted(staging.glob("*")):
-                figure.replace(out / figure.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     except BaseException:  # (a refused option had left an empty eval/ behind)
         for directory in made:
             with contextlib.suppress(OSError):  # not empty: the lm suite prepared its corpus there

@@ -24,7 +24,7 @@ from memlab.eval import schema
 from memlab.eval.exact_match import check_context
 from memlab.eval.hub import held_out_split, load_checkpoint, run_data, run_dir_of, run_held_out_split, trained_by
 from memlab.paths import checkpoint_step
-from memlab.plotting import remove_stale_figures
+from memlab.plotting import remove_stale_figures, staged_figures
 from memlab.probes.activity import LayerActivity, record_activity, slot_layers
 from memlab.probes.corpus import ProbeText, read_probe_text
 from memlab.probes.options import PROBES, ProbeOptions
@@ -44,6 +44,7 @@ class ProbeContext:
     out_dir: Path
     _texts: dict[str, ProbeText] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)  # the figures the probe wrote
+    figure_dir: Path | None = None  # where they are drawn until the results file is written (None: out_dir)
 
     def text(self, spec: str | None = None) -> ProbeText:
         spec = spec or self.options.corpus
@@ -62,10 +63,10 @@ class ProbeContext:
         return self.out_dir / f"{name}_probe_step{self.step}{suffix}"
 
     def figure(self, name: str) -> Path:
-        """The path of the probe's figure, listed among the files the probe wrote."""
+        """Where to draw the probe's figure, listed among the files the probe wrote."""
         path = self.path(name, ".png")
         self.figures.append(path)
-        return path
+        return (self.figure_dir or self.out_dir) / path.name
 
 
 ProbeFn = Callable[[ProbeContext], dict[str, Any]]
@@ -102,7 +103,9 @@ def run_probe(
     options = with_readable_windows(options, given_seq_len, model)
     ctx = ProbeContext(model, tokenizer, options, checkpoint_step(model_dir), default_out_dir(model_dir, out_dir))
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    return write_document(ctx, probe, probe_functions()[probe](ctx), str(checkpoint), model_dir)
+    with staged_figures(ctx.out_dir) as staging:  # the figures moved in after the results file
+        ctx.figure_dir = staging
+        return write_document(ctx, probe, probe_functions()[probe](ctx), str(checkpoint), model_dir)
 
 
 def with_held_out_split(options: ProbeOptions, checkpoint: Path) -> ProbeOptions:

@@ -16,6 +16,7 @@ import numpy as np
 from memlab.errors import MemlabError
 from memlab.eval.hub import load_checkpoint
 from memlab.paths import checkpoint_dirs, checkpoint_step
+from memlab.plotting import staged_figures
 from memlab.probes import plots
 from memlab.probes.activity import slot_layers
 from memlab.probes.routing import routing_results
@@ -74,10 +75,12 @@ def trajectory_probe(run_dir: Path, out_dir: str | Path | None, options: ProbeOp
         curves["mean"] = np.nanmean(values, axis=0).tolist()
         series[metric] = curves
     out.mkdir(parents=True, exist_ok=True)
-    plots.lines(steps, series, ctx.figure("trajectory"), f"slot routing over training: {run_dir.name}", "step")
-    results = {"corpus": options.corpus, "tokens": ctx.text().tokens, "steps": steps, "checkpoints": rows}
-    results["series"] = series
-    return write_document(ctx, "trajectory", results, str(run_dir), Path(rows[-1]["checkpoint"]))
+    with staged_figures(out) as staging:  # the figure moved in after the results file
+        ctx.figure_dir = staging
+        plots.lines(steps, series, ctx.figure("trajectory"), f"slot routing over training: {run_dir.name}", "step")
+        results = {"corpus": options.corpus, "tokens": ctx.text().tokens, "steps": steps, "checkpoints": rows}
+        results["series"] = series
+        return write_document(ctx, "trajectory", results, str(run_dir), Path(rows[-1]["checkpoint"]))
 
 
 def _nan_if_none(value: float | None) -> float:

@@ -1,0 +1,60 @@
+"""Where a process writes what it moves into place once whole, and the removal of what a killed one left.
+
+A staging name carries the host and the process id, ``.<name>.<host>.<pid>.tmp``: a later process
+removes the staging entries of processes of its own host that are gone (never another host's,
+whose processes it cannot see, nor a live process's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+SUFFIX = ".tmp"
+
+
+def staging_path(final: Path) -> Path:
+    """This process's staging path for ``final``, beside it (the same file system, for the rename)."""
+    return final.with_name(f".{final.name}.{socket.gethostname()}.{os.getpid()}{SUFFIX}")
+
+
+def remove_abandoned(final: Path) -> None:
+    """Delete the staging files and directories of ``final`` that gone processes of this host left."""
+    prefix = f".{final.name}.{socket.gethostname()}."
+    for path in final.parent.glob(glob.escape(prefix) + "*" + SUFFIX):
+        pid = path.name[len(prefix) : -len(SUFFIX)]
+        if pid.isdigit() and not _alive(int(pid)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+
+@contextlib.contextmanager
+def staged_directory(final: Path) -> Iterator[Path]:
+    """A fresh staging directory for ``final`` (those of gone processes removed first), deleted when
+    the block ends, whatever is left in it."""
+    remove_abandoned(final)
+    staging = staging_path(final)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
