@@ -118,6 +118,7 @@ def test_each_rows_loss_equals_the_cross_entropy_of_the_full_logits(n_rows, bloc
     hidden = torch.randn(n_rows, 12, generator=g, dtype=torch.float64)
     weight = torch.randn(50, 12, generator=g, dtype=torch.float64) * 3
     targets = torch.randint(0, 50, (n_rows,), generator=g)
+    targets[1::3] = -100  # ignored: 0, as the summed loss leaves them out
     want = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="none")
     with _LargestOutput() as largest:
         got = linear_token_nll(hidden, weight, targets, block_rows=block_rows)
@@ -130,15 +131,18 @@ def test_the_models_per_position_loss_sums_to_its_loss():
     """``model(ids, labels=..., reduction="none")`` (the lm suite's) against the logits' cross-entropy."""
     model = memlab.build_model("baseline", "tiny", vocab_size=64, n_layers=1).eval()
     ids = torch.randint(0, 64, (2, 9))
+    labels = ids.roll(-1, 1)
+    labels[:, -1] = -100  # (as training labels them: it had been an index error, on CUDA a device assert)
     with torch.no_grad():
-        each = model(ids, labels=ids.roll(-1, 1), reduction="none")
-        want = torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.roll(-1, 1).flatten(), reduction="none")
-        total = model(ids, labels=ids.roll(-1, 1))
+        each = model(ids, labels=labels, reduction="none")
+        want = torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), labels.flatten(), reduction="none")
+        total = model(ids, labels=labels)
     assert each.shape == (2, 9)
     torch.testing.assert_close(each.flatten(), want)
     torch.testing.assert_close(each.sum(), total)
-    with pytest.raises(MemlabError, match="reduction must be 'sum' or 'none'"):
-        model(ids, labels=ids, reduction="mean")
+    for wrong in (dict(labels=ids, reduction="mean"), dict(reduction="none")):  # (without labels it had been ignored)
+        with pytest.raises(MemlabError, match="reduction must be 'sum' or 'none' \\(with labels\\)"):
+            model(ids, **wrong)
 
 
 def test_a_second_backward_is_refused():

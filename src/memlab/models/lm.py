@@ -129,14 +129,14 @@ class LanguageModel(nn.Module):
         prefill that needs the next token's distribution only does not hold T x vocab floats.
         With ``labels`` (B, T), returns instead the cross-entropy summed over the positions whose
         label is not ``IGNORE_INDEX`` (a scalar, float32 at least), without materialising the logits;
-        with ``reduction="none"`` too, each position's (B, T), for evaluation (no gradients; every
-        label a token id).
+        with ``reduction="none"`` too, each position's (B, T) (0 where the label is ``IGNORE_INDEX``),
+        for evaluation (no gradients).
         """
         self._check_inputs(input_ids, state, labels)
         if logits_to_keep < 0:
             raise MemlabError(f"logits_to_keep must be >= 0 (0: every position's), got {logits_to_keep}")
-        if reduction not in ("sum", "none"):
-            raise MemlabError(f"reduction must be 'sum' or 'none', got {reduction!r}")
+        if reduction not in ("sum", "none") or (reduction == "none" and labels is None):
+            raise MemlabError(f"reduction must be 'sum' or 'none' (with labels), got {reduction!r}")
         T = input_ids.shape[1]
         h = self.embed(input_ids)  # (B, T, D)
         start = 0 if state is None else state.position
@@ -151,7 +151,8 @@ class LanguageModel(nn.Module):
         if state is not None:
             state.position += T
         if labels is not None and reduction == "none":
-            return linear_token_nll(self.norm(h).flatten(0, 1), self.head.weight, labels.flatten()).view_as(labels)
+            nll = linear_token_nll(self.norm(h).flatten(0, 1), self.head.weight, labels.flatten(), IGNORE_INDEX)
+            return nll.view_as(labels)
         if labels is not None:
             return linear_cross_entropy(self.norm(h).flatten(0, 1), self.head.weight, labels.flatten(), IGNORE_INDEX)
         return self.head(self.norm(h[:, -logits_to_keep:] if logits_to_keep else h))

@@ -51,11 +51,13 @@ def linear_cross_entropy(
 
 @torch.no_grad()
 def linear_token_nll(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, block_rows: int | None = None
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+    block_rows: int | None = None,
 ) -> torch.Tensor:
-    """The cross-entropy of each row, (N,) in float32 at least: hidden (N, D), weight (V, D),
-    targets (N,); for evaluation (no gradients), a block of rows' logits at a time (in the autocast
-    dtype when autocast is on, normalised in float32 at least), never the (N, V) logits."""
+    """The cross-entropy of each row, (N,) in float32 at least (0 where the target is
+    ``ignore_index``): hidden (N, D), weight (V, D), targets (N,); for evaluation (no gradients), a
+    block of rows' logits at a time (in the autocast dtype when autocast is on, normalised in
+    float32 at least), never the (N, V) logits."""
     if targets.shape != hidden.shape[:1]:
         raise ValueError(f"targets of shape {tuple(targets.shape)} do not match hidden {tuple(hidden.shape)}")
     rows = _block_rows(hidden.shape[0], weight.shape[0], block_rows)
@@ -63,7 +65,10 @@ def linear_token_nll(
     for start in range(0, hidden.shape[0], rows):
         logits = F.linear(hidden[start : start + rows], weight)  # (n, V), under autocast as the head would be
         log_probs = logits.to(at_least_float32(logits.dtype)).log_softmax(-1)
-        out.append(-log_probs.gather(1, targets[start : start + rows, None]).squeeze(1))
+        block = targets[start : start + rows]
+        labelled = block != ignore_index
+        nll = -log_probs.gather(1, block.masked_fill(~labelled, 0)[:, None]).squeeze(1)
+        out.append(nll * labelled)
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=at_least_float32(hidden.dtype))
 
 
