@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from memlab.errors import MemlabError
+from memlab.staging import remove_abandoned, staging_path
 
 
 def read_json_object(path: str | Path, advice: str = "") -> dict[str, Any]:
@@ -44,6 +45,11 @@ def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` through a temporary file of this process and a rename: a reader (or a process
     killed mid-write) sees the old file or the new one, whole."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    remove_abandoned(path)  # what a killed writer left
+    tmp = staging_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -372,6 +372,7 @@ def test_a_run_is_not_a_shard_directory_and_a_killed_preparation_is_cleared(corp
     killed = f".prepare.{socket.gethostname()}.{int(gone.stdout)}.tmp"  # a staging directory whose process is gone
     out = tmp_path / "data"
     (out / killed).mkdir(parents=True)
+    (out / ".prepare-k1l2m3").mkdir()  # an older memlab's
     prepare_shards(f"files:{corpus_dir}/*.txt", byte_tok, out, val_fraction=0.2)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     (out / killed).mkdir()  # killed after another preparation had made these shards: the reuse clears it too

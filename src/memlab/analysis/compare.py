@@ -634,8 +634,8 @@ def write_csv(path: Path, rows: Sequence[Row], verdicts: dict[str, dict[str, Any
     for name in METRICS:
         header += [name, f"{name}_ci_low", f"{name}_ci_high", f"{name}_n", f"{name}_collapsed"]
     header += ["verdict"]
-    text = io.StringIO(newline="")
-    writer = csv.writer(text)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")  # (the file's line ends are the platform's, as write_text's)
     writer.writerow(header)
     for r in rows:
         line: list[Any] = [r.name, r.variant, r.size, r.runs, r.params, r.state_bytes]
@@ -684,12 +684,14 @@ def compare_rows(
     verdicts[base.name] = {"criteria": {}, "verdict": "baseline"}
     files: list[Path] = []
     if out_dir is not None:
-        from memlab.analysis.compare_plots import plot_comparison
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         with staged_figures(out) as staging:  # each file whole, and the figures moved in with the rest
-            figures = plot_comparison(rows, staging) if plots else []
+            figures = []
+            if plots:
+                from memlab.analysis.compare_plots import plot_comparison  # (matplotlib: slow to import)
+
+                figures = plot_comparison(rows, staging)
             write_text(out / "compare.md",
                        markdown(rows, verdicts) + "\n\n" + criteria_markdown(rows, verdicts, base, criteria) + "\n")
             write_csv(out / "compare.csv", rows, verdicts)

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -194,6 +195,8 @@ def _write_staged(
     shards already there intact."""
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    for legacy in out.glob(".prepare-*"):  # an older memlab's staging (we hold the lock: none is at work)
+        shutil.rmtree(legacy, ignore_errors=True)
     try:
         with staged_directory(out / STAGING) as staging:
             header = _write_shards(src, tokenizer, staging, request, max_docs, shard_tokens, progress)

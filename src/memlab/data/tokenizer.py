@@ -43,7 +43,8 @@ SPECIAL_TOKENS: dict[str, str] = {
 }
 KINDS = ("byte", "bpe", "a Hugging Face tokenizer name or local path")
 # a run of non-space characters is cut into pieces of at most this many before BPE sees it: training
-# time grows with the square of a piece's length (an 80 kB minified line took 4.5 s, 1 MB minutes)
+# time grows with the square of a piece's length (80 kB without a space: 5.35 s, now 0.17 s; see
+# benchmarks/RESULTS.md).  Shards prepared before keep the tokenizer they were prepared with.
 MAX_PIECE_CHARS = 64
 
 
