@@ -202,10 +202,10 @@ def test_export_refuses_an_out_that_training_would_delete_or_that_is_a_file(run_
 def test_a_killed_exports_staging_directory_is_removed_by_the_next(run_dir, tmp_path):
     """A SIGKILLed export left its staging directory (a whole model's size) for good: each export
     removed only its own process's."""
-    import socket
+    from memlab.staging import host
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    killed = tmp_path / f".e.{socket.gethostname()}.{int(gone.stdout)}.tmp"
+    killed = tmp_path / f".e.{host()}.{int(gone.stdout)}.tmp"
     killed.mkdir()
     (killed / "model.safetensors").write_bytes(b"partial")
     export(run_dir, tmp_path / "e")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from memlab.staging import remove_abandoned, staged_directory, staging_path
+from memlab.staging import host, remove_abandoned, staged_directory, staging_path
 
 
 @pytest.fixture
@@ -19,22 +19,24 @@ def gone_pid() -> int:
 
 def test_what_a_gone_process_of_this_host_left_is_removed_and_nothing_else(tmp_path, gone_pid):
     final = tmp_path / "compare.json"
-    host = socket.gethostname()
-    gone_file = tmp_path / f".compare.json.{host}.{gone_pid}.tmp"
-    gone_dir = tmp_path / f".compare.json.{host}.{gone_pid + 1000000}.tmp"  # (no such pid)
-    other_host = tmp_path / f".compare.json.elsewhere-{host}.{gone_pid}.tmp"
-    other_name = tmp_path / f".compare.md.{host}.{gone_pid}.tmp"
+    here = host()
+    gone_file = tmp_path / f".compare.json.{here}.{gone_pid}.tmp"
+    gone_dir = tmp_path / f".compare.json.{here}.{gone_pid + 1000000}.tmp"  # (no such pid)
+    other_host = tmp_path / f".compare.json.elsewhere-{here}.{gone_pid}.tmp"
+    other_container = tmp_path / f".compare.json.{socket.gethostname()}-1.{gone_pid}.tmp"  # another pid namespace
+    other_name = tmp_path / f".compare.md.{here}.{gone_pid}.tmp"
     gone_file.write_text("half")
     gone_dir.mkdir()
     (gone_dir / "inside").write_text("x")
     other_host.write_text("another machine's")
+    other_container.write_text("another container's")
     other_name.write_text("another file's")
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as live:
-        running = tmp_path / f".compare.json.{host}.{live.pid}.tmp"
+        running = tmp_path / f".compare.json.{here}.{live.pid}.tmp"
         running.write_text("being written")
         remove_abandoned(final)
         live.kill()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (other_host, other_name, running))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (other_host, other_container, other_name, running))
 
 
 def test_a_staged_directory_is_this_processes_and_gone_after_the_block(tmp_path):

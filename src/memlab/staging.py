@@ -1,8 +1,9 @@
 """Where a process writes what it moves into place once whole, and the removal of what a killed one left.
 
-A staging name carries the host and the process id, ``.<name>.<host>.<pid>.tmp``: a later process
-removes the staging entries of processes of its own host that are gone (never another host's,
-whose processes it cannot see, nor a live process's).
+A staging name carries the host (with its process-id namespace) and the process id,
+``.<name>.<host>.<pid>.tmp``: a later process removes the staging entries of processes of its own
+host that are gone (never another host's or container's, whose processes it cannot see, nor a live
+process's).
 """
 
 from __future__ import annotations
@@ -18,14 +19,24 @@ from pathlib import Path
 SUFFIX = ".tmp"
 
 
+def host() -> str:
+    """The host name, and the id of this process's pid namespace where Linux gives it: containers
+    that share a host name and a volume do not see each other's processes."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}-{namespace.removeprefix('pid:[').removesuffix(']')}"
+
+
 def staging_path(final: Path) -> Path:
     """This process's staging path for ``final``, beside it (the same file system, for the rename)."""
-    return final.with_name(f".{final.name}.{socket.gethostname()}.{os.getpid()}{SUFFIX}")
+    return final.with_name(f".{final.name}.{host()}.{os.getpid()}{SUFFIX}")
 
 
 def remove_abandoned(final: Path) -> None:
     """Delete the staging files and directories of ``final`` that gone processes of this host left."""
-    prefix = f".{final.name}.{socket.gethostname()}."
+    prefix = f".{final.name}.{host()}."
     for path in final.parent.glob(glob.escape(prefix) + "*" + SUFFIX):
         pid = path.name[len(prefix) : -len(SUFFIX)]
         if pid.isdigit() and not _alive(int(pid)):

@@ -364,12 +364,13 @@ def test_a_run_is_not_a_shard_directory_and_a_killed_preparation_is_cleared(corp
     for out in (run, run / "checkpoints" / "step_2"):
         with pytest.raises(MemlabError, match="holds a training run or checkpoints"):
             prepare_shards(f"files:{corpus_dir}/*.txt", byte_tok, out)
-    import socket
     import subprocess
     import sys
 
+    from memlab.staging import host
+
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    killed = f".prepare.{socket.gethostname()}.{int(gone.stdout)}.tmp"  # a staging directory whose process is gone
+    killed = f".prepare.{host()}.{int(gone.stdout)}.tmp"  # a staging directory whose process is gone
     out = tmp_path / "data"
     (out / killed).mkdir(parents=True)
     (out / ".prepare-k1l2m3").mkdir()  # an older memlab's
@@ -379,7 +380,7 @@ def test_a_run_is_not_a_shard_directory_and_a_killed_preparation_is_cleared(corp
     assert prepare_shards(f"files:{corpus_dir}/*.txt", byte_tok, out, val_fraction=0.2).reused
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as live:
-        running = out / f".prepare.{socket.gethostname()}.{live.pid}.tmp"  # a preparation still at work
+        running = out / f".prepare.{host()}.{live.pid}.tmp"  # a preparation still at work
         running.mkdir()
         prepare_shards(f"files:{corpus_dir}/*.txt", byte_tok, out, val_fraction=0.2)
         assert running.is_dir()
