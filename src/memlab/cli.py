@@ -23,7 +23,7 @@ import tyro
 from memlab.analysis.speed_options import BenchConfig
 from memlab.analysis.study import StudyConfig
 from memlab.cli_help import DefaultInDoc
-from memlab.errors import MemlabError, check_at_least, fail
+from memlab.errors import MemlabError, check_at_least, fail, stop_interrupted
 from memlab.eval.options import EvalOptions
 from memlab.probes.options import ProbeOptions
 from memlab.train.config import TrainArgs
@@ -513,9 +513,7 @@ def main(argv: list[str] | None = None) -> None:
     except (MemlabError, OSError) as e:  # OSError: the file system refused (no such directory, no permission, full)
         fail(str(e))
     except KeyboardInterrupt as e:  # a training run has recorded the interruption and kept its checkpoints
-        terminated = isinstance(e, Terminated)
-        print(f"memlab: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM if terminated else 130)
+        stop_interrupted(terminated=isinstance(e, Terminated))
     finally:
         signal.signal(signal.SIGTERM, previous)
 

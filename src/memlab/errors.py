@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +17,12 @@ def fail(message: str) -> None:
     """The end of every user-facing error: one line on stderr, exit code 2."""
     print(f"memlab: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def stop_interrupted(terminated: bool = False) -> None:
+    """The end of a command cut off by Ctrl-C (exit code 130) or SIGTERM (143): one line on stderr."""
+    print(f"memlab: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+    sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
 
 
 def choose(kind: str, name: str, choices) -> None:

@@ -3,7 +3,7 @@ seconds) ends as one during a command does, in one line and exit code 130, not a
 
 from __future__ import annotations
 
-import sys
+from memlab.errors import stop_interrupted
 
 
 def main() -> None:
@@ -12,5 +12,4 @@ def main() -> None:
 
         run_command_line()
     except KeyboardInterrupt:  # (the command's own interruptions are reported by the command line)
-        print("memlab: interrupted", file=sys.stderr)
-        sys.exit(130)
+        stop_interrupted()
