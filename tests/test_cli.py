@@ -18,7 +18,7 @@ from memlab.provenance import provenance
 
 def run_cli(*args: str, cwd: str | os.PathLike | None = None) -> tuple[int, str, str]:
     """``memlab *args`` in a subprocess, in ``cwd`` (a relative --out had gone into the checkout)."""
-    p = subprocess.run([sys.executable, "-m", "memlab.cli", *args], capture_output=True, text=True, timeout=120,
+    p = subprocess.run([sys.executable, "-m", "memlab", *args], capture_output=True, text=True, timeout=120,
                        cwd=cwd)
     return p.returncode, p.stdout, p.stderr
 
@@ -100,7 +100,7 @@ def test_user_errors_are_one_line_and_exit_2(args, fragment, tmp_path):
 
 def test_a_bad_value_wrapped_onto_the_next_line_is_named():
     """In an 80-column box the value falls on the line after "...base 10:"; the flag had stood in for it."""
-    p = subprocess.run([sys.executable, "-m", "memlab.cli", "generate", "--init", "--prompt", "a", "--max-new-tokens",
+    p = subprocess.run([sys.executable, "-m", "memlab", "generate", "--init", "--prompt", "a", "--max-new-tokens",
                         "abc"], capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "80"})
     assert p.returncode == 2 and p.stderr.count("\n") == 1
     assert "Error parsing --max-new-tokens: invalid literal for int() with base 10: 'abc'" in p.stderr
@@ -115,7 +115,7 @@ def test_parse_errors_say_what_is_wrong_where_stdout_is_not_utf8(args, message):
     """Without UTF-8, tyro draws no box but a title over a rule; the title ("Value error") had been
     the whole message."""
     env = {**os.environ, "PYTHONIOENCODING": "ascii"}
-    p = subprocess.run([sys.executable, "-m", "memlab.cli", *args], capture_output=True, text=True, timeout=120, env=env)
+    p = subprocess.run([sys.executable, "-m", "memlab", *args], capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and message in p.stderr
 
 
@@ -147,6 +147,20 @@ def test_an_interrupt_while_the_command_line_loads_is_one_line(monkeypatch, caps
     with pytest.raises(SystemExit) as exit_:
         launcher.main()
     assert exit_.value.code == 130 and capsys.readouterr().err == "memlab: interrupted\n"
+
+
+def test_python_dash_m_memlab_goes_through_the_launcher(monkeypatch):
+    """``python -m memlab`` (the torchrun form) had no entry: ``-m memlab.cli`` skipped the launcher,
+    so Ctrl-C while torch loaded printed a traceback."""
+    import runpy
+
+    from memlab import launcher
+
+    calls = []
+    monkeypatch.setattr(launcher, "main", lambda: calls.append("launcher"))
+    monkeypatch.delitem(sys.modules, "memlab.__main__", raising=False)
+    runpy.run_module("memlab", run_name="__main__")
+    assert calls == ["launcher"]
 
 
 def test_sigterm_ends_a_run_as_an_interrupt_does(monkeypatch, capsys):

@@ -249,7 +249,7 @@ def test_export_refuses_a_tokenizer_of_another_model(tmp_path):
 def test_cli_export(run_dir, tmp_path, capsys):
     main(["export", "--checkpoint", str(run_dir), "--out", str(tmp_path / "cli")])
     assert "model.safetensors" in capsys.readouterr().out
-    p = subprocess.run([sys.executable, "-m", "memlab.cli", "export", "--checkpoint", str(tmp_path / "nope"),
+    p = subprocess.run([sys.executable, "-m", "memlab", "export", "--checkpoint", str(tmp_path / "nope"),
                         "--out", str(tmp_path / "y")], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no such checkpoint" in p.stderr
 

@@ -194,7 +194,7 @@ def test_compare_refuses_a_newer_results_schema_in_a_real_process(model_dir, tmp
     doc = schema.read_results(tmp_path / "own" / "results_selftest.json")
     doc["schema_version"] = schema.SCHEMA_VERSION + 1
     (run / "eval" / "results_selftest.json").write_text(json.dumps(doc))
-    p = subprocess.run([sys.executable, "-m", "memlab.cli", "compare", str(run)], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "memlab", "compare", str(run)], capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 2 and p.stderr.count("\n") == 1
     assert f"schema_version {schema.SCHEMA_VERSION + 1} is newer than this memlab supports" in p.stderr

@@ -22,7 +22,7 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     cfg = tiny_config(tmp_path_factory.mktemp("single") / "run", steps=STEPS, batch_size=4, eval_interval=2, save_interval=2)
-    _run([sys.executable, "-m", "memlab.cli", "train", *cli_args(cfg)])
+    _run([sys.executable, "-m", "memlab", "train", *cli_args(cfg)])
     return cfg
 
 
@@ -49,7 +49,7 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, sing
     cfg = tiny_config(tmp_path / "run", steps=STEPS, batch_size=4, eval_interval=2, save_interval=2,
                       fsdp=sharding == "fsdp")
     cfg.batch_size = 2  # per process: the same global batch and token budget as the single process
-    _run([*TORCHRUN, "-m", "memlab.cli", "train", *cli_args(cfg)])
+    _run([*TORCHRUN, "-m", "memlab", "train", *cli_args(cfg)])
     assert_same_curves(cfg.run_dir, single.run_dir)
     # rank 0 alone wrote the run: one log line per step, whole checkpoints
     assert (cfg.run_dir / "checkpoints" / f"step_{STEPS}" / "model.safetensors").is_file()
@@ -66,7 +66,7 @@ def test_two_processes_accumulating_gradients_match_one_process(tmp_path, single
     cfg = tiny_config(tmp_path / "run", steps=STEPS, batch_size=2, grad_accum=2, eval_interval=2, save_interval=2)
     cfg.batch_size = 1  # per process and micro-batch: a global batch of 1 x 2 x 2 = 4 rows
     assert cfg.total_tokens == single.total_tokens
-    _run([*TORCHRUN, "-m", "memlab.cli", "train", *cli_args(cfg)])
+    _run([*TORCHRUN, "-m", "memlab", "train", *cli_args(cfg)])
     assert_same_curves(cfg.run_dir, single.run_dir)
     weights = [load_file(run / "checkpoints" / f"step_{STEPS}" / "model.safetensors")
                for run in (cfg.run_dir, single.run_dir)]  # fmt: skip
@@ -124,7 +124,7 @@ def test_a_resume_on_more_processes_gives_each_its_own_random_stream(tmp_path, s
     shutil.copytree(single.run_dir, cfg.run_dir)
     cfg.batch_size, cfg.resume, cfg.save_interval = 2, True, 1  # the same global batch on 2 processes
     cfg.total_tokens = cfg.alg_tokens = cfg.total_tokens + 2 * cfg.seq_len * 4  # two more steps
-    _run([*TORCHRUN, "-m", "memlab.cli", "train", *cli_args(cfg)])
+    _run([*TORCHRUN, "-m", "memlab", "train", *cli_args(cfg)])
     by_rank = read_trainer_state(cfg.run_dir / "checkpoints" / f"step_{STEPS + 2}")["rng_by_rank"]
     assert len(by_rank) == 2 and by_rank[0]["torch"] != by_rank[1]["torch"]
 

@@ -27,7 +27,7 @@ from memlab.train.evaluate import EvalResult
 
 
 def _command(cfg) -> list[str]:
-    return [sys.executable, "-m", "memlab.cli", "train", *cli_args(cfg)]
+    return [sys.executable, "-m", "memlab", "train", *cli_args(cfg)]
 
 
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):

@@ -132,7 +132,7 @@ def test_user_errors_are_one_line_and_exit_2(argv, fragment, capsys, tmp_path):
      (["--precision", "foo"], "Expected one of ('auto', 'fp32', 'bf16', 'fp16')")],
 )
 def test_parse_errors_are_one_line_and_exit_2(argv, fragment):
-    p = subprocess.run([sys.executable, "-m", "memlab.cli", "train", *argv], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-m", "memlab", "train", *argv], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and fragment in p.stderr
 
 

@@ -1,6 +1,6 @@
 """Data parallelism with PyTorch's own DDP and FSDP2, initialised from the ``torchrun`` environment.
 
-``torchrun --nproc_per_node N -m memlab.cli train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
+``torchrun --nproc_per_node N -m memlab train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
 :func:`setup` then joins the process group (gloo on CPU, nccl on CUDA).  Without those variables
 everything is a single process and the helpers are no-ops.
 """

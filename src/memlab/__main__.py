@@ -1,0 +1,6 @@
+"""``python -m memlab`` (and ``torchrun ... -m memlab train``): the console script's entry, so an
+interruption while torch loads ends in one line, as it does for ``memlab``."""
+
+from memlab.launcher import main
+
+main()
