@@ -9,6 +9,7 @@ import copy
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -293,8 +294,13 @@ def test_inputs_and_states_that_do_not_fit_are_one_clear_error(variant):
     x = tokens(model, 2, 6)
     other = build("ssm" if variant != "ssm" else "baseline")  # layer states of other kinds
     cases = [
-        (lambda: model(x[0]), "must be a \\(B, T\\) tensor of integer ids"),
-        (lambda: model(x.float()), "of integer ids, got torch.float32"),
+        (lambda: model(x[0]), "must be a \\(B, T\\) tensor of int64 or int32 ids"),
+        (lambda: model(x.float()), "int32 ids \\(.long\\(\\) converts\\), got torch.float32"),
+        (lambda: model(x.to(torch.int16)), "got torch.int16"),  # (an embedding's deep RuntimeError)
+        (lambda: model.generate(x.to(torch.uint8), 2), "got torch.uint8"),
+        (lambda: model.generate(x, 2.5), "max_new_tokens must be an integer, got 2.5"),  # (range's TypeError)
+        (lambda: model.generate(x, 2, temperature=1.0, top_k=2.5), "top_k must be an integer, got 2.5"),
+        (lambda: model.generate(x, 2, temperature=True), "temperature must be a number, got True"),
         (lambda: model(x.clamp_max(0) - 1), "token id -1 is outside the model's vocabulary"),
         (lambda: model(x + model.config.vocab_size), "outside the model's vocabulary of 512"),
         (lambda: model(x, labels=x[:, :4]), "labels of shape \\(2, 4\\) do not match"),
@@ -304,6 +310,7 @@ def test_inputs_and_states_that_do_not_fit_are_one_clear_error(variant):
     for call, message in cases:
         with pytest.raises(MemlabError, match=message):
             call()
+    assert torch.equal(model.generate(x.int(), np.int64(2)), model.generate(x, 2))  # what fits still runs
 
 
 def test_states_made_after_an_act_model_changes_its_steps_fit():

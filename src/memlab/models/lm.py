@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import numbers
 import os
 import stat
 import weakref
@@ -161,8 +162,9 @@ class LanguageModel(nn.Module):
         """One clear error for ids, labels or a state that do not fit this model (otherwise a deep
         torch error, or with labels of another shape a silently wrong loss)."""
         ids = input_ids
-        if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-            raise MemlabError(f"input_ids must be a (B, T) tensor of integer ids, got {ids.dtype} {tuple(ids.shape)}")
+        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):  # (what an embedding takes)
+            raise MemlabError(f"input_ids must be a (B, T) tensor of int64 or int32 ids (.long() converts), "
+                              f"got {ids.dtype} {tuple(ids.shape)}")
         if ids.numel() == 0:  # (a mixer's reshape of nothing, otherwise)
             raise MemlabError(f"input_ids of shape {tuple(ids.shape)} has no positions: a forward needs a token")
         if ids.device.type == "cpu" and not torch.compiler.is_compiling():  # (a GPU would be waited for at every step)
@@ -305,6 +307,13 @@ def check_sampling(
 ) -> None:
     """A MemlabError for the first of :meth:`LanguageModel.generate`'s options out of range;
     ``spell`` writes an option's name (as a command's flag)."""
+    typed = [("max_new_tokens", max_new_tokens, numbers.Integral, "an integer"),
+             ("temperature", temperature, numbers.Real, "a number"),
+             ("top_k", top_k, numbers.Integral | None, "an integer"),
+             ("top_p", top_p, numbers.Real | None, "a number")]
+    for name, value, kind, wanted in typed:  # (top_k 2.5 had failed deep in torch.topk)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise MemlabError(f"{spell(name)} must be {wanted}, got {value!r}")
     if not max_new_tokens >= 1:
         raise MemlabError(f"{spell('max_new_tokens')} must be >= 1, got {max_new_tokens}")
     if not 0 <= temperature < math.inf:  # also refuses nan
