@@ -301,6 +301,7 @@ def test_inputs_and_states_that_do_not_fit_are_one_clear_error(variant):
         (lambda: model.generate(x, 2.5), "max_new_tokens must be an integer, got 2.5"),  # (range's TypeError)
         (lambda: model.generate(x, 2, temperature=1.0, top_k=2.5), "top_k must be an integer, got 2.5"),
         (lambda: model.generate(x, 2, temperature=True), "temperature must be a number, got True"),
+        (lambda: model.generate(x, 2, eos_id=model.config.vocab_size), "eos_id must be a token id in \\[0, 512\\)"),
         (lambda: model(x.clamp_max(0) - 1), "token id -1 is outside the model's vocabulary"),
         (lambda: model(x + model.config.vocab_size), "outside the model's vocabulary of 512"),
         (lambda: model(x, labels=x[:, :4]), "labels of shape \\(2, 4\\) do not match"),
