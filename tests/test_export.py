@@ -123,13 +123,27 @@ def test_exporting_a_checkpoint_then_the_export_keeps_its_summary_and_results(ru
     ids = torch.randint(0, 261, (1, 9))
     assert torch.equal(memlab.load(first)(ids), memlab.load(second)(ids))
     assert "| weights of training step | 4 |" in (first / "README.md").read_text()  # the card had not said
-    assert "went on to step" not in (first / "README.md").read_text()  # the run ended at step 4: its own numbers
+    assert "other weights" not in (first / "README.md").read_text()  # the run ended at step 4: its own numbers
     (run_dir / "checkpoints" / "step_2").mkdir()
     for f in (run_dir / "checkpoints" / "step_4").iterdir():
         (run_dir / "checkpoints" / "step_2" / f.name).write_bytes(f.read_bytes())
     earlier = (export(run_dir / "checkpoints" / "step_2", tmp_path / "c") / "README.md").read_text()
-    assert "The summary of the whole run, which went on to step 4: its `final.*` and `best.*` fields are of other " \
-           "weights than these (step 2)." in earlier
+    assert "The summary of the whole run: its `final.*` fields (step 4) are of other weights than these (step 2)." \
+        in earlier
+
+
+def test_the_model_card_says_which_summary_fields_are_of_other_weights(run_dir, tmp_path):
+    """A best model older than the run's end: the card had called best.* (of these very weights) another
+    model's, and said nothing of it on the last checkpoint's card."""
+    summary = json.loads((run_dir / "summary.json").read_text()) | {"best": {"step": 2, "val_loss": 3.0}}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "checkpoints" / "step_2").mkdir()
+    for f in (run_dir / "checkpoints" / "step_4").iterdir():
+        (run_dir / "checkpoints" / "step_2" / f.name).write_bytes(f.read_bytes())
+    cards = {step: (export(run_dir / "checkpoints" / f"step_{step}", tmp_path / str(step)) / "README.md").read_text()
+             for step in (2, 4)}
+    assert "its `final.*` fields (step 4) are of other weights than these (step 2)." in cards[2]
+    assert "its `best.*` fields (step 2) are of other weights than these (step 4)." in cards[4]
 
 
 def test_exporting_a_checkpoint_takes_the_results_in_its_own_eval_dir(run_dir, tmp_path):
@@ -170,6 +184,18 @@ def test_overwrite_never_deletes_a_run_or_its_checkpoints(run_dir, tmp_path):
             export(run_dir, out, overwrite=True)
     assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before
     assert (other / "checkpoints" / "step_4" / "manifest.json").is_file()
+    project = tmp_path / "project"  # runs deeper down (two levels had been looked at)
+    (project / "runs" / "started").mkdir(parents=True)  # killed before its first checkpoint
+    (project / "runs" / "started" / "config.yaml").write_text("format: memlab-train-v1\n")
+    (project / "runs" / "started" / "metrics.jsonl").write_text("")
+    (project / "a" / "b" / "checkpoints" / "step_4").mkdir(parents=True)
+    with pytest.raises(MemlabError, match="holds a training run or checkpoints"):
+        export(run_dir, project, overwrite=True)
+    (project / "runs" / "started" / "metrics.jsonl").unlink()
+    (project / "a" / "b" / "checkpoints" / "step_4" / "manifest.json").write_text("{}")
+    with pytest.raises(MemlabError, match="holds a training run or checkpoints"):
+        export(run_dir, project, overwrite=True)
+    assert (project / "runs" / "started" / "config.yaml").is_file()
     export(run_dir, tmp_path / "e")
     export(run_dir, tmp_path / "e", overwrite=True)  # an earlier export is still replaced
 
@@ -283,3 +309,16 @@ def test_an_export_keeps_how_its_model_was_trained(run_dir, tmp_path):
     evaluate(out, "lm", tmp_path / "eval", EvalOptions(corpus=f"files:{corpus}/*.txt", lm_context=32, lm_tokens=64))
     request = json.loads(next((tmp_path / "eval" / "lm_data").glob("*/shards.json")).read_text())["request"]
     assert (request["val_fraction"], request["split_seed"]) == (0.5, 7)
+
+
+def test_an_export_inside_another_run_is_its_own(run_dir, tmp_path):
+    """Written into a run's directory, an export had been taken for that run's checkpoint: its tokenizer
+    was checked against the run's and eval wrote its results into the run's eval/."""
+    from memlab.eval.hub import default_out_dir, run_dir_of
+
+    host = tmp_path / "host"
+    (host / "checkpoints").mkdir(parents=True)
+    (host / "config.yaml").write_text("format: memlab-train-v1\n")
+    out = export(run_dir, host / "exported")
+    assert run_dir_of(out) is None and default_out_dir(out, run_dir_of(out), None) == out / "eval"
+    assert run_dir_of(run_dir / "checkpoints" / "step_4") == run_dir  # a run's own checkpoint still is its

@@ -135,10 +135,8 @@ def model_card(
     if summary is None:
         lines.append("No training summary was found with the checkpoint.")
     else:
-        run_steps = summary.get("steps")
-        if step and isinstance(run_steps, int) and run_steps != step:  # (they had read as this model's)
-            lines += [f"The summary of the whole run, which went on to step {run_steps}: its `final.*` and "
-                      f"`best.*` fields are of other weights than these (step {step}).", ""]
+        if step and (others := _fields_of_other_weights(summary, step)):  # (they had read as this model's)
+            lines += [f"The summary of the whole run: its {others} of other weights than these (step {step}).", ""]
         lines.append(markdown_table(
             ["field", "value"], ([key, _fmt(value)] for key, value in _flat(summary) if not key.startswith("metadata."))
         ))
@@ -154,6 +152,15 @@ def model_card(
         lines.append(markdown_table(["file", "suite", "metric", "value", "95% CI", "n"], rows))
         lines += ["", "Every result file is in `eval/`, with its metadata (seed, decoding, options, commit)."]
     return "\n".join(lines) + "\n"
+
+
+def _fields_of_other_weights(summary: dict, step: int) -> str:
+    """Which of a run summary's fields describe weights of another step than ``step``, in words
+    (``"`final.*` fields (step 32) are"``); empty when both the final and the best are these."""
+    best = summary.get("best")
+    steps = {"final": summary.get("steps"), "best": best.get("step") if isinstance(best, dict) else None}
+    others = [f"`{name}.*` fields (step {at})" for name, at in steps.items() if isinstance(at, int) and at != step]
+    return " and ".join(others) + " are" if others else ""
 
 
 def _flat(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -81,10 +82,14 @@ def is_model_dir(directory: Path) -> bool:
 
 
 def holds_training_output(directory: Path) -> bool:
-    """Whether ``directory`` is a run (its config.yaml), a checkpoint, or holds checkpoints (their manifest.json)."""
-    return (directory / "config.yaml").is_file() or any(
-        next(directory.glob(pattern), None) for pattern in (MANIFEST_FILE, f"*/{MANIFEST_FILE}", f"*/*/{MANIFEST_FILE}")
-    )
+    """Whether ``directory`` is a run (its config.yaml) or holds, at any depth, a checkpoint (its
+    manifest.json) or a run (config.yaml beside metrics.jsonl).  Symbolic links are not followed."""
+    if (directory / "config.yaml").is_file():
+        return True
+    for _, _, files in os.walk(directory):  # (two levels down had been looked at: proj/runs/RUN was deleted)
+        if MANIFEST_FILE in files or {"config.yaml", "metrics.jsonl"} <= set(files):
+            return True
+    return False
 
 
 def same_model_dir(recorded: str | None, model_dir: Path) -> bool:

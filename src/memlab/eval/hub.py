@@ -38,7 +38,7 @@ from memlab.eval.exact_match import exact_match
 from memlab.eval.options import EvalOptions
 from memlab.models.lm import LanguageModel
 from memlab.models.recursion import fix_act_steps
-from memlab.paths import resolve_model_dir
+from memlab.paths import EXPORT_FILE, resolve_model_dir
 from memlab.plotting import remove_stale_figures, staged_figures
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,11 @@ def find_tokenizer(model_dir: Path) -> Tokenizer:
 
 
 def run_dir_of(model_dir: Path) -> Path | None:
-    """The training run that holds ``model_dir`` (``best_model/`` or ``checkpoints/step_N/``), if any."""
+    """The training run that holds ``model_dir`` (``best_model/`` or ``checkpoints/step_N/``), if any;
+    none for an export, which carries its own record (one written inside a run's directory had been
+    taken for the run's checkpoint and refused for its tokenizer)."""
+    if (model_dir / EXPORT_FILE).is_file():
+        return None
     for directory in (model_dir, model_dir.parent, model_dir.parent.parent):
         if (directory / "config.yaml").is_file() and (directory / "checkpoints").is_dir():
             return directory
