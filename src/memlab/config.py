@@ -352,6 +352,28 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> None:
             setattr(cfg, target, value)
 
 
+def flat_overrides(overrides: dict[str, Any], cls: type | None = None, prefix: str = "") -> dict[str, Any]:
+    """Model overrides by dotted names only (``{"gdn": {"chunk_size": 8}}`` -> ``{"gdn.chunk_size": 8}``;
+    a later key wins), each naming a field of ``cls`` (ModelConfig); ``variant`` and ``size`` are not
+    overrides.  (A file's nested form beside a flag's dotted one had been recorded as both, which the
+    command line then could not read back.)"""
+    cls = cls or ModelConfig
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        head, *rest = str(key).replace("__", ".").split(".", 1)
+        kind = hints.get(head) if prefix or head not in ("variant", "size") else None
+        if kind is None or (rest and not dataclasses.is_dataclass(kind)):
+            valid = [name for name in hints if prefix or name not in ("variant", "size")]
+            own = " (an option of its own, not a model override)" if head in ("variant", "size") and not prefix else ""
+            raise MemlabError(f"unknown model field {prefix + str(key)!r}{own}; valid: {', '.join(valid)}")
+        if rest or (dataclasses.is_dataclass(kind) and isinstance(value, dict)):
+            out.update(flat_overrides({rest[0]: value} if rest else value, kind, f"{prefix}{head}."))
+        else:
+            out[prefix + head] = value
+    return out
+
+
 def _load_variant_modules() -> None:
     """Variants are registered where their models live; importing the registry loads them."""
     import memlab.models.registry  # noqa: F401

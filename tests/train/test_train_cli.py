@@ -64,6 +64,18 @@ def test_yaml_sets_defaults_and_the_command_line_wins(tmp_path):
     assert cfg.model == {"gdn.chunk_size": 16, "d_model": 96}
 
 
+def test_a_nested_model_mapping_and_a_flag_record_one_form_that_reads_back(tmp_path):
+    """`model: {gdn: {chunk_size: 16}}` with `--gdn.chunk-size 8` had been recorded as both forms, and
+    that config.yaml, given back as --config, died in the command-line parser (a traceback)."""
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("model:\n  gdn: {chunk_size: 16, beta_floor: 0.1}\n  attention__window: 8\n")
+    cfg = parse(["--config", str(yaml_file), "--gdn.chunk-size", "8"]).to_config()
+    assert cfg.model == {"gdn.chunk_size": 8, "gdn.beta_floor": 0.1, "attention.window": 8}
+    recorded = tmp_path / "recorded.yaml"  # what an older memlab wrote
+    recorded.write_text("model:\n  gdn: {chunk_size: 16}\n  gdn.chunk_size: 8\n")
+    assert parse(["--config", str(recorded)]).to_config().model == {"gdn.chunk_size": 8}
+
+
 def test_yaml_reads_an_exponent_without_a_dot_as_a_number(tmp_path):
     """PyYAML reads `3e-4` as a string (YAML 1.1), which `lr` had refused though `--lr 3e-4` works."""
     yaml_file = tmp_path / "run.yaml"
@@ -147,6 +159,12 @@ def test_yaml_with_unknown_keys_is_refused(tmp_path, capsys):
     (tmp_path / "run.yaml").write_text("learning_rate: 1\n")
     err = _error(["--config", str(tmp_path / "run.yaml")], capsys)
     assert f"{tmp_path / 'run.yaml'}: unknown TrainConfig fields ['learning_rate']" in err  # which file holds it
+    for text, fragment in [("model:\n  d_modle: 64\n", "unknown model field 'd_modle'; valid: vocab_size, d_model"),
+                           ("model:\n  gdn: {chunk: 8}\n", "unknown model field 'gdn.chunk'; valid: "),
+                           ("model:\n  variant: ssm\n", "unknown model field 'variant' (an option of its own"),
+                           ("model:\n  size: nano\n", "unknown model field 'size' (an option of its own")]:
+        (tmp_path / "run.yaml").write_text(text)  # (variant and size had been tracebacks in build_config)
+        assert f"{tmp_path / 'run.yaml'}: {fragment}" in _error(["--config", str(tmp_path / "run.yaml")], capsys)
 
 
 @pytest.mark.parametrize(

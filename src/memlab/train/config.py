@@ -20,7 +20,7 @@ import tyro
 import yaml
 
 from memlab.cli_help import DefaultInDoc, Precision
-from memlab.config import ModelConfig, build_config, check_types, from_dict
+from memlab.config import ModelConfig, build_config, check_types, flat_overrides, from_dict
 from memlab.errors import MemlabError, check_at_least, check_finite, choose
 
 ALG_TASKS = [
@@ -155,6 +155,7 @@ class TrainConfig:
 
     # ---------------------------------------------------------------- helpers
     def __post_init__(self) -> None:
+        self.model = flat_overrides(self.model or {})  # one form, as config.yaml records it
         if self.data_dir:  # absolute, as config.yaml records it: a resume from another directory had prepared
             self.data_dir = str(Path(self.data_dir).expanduser().resolve())  # the corpus afresh in a stray dir
 
