@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -322,3 +323,30 @@ def test_an_export_inside_another_run_is_its_own(run_dir, tmp_path):
     out = export(run_dir, host / "exported")
     assert run_dir_of(out) is None and default_out_dir(out, run_dir_of(out), None) == out / "eval"
     assert run_dir_of(run_dir / "checkpoints" / "step_4") == run_dir  # a run's own checkpoint still is its
+
+
+def test_an_out_that_cannot_be_renamed_is_filled_in_place(run_dir, tmp_path, monkeypatch):
+    """A container's volume (a mount point) cannot be renamed: export into it had failed with "Device or
+    resource busy".  In place, config.json comes last, so an interrupted export does not load."""
+    import errno
+    import os
+
+    out = tmp_path / "volume"
+    out.mkdir()
+    rename, moved = os.replace, []
+
+    def replace(source, target):
+        if Path(source) == out.resolve():
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        moved.append(Path(target).name)
+        rename(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    export(run_dir, out)
+    (out / "stale.txt").write_text("of the export before")
+    export(run_dir / "checkpoints" / "step_4", out, overwrite=True)
+    assert moved[-1] == "config.json" and not (out / "stale.txt").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no staging left
+    assert json.loads((out / "export.json").read_text())["step"] == 4
+    ids = torch.randint(0, 261, (1, 9))
+    assert torch.equal(memlab.load(out)(ids), memlab.load(run_dir / "checkpoints" / "step_4")(ids))

@@ -16,8 +16,10 @@ and ``memlab.load(out)`` / ``load_tokenizer(out)`` read it back.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,14 @@ from memlab.eval.hub import default_out_dir, load_checkpoint, run_dir_of
 from memlab.eval.schema import read_results
 from memlab.jsonfile import read_json_object
 from memlab.markdown import markdown_table
+from memlab.models.lm import CONFIG_FILE
 from memlab.paths import EXPORT_FILE, checkpoint_step, holds_training_output, measured_model, resolve_model_dir
-from memlab.staging import staged_directory
+from memlab.staging import clear_directory, move_contents, remove_abandoned, staged_directory
 from memlab.train.checkpoint import replace_directory
 from memlab.train.config import TRAINING_RECORD, training_record
 
 SUMMARY_FILE, CARD_FILE = "summary.json", "README.md"
+IN_PLACE_STAGING = "export"  # inside an --out that cannot be renamed: .export.HOST.PID.tmp
 
 
 def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
@@ -48,6 +52,8 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
                               "choose another directory")
     if model_dir.resolve().is_relative_to(out.resolve()):
         raise MemlabError(f"--out {out} holds the checkpoint {model_dir}; choose another directory")
+    if out.is_dir():  # (what an export killed while writing into it in place left)
+        remove_abandoned(out.resolve() / IN_PLACE_STAGING)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise MemlabError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
@@ -68,25 +74,45 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
                 results.setdefault(p.name, doc)
 
     summary = read_json_object(summary_file) if summary_file is not None else None
-    target = out.resolve()  # through a symbolic link, the directory it names (the link stays)
-    try:  # whole or nothing: written beside --out, then renamed (a killed export's is removed by the next)
-        with staged_directory(target) as staging:
-            model.save(staging)
-            tokenizer.save(staging)
-            if summary_file is not None:
-                shutil.copy2(summary_file, staging / SUMMARY_FILE)
-            if record is not None:
-                shutil.copy2(record, staging / TRAINING_RECORD)
-            (staging / EXPORT_FILE).write_text(json.dumps({"step": step, "source": str(model_dir)}, indent=2) + "\n")
-            if results:
-                (staging / "eval").mkdir()
-                for name, doc in results.items():
-                    (staging / "eval" / name).write_text(json.dumps(doc, indent=2) + "\n")
-            (staging / CARD_FILE).write_text(model_card(model, tokenizer, run_dir or model_dir, step, summary, results))
-            replace_directory(staging, target)  # the old export stays whole until the new one is in place
+
+    def write(staging: Path) -> None:
+        model.save(staging)
+        tokenizer.save(staging)
+        if summary_file is not None:
+            shutil.copy2(summary_file, staging / SUMMARY_FILE)
+        if record is not None:
+            shutil.copy2(record, staging / TRAINING_RECORD)
+        (staging / EXPORT_FILE).write_text(json.dumps({"step": step, "source": str(model_dir)}, indent=2) + "\n")
+        if results:
+            (staging / "eval").mkdir()
+            for name, doc in results.items():
+                (staging / "eval" / name).write_text(json.dumps(doc, indent=2) + "\n")
+        (staging / CARD_FILE).write_text(model_card(model, tokenizer, run_dir or model_dir, step, summary, results))
+
+    try:
+        _write_whole(out.resolve(), write)  # through a symbolic link, the directory it names (the link stays)
     except OSError as e:  # (a read-only or full file system; its message had named the staging directory)
         raise MemlabError(f"--out {out} cannot be written: {e.strerror or e}") from None
     return out
+
+
+def _write_whole(target: Path, write: Callable[[Path], None]) -> None:
+    """Have ``write`` fill a staging directory, then put it at ``target``: renamed over it (the old
+    export stays whole until the new one is in place; a killed export's staging is removed by the
+    next), or, where ``target`` is a directory that cannot be renamed (a mount point, a read-only
+    parent), moved into it, config.json last: an interruption leaves nothing that loads as a model."""
+    try:
+        with staged_directory(target) as staging:
+            write(staging)
+            replace_directory(staging, target)
+        return
+    except OSError as e:
+        if not (target.is_dir() and e.errno in (errno.EBUSY, errno.EACCES, errno.EPERM, errno.EROFS)):
+            raise
+    with staged_directory(target / IN_PLACE_STAGING) as staging:
+        write(staging)
+        clear_directory(target, keep=staging.name)
+        move_contents(staging, target, last=CONFIG_FILE)
 
 
 # ------------------------------------------------------------------ model card

@@ -1,5 +1,8 @@
 """Where a process writes what it moves into place once whole, and the removal of what a killed one left.
 
+A directory that cannot be renamed or replaced (a mount point, one in a parent this process cannot
+write) is filled in place instead: :func:`clear_directory`, then :func:`move_contents`.
+
 A staging name carries the host (with its process-id namespace) and the process id,
 ``.<name>.<host>.<pid>.tmp``: a later process removes the staging entries of processes of its own
 host that are gone (never another host's or container's, whose processes it cannot see, nor a live
@@ -59,6 +62,26 @@ def staged_directory(final: Path) -> Iterator[Path]:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def clear_directory(directory: Path, keep: str | None = None) -> None:
+    """Delete what ``directory`` holds (but the entry named ``keep``), leaving the directory itself:
+    a mount point (a container's volume) cannot be removed, nor a directory in a read-only parent."""
+    for entry in directory.iterdir():
+        if entry.name == keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def move_contents(source: Path, directory: Path, last: str) -> None:
+    """Move the entries of ``source`` into ``directory`` (same file system), the one named ``last``
+    after the others: a reader that looks for it never finds the rest half moved."""
+    entries = sorted(source.iterdir(), key=lambda entry: entry.name == last)
+    for entry in entries:
+        os.replace(entry, directory / entry.name)
 
 
 def _alive(pid: int) -> bool:

@@ -255,6 +255,27 @@ def test_overwrite_through_a_symbolic_link_replaces_the_run_it_names(tmp_path, c
     assert parse(["--config", str(tmp_path / "runs" / "a" / "config.yaml")]).to_config().lr == 0.1
 
 
+def test_overwrite_of_a_run_in_a_mount_point_empties_it_in_place(tmp_path, capsys, monkeypatch):
+    """A container's volume cannot be removed: --overwrite had deleted the old run's files, then failed
+    on the directory itself ("Device or resource busy") and trained nothing."""
+    import errno
+    import os
+
+    run = tmp_path / "volume"
+    train(tiny_config(run, steps=2, eval_samples=2))
+    remove_directory = os.rmdir
+
+    def rmdir(path, *args, **kwargs):
+        if str(path) == str(run.resolve()):
+            raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+        return remove_directory(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    main(["train", *cli_args(tiny_config(run, steps=2, eval_samples=2, lr=0.1)), "--overwrite"])
+    assert parse(["--config", str(run / "config.yaml")]).to_config().lr == 0.1
+    assert (run / "summary.json").is_file()
+
+
 def test_resume_keeps_the_model_and_the_tokens_already_trained(tmp_path, capsys):
     """A resume with another variant had trained the old weights on as the new one; one with fewer
     total tokens than trained had rewritten config.yaml and trained nothing."""

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ from memlab.jsonfile import read_json_object, write_json
 from memlab.models.lm import WEIGHTS_FILE, LanguageModel
 from memlab.paths import BEST_FILE, checkpoint_dirs, is_model_dir, latest_whole_checkpoint
 from memlab.provenance import provenance
+from memlab.staging import clear_directory
 from memlab.train import checkpoint as ckpt
 from memlab.train import distributed
 from memlab.train.allocator import keep_freed_memory
@@ -263,8 +263,8 @@ class Trainer:
         self.train_before: float | None = 0.0  # their seconds in training steps (None: an older checkpoint's run)
         self.window = _Window()
         if d.is_main:  # every check has passed: only now is the run --overwrite replaces deleted
-            if cfg.overwrite and self.run_dir.exists():  # (through a symbolic link, the directory it names)
-                shutil.rmtree(self.run_dir.resolve())
+            if cfg.overwrite and self.run_dir.exists():  # (through a symbolic link, the directory it names;
+                clear_directory(self.run_dir.resolve())  # a mount point had been emptied, then not removable)
             self.run_dir.resolve().mkdir(parents=True, exist_ok=True)
             ckpt.remove_partial(self.run_dir)
         d.barrier()
