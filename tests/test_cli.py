@@ -149,6 +149,18 @@ def test_an_interrupt_while_the_command_line_loads_is_one_line(monkeypatch, caps
     assert exit_.value.code == 130 and capsys.readouterr().err == "memlab: interrupted\n"
 
 
+def test_every_command_prints_its_warnings_with_its_name():
+    """export, generate, compare, scale, bench and data prepare had left logging unset: their warnings came
+    out bare (Python's last-resort handler)."""
+    script = ("import logging, sys; from memlab import cli; "
+              "cli.COMMANDS['export'] = (cli.COMMANDS['export'][0], "
+              "lambda args: (logging.getLogger('memlab.export').warning('a warning'), "
+              "logging.getLogger('memlab.export').info('progress'))); "
+              "cli.main(['export', '--checkpoint', 'a', '--out', 'b'])")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == "memlab export: a warning\n"  # (its progress is printed, not logged)
+
+
 def test_python_dash_m_memlab_goes_through_the_launcher(monkeypatch):
     """``python -m memlab`` (the torchrun form) had no entry: ``-m memlab.cli`` skipped the launcher,
     so Ctrl-C while torch loaded printed a traceback."""

@@ -347,6 +347,7 @@ def test_an_out_that_cannot_be_renamed_is_filled_in_place(run_dir, tmp_path, mon
     export(run_dir / "checkpoints" / "step_4", out, overwrite=True)
     assert moved[-1] == "config.json" and not (out / "stale.txt").exists()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no staging left
-    assert json.loads((out / "export.json").read_text())["step"] == 4
+    origin = json.loads((out / "export.json").read_text())
+    assert origin == {"step": 4, "source": str((run_dir / "checkpoints" / "step_4").resolve())}
     ids = torch.randint(0, 261, (1, 9))
     assert torch.equal(memlab.load(out)(ids), memlab.load(run_dir / "checkpoints" / "step_4")(ids))

@@ -28,6 +28,8 @@ from memlab.eval.options import EvalOptions
 from memlab.probes.options import ProbeOptions
 from memlab.train.config import TrainArgs
 
+LOGS_PROGRESS = {"eval", "probe", "study"}  # the commands whose progress lines (logged at INFO) are shown
+
 
 def _log_progress(prefix: str, quiet: bool = False) -> None:
     """Progress messages of the library's loggers on stderr as ``<prefix>: message`` (warnings only if quiet)."""
@@ -216,7 +218,6 @@ class EvalArgs:
 def run_eval(args: EvalArgs) -> None:
     from memlab.eval.hub import evaluate, summary_lines
 
-    _log_progress("memlab eval")
     doc = evaluate(args.checkpoint, args.suite, args.out_dir, args.options, progress=True)
     print("\n".join(summary_lines(doc)))
 
@@ -367,7 +368,6 @@ def run_scale(args: ScaleArgs) -> None:
 def run_study(args: StudyConfig) -> None:
     from memlab.analysis.study import run_study as study
 
-    _log_progress("memlab study")
     result = study(args)
     print(result.comparison.terminal)
     print(f"\nwrote {result.report}")
@@ -404,7 +404,6 @@ def run_probe(args: ProbeArgs) -> None:
     from memlab.eval.schema import read_results
     from memlab.probes import run_probe as probe
 
-    _log_progress("memlab probe")
     written = probe(args.checkpoint, args.probe, args.out_dir, args.options)
     figures = [written.parent / name for name in read_results(written)["results"]["figures"]]
     print(f"wrote {', '.join(str(f) for f in [written, *figures])}")  # (the figures had gone to the log)
@@ -507,6 +506,8 @@ def main(argv: list[str] | None = None) -> None:
         if e.code not in (0, None):
             fail(f"{_with_dash_value_advice(_one_line(stderr.getvalue()), argv)} (see memlab {command} --help)")
         raise
+    if command != "train":  # (which logs warnings alone on the processes after the first)
+        _log_progress(f"memlab {command}", quiet=command not in LOGS_PROGRESS)  # (export's warnings had no prefix)
     previous = signal.signal(signal.SIGTERM, _terminate)  # a scheduler's preemption ends a run as Ctrl-C does
     try:
         run(args)

@@ -82,7 +82,8 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
             shutil.copy2(summary_file, staging / SUMMARY_FILE)
         if record is not None:
             shutil.copy2(record, staging / TRAINING_RECORD)
-        (staging / EXPORT_FILE).write_text(json.dumps({"step": step, "source": str(model_dir)}, indent=2) + "\n")
+        origin = {"step": step, "source": str(model_dir.resolve())}  # (as typed, it named nothing elsewhere)
+        (staging / EXPORT_FILE).write_text(json.dumps(origin, indent=2) + "\n")
         if results:
             (staging / "eval").mkdir()
             for name, doc in results.items():

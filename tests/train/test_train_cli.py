@@ -103,6 +103,8 @@ def _error(argv, capsys) -> str:
         (["--corpus", "none"], "--corpus none trains on tasks only"),
         (["--corpus", "none", "--alg_tokens", "64", "--total_tokens", "64", "--alg_tasks", "nope"], "unknown task"),
         (["--config", "/nonexistent/run.yaml"], "no such config file"),
+        (["--config="], "--config needs a YAML file"),
+        (["--config", "."], "--config . is a directory; give its YAML file (a run's is config.yaml)"),
         (["--resume", "--overwrite"], "exclude each other"),
         # each had been accepted (and trained) or had failed after the data was prepared, or in torch
         (["--beta1", "1.5"], "--beta1 must be in [0, 1), got 1.5"),

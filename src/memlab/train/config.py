@@ -267,7 +267,11 @@ _YamlLoader.add_implicit_resolver(
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    if not str(path):  # (Path("") is ".": "no such config file: .")
+        raise MemlabError("--config needs a YAML file")
     path = Path(path)
+    if path.is_dir():
+        raise MemlabError(f"--config {path} is a directory; give its YAML file (a run's is config.yaml)")
     if not path.is_file():
         raise MemlabError(f"no such config file: {path}")
     try:
