@@ -25,6 +25,24 @@ def test_save_figure_writes_the_paths_format_closes_the_figure_and_leaves_no_tem
     assert not plt.fignum_exists(fig.number)
 
 
+def test_a_figure_that_cannot_be_written_leaves_nothing_and_names_its_file(tmp_path, monkeypatch):
+    """A full disk had left the staging file and the figure open, and an error that named no file."""
+    import errno
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    draw = fig.savefig
+
+    def full(target, **kwargs):
+        draw(target, **kwargs)  # what fits is written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fig, "savefig", full)
+    with pytest.raises(OSError, match="No space left on device: '.*figure.png'"):
+        save_figure(fig, tmp_path / "figure.png")
+    assert list(tmp_path.iterdir()) == [] and not plt.fignum_exists(fig.number)
+
+
 def test_save_figure_tightens_a_plain_figure_and_keeps_a_layout_engine(tmp_path, recwarn):
     plain, ax = plt.subplots()
     ax.set_ylabel("a label that needs room")

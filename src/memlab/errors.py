@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import math
+import os
+import re
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -17,6 +22,31 @@ def fail(message: str) -> None:
     """The end of every user-facing error: one line on stderr, exit code 2."""
     print(f"memlab: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+@contextlib.contextmanager
+def naming_write_failures(path: str | Path, *others: type[Exception]) -> Iterator[None]:
+    """Re-raise a failure to write ``path`` as an OSError that names it (one line on the command line):
+    an OSError of a write names no file ("No space left on device"), and ``others`` (torch.save's
+    RuntimeError, safetensors' SafetensorError on a full disk) had been tracebacks."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    except others as e:
+        code = re.search(r"os error (\d+)", str(e))  # (safetensors: "I/O error: ... (os error 28)")
+        number = int(code.group(1)) if code else errno.ENOSPC if _nearly_full(Path(path).parent) else None
+        reason = os.strerror(number) if number else f"the write failed ({str(e).splitlines()[0]})"
+        raise OSError(number or errno.EIO, reason, str(path)) from e
+
+
+def _nearly_full(directory: Path) -> bool:
+    """Whether the file system of ``directory`` has under 1 MiB left (torch.save's error does not say)."""
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 1 << 20
 
 
 def stop_interrupted(terminated: bool = False) -> None:

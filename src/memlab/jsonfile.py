@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from memlab.errors import MemlabError
+from memlab.errors import MemlabError, naming_write_failures
 from memlab.staging import remove_abandoned, staging_path
 
 
@@ -48,8 +48,9 @@ def write_text(path: str | Path, text: str) -> None:
     remove_abandoned(path)  # what a killed writer left
     tmp = staging_path(path)
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        with naming_write_failures(path):
+            tmp.write_text(text)
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

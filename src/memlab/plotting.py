@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from memlab.errors import naming_write_failures
 from memlab.staging import remove_abandoned, staged_directory, staging_path
 
 log = logging.getLogger(__name__)
@@ -30,17 +31,24 @@ def save_figure(fig, path: Path) -> Path:
     tmp = staging_path(path)  # (one per process: two commands writing one figure had collided)
     if fig.get_layout_engine() is None:
         fig.tight_layout()
-    fig.savefig(tmp, format=path.suffix.lstrip("."))
-    pyplot().close(fig)
-    os.replace(tmp, path)
+    try:
+        with naming_write_failures(path):
+            fig.savefig(tmp, format=path.suffix.lstrip("."))
+            os.replace(tmp, path)
+    except BaseException:  # (a full disk had left the staging file)
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        pyplot().close(fig)
     return path
 
 
 @contextlib.contextmanager
 def staged_figures(out: Path) -> Iterator[Path]:
-    """A directory to draw a command's figures in; they move into ``out`` when the block ends without
-    an error, after the results files written inside it, so a kill or a failure leaves the last
-    whole set (never new results beside old figures, nor the reverse)."""
+    """A directory to draw a command's figures in (and to write its results files in, where it has
+    several); all move into ``out`` when the block ends without an error, after the results files
+    written to ``out`` inside it, so a kill or a failure leaves the last whole set (never new results
+    beside old figures, nor the reverse)."""
     with staged_directory(out / "figures") as staging:
         yield staging
         for figure in sorted(staging.iterdir()):

@@ -553,6 +553,29 @@ def test_a_comparison_killed_while_writing_leaves_the_last_files_whole(tmp_path,
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # and no half-written temporary file
 
 
+def test_a_disk_full_on_the_last_file_leaves_the_last_whole_set(tmp_path, base, monkeypatch):
+    """Each file had been whole, but a full disk at compare.json left new compare.md/.csv beside the old
+    compare.json and figures: two comparisons mixed."""
+    import errno
+
+    import memlab.analysis.compare as compare_module
+
+    out, better = tmp_path / "compare", make_run(tmp_path, "gdn-s1", alg=0.9)
+    compare([base, make_run(tmp_path, "gdn-s0")], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    write_text = compare_module.write_text
+
+    def full_at_the_json(path, text):
+        if path.name == "compare.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write_text(path, text)
+
+    monkeypatch.setattr(compare_module, "write_text", full_at_the_json)
+    with pytest.raises(OSError, match="No space left"):
+        compare([base, better], out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_a_comparison_that_fails_while_plotting_leaves_the_last_whole_set(tmp_path, base, monkeypatch):
     """The text files had been replaced before the figures were drawn: a kill while plotting left the
     new tables beside the old figures."""

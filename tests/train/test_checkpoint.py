@@ -15,6 +15,7 @@ import torch
 import memlab
 from memlab.errors import MemlabError
 from memlab.eval.hub import load_checkpoint
+from memlab.jsonfile import write_json
 from memlab.paths import latest_whole_checkpoint, manifest_problem, resolve_model_dir
 from memlab.train import checkpoint as ckpt
 
@@ -260,3 +261,39 @@ def test_memlab_load_gives_a_model_in_eval_mode(tmp_path):
     """As evaluation's loader gives it (it had been in training mode, nn.Module's default)."""
     memlab.build_model("baseline", "tiny", d_model=32, n_layers=1).save(tmp_path / "m")
     assert not memlab.load(tmp_path / "m").training
+
+
+def test_a_full_disk_while_saving_is_an_os_error_naming_the_file(tmp_path, monkeypatch):
+    """safetensors' and torch.save's own errors on a full disk had been tracebacks (exit code 1), and a
+    plain write's OSError named no file."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    import memlab.models.lm as lm
+
+    model = memlab.build_model("baseline", "tiny", d_model=32, n_layers=1, n_heads=2, vocab_size=64)
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(lm, "save_model", full)
+    with pytest.raises(OSError) as raised:
+        model.save(tmp_path / "m")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "m" / "model.safetensors")
+    monkeypatch.undo()
+
+    def torn(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3553536 vs 3553428")
+
+    monkeypatch.setattr(ckpt.torch, "save", torn)
+    with pytest.raises(OSError, match=r"the write failed \(\[enforce fail.*optimizer\.pt") as raised:
+        ckpt.save_checkpoint(tmp_path / "step_1", model.save, {"state": {}}, {"step": 1})
+    assert raised.value.errno == errno.EIO and not (tmp_path / "step_1").exists()
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write reports it: no file named
+
+    monkeypatch.setattr(Path, "write_text", no_space)
+    with pytest.raises(OSError, match="No space left on device: '.*summary.json'"):
+        write_json(tmp_path / "summary.json", {})

@@ -357,3 +357,33 @@ def test_an_fp16_skipped_step_lowers_the_loss_scale(tmp_path, monkeypatch):
     run_dir = train(tiny_config(tmp_path / "run", steps=3, precision="fp16"))
     assert [r["loss"] is None for r in records(run_dir)] == [False, True, False]
     assert read_trainer_state(run_dir / "checkpoints" / "step_3")["scaler"]["scale"] == 32768.0
+
+
+def test_a_full_disk_reports_the_error_that_stopped_the_run(tmp_path, monkeypatch, caplog):
+    """The outputs written on the way out failed on the full disk too, and their error replaced the
+    checkpoint's; and metrics.json, written before summary.json, had left the summary "running"."""
+    import errno
+
+    import memlab.train.metrics as metrics_module
+    from memlab.train import checkpoint as ckpt
+
+    full, save, write_json = [], ckpt.save_checkpoint, metrics_module.write_json
+
+    def save_checkpoint(directory, *args, **kwargs):
+        if directory.name == "step_2":
+            full.append(directory)
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory / "model.safetensors"))
+        return save(directory, *args, **kwargs)
+
+    def no_room_for_metrics(path, data):
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write_json(path, data)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(metrics_module, "write_json", no_room_for_metrics)
+    run = tmp_path / "run"
+    with pytest.raises(OSError, match="model.safetensors"):
+        train(tiny_config(run, steps=3, save_interval=1))
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    assert "the failed run's outputs could not be written" in caplog.text and "metrics.json" in caplog.text

@@ -686,20 +686,20 @@ def compare_rows(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        with staged_figures(out) as staging:  # each file whole, and the figures moved in with the rest
+        with staged_figures(out) as staging:  # the files and figures all written there, then moved in
             figures = []
             if plots:
                 from memlab.analysis.compare_plots import plot_comparison  # (matplotlib: slow to import)
 
                 figures = plot_comparison(rows, staging)
-            write_text(out / "compare.md",
+            write_text(staging / "compare.md",  # (a full disk had left a new compare.md beside an old compare.json)
                        markdown(rows, verdicts) + "\n\n" + criteria_markdown(rows, verdicts, base, criteria) + "\n")
-            write_csv(out / "compare.csv", rows, verdicts)
+            write_csv(staging / "compare.csv", rows, verdicts)
             data = {"metadata": provenance(), "baseline": base.name, "criteria": asdict(criteria),
                     "verdicts": verdicts, "rows": [{k: v for k, v in asdict(r).items() if k not in
                                                     ("results", "members", "measured_on", "recipe", "outcomes")}
                                                    for r in rows]}
-            write_text(out / "compare.json", json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
+            write_text(staging / "compare.json", json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
         files += [out / "compare.md", out / "compare.csv", out / "compare.json", *(out / f.name for f in figures)]
         remove_stale_figures([out / name for name in FIGURES], files)
     return Comparison(rows, base.name, criteria, verdicts, files, terminal(rows, verdicts))

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from memlab.config import ModelConfig, check_types
 from memlab.data.tasks.base import IGNORE_INDEX
-from memlab.errors import MemlabError
+from memlab.errors import MemlabError, naming_write_failures
 from memlab.mixers import Mixer, MixerState
 from memlab.models.body import Stack
 from memlab.ops.linear_cross_entropy import linear_cross_entropy, linear_token_nll
@@ -272,7 +273,8 @@ class LanguageModel(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_model(self, str(path / WEIGHTS_FILE))
+        with naming_write_failures(path / WEIGHTS_FILE, SafetensorError):
+            save_model(self, str(path / WEIGHTS_FILE))
         dtype = str(self.embed.weight.dtype).removeprefix("torch.")  # (a bf16 model had come back float32)
         meta = {"memlab_version": __version__, "dtype": dtype, "model": self.config.to_dict()}
         (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from memlab.errors import MemlabError
+from memlab.errors import MemlabError, naming_write_failures
 from memlab.paths import checkpoint_dirs, manifest_problem, write_manifest
 
 TRAINER_STATE_FILE, OPTIMIZER_FILE = "trainer_state.json", "optimizer.pt"
@@ -161,7 +161,8 @@ def save_checkpoint(
     with atomic_directory(directory) as tmp:
         write_files(tmp)
         if optimizer_state is not None:
-            torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+            with naming_write_failures(tmp / OPTIMIZER_FILE, RuntimeError):  # (a full disk: a RuntimeError)
+                torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
         (tmp / TRAINER_STATE_FILE).write_text(json.dumps({"format": STATE_FORMAT, **trainer_state}) + "\n")
     return directory
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from memlab.errors import MemlabError
+from memlab.errors import MemlabError, naming_write_failures
 from memlab.jsonfile import finite, write_json
 
 METRICS_LINES, METRICS_JSON = "metrics.jsonl", "metrics.json"
@@ -62,7 +62,7 @@ class MetricsLog:
         self.records.append(record)
         if not self.enabled:
             return
-        with self.path.open("a") as f:
+        with naming_write_failures(self.path), self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for name, value in _flat(record).items():

@@ -34,7 +34,7 @@ from memlab.data.shards import WINDOW_PLACEMENT, read_header
 from memlab.data.tasks import GRID_VERSION, IGNORE_INDEX, get_task
 from memlab.data.tokenizer import load_tokenizer
 from memlab.errors import MemlabError, check_dir_target
-from memlab.jsonfile import read_json_object, write_json
+from memlab.jsonfile import read_json_object, write_json, write_text
 from memlab.models.lm import WEIGHTS_FILE, LanguageModel
 from memlab.paths import BEST_FILE, checkpoint_dirs, is_model_dir, latest_whole_checkpoint
 from memlab.provenance import provenance
@@ -305,9 +305,7 @@ class Trainer:
                 "shards_sha256": self.data.checksum,  # data_checksum; TokenShards(checksum=) refuses other data
             },
         }
-        tmp = self.run_dir / f".{CONFIG_FILE}.tmp"
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-        tmp.replace(self.run_dir / CONFIG_FILE)
+        write_text(self.run_dir / CONFIG_FILE, yaml.safe_dump(data, sort_keys=False))
         self.tokenizer.save(self.run_dir)
 
     def _trainer_state(self, rng_by_rank: list[dict[str, Any]]) -> dict[str, Any]:
@@ -529,7 +527,12 @@ class Trainer:
             raise
         finally:
             bar.close()
-            self._refresh_outputs(status)
+            try:
+                self._refresh_outputs(status)
+            except OSError as e:  # (a full disk: it had replaced the error that stopped the run)
+                if status == "completed":
+                    raise
+                log.warning("the %s run's outputs could not be written: %s", status, e)
             self.metrics.close()
         return self.run_dir
 
@@ -630,9 +633,9 @@ class Trainer:
         if not self.d.is_main:
             return
         records = self.metrics.records
-        self.metrics.write_json()
         if self.session_steps or not (status == "completed" and run_completed(self.run_dir)):  # a re-run that
             write_json(self.run_dir / SUMMARY_FILE, self.summary(status))  # trained nothing keeps the summary
+        self.metrics.write_json()  # (after the summary: on a full disk its status had stayed "running")
         plot_loss(records, self.run_dir / "loss.png")
         if any("acc" in r for r in records):
             plot_accuracy(records, self.run_dir / "accuracy.png")
