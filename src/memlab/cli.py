@@ -140,7 +140,7 @@ def run_generate(args: GenerateArgs) -> None:
         size = "tiny" if args.model_size is None else args.model_size
         model = memlab.build_model(variant, size, vocab_size=tokenizer.vocab_size)
     else:
-        model, tokenizer, _ = load_checkpoint(args.checkpoint, "cpu")  # refuses a tokenizer of another model
+        model, tokenizer, *_ = load_checkpoint(args.checkpoint, "cpu")  # refuses a tokenizer of another model
     ids = torch.tensor([tokenizer.encode(args.prompt)])
     if ids.shape[1] == 0:
         raise MemlabError("the prompt is empty")

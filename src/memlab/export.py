@@ -60,7 +60,7 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
         if out.is_dir() and holds_training_output(out):
             raise MemlabError(f"--out {out} holds a training run or checkpoints, which --overwrite does not "
                               "delete; choose another directory")
-    model, tokenizer, _ = load_checkpoint(model_dir, "cpu")  # refuses a tokenizer of another model
+    model, tokenizer, *_ = load_checkpoint(model_dir, "cpu")  # refuses a tokenizer of another model
     sources = [d for d in dict.fromkeys([model_dir, run_dir]) if d is not None]
     summary_file = next((d / SUMMARY_FILE for d in sources if (d / SUMMARY_FILE).is_file()), None)
     record = next(filter(None, map(training_record, sources)), None)  # (eval and probe read its held-out split)

@@ -447,3 +447,47 @@ def test_the_lm_suite_says_what_a_command_line_can_do_about_its_corpus(trained_b
     ctx = EvalContext(trained_baseline, byte_tok, EvalOptions(), run_dir=tmp_path)
     with pytest.raises(MemlabError, match=r"needs a corpus: the run's data .*gone is not found; --corpus DIR"):
         evaluate_model(ctx, "lm")
+
+
+def test_results_name_the_weights_measured_though_a_run_saves_others_meanwhile(tmp_path, trained_baseline, byte_tok,
+                                                                                monkeypatch):
+    """A run saving its best_model again during an evaluation: the results had named the new weights'
+    sha256 beside the old weights' scores (it was read when they were written); one saved again while
+    it loads is loaded again."""
+    import memlab
+    from memlab.eval import hub, selftest  # noqa: F401  (importing a suite registers it)
+    from memlab.eval.hub import evaluate, load_checkpoint
+    from memlab.paths import weights_sha256
+
+    model_dir = tmp_path / "best_model"
+    trained_baseline.save(model_dir)
+    byte_tok.save(model_dir)
+    measured = weights_sha256(model_dir)
+    torch.manual_seed(1)
+    other = memlab.build_model("baseline", "tiny", **{k: getattr(trained_baseline.config, k) for k in
+                                                      ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff")})
+    run_selftest = hub.SUITES["selftest"]
+
+    def saved_meanwhile(ctx):
+        other.save(model_dir)
+        return run_selftest(ctx)
+
+    monkeypatch.setitem(hub.SUITES, "selftest", saved_meanwhile)
+    doc = evaluate(model_dir, "selftest", tmp_path / "eval", EvalOptions())
+    assert doc["metadata"]["weights_sha256"] == measured != weights_sha256(model_dir)
+
+    trained_baseline.save(model_dir)
+    load, loads = hub._load_model, []
+
+    def saved_while_loading(directory, device):
+        loads.append(directory)
+        model = load(directory, device)
+        if len(loads) == 1:
+            other.save(model_dir)
+        return model
+
+    monkeypatch.setattr(hub, "_load_model", saved_while_loading)
+    loaded = load_checkpoint(model_dir, "cpu")
+    ids = torch.randint(0, 256, (1, 12))
+    assert len(loads) == 2 and loaded.weights_sha256 == weights_sha256(model_dir) != measured
+    assert torch.equal(loaded.model(ids), other.eval()(ids))

@@ -134,7 +134,7 @@ def test_activity_is_recorded_over_real_tokens_only_whatever_the_batch(tmp_path,
     from memlab.probes.activity import record_activity
     from memlab.probes.runner import ProbeContext
 
-    model, tokenizer, _ = load_checkpoint(save_model(tmp_path / "m", variant="cdm"), "cpu")
+    model, tokenizer, *_ = load_checkpoint(save_model(tmp_path / "m", variant="cdm"), "cpu")
     text = ProbeContext(model, tokenizer, options(corpora), 0, tmp_path).text()
     assert len({len(w) for w in text.windows}) > 1  # some windows are shorter: their batch is padded
     alone, together = record_activity(model, text, batch_size=1), record_activity(model, text, batch_size=8)
@@ -184,7 +184,7 @@ def test_a_slot_nothing_writes_to_favours_no_role_and_has_no_timescale_to_rank(t
     from memlab.probes.gates import gates_probe
     from memlab.probes.runner import ProbeContext
 
-    model, tokenizer, _ = load_checkpoint(save_model(tmp_path / "m", variant="cdm"), "cpu")
+    model, tokenizer, *_ = load_checkpoint(save_model(tmp_path / "m", variant="cdm"), "cpu")
     ctx = ProbeContext(model, tokenizer, options(corpora), 0, tmp_path)
     n = ctx.text().tokens
     gates = np.zeros((n, 4), dtype=np.float32)
@@ -213,7 +213,7 @@ def test_a_slot_favours_only_a_role_seen_at_least_min_token_count_times(tmp_path
     from memlab.probes.labels import ROLE_INDEX
     from memlab.probes.runner import ProbeContext
 
-    model, tokenizer, _ = load_checkpoint(save_model(tmp_path / "m", variant="cdm"), "cpu")
+    model, tokenizer, *_ = load_checkpoint(save_model(tmp_path / "m", variant="cdm"), "cpu")
     ctx = ProbeContext(model, tokenizer, options(corpora, min_token_count=5), 0, tmp_path)
     roles = ctx.text().flat("role")
     assert 0 < (roles == ROLE_INDEX["number"]).sum() < 5 <= (roles == ROLE_INDEX["colon"]).sum() < 300
@@ -262,7 +262,7 @@ def test_argmax_profiles_separate_domains_that_near_uniform_soft_profiles_do_not
     from memlab.probes.domains import domains_probe
     from memlab.probes.runner import ProbeContext
 
-    model, tokenizer, _ = load_checkpoint(save_model(tmp_path / "m", variant="cdm"), "cpu")
+    model, tokenizer, *_ = load_checkpoint(save_model(tmp_path / "m", variant="cdm"), "cpu")
     opts = options(corpora, domains=[f"code={corpora['code']}", f"prose={corpora['prose']}"])
     ctx = ProbeContext(model, tokenizer, opts, 0, tmp_path)
     code = ctx.text(corpora["code"])
@@ -463,7 +463,7 @@ def test_windows_pass_max_seq_len_where_the_positions_allow(tmp_path, corpora):
     from memlab.probes.runner import ProbeContext, with_readable_windows
 
     rope = save_model(tmp_path / "rope", max_seq_len=32)
-    model, tokenizer, _ = load_checkpoint(rope, "cpu")
+    model, tokenizer, *_ = load_checkpoint(rope, "cpu")
     given = options(corpora, seq_len=64)
     text = ProbeContext(model, tokenizer, with_readable_windows(given, 64, model), 0, tmp_path).text()
     assert max(len(window) for window in text.windows) == 64
@@ -488,7 +488,7 @@ def test_text_field_selects_the_field_of_jsonl_rows(tmp_path, capsys):
 
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"id": i, "content": CODE}) + "\n" for i in range(3)))
     opts = ProbeOptions(corpus=f"files:{tmp_path}/rows.jsonl", documents="all", text_field="content", seq_len=64)
-    model, tokenizer, _ = load_checkpoint(save_model(tmp_path / "m"), "cpu")
+    model, tokenizer, *_ = load_checkpoint(save_model(tmp_path / "m"), "cpu")
     text = ProbeContext(model, tokenizer, opts, 0, tmp_path).text()
     assert text.documents == 3 and tokenizer.decode(text.flat("ids").tolist()) == CODE * 3
     assert (text.flat("indent") == 3).any()  # read as the Python it is

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -38,10 +38,11 @@ from memlab.eval.exact_match import exact_match
 from memlab.eval.options import EvalOptions
 from memlab.models.lm import LanguageModel
 from memlab.models.recursion import fix_act_steps
-from memlab.paths import EXPORT_FILE, resolve_model_dir
+from memlab.paths import EXPORT_FILE, resolve_model_dir, weights_sha256
 from memlab.plotting import remove_stale_figures, staged_figures
 
 log = logging.getLogger(__name__)
+LOAD_ATTEMPTS = 5  # loads of a model directory that a run keeps saving again, before giving up
 
 SUITE_ORDER = ("algorithmic", "longctx", "lm", "ablation", "selftest")
 T = TypeVar("T")
@@ -60,6 +61,7 @@ class EvalContext:
     progress: bool = False  # progress bars while scoring
     figure_prefix: str = ""  # before a figure's file name: the results file's it goes with ("all_" for results_all)
     figure_dir: Path | None = None  # where figures are written while the suites run (None: out_dir)
+    weights_sha256: str | None = None  # of the weights loaded (None: those in model_dir when results are written)
 
     def figure_path(self, name: str) -> Path:
         """Where the figure ``name`` (as its results record it) is written now."""
@@ -206,20 +208,31 @@ def held_out_split(run_dir: Path | None, corpus: str | None) -> tuple[float, int
     return split or default
 
 
-def load_checkpoint(path: str | Path, device: str = "auto") -> tuple[nn.Module, Tokenizer, Path]:
-    """(model in eval mode, tokenizer, model directory) of a run, checkpoint or model directory."""
-    import memlab
+class Loaded(NamedTuple):
+    """A model loaded by :func:`load_checkpoint`, in eval mode, with its tokenizer and where it came from."""
 
-    model_dir = resolve_model_dir(path)
+    model: nn.Module
+    tokenizer: Tokenizer
+    model_dir: Path
+    weights_sha256: str | None  # of the weights loaded: a run may save others into model_dir meanwhile
+
+
+def load_checkpoint(path: str | Path, device: str = "auto") -> Loaded:
+    """The model of a run, checkpoint or model directory, its tokenizer, directory and weights' sha256.
+
+    A run saving its best_model again while it loads is met by loading again (results had named the
+    newer weights' sha256 beside the older weights' scores)."""
     device = resolve_device(device)
-    try:
-        model = LanguageModel.load(model_dir, device=device).eval()  # (resolved and checked above: once)
-    except MemlabError as e:
-        written_by = _written_by(model_dir)
-        if written_by is not None and _version(written_by) > _version(memlab.__version__):
-            raise MemlabError(f"{e} (the checkpoint was written by memlab {written_by}, newer than this "
-                              f"memlab {memlab.__version__}: upgrade memlab)") from None
-        raise
+    for _ in range(LOAD_ATTEMPTS):
+        model_dir = resolve_model_dir(path)
+        weights = weights_sha256(model_dir)
+        model = _load_model(model_dir, device)
+        if weights_sha256(model_dir) == weights:
+            break
+        log.info("%s was saved again while it loaded (a run is at work): loading it again", model_dir)
+    else:
+        raise MemlabError(f"{model_dir} was saved again each of the {LOAD_ATTEMPTS} times it loaded (a run is at "
+                          "work): load one of its checkpoints/step_N instead")
     tokenizer = find_tokenizer(model_dir)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise MemlabError(
@@ -230,7 +243,22 @@ def load_checkpoint(path: str | Path, device: str = "auto") -> tuple[nn.Module, 
     if trained_with is not None and trained_with != tokenizer.hash:
         raise MemlabError(f"the tokenizer in {model_dir} ({tokenizer.hash[:12]}) is not the one the model was "
                           f"trained with ({trained_with[:12]}): they do not belong together")
-    return model, tokenizer, model_dir
+    return Loaded(model, tokenizer, model_dir, weights)
+
+
+def _load_model(model_dir: Path, device: torch.device) -> LanguageModel:
+    """The model in ``model_dir`` (resolved and checked: once), in eval mode; an error names a newer
+    memlab that wrote it."""
+    import memlab
+
+    try:
+        return LanguageModel.load(model_dir, device=device).eval()
+    except MemlabError as e:
+        written_by = _written_by(model_dir)
+        if written_by is not None and _version(written_by) > _version(memlab.__version__):
+            raise MemlabError(f"{e} (the checkpoint was written by memlab {written_by}, newer than this "
+                              f"memlab {memlab.__version__}: upgrade memlab)") from None
+        raise
 
 
 def trained_tokenizer_hash(model_dir: Path) -> str | None:
@@ -274,7 +302,7 @@ def evaluate(
     options = options or EvalOptions()
     options.check()
     choose("suite", suite, suite_names())
-    model, tokenizer, model_dir = load_checkpoint(checkpoint, options.device)
+    model, tokenizer, model_dir, weights = load_checkpoint(checkpoint, options.device)
     run_dir = run_dir_of(model_dir)
     out = Path(out_dir) if out_dir is not None else default_out_dir(model_dir, run_dir, options.act_steps)
     if options.act_steps is not None:
@@ -288,7 +316,7 @@ def evaluate(
     prefix = "" if suite == "longctx" else f"{suite}_"  # results_longctx.json and results_all.json: their own
     try:
         with staged_figures(out) as staging:  # a failed evaluation leaves the last figures whole
-            ctx = EvalContext(model, tokenizer, options, out, trained_by(model_dir), progress, prefix, staging)
+            ctx = EvalContext(model, tokenizer, options, out, trained_by(model_dir), progress, prefix, staging, weights)
             doc = evaluate_model(ctx, suite, checkpoint=str(checkpoint), model_dir=str(model_dir))
             schema.write_results(out / schema.results_filename(suite), doc)
     except BaseException:  # (a refused option had left an empty eval/ behind)
@@ -338,9 +366,8 @@ def metadata(ctx: EvalContext, checkpoint: str, model_dir: str) -> dict[str, Any
     from memlab.data.tasks import GRID_VERSION
 
     state_bytes = {str(n): ctx.model.state_nbytes(n) for n in (256, 2048)}
-    return schema.metadata(
-        ctx.model, ctx.tokenizer, ctx.options, checkpoint, model_dir, DECODING, GRID_VERSION, state_bytes=state_bytes
-    )
+    return schema.metadata(ctx.model, ctx.tokenizer, ctx.options, checkpoint, model_dir, ctx.weights_sha256,
+                           DECODING, GRID_VERSION, state_bytes=state_bytes)
 
 
 def _load_suites() -> None:

@@ -70,7 +70,7 @@ class MemlabLM(TemplateLM):
             if torch.device("cuda" if device == "auto" else device).type == "cuda" and not torch.cuda.is_available():
                 log.warning("device %s is not available (lm-eval's default is cuda:0); using the CPU", device)
                 device = "cpu"
-            model, tokenizer, _ = load_checkpoint(checkpoint, device)
+            model, tokenizer, *_ = load_checkpoint(checkpoint, device)
         elif tokenizer is None:
             raise ValueError("a model object needs its tokenizer=...")
         self.model, self.tokenizer = model.eval(), tokenizer

@@ -67,13 +67,15 @@ def metadata(
     options: Any,
     checkpoint: str,
     model_dir: str,
+    weights: str | None,
     decoding: dict[str, Any] | None,
     grid_version: str | None,
     **model_facts: Any,
 ) -> dict[str, Any]:
     """The metadata block every results file carries (see ``docs/results_schema.md``).
 
-    ``options`` is the dataclass of the command's options; ``model_facts`` join the model's entry.
+    ``options`` is the dataclass of the command's options; ``weights`` the sha256 of the weights
+    measured (None: of those in ``model_dir`` now); ``model_facts`` join the model's entry.
     """
     config = model.config
     return {
@@ -89,7 +91,7 @@ def metadata(
             "layer_pattern": config.pattern,
             **model_facts,
         },
-        "weights_sha256": weights_sha256(model_dir),  # which weights: a best_model may be saved again later
+        "weights_sha256": weights or weights_sha256(model_dir),  # which weights: a best_model may be saved again
         "tokenizer_hash": tokenizer.hash,
         "seed": options.seed,
         "decoding": decoding,

@@ -42,6 +42,7 @@ class ProbeContext:
     options: ProbeOptions
     step: int
     out_dir: Path
+    weights_sha256: str | None = None  # of the weights loaded
     _texts: dict[str, ProbeText] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)  # the figures the probe wrote
     figure_dir: Path | None = None  # where they are drawn until the results file is written (None: out_dir)
@@ -98,10 +99,11 @@ def run_probe(
         from memlab.probes.trajectory import trajectory_probe
 
         return trajectory_probe(Path(checkpoint), out_dir, options, given_seq_len)
-    model, tokenizer, model_dir = load_checkpoint(checkpoint, options.device)
+    model, tokenizer, model_dir, weights = load_checkpoint(checkpoint, options.device)
     slot_layers(model)  # refuse a model without slots before reading any text
     options = with_readable_windows(options, given_seq_len, model)
-    ctx = ProbeContext(model, tokenizer, options, checkpoint_step(model_dir), default_out_dir(model_dir, out_dir))
+    ctx = ProbeContext(model, tokenizer, options, checkpoint_step(model_dir), default_out_dir(model_dir, out_dir),
+                       weights)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     with staged_figures(ctx.out_dir) as staging:  # the figures moved in after the results file
         ctx.figure_dir = staging
@@ -176,5 +178,6 @@ def without_negative_zero(value: Any) -> Any:
 
 def metadata(ctx: ProbeContext, checkpoint: str, model_dir: Path) -> dict[str, Any]:
     """The metadata block of a probe's results file (probes read the model: no decoding, no grid)."""
-    return schema.metadata(ctx.model, ctx.tokenizer, ctx.options, checkpoint, str(model_dir), None, None, step=ctx.step)
+    return schema.metadata(ctx.model, ctx.tokenizer, ctx.options, checkpoint, str(model_dir), ctx.weights_sha256,
+                           None, None, step=ctx.step)
 

@@ -45,7 +45,7 @@ def trajectory_probe(run_dir: Path, out_dir: str | Path | None, options: ProbeOp
     rows, ctx, tokenizer = [], None, None
     for path in checkpoints:
         try:  # (eval's loading: checksums, and a tokenizer that belongs to the model)
-            model, own_tokenizer, _ = load_checkpoint(path, options.device)
+            model, own_tokenizer, *_ = load_checkpoint(path, options.device)
             if tokenizer is not None and own_tokenizer.hash != tokenizer.hash:
                 raise MemlabError(f"its tokenizer is not that of {rows[0]['checkpoint']}")
         except MemlabError as e:
