@@ -60,7 +60,7 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
         if out.is_dir() and holds_training_output(out):
             raise MemlabError(f"--out {out} holds a training run or checkpoints, which --overwrite does not "
                               "delete; choose another directory")
-    model, tokenizer, *_ = load_checkpoint(model_dir, "cpu")  # refuses a tokenizer of another model
+    model, tokenizer, _, weights = load_checkpoint(model_dir, "cpu")  # refuses a tokenizer of another model
     sources = [d for d in dict.fromkeys([model_dir, run_dir]) if d is not None]
     summary_file = next((d / SUMMARY_FILE for d in sources if (d / SUMMARY_FILE).is_file()), None)
     record = next(filter(None, map(training_record, sources)), None)  # (eval and probe read its held-out split)
@@ -70,7 +70,7 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
         places = dict.fromkeys([default_out_dir(model_dir, run_dir, None), run_dir / "eval"])
         for p in (p for place in places for p in sorted(place.glob("results_*.json"))):  # the model's own place first
             doc = read_results(p)
-            if measured_model(doc["metadata"], model_dir):  # not another checkpoint's, nor older weights'
+            if measured_model(doc["metadata"], model_dir, weights):  # not another checkpoint's, nor other weights'
                 results.setdefault(p.name, doc)
 
     summary = read_json_object(summary_file) if summary_file is not None else None

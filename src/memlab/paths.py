@@ -121,11 +121,12 @@ def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
     return file_sha256(path)
 
 
-def measured_model(metadata: dict, model_dir: Path) -> bool:
-    """Whether a results file (its ``metadata``) measured the weights now in ``model_dir``: the same
-    weights where the file records them (a best_model saved again since holds others; an export
-    carries results measured in its run's directory), else the same directory."""
-    recorded, now = metadata.get("weights_sha256"), weights_sha256(model_dir)
+def measured_model(metadata: dict, model_dir: Path, weights: str | None = None) -> bool:
+    """Whether a results file (its ``metadata``) measured the weights now in ``model_dir`` (or those
+    of sha256 ``weights``, loaded from it): the same weights where the file records them (a best_model
+    saved again since holds others; an export carries results measured in its run's directory), else
+    the same directory."""
+    recorded, now = metadata.get("weights_sha256"), weights or weights_sha256(model_dir)
     if recorded is not None and now is not None:
         return recorded == now
     return same_model_dir(metadata.get("model_dir"), model_dir)
