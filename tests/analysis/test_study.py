@@ -179,6 +179,17 @@ def test_a_plan_whose_run_records_are_damaged_keeps_the_rest(tmp_path, runs):
     assert study.check_plan(cfg, tmp_path)["runs"] == {}
 
 
+def test_a_second_study_in_the_same_directory_is_refused(toy_preset, tmp_path):
+    """Two studies in one --out_dir had each rewritten study.json from its own copy: runs' records lost."""
+    from filelock import FileLock
+
+    out = tmp_path / "study"
+    with FileLock(tmp_path / ".study.lock"):  # what a running study holds
+        with pytest.raises(MemlabError, match="another memlab study is running in .*study.lock"):
+            run_study(StudyConfig(preset=toy_preset, out_dir=str(out), variants=["baseline"], progress=False))
+    assert not out.exists()
+
+
 def test_an_out_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "taken").write_text("mine")
     with pytest.raises(MemlabError, match="is a file, not a directory"):

@@ -422,12 +422,12 @@ def test_two_preparations_of_one_directory_at_once_wait_for_each_other(corpus_di
 def test_without_a_lock_file_shards_are_still_prepared_and_reused(corpus_dir, tmp_path, byte_tok, monkeypatch):
     """A parent directory that cannot hold the lock (a read-only cache, another user's lock file) had
     failed with a PermissionError, even to reuse shards that were there."""
-    from memlab.data import text
+    from memlab import locks
 
     def no_lock(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(text, "FileLock", no_lock)
+    monkeypatch.setattr(locks, "FileLock", no_lock)
     spec = f"files:{corpus_dir}/*.txt"
     assert not prepare_shards(spec, byte_tok, tmp_path / "data", val_fraction=0.2).reused  # prepared alone
     assert prepare_shards(spec, byte_tok, tmp_path / "data", val_fraction=0.2).reused  # reuse takes no lock

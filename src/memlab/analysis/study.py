@@ -37,6 +37,7 @@ from memlab.cli_help import DefaultInDoc
 from memlab.errors import MemlabError, check_at_least, check_dir_target, choose
 from memlab.eval.options import EvalOptions
 from memlab.jsonfile import read_json_object, write_json
+from memlab.locks import LockHeld, lock_beside
 
 if TYPE_CHECKING:
     from memlab.analysis.compare import Comparison
@@ -189,14 +190,28 @@ def evaluated(run_dir: Path, options: EvalOptions) -> bool:
 
 
 def run_study(cfg: StudyConfig) -> StudyResult:
-    """Train what is not trained, evaluate what is not evaluated, then compare and write the report."""
+    """Train what is not trained, evaluate what is not evaluated, then compare and write the report;
+    one study at a time in ``out_dir`` (two had each rewritten study.json from its own copy)."""
+    out = Path(cfg.out_dir)
+    try:
+        lock = lock_beside(out)
+    except LockHeld as e:
+        raise MemlabError(f"another memlab study is running in {out} (it holds {e.path}); wait for it or choose "
+                          "another --out_dir") from None
+    try:
+        return _run_study(cfg, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_study(cfg: StudyConfig, out: Path) -> StudyResult:
     from memlab.analysis.compare import aggregate, compare_rows, load_run
     from memlab.analysis.report import write_report
     from memlab.eval.hub import evaluate
     from memlab.train import TrainConfig, train
     from memlab.train.trainer import TrainingDiverged, run_status
 
-    out = Path(cfg.out_dir)
     plan = check_plan(cfg, out)
     preset = PRESETS[cfg.preset]
     out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,6 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock, Timeout
 
 from memlab.data.shards import (
     FORMAT,
@@ -51,6 +50,7 @@ from memlab.data.sources import Document, Files, Source, open_source
 from memlab.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from memlab.errors import MemlabError, check_dir_target
 from memlab.jsonfile import write_text
+from memlab.locks import LockHeld, lock_beside
 from memlab.paths import holds_training_output, is_model_dir
 from memlab.staging import remove_abandoned, staged_directory
 
@@ -218,24 +218,17 @@ def _preparation_lock(out: Path) -> Iterator[bool]:
     first: a second process preparing the same shards (another run sharing the cache) waits, then reuses
     them (it had removed the first's staging directory as stale).  Without a lock where the parent cannot
     hold the file (read-only, another user's lock)."""
-    where = out.resolve()
+    waited = False
     try:
-        where.parent.mkdir(parents=True, exist_ok=True)
-        lock, waited = FileLock(where.parent / f".{where.name}.lock"), False
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            log.info("waiting for another process preparing %s", out)
-            lock.acquire()
-            waited = True
-    except OSError as e:  # (PermissionError) nothing to share the lock with: prepare alone
-        log.info("preparing %s without a lock (%s)", out, e)
-        yield False
-        return
+        lock = lock_beside(out)
+    except LockHeld:
+        log.info("waiting for another process preparing %s", out)
+        lock, waited = lock_beside(out, wait=True), True
     try:
         yield waited
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def data_request(

@@ -35,6 +35,7 @@ from memlab.data.tasks import GRID_VERSION, IGNORE_INDEX, get_task
 from memlab.data.tokenizer import load_tokenizer
 from memlab.errors import MemlabError, check_dir_target
 from memlab.jsonfile import read_json_object, write_json, write_text
+from memlab.locks import LockHeld, lock_beside
 from memlab.models.lm import WEIGHTS_FILE, LanguageModel
 from memlab.paths import BEST_FILE, checkpoint_dirs, is_model_dir, latest_whole_checkpoint
 from memlab.provenance import provenance
@@ -84,25 +85,16 @@ def _run_lock(run_dir: Path, d: distributed.Dist) -> Iterator[None]:
     """Hold ``.<name>.lock`` beside the run directory for the run (main process): a second run into
     the same directory is refused (the two had interleaved one metrics.jsonl), on every process.
     Where the parent cannot hold the lock file (read-only), the run goes on without one."""
-    from filelock import FileLock, Timeout
-
     lock, problem = None, None
     if d.is_main:
         try:
             check_dir_target(run_dir, "--output-dir")
-            where = run_dir.resolve()
-            where.parent.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(where.parent / f".{where.name}.lock")
-            lock.acquire(timeout=0)
-        except Timeout:
-            problem = (f"another memlab process is training in {run_dir} (it holds {lock.lock_file}); wait for it "
+            lock = lock_beside(run_dir)  # (a read-only parent had ended the run in a traceback: none then)
+        except LockHeld as e:
+            problem = (f"another memlab process is training in {run_dir} (it holds {e.path}); wait for it "
                        "or choose another --output-dir")
-            lock = None
         except MemlabError as e:
             problem = str(e)
-        except OSError as e:  # (a read-only parent had ended the run in a traceback)
-            log.info("training in %s without a lock (%s)", run_dir, e)
-            lock = None
     problem = d.all_gather_object(problem)[0]  # (the other processes had waited for the main one forever)
     if problem:
         raise MemlabError(problem)
