@@ -8,6 +8,7 @@ import errno
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -43,10 +44,9 @@ def naming_write_failures(path: str | Path, *others: type[Exception]) -> Iterato
 def _nearly_full(directory: Path) -> bool:
     """Whether the file system of ``directory`` has under 1 MiB left (torch.save's error does not say)."""
     try:
-        stats = os.statvfs(directory)
+        return shutil.disk_usage(directory).free < 1 << 20
     except OSError:
         return False
-    return stats.f_bavail * stats.f_frsize < 1 << 20
 
 
 def stop_interrupted(terminated: bool = False) -> None:

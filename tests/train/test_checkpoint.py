@@ -267,10 +267,12 @@ def test_a_full_disk_while_saving_is_an_os_error_naming_the_file(tmp_path, monke
     """safetensors' and torch.save's own errors on a full disk had been tracebacks (exit code 1), and a
     plain write's OSError named no file."""
     import errno
+    from collections import namedtuple
 
     from safetensors import SafetensorError
 
     import memlab.models.lm as lm
+    from memlab import errors
 
     model = memlab.build_model("baseline", "tiny", d_model=32, n_layers=1, n_heads=2, vocab_size=64)
 
@@ -290,6 +292,10 @@ def test_a_full_disk_while_saving_is_an_os_error_naming_the_file(tmp_path, monke
     with pytest.raises(OSError, match=r"the write failed \(\[enforce fail.*optimizer\.pt") as raised:
         ckpt.save_checkpoint(tmp_path / "step_1", model.save, {"state": {}}, {"step": 1})
     assert raised.value.errno == errno.EIO and not (tmp_path / "step_1").exists()
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(errors.shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 4096))
+    with pytest.raises(OSError, match=r"No space left on device: '.*optimizer\.pt'"):  # what torch's error hides
+        ckpt.save_checkpoint(tmp_path / "step_1", model.save, {"state": {}}, {"step": 1})
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")  # as a write reports it: no file named
