@@ -48,3 +48,18 @@ def test_a_staged_directory_is_this_processes_and_gone_after_the_block(tmp_path)
     with pytest.raises(KeyboardInterrupt), staged_directory(final) as staging:
         raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_on_windows_no_process_is_probed_and_nothing_removed(tmp_path, gone_pid, monkeypatch):
+    """os.kill(pid, 0) on Windows terminates the process: a live memlab's staging would have cost it its life."""
+    import os
+
+    def terminate(pid, signal):
+        raise AssertionError(f"os.kill({pid}, {signal}) ends the process on Windows")
+
+    monkeypatch.setattr(os, "name", "nt")
+    monkeypatch.setattr(os, "kill", terminate)
+    left = tmp_path / f".compare.json.{host()}.{gone_pid}.tmp"
+    left.write_text("half")
+    remove_abandoned(tmp_path / "compare.json")
+    assert left.exists()
