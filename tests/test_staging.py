@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from memlab import staging
 from memlab.staging import host, remove_abandoned, staged_directory, staging_path
 
 
@@ -57,7 +58,7 @@ def test_on_windows_no_process_is_probed_and_nothing_removed(tmp_path, gone_pid,
     def terminate(pid, signal):
         raise AssertionError(f"os.kill({pid}, {signal}) ends the process on Windows")
 
-    monkeypatch.setattr(os, "name", "nt")
+    monkeypatch.setattr(staging, "on_windows", lambda: True)
     monkeypatch.setattr(os, "kill", terminate)
     left = tmp_path / f".compare.json.{host()}.{gone_pid}.tmp"
     left.write_text("half")

@@ -358,7 +358,7 @@ def run_scale(args: ScaleArgs) -> None:
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     run_ladder(variants, sizes, recipe, args.out_dir, args.tokens, args.tokens_per_param, args.aspect,
                args.bootstrap, args.seed)
-    print((Path(args.out_dir) / "scaling.md").read_text())
+    print((Path(args.out_dir) / "scaling.md").read_text(encoding="utf-8"))
     print(f"wrote {args.out_dir}/scaling.json, scaling.md, scaling.png")
 
 

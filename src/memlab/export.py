@@ -88,7 +88,8 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
             (staging / "eval").mkdir()
             for name, doc in results.items():
                 (staging / "eval" / name).write_text(json.dumps(doc, indent=2) + "\n")
-        (staging / CARD_FILE).write_text(model_card(model, tokenizer, run_dir or model_dir, step, summary, results))
+        card = model_card(model, tokenizer, run_dir or model_dir, step, summary, results)
+        (staging / CARD_FILE).write_text(card, encoding="utf-8")
 
     try:
         _write_whole(out.resolve(), write)  # through a symbolic link, the directory it names (the link stays)

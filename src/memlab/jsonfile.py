@@ -49,7 +49,7 @@ def write_text(path: str | Path, text: str) -> None:
     tmp = staging_path(path)
     try:
         with naming_write_failures(path):
-            tmp.write_text(text)
+            tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

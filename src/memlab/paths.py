@@ -39,7 +39,8 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 def write_manifest(directory: Path) -> None:
     """Record the size and sha256 of every file under ``directory`` in its ``manifest.json``."""
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
-    entries = {str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
+    entries = {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+               for p in files}  # (posix names: a checkpoint written on Windows is read elsewhere)
     (directory / MANIFEST_FILE).write_text(json.dumps({"files": entries}, indent=1) + "\n")
 
 

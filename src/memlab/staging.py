@@ -84,8 +84,13 @@ def move_contents(source: Path, directory: Path, last: str) -> None:
         os.replace(entry, directory / entry.name)
 
 
+def on_windows() -> bool:
+    """Whether this is Windows (a function: tests simulate it without changing ``os.name``)."""
+    return os.name == "nt"
+
+
 def _alive(pid: int) -> bool:
-    if os.name == "nt":  # (os.kill there ends the process whatever the signal: never probe one)
+    if on_windows():  # (os.kill there ends the process whatever the signal: never probe one)
         return True
     try:
         os.kill(pid, 0)

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -216,7 +217,10 @@ TRAINING_BYTES_PER_PARAM = 16  # float32 weights, gradients and AdamW's two mome
 
 def machine_memory_bytes() -> int:
     """The memory a run here can use at most: the host's RAM and every GPU's."""
-    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # (no sysconf on Windows: nothing to check against)
+        return sys.maxsize
     gpus = range(torch.cuda.device_count()) if torch.cuda.is_available() else ()
     return host + sum(torch.cuda.get_device_properties(i).total_memory for i in gpus)
 

@@ -59,7 +59,7 @@ def write_report(path: Path, plan: dict[str, Any], preset, comparison: Compariso
     from memlab.provenance import git_commit, utc_timestamp
 
     base = next(r for r in comparison.rows if r.name == comparison.baseline)
-    rel = [os.path.relpath(f, path.parent) for f in comparison.files if f.suffix == ".png"]
+    rel = [Path(os.path.relpath(f, path.parent)).as_posix() for f in comparison.files if f.suffix == ".png"]
     compared = [member.name for r in comparison.rows for member in r.members or [r]]  # not runs of earlier plans
     first_ablation = next((r.results["ablation"] for r in comparison.rows if "ablation" in r.results), None)
     ablation_head = (

@@ -10,9 +10,9 @@ from __future__ import annotations
 import multiprocessing
 import platform
 import re
-import resource
 import signal
 import statistics
+import sys
 import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -73,7 +73,12 @@ def peak_rss_mib() -> float:
     except OSError:
         status = ""
     hwm = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    return int(hwm.group(1)) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if hwm:
+        return int(hwm.group(1)) / 1024
+    import resource  # (Unix only)
+
+    maximum = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maximum / 2**20 if sys.platform == "darwin" else maximum / 1024  # (macOS counts bytes, Linux KiB)
 
 
 def reset_peak_rss() -> bool:

@@ -245,7 +245,7 @@ class BPETokenizer(Tokenizer):
         return self._tok.to_str()
 
     def _save_backend(self, directory: Path) -> None:
-        (directory / BPE_FILE).write_text(self._tok.to_str())
+        (directory / BPE_FILE).write_text(self._tok.to_str(), encoding="utf-8")  # (Windows' cp1252 lacks Ġ)
 
     @classmethod
     def load(cls, directory: Path) -> BPETokenizer:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from memlab import staging
 from memlab.errors import MemlabError, naming_write_failures
 from memlab.paths import checkpoint_dirs, manifest_problem, write_manifest
 
@@ -110,8 +111,11 @@ def _remove(path: Path) -> None:
 
 
 def _fsync(path: Path) -> None:
-    """fsync one file or directory."""
-    fd = os.open(path, os.O_RDONLY)
+    """fsync one file or directory (not a directory on Windows, which opens none and journals their
+    entries; a file there through a writable handle, which its FlushFileBuffers needs)."""
+    if staging.on_windows() and path.is_dir():
+        return
+    fd = os.open(path, os.O_RDWR if staging.on_windows() else os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

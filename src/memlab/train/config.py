@@ -275,7 +275,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise MemlabError(f"no such config file: {path}")
     try:
-        data = yaml.load(path.read_text(), Loader=_YamlLoader) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader) or {}
     except yaml.YAMLError as e:
         raise MemlabError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     except UnicodeDecodeError:

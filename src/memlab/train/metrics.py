@@ -73,7 +73,7 @@ class MetricsLog:
         """Put ``metrics.jsonl`` on disk (before a checkpoint records its step: a power cut then leaves
         no hole in the log a resume keeps)."""
         if self.enabled and self.path.is_file():
-            with self.path.open("rb") as f:
+            with self.path.open("ab") as f:  # (writable: Windows flushes no read-only handle)
                 os.fsync(f.fileno())
 
     def write_json(self) -> None:
