@@ -161,6 +161,17 @@ def test_every_command_prints_its_warnings_with_its_name():
     assert p.returncode == 0 and p.stderr == "memlab export: a warning\n"  # (its progress is printed, not logged)
 
 
+def test_a_later_command_in_the_same_process_logs_with_its_own_name_and_level():
+    """The first command's logging had stuck: after `info` (warnings only), `eval`'s progress was silent."""
+    script = ("import logging; from memlab import cli; "
+              "log = logging.getLogger('memlab.x'); "
+              "cli.COMMANDS['info'] = (cli.COMMANDS['info'][0], lambda args: log.info('hidden')); "
+              "cli.COMMANDS['probe'] = (cli.COMMANDS['probe'][0], lambda args: log.info('shown')); "
+              "cli.main(['info']); cli.main(['probe', '--checkpoint', 'x'])")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == "memlab probe: shown\n"
+
+
 def test_python_dash_m_memlab_goes_through_the_launcher(monkeypatch):
     """``python -m memlab`` (the torchrun form) had no entry: ``-m memlab.cli`` skipped the launcher,
     so Ctrl-C while torch loaded printed a traceback."""

@@ -95,6 +95,24 @@ def test_results_of_weights_saved_over_since_are_left_out(run_dir, tmp_path):
     assert not (out / "eval").exists() and "33.1" not in (out / "README.md").read_text()
 
 
+def test_the_results_exported_are_those_of_the_weights_loaded(run_dir, tmp_path, monkeypatch):
+    """best_model saved again between the load and the choice of results: the new weights' results had
+    been exported beside the old weights."""
+    import memlab.export as export_module
+    from memlab.eval.hub import Loaded
+
+    doc = json.loads((run_dir / "eval" / "results_lm.json").read_text())
+    doc["metadata"]["weights_sha256"] = "f" * 64  # the weights loaded, since saved over
+    schema.write_results(run_dir / "eval" / "results_lm.json", doc)
+    load = export_module.load_checkpoint
+
+    def loaded_then_saved_over(path, device):
+        return Loaded(*load(path, device)[:3], "f" * 64)
+
+    monkeypatch.setattr(export_module, "load_checkpoint", loaded_then_saved_over)
+    assert (export(run_dir, tmp_path / "out") / "eval" / "results_lm.json").is_file()
+
+
 def test_an_export_evaluated_again_still_compares_with_the_results_it_carries(run_dir, tmp_path, caplog):
     """The carried results name the run's best_model, the new ones the export: compare had dropped the
     carried ones as "another model of the run", though both record the same weights."""
@@ -136,15 +154,18 @@ def test_exporting_a_checkpoint_then_the_export_keeps_its_summary_and_results(ru
 def test_the_model_card_says_which_summary_fields_are_of_other_weights(run_dir, tmp_path):
     """A best model older than the run's end: the card had called best.* (of these very weights) another
     model's, and said nothing of it on the last checkpoint's card."""
-    summary = json.loads((run_dir / "summary.json").read_text()) | {"best": {"step": 2, "val_loss": 3.0}}
+    acc = {"copy": {"acc": 0.5, "step": 2}, "parity": {"acc": 0.7, "step": 4}}
+    summary = json.loads((run_dir / "summary.json").read_text()) | {"best": {"step": 2, "val_loss": 3.0, "acc": acc}}
     (run_dir / "summary.json").write_text(json.dumps(summary))
     (run_dir / "checkpoints" / "step_2").mkdir()
     for f in (run_dir / "checkpoints" / "step_4").iterdir():
         (run_dir / "checkpoints" / "step_2" / f.name).write_bytes(f.read_bytes())
     cards = {step: (export(run_dir / "checkpoints" / f"step_{step}", tmp_path / str(step)) / "README.md").read_text()
              for step in (2, 4)}
-    assert "its `final.*` fields (step 4) are of other weights than these (step 2)." in cards[2]
-    assert "its `best.*` fields (step 2) are of other weights than these (step 4)." in cards[4]
+    assert "its `final.*` fields (step 4) and `best.acc.{parity}.*` fields (step 4) are of other weights than these " \
+           "(step 2)." in cards[2]
+    assert "its `best.*` fields (step 2) and `best.acc.{copy}.*` fields (step 2) are of other weights than these " \
+           "(step 4)." in cards[4]
 
 
 def test_exporting_a_checkpoint_takes_the_results_in_its_own_eval_dir(run_dir, tmp_path):
@@ -351,3 +372,23 @@ def test_an_out_that_cannot_be_renamed_is_filled_in_place(run_dir, tmp_path, mon
     assert origin == {"step": 4, "source": str((run_dir / "checkpoints" / "step_4").resolve())}
     ids = torch.randint(0, 261, (1, 9))
     assert torch.equal(memlab.load(out)(ids), memlab.load(run_dir / "checkpoints" / "step_4")(ids))
+
+
+def test_an_out_that_is_a_mount_point_is_filled_in_place_at_once(run_dir, tmp_path, monkeypatch):
+    """Staged beside it first, the whole export had landed on the parent's disk (a container's small
+    root file system) before the fallback, and failed there when it did not fit."""
+    import os
+
+    import memlab.export as export_module
+
+    out = tmp_path / "volume"
+    out.mkdir()
+    is_mount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == out.resolve() or is_mount(path))
+
+    def staged_beside(*args):
+        raise AssertionError("staged beside a mount point, on its parent's disk")
+
+    monkeypatch.setattr(export_module, "replace_directory", staged_beside)
+    export(run_dir, out)
+    assert (out / "config.json").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

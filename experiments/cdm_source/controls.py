@@ -291,7 +291,7 @@ def main() -> None:
     if opts.what == "alpha_traj":
         Path(opts.out).write_text(json.dumps(alpha_trajectory(Path(opts.checkpoint)), indent=1))
         return
-    model, tokenizer, model_dir = load_checkpoint(opts.checkpoint, "cpu")
+    model, tokenizer, model_dir, _ = load_checkpoint(opts.checkpoint, "cpu")
     doc: dict = {"checkpoint": opts.checkpoint, "model_dir": str(model_dir), "options": vars(opts)}
     if opts.what in ("mi", "val", "paired_val"):
         text = read_probe_text(opts.corpus, tokenizer, opts.max_tokens, 256, "val", opts.val_fraction, 0)
@@ -306,7 +306,7 @@ def main() -> None:
     elif opts.what == "val":
         doc["val"] = val_report(model, tokenizer, text)
     elif opts.what == "paired_val":
-        other, other_tokenizer, _ = load_checkpoint(opts.other, "cpu")
+        other, other_tokenizer, *_ = load_checkpoint(opts.other, "cpu")
         if other_tokenizer.hash != tokenizer.hash:
             raise SystemExit("paired_val: the two checkpoints use different tokenizers")
         doc["paired_val"] = paired_val_report(model, other, text)

@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=1344)
     ap.add_argument("--samples", type=int, default=200)
     args = ap.parse_args()
-    model, tokenizer, _ = load_checkpoint(args.run, device="cpu")
+    model, tokenizer, *_ = load_checkpoint(args.run, device="cpu")
     model.eval()
     options = EvalOptions(ablation_context=args.context, ablation_samples=args.samples)
     ctx = EvalContext(model=model, tokenizer=tokenizer, options=options)

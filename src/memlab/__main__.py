@@ -3,4 +3,5 @@ interruption while torch loads ends in one line, as it does for ``memlab``."""
 
 from memlab.launcher import main
 
-main()
+if __name__ == "__main__":  # (importing the module, as pydoc does, runs nothing)
+    main()

@@ -32,10 +32,21 @@ LOGS_PROGRESS = {"eval", "probe", "study"}  # the commands whose progress lines 
 
 
 def _log_progress(prefix: str, quiet: bool = False) -> None:
-    """Progress messages of the library's loggers on stderr as ``<prefix>: message`` (warnings only if quiet)."""
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format=f"{prefix}: %(message)s")
+    """Progress messages of the library's loggers on stderr as ``<prefix>: message`` (warnings only if
+    quiet); a later command in the same process sets its own (the first one's had stuck)."""
+    level, form = logging.WARNING if quiet else logging.INFO, logging.Formatter(f"{prefix}: %(message)s")
+    ours = [h for h in logging.root.handlers if getattr(h, "memlab_progress", False)]
+    if ours:
+        logging.root.setLevel(level)
+        for handler in ours:
+            handler.setFormatter(form)
+        return
+    had = list(logging.root.handlers)
+    logging.basicConfig(level=level, format=f"{prefix}: %(message)s")  # (nothing where a host set up logging)
     for handler in logging.root.handlers:
         handler.addFilter(_printed_by_its_own_logger)
+        if handler not in had:
+            handler.memlab_progress = True  # type: ignore[attr-defined]
 
 
 def _printed_by_its_own_logger(record: logging.LogRecord) -> bool:

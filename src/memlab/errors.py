@@ -28,12 +28,13 @@ def fail(message: str) -> None:
 @contextlib.contextmanager
 def naming_write_failures(path: str | Path, *others: type[Exception]) -> Iterator[None]:
     """Re-raise a failure to write ``path`` as an OSError that names it (one line on the command line):
-    an OSError of a write names no file ("No space left on device"), and ``others`` (torch.save's
-    RuntimeError, safetensors' SafetensorError on a full disk) had been tracebacks."""
+    an OSError of a write names no file ("No space left on device"; one that names its file keeps it),
+    and ``others`` (torch.save's RuntimeError, safetensors' SafetensorError on a full disk) had been
+    tracebacks."""
     try:
         yield
     except OSError as e:
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise OSError(e.errno, e.strerror or str(e), e.filename or str(path)) from e
     except others as e:
         code = re.search(r"os error (\d+)", str(e))  # (safetensors: "I/O error: ... (os error 28)")
         number = int(code.group(1)) if code else errno.ENOSPC if _nearly_full(Path(path).parent) else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +58,7 @@ def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise MemlabError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-        if out.is_dir() and holds_training_output(out):
+        if out.is_dir() and holds_training_output(out, deep=True):
             raise MemlabError(f"--out {out} holds a training run or checkpoints, which --overwrite does not "
                               "delete; choose another directory")
     model, tokenizer, _, weights = load_checkpoint(model_dir, "cpu")  # refuses a tokenizer of another model
@@ -102,15 +103,17 @@ def _write_whole(target: Path, write: Callable[[Path], None]) -> None:
     """Have ``write`` fill a staging directory, then put it at ``target``: renamed over it (the old
     export stays whole until the new one is in place; a killed export's staging is removed by the
     next), or, where ``target`` is a directory that cannot be renamed (a mount point, a read-only
-    parent), moved into it, config.json last: an interruption leaves nothing that loads as a model."""
-    try:
-        with staged_directory(target) as staging:
-            write(staging)
-            replace_directory(staging, target)
-        return
-    except OSError as e:
-        if not (target.is_dir() and e.errno in (errno.EBUSY, errno.EACCES, errno.EPERM, errno.EROFS)):
-            raise
+    parent, one whose parent is full), moved into it, config.json last: an interruption leaves nothing
+    that loads as a model.  A mount point is filled in place at once (its parent may be a small disk)."""
+    if not (target.is_dir() and os.path.ismount(target)):
+        try:
+            with staged_directory(target) as staging:
+                write(staging)
+                replace_directory(staging, target)
+            return
+        except OSError as e:
+            if not (target.is_dir() and e.errno in (errno.EBUSY, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC)):
+                raise
     with staged_directory(target / IN_PLACE_STAGING) as staging:
         write(staging)
         clear_directory(target, keep=staging.name)
@@ -185,8 +188,13 @@ def model_card(
 def _fields_of_other_weights(summary: dict, step: int) -> str:
     """Which of a run summary's fields describe weights of another step than ``step``, in words
     (``"`final.*` fields (step 32) are"``); empty when both the final and the best are these."""
-    best = summary.get("best")
-    steps = {"final": summary.get("steps"), "best": best.get("step") if isinstance(best, dict) else None}
+    best = summary.get("best") if isinstance(summary.get("best"), dict) else {}
+    steps = {"final": summary.get("steps"), "best": best.get("step")}
+    by_step: dict[Any, list[str]] = {}  # each task's best accuracy has its own step
+    for task, record in (best.get("acc") if isinstance(best.get("acc"), dict) else {}).items():
+        by_step.setdefault(record.get("step") if isinstance(record, dict) else None, []).append(task)
+    for at, tasks in by_step.items():
+        steps["best.acc" if len(by_step) == 1 else f"best.acc.{{{','.join(tasks)}}}"] = at
     others = [f"`{name}.*` fields (step {at})" for name, at in steps.items() if isinstance(at, int) and at != step]
     return " and ".join(others) + " are" if others else ""
 

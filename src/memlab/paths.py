@@ -82,11 +82,14 @@ def is_model_dir(directory: Path) -> bool:
     return (directory / MANIFEST_FILE).is_file() or (directory / WEIGHTS_FILE).is_file()
 
 
-def holds_training_output(directory: Path) -> bool:
-    """Whether ``directory`` is a run (its config.yaml) or holds, at any depth, a checkpoint (its
-    manifest.json) or a run (config.yaml beside metrics.jsonl).  Symbolic links are not followed."""
+def holds_training_output(directory: Path, deep: bool = False) -> bool:
+    """Whether ``directory`` is a run (its config.yaml) or holds a checkpoint (its manifest.json) two
+    levels down at most; ``deep``: a checkpoint or a run (config.yaml beside metrics.jsonl) at any
+    depth (what deleting the directory would lose).  Symbolic links are not followed."""
     if (directory / "config.yaml").is_file():
         return True
+    if not deep:
+        return any(next(directory.glob(p), None) for p in (MANIFEST_FILE, f"*/{MANIFEST_FILE}", f"*/*/{MANIFEST_FILE}"))
     for _, _, files in os.walk(directory):  # (two levels down had been looked at: proj/runs/RUN was deleted)
         if MANIFEST_FILE in files or {"config.yaml", "metrics.jsonl"} <= set(files):
             return True

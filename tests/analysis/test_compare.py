@@ -499,6 +499,10 @@ def test_aggregating_refuses_runs_that_are_not_seeds_of_one_recipe(tmp_path):
     for seed, run in enumerate(runs):
         (run / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": seed, "lr": 3e-3, "output_dir": str(run)}}))
     assert compare(runs, aggregate_seeds=True, plots=False).rows[0].runs == 3  # seeds and output dirs may differ
+    overrides = [{"gdn": {"chunk_size": 8}}, {"gdn.chunk_size": 8}]  # as an older memlab recorded them, and now
+    for seed, (run, model) in enumerate(zip(runs[:2], overrides)):  # (the model is compared as built)
+        (run / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": seed, "lr": 3e-3, "model": model}}))
+    assert compare(runs[:2], aggregate_seeds=True, plots=False).rows[0].runs == 2
     (runs[2] / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": 2, "lr": 1e-2}}))
     with pytest.raises(MemlabError, match=r"gdn-s0 and gdn-s2 \(gdn\) differ in more than their seed \(train: lr\)"):
         compare(runs, aggregate_seeds=True, plots=False)

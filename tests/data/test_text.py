@@ -730,3 +730,15 @@ def test_a_validation_split_too_small_for_a_perplexity_interval_is_warned_of(cor
     assert messages == ([f"only {documents} document(s) of files:{corpus_dir}/*.txt fell into the validation split: "
                          "a perplexity interval resamples documents and needs 5; a larger --val-fraction (of memlab train or data "
                          "prepare) or a larger corpus holds out more"] if warned else [])
+
+
+def test_a_run_deep_inside_the_shard_directory_does_not_stop_a_preparation(corpus_dir, tmp_path, byte_tok):
+    """Prepare writes at its directory's top level: a run further down is not at risk (export --overwrite,
+    which deletes the whole directory, looks at every depth)."""
+    run = tmp_path / "project" / "experiments" / "r2"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("format: memlab-train-v1\n")
+    (run / "metrics.jsonl").write_text("")
+    spec = f"files:{corpus_dir}/*.txt"
+    assert not prepare_shards(spec, byte_tok, tmp_path / "project", val_fraction=0.2).reused
+    assert (run / "config.yaml").is_file()

@@ -303,3 +303,8 @@ def test_a_full_disk_while_saving_is_an_os_error_naming_the_file(tmp_path, monke
     monkeypatch.setattr(Path, "write_text", no_space)
     with pytest.raises(OSError, match="No space left on device: '.*summary.json'"):
         write_json(tmp_path / "summary.json", {})
+    with pytest.raises(OSError, match=r"No space left on device: '.*m2/config\.json'"):
+        model.save(tmp_path / "m2")
+    with pytest.raises(OSError, match=r"No space left on device: '.*\.tmp-step_2-\d+'"):  # a file it does not name
+        with ckpt.atomic_directory(tmp_path / "step_2") as staging:
+            (staging / "trainer_state.json").write_text("{}")

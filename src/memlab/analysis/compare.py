@@ -339,10 +339,11 @@ def training_recipe(run_dir: Path, meta: dict[str, Any]) -> tuple[dict[str, Any]
     """(what a run trained: its model config and, where config.yaml records it, its training options
     other than the seed and the operational ones, its data by the checksum of its shards rather than
     where they lie (a study moved, or seeds trained on two machines); its seed)."""
-    from memlab.train.config import OPERATIONAL_FIELDS, run_config_section
+    from memlab.train.config import MODEL_FIELDS, OPERATIONAL_FIELDS, run_config_section
 
     train = run_config_section(run_dir, "train")
-    options = {k: v for k, v in train.items() if k not in OPERATIONAL_FIELDS and k not in ("seed", "data_dir")}
+    left_out = {*OPERATIONAL_FIELDS, *MODEL_FIELDS, "seed", "data_dir"}  # the model: by its built config (the
+    options = {k: v for k, v in train.items() if k not in left_out}  # overrides' form had differed by version)
     options["data"] = run_config_section(run_dir, "data").get("shards_sha256") or train.get("data_dir")
     return {"model": meta.get("config"), "train": options}, train.get("seed")
 

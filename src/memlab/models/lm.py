@@ -277,7 +277,8 @@ class LanguageModel(nn.Module):
             save_model(self, str(path / WEIGHTS_FILE))
         dtype = str(self.embed.weight.dtype).removeprefix("torch.")  # (a bf16 model had come back float32)
         meta = {"memlab_version": __version__, "dtype": dtype, "model": self.config.to_dict()}
-        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        with naming_write_failures(path / CONFIG_FILE):
+            (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         # safetensors writes its file for the owner alone (0600); give it the umask's mode, as config.json has
         os.chmod(path / WEIGHTS_FILE, stat.S_IMODE((path / CONFIG_FILE).stat().st_mode))
         return path

@@ -77,8 +77,9 @@ def atomic_directory(final: Path, keep_replaced: Path | None = None) -> Iterator
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        yield tmp
-        write_manifest(tmp)
+        with naming_write_failures(tmp):  # (a write of a file the block does not name: the directory at least)
+            yield tmp
+            write_manifest(tmp)
         _fsync_tree(tmp)
         replace_directory(tmp, final, keep_replaced)  # a re-save: best_model, or a step re-run after a resume
         _fsync(final.parent)
