@@ -46,7 +46,7 @@ def main(args: Args) -> dict:
         inputs = {"q": torch.randn(shape, requires_grad=True),
                   **{name: torch.randn(kv_shape, requires_grad=True) for name in ("k", "v")}}
         seconds = interleaved_seconds({name: fwd_bwd_step(fn, inputs) for name, fn in forms.items()}, args.rounds)
-        rows.append({"seq_len": T, **{f"{name}_ms": round(1e3 * s, 2) for name, s in seconds.items()},
+        rows.append({"seq_len": T, **{f"{name}_ms": round(1e3 * s, 3) for name, s in seconds.items()},
                      "blocked_speedup_vs_dense": round(seconds["dense_mask"] / seconds["blocked"], 2)})
     result = {"benchmark": "windowed_attention", "window": args.window, "rows": rows,
               "peak_rss_mib": round(peak_rss_mib(), 1), "machine": machine()}
