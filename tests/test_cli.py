@@ -149,27 +149,30 @@ def test_an_interrupt_while_the_command_line_loads_is_one_line(monkeypatch, caps
     assert exit_.value.code == 130 and capsys.readouterr().err == "memlab: interrupted\n"
 
 
+def stderr_of(bodies: dict[str, str], *argvs: list[str]) -> str:
+    """What ``cli.main(argv)`` for each of ``argvs`` writes on stderr in a fresh interpreter (logging not
+    yet set up), each command of ``bodies`` running that code instead (with ``log``, a memlab logger)."""
+    lines = ["import logging; from memlab import cli", "log = logging.getLogger('memlab.x')"]
+    lines += [f"cli.COMMANDS[{name!r}] = (cli.COMMANDS[{name!r}][0], lambda args: ({code}))"
+              for name, code in bodies.items()]
+    lines += [f"cli.main({argv!r})" for argv in argvs]
+    p = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return p.stderr
+
+
 def test_every_command_prints_its_warnings_with_its_name():
     """export, generate, compare, scale, bench and data prepare had left logging unset: their warnings came
     out bare (Python's last-resort handler)."""
-    script = ("import logging, sys; from memlab import cli; "
-              "cli.COMMANDS['export'] = (cli.COMMANDS['export'][0], "
-              "lambda args: (logging.getLogger('memlab.export').warning('a warning'), "
-              "logging.getLogger('memlab.export').info('progress'))); "
-              "cli.main(['export', '--checkpoint', 'a', '--out', 'b'])")
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0 and p.stderr == "memlab export: a warning\n"  # (its progress is printed, not logged)
+    logged = stderr_of({"export": "log.warning('a warning'), log.info('progress')"},
+                       ["export", "--checkpoint", "a", "--out", "b"])
+    assert logged == "memlab export: a warning\n"  # (its progress is printed, not logged)
 
 
 def test_a_later_command_in_the_same_process_logs_with_its_own_name_and_level():
     """The first command's logging had stuck: after `info` (warnings only), `eval`'s progress was silent."""
-    script = ("import logging; from memlab import cli; "
-              "log = logging.getLogger('memlab.x'); "
-              "cli.COMMANDS['info'] = (cli.COMMANDS['info'][0], lambda args: log.info('hidden')); "
-              "cli.COMMANDS['probe'] = (cli.COMMANDS['probe'][0], lambda args: log.info('shown')); "
-              "cli.main(['info']); cli.main(['probe', '--checkpoint', 'x'])")
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0 and p.stderr == "memlab probe: shown\n"
+    logged = stderr_of({"info": "log.info('hidden')", "probe": "log.info('shown')"}, ["info"], ["probe", "--checkpoint", "x"])
+    assert logged == "memlab probe: shown\n"
 
 
 def test_python_dash_m_memlab_goes_through_the_launcher(monkeypatch):

@@ -109,7 +109,7 @@ def test_a_variant_builds_on_the_overridden_size_and_overrides_win_over_the_vari
         # a pattern cut short loses a kind of layer: a gdn_hybrid of 1 layer had had no hybrid layer
         (lambda: build_config("gdn_hybrid", "tiny", n_layers=1), "cuts the layer pattern 'GW' to 'G', which has no W"),
         (lambda: build_config("baseline", "tiny", layer_pattern="GGGGGW"), "give at least 6 layers"),
-        (lambda: build_config("baseline", "tiny", bogus=1), "unknown config field 'bogus'"),
+        (lambda: build_config("baseline", "tiny", bogus=1), "unknown model field 'bogus'"),
         # every bound and choice is checked here, before a mixer would fail inside a reshape or a modulo
         (lambda: build_config("ssm", "tiny", **{"ssm.d_state": 0}), "ssm.d_state must be >= 1, got 0"),
         (lambda: build_config("ssm", "tiny", **{"ssm.n_groups": 0}), "ssm.n_groups must be >= 1, got 0"),

@@ -23,8 +23,9 @@ import tyro
 from memlab.analysis.speed_options import BenchConfig
 from memlab.analysis.study import StudyConfig
 from memlab.cli_help import DefaultInDoc
-from memlab.errors import MemlabError, check_at_least, fail, stop_interrupted
+from memlab.errors import MemlabError, check_at_least
 from memlab.eval.options import EvalOptions
+from memlab.launcher import fail, stop_interrupted
 from memlab.probes.options import ProbeOptions
 from memlab.train.config import TrainArgs
 
@@ -34,19 +35,17 @@ LOGS_PROGRESS = {"eval", "probe", "study"}  # the commands whose progress lines 
 def _log_progress(prefix: str, quiet: bool = False) -> None:
     """Progress messages of the library's loggers on stderr as ``<prefix>: message`` (warnings only if
     quiet); a later command in the same process sets its own (the first one's had stuck)."""
-    level, form = logging.WARNING if quiet else logging.INFO, logging.Formatter(f"{prefix}: %(message)s")
-    ours = [h for h in logging.root.handlers if getattr(h, "memlab_progress", False)]
-    if ours:
-        logging.root.setLevel(level)
-        for handler in ours:
-            handler.setFormatter(form)
-        return
     had = list(logging.root.handlers)
-    logging.basicConfig(level=level, format=f"{prefix}: %(message)s")  # (nothing where a host set up logging)
+    logging.basicConfig()  # a handler on stderr, where neither a host nor an earlier command set one up
     for handler in logging.root.handlers:
         handler.addFilter(_printed_by_its_own_logger)
-        if handler not in had:
+        if not had:
             handler.memlab_progress = True  # type: ignore[attr-defined]
+    ours = [h for h in logging.root.handlers if getattr(h, "memlab_progress", False)]
+    if ours:  # (a host's logging is left as it is)
+        logging.root.setLevel(logging.WARNING if quiet else logging.INFO)
+        for handler in ours:
+            handler.setFormatter(logging.Formatter(f"{prefix}: %(message)s"))
 
 
 def _printed_by_its_own_logger(record: logging.LogRecord) -> bool:

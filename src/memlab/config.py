@@ -335,21 +335,12 @@ def build_config(variant: str = "baseline", size: str = "tiny", **overrides: Any
     return cfg.validate()
 
 
-def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> None:
-    """Set ``overrides`` on a (nested) dataclass; keys may be dotted (``gdn.chunk_size``) or spell the dot
-    ``__`` (``gdn__chunk_size``)."""
-    for key, value in overrides.items():
-        target, *rest = key.replace("__", ".").split(".", 1)
-        names = [f.name for f in dataclasses.fields(cfg)]
-        if target not in names:
-            raise MemlabError(f"unknown config field {key!r}; valid: {', '.join(names)}")
-        current = getattr(cfg, target)
-        if rest:
-            apply_overrides(current, {rest[0]: value})
-        elif dataclasses.is_dataclass(current) and isinstance(value, dict):
-            apply_overrides(current, value)
-        else:
-            setattr(cfg, target, value)
+def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> None:
+    """Set ``overrides`` on ``cfg``: by dotted names (``gdn.chunk_size``), names that spell the dot
+    ``__`` (``gdn__chunk_size``) or nested mappings, as :func:`flat_overrides` reads them."""
+    for key, value in flat_overrides(overrides).items():
+        *parents, name = key.split(".")
+        setattr(functools.reduce(getattr, parents, cfg), name, value)
 
 
 def flat_overrides(overrides: dict[str, Any], cls: type | None = None, prefix: str = "") -> dict[str, Any]:
@@ -358,7 +349,7 @@ def flat_overrides(overrides: dict[str, Any], cls: type | None = None, prefix: s
     overrides.  (A file's nested form beside a flag's dotted one had been recorded as both, which the
     command line then could not read back.)"""
     cls = cls or ModelConfig
-    hints = typing.get_type_hints(cls)
+    hints = _field_types(cls)
     out: dict[str, Any] = {}
     for key, value in overrides.items():
         head, *rest = str(key).replace("__", ".").split(".", 1)
@@ -372,6 +363,11 @@ def flat_overrides(overrides: dict[str, Any], cls: type | None = None, prefix: s
         else:
             out[prefix + head] = value
     return out
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _load_variant_modules() -> None:

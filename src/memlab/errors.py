@@ -9,20 +9,12 @@ import math
 import os
 import re
 import shutil
-import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 
 class MemlabError(Exception):
     """An error the user can cause and fix (bad flag, unknown name, missing or corrupt file)."""
-
-
-def fail(message: str) -> None:
-    """The end of every user-facing error: one line on stderr, exit code 2."""
-    print(f"memlab: error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 @contextlib.contextmanager
@@ -48,12 +40,6 @@ def _nearly_full(directory: Path) -> bool:
         return shutil.disk_usage(directory).free < 1 << 20
     except OSError:
         return False
-
-
-def stop_interrupted(terminated: bool = False) -> None:
-    """The end of a command cut off by Ctrl-C (exit code 130) or SIGTERM (143): one line on stderr."""
-    print(f"memlab: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-    sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
 
 
 def choose(kind: str, name: str, choices) -> None:

@@ -30,7 +30,8 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from torch import nn
 
 from memlab.data.tokenizer import Tokenizer
-from memlab.errors import MemlabError, fail
+from memlab.errors import MemlabError
+from memlab.launcher import fail
 from memlab.models.lm import sample_next
 
 log = logging.getLogger(__name__)
