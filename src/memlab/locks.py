@@ -1,12 +1,16 @@
 """A lock file beside a directory, ``.<name>.lock``: one process at a time trains a run, prepares
-shards or runs a study in it."""
+shards or runs a study or a scaling ladder in it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+
+from memlab.errors import MemlabError
 
 log = logging.getLogger(__name__)
 
@@ -34,3 +38,19 @@ def lock_beside(directory: Path, wait: bool = False) -> FileLock | None:
         log.info("working in %s without a lock (%s)", directory, e)
         return None
     return lock
+
+
+@contextlib.contextmanager
+def working_alone(directory: Path, work: str, flag: str) -> Iterator[None]:
+    """Hold the lock beside ``directory`` for the block, or refuse with :class:`MemlabError` while another
+    process holds it (``work``: "study", say, and ``flag`` the option that names the directory)."""
+    try:
+        lock = lock_beside(directory)
+    except LockHeld as e:
+        raise MemlabError(f"another memlab {work} is running in {directory} (it holds {e.path}); wait for it or "
+                          f"choose another {flag}") from None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()

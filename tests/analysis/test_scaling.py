@@ -477,6 +477,19 @@ def test_scale_out_dir_that_is_a_file_is_refused_before_training(tmp_path, capsy
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "is a file, not a directory" in err
 
 
+def test_a_second_ladder_in_the_same_directory_is_refused(tmp_path, capsys, monkeypatch):
+    """Two ladders in one --out-dir had each written scaling.json over the other's, and prepared its data."""
+    from filelock import FileLock
+
+    monkeypatch.setattr(ladder, "with_prepared_data", lambda *args: pytest.fail("data prepared"))
+    with FileLock(tmp_path / ".ladder.lock"):  # what a running ladder holds
+        with pytest.raises(SystemExit) as exit_info:
+            main(["scale", "--out-dir", str(tmp_path / "ladder"), "--sizes", "d64l1,d64l2,d128l1", "--tokens", "100"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "another memlab scaling ladder is running in" in err and ".ladder.lock" in err
+
+
 def test_document_batches_are_weighted_by_their_tokens_and_resampled_whole():
     """A ladder's batches are documents of unequal length (their windows are correlated): the loss is
     their token-weighted mean, and equal weights give exactly the window bootstrap."""

@@ -44,6 +44,7 @@ from memlab.errors import MemlabError, check_dir_target
 from memlab.eval.lm import document_losses
 from memlab.eval.stats import document_bootstrap
 from memlab.jsonfile import write_json, write_text
+from memlab.locks import working_alone
 from memlab.markdown import markdown_table
 from memlab.models.lm import LanguageModel
 from memlab.plotting import staged_figures
@@ -333,41 +334,42 @@ def run_ladder(
                           f"{'it' if len(sized) == 1 else 'them'} from --config")
     check_dir_target(out_dir, "--out-dir")
     out_dir = Path(out_dir)
-    plans = plan(variants, labels, aspect, recipe.model)
-    recipe = with_prepared_data(recipe, out_dir)
-    report: dict[str, Any] = {
-        "metadata": {**provenance(), "seed": seed},
-        "recipe": recipe.to_dict(),
-        "tokens": tokens,
-        "tokens_per_param": tokens_per_param,
-        "size_rule": {"aspect": aspect, "params": "non-embedding"},
-        "variants": {},
-    }
-    rungs_by_variant = {}
-    for variant, sizes in plans.items():
-        rungs = []
-        for label, size in sizes:
-            n = non_embedding_params(variant, size, recipe.model)
-            budget = tokens or max(1, round(tokens_per_param * n))  # type: ignore[operator]
-            rungs.append(train_rung(recipe, variant, label, size, budget, out_dir))
-        rungs_by_variant[variant] = rungs
-        batches, doc_tokens = [r.document_losses for r in rungs], rungs[0].document_tokens  # the same documents
-        losses = [r.loss for r in rungs]
-        by_params = fit_power_law([r.non_embedding_params for r in rungs], losses, batches, n_bootstrap, seed,
-                                  doc_tokens)
-        by_compute = fit_power_law([r.flops for r in rungs], losses, batches, n_bootstrap, seed, doc_tokens)
-        report["variants"][variant] = {
-            "rungs": [r.to_dict() for r in rungs],
-            "fit_params": by_params.to_dict(),
-            "fit_compute": by_compute.to_dict(),
-            "verdict": dataclasses.asdict(verdict(by_params)),
+    with working_alone(out_dir, "scaling ladder", "--out-dir"):  # (two had each rewritten scaling.json)
+        plans = plan(variants, labels, aspect, recipe.model)
+        recipe = with_prepared_data(recipe, out_dir)
+        report: dict[str, Any] = {
+            "metadata": {**provenance(), "seed": seed},
+            "recipe": recipe.to_dict(),
+            "tokens": tokens,
+            "tokens_per_param": tokens_per_param,
+            "size_rule": {"aspect": aspect, "params": "non-embedding"},
+            "variants": {},
         }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with staged_figures(out_dir) as staging:  # each file whole, and the figure moved in with the rest
-        plot_ladder(report, staging / "scaling.png")
-        write_json(out_dir / "scaling.json", report)
-        write_text(out_dir / "scaling.md", markdown_report(report))
-    return report
+        rungs_by_variant = {}
+        for variant, sizes in plans.items():
+            rungs = []
+            for label, size in sizes:
+                n = non_embedding_params(variant, size, recipe.model)
+                budget = tokens or max(1, round(tokens_per_param * n))  # type: ignore[operator]
+                rungs.append(train_rung(recipe, variant, label, size, budget, out_dir))
+            rungs_by_variant[variant] = rungs
+            batches, doc_tokens = [r.document_losses for r in rungs], rungs[0].document_tokens  # the same documents
+            losses = [r.loss for r in rungs]
+            by_params = fit_power_law([r.non_embedding_params for r in rungs], losses, batches, n_bootstrap, seed,
+                                      doc_tokens)
+            by_compute = fit_power_law([r.flops for r in rungs], losses, batches, n_bootstrap, seed, doc_tokens)
+            report["variants"][variant] = {
+                "rungs": [r.to_dict() for r in rungs],
+                "fit_params": by_params.to_dict(),
+                "fit_compute": by_compute.to_dict(),
+                "verdict": dataclasses.asdict(verdict(by_params)),
+            }
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with staged_figures(out_dir) as staging:  # each file whole, and the figure moved in with the rest
+            plot_ladder(report, staging / "scaling.png")
+            write_json(out_dir / "scaling.json", report)
+            write_text(out_dir / "scaling.md", markdown_report(report))
+        return report
 
 
 def _interval(ci: list[float | None]) -> str:

@@ -37,7 +37,7 @@ from memlab.cli_help import DefaultInDoc
 from memlab.errors import MemlabError, check_at_least, check_dir_target, choose
 from memlab.eval.options import EvalOptions
 from memlab.jsonfile import read_json_object, write_json
-from memlab.locks import LockHeld, lock_beside
+from memlab.locks import working_alone
 
 if TYPE_CHECKING:
     from memlab.analysis.compare import Comparison
@@ -193,16 +193,8 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     """Train what is not trained, evaluate what is not evaluated, then compare and write the report;
     one study at a time in ``out_dir`` (two had each rewritten study.json from its own copy)."""
     out = Path(cfg.out_dir)
-    try:
-        lock = lock_beside(out)
-    except LockHeld as e:
-        raise MemlabError(f"another memlab study is running in {out} (it holds {e.path}); wait for it or choose "
-                          "another --out_dir") from None
-    try:
+    with working_alone(out, "study", "--out_dir"):
         return _run_study(cfg, out)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _run_study(cfg: StudyConfig, out: Path) -> StudyResult:

@@ -243,7 +243,7 @@ class LanguageModel(nn.Module):
         self._check_inputs(input_ids, None, None)
         check_sampling(max_new_tokens, temperature, top_k, top_p)
         vocab = self.config.vocab_size
-        if eos_id is not None and not (isinstance(eos_id, numbers.Integral) and 0 <= eos_id < vocab):  # (never fired)
+        if eos_id is not None and not (isinstance(eos_id, numbers.Integral) and 0 <= eos_id < vocab):
             raise MemlabError(f"eos_id must be a token id in [0, {vocab}), got {eos_id!r}")
         T = input_ids.shape[1]
         if self.pos_embed is not None and T + max_new_tokens - 1 > self.config.max_seq_len:
