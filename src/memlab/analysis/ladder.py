@@ -313,25 +313,9 @@ def run_ladder(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Train the ladder, fit L(N) and L(C) per variant, write scaling.json/.md/.png; returns the report."""
-    from memlab.analysis.scaling import fit_power_law, plot_ladder, verdict
+    from memlab.analysis.scaling import plot_ladder
 
-    if (tokens is None) == (tokens_per_param is None):
-        raise MemlabError("give exactly one of --tokens N or --tokens-per-param R")
-    if (tokens is not None and tokens < 1) or (tokens_per_param is not None and not 0 < tokens_per_param < math.inf):
-        raise MemlabError("--tokens and --tokens-per-param must be positive (and finite)")
-    if recipe.eval_tokens < recipe.seq_len:  # before any rung is trained
-        raise MemlabError(f"--eval-tokens {recipe.eval_tokens} is less than one window of --seq-len {recipe.seq_len}")
-    if recipe.corpus == "none":
-        raise MemlabError("a scaling ladder is fitted to validation loss: the recipe needs a corpus, not --corpus none")
-    if not aspect > 0:
-        raise MemlabError(f"--aspect (the width/depth ratio of the size rule) must be > 0, got {aspect}")
-    if n_bootstrap != 0 and n_bootstrap < MIN_BOOTSTRAP:
-        raise MemlabError(f"--bootstrap must be 0 (no interval) or >= {MIN_BOOTSTRAP} (for the 2.5 and 97.5 "
-                          f"percentiles), got {n_bootstrap}")
-    sized = sorted(k for k in recipe.model if k.split(".")[0] in RUNG_SIZE_FIELDS)
-    if sized:  # (every rung had trained the one model they set, and the fit was refused at the end)
-        raise MemlabError(f"the recipe's model sets {', '.join(sized)}, which each rung's size sets; remove "
-                          f"{'it' if len(sized) == 1 else 'them'} from --config")
+    _check_ladder(recipe, tokens, tokens_per_param, aspect, n_bootstrap)
     check_dir_target(out_dir, "--out-dir")
     out_dir = Path(out_dir)
     with working_alone(out_dir, "scaling ladder", "--out-dir"):  # (two had each rewritten scaling.json)
@@ -345,31 +329,57 @@ def run_ladder(
             "size_rule": {"aspect": aspect, "params": "non-embedding"},
             "variants": {},
         }
-        rungs_by_variant = {}
         for variant, sizes in plans.items():
             rungs = []
             for label, size in sizes:
                 n = non_embedding_params(variant, size, recipe.model)
                 budget = tokens or max(1, round(tokens_per_param * n))  # type: ignore[operator]
                 rungs.append(train_rung(recipe, variant, label, size, budget, out_dir))
-            rungs_by_variant[variant] = rungs
-            batches, doc_tokens = [r.document_losses for r in rungs], rungs[0].document_tokens  # the same documents
-            losses = [r.loss for r in rungs]
-            by_params = fit_power_law([r.non_embedding_params for r in rungs], losses, batches, n_bootstrap, seed,
-                                      doc_tokens)
-            by_compute = fit_power_law([r.flops for r in rungs], losses, batches, n_bootstrap, seed, doc_tokens)
-            report["variants"][variant] = {
-                "rungs": [r.to_dict() for r in rungs],
-                "fit_params": by_params.to_dict(),
-                "fit_compute": by_compute.to_dict(),
-                "verdict": dataclasses.asdict(verdict(by_params)),
-            }
+            report["variants"][variant] = _fitted(rungs, n_bootstrap, seed)
         out_dir.mkdir(parents=True, exist_ok=True)
         with staged_figures(out_dir) as staging:  # each file whole, and the figure moved in with the rest
             plot_ladder(report, staging / "scaling.png")
             write_json(out_dir / "scaling.json", report)
             write_text(out_dir / "scaling.md", markdown_report(report))
         return report
+
+
+def _check_ladder(recipe, tokens: int | None, tokens_per_param: float | None, aspect: float,
+                  n_bootstrap: int) -> None:
+    """Refuse, before any rung trains, a budget, recipe or fit that the ladder cannot use."""
+    if (tokens is None) == (tokens_per_param is None):
+        raise MemlabError("give exactly one of --tokens N or --tokens-per-param R")
+    if (tokens is not None and tokens < 1) or (tokens_per_param is not None and not 0 < tokens_per_param < math.inf):
+        raise MemlabError("--tokens and --tokens-per-param must be positive (and finite)")
+    if recipe.eval_tokens < recipe.seq_len:
+        raise MemlabError(f"--eval-tokens {recipe.eval_tokens} is less than one window of --seq-len {recipe.seq_len}")
+    if recipe.corpus == "none":
+        raise MemlabError("a scaling ladder is fitted to validation loss: the recipe needs a corpus, not --corpus none")
+    if not aspect > 0:
+        raise MemlabError(f"--aspect (the width/depth ratio of the size rule) must be > 0, got {aspect}")
+    if n_bootstrap != 0 and n_bootstrap < MIN_BOOTSTRAP:
+        raise MemlabError(f"--bootstrap must be 0 (no interval) or >= {MIN_BOOTSTRAP} (for the 2.5 and 97.5 "
+                          f"percentiles), got {n_bootstrap}")
+    sized = sorted(k for k in recipe.model if k.split(".")[0] in RUNG_SIZE_FIELDS)
+    if sized:  # (every rung had trained the one model they set, and the fit was refused at the end)
+        raise MemlabError(f"the recipe's model sets {', '.join(sized)}, which each rung's size sets; remove "
+                          f"{'it' if len(sized) == 1 else 'them'} from --config")
+
+
+def _fitted(rungs: list[Rung], n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """One variant's rungs with L(N) and L(C) fitted to them (documents resampled) and the verdict."""
+    from memlab.analysis.scaling import fit_power_law, verdict
+
+    batches, doc_tokens = [r.document_losses for r in rungs], rungs[0].document_tokens  # the same documents
+    losses = [r.loss for r in rungs]
+    by_params = fit_power_law([r.non_embedding_params for r in rungs], losses, batches, n_bootstrap, seed, doc_tokens)
+    by_compute = fit_power_law([r.flops for r in rungs], losses, batches, n_bootstrap, seed, doc_tokens)
+    return {
+        "rungs": [r.to_dict() for r in rungs],
+        "fit_params": by_params.to_dict(),
+        "fit_compute": by_compute.to_dict(),
+        "verdict": dataclasses.asdict(verdict(by_params)),
+    }
 
 
 def _interval(ci: list[float | None]) -> str:
