@@ -196,45 +196,15 @@ def fit_power_law(
         raise MemlabError("sizes and losses must be positive and finite")
     if batch_losses is not None and not all(np.isfinite(b).all() for b in batch_losses):
         raise MemlabError("batch losses must be finite")
+    if batch_tokens is not None and (batch_losses is None or {len(b) for b in batch_losses} != {len(batch_tokens)}):
+        raise MemlabError("batch_tokens weighs the same batches at every point; give each point that many losses")
     x_ref = float(np.exp(np.mean(np.log(x_arr))))  # fit on x / x_ref: numbers near 1
     xn = x_arr / x_ref
     a, alpha, c = _fit_many(xn, y[None])[0]
     fitted = a * xn ** (-alpha) + c
     residuals = y - fitted
-
-    if batch_tokens is not None and (batch_losses is None or {len(b) for b in batch_losses} != {len(batch_tokens)}):
-        raise MemlabError("batch_tokens weighs the same batches at every point; give each point that many losses")
-    rng = np.random.default_rng(seed)
-    n, noise = len(y), None
-    if batch_losses is not None and all(len(b) >= 2 for b in batch_losses):
-        method = "batches"
-        if len({len(b) for b in batch_losses}) == 1:  # the same batches: resample their indices jointly
-            b = np.asarray(batch_losses, dtype=float)  # (n, W)
-            W = b.shape[1]
-            tokens = np.ones(W) if batch_tokens is None else np.asarray(batch_tokens, dtype=float)  # (W,)
-            drawn = rng.multinomial(W, np.full(W, 1 / W), size=n_bootstrap) * tokens  # (R, W) tokens resampled
-            replicates = (drawn @ b.T) / drawn.sum(1, keepdims=True)  # (R, n)
-            # the noise a fit can show: each batch's losses relative to their mean over the points
-            # (a batch's shared difficulty moves every point alike), the variance of their weighted
-            # mean (W / (W - 1): about its own mean); the centring removes a share 1/n of each point's
-            # own variance, which n / (n - 1) restores
-            share = tokens / tokens.sum()  # (W,)
-            d = b - b.mean(0)  # (n, W)
-            spread = ((d - (d * share).sum(1, keepdims=True)) ** 2 * share**2).sum(1) * W / (W - 1)  # (n,)
-            noise = float(np.sqrt(np.mean(spread) * n / (n - 1)))
-        else:
-            noise = float(np.sqrt(np.mean([np.var(b, ddof=1) / len(b) for b in batch_losses])))
-            replicates = np.stack(  # (R, n): each point's batches resampled with replacement
-                [np.asarray(b, dtype=float)[rng.integers(0, len(b), (n_bootstrap, len(b)))].mean(-1)
-                 for b in batch_losses],
-                axis=-1,
-            )
-    elif n > 3:
-        method = "residuals"
-        inflated = residuals * np.sqrt(n / (n - 3))  # least-squares residuals are too small
-        replicates = fitted + inflated[rng.integers(0, n, (n_bootstrap, n))]
-    else:
-        method, replicates = "none", np.empty((0, n))
+    n = len(y)
+    method, replicates, noise = _replicates(fitted, residuals, batch_losses, batch_tokens, n_bootstrap, seed)
     replicates = replicates[(replicates > 0).all(-1)]  # (a residual draw can reach 0: such replicates are out)
     alphas = _fit_many(xn, replicates)[:, 1] if len(replicates) else np.empty(0)
     ci = (float(np.percentile(alphas, 2.5)), float(np.percentile(alphas, 97.5))) if len(alphas) >= 20 else None
@@ -267,6 +237,46 @@ def fit_power_law(
         lo, hi = (float(np.clip(alpha + (end - alpha) * fit.ci_inflation, *ALPHA_BOUNDS)) for end in ci)
         fit.alpha_ci = (lo, hi)
     return fit
+
+
+def _replicates(
+    fitted: np.ndarray,
+    residuals: np.ndarray,
+    batch_losses: Sequence[Sequence[float]] | None,
+    batch_tokens: Sequence[float] | None,
+    n_bootstrap: int,
+    seed: int,
+) -> tuple[str, np.ndarray, float | None]:
+    """(method, (R, n) bootstrap replicates of the n losses, the noise of one loss or None): the
+    batches resampled where every point has >= 2, else the fit's residuals where n > 3, else none."""
+    rng = np.random.default_rng(seed)
+    n = len(fitted)
+    if batch_losses is not None and all(len(b) >= 2 for b in batch_losses):
+        if len({len(b) for b in batch_losses}) == 1:  # the same batches: resample their indices jointly
+            b = np.asarray(batch_losses, dtype=float)  # (n, W)
+            W = b.shape[1]
+            tokens = np.ones(W) if batch_tokens is None else np.asarray(batch_tokens, dtype=float)  # (W,)
+            drawn = rng.multinomial(W, np.full(W, 1 / W), size=n_bootstrap) * tokens  # (R, W) tokens resampled
+            replicates = (drawn @ b.T) / drawn.sum(1, keepdims=True)  # (R, n)
+            # the noise a fit can show: each batch's losses relative to their mean over the points
+            # (a batch's shared difficulty moves every point alike), the variance of their weighted
+            # mean (W / (W - 1): about its own mean); the centring removes a share 1/n of each point's
+            # own variance, which n / (n - 1) restores
+            share = tokens / tokens.sum()  # (W,)
+            d = b - b.mean(0)  # (n, W)
+            spread = ((d - (d * share).sum(1, keepdims=True)) ** 2 * share**2).sum(1) * W / (W - 1)  # (n,)
+            return "batches", replicates, float(np.sqrt(np.mean(spread) * n / (n - 1)))
+        noise = float(np.sqrt(np.mean([np.var(b, ddof=1) / len(b) for b in batch_losses])))
+        replicates = np.stack(  # (R, n): each point's batches resampled with replacement
+            [np.asarray(b, dtype=float)[rng.integers(0, len(b), (n_bootstrap, len(b)))].mean(-1)
+             for b in batch_losses],
+            axis=-1,
+        )
+        return "batches", replicates, noise
+    if n > 3:
+        inflated = residuals * np.sqrt(n / (n - 3))  # least-squares residuals are too small
+        return "residuals", fitted + inflated[rng.integers(0, n, (n_bootstrap, n))], None
+    return "none", np.empty((0, n)), None
 
 
 def _at_bound(a: float, alpha: float, c: float, min_loss: float) -> str | None:
