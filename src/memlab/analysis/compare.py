@@ -460,69 +460,16 @@ def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
     """``{"criteria": {name: {"passed", "detail"[, "interval", "paired"]}}, "verdict": "wins" | "does not win" |
     "within noise" | "incomplete"}``; an accuracy criterion's ``interval`` is that of the difference,
     ``paired`` whether it paired the examples both runs were scored on."""
-
-    def both(a: Metric, b: Metric) -> bool:
-        return a.value is not None and b.value is not None and math.isfinite(a.value) and math.isfinite(b.value)
-
-    def gain(name: str, limit: float, at_least: bool, what: str) -> dict[str, Any]:
-        a, b = getattr(row, name), getattr(base, name)
-        pairs = paired_outcomes(row, base, name)
-        seeds = [seed_outcomes(row, name), seed_outcomes(base, name)]
-        seeds = seeds if None not in seeds and seeds[0][0] == seeds[1][0] else None  # all on the same examples
-        if pairs is not None:
-            ci = list(tango_paired_interval(*pairs))
-        elif seeds is not None:  # (where nothing varies, Tango's interval of one seed of each)
-            ci = seeds_and_examples_interval(seeds[0][1], seeds[1][1]) or list(
-                tango_paired_interval(seeds[0][1][0] > 0, seeds[1][1][0] > 0))
-        else:
-            ci = difference_interval(a, b) if both(a, b) else None
-        if ci is None:
-            return {"passed": None, "detail": "missing"}
-        lo, hi = (round(x, 9) for x in ci)
-        clears = lo >= limit if at_least else lo > limit
-        ok = True if clears else (False if (hi < limit if at_least else hi <= limit) else None)
-        shown = f"{_pts(a.value - b.value)} [{_signed_pts(lo, limit)}, {_signed_pts(hi, limit)}]"
-        rule = f"{'>=' if at_least else '>'} {100 * limit:+g} pts"
-        state = {True: "passes", False: "fails", None: "within noise"}[ok]
-        how = " paired" if pairs is not None else " paired over seeds" if seeds is not None else ""
-        return {"passed": ok, "detail": f"{shown}{how}{what} vs {rule}: {state}", "interval": ci,
-                "paired": pairs is not None or seeds is not None}
-
-    def ratio(a: Metric, b: Metric, limit: float) -> dict[str, Any]:
-        if not (both(a, b) and b.value > 0):
-            return {"passed": None, "detail": "baseline collapsed" if b.collapsed else "missing"}
-        r = a.value / b.value
-        ok = round(r, 9) <= limit
-        return {"passed": ok, "detail": f"{_beside(r, limit, 2)}x vs <= {limit:g}x: {'passes' if ok else 'fails'}"}
-
-    def time_ratio() -> dict[str, Any]:
-        """The training times' ratio, per token where the two trained other numbers of tokens; none
-        between runs trained on another device kind, number of processes or precision."""
-        a, b = row.trained_on, base.trained_on
-        if a is None or b is None:
-            mixed = row.name if a is None else base.name
-            return {"passed": None, "detail": f"not comparable: the seeds of {mixed} trained on different setups"}
-        differ = [k for k in ("device", "processes", "precision") if k in a and k in b and a[k] != b[k]]
-        if differ:
-            return {"passed": None, "detail": "not comparable: trained with " + ", ".join(
-                f"{k} {a[k]} vs {b[k]}" for k in differ)}
-        if a.get("tokens") and b.get("tokens") and a["tokens"] != b["tokens"]:
-            per_token = [Metric(None if m.value is None else m.value / t, None, m.n)
-                         for m, t in ((row.train_time_s, a["tokens"]), (base.train_time_s, b["tokens"]))]
-            out = ratio(*per_token, criteria.max_time_ratio)
-            return {**out, "detail": out["detail"] + f" (per token: {a['tokens']:,} vs {b['tokens']:,} trained)"}
-        return ratio(row.train_time_s, base.train_time_s, criteria.max_time_ratio)
-
     c: dict[str, dict[str, Any]] = {
-        "algorithmic": gain("algorithmic", criteria.min_alg_gain, True, ""),
-        "ood": gain("ood", 0.0, False, " OOD"),
-        "train_time": time_ratio(),
+        "algorithmic": _gain(row, base, "algorithmic", criteria.min_alg_gain, True, ""),
+        "ood": _gain(row, base, "ood", 0.0, False, " OOD"),
+        "train_time": _time_ratio(row, base, criteria.max_time_ratio),
     }
     if row.perplexity.collapsed:
         seeds = f" in {row.perplexity.collapsed} of {row.perplexity.n} seeds" if row.perplexity.n > 1 else ""
         c["perplexity"] = {"passed": False, "detail": f"collapsed (non-finite loss{seeds})"}
     else:
-        c["perplexity"] = ratio(row.perplexity, base.perplexity, criteria.max_ppl_ratio)
+        c["perplexity"] = _ratio(row.perplexity, base.perplexity, criteria.max_ppl_ratio)
     passed = [v["passed"] for v in c.values()]
     if any(p is False for p in passed):
         overall = "does not win"
@@ -533,6 +480,65 @@ def verdict(row: Row, base: Row, criteria: Criteria) -> dict[str, Any]:
     else:
         overall = "within noise"
     return {"criteria": c, "verdict": overall}
+
+
+def _both(a: Metric, b: Metric) -> bool:
+    return a.value is not None and b.value is not None and math.isfinite(a.value) and math.isfinite(b.value)
+
+
+def _gain(row: Row, base: Row, name: str, limit: float, at_least: bool, what: str) -> dict[str, Any]:
+    """Whether ``row``'s accuracy ``name`` beats the baseline's by ``limit`` (or more, ``at_least``): the
+    difference's interval paired by example where both were scored on the same ones, else over seeds."""
+    a, b = getattr(row, name), getattr(base, name)
+    pairs = paired_outcomes(row, base, name)
+    seeds = [seed_outcomes(row, name), seed_outcomes(base, name)]
+    seeds = seeds if None not in seeds and seeds[0][0] == seeds[1][0] else None  # all on the same examples
+    if pairs is not None:
+        ci = list(tango_paired_interval(*pairs))
+    elif seeds is not None:  # (where nothing varies, Tango's interval of one seed of each)
+        ci = seeds_and_examples_interval(seeds[0][1], seeds[1][1]) or list(
+            tango_paired_interval(seeds[0][1][0] > 0, seeds[1][1][0] > 0))
+    else:
+        ci = difference_interval(a, b) if _both(a, b) else None
+    if ci is None:
+        return {"passed": None, "detail": "missing"}
+    lo, hi = (round(x, 9) for x in ci)
+    clears = lo >= limit if at_least else lo > limit
+    ok = True if clears else (False if (hi < limit if at_least else hi <= limit) else None)
+    shown = f"{_pts(a.value - b.value)} [{_signed_pts(lo, limit)}, {_signed_pts(hi, limit)}]"
+    rule = f"{'>=' if at_least else '>'} {100 * limit:+g} pts"
+    state = {True: "passes", False: "fails", None: "within noise"}[ok]
+    how = " paired" if pairs is not None else " paired over seeds" if seeds is not None else ""
+    return {"passed": ok, "detail": f"{shown}{how}{what} vs {rule}: {state}", "interval": ci,
+            "paired": pairs is not None or seeds is not None}
+
+
+def _ratio(a: Metric, b: Metric, limit: float) -> dict[str, Any]:
+    """Whether a / b stays within ``limit``."""
+    if not (_both(a, b) and b.value > 0):
+        return {"passed": None, "detail": "baseline collapsed" if b.collapsed else "missing"}
+    r = a.value / b.value
+    ok = round(r, 9) <= limit
+    return {"passed": ok, "detail": f"{_beside(r, limit, 2)}x vs <= {limit:g}x: {'passes' if ok else 'fails'}"}
+
+
+def _time_ratio(row: Row, base: Row, limit: float) -> dict[str, Any]:
+    """The training times' ratio, per token where the two trained other numbers of tokens; none
+    between runs trained on another device kind, number of processes or precision."""
+    a, b = row.trained_on, base.trained_on
+    if a is None or b is None:
+        mixed = row.name if a is None else base.name
+        return {"passed": None, "detail": f"not comparable: the seeds of {mixed} trained on different setups"}
+    differ = [k for k in ("device", "processes", "precision") if k in a and k in b and a[k] != b[k]]
+    if differ:
+        return {"passed": None, "detail": "not comparable: trained with " + ", ".join(
+            f"{k} {a[k]} vs {b[k]}" for k in differ)}
+    if a.get("tokens") and b.get("tokens") and a["tokens"] != b["tokens"]:
+        per_token = [Metric(None if m.value is None else m.value / t, None, m.n)
+                     for m, t in ((row.train_time_s, a["tokens"]), (base.train_time_s, b["tokens"]))]
+        out = _ratio(*per_token, limit)
+        return {**out, "detail": out["detail"] + f" (per token: {a['tokens']:,} vs {b['tokens']:,} trained)"}
+    return _ratio(row.train_time_s, base.train_time_s, limit)
 
 
 def pick_baseline(rows: Sequence[Row], baseline: str | None) -> Row:
