@@ -363,6 +363,24 @@ def test_a_corpus_source_is_split_as_the_run_split_its_data(byte_tok, tmp_path):
     assert (request["val_fraction"], request["split_seed"]) == (0.3, 7)
 
 
+def test_a_corpus_in_a_deep_directory_is_prepared_under_a_name_the_file_system_takes(byte_tok, tmp_path):
+    """Its spec made one directory name of over 255 bytes: "File name too long" from mkdir."""
+    from memlab.eval.hub import FILE_NAME_CHARS, file_safe
+
+    text = tmp_path / ("d" * 120) / ("e" * 120)
+    text.mkdir(parents=True)
+    for i in range(40):
+        (text / f"doc{i}.txt").write_text(f"Document {i}. " * 30)
+    spec = f"files:{text}/*.txt"
+    options = EvalOptions(corpus=spec, lm_tokens=64, lm_context=32)
+    ctx = EvalContext(small_model(byte_tok), byte_tok, options, out_dir=tmp_path / "out", run_dir=None)
+    assert evaluate_model(ctx, "lm")["results"]["windows"] == 2
+    (prepared,) = (p for p in (tmp_path / "out" / "lm_data").iterdir() if p.is_dir())  # (beside its lock file)
+    assert prepared.name == file_safe(spec) and len(prepared.name) == FILE_NAME_CHARS
+    assert file_safe(spec.replace(".txt", ".md")) != prepared.name  # cut alike, told apart by the hash
+    assert file_safe("niah:distractors=sky") == "niah_distractors_sky"
+
+
 def test_the_lm_suite_scores_a_block_of_positions_at_a_time(byte_tok, tmp_path, monkeypatch):
     """It had held every window's (b, T, V) logits and a log-softmax copy: 4 GB at b=8, T=2048, V=32000."""
     from torch.utils._python_dispatch import TorchDispatchMode

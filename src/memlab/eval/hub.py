@@ -13,6 +13,7 @@ A suite is a function ``(ctx: EvalContext) -> dict`` (its payload), registered w
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -77,10 +78,18 @@ class EvalContext:
         return exact_match(self.model, examples, self.tokenizer.pad_id, self.options.batch_tokens, bar)
 
 
+FILE_NAME_CHARS = 120  # a path component may hold 255 bytes; the rest is left to suffixes (".png", ".tmp")
+
+
 def file_safe(name: str) -> str:
     """``name`` (a corpus or task spec) with every run of other characters than letters, digits, ``_.-``
-    made one ``_``: a file or directory name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    made one ``_``: a file or directory name.  A longer one than ``FILE_NAME_CHARS`` (a corpus in a deep
+    directory) is cut, and ends in a hash of the whole ``name`` so that two cut alike stay apart."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    if len(safe) <= FILE_NAME_CHARS:
+        return safe
+    digest = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+    return f"{safe[:FILE_NAME_CHARS - len(digest) - 1]}-{digest}"
 
 
 def distinct(draw: Callable[[], T], n: int, key: Callable[[T], Hashable], draws_per_example: int = 20) -> list[T]:
