@@ -4,7 +4,7 @@ On the ablation suite's own examples (same seed and generator name, so the same 
 model reads the prompt up to the answer separator and we compare its next-token logits over the
 first tokens of the 8 colours (BPE-512: purple and pink share the first token "p", so it is a 7-way
 choice; chance is 1/8 per colour, 2/8 for p).  Correct: the argmax among them is the true colour's
-first token.  Normal vs every memory layer zeroed (memlab.ablate), Delta with a paired bootstrap.
+first token.  Normal vs every memory layer zeroed (memlab.ablate), Delta with Tango's paired interval.
 
 Usage: .venv/bin/python experiments/gdn_source/colour_choice.py RUN_DIR [--task niah] [--context 1344] [--samples 200]
 Writes RUN_DIR/eval/colour_choice.json.
@@ -24,7 +24,7 @@ from memlab.data.tasks.retrieval import COLORS
 from memlab.eval.hub import EvalContext, load_checkpoint
 from memlab.eval.options import EvalOptions
 from memlab.eval.retrieval import retrieval_examples
-from memlab.eval.stats import accuracy_record, paired_bootstrap
+from memlab.eval.stats import accuracy_record, paired_delta
 
 
 @torch.no_grad()
@@ -73,7 +73,7 @@ def main() -> None:
         "context_len": args.context,
         "normal": accuracy_record(normal),
         "zeroed": accuracy_record(zeroed),
-        "delta": paired_bootstrap(normal, zeroed),
+        "delta": paired_delta(normal, zeroed),
         "normal_by_bucket": {b: accuracy_record(normal[np.array(buckets) == b]) for b in ("early", "middle", "late")},
         "zeroed_by_bucket": {b: accuracy_record(zeroed[np.array(buckets) == b]) for b in ("early", "middle", "late")},
     }

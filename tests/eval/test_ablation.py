@@ -60,7 +60,7 @@ def test_default_horizons_are_powers_of_four_below_the_context_then_the_context(
     assert default_horizons(64) == [1, 4, 16, 64] and default_horizons(1) == [1]
 
 
-def test_delta_interval_is_a_paired_bootstrap(planted_model, byte_tok):
+def test_delta_interval_is_a_paired_interval_about_delta(planted_model, byte_tok):
     """Half the answers need the state (fact in view), half are wrong either way: Delta ~ +50 pts."""
     flaky = planted_model(lambda text: niah_answer(text) if re.search(r"What color is [A-M]", text) else "?")
     result = ablation(flaky, byte_tok, horizons=[CONTEXT])

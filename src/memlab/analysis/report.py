@@ -64,7 +64,7 @@ def write_report(path: Path, plan: dict[str, Any], preset, comparison: Compariso
     first_ablation = next((r.results["ablation"] for r in comparison.rows if "ablation" in r.results), None)
     ablation_head = (
         f"On `{first_ablation['task']}` at {first_ablation['context_len']} tokens: every memory-carrying layer's "
-        "read-out zeroed (Delta = normal - zeroed, paired bootstrap interval), and every mixer limited to its "
+        "read-out zeroed (Delta = normal - zeroed, Tango's paired interval), and every mixer limited to its "
         "last h tokens. Delta does not apply (n/a) to a model without memory-carrying layers.\n\n"
         if first_ablation else ""
     )

@@ -6,7 +6,7 @@ hybrid's windows and convolutions, which a needle just before the question is no
 
 * ``zero``: accuracy with every memory-carrying layer's read-out zeroed, and with each
   such layer alone zeroed.  Delta = accuracy(normal) - accuracy(zeroed) on the same
-  examples, with a paired bootstrap interval.  A model without memory-carrying layers
+  examples, with Tango's paired score interval.  A model without memory-carrying layers
   (baseline, act, shared_loop: attention only) has nothing to zero: ``zeroed`` is null and
   Delta is null (not applicable), with the reason in ``delta_note``.  What zeroing removes in
   each mixer is listed in :func:`memlab.models.ablation.ablate`.
@@ -31,7 +31,7 @@ from memlab.errors import MemlabError
 from memlab.eval.exact_match import check_context
 from memlab.eval.hub import EvalContext, register_suite
 from memlab.eval.retrieval import ContextTooShort, retrieval_examples
-from memlab.eval.stats import accuracy_record, paired_bootstrap
+from memlab.eval.stats import accuracy_record, paired_delta
 
 NO_MEMORY = "no memory-carrying layer (attention only): nothing to zero, Delta does not apply"
 
@@ -67,13 +67,13 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     if memory:
         with memlab.ablate(model, mode="zero"):
             hits = ctx.score(examples, "ablation: zeroed")
-        zeroed, delta, note = accuracy_record(hits), paired_bootstrap(normal, hits, seed=options.seed), None
+        zeroed, delta, note = accuracy_record(hits), paired_delta(normal, hits), None
     per_layer = []
     for layer, mixer in memory:
         with memlab.ablate(model, mode="zero", layers=[layer]):
             alone = ctx.score(examples, f"ablation: layer {layer} zeroed")
         per_layer.append({"layer": layer, "mixer": mixer, "zeroed": accuracy_record(alone),
-                          "delta": paired_bootstrap(normal, alone, seed=options.seed)})
+                          "delta": paired_delta(normal, alone)})
 
     horizons = options.horizons or default_horizons(T)
     subset = examples[: options.horizon_samples]

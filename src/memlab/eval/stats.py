@@ -1,11 +1,10 @@
 """Confidence intervals for the numbers the evaluation reports.
 
 * an accuracy carries its sample count and a 95% Wilson score interval;
-* a paired difference of accuracies (the memory-ablation Delta) carries a paired
-  bootstrap interval: examples are resampled and both conditions use the same draw.  When every
-  pair differs the same way (none at all, often) the bootstrap has nothing to resample (a
-  zero-width interval would overstate certainty), so Tango's score interval for paired
-  proportions is used: it rests on the discordant pairs, as the difference does;
+* a paired difference of accuracies (the memory-ablation Delta) carries Tango's score interval
+  for paired proportions: it rests on the discordant pairs, as the difference does, and keeps a
+  width where no pair differs.  (A percentile bootstrap of the pairs, used before, covered 77-85%
+  of true differences for a nominal 95% at 5 to 15 examples, exactly enumerated; Tango's 93% or more);
 * two models' accuracies on the same examples (``memlab compare``) differ by Tango's paired interval,
   from the per-example outcomes kept as a string of 0s and 1s (:func:`outcomes_string`);
 * a mean over seeds carries a Student-t interval (none from a single value); a non-finite or
@@ -64,33 +63,21 @@ def _record(correct: int, n: int) -> dict[str, Any]:
     return {"accuracy": accuracy, "correct": correct, "n": n, "ci95": list(wilson_interval(correct, n))}
 
 
-def paired_bootstrap(
-    normal: Sequence[bool] | np.ndarray,
-    ablated: Sequence[bool] | np.ndarray,
-    n_resamples: int = 2000,
-    seed: int = 0,
-    confidence: float = CONFIDENCE,
+def paired_delta(
+    normal: Sequence[bool] | np.ndarray, ablated: Sequence[bool] | np.ndarray, confidence: float = CONFIDENCE
 ) -> dict[str, Any]:
-    """Delta = accuracy(normal) - accuracy(ablated) on the same examples, with a paired bootstrap interval.
+    """Delta = accuracy(normal) - accuracy(ablated) on the same examples, with Tango's paired interval.
 
     Returns ``{"delta", "ci95", "n"}``; ``delta`` is a fraction (0.25 = +25 points).
     """
-    a, b = np.asarray(normal, dtype=float), np.asarray(ablated, dtype=float)
+    a, b = np.asarray(normal, dtype=bool), np.asarray(ablated, dtype=bool)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired outcomes must be two 1-d arrays of equal length, got {a.shape} and {b.shape}")
     n = int(a.size)
     if n == 0:
         return {"delta": None, "ci95": [-1.0, 1.0], "n": 0}
-    diff = a - b  # (n,) in {-1, 0, 1}
-    delta = float(diff.mean())
-    if np.all(diff == diff[0]):  # every resample gives the same mean
-        return {"delta": delta, "ci95": list(tango_paired_interval(a, b, confidence)), "n": n}
-    result = stats.bootstrap(
-        (diff,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
-        method="percentile", random_state=np.random.default_rng(seed),  # scipy>=1.10 spelling
-    )
-    ci = result.confidence_interval
-    return {"delta": delta, "ci95": [float(ci.low), float(ci.high)], "n": n}
+    delta = float(a.mean() - b.mean())
+    return {"delta": delta, "ci95": list(tango_paired_interval(a, b, confidence)), "n": n}
 
 
 def tango_paired_interval(
