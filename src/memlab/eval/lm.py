@@ -8,7 +8,7 @@ data the run was trained on.  Every token after the first of a window is predict
 The windows are the split's consecutive windows, or where they hold more than ``--lm-tokens``, that
 many tokens' worth of them spread evenly over the whole split (``tokens_from: "spread"``; an older
 memlab measured the split's prefix, its first documents only): the same text for every model given
-the same corpus, window and ``--lm-tokens``.  The interval is a bootstrap over the documents (the
+the same corpus, window and ``--lm-tokens``.  The interval is a studentized bootstrap over the documents (the
 split's EOS ids end them) those tokens fall in, not over windows: consecutive windows of one
 document are correlated, and a t-interval over them had been about twice too narrow.
 """
