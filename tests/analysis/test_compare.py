@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import memlab
-from memlab.analysis.compare import Criteria, Metric, Row, compare, difference_interval, verdict
+from memlab.analysis.compare import Criteria, Metric, Row, compare, criteria_markdown, difference_interval, verdict
 from memlab.analysis.report import _pct, ablation_markdown, write_report
 from memlab.analysis.study import Preset
 from memlab.errors import MemlabError
@@ -217,6 +217,7 @@ def test_outputs_table_markdown_csv_json_and_plots(tmp_path, base):
     assert "60.0 [" in result.terminal and "wins" in result.terminal
     md = (out / "compare.md").read_text()
     assert "| gdn | gdn |" in md and "**wins**" in md and "**does not win**" in md
+    assert "where a variant has one run, its interval measures the examples' noise, not the spread" in md
     assert "| cdm | no (-10.0 pts [-14.3, -5.6] vs >= +5 pts: fails) | ? (+0.0 pts [-3.5, +3.5] OOD vs > +0 pts: within " \
            "noise) | yes (1.00x vs <= 2x: passes) | yes (1.00x vs <= 1.5x: passes) | **does not win** |" in md
     with (out / "compare.csv").open() as f:
@@ -242,6 +243,8 @@ def test_seeds_aggregate_to_mean_and_interval(tmp_path):
     assert lo < 0.55 and hi > 0.65  # a t interval over two seeds is wide
     criterion = result.verdicts["gdn"]["criteria"]["algorithmic"]  # 0.60 vs 0.45, but over two seeds each
     assert criterion["passed"] is None and criterion["interval"][0] < 0.05 < criterion["interval"][1]
+    head = criteria_markdown(result.rows, result.verdicts, result.rows[0], Criteria())
+    assert "the intervals count the spread of the training seeds" in head and "one run" not in head
 
 
 def test_seeds_of_several_sizes_aggregate_to_one_row_per_size(tmp_path):

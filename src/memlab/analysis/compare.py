@@ -27,6 +27,12 @@ Training time and perplexity are compared as measured (time has no interval).
 
 A verdict is ``does not win`` when a criterion fails, ``wins`` when all hold, else
 ``incomplete`` when numbers are missing and ``within noise`` when an interval straddles a threshold.
+
+One run per variant measures the examples' noise only: its verdict is about these two trained models,
+not about the variants, whose training seeds also spread the accuracies.  (Two runs of one recipe
+whose seeds spread OOD accuracy by about 4 points were called different in 35% of simulated
+comparisons; seed-averaged rows of 2 or 3 seeds each, 2-4%.)  Train several seeds (``memlab study
+--seeds 3``, ``memlab compare --aggregate-seeds``) before reading a verdict as the variant's.
 """
 
 from __future__ import annotations
@@ -624,7 +630,11 @@ def criteria_markdown(rows: Sequence[Row], verdicts: dict[str, dict[str, Any]], 
             f"training time <= {criteria.max_time_ratio:g}x, perplexity <= {criteria.max_ppl_ratio:g}x; an accuracy "
             "criterion holds when the 95% interval of the difference, shown in brackets, clears its threshold; "
             "\"paired\" where both runs were scored on the same examples; each verdict is its own test at 95%, "
-            "uncorrected for comparing several variants with one baseline):\n\n")
+            "uncorrected for comparing several variants with one baseline; "
+            + ("the intervals count the spread of the training seeds" if all(len(r.members) > 1 for r in rows) else
+               "where a variant has one run, its interval measures the examples' noise, not the spread of training "
+               "seeds: train several seeds before reading its verdict as the variant's")
+            + "):\n\n")
     def mark(c: dict[str, Any]) -> str:  # an undecided criterion has an interval; a missing one none
         return {True: "yes", False: "no", None: "?" if "interval" in c else "n/a"}[c["passed"]]
 
