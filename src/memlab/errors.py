@@ -59,6 +59,18 @@ def check_at_least(options: object, names: tuple[str, ...], low: int, flag_separ
             raise MemlabError(f"--{name.replace('_', flag_separator)} must be >= {low}, got {value}")
 
 
+MAX_SEED = 2**31 - 1  # every generator takes it (numpy's 32 bits), with room for ranks and seeds counted up
+
+
+def check_seed(options: object, names: tuple[str, ...] = ("seed",), flag_separator: str = "-") -> None:
+    """Raise a MemlabError naming the first flag among ``names`` whose seed is outside [0, MAX_SEED]
+    (a larger one had ended in numpy's or torch's traceback)."""
+    for name in names:
+        value = getattr(options, name)
+        if not 0 <= value <= MAX_SEED:
+            raise MemlabError(f"--{name.replace('_', flag_separator)} must be in [0, {MAX_SEED}], got {value}")
+
+
 def check_finite(options: object, prefix: str = "--", separator: str = "_") -> None:
     """Raise a MemlabError naming the first float field of the dataclass ``options`` (nested ones
     under dotted names) that is NaN or infinite: no option of memlab means anything there."""

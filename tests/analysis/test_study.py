@@ -125,7 +125,8 @@ def test_study_trains_evaluates_reports_and_resumes(toy_preset, tmp_path, monkey
         (dict(preset="huge"), "unknown study preset 'huge'; valid choices: nano, quick"),
         (dict(variants=["baseline", "transformer++"]), "unknown variant 'transformer++'"),
         (dict(seeds=0), "--seeds must be >= 1"),
-        (dict(seed=-1), "--seed must be >= 0"),  # had been a numpy traceback after making the run directory
+        (dict(seed=-1), "--seed must be in [0, "),  # had been a numpy traceback after making the run directory
+        (dict(seed=2**31 - 1, seeds=2), "--seed 2147483647 and --seeds 2 reach seeds above 2147483647"),
         (dict(variants=[]), "--variants is empty"),  # had started every variant
         (dict(variants=["gdn"]), "the baseline 'baseline' is not among the variants"),
         (dict(variants=["baseline", "baseline"]), "--variants lists a variant twice"),  # had failed after training

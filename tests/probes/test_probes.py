@@ -344,6 +344,7 @@ def test_a_shared_loop_of_one_iteration_is_probed(tmp_path, corpora):
     ("--batch-size", "0", "--batch-size must be >= 1, got 0"),
     ("--max-depth", "0", "--max-depth must be >= 1, got 0"),  # these had run and written results
     ("--permutations", "-1", "--permutations must be >= 0, got -1"),
+    ("--seed", str(2**32), "--seed must be in [0, 2147483647], got 4294967296"),
     ("--top-tokens", "0", "--top-tokens must be >= 1, got 0"),
     ("--min-token-count", "-1", "--min-token-count must be >= 1, got -1"),
     ("--val-fraction", "2", "--val-fraction must be in [0, 1), got 2.0"),

@@ -122,7 +122,8 @@ def _error(argv, capsys) -> str:
         (["--eval_max_new_tokens", "0"], "--eval_max_new_tokens must be >= 1, got 0"),
         (["--corpus_max_docs", "0"], "--corpus_max_docs must be >= 1, got 0"),
         (["--device", "tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda, cuda:N"),
-        (["--corpus", "none", "--seed", "-1"], "--seed must be >= 0, got -1"),  # had been a numpy traceback
+        (["--corpus", "none", "--seed", "-1"], "--seed must be in [0, 2147483647], got -1"),  # had been numpy's
+        (["--corpus", "none", "--seed", str(2**64)], "--seed must be in [0, 2147483647]"),  # traceback, each
         # a floor above the peak had made the schedule rise, a negative one a negative learning rate (the
         # same config, valid, fails later on --corpus none: the range check has to come first)
         (["--corpus", "none", "--min_lr_ratio", "1.5"], "need lr > 0 and 0 <= min_lr_ratio <= 1, got 0.001 and 1.5"),

@@ -36,7 +36,7 @@ from memlab.analysis.timing import (
 from memlab.cli_help import Precision
 from memlab.config import build_config
 from memlab.devices import resolve_device
-from memlab.errors import MemlabError, check_at_least, check_dir_target, choose
+from memlab.errors import MemlabError, check_at_least, check_dir_target, check_seed, choose
 from memlab.jsonfile import write_json, write_text
 from memlab.markdown import markdown_table
 from memlab.plotting import pyplot, save_figure, staged_figures
@@ -213,7 +213,7 @@ def check(cfg: BenchConfig) -> None:
     if not cfg.contexts and "decode" in cfg.parts:
         raise MemlabError("--contexts is empty; give the context lengths to decode after")
     check_at_least(cfg, ("seq_len", "batch_size", "new_tokens", "decode_batch", "rounds"), 1)
-    check_at_least(cfg, ("seed",), 0)
+    check_seed(cfg)
     if min(cfg.contexts, default=1) < 1:
         raise MemlabError(f"--contexts must be >= 1, got {min(cfg.contexts)}")
     needed = max(cfg.seq_len, decode_length(cfg.contexts, cfg.new_tokens) if "decode" in cfg.parts else 0)

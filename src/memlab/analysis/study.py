@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from memlab.cli_help import DefaultInDoc
-from memlab.errors import MemlabError, check_at_least, check_dir_target, choose
+from memlab.errors import MAX_SEED, MemlabError, check_at_least, check_dir_target, check_seed, choose
 from memlab.eval.options import EvalOptions
 from memlab.jsonfile import read_json_object, write_json
 from memlab.locks import working_alone
@@ -133,7 +133,9 @@ def check_plan(cfg: StudyConfig, out: Path) -> dict[str, Any]:
     if len(set(variants)) != len(variants):
         raise MemlabError(f"--variants lists a variant twice: {' '.join(variants)}")
     check_at_least(cfg, ("seeds",), 1)
-    check_at_least(cfg, ("seed",), 0)
+    check_seed(cfg)
+    if cfg.seed + cfg.seeds - 1 > MAX_SEED:  # the runs' seeds count up from --seed
+        raise MemlabError(f"--seed {cfg.seed} and --seeds {cfg.seeds} reach seeds above {MAX_SEED}")
     if cfg.baseline not in variants:
         raise MemlabError(f"the baseline {cfg.baseline!r} is not among the variants {variants}; add it to --variants")
     preset = PRESETS[cfg.preset]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from memlab.cli_help import DefaultInDoc
-from memlab.errors import MemlabError, check_at_least
+from memlab.errors import MemlabError, check_at_least, check_seed
 
 # options that count something: each must be >= 1 (None where allowed: the default)
 COUNTS = ("samples", "needle_samples", "lm_tokens", "lm_context", "ablation_context", "ablation_samples",
@@ -68,6 +68,7 @@ class EvalOptions:
     def check(self) -> None:
         """Refuse a count below 1 with one line naming its flag (run before any work)."""
         check_at_least(self, COUNTS, 1)
+        check_seed(self)
         for name in ("tasks", "needle_tasks", "horizons"):  # given but empty: not "every one"
             if getattr(self, name) == []:
                 raise MemlabError(f"--{name.replace('_', '-')} is empty")

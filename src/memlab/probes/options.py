@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from memlab.cli_help import DefaultInDoc
-from memlab.errors import MemlabError, check_at_least
+from memlab.errors import MemlabError, check_at_least, check_seed
 
 PROBES = ("routing", "gates", "alphas", "domains", "trajectory")
 
@@ -51,7 +51,8 @@ class ProbeOptions:
         """Refuse a count out of range, a fraction outside [0, 1) or a malformed ``--domains`` with
         one line naming its flag (before any work)."""
         check_at_least(self, ("max_tokens", "seq_len", "batch_size", "max_depth", "top_tokens", "min_token_count"), 1)
-        check_at_least(self, ("permutations", "seed", "split_seed"), 0)  # permutations 0: no p-values
+        check_at_least(self, ("permutations", "split_seed"), 0)  # permutations 0: no p-values
+        check_seed(self)
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise MemlabError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         self.domain_sources()

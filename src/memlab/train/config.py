@@ -21,7 +21,7 @@ import yaml
 
 from memlab.cli_help import DefaultInDoc, Precision
 from memlab.config import ModelConfig, build_config, check_types, flat_overrides, from_dict
-from memlab.errors import MemlabError, check_at_least, check_finite, choose
+from memlab.errors import MemlabError, check_at_least, check_finite, check_seed, choose
 
 ALG_TASKS = [
     "mod_add", "parity", "addition", "multiplication", "copy", "reverse", "dyck", "chain", "compare", "successor"
@@ -213,8 +213,9 @@ class TrainConfig:
                               "log_interval", "eval_max_new_tokens", "curriculum_min_task_evals", "corpus_max_docs"),
                        1, flag_separator="_")  # fmt: skip
         check_at_least(self, ("alg_tokens", "warmup", "eval_interval", "save_interval", "keep_last", "grad_clip",
-                              "weight_decay", "eval_tokens", "curriculum_cooldown", "curriculum_dag_patience", "seed"),
+                              "weight_decay", "eval_tokens", "curriculum_cooldown", "curriculum_dag_patience"),
                        0, flag_separator="_")  # fmt: skip
+        check_seed(self, flag_separator="_")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             raise MemlabError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr} and {self.min_lr_ratio}")
         for name, low, high in (("val_fraction", 0, 1), ("beta1", 0, 1), ("beta2", 0, 1),
@@ -258,7 +259,21 @@ def run_config_section(run_dir: Path, section: str) -> dict[str, Any]:
 
 class _YamlLoader(yaml.SafeLoader):
     """YAML 1.1 as PyYAML reads it, but a number in exponent form without a dot (``3e-4``) is a float, as
-    YAML 1.2 and the command line have it (PyYAML had read a string, which `lr` then refused)."""
+    YAML 1.2 and the command line have it (PyYAML had read a string, which `lr` then refused), and a key
+    given twice in one mapping is an error, as YAML has it (PyYAML had kept the last without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # (``<<: *base``, whose keys the mapping may override)
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.add_implicit_resolver(
