@@ -68,7 +68,7 @@ def test_info_all_lists_the_variants_a_size_cannot_build_after_the_others(capsys
         (["info", "--bogus", "1"], "Unrecognized options: --bogus"),
         (["info", "--context-len", "x"], "--context-len"),
         (["info", "--vocab-size", "0"], "--vocab-size must be >= 1, got 0"),
-        (["info", "--variant", ""], "unknown variant ''"),  # had described baseline
+        (["info", "--variant", ""], "--variant is empty"),  # had described baseline
         (["info", "--context-len", "0"], "--context-len must be >= 1, got 0"),
         ([], "give a command: bench, compare, data prepare, eval"),
         (["frobnicate"], "unknown command 'frobnicate'"),
@@ -270,6 +270,57 @@ def test_a_command_group_lists_its_subcommands(capsys):
 
 
 @pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        # an empty path had written into the working directory, an empty name had meant the default
+        (["eval", "--checkpoint", "run", "--out-dir", ""], "--out-dir is empty"),
+        (["data", "prepare", "--source", "stdlib-docs", "--tokenizer", "byte", "--out", ""], "--out is empty"),
+        (["train", "--output-dir", ""], "--output-dir is empty"),
+        (["train", "--corpus", "", "--output-dir", "run"], "--corpus is empty"),
+        (["eval", "--checkpoint", "run", "--corpus", ""], "--corpus is empty"),  # (an option of the suites)
+        (["generate", "--init", "--prompt", ""], "--prompt is empty"),
+        # these had ended in a traceback
+        (["generate", "--init", "--prompt", "\udcff\udcfe"], "--prompt is not UTF-8 text"),  # bytes the shell gave
+        (["eval", "--checkpoint", "run", "--seed", "-1"], "--seed must be in [0, 2147483647], got -1"),  # had run
+        (["train", "--tokenizer", "notes.txt", "--output-dir", "run"], "tokenizer notes.txt is a file; give a "
+         "directory that holds a tokenizer"),  # had been told to download it with `hf download notes.txt`
+        (["train", "--config", "twice.yaml"], "twice.yaml is not valid YAML: the key 'lr' is given twice (line 2)"),
+    ],
+)
+def test_values_that_had_been_taken_or_crashed_are_one_line(argv, fragment, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a tokenizer")
+    (tmp_path / "twice.yaml").write_text("lr: 0.002\nlr: 0.003\n")  # (the last one had won without a word)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("memlab: error: ") and fragment in err
+    written = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock")  # (a run's lock stays beside it)
+    assert written == ["notes.txt", "twice.yaml"]
+
+
+def test_a_yaml_merge_key_may_be_overridden_in_its_mapping(tmp_path):
+    from memlab.train.config import read_yaml
+
+    (tmp_path / "run.yaml").write_text("base: &base {lr: 0.001, seq_len: 64}\nrun:\n  <<: *base\n  lr: 0.002\n")
+    assert read_yaml(tmp_path / "run.yaml")["run"] == {"lr": 0.002, "seq_len": 64}
+
+
+def test_an_option_of_a_mixer_the_model_lacks_is_warned_of_once(caplog):
+    """--gdn.beta_floor for baseline had been taken without a word."""
+    from memlab.config import build_config
+
+    with caplog.at_level("WARNING", logger="memlab.config"):
+        build_config("baseline", "tiny", **{"gdn.beta_floor": 0.5, "attention.window": 64})
+        build_config("baseline", "tiny", **{"gdn.beta_floor": 0.5})
+        build_config("gdn_hybrid", "tiny", **{"gdn.beta_floor": 0.5, "ssm.d_state": 16})
+    assert [r.getMessage() for r in caplog.records] == [
+        "gdn.beta_floor has no effect: baseline (layer pattern 'A') has no D/G/W layer",
+        "ssm.d_state has no effect: gdn_hybrid (layer pattern 'GGGW') has no M layer",
+    ]
+
+
+@pytest.mark.parametrize(
     "flags, fragment",
     [
         (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
@@ -280,7 +331,8 @@ def test_a_command_group_lists_its_subcommands(capsys):
         (["--temperature", "1", "--top-k", "-3"], "--top-k must be >= 1, got -3"),
         (["--temperature", "1", "--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
         (["--temperature", "1", "--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
-        (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--seed", "-1"], "--seed must be in [0, 2147483647], got -1"),
+        (["--seed", "99999999999999999999999"], "--seed must be in [0, 2147483647]"),  # had been torch's traceback
         (["--top-k", "5"], "--top-k restricts sampling, but --temperature 0 decodes greedily; give --temperature > 0"),
         (["--top-p", "0.9"], "--top-p restricts sampling, but --temperature 0 decodes greedily"),
     ],

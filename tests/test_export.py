@@ -294,6 +294,20 @@ def test_export_refuses_a_tokenizer_of_another_model(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_export_whose_summary_is_damaged_loads_with_a_warning(run_dir, tmp_path, caplog):
+    """Its tokenizer cannot be checked against the model's then, which had gone unnoticed."""
+    from memlab.eval.hub import load_checkpoint
+
+    export(run_dir, tmp_path / "out")
+    assert load_checkpoint(tmp_path / "out").model is not None and not caplog.records
+    (tmp_path / "out" / "summary.json").write_text("{bad")
+    with caplog.at_level("WARNING", logger="memlab.eval.hub"):
+        load_checkpoint(tmp_path / "out")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'out' / 'summary.json'} is unreadable (JSONDecodeError): the tokenizer is not checked "
+        "against the one the model was trained with"]
+
+
 def test_cli_export(run_dir, tmp_path, capsys):
     main(["export", "--checkpoint", str(run_dir), "--out", str(tmp_path / "cli")])
     assert "model.safetensors" in capsys.readouterr().out

@@ -7,6 +7,7 @@ can cause end in one line on stderr and exit code 2.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -23,7 +24,7 @@ import tyro
 from memlab.analysis.speed_options import BenchConfig
 from memlab.analysis.study import StudyConfig
 from memlab.cli_help import DefaultInDoc
-from memlab.errors import MemlabError, check_at_least
+from memlab.errors import MemlabError, check_at_least, check_seed
 from memlab.eval.options import EvalOptions
 from memlab.launcher import fail, stop_interrupted
 from memlab.probes.options import ProbeOptions
@@ -136,12 +137,12 @@ def run_generate(args: GenerateArgs) -> None:
     from memlab.eval.hub import load_checkpoint
     from memlab.models.lm import check_sampling
 
-    torch.manual_seed(args.seed)
     if args.init == (args.checkpoint is not None):
         raise MemlabError("give exactly one of --checkpoint DIR or --init")
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                    spell=lambda name: "--" + name.replace("_", "-"))  # before the model loads, as generate will
-    check_at_least(args, ("seed",), 0)
+    check_seed(args)
+    torch.manual_seed(args.seed)
     if args.checkpoint is not None and (args.variant, args.model_size) != (None, None):  # (they had been ignored)
         raise MemlabError("--variant and --model-size describe a fresh model (--init); a checkpoint has its own")
     if args.init:
@@ -151,9 +152,13 @@ def run_generate(args: GenerateArgs) -> None:
         model = memlab.build_model(variant, size, vocab_size=tokenizer.vocab_size)
     else:
         model, tokenizer, *_ = load_checkpoint(args.checkpoint, "cpu")  # refuses a tokenizer of another model
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:  # (bytes the shell passed that are not UTF-8: a traceback had followed)
+        raise MemlabError("--prompt is not UTF-8 text") from None
     ids = torch.tensor([tokenizer.encode(args.prompt)])
     if ids.shape[1] == 0:
-        raise MemlabError("the prompt is empty")
+        raise MemlabError("the prompt encodes to no token")
     out = model.eval().generate(
         ids, args.max_new_tokens, args.temperature, args.top_k, tokenizer.eos_id,
         torch.Generator().manual_seed(args.seed), args.top_p,
@@ -520,6 +525,7 @@ def main(argv: list[str] | None = None) -> None:
         _log_progress(f"memlab {command}", quiet=command not in LOGS_PROGRESS)  # (export's warnings had no prefix)
     previous = signal.signal(signal.SIGTERM, _terminate)  # a scheduler's preemption ends a run as Ctrl-C does
     try:
+        refuse_empty_options(args)
         run(args)
     except (MemlabError, OSError) as e:  # OSError: the file system refused (no such directory, no permission, full)
         fail(str(e))
@@ -527,6 +533,18 @@ def main(argv: list[str] | None = None) -> None:
         stop_interrupted(terminated=isinstance(e, Terminated))
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def refuse_empty_options(args: object) -> None:
+    """Refuse an option given as '' (an unset shell variable, an empty YAML value): no memlab option means
+    anything there (an empty --out-dir had written into the working directory, an empty --corpus had
+    trained on the default one)."""
+    for f in dataclasses.fields(args):  # type: ignore[arg-type]
+        value = getattr(args, f.name)
+        if dataclasses.is_dataclass(value):  # (options whose flags have no prefix: --corpus of memlab eval)
+            refuse_empty_options(value)
+        elif value == "":
+            raise MemlabError(f"--{f.name.replace('_', '-')} is empty")
 
 
 class Terminated(KeyboardInterrupt):

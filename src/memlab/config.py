@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import re
 import typing
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from typing import Any, Literal
 from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
 
 from memlab.errors import MemlabError, check_finite, choose
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -332,7 +335,30 @@ def build_config(variant: str = "baseline", size: str = "tiny", **overrides: Any
     apply_overrides(cfg, overrides)  # first, so that the variant builds on the overridden size (n_layers, ...)
     VARIANTS[variant](cfg)
     apply_overrides(cfg, overrides)  # again, so that an override also wins over what the variant sets
-    return cfg.validate()
+    cfg.validate()
+    _warn_unread(cfg, overrides)
+    return cfg
+
+
+_warned: set[str] = set()
+
+
+def _warn_unread(cfg: ModelConfig, overrides: dict[str, Any]) -> None:
+    """Warn, once, of an override of a mixer's own options (gdn, cdm, ssm) that no layer of ``cfg`` reads
+    (``--gdn.beta_floor`` for baseline had been taken without a word)."""
+    from memlab.mixers import MIXERS
+
+    read = {MIXERS[letter].options_section for letter in set(cfg.pattern)}
+    owned = {m.options_section for m in MIXERS.values()} - {None}
+    for key in flat_overrides(overrides):
+        section = key.split(".")[0]
+        if section in owned and section not in read:
+            letters = "/".join(sorted(k for k, m in MIXERS.items() if m.options_section == section))
+            message = (f"{key} has no effect: {cfg.variant} (layer pattern {cfg.layer_pattern!r}) has no "
+                       f"{letters} layer")
+            if message not in _warned:
+                _warned.add(message)
+                log.warning(message)
 
 
 def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> None:

@@ -157,6 +157,14 @@ def test_a_failed_evaluation_leaves_the_last_heatmaps_and_each_results_file_has_
     assert sorted(p.name for p in out.iterdir()) == ["longctx_niah.png", "results_longctx.json"]  # no staging left
 
 
+@pytest.mark.parametrize("depth", [math.nan, 1.5, -0.1])
+def test_needle_depths_outside_zero_to_one_are_refused_as_fractions(trained_baseline, byte_tok, depth):
+    """NaN had passed the check and reached the task, which spoke of a percentage."""
+    options = EvalOptions(needle_tasks=["niah"], context_lengths=[128], depths=[0.5, depth], needle_samples=2)
+    with pytest.raises(MemlabError, match=r"needle depths are fractions in \[0, 1\]"):
+        evaluate_model(EvalContext(trained_baseline, byte_tok, options), "longctx")
+
+
 def test_an_evaluation_removes_the_heatmaps_that_no_results_file_names(trained_baseline, byte_tok, tmp_path):
     """Heatmaps of needle tasks evaluated no more had stayed beside the new results; one that an
     older results_all.json still names stays with it."""

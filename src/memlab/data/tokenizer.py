@@ -343,6 +343,9 @@ def build_tokenizer(spec: str, texts: Iterable[str] | None = None, vocab_size: i
         return BPETokenizer.train(texts, vocab_size)
     if not spec:
         raise MemlabError(f"empty tokenizer spec; valid kinds: {', '.join(KINDS)}")
+    if Path(spec).is_file():  # (it had been "not available locally; download it once with hf download FILE")
+        raise MemlabError(f"tokenizer {spec} is a file; give a directory that holds a tokenizer (a run's, an "
+                          "export's or a Hugging Face tokenizer's), byte or bpe")
     return HFTokenizer.from_pretrained(spec)
 
 

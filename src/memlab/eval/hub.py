@@ -276,10 +276,15 @@ def trained_tokenizer_hash(model_dir: Path) -> str | None:
     run_dir = trained_by(model_dir)
     if run_dir is not None and (recorded := run_data(run_dir).get("tokenizer_hash")):
         return str(recorded)
+    summary = model_dir / "summary.json"
     try:
-        metadata = json.loads((model_dir / "summary.json").read_text()).get("metadata", {})
+        metadata = json.loads(summary.read_text()).get("metadata", {})
         return str(metadata["tokenizer_hash"])
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+    except (FileNotFoundError, KeyError):  # a model saved alone, or a summary that does not record it
+        return None
+    except (OSError, ValueError, AttributeError, TypeError) as e:  # (a damaged one had gone unnoticed)
+        log.warning("%s is unreadable (%s): the tokenizer is not checked against the one the model was trained "
+                    "with", summary, type(e).__name__)
         return None
 
 

@@ -50,7 +50,7 @@ def check(ctx: EvalContext) -> None:
     tasks, lengths, depths = needle_grid(ctx)
     if not lengths or not depths or min(lengths) < 1:
         raise MemlabError("longctx needs positive --context-lengths and at least one --depths value")
-    if min(depths) < 0 or max(depths) > 1:
+    if not all(0 <= d <= 1 for d in depths):  # (NaN too: it had reached the task as a percentage)
         raise MemlabError(f"needle depths are fractions in [0, 1], got {depths}")
     check_context(ctx.model, max(lengths), "the needle context (--context-lengths)")
     too_short: dict[int, ContextTooShort] = {}

@@ -124,6 +124,7 @@ class Mixer(nn.Module):
     carries_memory: ClassVar[bool] = False  # True: has a read-out that the 'zero' ablation removes
     native_horizon: ClassVar[bool] = False  # True: mix() honours a horizon ablation itself
     mixes_rows: ClassVar[bool] = False  # True: mix() runs at Rows with the state of init_row_state()
+    options_section: ClassVar[str | None] = None  # the ModelConfig section of its own options (gdn, cdm, ssm)
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()

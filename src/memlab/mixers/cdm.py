@@ -94,6 +94,7 @@ class CDM(Mixer):
     """A layer of K competitive memory slots (no attention): V2 or V3 per ``config.cdm``."""
 
     letter = "C"
+    options_section = "cdm"
     carries_memory = True
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:

@@ -86,6 +86,7 @@ class GatedDeltaNet(Mixer):
     """Gated DeltaNet: a delta-rule associative memory with a data-dependent decay."""
 
     letter = "G"
+    options_section = "gdn"
     carries_memory = True
     gated: ClassVar[bool] = True
 

@@ -49,6 +49,7 @@ class Mamba2(Mixer):
     """Mamba-2 mixer (Dao & Gu, 2024) on :func:`memlab.ops.ssd.ssd_scan`."""
 
     letter = "M"
+    options_section = "ssm"
     carries_memory = True
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:

@@ -49,6 +49,7 @@ class StateReadWindowAttention(SlidingWindowAttention):
     """Sliding-window attention + a gated read of the preceding delta-rule layer's memory."""
 
     letter = "W"
+    options_section = "gdn"
     carries_memory = True
     native_horizon = False  # the read is recomputed per window: see _forward_windows
     mixes_rows = False  # its local drop and statistics are per sequence: an ACT core of W layers runs every position
