@@ -431,6 +431,7 @@ def write_recipe(tmp_path):
         (["--variant", "nope", "--sizes", "d64l1,d64l2,d128l1", "--tokens", "100"], "unknown variant 'nope'"),
         (["--sizes", "d64l1,d64l2,d128l1"], "exactly one of --tokens"),
         (["--sizes", "d64l1,huge,d128l1", "--tokens", "100"], "unknown size 'huge'"),
+        (["--sizes", "1M,-2M", "--tokens", "100"], "unknown size '-2M'"),  # had been "needs >= 3 sizes, got 2"
         # these two had been tracebacks (a division by zero, numpy's negative dimensions)
         (["--sizes", "1M,2M,3M", "--tokens", "100", "--aspect", "0"], "--aspect (the width/depth ratio"),
         (["--sizes", "d64l1,d64l2,d128l1", "--tokens", "100", "--bootstrap", "-1"], "--bootstrap must be 0"),

@@ -192,6 +192,8 @@ def plan(
         if (shape.d_model, shape.n_layers) != (64, 2):  # (sizes had been "the same model; drop one")
             raise MemlabError(f"{variant} has a fixed shape (d{shape.d_model} x {shape.n_layers} layers, whatever the "
                               "size): it cannot be scaled")
+    for label in labels:  # (a misspelt size next: "needs >= 3 sizes" had named it among the sizes counted)
+        resolve_size(variants[0], label, aspect, model)
     if len(labels) < 3:
         raise MemlabError(f"a fit of L = a * N^-alpha + c needs >= 3 sizes, got {len(labels)}: {', '.join(labels)}")
     out = {}
